@@ -1,0 +1,136 @@
+"""fedlora.crypto — pure math and formats (STYLE.md §2): no I/O, logging, config, grpc or torch.
+
+Paillier on phe key objects with gmpy2 (g = n+1); threshold Paillier with a trusted dealer and
+batch proofs of correct decryption; Shamir sharing; key-share transport (X25519 + HKDF + AES-GCM);
+the packing codec; obfuscator pools; Ed25519 signatures over canonical digests; RFC 6962 Merkle
+trees. ``coordinator`` and ``client`` use only the names exported here.
+"""
+
+from __future__ import annotations
+
+from fedlora.crypto._codec import CodecParams, decode, encode, pack_slots, unpack_slots
+from fedlora.crypto._merkle import (
+    EMPTY_ROOT,
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    merkle_root,
+    node_hash,
+    verify_consistency,
+    verify_inclusion,
+)
+from fedlora.crypto._obfuscation import DjnObfuscator, ObfuscatorPool, ObfuscatorSource
+from fedlora.crypto._paillier import (
+    PaillierPrivateKey,
+    PaillierPublicKey,
+    add_ciphertext_vectors,
+    ciphertext_vector_digest,
+    ciphertext_width,
+    decrypt,
+    decrypt_batch,
+    encrypt,
+    encrypt_batch,
+    key_fingerprint,
+    keypair_from_primes,
+    validate_ciphertext,
+    validate_ciphertexts,
+)
+from fedlora.crypto._parallel import default_workers
+from fedlora.crypto._primes import generate_safe_prime, generate_safe_prime_pair, is_safe_prime
+from fedlora.crypto._shamir import (
+    ShamirShare,
+    integer_lagrange_at_zero,
+    recover_secret,
+    split_secret,
+)
+from fedlora.crypto._signing import (
+    canonical_digest,
+    canonical_encode,
+    checkpoint_digest,
+    contribution_digest,
+    ed25519_public_bytes,
+    receipt_digest,
+    sign_digest,
+    verify_signature,
+)
+from fedlora.crypto._threshold import (
+    MAX_PARTIES,
+    DealtKey,
+    DecryptionProof,
+    KeyShare,
+    PartialDecryption,
+    ThresholdPublicKey,
+    combine_partial_decryptions,
+    deal_threshold_key,
+    generate_threshold_key,
+    partial_decrypt,
+    verify_partial_decryption,
+)
+from fedlora.crypto._transport import open_key_share, seal_key_share, x25519_public_bytes
+from fedlora.crypto._util import Rng, deterministic_rng, fixed_bytes_to_int, int_to_fixed_bytes
+
+__all__ = [
+    "EMPTY_ROOT",
+    "MAX_PARTIES",
+    "CodecParams",
+    "DealtKey",
+    "DecryptionProof",
+    "DjnObfuscator",
+    "KeyShare",
+    "ObfuscatorPool",
+    "ObfuscatorSource",
+    "PaillierPrivateKey",
+    "PaillierPublicKey",
+    "PartialDecryption",
+    "Rng",
+    "ShamirShare",
+    "ThresholdPublicKey",
+    "add_ciphertext_vectors",
+    "canonical_digest",
+    "canonical_encode",
+    "checkpoint_digest",
+    "ciphertext_vector_digest",
+    "ciphertext_width",
+    "combine_partial_decryptions",
+    "consistency_proof",
+    "contribution_digest",
+    "deal_threshold_key",
+    "decode",
+    "decrypt",
+    "decrypt_batch",
+    "default_workers",
+    "deterministic_rng",
+    "ed25519_public_bytes",
+    "encode",
+    "encrypt",
+    "encrypt_batch",
+    "fixed_bytes_to_int",
+    "generate_safe_prime",
+    "generate_safe_prime_pair",
+    "generate_threshold_key",
+    "inclusion_proof",
+    "int_to_fixed_bytes",
+    "integer_lagrange_at_zero",
+    "is_safe_prime",
+    "key_fingerprint",
+    "keypair_from_primes",
+    "leaf_hash",
+    "merkle_root",
+    "node_hash",
+    "open_key_share",
+    "pack_slots",
+    "partial_decrypt",
+    "receipt_digest",
+    "recover_secret",
+    "seal_key_share",
+    "sign_digest",
+    "split_secret",
+    "unpack_slots",
+    "validate_ciphertext",
+    "validate_ciphertexts",
+    "verify_consistency",
+    "verify_inclusion",
+    "verify_partial_decryption",
+    "verify_signature",
+    "x25519_public_bytes",
+]

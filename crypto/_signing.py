@@ -1,0 +1,182 @@
+"""Ed25519 signatures over canonical, domain-separated digests (RFC 8032 via pyca/cryptography).
+
+Everything signed is first reduced to a SHA-256 digest of a canonical encoding: a domain tag
+naming what is signed, then each field as ``name, type, length, value``. Field order is fixed by
+the caller, names are part of the encoding, and no two different field lists encode alike, so a
+signature over one kind of object can never be presented as a signature over another.
+
+A contribution's signature binds federation id, round, client id, codec parameters, threshold-key
+fingerprint, weight and the ciphertext digest (DESIGN.md §3), so it cannot be replayed into another
+round or federation, or re-attached to other ciphertexts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from fedlora.errors import CryptoError, VerificationError
+
+__all__ = [
+    "Field",
+    "canonical_digest",
+    "canonical_encode",
+    "checkpoint_digest",
+    "contribution_digest",
+    "ed25519_public_bytes",
+    "receipt_digest",
+    "sign_digest",
+    "verify_signature",
+]
+
+Field = tuple[str, "int | str | bytes"]
+_PREFIX = b"fedlora/v1\x00"
+
+
+def canonical_encode(domain: str, fields: Sequence[Field]) -> bytes:
+    """Unambiguous byte encoding of a domain tag and an ordered list of named fields.
+
+    ``int`` (≥ 0, arbitrary size) is minimal big-endian; ``str`` is UTF-8; ``bytes`` raw. Each field
+    is ``len(name)‖name‖type‖len(value)‖value`` with 2- and 4-byte lengths.
+
+    Raises:
+        CryptoError: negative ints, bools, other types, or over-long names or values.
+    """
+    if not isinstance(domain, str) or not domain or "\x00" in domain:
+        raise CryptoError("domain must be a non-empty string without NUL")
+    out = [_PREFIX, domain.encode(), b"\x00", len(fields).to_bytes(4, "big")]
+    for name, value in fields:
+        raw_name = name.encode()
+        if isinstance(value, bool):
+            raise CryptoError(f"field {name!r}: booleans are not encoded; use 0/1 explicitly")
+        if isinstance(value, int):
+            if value < 0:
+                raise CryptoError(f"field {name!r} must be non-negative")
+            tag, raw = b"i", value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
+        elif isinstance(value, str):
+            tag, raw = b"s", value.encode()
+        elif isinstance(value, (bytes, bytearray)):
+            tag, raw = b"b", bytes(value)
+        else:
+            raise CryptoError(f"field {name!r} has unsupported type {type(value).__name__}")
+        if len(raw_name) > 0xFFFF or len(raw) > 0xFFFFFFFF:
+            raise CryptoError(f"field {name!r} is too long to encode")
+        out += [len(raw_name).to_bytes(2, "big"), raw_name, tag, len(raw).to_bytes(4, "big"), raw]
+    return b"".join(out)
+
+
+def canonical_digest(domain: str, fields: Sequence[Field]) -> bytes:
+    """SHA-256 of :func:`canonical_encode`."""
+    return hashlib.sha256(canonical_encode(domain, fields)).digest()
+
+
+def contribution_digest(
+    *,
+    federation_id: str,
+    round_number: int,
+    client_id: str,
+    codec_digest: bytes,
+    key_fingerprint: bytes,
+    weight: int,
+    ciphertexts_digest: bytes,
+    value_count: int,
+) -> bytes:
+    """What a client signs when it submits an encrypted update (DESIGN.md §3)."""
+    return canonical_digest(
+        "contribution",
+        [
+            ("federation_id", federation_id),
+            ("round", round_number),
+            ("client_id", client_id),
+            ("codec", codec_digest),
+            ("key_fingerprint", key_fingerprint),
+            ("weight", weight),
+            ("value_count", value_count),
+            ("ciphertexts", ciphertexts_digest),
+        ],
+    )
+
+
+def receipt_digest(
+    *,
+    federation_id: str,
+    round_number: int,
+    client_id: str,
+    contribution: bytes,
+    log_index: int,
+    received_at_ms: int,
+) -> bytes:
+    """What the coordinator signs when it acknowledges a persisted contribution."""
+    return canonical_digest(
+        "receipt",
+        [
+            ("federation_id", federation_id),
+            ("round", round_number),
+            ("client_id", client_id),
+            ("contribution", contribution),
+            ("log_index", log_index),
+            ("received_at_ms", received_at_ms),
+        ],
+    )
+
+
+def checkpoint_digest(*, log_id: str, tree_size: int, root_hash: bytes, timestamp_ms: int) -> bytes:
+    """What the coordinator signs for an audit-log checkpoint (a signed tree head)."""
+    if len(root_hash) != 32:
+        raise CryptoError(f"root_hash must be 32 bytes, got {len(root_hash)}")
+    return canonical_digest(
+        "checkpoint",
+        [
+            ("log_id", log_id),
+            ("tree_size", tree_size),
+            ("root", root_hash),
+            ("timestamp_ms", timestamp_ms),
+        ],
+    )
+
+
+def ed25519_public_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
+    """The 32 raw bytes of an Ed25519 public key (of a private key's public half)."""
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    if not isinstance(public, Ed25519PublicKey):
+        raise CryptoError(f"expected an Ed25519 key, got {type(key).__name__}")
+    return public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def _digest_arg(digest: object) -> bytes:
+    if not isinstance(digest, (bytes, bytearray)) or len(digest) != 32:
+        raise CryptoError("digest must be 32 bytes (a SHA-256 output)")
+    return bytes(digest)
+
+
+def sign_digest(private_key: Ed25519PrivateKey, digest: bytes) -> bytes:
+    """Ed25519 signature (64 bytes) over a 32-byte canonical digest."""
+    if not isinstance(private_key, Ed25519PrivateKey):
+        raise CryptoError(
+            f"private_key must be an Ed25519PrivateKey, got {type(private_key).__name__}"
+        )
+    return private_key.sign(_digest_arg(digest))
+
+
+def verify_signature(public_key: Ed25519PublicKey | bytes, digest: bytes, signature: bytes) -> None:
+    """Return ``None`` if ``signature`` is valid for ``digest`` under ``public_key``, else raise.
+
+    Raises:
+        VerificationError: bad signature, or a malformed key or signature.
+    """
+    if isinstance(public_key, (bytes, bytearray)):
+        if len(public_key) != 32:
+            raise VerificationError(f"Ed25519 public key must be 32 bytes, got {len(public_key)}")
+        public_key = Ed25519PublicKey.from_public_bytes(bytes(public_key))
+    if not isinstance(public_key, Ed25519PublicKey):
+        raise VerificationError(f"expected an Ed25519 public key, got {type(public_key).__name__}")
+    if not isinstance(signature, (bytes, bytearray)) or len(signature) != 64:
+        raise VerificationError("signature must be 64 bytes")
+    try:
+        public_key.verify(bytes(signature), _digest_arg(digest))
+    except InvalidSignature:
+        raise VerificationError("signature does not verify") from None

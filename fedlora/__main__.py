@@ -1,0 +1,3 @@
+from fedlora.cli import main
+
+raise SystemExit(main())

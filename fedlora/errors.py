@@ -1,0 +1,29 @@
+"""The one exception family of fedlora (STYLE.md §5).
+
+Messages name the field, the expected and the actual value. They never contain keys, key shares,
+plaintexts or gradients: an error message ends up in logs that other people read.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConfigError", "CryptoError", "FedLoraError", "ProtocolError", "VerificationError"]
+
+
+class FedLoraError(Exception):
+    """Root of every error fedlora raises on purpose."""
+
+
+class ConfigError(FedLoraError):
+    """A configuration file or option is malformed; the message names the dotted key path."""
+
+
+class ProtocolError(FedLoraError):
+    """A message arrived that the protocol does not allow at this point."""
+
+
+class VerificationError(FedLoraError):
+    """A signature, proof, digest or audit entry did not verify."""
+
+
+class CryptoError(FedLoraError):
+    """A cryptographic operation was given an invalid key, ciphertext, share or parameter."""

@@ -181,16 +181,18 @@ class ObfuscatorPool(_NoPickle):
         return self
 
     def fill(self) -> None:
-        """Fill the pool to capacity now, on all cores, and return when it is full."""
+        """Fill the pool to capacity now, on all cores, and return when it is full (or closed)."""
         with self._cond:
             missing = self.capacity - len(self._ready) - self._reserved
         if missing > 0:
-            values = powmod_bases(
-                self._draw_rs(missing), self.public_key.n, self.public_key.nsquare, self._workers
-            )
+            n, n2 = self.public_key.n, self.public_key.nsquare
+            values = powmod_bases(self._draw_rs(missing), n, n2, self._workers)
             with self._cond:
                 self._ready.extend(values)
                 self._cond.notify_all()
+        with self._cond:
+            # Background fillers may still be finishing obfuscators they reserved.
+            self._cond.wait_for(lambda: self._stop or len(self._ready) >= self.capacity)
 
     def take(self, count: int) -> list[int]:
         """Remove and return ``count`` obfuscators; any shortfall is computed now on all cores."""

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fedlora.crypto import (
+    canonical_digest,
+    canonical_encode,
+    checkpoint_digest,
+    contribution_digest,
+    ed25519_public_bytes,
+    receipt_digest,
+    sign_digest,
+    verify_signature,
+)
+
+from fedlora.errors import CryptoError, VerificationError
+from tests.conftest import load_vectors
+
+BASE = dict(
+    federation_id="fed-1",
+    round_number=3,
+    client_id="bank-a",
+    codec_digest=b"c" * 32,
+    key_fingerprint=b"k" * 32,
+    weight=7,
+    ciphertexts_digest=b"x" * 32,
+    value_count=1000,
+)
+
+
+def test_rfc8032_vectors() -> None:
+    for case in load_vectors("ed25519")["cases"]:
+        key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(case["secret"]))
+        assert ed25519_public_bytes(key).hex() == case["public"]
+        message = bytes.fromhex(case["message"])
+        assert key.sign(message).hex() == case["signature"]
+
+
+def test_sign_and_verify_round_trip() -> None:
+    key = Ed25519PrivateKey.generate()
+    digest = contribution_digest(**BASE)
+    signature = sign_digest(key, digest)
+    assert verify_signature(key.public_key(), digest, signature) is None
+    assert verify_signature(ed25519_public_bytes(key), digest, signature) is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"federation_id": "fed-2"},
+        {"round_number": 4},
+        {"client_id": "bank-b"},
+        {"codec_digest": b"d" * 32},
+        {"key_fingerprint": b"j" * 32},
+        {"weight": 8},
+        {"ciphertexts_digest": b"y" * 32},
+        {"value_count": 999},
+    ],
+)
+def test_a_contribution_signature_cannot_be_replayed_with_any_field_changed(change) -> None:
+    key = Ed25519PrivateKey.generate()
+    signature = sign_digest(key, contribution_digest(**BASE))
+    with pytest.raises(VerificationError, match="does not verify"):
+        verify_signature(key.public_key(), contribution_digest(**{**BASE, **change}), signature)
+
+
+def test_wrong_key_and_malformed_signatures_raise() -> None:
+    key = Ed25519PrivateKey.generate()
+    digest = checkpoint_digest(log_id="log", tree_size=3, root_hash=b"r" * 32, timestamp_ms=1)
+    signature = sign_digest(key, digest)
+    with pytest.raises(VerificationError):
+        verify_signature(Ed25519PrivateKey.generate().public_key(), digest, signature)
+    with pytest.raises(VerificationError, match="64 bytes"):
+        verify_signature(key.public_key(), digest, signature[:-1])
+    with pytest.raises(VerificationError, match="32 bytes"):
+        verify_signature(b"short", digest, signature)
+    with pytest.raises(CryptoError, match="32 bytes"):
+        sign_digest(key, b"not a digest")
+
+
+def test_canonical_encoding_is_unambiguous_and_domain_separated() -> None:
+    assert canonical_encode("a", [("x", "bc")]) != canonical_encode("a", [("x", b"bc")])
+    assert canonical_encode("a", [("x", "b"), ("y", "c")]) != canonical_encode(
+        "a", [("x", "bc"), ("y", "")]
+    )
+    assert canonical_encode("a", [("x", 1)]) != canonical_encode("a", [("y", 1)])
+    assert canonical_digest("receipt", [("x", 1)]) != canonical_digest("checkpoint", [("x", 1)])
+    receipt = receipt_digest(
+        federation_id="f",
+        round_number=1,
+        client_id="c",
+        contribution=b"d" * 32,
+        log_index=0,
+        received_at_ms=5,
+    )
+    assert len(receipt) == 32
+    for bad in ([("x", -1)], [("x", True)], [("x", 1.5)]):
+        with pytest.raises(CryptoError, match="field 'x'"):
+            canonical_encode("a", bad)

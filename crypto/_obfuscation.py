@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import gmpy2
 from fedlora.crypto._parallel import default_workers, powmod_bases
@@ -42,7 +42,7 @@ class ObfuscatorSource(Protocol):
 
 
 class _NoPickle:
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> NoReturn:
         raise CryptoError(f"{type(self).__name__} must never be serialized or persisted")
 
 

@@ -76,12 +76,14 @@ def key_fingerprint(public_key: PaillierPublicKey) -> bytes:
     """SHA-256 over a domain tag and the fixed-width modulus: names a key in messages and files."""
     pk = _require_public_key(public_key)
     width = byte_length(pk.n)
-    return hashlib.sha256(b"fedlora/paillier-key/v1\x00" + pk.n.to_bytes(width, "big")).digest()
+    return hashlib.sha256(
+        b"fedlora/paillier-key/v1\x00" + int(pk.n).to_bytes(width, "big")
+    ).digest()
 
 
 def ciphertext_width(public_key: PaillierPublicKey) -> int:
     """Bytes of one ciphertext on the wire: the byte length of n²."""
-    return byte_length(_require_public_key(public_key).nsquare)
+    return byte_length(int(_require_public_key(public_key).nsquare))
 
 
 def validate_ciphertext(public_key: PaillierPublicKey, ciphertext: object) -> int:
@@ -96,7 +98,7 @@ def validate_ciphertext(public_key: PaillierPublicKey, ciphertext: object) -> in
         raise CryptoError("ciphertext is outside the range 1..n²-1")
     if gmpy2.gcd(c, pk.n) != 1:
         raise CryptoError("ciphertext is not a unit modulo n²")
-    return c
+    return int(c)
 
 
 def validate_ciphertexts(public_key: PaillierPublicKey, ciphertexts: Sequence[object]) -> list[int]:
@@ -117,7 +119,7 @@ def _require_plaintext(pk: PaillierPublicKey, m: object, name: str = "plaintext"
     value = require_int(name, m)
     if not 0 <= value < pk.n:
         raise CryptoError(f"{name} must lie in 0..n-1")
-    return value
+    return int(value)
 
 
 def encrypt(

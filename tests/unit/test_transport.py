@@ -36,7 +36,7 @@ def test_wrong_recipient_key_is_refused(dealt, sealed) -> None:
 
 
 def test_mis_addressed_share_is_refused(dealt, sealed) -> None:
-    share, recipient, blob = sealed
+    _share, recipient, blob = sealed
     with pytest.raises(CryptoError, match="is for party 'hospital-c', not 'bank-a'"):
         open_key_share(blob, recipient, party_id="bank-a", public_key=dealt.public_key)
     # Rewriting the envelope's party id does not help: it is authenticated data.
@@ -78,7 +78,7 @@ def test_tampered_header_fields_are_caught(dealt, sealed, field) -> None:
     raw = bytearray(bytes.fromhex(doc[field]))
     raw[0] ^= 0x80
     doc[field] = raw.hex()
-    with pytest.raises(CryptoError, match="failed authentication|invalid ephemeral"):
+    with pytest.raises(CryptoError, match=r"failed authentication|invalid ephemeral"):
         open_key_share(
             json.dumps(doc).encode(),
             recipient,

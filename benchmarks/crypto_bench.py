@@ -17,10 +17,8 @@ The last line is ``speedup vs naive per-value Paillier: <N>x``.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
-import random
 import statistics
 import time
 from collections.abc import Callable
@@ -29,7 +27,6 @@ from typing import TypeVar
 import gmpy2
 import numpy as np
 import phe
-
 from fedlora.crypto import (
     CodecParams,
     DjnObfuscator,
@@ -56,29 +53,45 @@ def timed(fn: Callable[[], T]) -> tuple[T, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--bits", type=int, default=2048)
     ap.add_argument("--values", type=int, default=1 << 20)
     ap.add_argument("--contributions", type=int, default=10)
     ap.add_argument("--value-bits", type=int, default=16)
     ap.add_argument("--naive-sample", type=int, default=2000)
-    ap.add_argument("--floor-sample", type=int, default=4096, help="ciphertexts for the raw-gmpy2 floor")
+    ap.add_argument(
+        "--floor-sample", type=int, default=4096, help="ciphertexts for the raw-gmpy2 floor"
+    )
     args = ap.parse_args()
     workers = default_workers()
     log = lambda msg: print(f"  … {msg}", flush=True)  # noqa: E731
 
-    print(f"# fedlora crypto benchmark — {platform.machine()}, {os.cpu_count()} cores ({workers} used), "
-          f"Python {platform.python_version()}, gmpy2 {gmpy2.version()}, phe {phe.__version__ if hasattr(phe, '__version__') else '1.5'}")
-    print(f"# {args.bits}-bit key, 3-of-5 threshold, {args.values:,} float32 values, "
-          f"{args.value_bits}-bit values, {args.contributions} contributions\n", flush=True)
+    print(
+        f"# fedlora crypto benchmark — {platform.machine()}, {os.cpu_count()} cores ({workers} used), "
+        f"Python {platform.python_version()}, gmpy2 {gmpy2.version()}, phe {phe.__version__ if hasattr(phe, '__version__') else '1.5'}"
+    )
+    print(
+        f"# {args.bits}-bit key, 3-of-5 threshold, {args.values:,} float32 values, "
+        f"{args.value_bits}-bit values, {args.contributions} contributions\n",
+        flush=True,
+    )
 
     log("dealing the threshold key")
     dealt, t_keygen = timed(lambda: generate_threshold_key(args.bits, 3, PARTIES))
     key = dealt.public_key
     pk = key.paillier
-    params = CodecParams(clip=1.0, value_bits=args.value_bits, max_total_weight=args.contributions, key_bits=args.bits)
+    params = CodecParams(
+        clip=1.0,
+        value_bits=args.value_bits,
+        max_total_weight=args.contributions,
+        key_bits=args.bits,
+    )
     rng = np.random.default_rng(7)
-    vectors = [rng.normal(0, 0.3, args.values).astype(np.float32) for _ in range(args.contributions)]
+    vectors = [
+        rng.normal(0, 0.3, args.values).astype(np.float32) for _ in range(args.contributions)
+    ]
 
     rows: list[tuple[str, float, float | None]] = []  # step, fedlora seconds, naive seconds
 
@@ -136,8 +149,12 @@ def main() -> None:
     per_ct_one_core = t_one_core / min(256, len(sample))
 
     log("verifying proofs and combining")
-    plain, t_combine = timed(lambda: combine_partial_decryptions(key, total, partials, workers=workers))
-    mean, t_unpack = timed(lambda: decode(plain, params, length=args.values, total_weight=args.contributions))
+    plain, t_combine = timed(
+        lambda: combine_partial_decryptions(key, total, partials, workers=workers)
+    )
+    mean, t_unpack = timed(
+        lambda: decode(plain, params, length=args.values, total_weight=args.contributions)
+    )
     expected = np.mean([np.clip(v.astype(np.float64), -1, 1) for v in vectors], axis=0)
     error = float(np.max(np.abs(mean - expected)))
     assert error <= params.step, f"decoded mean off by {error} > one step {params.step}"
@@ -146,7 +163,11 @@ def main() -> None:
     k = args.naive_sample
     log(f"naive per-value phe on a sample of {k:,} values")
     sample_values = [float(x) for x in vectors[0][:k]]
-    encoded, t_n_encode = timed(lambda: [phe.EncodedNumber.encode(pk, x, precision=2**-args.value_bits) for x in sample_values])
+    encoded, t_n_encode = timed(
+        lambda: [
+            phe.EncodedNumber.encode(pk, x, precision=2**-args.value_bits) for x in sample_values
+        ]
+    )
     enc, t_n_encrypt = timed(lambda: [pk.encrypt(e) for e in encoded])
 
     def naive_aggregate() -> list[phe.EncryptedNumber]:
@@ -187,13 +208,25 @@ def main() -> None:
     scale = args.values / k
 
     rows = [
-        ("pack (clip, quantize, pack) / phe encode", statistics.mean(pack_times), t_n_encode * scale),
+        (
+            "pack (clip, quantize, pack) / phe encode",
+            statistics.mean(pack_times),
+            t_n_encode * scale,
+        ),
         ("encrypt, cold (rⁿ computed now, all cores) / phe encrypt", t_cold, t_n_encrypt * scale),
-        ("encrypt, DJN fixed-base obfuscators", statistics.mean(djn_times) if djn_times else float("nan"), None),
+        (
+            "encrypt, DJN fixed-base obfuscators",
+            statistics.mean(djn_times) if djn_times else float("nan"),
+            None,
+        ),
         ("encrypt, warm pool", t_warm, None),
         ("  (pool fill, in the background while training)", t_fill, None),
         (f"aggregate {args.contributions}", t_agg, t_n_agg * scale),
-        ("threshold partial-decrypt, per party (with proof)", t_partial, statistics.mean(t_n_partials) * scale),
+        (
+            "threshold partial-decrypt, per party (with proof)",
+            t_partial,
+            statistics.mean(t_n_partials) * scale,
+        ),
         ("combine 3 (verifies 3 proofs)", t_combine, t_n_combine * scale),
         ("unpack / phe decode", t_unpack, t_n_decode * scale),
     ]
@@ -201,16 +234,22 @@ def main() -> None:
     pipeline_warm = pipeline - t_cold + t_warm
     naive_total = sum(r[2] for r in rows if r[2] is not None)
 
-    print("\n| step | fedlora (s) | naive per-value phe (s, extrapolated from "
-          f"{k:,} values) | speedup |")
+    print(
+        "\n| step | fedlora (s) | naive per-value phe (s, extrapolated from "
+        f"{k:,} values) | speedup |"
+    )
     print("|---|---:|---:|---:|")
     for name, ours, naive in rows:
         sp = f"{naive / ours:,.0f}x" if naive is not None and ours > 0 else ""
         nv = f"{naive:,.1f}" if naive is not None else ""
         print(f"| {name} | {ours:,.2f} | {nv} | {sp} |")
-    print(f"| **pipeline** (pack + cold encrypt + aggregate + 1 party's partial decrypt + combine + unpack) "
-          f"| **{pipeline:,.1f}** | **{naive_total:,.0f}** | **{naive_total / pipeline:,.0f}x** |")
-    print(f"| pipeline with a warm pool | {pipeline_warm:,.1f} | {naive_total:,.0f} | {naive_total / pipeline_warm:,.0f}x |")
+    print(
+        f"| **pipeline** (pack + cold encrypt + aggregate + 1 party's partial decrypt + combine + unpack) "
+        f"| **{pipeline:,.1f}** | **{naive_total:,.0f}** | **{naive_total / pipeline:,.0f}x** |"
+    )
+    print(
+        f"| pipeline with a warm pool | {pipeline_warm:,.1f} | {naive_total:,.0f} | {naive_total / pipeline_warm:,.0f}x |"
+    )
 
     wire = n_ct * ciphertext_width(pk)
     float_bytes = args.values * 4
@@ -219,14 +258,26 @@ def main() -> None:
     print()
     print("| measure | value |")
     print("|---|---:|")
-    print(f"| ciphertexts per contribution | {n_ct:,} ({params.slots_per_ciphertext} values each, {params.slot_bits}-bit slots in {params.slot_bytes} bytes) |")
-    print(f"| bytes on the wire per contribution | {wire / 1e6:,.2f} MB ({wire / float_bytes:.2f}x float32's {float_bytes / 1e6:.2f} MB) |")
-    print(f"| naive per-value bytes | {naive_wire / 1e6:,.0f} MB ({naive_wire / float_bytes:.0f}x float32) |")
-    print(f"| partial-decrypt floor: raw gmpy2 powmod_base_list, {workers} threads (from {len(sample):,} ciphertexts) | {t_floor:,.1f} s |")
-    print(f"| fedlora partial decrypt (validation + proof included) vs that floor | {floor_share * 100:.1f}% of floor throughput |")
+    print(
+        f"| ciphertexts per contribution | {n_ct:,} ({params.slots_per_ciphertext} values each, {params.slot_bits}-bit slots in {params.slot_bytes} bytes) |"
+    )
+    print(
+        f"| bytes on the wire per contribution | {wire / 1e6:,.2f} MB ({wire / float_bytes:.2f}x float32's {float_bytes / 1e6:.2f} MB) |"
+    )
+    print(
+        f"| naive per-value bytes | {naive_wire / 1e6:,.0f} MB ({naive_wire / float_bytes:.0f}x float32) |"
+    )
+    print(
+        f"| partial-decrypt floor: raw gmpy2 powmod_base_list, {workers} threads (from {len(sample):,} ciphertexts) | {t_floor:,.1f} s |"
+    )
+    print(
+        f"| fedlora partial decrypt (validation + proof included) vs that floor | {floor_share * 100:.1f}% of floor throughput |"
+    )
     print(f"| one core, one ciphertext: raw powmod | {per_ct_one_core * 1e3:.2f} ms |")
     print(f"| safe primes + dealing, {args.bits}-bit 3-of-5 key | {t_keygen:.1f} s |")
-    print(f"| max abs error of the decrypted mean (bound: one step {params.step:.2e}) | {error:.2e} |")
+    print(
+        f"| max abs error of the decrypted mean (bound: one step {params.step:.2e}) | {error:.2e} |"
+    )
     print(f"\nspeedup vs naive per-value Paillier: {naive_total / pipeline:,.0f}x")
 
 

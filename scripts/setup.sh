@@ -3,6 +3,7 @@
 #
 #   bash scripts/setup.sh          # runtime
 #   bash scripts/setup.sh --dev    # runtime + test and lint tools
+#   bash scripts/setup.sh --which-torch   # only print which torch build would be installed
 #
 # torch: an unpinned `pip install torch` on Linux pulls the CUDA build (several GB of nvidia-*
 # wheels). So torch is installed first, explicitly:
@@ -21,22 +22,31 @@ extra=""
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 
+choose_torch() {
+  local mode=${FEDLORA_TORCH:-auto}
+  if [ "$mode" = auto ]; then
+    if [ -x .venv/bin/python ] && .venv/bin/python -c 'import torch' 2>/dev/null; then
+      mode=skip
+    elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+      mode=cuda
+    else
+      mode=cpu
+    fi
+  fi
+  echo "$mode"
+}
+
+mode=$(choose_torch)
+if [ "${1:-}" = "--which-torch" ]; then
+  echo "torch build this machine gets: $mode"
+  exit 0
+fi
+
 if [ ! -x .venv/bin/python ]; then
   say "creating .venv with ${PYTHON:-python3}"
   "${PYTHON:-python3}" -m venv .venv
 fi
 pip=(.venv/bin/python -m pip --disable-pip-version-check)
-
-mode=${FEDLORA_TORCH:-auto}
-if [ "$mode" = auto ]; then
-  if .venv/bin/python -c 'import torch' 2>/dev/null; then
-    mode=skip
-  elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
-    mode=cuda
-  else
-    mode=cpu
-  fi
-fi
 
 case "$mode" in
   skip) say "torch already installed: $(.venv/bin/python -c 'import torch; print(torch.__version__)')" ;;

@@ -1,0 +1,150 @@
+"""The ``fedlora`` command as a user runs it: real processes, real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PARTIES = ["bank-a", "bank-b", "hospital-c"]
+
+
+def fedlora(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedlora", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def ceremony(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ceremony")
+    for pid in PARTIES:
+        assert fedlora("keys", "party", "--id", pid, "--out", "parties", cwd=root).returncode == 0
+    out = fedlora(
+        "keys",
+        "deal",
+        "--threshold",
+        "2",
+        "--bits",
+        "512",
+        "--out",
+        "federation",
+        *[a for pid in PARTIES for a in ("--party", f"{pid}=parties/{pid}.x25519.pub")],
+        cwd=root,
+    )
+    assert out.returncode == 0, out.stderr
+    return root
+
+
+def test_party_keys_are_private_to_their_owner(ceremony) -> None:
+    private = ceremony / "parties" / "bank-a.x25519"
+    assert private.stat().st_mode & 0o077 == 0
+    assert (ceremony / "federation" / "shares" / "bank-a.share.json").stat().st_mode & 0o077 == 0
+
+
+def test_each_party_opens_its_own_share(ceremony) -> None:
+    for pid in PARTIES:
+        out = fedlora(
+            "keys",
+            "check-share",
+            "--id",
+            pid,
+            "--private",
+            f"parties/{pid}.x25519",
+            "--share",
+            f"federation/shares/{pid}.share.json",
+            "--public-key",
+            "federation/threshold-key.json",
+            cwd=ceremony,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "matches its verification key" in out.stderr
+
+
+def test_a_share_opened_with_another_partys_key_fails_clearly(ceremony) -> None:
+    out = fedlora(
+        "keys",
+        "check-share",
+        "--id",
+        "bank-a",
+        "--private",
+        "parties/bank-b.x25519",
+        "--share",
+        "federation/shares/bank-a.share.json",
+        "--public-key",
+        "federation/threshold-key.json",
+        cwd=ceremony,
+    )
+    assert out.returncode == 2
+    assert "encrypted to a different X25519 key" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_a_tampered_share_file_fails_clearly(ceremony, tmp_path) -> None:
+    doc = json.loads((ceremony / "federation/shares/hospital-c.share.json").read_text())
+    doc["ciphertext"] = ("A" if doc["ciphertext"][0] != "A" else "B") + doc["ciphertext"][1:]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    out = fedlora(
+        "keys",
+        "check-share",
+        "--id",
+        "hospital-c",
+        "--private",
+        str(ceremony / "parties/hospital-c.x25519"),
+        "--share",
+        str(bad),
+        "--public-key",
+        str(ceremony / "federation/threshold-key.json"),
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2
+    assert "failed authentication" in out.stderr
+
+
+def test_dealing_again_never_overwrites_key_material(ceremony) -> None:
+    before = (ceremony / "federation" / "threshold-key.json").read_bytes()
+    out = fedlora(
+        "keys",
+        "deal",
+        "--threshold",
+        "2",
+        "--bits",
+        "512",
+        "--out",
+        "federation",
+        *[a for pid in PARTIES for a in ("--party", f"{pid}=parties/{pid}.x25519.pub")],
+        cwd=ceremony,
+    )
+    assert out.returncode == 2
+    assert "refusing to overwrite" in out.stderr
+    assert (ceremony / "federation" / "threshold-key.json").read_bytes() == before
+
+
+def test_missing_and_malformed_inputs_name_the_file(tmp_path) -> None:
+    out = fedlora(
+        "keys", "deal", "--threshold", "2", "--party", "a=nope.pub", "--out", "x", cwd=tmp_path
+    )
+    assert out.returncode == 2 and "nope.pub does not exist" in out.stderr
+    (tmp_path / "junk.pub").write_text("zz")
+    out = fedlora(
+        "keys", "deal", "--threshold", "1", "--party", "a=junk.pub", "--out", "x", cwd=tmp_path
+    )
+    assert out.returncode == 2 and "not an X25519 public key" in out.stderr
+    out = fedlora(
+        "keys", "deal", "--threshold", "1", "--party", "junk.pub", "--out", "x", cwd=tmp_path
+    )
+    assert out.returncode == 2 and "ID=PUBFILE" in out.stderr
+
+
+def test_crypto_demo_succeeds(tmp_path) -> None:
+    out = fedlora("crypto-demo", "--bits", "512", "--values", "3000", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "OK: decrypted aggregate vs plaintext average" in out.stdout

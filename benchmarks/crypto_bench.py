@@ -27,6 +27,7 @@ from typing import TypeVar
 import gmpy2
 import numpy as np
 import phe
+
 from fedlora.crypto import (
     CodecParams,
     DjnObfuscator,

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import numpy.typing as npt
 
+from fedlora.crypto._util import require_int, require_sequence
 from fedlora.errors import CryptoError
 
 __all__ = ["CodecParams", "decode", "encode", "pack_slots", "unpack_slots"]
@@ -64,7 +65,11 @@ class CodecParams:
 
         if isinstance(self.clip, bool) or not isinstance(self.clip, (int, float)):
             raise CryptoError(f"codec clip must be a number, got {type(self.clip).__name__}")
-        if not (math.isfinite(self.clip) and self.clip > 0):
+        try:
+            finite = math.isfinite(self.clip)
+        except OverflowError:
+            finite = False
+        if not (finite and self.clip > 0):
             raise CryptoError(f"codec clip must be finite and > 0, got {self.clip!r}")
         object.__setattr__(self, "clip", float(self.clip))
         need_int("value_bits", self.value_bits, 2, 32)
@@ -137,7 +142,10 @@ def pack_slots(slots: npt.NDArray[np.uint64], params: CodecParams) -> list[int]:
 
     Slot 0 of each plaintext is its most significant; the last plaintext is zero-padded.
     """
-    values = np.ascontiguousarray(slots, dtype=np.uint64).ravel()
+    try:
+        values = np.ascontiguousarray(slots, dtype=np.uint64).ravel()
+    except (TypeError, ValueError, OverflowError):
+        raise CryptoError("slots must be an array of non-negative integers") from None
     sb, k = params.slot_bytes, params.slots_per_ciphertext
     if values.size and int(values.max()) >> (8 * sb):
         raise CryptoError(f"a slot value does not fit in {sb} bytes")
@@ -159,13 +167,15 @@ def unpack_slots(
         CryptoError: a plaintext wider than ``k`` slots, or too few plaintexts for ``length``.
     """
     sb, k = params.slot_bytes, params.slots_per_ciphertext
-    if length < 0 or length > len(plaintexts) * k:
+    plaintexts = require_sequence("plaintexts", plaintexts)
+    length = require_int("length", length, low=0)
+    if length > len(plaintexts) * k:
         raise CryptoError(
             f"{len(plaintexts)} plaintexts hold at most {len(plaintexts) * k} values, asked for {length}"
         )
     width = k * sb
     try:
-        blob = b"".join(int(m).to_bytes(width, "big") for m in plaintexts)
+        blob = b"".join(require_int("plaintext", m).to_bytes(width, "big") for m in plaintexts)
     except OverflowError:
         raise CryptoError(
             f"a plaintext is wider than {k} slots of {sb} bytes: corrupt or overflowed"
@@ -193,7 +203,10 @@ def encode(
     Raises:
         CryptoError: NaN or infinite values, an empty vector, or a weight out of range.
     """
-    x = np.asarray(values, dtype=np.float64).ravel()
+    try:
+        x = np.asarray(values, dtype=np.float64).ravel()
+    except (TypeError, ValueError, OverflowError):
+        raise CryptoError("values must be an array of numbers") from None
     if x.size == 0:
         raise CryptoError("cannot encode an empty vector")
     if not np.all(np.isfinite(x)):

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 
+from fedlora.crypto._util import require_bytes, require_sequence
 from fedlora.errors import CryptoError, VerificationError
 
 __all__ = [
@@ -29,10 +30,14 @@ EMPTY_ROOT = hashlib.sha256(b"").digest()
 
 
 def leaf_hash(data: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + bytes(data)).digest()
+    """SHA-256(0x00 ‖ data): the hash of one log entry."""
+    return hashlib.sha256(b"\x00" + require_bytes("leaf data", data)).digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
+    """SHA-256(0x01 ‖ left ‖ right) of two 32-byte child hashes."""
+    left = require_bytes("left", left, length=32)
+    right = require_bytes("right", right, length=32)
     return hashlib.sha256(b"\x01" + left + right).digest()
 
 
@@ -42,7 +47,7 @@ def _split(n: int) -> int:
 
 
 def _check_hashes(hashes: Sequence[bytes], what: str) -> None:
-    for h in hashes:
+    for h in require_sequence(what, hashes):
         if not isinstance(h, (bytes, bytearray)) or len(h) != 32:
             raise CryptoError(f"{what} must be 32-byte hashes")
 
@@ -69,6 +74,7 @@ def inclusion_proof(index: int, leaf_hashes: Sequence[bytes]) -> list[bytes]:
     Raises:
         CryptoError: index outside 0..n-1.
     """
+    _check_hashes(leaf_hashes, "leaf hashes")
     n = len(leaf_hashes)
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
         raise CryptoError(f"leaf index must be in 0..{n - 1}, got {index!r}")
@@ -91,6 +97,7 @@ def consistency_proof(old_size: int, leaf_hashes: Sequence[bytes]) -> list[bytes
     Raises:
         CryptoError: old_size outside 0..n.
     """
+    _check_hashes(leaf_hashes, "leaf hashes")
     n = len(leaf_hashes)
     if isinstance(old_size, bool) or not isinstance(old_size, int) or not 0 <= old_size <= n:
         raise CryptoError(f"old tree size must be in 0..{n}, got {old_size!r}")
@@ -108,6 +115,18 @@ def consistency_proof(old_size: int, leaf_hashes: Sequence[bytes]) -> list[bytes
         return subproof(m - k, leaves[k:], False) + [merkle_root(leaves[:k])]
 
     return subproof(old_size, leaf_hashes, True)
+
+
+def _check_size(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise VerificationError(f"{name} must be an integer, got {type(value).__name__}")
+    return value
+
+
+def _check_root(name: str, value: object) -> bytes:
+    if not isinstance(value, (bytes, bytearray)) or len(value) != 32:
+        raise VerificationError(f"{name} must be a 32-byte hash")
+    return bytes(value)
 
 
 def _check_proof_hashes(proof: Sequence[bytes]) -> list[bytes]:
@@ -131,8 +150,8 @@ def verify_inclusion(
             index is out of range.
     """
     path = _check_proof_hashes(proof)
-    if not isinstance(leaf, (bytes, bytearray)) or len(leaf) != 32 or len(root) != 32:
-        raise VerificationError("leaf and root must be 32-byte hashes")
+    leaf, root = _check_root("leaf", leaf), _check_root("root", root)
+    index, tree_size = _check_size("index", index), _check_size("tree_size", tree_size)
     if not 0 <= index < tree_size:
         raise VerificationError(f"leaf index {index} is outside a tree of size {tree_size}")
     fn, sn = index, tree_size - 1
@@ -167,8 +186,8 @@ def verify_consistency(
         VerificationError: sizes out of order, or the proof does not reproduce both roots.
     """
     path = _check_proof_hashes(proof)
-    if len(old_root) != 32 or len(new_root) != 32:
-        raise VerificationError("roots must be 32-byte hashes")
+    old_root, new_root = _check_root("old_root", old_root), _check_root("new_root", new_root)
+    old_size, new_size = _check_size("old_size", old_size), _check_size("new_size", new_size)
     if not 0 <= old_size <= new_size:
         raise VerificationError(f"old size {old_size} is larger than new size {new_size}")
     if old_size == new_size:

@@ -24,10 +24,10 @@ from collections import deque
 from typing import NoReturn, Protocol
 
 import gmpy2
-from fedlora.crypto._parallel import default_workers, powmod_bases
-from fedlora.crypto._util import Rng, require_int, system_rng
 from phe import PaillierPublicKey
 
+from fedlora.crypto._parallel import default_workers, powmod_bases
+from fedlora.crypto._util import Rng, require_int, system_rng
 from fedlora.errors import CryptoError
 
 __all__ = ["DjnObfuscator", "ObfuscatorPool", "ObfuscatorSource"]

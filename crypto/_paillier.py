@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import gmpy2
-from fedlora.crypto._parallel import powmod_bases
-from fedlora.crypto._util import Rng, byte_length, require_int, system_rng
 from phe import PaillierPrivateKey, PaillierPublicKey
 
+from fedlora.crypto._parallel import powmod_bases
+from fedlora.crypto._util import Rng, byte_length, require_int, require_sequence, system_rng
 from fedlora.errors import CryptoError
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def validate_ciphertexts(public_key: PaillierPublicKey, ciphertexts: Sequence[ob
     pk = _require_public_key(public_key)
     n, n2 = gmpy2.mpz(pk.n), pk.nsquare
     out = []
-    for index, c in enumerate(ciphertexts):
+    for index, c in enumerate(require_sequence("ciphertexts", ciphertexts)):
         if isinstance(c, bool) or not isinstance(c, int):
             raise CryptoError(f"ciphertext[{index}] must be an integer, got {type(c).__name__}")
         if not 0 < c < n2 or gmpy2.gcd(c, n) != 1:
@@ -143,6 +143,8 @@ def encrypt(
     if obfuscator is None:
         r = system_rng(rng).randrange(1, pk.n)
         obfuscator = int(gmpy2.powmod(r, pk.n, pk.nsquare))
+    else:
+        obfuscator = require_int("obfuscator", obfuscator, low=1, high=pk.nsquare - 1)
     return int((1 + m * pk.n) % pk.nsquare * gmpy2.mpz(obfuscator) % pk.nsquare)
 
 
@@ -166,7 +168,7 @@ def encrypt_batch(
     pk = _require_public_key(public_key)
     n, n2 = pk.n, gmpy2.mpz(pk.nsquare)
     ms = []
-    for i, m in enumerate(plaintexts):
+    for i, m in enumerate(require_sequence("plaintexts", plaintexts)):
         if isinstance(m, bool) or not isinstance(m, int) or not 0 <= m < n:
             raise CryptoError(f"plaintext[{i}] must be an integer in 0..n-1")
         ms.append(m)
@@ -190,10 +192,15 @@ def add_ciphertext_vectors(
         CryptoError: the vectors differ in length.
     """
     pk = _require_public_key(public_key)
+    n2 = pk.nsquare
+    for name, vector in (("left", left), ("right", right)):
+        for i, c in enumerate(require_sequence(name, vector)):
+            if isinstance(c, bool) or not isinstance(c, int) or not 0 < c < n2:
+                raise CryptoError(f"{name}[{i}] is not a ciphertext for this key")
     if len(left) != len(right):
         raise CryptoError(f"ciphertext vectors differ in length: {len(left)} and {len(right)}")
-    n2 = gmpy2.mpz(pk.nsquare)
-    return [int(gmpy2.mpz(a) * b % n2) for a, b in zip(left, right)]
+    m = gmpy2.mpz(n2)
+    return [int(gmpy2.mpz(a) * b % m) for a, b in zip(left, right)]
 
 
 class _CrtDecryptor:
@@ -252,7 +259,7 @@ def ciphertext_vector_digest(public_key: PaillierPublicKey, ciphertexts: Sequenc
     pk = _require_public_key(public_key)
     width = byte_length(pk.nsquare)
     h = hashlib.sha256(b"fedlora/ciphertexts/v1\x00")
-    h.update(len(ciphertexts).to_bytes(8, "big"))
+    h.update(len(require_sequence("ciphertexts", ciphertexts)).to_bytes(8, "big"))
     h.update(width.to_bytes(4, "big"))
     try:
         for c in ciphertexts:

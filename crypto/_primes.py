@@ -17,8 +17,8 @@ from functools import lru_cache
 
 import gmpy2
 import numpy as np
-from fedlora.crypto._util import Rng, require_int, system_rng
 
+from fedlora.crypto._util import Rng, require_int, system_rng
 from fedlora.errors import CryptoError
 
 SIEVE_BOUND = 1 << 17

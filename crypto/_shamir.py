@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import gmpy2
-from fedlora.crypto._util import Rng, require_int, system_rng
 
+from fedlora.crypto._util import Rng, require_int, require_sequence, system_rng
 from fedlora.errors import CryptoError
 
 __all__ = [
@@ -88,6 +88,10 @@ def recover_secret(shares: Sequence[ShamirShare], prime: int) -> int:
     prime = require_int("prime", prime, low=3)
     if not shares:
         raise CryptoError("at least one share is needed")
+    for s in require_sequence("shares", shares):
+        if not isinstance(s, ShamirShare):
+            raise CryptoError(f"shares must be ShamirShare objects, got {type(s).__name__}")
+        require_int("share.value", s.value, low=0, high=prime - 1)
     xs = [require_int("share.x", s.x, low=1, high=prime - 1) for s in shares]
     _distinct_xs(xs)
     secret = 0
@@ -110,7 +114,8 @@ def integer_lagrange_at_zero(xs: Sequence[int], parties: int) -> dict[int, int]:
     Raises:
         CryptoError: duplicate indices or an index outside ``1..parties``.
     """
-    for x in xs:
+    parties = require_int("parties", parties, low=1)
+    for x in require_sequence("share indices", xs):
         require_int("share index", x, low=1, high=parties)
     _distinct_xs(list(xs))
     delta = math.factorial(parties)

@@ -48,8 +48,15 @@ def canonical_encode(domain: str, fields: Sequence[Field]) -> bytes:
     """
     if not isinstance(domain, str) or not domain or "\x00" in domain:
         raise CryptoError("domain must be a non-empty string without NUL")
+    if not isinstance(fields, (list, tuple)):
+        raise CryptoError(
+            f"fields must be a list of (name, value) pairs, got {type(fields).__name__}"
+        )
     out = [_PREFIX, domain.encode(), b"\x00", len(fields).to_bytes(4, "big")]
-    for name, value in fields:
+    for field in fields:
+        if not (isinstance(field, tuple) and len(field) == 2 and isinstance(field[0], str)):
+            raise CryptoError("each field must be a (name, value) pair with a string name")
+        name, value = field
         raw_name = name.encode()
         if isinstance(value, bool):
             raise CryptoError(f"field {name!r}: booleans are not encoded; use 0/1 explicitly")
@@ -126,8 +133,8 @@ def receipt_digest(
 
 def checkpoint_digest(*, log_id: str, tree_size: int, root_hash: bytes, timestamp_ms: int) -> bytes:
     """What the coordinator signs for an audit-log checkpoint (a signed tree head)."""
-    if len(root_hash) != 32:
-        raise CryptoError(f"root_hash must be 32 bytes, got {len(root_hash)}")
+    if not isinstance(root_hash, (bytes, bytearray)) or len(root_hash) != 32:
+        raise CryptoError("root_hash must be 32 bytes")
     return canonical_digest(
         "checkpoint",
         [

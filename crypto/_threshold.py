@@ -34,13 +34,20 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import gmpy2
+from phe import PaillierPublicKey
+
 from fedlora.crypto._paillier import ciphertext_vector_digest, validate_ciphertexts
 from fedlora.crypto._parallel import multi_powmod, powmod_bases
 from fedlora.crypto._primes import generate_safe_prime, generate_safe_prime_pair, require_safe_prime
 from fedlora.crypto._shamir import evaluate_polynomial, integer_lagrange_at_zero
-from fedlora.crypto._util import Rng, byte_length, require_bytes, require_int, system_rng
-from phe import PaillierPublicKey
-
+from fedlora.crypto._util import (
+    Rng,
+    byte_length,
+    require_bytes,
+    require_int,
+    require_sequence,
+    system_rng,
+)
 from fedlora.errors import CryptoError, VerificationError
 
 __all__ = [
@@ -66,7 +73,7 @@ _FORMAT = "fedlora-threshold-paillier/1"
 
 
 def _check_party_ids(party_ids: Sequence[str]) -> tuple[str, ...]:
-    ids = tuple(party_ids)
+    ids = tuple(require_sequence("party_ids", party_ids))
     if not 1 <= len(ids) <= MAX_PARTIES:
         raise CryptoError(f"parties must number 1..{MAX_PARTIES}, got {len(ids)}")
     for pid in ids:
@@ -105,6 +112,7 @@ class ThresholdPublicKey:
         object.__setattr__(self, "party_ids", ids)
         require_int("threshold", self.threshold, low=1, high=len(ids))
         n2 = n * n
+        require_sequence("verification_keys", self.verification_keys)
         for name, value in [
             ("v", self.v),
             *(("verification_keys", x) for x in self.verification_keys),
@@ -570,7 +578,7 @@ def combine_partial_decryptions(
     if not cts:
         raise CryptoError("nothing to combine: the ciphertext vector is empty")
     seen: set[str] = set()
-    for partial in partials:
+    for partial in require_sequence("partials", partials):
         pid = getattr(partial, "party_id", None)
         if pid in seen:
             raise CryptoError(f"duplicate partial decryption from party {pid!r}")

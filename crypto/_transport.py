@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from fedlora.crypto._threshold import KeyShare, ThresholdPublicKey
 from fedlora.crypto._util import Rng, system_rng
-
 from fedlora.errors import CryptoError
 
 __all__ = ["open_key_share", "seal_key_share", "x25519_public_bytes"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 import secrets
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import gmpy2
 
@@ -60,6 +61,17 @@ def require_bytes(name: str, value: object, *, length: int | None = None) -> byt
     return b
 
 
+def require_sequence(name: str, value: object) -> Sequence[Any]:
+    """Return ``value`` if it is a list or tuple, else raise :class:`CryptoError` naming ``name``.
+
+    Strings, bytes, mappings, sets and iterators are refused: they are never what a caller meant
+    by a vector, and an iterator would be consumed by the check.
+    """
+    if not isinstance(value, (list, tuple)):
+        raise CryptoError(f"{name} must be a list or tuple, got {type(value).__name__}")
+    return value
+
+
 def byte_length(modulus: int) -> int:
     """Bytes needed for any residue modulo ``modulus``."""
     return (int(modulus).bit_length() + 7) // 8
@@ -67,14 +79,16 @@ def byte_length(modulus: int) -> int:
 
 def int_to_fixed_bytes(value: int, width: int) -> bytes:
     """Big-endian, exactly ``width`` bytes (STYLE.md §6: big integers travel fixed-width)."""
+    value = require_int("value", value, low=0)
     try:
-        return int(value).to_bytes(width, "big")
+        return value.to_bytes(width, "big")
     except OverflowError:
         raise CryptoError(f"integer does not fit in {width} bytes") from None
 
 
 def fixed_bytes_to_int(data: bytes, width: int) -> int:
     """Inverse of :func:`int_to_fixed_bytes`; refuses any other length."""
+    data = require_bytes("data", data)
     if len(data) != width:
         raise CryptoError(f"expected {width} bytes for an integer, got {len(data)}")
     return int.from_bytes(data, "big")

@@ -15,8 +15,9 @@ import math
 import random
 from pathlib import Path
 
-from fedlora.crypto import deal_threshold_key, generate_safe_prime
 from phe import PaillierPrivateKey, PaillierPublicKey
+
+from fedlora.crypto import deal_threshold_key, generate_safe_prime
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "vectors"
 

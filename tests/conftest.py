@@ -7,8 +7,9 @@ import random
 from pathlib import Path
 
 import pytest
-from fedlora.crypto import DealtKey, deal_threshold_key, generate_safe_prime, keypair_from_primes
 from hypothesis import HealthCheck, settings
+
+from fedlora.crypto import DealtKey, deal_threshold_key, generate_safe_prime, keypair_from_primes
 
 VECTORS = Path(__file__).parent / "vectors"
 

@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import pytest
-from fedlora.crypto import CodecParams, decode, encode, pack_slots, unpack_slots
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from fedlora.crypto import CodecParams, decode, encode, pack_slots, unpack_slots
 from fedlora.errors import CryptoError
 
 PARAMS = CodecParams(clip=1.0, value_bits=16, max_total_weight=10, key_bits=2048)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+
 from fedlora.crypto import (
     EMPTY_ROOT,
     consistency_proof,
@@ -12,7 +13,6 @@ from fedlora.crypto import (
     verify_consistency,
     verify_inclusion,
 )
-
 from fedlora.errors import CryptoError, VerificationError
 from tests.conftest import load_vectors
 

@@ -4,8 +4,8 @@ import pickle
 import time
 
 import pytest
-from fedlora.crypto import DjnObfuscator, ObfuscatorPool, decrypt_batch, encrypt_batch
 
+from fedlora.crypto import DjnObfuscator, ObfuscatorPool, decrypt_batch, encrypt_batch
 from fedlora.errors import CryptoError
 
 

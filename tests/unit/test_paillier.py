@@ -3,6 +3,10 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from phe import PaillierPrivateKey, PaillierPublicKey
+
 from fedlora.crypto import (
     DjnObfuscator,
     ObfuscatorPool,
@@ -17,10 +21,6 @@ from fedlora.crypto import (
     validate_ciphertext,
     validate_ciphertexts,
 )
-from hypothesis import given
-from hypothesis import strategies as st
-from phe import PaillierPrivateKey, PaillierPublicKey
-
 from fedlora.errors import CryptoError
 from tests.conftest import load_vectors
 

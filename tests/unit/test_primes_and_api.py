@@ -5,11 +5,11 @@ import random
 import time
 from pathlib import Path
 
-import fedlora.crypto as crypto
 import gmpy2
 import pytest
-from fedlora.crypto import generate_safe_prime, generate_safe_prime_pair, is_safe_prime
 
+import fedlora.crypto as crypto
+from fedlora.crypto import generate_safe_prime, generate_safe_prime_pair, is_safe_prime
 from fedlora.errors import CryptoError
 
 CRYPTO_DIR = Path(crypto.__file__).parent

@@ -4,11 +4,11 @@ import itertools
 import random
 
 import pytest
-from fedlora.crypto import ShamirShare, integer_lagrange_at_zero, recover_secret, split_secret
-from fedlora.crypto._shamir import evaluate_polynomial
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fedlora.crypto import ShamirShare, integer_lagrange_at_zero, recover_secret, split_secret
+from fedlora.crypto._shamir import evaluate_polynomial
 from fedlora.errors import CryptoError
 from tests.conftest import load_vectors
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from fedlora.crypto import (
     canonical_digest,
     canonical_encode,
@@ -12,7 +13,6 @@ from fedlora.crypto import (
     sign_digest,
     verify_signature,
 )
-
 from fedlora.errors import CryptoError, VerificationError
 from tests.conftest import load_vectors
 

@@ -7,6 +7,9 @@ import math
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from fedlora.crypto import (
     KeyShare,
     ThresholdPublicKey,
@@ -18,9 +21,6 @@ from fedlora.crypto import (
     verify_partial_decryption,
 )
 from fedlora.crypto._threshold import _combine
-from hypothesis import given
-from hypothesis import strategies as st
-
 from fedlora.errors import CryptoError, VerificationError
 from tests.conftest import PARTIES, load_vectors
 

@@ -6,8 +6,8 @@ import random
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from fedlora.crypto import deal_threshold_key, open_key_share, seal_key_share
 
+from fedlora.crypto import deal_threshold_key, open_key_share, seal_key_share
 from fedlora.errors import CryptoError
 from tests.conftest import PARTIES
 

@@ -62,6 +62,19 @@ def run_crypto_demo(*, bits: int, values: int, seed: int) -> int:
         pid: (shared_direction + rng.normal(0, 0.2, values)).astype(np.float32) for pid in PARTIES
     }
 
+    def signed_digest(pid: str, cts: list[int]) -> bytes:
+        # What a client signs and the coordinator checks: binds round, client, codec, key and data.
+        return contribution_digest(
+            federation_id=FEDERATION,
+            round_number=1,
+            client_id=pid,
+            codec_digest=params.digest(),
+            key_fingerprint=key.fingerprint,
+            weight=1,
+            ciphertexts_digest=ciphertext_vector_digest(key.paillier, cts),
+            value_count=values,
+        )
+
     submissions = {}
     with Progress(
         TextColumn("{task.description}"),
@@ -75,16 +88,7 @@ def run_crypto_demo(*, bits: int, values: int, seed: int) -> int:
         for pid in PARTIES:
             plaintexts = encode(deltas[pid], params, rng=np.random.default_rng())
             cts = encrypt_batch(key.paillier, plaintexts, obfuscators=DjnObfuscator(key.paillier))
-            digest = contribution_digest(
-                federation_id=FEDERATION,
-                round_number=1,
-                client_id=pid,
-                codec_digest=params.digest(),
-                key_fingerprint=key.fingerprint,
-                weight=1,
-                ciphertexts_digest=ciphertext_vector_digest(key.paillier, cts),
-                value_count=values,
-            )
+            digest = signed_digest(pid, cts)
             submissions[pid] = (cts, sign_digest(signing[pid], digest))
             progress.advance(task)
         timings.append(("5 clients: encode + encrypt + sign", time.monotonic() - t0))
@@ -94,16 +98,7 @@ def run_crypto_demo(*, bits: int, values: int, seed: int) -> int:
         aggregate: list[int] | None = None
         for pid, (cts, signature) in submissions.items():
             cts = validate_ciphertexts(key.paillier, cts)
-            digest = contribution_digest(
-                federation_id=FEDERATION,
-                round_number=1,
-                client_id=pid,
-                codec_digest=params.digest(),
-                key_fingerprint=key.fingerprint,
-                weight=1,
-                ciphertexts_digest=ciphertext_vector_digest(key.paillier, cts),
-                value_count=values,
-            )
+            digest = signed_digest(pid, cts)
             verify_signature(signing[pid].public_key(), digest, signature)
             aggregate = (
                 cts if aggregate is None else add_ciphertext_vectors(key.paillier, aggregate, cts)

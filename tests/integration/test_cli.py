@@ -22,12 +22,10 @@ def fedlora(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def ceremony(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ceremony")
-    for pid in PARTIES:
-        assert fedlora("keys", "party", "--id", pid, "--out", "parties", cwd=root).returncode == 0
-    out = fedlora(
+def deal(cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The dealing command for a 2-of-3 test key (512 bits: tests only)."""
+    parties = [a for pid in PARTIES for a in ("--party", f"{pid}=parties/{pid}.x25519.pub")]
+    return fedlora(
         "keys",
         "deal",
         "--threshold",
@@ -36,9 +34,17 @@ def ceremony(tmp_path_factory) -> Path:
         "512",
         "--out",
         "federation",
-        *[a for pid in PARTIES for a in ("--party", f"{pid}=parties/{pid}.x25519.pub")],
-        cwd=root,
+        *parties,
+        cwd=cwd,
     )
+
+
+@pytest.fixture(scope="module")
+def ceremony(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ceremony")
+    for pid in PARTIES:
+        assert fedlora("keys", "party", "--id", pid, "--out", "parties", cwd=root).returncode == 0
+    out = deal(cwd=root)
     assert out.returncode == 0, out.stderr
     return root
 
@@ -111,18 +117,7 @@ def test_a_tampered_share_file_fails_clearly(ceremony, tmp_path) -> None:
 
 def test_dealing_again_never_overwrites_key_material(ceremony) -> None:
     before = (ceremony / "federation" / "threshold-key.json").read_bytes()
-    out = fedlora(
-        "keys",
-        "deal",
-        "--threshold",
-        "2",
-        "--bits",
-        "512",
-        "--out",
-        "federation",
-        *[a for pid in PARTIES for a in ("--party", f"{pid}=parties/{pid}.x25519.pub")],
-        cwd=ceremony,
-    )
+    out = deal(cwd=ceremony)
     assert out.returncode == 2
     assert "refusing to overwrite" in out.stderr
     assert (ceremony / "federation" / "threshold-key.json").read_bytes() == before

@@ -11,6 +11,7 @@ Fermat test on ``p`` first (it rejects most), then Miller–Rabin on both.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from functools import lru_cache
@@ -114,7 +115,10 @@ def generate_safe_prime_pair(bits: int, *, workers: int | None = None) -> tuple[
     if workers == 1:
         return _distinct_pair(bits)
     found: list[int] = []
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # "spawn", not Linux's default "fork": forking a process that has threads running (a
+    # client's obfuscator pool, gRPC) can deadlock the child on a lock held by another thread.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         pending = {pool.submit(_search_task, bits) for _ in range(workers)}
         try:
             while len(found) < 2:

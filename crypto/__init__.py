@@ -11,6 +11,7 @@ from __future__ import annotations
 from fedlora.crypto._codec import CodecParams, decode, encode, pack_slots, unpack_slots
 from fedlora.crypto._merkle import (
     EMPTY_ROOT,
+    CompactRange,
     consistency_proof,
     inclusion_proof,
     leaf_hash,
@@ -73,6 +74,7 @@ __all__ = [
     "EMPTY_ROOT",
     "MAX_PARTIES",
     "CodecParams",
+    "CompactRange",
     "DealtKey",
     "DecryptionProof",
     "DjnObfuscator",

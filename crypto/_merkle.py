@@ -17,6 +17,7 @@ from fedlora.errors import CryptoError, VerificationError
 
 __all__ = [
     "EMPTY_ROOT",
+    "CompactRange",
     "consistency_proof",
     "inclusion_proof",
     "leaf_hash",
@@ -229,3 +230,35 @@ def verify_consistency(
         raise VerificationError(f"consistency proof does not reproduce the root of size {old_size}")
     if not hmac.compare_digest(sr, bytes(new_root)):
         raise VerificationError(f"consistency proof does not reproduce the root of size {new_size}")
+
+
+class CompactRange:
+    """The RFC 6962 root of a growing log in O(log n) memory and time per leaf.
+
+    Holds the roots of the perfect subtrees that make up the first ``size`` leaves (one per set
+    bit of ``size``); :meth:`root` folds them right to left, which is exactly MTH of the prefix.
+    """
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._peaks: list[bytes] = []  # left to right, largest subtree first
+
+    def append(self, leaf: bytes) -> None:
+        """Add one leaf *hash*."""
+        node = require_bytes("leaf hash", leaf, length=32)
+        self.size += 1
+        # Merge equal-sized subtrees: one merge per trailing zero bit of the new size.
+        size = self.size
+        while size % 2 == 0:
+            node = node_hash(self._peaks.pop(), node)
+            size //= 2
+        self._peaks.append(node)
+
+    def root(self) -> bytes:
+        """MTH of the leaves appended so far (``EMPTY_ROOT`` for none)."""
+        if not self._peaks:
+            return EMPTY_ROOT
+        node = self._peaks[-1]
+        for peak in reversed(self._peaks[:-1]):
+            node = node_hash(peak, node)
+        return node

@@ -8,5 +8,6 @@ view="$root/build/typecheck"
 rm -rf "$view" && mkdir -p "$view/fedlora"
 for f in "$root"/fedlora/*.py; do ln -s "$f" "$view/fedlora/"; done
 for pkg in crypto client coordinator; do ln -s "$root/$pkg" "$view/fedlora/$pkg"; done
+ln -s "$root/fedlora/v1" "$view/fedlora/v1"
 cd "$view"
 python -m mypy --config-file "$root/pyproject.toml" -p fedlora

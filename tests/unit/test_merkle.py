@@ -118,3 +118,18 @@ def test_bad_arguments() -> None:
         verify_consistency(3, 3, merkle_root(CT_LEAVES[:3]), EMPTY_ROOT, [])
     with pytest.raises(VerificationError, match="outside"):
         verify_inclusion(CT_LEAVES[0], 3, 3, [], EMPTY_ROOT)
+
+
+def test_compact_range_matches_the_full_root_at_every_size() -> None:
+    from fedlora.crypto import CompactRange
+
+    acc = CompactRange()
+    assert acc.root() == EMPTY_ROOT
+    for n, leaf in enumerate(MANY, start=1):
+        acc.append(leaf)
+        assert acc.size == n
+        assert acc.root() == merkle_root(MANY[:n])
+    ct = CompactRange()
+    for leaf in CT_LEAVES:
+        ct.append(leaf)
+    assert ct.root().hex() == VEC["roots"][8]

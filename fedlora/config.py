@@ -1,0 +1,337 @@
+"""YAML configuration, parsed once into frozen dataclasses (STYLE.md §9, DESIGN.md §6).
+
+One validator walks the dataclass definitions: it rejects unknown keys, wrong types (a bool where
+an int is expected included), out-of-range values and missing required keys, and every message
+names the dotted YAML path. Relative paths are resolved against the YAML file's folder. Nothing
+below the entry points reads files or the environment; they receive these objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from fedlora.errors import ConfigError
+
+__all__ = [
+    "ClientConfig",
+    "CodecConfig",
+    "CoordinatorConfig",
+    "FederatedLearning",
+    "Party",
+    "load_client_config",
+    "load_coordinator_config",
+    "parse_config",
+]
+
+T = TypeVar("T")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_HEX32 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _range(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    pattern: re.Pattern[str] | None = None,
+    doc: str = "",
+) -> dict[str, Any]:
+    return {"low": low, "high": high, "pattern": pattern, "doc": doc}
+
+
+@dataclass(frozen=True)
+class FederatedLearning:
+    """The federation's schedule and thresholds."""
+
+    encryption_type: Literal["homomorphic", "none"] = "homomorphic"
+    aggregation_frequency: int = field(default=100, metadata=_range(1, 10_000_000))
+    participant_threshold: int = field(default=3, metadata=_range(1, 10_000))
+    decryption_threshold: int = field(default=3, metadata=_range(1, 128))
+    rounds: int = field(default=5, metadata=_range(1, 1_000_000))
+    round_timeout_s: float = field(default=600.0, metadata=_range(1, 7 * 24 * 3600))
+    decryption_timeout_s: float = field(default=600.0, metadata=_range(1, 7 * 24 * 3600))
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """Packing codec: values are clipped to ±clip and quantized to value_bits."""
+
+    clip: float = field(default=0.05, metadata=_range(1e-12, 1e12))
+    value_bits: int = field(default=16, metadata=_range(2, 32))
+    max_weight: int = field(default=1, metadata=_range(1, 1 << 20))
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = "127.0.0.1:50051"
+    insecure: bool = False
+    tls: TlsFiles | None = None
+    chunk_bytes: int = field(default=1 << 20, metadata=_range(4096, 4 << 20))
+
+
+@dataclass(frozen=True)
+class Party:
+    id: str = field(metadata=_range(pattern=_ID))
+    role: Literal["bank", "hospital", "other"]
+    signing_public_key: str = field(metadata=_range(pattern=_HEX32, doc="64 hex digits (Ed25519)"))
+    revoked: bool = False
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_parameters: int = field(metadata=_range(1, 1 << 31))
+
+
+@dataclass(frozen=True)
+class CoordinatorKeys:
+    threshold_public_key: Path
+    signing_key: Path
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    federation_id: str = field(metadata=_range(pattern=_ID))
+    state_dir: Path
+    keys: CoordinatorKeys
+    model: ModelConfig
+    parties: tuple[Party, ...]
+    server: ServerConfig = ServerConfig()
+    federated_learning: FederatedLearning = FederatedLearning()
+    codec: CodecConfig = CodecConfig()
+
+    def party(self, party_id: str) -> Party | None:
+        return next((p for p in self.parties if p.id == party_id), None)
+
+
+@dataclass(frozen=True)
+class CoordinatorEndpoint:
+    address: str = "127.0.0.1:50051"
+    insecure: bool = False
+    tls: TlsFiles | None = None
+    server_name: str | None = None
+
+
+@dataclass(frozen=True)
+class ClientKeys:
+    signing_key: Path
+    x25519_key: Path
+    key_share: Path
+    threshold_public_key: Path
+    coordinator_signing_public_key: str = field(
+        metadata=_range(pattern=_HEX32, doc="64 hex digits (Ed25519)")
+    )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: Path
+    label_column: str = "label"
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    batch_size: int = field(default=32, metadata=_range(1, 1 << 20))
+    learning_rate: float = field(default=0.05, metadata=_range(1e-12, 100))
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = field(default=0, metadata=_range(0, 2**32 - 1))
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    max_attempts: int = field(default=30, metadata=_range(1, 1_000_000))
+    initial_backoff_s: float = field(default=0.5, metadata=_range(0.01, 3600))
+    max_backoff_s: float = field(default=10.0, metadata=_range(0.01, 3600))
+    poll_interval_s: float = field(default=0.5, metadata=_range(0.01, 3600))
+
+
+@dataclass(frozen=True)
+class ClientDebug:
+    save_plaintext_deltas: bool = False
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    id: str = field(metadata=_range(pattern=_ID))
+    role: Literal["bank", "hospital", "other"]
+    federation_id: str = field(metadata=_range(pattern=_ID))
+    state_dir: Path
+    keys: ClientKeys
+    data: DataConfig
+    coordinator: CoordinatorEndpoint = CoordinatorEndpoint()
+    training: TrainingConfig = TrainingConfig()
+    retry: RetryConfig = RetryConfig()
+    debug: ClientDebug = ClientDebug()
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if typing.get_origin(tp) is tuple:
+        return "a list"
+    return {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        Path: "a path",
+    }.get(tp, str(tp))
+
+
+def _convert(tp: Any, value: Any, path: str, base: Path, meta: dict[str, Any]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, path, base, meta)
+    if origin is Literal:
+        if value not in typing.get_args(tp) or isinstance(value, bool):
+            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
+        (item,) = typing.get_args(tp)[:1]
+        return tuple(_convert(item, v, f"{path}[{i}]", base, {}) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return _build(typing.cast(type, tp), value, path, base)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        out: Any = value
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        out = float(value)
+    elif tp is str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{path}: expected a non-empty string, got {value!r}")
+        out = value
+    elif tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{path}: expected a path, got {value!r}")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (base / p)
+    else:  # pragma: no cover - a new field type needs a branch here
+        raise ConfigError(f"{path}: unsupported type {tp}")
+    low, high, pattern = meta.get("low"), meta.get("high"), meta.get("pattern")
+    if (low is not None and out < low) or (high is not None and out > high):
+        raise ConfigError(f"{path}: must be between {low:g} and {high:g}, got {out!r}")
+    if pattern is not None and not pattern.match(out):
+        hint = (
+            meta.get("doc")
+            or "letters, digits, '.', '_' or '-', starting with a letter or digit (at most 64)"
+        )
+        raise ConfigError(f"{path}: must be {hint}, got {out!r}")
+    return out
+
+
+def _build(cls: type[T], data: Any, path: str, base: Path) -> T:
+    where = path or "the top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        dotted = f"{path}.{unknown[0]}" if path else str(unknown[0])
+        raise ConfigError(f"{dotted}: unknown key (allowed here: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, f in fields.items():
+        dotted = f"{path}.{name}" if path else name
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], dotted, base, dict(f.metadata))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{dotted}: required key is missing")
+    return cls(**kwargs)
+
+
+def parse_config(cls: type[T], text: str, *, base: Path, source: str = "config") -> T:
+    """Parse YAML text into ``cls``; relative paths resolve against ``base``.
+
+    Raises:
+        ConfigError: malformed YAML or any invalid key, naming the dotted path.
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(
+            f"{source} is not valid YAML{where}: {getattr(exc, 'problem', exc)}"
+        ) from None
+    if data is None:
+        raise ConfigError(f"{source} is empty")
+    return _build(cls, data, "", base)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+
+
+def load_coordinator_config(path: Path) -> CoordinatorConfig:
+    """Read and validate a coordinator YAML file, including the rules that span several keys."""
+    cfg = parse_config(CoordinatorConfig, _read(path), base=path.parent.resolve(), source=str(path))
+    fl, n = cfg.federated_learning, len(cfg.parties)
+    ids = [p.id for p in cfg.parties]
+    if n == 0:
+        raise ConfigError("parties: at least one party must be enrolled")
+    if len(set(ids)) != n:
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ConfigError(f"parties: id {dup!r} is enrolled twice")
+    keys = [p.signing_public_key for p in cfg.parties]
+    if len(set(keys)) != n:
+        raise ConfigError("parties: two parties share a signing_public_key")
+    if fl.participant_threshold > n:
+        raise ConfigError(
+            f"federated_learning.participant_threshold: {fl.participant_threshold} exceeds the {n} enrolled parties"
+        )
+    if fl.decryption_threshold > n:
+        raise ConfigError(
+            f"federated_learning.decryption_threshold: {fl.decryption_threshold} exceeds the {n} enrolled parties"
+        )
+    _check_transport("server", cfg.server.insecure, cfg.server.tls)
+    return cfg
+
+
+def load_client_config(path: Path) -> ClientConfig:
+    """Read and validate a client YAML file."""
+    cfg = parse_config(ClientConfig, _read(path), base=path.parent.resolve(), source=str(path))
+    _check_transport("coordinator", cfg.coordinator.insecure, cfg.coordinator.tls)
+    if cfg.retry.initial_backoff_s > cfg.retry.max_backoff_s:
+        raise ConfigError("retry.initial_backoff_s: must not exceed retry.max_backoff_s")
+    return cfg
+
+
+def _check_transport(prefix: str, insecure: bool, tls: TlsFiles | None) -> None:
+    if insecure and tls is not None:
+        raise ConfigError(f"{prefix}.insecure: true contradicts {prefix}.tls; set one of them")
+    if not insecure and tls is None:
+        raise ConfigError(
+            f"{prefix}.tls: required (mTLS is the default); or set {prefix}.insecure: true for a loopback demo"
+        )

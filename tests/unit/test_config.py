@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedlora.config import load_client_config, load_coordinator_config
+from fedlora.errors import ConfigError
+
+KEY_A, KEY_B = "a" * 64, "b" * 64
+COORDINATOR = f"""
+federation_id: fed-1
+state_dir: state
+keys: {{threshold_public_key: keys/threshold-key.json, signing_key: keys/coordinator.ed25519}}
+model: {{num_parameters: 100}}
+server: {{listen: "127.0.0.1:0", insecure: true}}
+federated_learning: {{participant_threshold: 2, decryption_threshold: 2, rounds: 3}}
+parties:
+  - {{id: bank-a, role: bank, signing_public_key: "{KEY_A}"}}
+  - {{id: hospital-b, role: hospital, signing_public_key: "{KEY_B}"}}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_valid_file_parses_with_defaults_and_resolved_paths(tmp_path) -> None:
+    cfg = load_coordinator_config(write(tmp_path, COORDINATOR))
+    assert cfg.federated_learning.rounds == 3
+    assert cfg.federated_learning.encryption_type == "homomorphic"
+    assert cfg.codec.value_bits == 16
+    assert cfg.state_dir == tmp_path.resolve() / "state"
+    assert cfg.party("hospital-b").role == "hospital"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("rounds: 3", "rounds: true"), "federated_learning.rounds: expected an integer, got True"),
+        (("rounds: 3", "rounds: 0"), "federated_learning.rounds: must be between 1"),
+        (("rounds: 3", "rounds: 3, roundz: 4"), "federated_learning.roundz: unknown key"),
+        (
+            ("num_parameters: 100", "num_parameters: '100'"),
+            "model.num_parameters: expected an integer",
+        ),
+        (
+            ("role: bank", "role: insurer"),
+            r"parties\[0\].role: expected one of 'bank', 'hospital', 'other'",
+        ),
+        ((f'"{KEY_B}"', f'"{KEY_A}"'), "share a signing_public_key"),
+        (("id: hospital-b", "id: bank-a"), "id 'bank-a' is enrolled twice"),
+        (
+            ("participant_threshold: 2", "participant_threshold: 3"),
+            "participant_threshold: 3 exceeds the 2",
+        ),
+        (("insecure: true", "insecure: false"), "server.tls: required"),
+        (("id: bank-a", "id: 'bank a'"), r"parties\[0\].id: must be letters"),
+        (("federation_id: fed-1\n", ""), "federation_id: required key is missing"),
+    ],
+)
+def test_errors_name_the_dotted_key(tmp_path, change, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_coordinator_config(write(tmp_path, COORDINATOR.replace(*change)))
+
+
+def test_malformed_yaml_names_the_line(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="not valid YAML at line 3"):
+        load_coordinator_config(write(tmp_path, "a: 1\nb: [\nc: : :\n"))
+    with pytest.raises(ConfigError, match="is empty"):
+        load_coordinator_config(write(tmp_path, ""))
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_coordinator_config(write(tmp_path, "- 1\n- 2\n"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_coordinator_config(tmp_path / "missing.yaml")
+
+
+def test_client_config(tmp_path) -> None:
+    text = f"""
+id: bank-a
+role: bank
+federation_id: fed-1
+state_dir: client-state
+coordinator: {{address: "127.0.0.1:5", insecure: true}}
+keys:
+  signing_key: k/bank-a.ed25519
+  x25519_key: k/bank-a.x25519
+  key_share: k/bank-a.share.json
+  threshold_public_key: k/threshold-key.json
+  coordinator_signing_public_key: "{KEY_A}"
+data: {{path: data/bank-a.csv}}
+retry: {{initial_backoff_s: 20, max_backoff_s: 10}}
+"""
+    with pytest.raises(ConfigError, match=r"retry\.initial_backoff_s"):
+        load_client_config(write(tmp_path, text))
+    cfg = load_client_config(
+        write(tmp_path, text.replace("initial_backoff_s: 20", "initial_backoff_s: 1"))
+    )
+    assert cfg.data.label_column == "label"
+    assert cfg.keys.key_share == tmp_path.resolve() / "k" / "bank-a.share.json"

@@ -33,6 +33,7 @@ from fedlora.crypto._paillier import (
     encrypt_batch,
     key_fingerprint,
     keypair_from_primes,
+    records_hasher,
     validate_ciphertext,
     validate_ciphertexts,
 )
@@ -123,6 +124,7 @@ __all__ = [
     "pack_slots",
     "partial_decrypt",
     "receipt_digest",
+    "records_hasher",
     "recover_secret",
     "seal_key_share",
     "sign_digest",

@@ -38,6 +38,7 @@ __all__ = [
     "encrypt_batch",
     "key_fingerprint",
     "keypair_from_primes",
+    "records_hasher",
     "validate_ciphertext",
     "validate_ciphertexts",
 ]
@@ -251,6 +252,20 @@ def decrypt_batch(
     return [crt.finish(a, b) for a, b in zip(ups, uqs)]
 
 
+def records_hasher(count: int, width: int) -> hashlib._Hash:
+    """A SHA-256 object primed for ``count`` fixed-width records of ``width`` bytes.
+
+    Feeding it the records' bytes (in chunks, as they stream in) gives the same digest as
+    :func:`ciphertext_vector_digest` over the same vector.
+    """
+    count = require_int("count", count, low=0)
+    width = require_int("width", width, low=1)
+    h = hashlib.sha256(b"fedlora/ciphertexts/v1\x00")
+    h.update(count.to_bytes(8, "big"))
+    h.update(width.to_bytes(4, "big"))
+    return h
+
+
 def ciphertext_vector_digest(public_key: PaillierPublicKey, ciphertexts: Sequence[int]) -> bytes:
     """SHA-256 over a domain tag, the count and each ciphertext as fixed-width big-endian bytes.
 
@@ -258,9 +273,7 @@ def ciphertext_vector_digest(public_key: PaillierPublicKey, ciphertexts: Sequenc
     """
     pk = _require_public_key(public_key)
     width = byte_length(pk.nsquare)
-    h = hashlib.sha256(b"fedlora/ciphertexts/v1\x00")
-    h.update(len(require_sequence("ciphertexts", ciphertexts)).to_bytes(8, "big"))
-    h.update(width.to_bytes(4, "big"))
+    h = records_hasher(len(require_sequence("ciphertexts", ciphertexts)), width)
     try:
         for c in ciphertexts:
             h.update(int(c).to_bytes(width, "big"))

@@ -11,21 +11,19 @@ Fermat test on ``p`` first (it rejects most), then Miller–Rabin on both.
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+import threading
 from functools import lru_cache
 
 import gmpy2
 import numpy as np
 
+from fedlora.crypto._parallel import default_workers
 from fedlora.crypto._util import Rng, require_int, system_rng
 from fedlora.errors import CryptoError
 
 SIEVE_BOUND = 1 << 17
 _WINDOW = 1 << 15  # candidates p' = start + 2i, i < _WINDOW, sieved in one numpy pass
 _MR_ROUNDS = 40  # Miller–Rabin rounds: error < 4^-40 per prime, on top of the sieve and Fermat
-_WINDOWS_PER_TASK = 8
 
 
 @lru_cache(maxsize=1)
@@ -70,15 +68,12 @@ def _search(bits: int, windows: int, rng: Rng) -> int | None:
             p = 2 * q + 1
             if p.bit_length() != bits:
                 break
-            if gmpy2.powmod(two, p - 1, p) != 1:
+            # powmod_base_list releases the GIL, so threads searching in parallel scale.
+            if gmpy2.powmod_base_list([two], p - 1, p)[0] != 1:
                 continue
             if gmpy2.is_prime(q, _MR_ROUNDS) and gmpy2.is_prime(p, _MR_ROUNDS):
                 return int(p)
     return None
-
-
-def _search_task(bits: int) -> int | None:
-    return _search(bits, _WINDOWS_PER_TASK, system_rng(None))
 
 
 def generate_safe_prime(bits: int, *, rng: Rng | None = None) -> int:
@@ -101,36 +96,43 @@ def generate_safe_prime(bits: int, *, rng: Rng | None = None) -> int:
 
 
 def generate_safe_prime_pair(bits: int, *, workers: int | None = None) -> tuple[int, int]:
-    """Two distinct random safe primes of ``bits`` bits, searched on ``workers`` processes.
+    """Two distinct random safe primes of ``bits`` bits, searched on ``workers`` threads.
 
-    Prime search is pure-Python control flow around gmpy2 calls that hold the GIL, so it scales
-    with processes, not threads. Each task searches a bounded number of windows, which keeps
-    shutdown prompt once two primes are found.
+    The expensive step, the Fermat test of each sieve survivor, runs in gmpy2 with the GIL
+    released, so threads share the search without processes (and without the re-import of the
+    caller's ``__main__`` that spawned processes would need).
 
     Raises:
         CryptoError: ``bits`` out of range.
     """
     bits = require_int("bits", bits, low=16, high=8192)
-    workers = (os.cpu_count() or 1) if workers is None else require_int("workers", workers, low=1)
+    workers = default_workers() if workers is None else require_int("workers", workers, low=1)
     if workers == 1:
         return _distinct_pair(bits)
     found: list[int] = []
-    # "spawn", not Linux's default "fork": forking a process that has threads running (a
-    # client's obfuscator pool, gRPC) can deadlock the child on a lock held by another thread.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        pending = {pool.submit(_search_task, bits) for _ in range(workers)}
-        try:
-            while len(found) < 2:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    prime = future.result()
-                    if prime is not None and prime not in found:
-                        found.append(prime)
-                    pending.add(pool.submit(_search_task, bits))
-        finally:
-            for future in pending:
-                future.cancel()
+    lock = threading.Lock()
+    done = threading.Event()
+    rng = system_rng(None)
+
+    def search() -> None:
+        while not done.is_set():
+            prime = _search(bits, 1, rng)
+            if prime is None:
+                continue
+            with lock:
+                if prime not in found:
+                    found.append(prime)
+                if len(found) >= 2:
+                    done.set()
+
+    threads = [
+        threading.Thread(target=search, name=f"fedlora-primes-{i}", daemon=True)
+        for i in range(workers)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     return found[0], found[1]
 
 

@@ -147,6 +147,7 @@ class TrainingConfig:
     batch_size: int = field(default=32, metadata=_range(1, 1 << 20))
     learning_rate: float = field(default=0.05, metadata=_range(1e-12, 100))
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_classes: int = field(default=2, metadata=_range(2, 100_000))
     seed: int = field(default=0, metadata=_range(0, 2**32 - 1))
 
 
@@ -156,6 +157,21 @@ class RetryConfig:
     initial_backoff_s: float = field(default=0.5, metadata=_range(0.01, 3600))
     max_backoff_s: float = field(default=10.0, metadata=_range(0.01, 3600))
     poll_interval_s: float = field(default=0.5, metadata=_range(0.01, 3600))
+
+
+@dataclass(frozen=True)
+class Peer:
+    """An enrolled party as the client knows it out of band (pinned, not learned from the coordinator)."""
+
+    id: str = field(metadata=_range(pattern=_ID))
+    signing_public_key: str = field(metadata=_range(pattern=_HEX32, doc="64 hex digits (Ed25519)"))
+
+
+@dataclass(frozen=True)
+class ClientPolicy:
+    """What this client requires before it releases a partial decryption."""
+
+    min_participants: int = field(default=2, metadata=_range(2, 10_000))
 
 
 @dataclass(frozen=True)
@@ -171,7 +187,9 @@ class ClientConfig:
     state_dir: Path
     keys: ClientKeys
     data: DataConfig
+    peers: tuple[Peer, ...]
     coordinator: CoordinatorEndpoint = CoordinatorEndpoint()
+    policy: ClientPolicy = ClientPolicy()
     training: TrainingConfig = TrainingConfig()
     retry: RetryConfig = RetryConfig()
     debug: ClientDebug = ClientDebug()
@@ -323,6 +341,15 @@ def load_client_config(path: Path) -> ClientConfig:
     """Read and validate a client YAML file."""
     cfg = parse_config(ClientConfig, _read(path), base=path.parent.resolve(), source=str(path))
     _check_transport("coordinator", cfg.coordinator.insecure, cfg.coordinator.tls)
+    ids = [p.id for p in cfg.peers]
+    if cfg.id not in ids:
+        raise ConfigError(f"peers: must list this client ({cfg.id!r}) with its signing key")
+    if len(set(ids)) != len(ids):
+        raise ConfigError("peers: a peer is listed twice")
+    if cfg.policy.min_participants > len(ids):
+        raise ConfigError(
+            f"policy.min_participants: {cfg.policy.min_participants} exceeds the {len(ids)} peers"
+        )
     if cfg.retry.initial_backoff_s > cfg.retry.max_backoff_s:
         raise ConfigError("retry.initial_backoff_s: must not exceed retry.max_backoff_s")
     return cfg

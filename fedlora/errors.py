@@ -6,7 +6,16 @@ plaintexts or gradients: an error message ends up in logs that other people read
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "CryptoError", "FedLoraError", "ProtocolError", "VerificationError"]
+__all__ = [
+    "AuthenticationError",
+    "AuthorizationError",
+    "ConfigError",
+    "CryptoError",
+    "FedLoraError",
+    "NotFoundError",
+    "ProtocolError",
+    "VerificationError",
+]
 
 
 class FedLoraError(Exception):
@@ -27,3 +36,15 @@ class VerificationError(FedLoraError):
 
 class CryptoError(FedLoraError):
     """A cryptographic operation was given an invalid key, ciphertext, share or parameter."""
+
+
+class AuthenticationError(FedLoraError):
+    """The caller presented no usable identity (gRPC UNAUTHENTICATED)."""
+
+
+class AuthorizationError(FedLoraError):
+    """The caller's identity is not enrolled, or is revoked (gRPC PERMISSION_DENIED)."""
+
+
+class NotFoundError(FedLoraError):
+    """The thing asked for does not exist (gRPC NOT_FOUND)."""

@@ -91,6 +91,9 @@ keys:
   threshold_public_key: k/threshold-key.json
   coordinator_signing_public_key: "{KEY_A}"
 data: {{path: data/bank-a.csv}}
+peers:
+  - {{id: bank-a, signing_public_key: "{KEY_A}"}}
+  - {{id: hospital-b, signing_public_key: "{KEY_B}"}}
 retry: {{initial_backoff_s: 20, max_backoff_s: 10}}
 """
     with pytest.raises(ConfigError, match=r"retry\.initial_backoff_s"):

@@ -1,0 +1,540 @@
+"""A bank's or hospital's client: joins the federation and works through its rounds.
+
+For each round it pulls the global adapter, trains locally, encodes, encrypts, signs and uploads
+its delta; as a decryptor it releases a partial decryption only for an aggregate it has checked
+itself (DESIGN.md §4 step 4): at least ``policy.min_participants`` distinct pinned peers, every
+signature valid over the ciphertexts actually sent, and the aggregate recomputed from them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedlora.client._training import LinearTrainer, LocalTrainer
+from fedlora.config import ClientConfig
+from fedlora.crypto import (
+    CodecParams,
+    KeyShare,
+    ObfuscatorPool,
+    ThresholdPublicKey,
+    add_ciphertext_vectors,
+    ciphertext_vector_digest,
+    ciphertext_width,
+    contribution_digest,
+    encode,
+    encrypt_batch,
+    open_key_share,
+    partial_decrypt,
+    receipt_digest,
+    records_hasher,
+    sign_digest,
+    validate_ciphertexts,
+    verify_signature,
+)
+from fedlora.errors import ConfigError, FedLoraError, ProtocolError, VerificationError
+from fedlora.v1 import common_pb2, federation_pb2, federation_pb2_grpc
+
+T = TypeVar("T")
+INSECURE_IDENTITY_HEADER = "x-fedlora-insecure-identity"  # must match the coordinator's
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}") from None
+
+
+def _private_key(path: Path, what: str, kind: Any) -> Any:
+    try:
+        key = load_pem_private_key(_read(path, what), password=None)
+    except ValueError:
+        raise ConfigError(f"{what}: {path} is not an unencrypted PEM private key") from None
+    if not isinstance(key, kind):
+        raise ConfigError(f"{what}: {path} is not an {kind.__name__.replace('PrivateKey', '')} key")
+    return key
+
+
+@dataclass(frozen=True)
+class Federation:
+    """What Join told us, checked against our own files."""
+
+    codec: CodecParams
+    homomorphic: bool
+    aggregation_frequency: int
+    rounds: int
+    num_parameters: int
+    max_weight: int
+    chunk_bytes: int
+
+
+class Client:
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        trainer: LocalTrainer | None = None,
+        console: Console | None = None,
+    ) -> None:
+        self.config = config
+        self.console = console or Console()
+        self.signing_key = _private_key(
+            config.keys.signing_key, "keys.signing_key", Ed25519PrivateKey
+        )
+        self.coordinator_key = bytes.fromhex(config.keys.coordinator_signing_public_key)
+        self.peers = {p.id: bytes.fromhex(p.signing_public_key) for p in config.peers}
+        self.trainer = trainer or LinearTrainer(config)
+        self.key: ThresholdPublicKey | None = None
+        self.share: KeyShare | None = None
+        self.state_dir = config.state_dir
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.channel = self._channel()
+        self.stub = federation_pb2_grpc.FederationStub(self.channel)
+        self.metadata = (
+            [(INSECURE_IDENTITY_HEADER, config.id)] if config.coordinator.insecure else None
+        )
+        self.fed: Federation | None = None
+
+    # -- transport -------------------------------------------------------------------------------
+    def _channel(self) -> grpc.Channel:
+        c = self.config.coordinator
+        options: list[tuple[str, int | str]] = [
+            ("grpc.max_receive_message_length", 8 << 20),
+            ("grpc.max_send_message_length", 8 << 20),
+        ]
+        if c.insecure:
+            return grpc.insecure_channel(c.address, options=options)
+        assert c.tls is not None
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read(c.tls.ca, "coordinator.tls.ca"),
+            private_key=_read(c.tls.key, "coordinator.tls.key"),
+            certificate_chain=_read(c.tls.cert, "coordinator.tls.cert"),
+        )
+        if c.server_name:
+            options.append(("grpc.ssl_target_name_override", c.server_name))
+        return grpc.secure_channel(c.address, credentials, options=options)
+
+    def _retry(self, what: str, call: Callable[[], T]) -> T:
+        """Run ``call``, retrying transport failures with exponential backoff."""
+        r = self.config.retry
+        delay = r.initial_backoff_s
+        for attempt in range(1, r.max_attempts + 1):
+            try:
+                return call()
+            except grpc.RpcError as exc:
+                code = exc.code()  # type: ignore[attr-defined]
+                if code not in RETRYABLE or attempt == r.max_attempts:
+                    raise
+                self.console.print(
+                    f"[yellow]{what}: {code.name.lower()}, retrying in {delay:.1f}s ({attempt}/{r.max_attempts})[/]"
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, r.max_backoff_s)
+        raise AssertionError("unreachable")
+
+    # -- joining ---------------------------------------------------------------------------------
+    def join(self) -> Federation:
+        response = self._retry(
+            "join",
+            lambda: self.stub.Join(
+                federation_pb2.JoinRequest(client_id=self.config.id), metadata=self.metadata
+            ),
+        )
+        if response.federation_id != self.config.federation_id:
+            raise ProtocolError(
+                f"coordinator serves federation {response.federation_id!r}, this client expects {self.config.federation_id!r}"
+            )
+        if not hmac.compare_digest(response.coordinator_signing_key, self.coordinator_key):
+            raise VerificationError(
+                "the coordinator's signing key differs from keys.coordinator_signing_public_key"
+            )
+        c = response.codec
+        codec = CodecParams(
+            clip=c.clip,
+            value_bits=c.value_bits,
+            max_total_weight=c.max_total_weight,
+            key_bits=c.key_bits,
+        )
+        homomorphic = response.encryption_type == "homomorphic"
+        if homomorphic:
+            self.key = ThresholdPublicKey.from_json(
+                _read(self.config.keys.threshold_public_key, "keys.threshold_public_key")
+            )
+            if not hmac.compare_digest(self.key.fingerprint, response.key_fingerprint):
+                raise VerificationError(
+                    "the coordinator uses a different threshold key than keys.threshold_public_key"
+                )
+            if self.config.id in self.key.party_ids:
+                x25519 = _private_key(
+                    self.config.keys.x25519_key, "keys.x25519_key", X25519PrivateKey
+                )
+                self.share = open_key_share(
+                    _read(self.config.keys.key_share, "keys.key_share"),
+                    x25519,
+                    party_id=self.config.id,
+                    public_key=self.key,
+                )
+        if response.num_parameters != self.trainer.num_parameters:
+            raise ConfigError(
+                f"the federation's model has {response.num_parameters} parameters, this client's has {self.trainer.num_parameters}"
+            )
+        self.fed = Federation(
+            codec,
+            homomorphic,
+            response.aggregation_frequency,
+            response.rounds,
+            response.num_parameters,
+            max(1, response.codec.max_total_weight // max(1, len(self.peers))),
+            response.chunk_bytes or (1 << 20),
+        )
+        role = "decryptor" if self.share else "contributor"
+        self.console.print(
+            f"{self.config.id}: joined {response.federation_id!r} as {response.role} {role}; {response.rounds} rounds, "
+            f"{response.aggregation_frequency} local steps each, {response.encryption_type} aggregation"
+        )
+        return self.fed
+
+    # -- the round loop --------------------------------------------------------------------------
+    def run(self) -> int:
+        fed = self.join()
+        seen_done: set[tuple[int, str]] = set()
+        while True:
+            status = self._retry(
+                "round status",
+                lambda: self.stub.GetRound(federation_pb2.RoundQuery(), metadata=self.metadata),
+            )
+            if status.stage == common_pb2.ROUND_STAGE_FINISHED:
+                vector = self.download_global(status.global_version, status.global_digest)
+                self.console.print(
+                    f"{self.config.id}: federation finished after {status.rounds_total} rounds; global adapter "
+                    f"v{status.global_version} {status.global_digest.hex()[:16]}…, local accuracy {self.trainer.evaluate(vector):.3f}"
+                )
+                return 0
+            if status.stage == common_pb2.ROUND_STAGE_COLLECTING and not status.contributed:
+                self.contribute(fed, status)
+            elif (
+                status.stage == common_pb2.ROUND_STAGE_DECRYPTING
+                and self.share is not None
+                and not status.partial_submitted
+                and (status.round, "partial") not in seen_done
+            ):
+                try:
+                    self.decrypt(status.round)
+                except FedLoraError as exc:
+                    self.console.print(
+                        f"[red]{self.config.id}: refusing to decrypt round {status.round}: {exc}[/]"
+                    )
+                seen_done.add((status.round, "partial"))
+            time.sleep(self.config.retry.poll_interval_s)
+
+    def download_global(self, version: int, expected: bytes) -> np.ndarray:
+        def fetch() -> tuple[bytes, bytes]:
+            data, digest = bytearray(), b""
+            for chunk in self.stub.DownloadGlobal(
+                federation_pb2.GlobalRequest(version=version), metadata=self.metadata
+            ):
+                data += chunk.data
+                digest = chunk.digest
+            return bytes(data), digest
+
+        data, digest = self._retry("download global adapter", fetch)
+        if hashlib.sha256(data).digest() != digest or not hmac.compare_digest(digest, expected):
+            raise VerificationError(f"global adapter v{version} does not match its digest")
+        return np.frombuffer(data, dtype="<f4").astype(np.float32)
+
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        )
+
+    def contribute(self, fed: Federation, status: Any) -> None:
+        started = time.monotonic()
+        r = status.round
+        base = self.download_global(status.global_version, status.global_digest)
+        pool = None
+        if fed.homomorphic:
+            assert self.key is not None
+            # Obfuscators are computed in the background while the model trains.
+            pool = ObfuscatorPool(
+                self.key.paillier, capacity=fed.codec.ciphertexts_for(fed.num_parameters)
+            ).start()
+        try:
+            with self._progress() as progress:
+                task = progress.add_task(
+                    f"{self.config.id} round {r}: training", total=fed.aggregation_frequency
+                )
+                local = self.trainer.train(
+                    base, fed.aggregation_frequency, on_step=lambda: progress.advance(task)
+                )
+                t_train = time.monotonic() - started
+                delta = local.astype(np.float64) - base.astype(np.float64)
+                weight = min(self.trainer.num_examples, fed.max_weight)
+                if self.config.debug.save_plaintext_deltas:
+                    self._save_delta(r, delta, weight)
+                enc = progress.add_task(f"{self.config.id} round {r}: encrypting", total=1)
+                if fed.homomorphic:
+                    assert self.key is not None and pool is not None
+                    cts = encrypt_batch(
+                        self.key.paillier, encode(delta, fed.codec, weight=weight), obfuscators=pool
+                    )
+                    width = ciphertext_width(self.key.paillier)
+                    records = b"".join(c.to_bytes(width, "big") for c in cts)
+                    digest, count, fingerprint = (
+                        ciphertext_vector_digest(self.key.paillier, cts),
+                        len(cts),
+                        self.key.fingerprint,
+                    )
+                else:
+                    records = np.ascontiguousarray(delta, dtype="<f4").tobytes()
+                    hasher = records_hasher(fed.num_parameters, 4)
+                    hasher.update(records)
+                    digest, count, fingerprint = hasher.digest(), fed.num_parameters, b"\x00" * 32
+                progress.update(enc, completed=1)
+                signature = sign_digest(
+                    self.signing_key,
+                    contribution_digest(
+                        federation_id=self.config.federation_id,
+                        round_number=r,
+                        client_id=self.config.id,
+                        codec_digest=fed.codec.digest(),
+                        key_fingerprint=fingerprint,
+                        weight=weight,
+                        ciphertexts_digest=digest,
+                        value_count=fed.num_parameters,
+                    ),
+                )
+                header = federation_pb2.ContributionHeader(
+                    round=r,
+                    weight=weight,
+                    value_count=fed.num_parameters,
+                    record_count=count,
+                    ciphertexts_digest=digest,
+                    key_fingerprint=fingerprint,
+                    codec_digest=fed.codec.digest(),
+                    signature=signature,
+                )
+                up = progress.add_task(f"{self.config.id} round {r}: uploading", total=len(records))
+
+                def upload() -> Any:
+                    def messages() -> Iterator[federation_pb2.ContributionChunk]:
+                        yield federation_pb2.ContributionChunk(header=header)
+                        for i in range(0, len(records), fed.chunk_bytes):
+                            progress.update(up, completed=min(len(records), i + fed.chunk_bytes))
+                            yield federation_pb2.ContributionChunk(
+                                data=records[i : i + fed.chunk_bytes]
+                            )
+
+                    return self.stub.UploadContribution(messages(), metadata=self.metadata)
+
+                try:
+                    receipt = self._retry("upload", upload)
+                except grpc.RpcError as exc:
+                    self.console.print(
+                        f"[red]{self.config.id} round {r}: contribution refused: {exc.details()}[/]"
+                    )  # type: ignore[attr-defined]
+                    return
+        finally:
+            if pool is not None:
+                pool.close()
+        self._check_receipt(receipt, digest)
+        self.console.print(
+            f"{self.config.id} round {r}: trained {fed.aggregation_frequency} steps in {t_train:.1f}s, sent "
+            f"{len(records) / 1e6:.2f} MB ({count:,} {'ciphertexts' if fed.homomorphic else 'values'}), "
+            f"receipt at audit entry {receipt.log_index}, {time.monotonic() - started:.1f}s in all"
+        )
+
+    def _save_delta(self, r: int, delta: np.ndarray, weight: int) -> None:
+        folder = self.state_dir / "deltas"
+        folder.mkdir(exist_ok=True)
+        np.save(folder / f"round-{r:05d}.npy", delta)
+        (folder / f"round-{r:05d}.json").write_text(json.dumps({"weight": weight}))
+
+    def _check_receipt(self, receipt: Any, ciphertexts_digest: bytes) -> None:
+        digest = receipt_digest(
+            federation_id=receipt.federation_id,
+            round_number=receipt.round,
+            client_id=receipt.client_id,
+            contribution=receipt.contribution_digest,
+            log_index=receipt.log_index,
+            received_at_ms=receipt.received_at_ms,
+        )
+        verify_signature(self.coordinator_key, digest, receipt.signature)
+        folder = self.state_dir / "receipts"
+        folder.mkdir(exist_ok=True)
+        doc = {
+            "federation_id": receipt.federation_id,
+            "round": receipt.round,
+            "client_id": receipt.client_id,
+            "contribution_digest": receipt.contribution_digest.hex(),
+            "log_index": receipt.log_index,
+            "received_at_ms": receipt.received_at_ms,
+            "signature": receipt.signature.hex(),
+            "ciphertexts_digest": ciphertexts_digest.hex(),
+            "coordinator_signing_public_key": self.coordinator_key.hex(),
+        }
+        (folder / f"round-{receipt.round:05d}.json").write_text(json.dumps(doc, indent=2) + "\n")
+
+    # -- decryption ------------------------------------------------------------------------------
+    def decrypt(self, round_number: int) -> None:
+        assert self.key is not None and self.share is not None and self.fed is not None
+        key, width = self.key, ciphertext_width(self.key.paillier)
+
+        def fetch() -> tuple[Any, dict[str, bytearray], bytearray]:
+            manifest: Any = None
+            contributions: dict[str, bytearray] = {}
+            aggregate = bytearray()
+            for chunk in self.stub.GetDecryptionTask(
+                federation_pb2.DecryptionTaskRequest(round=round_number), metadata=self.metadata
+            ):
+                part = chunk.WhichOneof("part")
+                if part == "manifest":
+                    manifest = chunk.manifest
+                elif part == "contribution":
+                    contributions.setdefault(chunk.contribution.client_id, bytearray()).extend(
+                        chunk.contribution.data
+                    )
+                else:
+                    aggregate.extend(chunk.aggregate)
+            if manifest is None:
+                raise VerificationError("the decryption task has no manifest")
+            return manifest, contributions, aggregate
+
+        started = time.monotonic()
+        manifest, contributions, aggregate = self._retry("decryption task", fetch)
+        cts = self.verify_manifest(manifest, contributions, aggregate, width)
+        partial = partial_decrypt(key, self.share, cts)
+        values = b"".join(v.to_bytes(width, "big") for v in partial.values)
+        header = federation_pb2.PartialHeader(
+            round=round_number,
+            ciphertexts_digest=partial.ciphertexts_digest,
+            proof_challenge=_bytes(partial.proof.challenge),
+            proof_response=_bytes(partial.proof.response),
+            record_count=len(partial.values),
+        )
+        size = self.fed.chunk_bytes
+
+        def messages() -> Iterator[federation_pb2.PartialChunk]:
+            yield federation_pb2.PartialChunk(header=header)
+            for i in range(0, len(values), size):
+                yield federation_pb2.PartialChunk(data=values[i : i + size])
+
+        try:
+            self._retry(
+                "partial decryption upload",
+                lambda: self.stub.SubmitPartialDecryption(messages(), metadata=self.metadata),
+            )
+        except grpc.RpcError as exc:
+            self.console.print(
+                f"[red]{self.config.id} round {round_number}: partial decryption refused: {exc.details()}[/]"
+            )  # type: ignore[attr-defined]
+            return
+        self.console.print(
+            f"{self.config.id} round {round_number}: verified {len(manifest.entries)} signed contributions and the "
+            f"aggregate, released a proven partial decryption ({time.monotonic() - started:.1f}s)"
+        )
+
+    def verify_manifest(
+        self, manifest: Any, contributions: dict[str, bytearray], aggregate: bytearray, width: int
+    ) -> list[int]:
+        """Check everything DESIGN.md §4 step 4 asks before a partial decryption is released.
+
+        Raises:
+            VerificationError: naming what is wrong.
+        """
+        assert self.key is not None and self.fed is not None
+        pk = self.key.paillier
+        if not hmac.compare_digest(manifest.key_fingerprint, self.key.fingerprint):
+            raise VerificationError("the aggregate is under another threshold key")
+        c = manifest.codec
+        if (
+            CodecParams(
+                clip=c.clip,
+                value_bits=c.value_bits,
+                max_total_weight=c.max_total_weight,
+                key_bits=c.key_bits,
+            )
+            != self.fed.codec
+        ):
+            raise VerificationError("the manifest's codec differs from the federation's")
+        clients = [e.client_id for e in manifest.entries]
+        if len(set(clients)) != len(clients):
+            raise VerificationError("the manifest lists a contributor twice")
+        if len(clients) < self.config.policy.min_participants:
+            raise VerificationError(
+                f"the aggregate has {len(clients)} contributors; policy.min_participants requires {self.config.policy.min_participants}"
+            )
+        if set(contributions) != set(clients):
+            raise VerificationError("the contributions sent do not match the manifest")
+        total: list[int] | None = None
+        for entry in manifest.entries:
+            if entry.client_id not in self.peers:
+                raise VerificationError(
+                    f"contributor {entry.client_id!r} is not one of this client's pinned peers"
+                )
+            data = bytes(contributions[entry.client_id])
+            if (
+                len(data) != entry.record_count * width
+                or entry.record_count != manifest.record_count
+            ):
+                raise VerificationError(
+                    f"the contribution of {entry.client_id!r} has the wrong size"
+                )
+            cts = validate_ciphertexts(
+                pk, [int.from_bytes(data[i : i + width], "big") for i in range(0, len(data), width)]
+            )
+            digest = ciphertext_vector_digest(pk, cts)
+            signed = contribution_digest(
+                federation_id=self.config.federation_id,
+                round_number=manifest.round,
+                client_id=entry.client_id,
+                codec_digest=self.fed.codec.digest(),
+                key_fingerprint=self.key.fingerprint,
+                weight=entry.weight,
+                ciphertexts_digest=digest,
+                value_count=manifest.value_count,
+            )
+            try:
+                verify_signature(self.peers[entry.client_id], signed, entry.signature)
+            except VerificationError:
+                raise VerificationError(
+                    f"the contribution of {entry.client_id!r} is not signed by that peer's key"
+                ) from None
+            total = cts if total is None else add_ciphertext_vectors(pk, total, cts)
+        assert total is not None
+        sent = [
+            int.from_bytes(aggregate[i : i + width], "big") for i in range(0, len(aggregate), width)
+        ]
+        if sent != total:
+            raise VerificationError("the aggregate is not the product of the listed contributions")
+        if not hmac.compare_digest(ciphertext_vector_digest(pk, total), manifest.aggregate_digest):
+            raise VerificationError("the aggregate digest in the manifest is wrong")
+        return total
+
+
+def _bytes(value: int) -> bytes:
+    return value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")

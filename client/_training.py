@@ -1,0 +1,133 @@
+"""Local training behind a small interface; the LoRA issue plugs real adapters in here.
+
+A trainer exposes the *shared* parameters as one flat float32 vector: it loads the global
+vector, runs ``steps`` optimizer steps on local data and returns the new vector. Only that vector
+(as an encrypted delta) ever leaves the client.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from fedlora.config import ClientConfig
+from fedlora.errors import ConfigError
+
+
+class LocalTrainer(Protocol):
+    num_parameters: int
+    num_examples: int
+
+    def train(
+        self, global_vector: np.ndarray, steps: int, on_step: object = None
+    ) -> np.ndarray: ...
+
+    def evaluate(self, vector: np.ndarray) -> float: ...
+
+
+def load_csv(path: Path, label_column: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Numeric features and integer labels from a CSV with a header row.
+
+    Raises:
+        ConfigError: the file is missing, has no such label column, non-numeric cells or
+            labels outside 0..num_classes-1 (the message names the row and column).
+    """
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            rows = list(reader)
+    except OSError as exc:
+        raise ConfigError(f"data.path: cannot read {path}: {exc.strerror}") from None
+    if not header or label_column not in header:
+        raise ConfigError(
+            f"data.label_column: {path} has no column {label_column!r} (columns: {header})"
+        )
+    li = header.index(label_column)
+    features, labels = [], []
+    for n, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise ConfigError(
+                f"data.path: {path} line {n} has {len(row)} cells, the header has {len(header)}"
+            )
+        try:
+            labels.append(int(float(row[li])))
+            features.append([float(v) for i, v in enumerate(row) if i != li])
+        except ValueError:
+            raise ConfigError(f"data.path: {path} line {n} has a non-numeric cell") from None
+    if not rows:
+        raise ConfigError(f"data.path: {path} has no rows")
+    y = np.array(labels, dtype=np.int64)
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ConfigError(f"data.path: labels in {path} must be 0..{num_classes - 1}")
+    return np.array(features, dtype=np.float32), y
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("training.device: cuda was asked for but torch sees no CUDA device")
+    if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+class LinearTrainer:
+    """Softmax regression on tabular data: parameters = weight (classes × features) + bias."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        x, y = load_csv(config.data.path, config.data.label_column, config.training.num_classes)
+        self.device = pick_device(config.training.device)
+        self.features = x.shape[1]
+        self.classes = config.training.num_classes
+        self.num_parameters = self.classes * self.features + self.classes
+        self.num_examples = len(y)
+        self.x = torch.from_numpy(x).to(self.device)
+        self.y = torch.from_numpy(y).to(self.device)
+        self.batch_size = config.training.batch_size
+        self.lr = config.training.learning_rate
+        self.generator = torch.Generator().manual_seed(config.training.seed)
+
+    def _model(self, vector: np.ndarray) -> torch.nn.Linear:
+        model = torch.nn.Linear(self.features, self.classes).to(self.device)
+        w = torch.from_numpy(np.asarray(vector, dtype=np.float32))
+        with torch.no_grad():
+            model.weight.copy_(w[: self.classes * self.features].view(self.classes, self.features))
+            model.bias.copy_(w[self.classes * self.features :])
+        return model
+
+    @staticmethod
+    def _vector(model: torch.nn.Linear) -> np.ndarray:
+        return (
+            torch.cat([model.weight.detach().flatten(), model.bias.detach()])
+            .cpu()
+            .numpy()
+            .astype(np.float32)
+        )
+
+    def train(self, global_vector: np.ndarray, steps: int, on_step: object = None) -> np.ndarray:
+        model = self._model(global_vector)
+        optimizer = torch.optim.SGD(model.parameters(), lr=self.lr)
+        for _ in range(steps):
+            idx = torch.randint(
+                0,
+                self.num_examples,
+                (min(self.batch_size, self.num_examples),),
+                generator=self.generator,
+            )
+            idx = idx.to(self.device)
+            loss = torch.nn.functional.cross_entropy(model(self.x[idx]), self.y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if callable(on_step):
+                on_step()
+        return self._vector(model)
+
+    def evaluate(self, vector: np.ndarray) -> float:
+        with torch.no_grad():
+            predictions = self._model(vector)(self.x).argmax(dim=1)
+        return float((predictions == self.y).float().mean())

@@ -1,0 +1,162 @@
+"""The coordinator service: gRPC server with mTLS, health checking and reflection."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from fedlora.config import CoordinatorConfig
+from fedlora.coordinator._engine import Coordinator
+from fedlora.coordinator._servicer import AuditServicer, FederationServicer
+from fedlora.crypto import ThresholdPublicKey
+from fedlora.errors import ConfigError, FedLoraError
+from fedlora.v1 import audit_pb2, audit_pb2_grpc, federation_pb2, federation_pb2_grpc
+
+SERVICES = (
+    federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name,
+)
+
+
+def _read(path, what: str) -> bytes:  # type: ignore[no-untyped-def]
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror}") from None
+
+
+def load_signing_key(path) -> Ed25519PrivateKey:  # type: ignore[no-untyped-def]
+    try:
+        key = load_pem_private_key(_read(path, "keys.signing_key"), password=None)
+    except ValueError:
+        raise ConfigError(
+            f"keys.signing_key: {path} is not an unencrypted PEM private key"
+        ) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"keys.signing_key: {path} is not an Ed25519 key")
+    return key
+
+
+def build_engine(config: CoordinatorConfig) -> Coordinator:
+    """Load the keys the config names and build the coordinator (replaying any saved state)."""
+    key = None
+    if config.federated_learning.encryption_type == "homomorphic":
+        try:
+            key = ThresholdPublicKey.from_json(
+                _read(config.keys.threshold_public_key, "keys.threshold_public_key")
+            )
+        except FedLoraError as exc:
+            raise ConfigError(f"keys.threshold_public_key: {exc}") from None
+    return Coordinator(config, key, load_signing_key(config.keys.signing_key))
+
+
+@dataclass
+class Running:
+    server: grpc.Server
+    port: int
+    engine: Coordinator
+    stop_event: threading.Event
+    ticker: threading.Thread
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Refuse new calls, let in-flight ones finish for ``grace`` seconds, then stop."""
+        self.stop_event.set()
+        self.server.stop(grace).wait()
+        self.ticker.join(timeout=5)
+
+
+def create_server(
+    config: CoordinatorConfig, engine: Coordinator | None = None, *, port: int | None = None
+) -> Running:
+    """Build and start the server; ``port=0`` (or a listen address ending in :0) picks a free port."""
+    engine = engine or build_engine(config)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="fedlora-rpc"),
+        options=[
+            ("grpc.max_receive_message_length", config.server.chunk_bytes + (64 << 10)),
+            ("grpc.max_send_message_length", config.server.chunk_bytes + (64 << 10)),
+        ],
+    )
+    insecure = config.server.insecure
+    federation_pb2_grpc.add_FederationServicer_to_server(
+        FederationServicer(engine, insecure), server
+    )
+    audit_pb2_grpc.add_AuditServicer_to_server(AuditServicer(engine, insecure), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *SERVICES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = config.server.listen
+    if port is not None:
+        address = f"{address.rsplit(':', 1)[0]}:{port}"
+    if insecure:
+        bound = server.add_insecure_port(address)
+    else:
+        tls = config.server.tls
+        assert tls is not None
+        credentials = grpc.ssl_server_credentials(
+            [(_read(tls.key, "server.tls.key"), _read(tls.cert, "server.tls.cert"))],
+            root_certificates=_read(tls.ca, "server.tls.ca"),
+            require_client_auth=True,
+        )
+        bound = server.add_secure_port(address, credentials)
+    if bound == 0:
+        raise ConfigError(f"server.listen: cannot bind {address}")
+    server.start()
+    stop_event = threading.Event()
+
+    def tick() -> None:
+        while not stop_event.is_set():
+            try:
+                engine.tick()
+            except Exception as exc:
+                print(
+                    f"fedlora coordinator: round processing failed: {exc}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            engine.wait(0.2)
+
+    ticker = threading.Thread(target=tick, name="fedlora-rounds", daemon=True)
+    ticker.start()
+    return Running(server, bound, engine, stop_event, ticker)
+
+
+def serve(config: CoordinatorConfig) -> int:
+    """Run until SIGTERM/SIGINT or until every round is over; shut down gracefully."""
+    running = create_server(config)
+    fl = config.federated_learning
+    mode = "INSECURE (no TLS) — loopback demo only" if config.server.insecure else "mTLS"
+    print(
+        f"fedlora coordinator for {config.federation_id!r} on port {running.port} ({mode}); "
+        f"{len(config.parties)} parties, {fl.rounds} rounds, participant_threshold {fl.participant_threshold}, "
+        f"state in {config.state_dir}",
+        flush=True,
+    )
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    last = None
+    while not done.wait(0.5):
+        status = (running.engine.round.number if running.engine.round else 0, running.engine.stage)
+        if status != last:
+            print(f"round {status[0]}: {status[1].value}", flush=True)
+            last = status
+        if running.engine.finished:
+            done.wait(2.0)  # let clients read the final status
+            break
+    print("shutting down: finishing in-flight calls", flush=True)
+    running.stop(grace=10)
+    return 0

@@ -1,0 +1,217 @@
+"""Everything a federation needs on disk, generated in one go: for ``fedlora demo`` and tests.
+
+Real deployments run the same steps by hand on separate machines (``fedlora certs``,
+``fedlora keys``); this module only saves typing. It writes:
+
+    ca/                      federation CA (ca.pem, ca.key)
+    certs/                   coordinator.pem/.key and one NAME.pem/.key per party
+    keys/coordinator.ed25519 the coordinator's signing key (receipts, audit checkpoints)
+    keys/NAME.ed25519        each party's signing key; keys/NAME.x25519 its share-transport key
+    federation/              threshold-key.json and shares/NAME.share.json (encrypted to NAME)
+    data/NAME.csv            synthetic, non-IID, clearly-labelled synthetic training data
+    coordinator.yaml, NAME.yaml
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from fedlora._files import write_new_file
+from fedlora.certs import create_ca, issue_certificate
+from fedlora.crypto import ed25519_public_bytes, generate_threshold_key, seal_key_share
+
+DEFAULT_PARTIES = (
+    ("bank-a", "bank"),
+    ("bank-b", "bank"),
+    ("hospital-c", "hospital"),
+    ("hospital-d", "hospital"),
+    ("bank-e", "bank"),
+)
+FEATURES = 8
+CLASSES = 2
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+    coordinator_config: Path
+    client_configs: dict[str, Path]
+    port: int
+    coordinator_public_key: str
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pem(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
+    return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+
+
+def synthetic_data(n_parties: int, rows: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """SYNTHETIC data: a shared linear rule, each party with its own feature shift and class balance."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 1, FEATURES)
+    out = []
+    for i in range(n_parties):
+        shift = rng.normal(0, 0.5, FEATURES)
+        x = rng.normal(0, 1, (rows, FEATURES)) + shift
+        bias = -1.0 + 2.0 * i / max(1, n_parties - 1)  # non-IID: class balance differs by party
+        y = ((x @ w + bias + rng.normal(0, 0.5, rows)) > 0).astype(int)
+        out.append((x.astype(np.float32), y))
+    return out
+
+
+def prepare_federation(
+    root: Path,
+    *,
+    bits: int = 2048,
+    parties: Sequence[tuple[str, str]] = DEFAULT_PARTIES,
+    decryption_threshold: int = 3,
+    participant_threshold: int = 3,
+    rounds: int = 3,
+    aggregation_frequency: int = 30,
+    round_timeout_s: float = 120.0,
+    insecure: bool = False,
+    encryption_type: str = "homomorphic",
+    port: int | None = None,
+    rows: int = 400,
+    seed: int = 0,
+    save_plaintext_deltas: bool = False,
+) -> Layout:
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port() if port is None else port
+    ids = [pid for pid, _ in parties]
+    if not insecure:
+        create_ca(root / "ca")
+        issue_certificate(
+            root / "ca",
+            "coordinator",
+            root / "certs",
+            server_hosts=["localhost", "127.0.0.1"],
+            client=False,
+        )
+        for pid in ids:
+            issue_certificate(root / "ca", pid, root / "certs")
+    coordinator_key = Ed25519PrivateKey.generate()
+    write_new_file(root / "keys" / "coordinator.ed25519", _pem(coordinator_key), mode=0o600)
+    coordinator_public = ed25519_public_bytes(coordinator_key).hex()
+    signing = {pid: Ed25519PrivateKey.generate() for pid in ids}
+    transport = {pid: X25519PrivateKey.generate() for pid in ids}
+    for pid in ids:
+        write_new_file(root / "keys" / f"{pid}.ed25519", _pem(signing[pid]), mode=0o600)
+        write_new_file(root / "keys" / f"{pid}.x25519", _pem(transport[pid]), mode=0o600)
+    dealt = generate_threshold_key(bits, decryption_threshold, ids)
+    write_new_file(root / "federation" / "threshold-key.json", dealt.public_key.to_json())
+    for share in dealt.shares:
+        blob = seal_key_share(share, transport[share.party_id].public_key())
+        write_new_file(
+            root / "federation" / "shares" / f"{share.party_id}.share.json", blob, mode=0o600
+        )
+    del dealt
+    for (pid, _), (x, y) in zip(parties, synthetic_data(len(ids), rows, seed)):
+        header = ",".join([f"f{i}" for i in range(FEATURES)] + ["label"])
+        lines = [header] + [
+            ",".join([*(f"{v:.5f}" for v in xr), str(int(yv))]) for xr, yv in zip(x, y)
+        ]
+        write_new_file(root / "data" / f"{pid}.csv", ("\n".join(lines) + "\n").encode())
+
+    tls_server = (
+        None
+        if insecure
+        else {"ca": "ca/ca.pem", "cert": "certs/coordinator.pem", "key": "certs/coordinator.key"}
+    )
+    coordinator = {
+        "federation_id": "fedlora-demo",
+        "state_dir": "coordinator-state",
+        "keys": {
+            "threshold_public_key": "federation/threshold-key.json",
+            "signing_key": "keys/coordinator.ed25519",
+        },
+        "model": {"num_parameters": CLASSES * FEATURES + CLASSES},
+        "server": {
+            "listen": f"127.0.0.1:{port}",
+            **({"insecure": True} if insecure else {"tls": tls_server}),
+            "chunk_bytes": 262144,
+        },
+        "federated_learning": {
+            "encryption_type": encryption_type,
+            "aggregation_frequency": aggregation_frequency,
+            "participant_threshold": participant_threshold,
+            "decryption_threshold": decryption_threshold,
+            "rounds": rounds,
+            "round_timeout_s": round_timeout_s,
+            "decryption_timeout_s": round_timeout_s,
+        },
+        "codec": {"clip": 1.0, "value_bits": 16, "max_weight": 1},
+        "parties": [
+            {
+                "id": pid,
+                "role": role,
+                "signing_public_key": ed25519_public_bytes(signing[pid]).hex(),
+            }
+            for pid, role in parties
+        ],
+    }
+    write_new_file(root / "coordinator.yaml", yaml.safe_dump(coordinator, sort_keys=False).encode())
+    peers = [
+        {"id": pid, "signing_public_key": ed25519_public_bytes(signing[pid]).hex()} for pid in ids
+    ]
+    clients = {}
+    for i, (pid, role) in enumerate(parties):
+        endpoint: dict[str, object] = {"address": f"127.0.0.1:{port}"}
+        if insecure:
+            endpoint["insecure"] = True
+        else:
+            endpoint["tls"] = {
+                "ca": "ca/ca.pem",
+                "cert": f"certs/{pid}.pem",
+                "key": f"certs/{pid}.key",
+            }
+            endpoint["server_name"] = "localhost"
+        doc = {
+            "id": pid,
+            "role": role,
+            "federation_id": "fedlora-demo",
+            "state_dir": f"clients/{pid}",
+            "coordinator": endpoint,
+            "keys": {
+                "signing_key": f"keys/{pid}.ed25519",
+                "x25519_key": f"keys/{pid}.x25519",
+                "key_share": f"federation/shares/{pid}.share.json",
+                "threshold_public_key": "federation/threshold-key.json",
+                "coordinator_signing_public_key": coordinator_public,
+            },
+            "peers": peers,
+            "policy": {"min_participants": min(participant_threshold, len(ids))},
+            "data": {"path": f"data/{pid}.csv", "label_column": "label"},
+            "training": {
+                "batch_size": 32,
+                "learning_rate": 0.1,
+                "device": "auto",
+                "num_classes": CLASSES,
+                "seed": i,
+            },
+            "retry": {
+                "max_attempts": 60,
+                "initial_backoff_s": 0.2,
+                "max_backoff_s": 2.0,
+                "poll_interval_s": 0.2,
+            },
+            "debug": {"save_plaintext_deltas": save_plaintext_deltas},
+        }
+        path = root / f"{pid}.yaml"
+        write_new_file(path, yaml.safe_dump(doc, sort_keys=False).encode())
+        clients[pid] = path
+    return Layout(root, root / "coordinator.yaml", clients, port, coordinator_public)

@@ -108,16 +108,19 @@ class Client:
         self.share: KeyShare | None = None
         self.state_dir = config.state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.channel = self._channel()
+        self.channel = self._channel_for(config)
         self.stub = federation_pb2_grpc.FederationStub(self.channel)
-        self.metadata = (
-            [(INSECURE_IDENTITY_HEADER, config.id)] if config.coordinator.insecure else None
-        )
+        self.metadata = self._metadata_for(config)
         self.fed: Federation | None = None
 
     # -- transport -------------------------------------------------------------------------------
-    def _channel(self) -> grpc.Channel:
-        c = self.config.coordinator
+    @staticmethod
+    def _metadata_for(config: ClientConfig) -> list[tuple[str, str]] | None:
+        return [(INSECURE_IDENTITY_HEADER, config.id)] if config.coordinator.insecure else None
+
+    @staticmethod
+    def _channel_for(config: ClientConfig) -> grpc.Channel:
+        c = config.coordinator
         options: list[tuple[str, int | str]] = [
             ("grpc.max_receive_message_length", 8 << 20),
             ("grpc.max_send_message_length", 8 << 20),

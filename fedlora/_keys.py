@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -18,6 +19,7 @@ from rich.console import Console
 from fedlora._files import read_file, write_new_file
 from fedlora.crypto import (
     ThresholdPublicKey,
+    ed25519_public_bytes,
     generate_threshold_key,
     open_key_share,
     seal_key_share,
@@ -36,6 +38,16 @@ def make_party(party_id: str, out: Path) -> int:
     console.print(
         f"wrote {out / (party_id + '.x25519')} (keep private) and {party_id}.x25519.pub (send to the dealer)"
     )
+    return 0
+
+
+def make_signing(party_id: str, out: Path) -> int:
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    write_new_file(out / f"{party_id}.ed25519", pem, mode=0o600)
+    public = ed25519_public_bytes(key).hex()
+    write_new_file(out / f"{party_id}.ed25519.pub", (public + "\n").encode())
+    console.print(f"wrote {out / (party_id + '.ed25519')} (keep private); public key {public}")
     return 0
 
 

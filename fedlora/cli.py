@@ -1,8 +1,8 @@
 """The ``fedlora`` command line.
 
-Until the federation service lands, the main job is ``fedlora crypto-demo``: a complete encrypted
-aggregation among five parties in one process, with a production-size key. ``fedlora keys``
-runs the key ceremony (DESIGN.md §8).
+``fedlora demo`` runs a whole federation on loopback; ``coordinator`` and ``client`` run the real
+services from YAML; ``certs`` and ``keys`` prepare a federation; ``audit`` checks its log
+(DESIGN.md §8). ``crypto-demo`` exercises the crypto pipeline alone, in one process.
 """
 
 from __future__ import annotations
@@ -22,6 +22,88 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    fed = sub.add_parser(
+        "demo",
+        help="run a whole federation on loopback: coordinator + 5 clients, mTLS, encrypted rounds",
+        description="Generates a throwaway CA, keys and a 3-of-5 threshold key, starts a coordinator "
+        "and five clients as separate processes, runs encrypted rounds, verifies the audit log and "
+        "shows that the encrypted aggregate equals the plaintext average.",
+    )
+    fed.add_argument("--bits", type=int, default=2048, help="threshold key size (default 2048)")
+    fed.add_argument("--rounds", type=int, default=3, help="rounds to run (default 3)")
+    fed.add_argument(
+        "--dir", type=Path, default=None, help="folder for everything (default: a new temp folder)"
+    )
+    fed.add_argument(
+        "--insecure", action="store_true", help="no TLS (loopback only; prints a warning)"
+    )
+    fed.add_argument(
+        "--timeout", type=float, default=900, help="seconds before giving up (default 900)"
+    )
+
+    coord = sub.add_parser(
+        "coordinator", help="serve a federation's coordinator until stopped (SIGTERM: graceful)"
+    )
+    coord.add_argument(
+        "--config", type=Path, required=True, help="coordinator YAML, e.g. configs/coordinator.yaml"
+    )
+    client = sub.add_parser(
+        "client", help="join a federation as a bank or hospital and work through its rounds"
+    )
+    client.add_argument(
+        "--config", type=Path, required=True, help="client YAML, e.g. configs/bank.yaml"
+    )
+
+    certs = sub.add_parser("certs", help="federation CA and mTLS certificates")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True, metavar="CERTS_COMMAND")
+    init = certs_sub.add_parser("init", help="create the federation CA (ca.pem, ca.key)")
+    init.add_argument("--out", type=Path, required=True)
+    issue = certs_sub.add_parser("issue", help="issue NAME.pem / NAME.key signed by the CA")
+    issue.add_argument("--ca", type=Path, required=True, help="folder with ca.pem and ca.key")
+    issue.add_argument(
+        "--name", required=True, help="identity (common name): a party id or 'coordinator'"
+    )
+    issue.add_argument("--out", type=Path, required=True)
+    issue.add_argument(
+        "--server-host",
+        action="append",
+        default=[],
+        help="DNS name or IP this certificate serves (coordinator)",
+    )
+    issue.add_argument(
+        "--no-client",
+        action="store_true",
+        help="no client-authentication use (a server-only certificate)",
+    )
+
+    audit = sub.add_parser(
+        "audit", help="verify, show or prove entries of a coordinator's audit log"
+    )
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="AUDIT_COMMAND")
+    for name, text in (
+        ("verify", "verify the whole log offline; names the first bad entry"),
+        ("show", "rounds, participants, digests, decryptors and timings"),
+    ):
+        a = audit_sub.add_parser(name, help=text)
+        a.add_argument(
+            "log", type=Path, help="coordinator state folder, its audit/ folder, or entries.log"
+        )
+        a.add_argument(
+            "--public-key", help="the coordinator's Ed25519 public key: 64 hex digits or a file"
+        )
+        if name == "show":
+            a.add_argument("--plot", type=Path, help="also write a PNG of the rounds over time")
+    prove = audit_sub.add_parser(
+        "prove", help="check a contribution receipt's inclusion in the signed log"
+    )
+    prove.add_argument("receipt", type=Path, help="a receipt from <client state>/receipts/")
+    prove.add_argument(
+        "--log", type=Path, help="check against this coordinator state folder (offline)"
+    )
+    prove.add_argument(
+        "--config", type=Path, help="or ask the coordinator, with this client config's credentials"
+    )
+
     demo = sub.add_parser(
         "crypto-demo",
         help="run one encrypted aggregation among five parties, end to end, in this process",
@@ -35,6 +117,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="key ceremony: party keys and threshold-key dealing")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
+    signing = keys_sub.add_parser(
+        "signing", help="create an Ed25519 signing key pair (party or coordinator)"
+    )
+    signing.add_argument("--id", required=True, help="party id, or 'coordinator'")
+    signing.add_argument(
+        "--out", type=Path, required=True, help="folder for ID.ed25519 and ID.ed25519.pub"
+    )
     party = keys_sub.add_parser(
         "party", help="create a party's X25519 key pair, to which its key share is encrypted"
     )
@@ -70,23 +159,72 @@ def _build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
-        if args.command == "crypto-demo":
-            from fedlora._demo import run_crypto_demo
-
-            return run_crypto_demo(bits=args.bits, values=args.values, seed=args.seed)
-        from fedlora import _keys
-
-        if args.keys_command == "party":
-            return _keys.make_party(args.id, args.out)
-        if args.keys_command == "deal":
-            return _keys.deal(args.party, args.threshold, args.bits, args.out)
-        return _keys.check_share(args.id, args.private, args.share, args.public_key)
+        return _dispatch(args)
     except FedLoraError as exc:
         print(f"fedlora: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fedlora: interrupted", file=sys.stderr)
         return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "crypto-demo":
+        from fedlora._demo import run_crypto_demo
+
+        return run_crypto_demo(bits=args.bits, values=args.values, seed=args.seed)
+    if args.command == "demo":
+        from fedlora._federation_demo import run_demo
+
+        return run_demo(
+            bits=args.bits,
+            rounds=args.rounds,
+            directory=args.dir,
+            insecure=args.insecure,
+            timeout=args.timeout,
+        )
+    if args.command == "coordinator":
+        from fedlora.config import load_coordinator_config
+        from fedlora.coordinator import serve
+
+        return serve(load_coordinator_config(args.config))
+    if args.command == "client":
+        from fedlora.client import Client
+        from fedlora.config import load_client_config
+
+        return Client(load_client_config(args.config)).run()
+    if args.command == "certs":
+        from fedlora.certs import create_ca, issue_certificate
+
+        if args.certs_command == "init":
+            paths = create_ca(args.out)
+        else:
+            paths = issue_certificate(
+                args.ca,
+                args.name,
+                args.out,
+                server_hosts=args.server_host,
+                client=not args.no_client,
+            )
+        print(f"wrote {paths.cert} and {paths.key} (keep the key private)")
+        return 0
+    if args.command == "audit":
+        from fedlora import _audit_cli
+
+        if args.audit_command == "verify":
+            return _audit_cli.run_verify(args.log, args.public_key)
+        if args.audit_command == "show":
+            return _audit_cli.run_show(args.log, args.public_key, args.plot)
+        return _audit_cli.run_prove(args.receipt, args.log, args.config)
+    from fedlora import _keys
+
+    if args.keys_command == "signing":
+        return _keys.make_signing(args.id, args.out)
+    if args.keys_command == "party":
+        return _keys.make_party(args.id, args.out)
+    if args.keys_command == "deal":
+        return _keys.deal(args.party, args.threshold, args.bits, args.out)
+    return _keys.check_share(args.id, args.private, args.share, args.public_key)
 
 
 if __name__ == "__main__":  # pragma: no cover

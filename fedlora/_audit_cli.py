@@ -92,7 +92,7 @@ def _rows(summary: AuditSummary) -> list[dict[str, Any]]:
                 else None,
                 "total_s": ((end - opened) / 1000) if end and opened else None,
                 "opened_ms": opened,
-                "global": (closed or {}).get("global_digest", "")[:16],
+                "global": (closed or {}).get("global_digest", "")[:12],
                 "reason": (failed or {}).get("reason", ""),
             }
         )
@@ -103,27 +103,26 @@ def run_show(path: Path, public_key: str | None, plot: Path | None) -> int:
     summary = verify(path, public_key)
     rows = _rows(summary)
     table = Table(title=f"audit log {summary.log_id!r}: {summary.entries} entries, verified")
-    for col in (
+    columns = (
         "round",
         "status",
-        "participants",
-        "contribution digests",
+        "contributions: client digest",
         "rejected",
         "decryptors",
         "collect s",
         "decrypt s",
-        "global adapter",
-    ):
-        table.add_column(col)
+        "global",
+    )
+    for col in columns:
+        table.add_column(col, overflow="fold")
     fmt = lambda v: "" if v is None else f"{v:.1f}"  # noqa: E731
     for r in rows:
         table.add_row(
             str(r["round"]),
             r["status"],
-            ", ".join(r["participants"]),
-            " ".join(r["digests"]),
+            "\n".join(f"{p} {d}" for p, d in zip(r["participants"], r["digests"])),
             str(r["rejected"]),
-            ", ".join(r["decryptors"]),
+            "\n".join(r["decryptors"]),
             fmt(r["collect_s"]),
             fmt(r["decrypt_s"]),
             r["global"] or r["reason"],

@@ -136,7 +136,9 @@ def run_demo(
                 if all(p.poll() is not None for p in procs.values()):
                     break
                 clients = [p for name, p in procs.items() if name != "coordinator"]
-                if all(p.poll() is not None for p in clients) and any(p.returncode for p in clients):
+                if all(p.poll() is not None for p in clients) and any(
+                    p.returncode for p in clients
+                ):
                     break  # every client is gone and some failed: waiting out round deadlines helps nobody
                 time.sleep(0.25)
         failed = {name: p.returncode for name, p in procs.items() if p.returncode not in (0,)}

@@ -233,22 +233,33 @@ class Client:
                     f"v{status.global_version} {status.global_digest.hex()[:16]}…, local accuracy {self.trainer.evaluate(vector):.3f}"
                 )
                 return 0
-            if status.stage == common_pb2.ROUND_STAGE_COLLECTING and not status.contributed:
-                self.contribute(fed, status)
-            elif (
-                status.stage == common_pb2.ROUND_STAGE_DECRYPTING
-                and self.share is not None
-                and not status.partial_submitted
-                and (status.round, "partial") not in seen_done
-            ):
-                try:
-                    self.decrypt(status.round)
-                except FedLoraError as exc:
-                    self.console.print(
-                        f"[red]{self.config.id}: refusing to decrypt round {status.round}: {exc}[/]"
-                    )
-                seen_done.add((status.round, "partial"))
+            try:
+                self._step(fed, status, seen_done)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
+                    raise
+                # The round moved on between our status poll and this call: normal, carry on.
+                self.console.print(
+                    f"{self.config.id}: round {status.round} moved on ({exc.details()})"
+                )  # type: ignore[attr-defined]
             time.sleep(self.config.retry.poll_interval_s)
+
+    def _step(self, fed: Federation, status: Any, seen_done: set[tuple[int, str]]) -> None:
+        if status.stage == common_pb2.ROUND_STAGE_COLLECTING and not status.contributed:
+            self.contribute(fed, status)
+        elif (
+            status.stage == common_pb2.ROUND_STAGE_DECRYPTING
+            and self.share is not None
+            and not status.partial_submitted
+            and (status.round, "partial") not in seen_done
+        ):
+            seen_done.add((status.round, "partial"))
+            try:
+                self.decrypt(status.round)
+            except FedLoraError as exc:
+                self.console.print(
+                    f"[red]{self.config.id}: refusing to decrypt round {status.round}: {exc}[/]"
+                )
 
     def download_global(self, version: int, expected: bytes) -> np.ndarray:
         def fetch() -> tuple[bytes, bytes]:

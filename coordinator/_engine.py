@@ -397,6 +397,12 @@ class Coordinator:
         )
         return error
 
+    def reject_malformed_upload(self, party: Party, reason: str) -> FedLoraError:
+        """Audit an upload that could not even be parsed; returns the error to raise."""
+        with self._lock:
+            number = self.round.number if self.round else 0
+        return self._reject(party, number, VerificationError(reason))
+
     def _check_header(self, party: Party, h: ContributionHeader) -> None:
         assert self.round is not None
         if h.round_number != self.round.number:

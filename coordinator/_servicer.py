@@ -125,7 +125,9 @@ class FederationServicer(_Base, federation_pb2_grpc.FederationServicer):
         def body(party: Party) -> common_pb2.Receipt:
             first = next(request_iterator, None)
             if first is None or first.WhichOneof("part") != "header":
-                raise VerificationError("the first message of an upload must be its header")
+                raise self.engine.reject_malformed_upload(
+                    party, "the first message of an upload must be its header"
+                )
             h = first.header
             header = ContributionHeader(
                 h.round,

@@ -1,0 +1,150 @@
+"""Helpers for integration tests: real certificates, real keys, real gRPC — nothing mocked."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import grpc
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from rich.console import Console
+
+from fedlora._setup import Layout
+from fedlora.client import Client
+from fedlora.config import load_client_config
+from fedlora.crypto import (
+    CodecParams,
+    ThresholdPublicKey,
+    ciphertext_vector_digest,
+    ciphertext_width,
+    contribution_digest,
+    encode,
+    encrypt_batch,
+    sign_digest,
+)
+from fedlora.v1 import federation_pb2, federation_pb2_grpc
+
+
+def channel(
+    layout: Layout, party: str, *, cert_dir: Path | None = None, ca: Path | None = None
+) -> grpc.Channel:
+    certs = cert_dir or layout.root / "certs"
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(ca or layout.root / "ca" / "ca.pem").read_bytes(),
+        private_key=(certs / f"{party}.key").read_bytes(),
+        certificate_chain=(certs / f"{party}.pem").read_bytes(),
+    )
+    return grpc.secure_channel(
+        f"127.0.0.1:{layout.port}",
+        credentials,
+        options=[("grpc.ssl_target_name_override", "localhost")],
+    )
+
+
+def stub(layout: Layout, party: str, **kw) -> federation_pb2_grpc.FederationStub:  # type: ignore[no-untyped-def]
+    return federation_pb2_grpc.FederationStub(channel(layout, party, **kw))
+
+
+def signing_key(layout: Layout, party: str) -> Ed25519PrivateKey:
+    key = load_pem_private_key(
+        (layout.root / "keys" / f"{party}.ed25519").read_bytes(), password=None
+    )
+    assert isinstance(key, Ed25519PrivateKey)
+    return key
+
+
+def threshold_key(layout: Layout) -> ThresholdPublicKey:
+    return ThresholdPublicKey.from_json(
+        (layout.root / "federation" / "threshold-key.json").read_bytes()
+    )
+
+
+def codec_of(join: federation_pb2.JoinResponse) -> CodecParams:
+    c = join.codec
+    return CodecParams(
+        clip=c.clip,
+        value_bits=c.value_bits,
+        max_total_weight=c.max_total_weight,
+        key_bits=c.key_bits,
+    )
+
+
+def contribution(
+    layout: Layout,
+    party: str,
+    round_number: int,
+    *,
+    signed_round: int | None = None,
+    signer: Ed25519PrivateKey | None = None,
+    ciphertexts: list[int] | None = None,
+    weight: int = 1,
+) -> tuple[federation_pb2.ContributionHeader, bytes]:
+    """A correctly formed contribution, or one with exactly the flaw asked for."""
+    s = stub(layout, party)
+    join = s.Join(federation_pb2.JoinRequest(client_id=party))
+    key, codec = threshold_key(layout), codec_of(join)
+    if ciphertexts is None:
+        delta = np.random.default_rng(round_number).normal(0, 0.1, join.num_parameters)
+        ciphertexts = encrypt_batch(key.paillier, encode(delta, codec, weight=weight))
+    width = ciphertext_width(key.paillier)
+    digest = ciphertext_vector_digest(key.paillier, ciphertexts)
+    signed = contribution_digest(
+        federation_id="fedlora-demo",
+        round_number=signed_round or round_number,
+        client_id=party,
+        codec_digest=codec.digest(),
+        key_fingerprint=key.fingerprint,
+        weight=weight,
+        ciphertexts_digest=digest,
+        value_count=join.num_parameters,
+    )
+    header = federation_pb2.ContributionHeader(
+        round=round_number,
+        weight=weight,
+        value_count=join.num_parameters,
+        record_count=len(ciphertexts),
+        ciphertexts_digest=digest,
+        key_fingerprint=key.fingerprint,
+        codec_digest=codec.digest(),
+        signature=sign_digest(signer or signing_key(layout, party), signed),
+    )
+    return header, b"".join(c.to_bytes(width, "big") for c in ciphertexts)
+
+
+def upload(
+    layout: Layout, party: str, header, data: bytes, *, chunk: int = 4096, header_first: bool = True
+):  # type: ignore[no-untyped-def]
+    messages = [
+        federation_pb2.ContributionChunk(data=data[i : i + chunk])
+        for i in range(0, len(data), chunk)
+    ]
+    first = federation_pb2.ContributionChunk(header=header)
+    ordered = [first, *messages] if header_first else [*messages, first]
+    return stub(layout, party).UploadContribution(iter(ordered))
+
+
+def run_clients(
+    layout: Layout, parties: list[str] | None = None, timeout: float = 180
+) -> dict[str, object]:
+    """Run real clients in threads until they finish; returns exit codes or exceptions."""
+    results: dict[str, object] = {}
+
+    def run(pid: str) -> None:
+        try:
+            results[pid] = Client(
+                load_client_config(layout.client_configs[pid]), console=Console(quiet=True)
+            ).run()
+        except Exception as exc:
+            results[pid] = exc
+
+    threads = [
+        threading.Thread(target=run, args=(pid,), daemon=True)
+        for pid in (parties or list(layout.client_configs))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return results

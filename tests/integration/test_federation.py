@@ -1,0 +1,241 @@
+"""The federation over real gRPC, mTLS and encryption: full rounds and every rejection."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from fedlora._setup import prepare_federation
+from fedlora.audit import read_log_files, verify_log
+from fedlora.certs import create_ca, issue_certificate
+from fedlora.config import load_coordinator_config
+from fedlora.coordinator import create_server
+from fedlora.v1 import common_pb2, federation_pb2
+from tests.integration import helpers as h
+
+BITS = 512  # test keys only; production is 2048
+
+
+def _events(state_dir):
+    entries, _, _ = read_log_files(state_dir)
+    return [json.loads(line) for line in entries.rstrip(b"\n").split(b"\n")]
+
+
+@pytest.fixture()
+def federation(tmp_path):
+    """A coordinator that keeps round 1 open: all five must contribute, long deadline."""
+    layout = prepare_federation(
+        tmp_path,
+        bits=BITS,
+        rounds=2,
+        aggregation_frequency=5,
+        participant_threshold=5,
+        round_timeout_s=300,
+    )
+    running = create_server(load_coordinator_config(layout.coordinator_config))
+    yield layout, running
+    running.stop(grace=1)
+
+
+def test_a_full_federation_over_mtls(tmp_path) -> None:
+    # Arrange
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=2, aggregation_frequency=10)
+    config = load_coordinator_config(layout.coordinator_config)
+    running = create_server(config)
+    try:
+        # Act
+        results = h.run_clients(layout)
+    finally:
+        running.stop(grace=1)
+    # Assert
+    assert results == {pid: 0 for pid in layout.client_configs}
+    summary = verify_log(
+        *read_log_files(config.state_dir)[:2], bytes.fromhex(layout.coordinator_public_key)
+    )
+    kinds = [e["event"] for e in summary.events]
+    assert kinds.count("round_closed") == 2 and kinds[-1] == "federation_finished"
+    assert all(len(e["participants"]) == 5 for e in summary.events if e["event"] == "round_closed")
+    receipts = sorted((tmp_path / "clients" / "bank-a" / "receipts").glob("*.json"))
+    assert len(receipts) == 2
+
+
+def test_health_and_reflection_answer_standard_tools(federation) -> None:
+    layout, _ = federation
+    health = health_pb2_grpc.HealthStub(h.channel(layout, "bank-a"))
+    for service in ("", "fedlora.v1.Federation", "fedlora.v1.Audit"):
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(service=service)).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    reflect = reflection_pb2_grpc.ServerReflectionStub(h.channel(layout, "bank-a"))
+    answer = next(
+        reflect.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+    )
+    names = {s.name for s in answer.list_services_response.service}
+    assert {"fedlora.v1.Federation", "fedlora.v1.Audit", "grpc.health.v1.Health"} <= names
+
+
+def _code(call) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code()
+
+
+def test_every_bad_contribution_is_rejected_precisely_and_audited(federation) -> None:
+    layout, running = federation
+    key = h.threshold_key(layout)
+    header, data = h.contribution(layout, "bank-a", 1)
+
+    cases = {
+        "wrong round": (
+            lambda: h.upload(layout, "bank-a", *h.contribution(layout, "bank-a", 2)),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ),
+        "replayed from another round": (
+            lambda: h.upload(
+                layout, "bank-a", *h.contribution(layout, "bank-a", 1, signed_round=7)
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        "wrongly signed": (
+            lambda: h.upload(
+                layout,
+                "bank-a",
+                *h.contribution(layout, "bank-a", 1, signer=Ed25519PrivateKey.generate()),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        "signed by another party": (
+            lambda: h.upload(
+                layout,
+                "bank-a",
+                *h.contribution(layout, "bank-a", 1, signer=h.signing_key(layout, "bank-b")),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        "malformed (data before header)": (
+            lambda: h.upload(layout, "bank-a", header, data, header_first=False),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        "oversized": (
+            lambda: h.upload(layout, "bank-a", header, data + data),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        "truncated": (
+            lambda: h.upload(layout, "bank-a", header, data[:-1]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        "out of range (zero)": (
+            lambda: h.upload(
+                layout, "bank-a", *h.contribution(layout, "bank-a", 1, ciphertexts=[0])
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        "out of range (shares a factor with n)": (
+            lambda: h.upload(
+                layout, "bank-a", *h.contribution(layout, "bank-a", 1, ciphertexts=[key.n])
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        "weight above max_weight": (
+            lambda: h.upload(layout, "bank-a", *h.contribution(layout, "bank-a", 1, weight=2)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+    }
+    for name, (call, expected) in cases.items():
+        assert _code(call) == expected, name
+    # A good one is acknowledged with a signed receipt; the same again is idempotent...
+    receipt = h.upload(layout, "bank-a", header, data)
+    again = h.upload(layout, "bank-a", header, data)
+    assert not receipt.duplicate and again.duplicate and again.log_index == receipt.log_index
+    # ...and a different second contribution to the same round is refused.
+    assert (
+        _code(lambda: h.upload(layout, "bank-a", *h.contribution(layout, "bank-a", 1)))
+        == grpc.StatusCode.FAILED_PRECONDITION
+    )
+    rejected = [
+        e for e in _events(running.engine.config.state_dir) if e["event"] == "contribution_rejected"
+    ]
+    assert len(rejected) == len(cases) + 1
+    assert any("oversized" in e["reason"] for e in rejected)
+
+
+def test_a_late_contribution_is_refused(federation) -> None:
+    layout, running = federation
+    for pid in layout.client_configs:  # all five contribute: the round moves on to decryption
+        h.upload(layout, pid, *h.contribution(layout, pid, 1))
+    deadline = time.monotonic() + 20
+    while running.engine.stage.value != "decrypting" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status = h.stub(layout, "bank-a").GetRound(federation_pb2.RoundQuery())
+    assert status.stage == common_pb2.ROUND_STAGE_DECRYPTING
+    late = h.contribution(layout, "bank-a", 1)
+    assert _code(lambda: h.upload(layout, "bank-a", *late)) == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_unknown_revoked_and_foreign_identities_are_refused(tmp_path) -> None:
+    layout = prepare_federation(tmp_path / "fed", bits=BITS, rounds=1, participant_threshold=3)
+    text = layout.coordinator_config.read_text().replace(
+        "role: bank\n", "role: bank\n  revoked: true\n", 1
+    )
+    layout.coordinator_config.write_text(text)  # bank-a is revoked
+    running = create_server(load_coordinator_config(layout.coordinator_config))
+    try:
+        issue_certificate(
+            layout.root / "ca", "mallory", layout.root / "certs"
+        )  # same CA, not enrolled
+        create_ca(tmp_path / "other-ca")
+        issue_certificate(
+            tmp_path / "other-ca", "bank-b", tmp_path / "other-certs"
+        )  # enrolled name, foreign CA
+        join = federation_pb2.JoinRequest()
+        assert (
+            _code(lambda: h.stub(layout, "mallory").Join(join)) == grpc.StatusCode.PERMISSION_DENIED
+        )
+        assert (
+            _code(lambda: h.stub(layout, "bank-a").Join(join)) == grpc.StatusCode.PERMISSION_DENIED
+        )
+        foreign = h.stub(layout, "bank-b", cert_dir=tmp_path / "other-certs")
+        assert (
+            _code(lambda: foreign.Join(join, timeout=5)) == grpc.StatusCode.UNAVAILABLE
+        )  # TLS handshake refused
+        assert h.stub(layout, "bank-b").Join(join).federation_id == "fedlora-demo"
+        denied = [
+            e for e in _events(running.engine.config.state_dir) if e["event"] == "access_denied"
+        ]
+        assert {(e["identity"], e["reason"]) for e in denied} == {
+            ("mallory", "not enrolled"),
+            ("bank-a", "revoked"),
+        }
+    finally:
+        running.stop(grace=1)
+
+
+def test_a_round_below_threshold_fails_cleanly_and_the_next_opens(tmp_path) -> None:
+    layout = prepare_federation(
+        tmp_path, bits=BITS, rounds=2, participant_threshold=4, round_timeout_s=2
+    )
+    running = create_server(load_coordinator_config(layout.coordinator_config))
+    try:
+        h.upload(layout, "bank-a", *h.contribution(layout, "bank-a", 1))
+        deadline = time.monotonic() + 20
+        while (running.engine.round.number == 1) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        events = _events(running.engine.config.state_dir)
+    finally:
+        running.stop(grace=1)
+    failed = next(e for e in events if e["event"] == "round_failed")
+    assert failed["round"] == 1 and "below participant_threshold 4" in failed["reason"]
+    assert not any(
+        e["event"] in ("aggregated", "decrypted") and e.get("round") == 1 for e in events
+    )
+    assert any(e["event"] == "round_opened" and e["round"] == 2 for e in events)

@@ -1,0 +1,262 @@
+"""Crashes, restarts, signals, bad configs and hostile manifests — real processes and files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from rich.console import Console
+
+from fedlora._setup import prepare_federation
+from fedlora.audit import read_log_files, verify_log
+from fedlora.client import Client
+from fedlora.config import load_client_config, load_coordinator_config
+from fedlora.coordinator import ALLOWED, Message, Stage, check_message, create_server
+from fedlora.crypto import encrypt_batch
+from fedlora.errors import ProtocolError, VerificationError
+from fedlora.v1 import federation_pb2
+from tests.integration import helpers as h
+
+BITS = 512
+
+
+def _start(layout, log):  # type: ignore[no-untyped-def]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fedlora",
+            "coordinator",
+            "--config",
+            str(layout.coordinator_config),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", layout.port)) == 0:
+                return proc
+        assert proc.poll() is None, "coordinator exited during start-up"
+        time.sleep(0.1)
+    raise AssertionError("coordinator did not start")
+
+
+def test_kill_9_mid_round_then_restart_keeps_every_acknowledged_contribution(tmp_path) -> None:
+    # Arrange: round 1 needs all five; two contribute and get receipts.
+    layout = prepare_federation(
+        tmp_path, bits=BITS, rounds=1, participant_threshold=5, aggregation_frequency=5
+    )
+    state = load_coordinator_config(layout.coordinator_config).state_dir
+    with open(tmp_path / "coordinator.log", "ab") as log:
+        proc = _start(layout, log)
+        receipts = {
+            pid: h.upload(layout, pid, *h.contribution(layout, pid, 1))
+            for pid in ("bank-a", "hospital-c")
+        }
+        # Act: kill -9, no chance to clean up; restart on the same state folder.
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc = _start(layout, log)
+        try:
+            status = h.stub(layout, "bank-a").GetRound(federation_pb2.RoundQuery())
+            assert status.round == 1 and status.contributions == 2 and status.contributed
+            results = h.run_clients(layout)  # the other three contribute; all five decrypt
+            assert (
+                proc.wait(timeout=60) == 0
+            )  # the coordinator stops by itself once the rounds are over
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    # Assert: the round closed with the two early contributions in it, and the log verifies.
+    assert results == {pid: 0 for pid in layout.client_configs}
+    summary = verify_log(*read_log_files(state)[:2], bytes.fromhex(layout.coordinator_public_key))
+    closed = next(e for e in summary.events if e["event"] == "round_closed")
+    assert {"bank-a", "hospital-c"} <= set(closed["participants"]) and len(
+        closed["participants"]
+    ) == 5
+    accepted = {
+        e["client"]: e["index"] for e in summary.events if e["event"] == "contribution_accepted"
+    }
+    assert all(accepted[pid] == r.log_index for pid, r in receipts.items())
+    assert any(
+        e["event"] == "coordinator_restarted" and e["contributions"] == ["bank-a", "hospital-c"]
+        for e in summary.events
+    )
+
+
+def test_sigterm_shuts_down_gracefully(tmp_path) -> None:
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1)
+    with open(tmp_path / "coordinator.log", "ab") as log:
+        proc = _start(layout, log)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert "shutting down" in (tmp_path / "coordinator.log").read_text()
+
+
+def test_a_bad_config_exits_non_zero_before_binding(tmp_path) -> None:
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1)
+    text = layout.coordinator_config.read_text().replace("rounds: 1", "rounds: 0")
+    layout.coordinator_config.write_text(text)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedlora",
+            "coordinator",
+            "--config",
+            str(layout.coordinator_config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "federated_learning.rounds: must be between 1" in out.stderr
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", layout.port)) != 0  # nothing is listening
+
+
+def test_a_client_refuses_to_decrypt_anything_but_a_verified_aggregate(tmp_path) -> None:
+    # Arrange: a live federation in round 1, three real contributions.
+    layout = prepare_federation(
+        tmp_path, bits=BITS, rounds=1, participant_threshold=3, round_timeout_s=300
+    )
+    running = create_server(load_coordinator_config(layout.coordinator_config))
+    try:
+        client = Client(
+            load_client_config(layout.client_configs["bank-a"]), console=Console(quiet=True)
+        )
+        client.join()
+        key = h.threshold_key(layout)
+        width = (key.nsquare.bit_length() + 7) // 8
+        parts = {
+            pid: h.contribution(layout, pid, 1) for pid in ("bank-b", "hospital-c", "hospital-d")
+        }
+        cts = {
+            pid: [int.from_bytes(d[i : i + width], "big") for i in range(0, len(d), width)]
+            for pid, (_, d) in parts.items()
+        }
+        product = [1] * len(next(iter(cts.values())))
+        for v in cts.values():
+            product = [a * b % key.nsquare for a, b in zip(product, v)]
+
+        def manifest(pids, aggregate_cts):  # type: ignore[no-untyped-def]
+            from fedlora.coordinator._servicer import codec_to_proto
+            from fedlora.crypto import ciphertext_vector_digest
+
+            entries = [
+                federation_pb2.ManifestEntry(
+                    client_id=p,
+                    weight=parts[p][0].weight,
+                    record_count=parts[p][0].record_count,
+                    ciphertexts_digest=parts[p][0].ciphertexts_digest,
+                    signature=parts[p][0].signature,
+                )
+                for p in pids
+            ]
+            return federation_pb2.DecryptionManifest(
+                round=1,
+                value_count=parts[pids[0]][0].value_count,
+                codec=codec_to_proto(client.fed.codec),
+                key_fingerprint=key.fingerprint,
+                entries=entries,
+                aggregate_digest=ciphertext_vector_digest(key.paillier, aggregate_cts),
+                record_count=len(aggregate_cts),
+            )
+
+        data = {p: bytearray(d) for p, (_, d) in parts.items()}
+        blob = lambda v: bytearray(b"".join(c.to_bytes(width, "big") for c in v))  # noqa: E731
+        # Act / Assert: the honest aggregate of three verified contributions is accepted...
+        assert (
+            client.verify_manifest(manifest(list(parts), product), data, blob(product), width)
+            == product
+        )
+        # ...a single contribution passed off as an aggregate is not (policy.min_participants)...
+        single = {"bank-b": data["bank-b"]}
+        with pytest.raises(VerificationError, match=r"policy\.min_participants requires"):
+            client.verify_manifest(
+                manifest(["bank-b"], cts["bank-b"]), single, blob(cts["bank-b"]), width
+            )
+        # ...nor an "aggregate" that is not the product of the listed contributions...
+        other = encrypt_batch(key.paillier, [5] * len(product))
+        with pytest.raises(VerificationError, match="not the product"):
+            client.verify_manifest(manifest(list(parts), other), data, blob(other), width)
+        # ...nor one with a contribution whose ciphertexts differ from what its owner signed.
+        forged = dict(data, **{"hospital-d": blob(other)})
+        with pytest.raises(VerificationError, match="not signed by that peer's key"):
+            client.verify_manifest(manifest(list(parts), product), forged, blob(product), width)
+    finally:
+        running.stop(grace=1)
+
+
+def test_every_stage_message_pair_is_checked() -> None:
+    for stage in Stage:
+        for message in Message:
+            if message in ALLOWED[stage]:
+                check_message(stage, message, 1)
+            else:
+                with pytest.raises(ProtocolError, match=f"round 1 is {stage.value}"):
+                    check_message(stage, message, 1)
+    assert Message.CONTRIBUTION in ALLOWED[Stage.COLLECTING]
+    assert Message.CONTRIBUTION not in ALLOWED[Stage.DECRYPTING]
+    assert Message.PARTIAL_DECRYPTION not in ALLOWED[Stage.COLLECTING]
+
+
+def test_audit_verify_command_names_a_tampered_entry(tmp_path) -> None:
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1, aggregation_frequency=5)
+    config = load_coordinator_config(layout.coordinator_config)
+    running = create_server(config)
+    try:
+        h.run_clients(layout)
+    finally:
+        running.stop(grace=1)
+    key = layout.coordinator_public_key
+    entries = config.state_dir / "audit" / "entries.log"
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedlora",
+            "audit",
+            "verify",
+            str(config.state_dir),
+            "--public-key",
+            key,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0 and "audit log OK" in ok.stdout
+    lines = entries.read_bytes().split(b"\n")
+    doc = json.loads(lines[4])
+    flipped = bytearray(lines[4])
+    flipped[-2] ^= 0x01  # one bit of one byte inside entry 4
+    lines[4] = bytes(flipped)
+    entries.write_bytes(b"\n".join(lines))
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedlora",
+            "audit",
+            "verify",
+            str(config.state_dir),
+            "--public-key",
+            key,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1
+    assert "INVALID" in bad.stdout and "audit entry 4" in bad.stdout, (doc, bad.stdout)

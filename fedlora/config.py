@@ -242,6 +242,8 @@ def _convert(tp: Any, value: Any, path: str, base: Path, meta: dict[str, Any]) -
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         out = float(value)
     elif tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a string, got the number {value!r}; put the value in quotes")
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{path}: expected a non-empty string, got {value!r}")
         out = value

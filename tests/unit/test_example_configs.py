@@ -1,0 +1,22 @@
+"""The documented examples in configs/ are valid configurations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedlora.config import load_client_config, load_coordinator_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_coordinator_example_parses() -> None:
+    cfg = load_coordinator_config(CONFIGS / "coordinator.yaml")
+    assert cfg.federated_learning.participant_threshold == 3
+    assert [p.role for p in cfg.parties] == ["bank", "bank", "hospital"]
+
+
+def test_client_examples_parse() -> None:
+    bank = load_client_config(CONFIGS / "bank.yaml")
+    hospital = load_client_config(CONFIGS / "hospital.yaml")
+    assert (bank.role, hospital.role) == ("bank", "hospital")
+    assert bank.policy.min_participants == 3

@@ -243,7 +243,9 @@ def _convert(tp: Any, value: Any, path: str, base: Path, meta: dict[str, Any]) -
         out = float(value)
     elif tp is str:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected a string, got the number {value!r}; put the value in quotes")
+            raise ConfigError(
+                f"{path}: expected a string, got the number {value!r}; put the value in quotes"
+            )
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{path}: expected a non-empty string, got {value!r}")
         out = value

@@ -45,7 +45,9 @@ def federation(tmp_path):
 @pytest.mark.parametrize("encryption", ["homomorphic", "none"])
 def test_a_full_federation_over_mtls(tmp_path, encryption) -> None:
     # Arrange
-    layout = prepare_federation(tmp_path, bits=BITS, rounds=2, aggregation_frequency=10, encryption_type=encryption)
+    layout = prepare_federation(
+        tmp_path, bits=BITS, rounds=2, aggregation_frequency=10, encryption_type=encryption
+    )
     config = load_coordinator_config(layout.coordinator_config)
     running = create_server(config)
     try:

@@ -53,6 +53,11 @@ def test_a_full_federation_over_mtls(tmp_path, encryption) -> None:
     try:
         # Act
         results = h.run_clients(layout)
+        receipt = tmp_path / "clients" / "hospital-c" / "receipts" / "round-00002.json"
+        # The client proves its receipt against the live coordinator's signed checkpoint (Audit RPC).
+        from fedlora import _audit_cli
+
+        assert _audit_cli.run_prove(receipt, None, layout.client_configs["hospital-c"]) == 0
     finally:
         running.stop(grace=1)
     # Assert

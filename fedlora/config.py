@@ -9,6 +9,7 @@ below the entry points reads files or the environment; they receive these object
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import types
 import typing
@@ -337,14 +338,16 @@ def load_coordinator_config(path: Path) -> CoordinatorConfig:
         raise ConfigError(
             f"federated_learning.decryption_threshold: {fl.decryption_threshold} exceeds the {n} enrolled parties"
         )
-    _check_transport("server", cfg.server.insecure, cfg.server.tls)
+    _check_transport("server", cfg.server.insecure, cfg.server.tls, cfg.server.listen)
     return cfg
 
 
 def load_client_config(path: Path) -> ClientConfig:
     """Read and validate a client YAML file."""
     cfg = parse_config(ClientConfig, _read(path), base=path.parent.resolve(), source=str(path))
-    _check_transport("coordinator", cfg.coordinator.insecure, cfg.coordinator.tls)
+    _check_transport(
+        "coordinator", cfg.coordinator.insecure, cfg.coordinator.tls, cfg.coordinator.address
+    )
     ids = [p.id for p in cfg.peers]
     if cfg.id not in ids:
         raise ConfigError(f"peers: must list this client ({cfg.id!r}) with its signing key")
@@ -359,10 +362,25 @@ def load_client_config(path: Path) -> ClientConfig:
     return cfg
 
 
-def _check_transport(prefix: str, insecure: bool, tls: TlsFiles | None) -> None:
+def _is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_transport(prefix: str, insecure: bool, tls: TlsFiles | None, address: str) -> None:
     if insecure and tls is not None:
         raise ConfigError(f"{prefix}.insecure: true contradicts {prefix}.tls; set one of them")
     if not insecure and tls is None:
         raise ConfigError(
             f"{prefix}.tls: required (mTLS is the default); or set {prefix}.insecure: true for a loopback demo"
+        )
+    if insecure and not _is_loopback(address):
+        where = "listen" if prefix == "server" else "address"
+        raise ConfigError(
+            f"{prefix}.insecure: allowed only on loopback (127.0.0.1, ::1, localhost), but {prefix}.{where} is {address!r}"
         )

@@ -103,3 +103,10 @@ retry: {{initial_backoff_s: 20, max_backoff_s: 10}}
     )
     assert cfg.data.label_column == "label"
     assert cfg.keys.key_share == tmp_path.resolve() / "k" / "bank-a.share.json"
+
+
+def test_insecure_mode_is_refused_off_loopback(tmp_path) -> None:
+    text = COORDINATOR.replace('listen: "127.0.0.1:0"', 'listen: "0.0.0.0:50051"')
+    with pytest.raises(ConfigError, match=r"server\.insecure: allowed only on loopback"):
+        load_coordinator_config(write(tmp_path, text))
+    assert load_coordinator_config(write(tmp_path, COORDINATOR.replace("127.0.0.1:0", "[::1]:0")))

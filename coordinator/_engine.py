@@ -588,17 +588,8 @@ class Coordinator:
                     self.store.contribution_path(r.number, p).read_bytes(), dtype="<f4"
                 )
                 acc += r.contributions[p].weight * values.astype(np.float64)
-            self.audit.append(
-                "aggregated",
-                round=r.number,
-                participants=list(participants),
-                total_weight=total_weight,
-                contribution_digests=[
-                    r.contributions[p].ciphertexts_digest.hex() for p in participants
-                ],
-                aggregate_digest="",
-                decrypt_deadline_ms=0,
-                encryption="none",
+            self._log_aggregated(
+                participants, total_weight, aggregate_digest=b"", decrypt_deadline_ms=0
             )
             self._publish(acc / total_weight, participants, decryptors=[])
             return
@@ -620,6 +611,21 @@ class Coordinator:
             total_weight,
         )
         r.decrypt_deadline_ms = self._now_ms() + int(self.fl.decryption_timeout_s * 1000)
+        self._log_aggregated(participants, total_weight, r.aggregate_digest, r.decrypt_deadline_ms)
+        check_transition(self.stage, Stage.DECRYPTING)
+        self.stage = Stage.DECRYPTING
+        self._aggregate_cache = (r.number, acc_cts)
+        self._wake.notify_all()
+
+    def _log_aggregated(
+        self,
+        participants: tuple[str, ...],
+        total_weight: int,
+        aggregate_digest: bytes,
+        decrypt_deadline_ms: int,
+    ) -> None:
+        r = self.round
+        assert r is not None
         self.audit.append(
             "aggregated",
             round=r.number,
@@ -628,13 +634,10 @@ class Coordinator:
             contribution_digests=[
                 r.contributions[p].ciphertexts_digest.hex() for p in participants
             ],
-            aggregate_digest=r.aggregate_digest.hex(),
-            decrypt_deadline_ms=r.decrypt_deadline_ms,
+            aggregate_digest=aggregate_digest.hex(),
+            decrypt_deadline_ms=decrypt_deadline_ms,
+            encryption=self.fl.encryption_type,
         )
-        check_transition(self.stage, Stage.DECRYPTING)
-        self.stage = Stage.DECRYPTING
-        self._aggregate_cache = (r.number, acc_cts)
-        self._wake.notify_all()
 
     def _aggregate_ciphertexts(self) -> list[int]:
         r = self.round

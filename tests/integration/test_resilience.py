@@ -221,8 +221,9 @@ def test_audit_verify_command_names_a_tampered_entry(tmp_path) -> None:
         running.stop(grace=1)
     key = layout.coordinator_public_key
     entries = config.state_dir / "audit" / "entries.log"
-    ok = subprocess.run(
-        [
+
+    def verify():  # type: ignore[no-untyped-def]
+        command = [
             sys.executable,
             "-m",
             "fedlora",
@@ -231,11 +232,10 @@ def test_audit_verify_command_names_a_tampered_entry(tmp_path) -> None:
             str(config.state_dir),
             "--public-key",
             key,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+        ]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    ok = verify()
     assert ok.returncode == 0 and "audit log OK" in ok.stdout
     lines = entries.read_bytes().split(b"\n")
     doc = json.loads(lines[4])
@@ -243,20 +243,6 @@ def test_audit_verify_command_names_a_tampered_entry(tmp_path) -> None:
     flipped[-2] ^= 0x01  # one bit of one byte inside entry 4
     lines[4] = bytes(flipped)
     entries.write_bytes(b"\n".join(lines))
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fedlora",
-            "audit",
-            "verify",
-            str(config.state_dir),
-            "--public-key",
-            key,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = verify()
     assert bad.returncode == 1
     assert "INVALID" in bad.stdout and "audit entry 4" in bad.stdout, (doc, bad.stdout)

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedlora.client._training import LinearTrainer, LocalTrainer
+from fedlora.client._training import LocalTrainer, make_trainer
 from fedlora.config import ClientConfig
 from fedlora.crypto import (
     CodecParams,
@@ -103,7 +103,7 @@ class Client:
         )
         self.coordinator_key = bytes.fromhex(config.keys.coordinator_signing_public_key)
         self.peers = {p.id: bytes.fromhex(p.signing_public_key) for p in config.peers}
-        self.trainer = trainer or LinearTrainer(config)
+        self.trainer = trainer or make_trainer(config)
         self.key: ThresholdPublicKey | None = None
         self.share: KeyShare | None = None
         self.state_dir = config.state_dir

@@ -131,3 +131,66 @@ class LinearTrainer:
         with torch.no_grad():
             predictions = self._model(vector)(self.x).argmax(dim=1)
         return float((predictions == self.y).float().mean())
+
+
+def load_text(
+    path: Path, text_column: str, label_column: str, num_classes: int
+) -> tuple[list[str], np.ndarray]:
+    """Texts and integer labels from a CSV (header row) or JSONL file.
+
+    Raises:
+        ConfigError: missing file or column, or labels outside 0..num_classes-1 (naming the line).
+    """
+    import json
+
+    texts, labels = [], []
+    try:
+        if path.suffix.lower() in (".jsonl", ".json"):
+            with open(path) as fh:
+                rows = [(n, json.loads(line)) for n, line in enumerate(fh, start=1) if line.strip()]
+        else:
+            with open(path, newline="") as fh:
+                rows = list(enumerate(csv.DictReader(fh), start=2))
+    except OSError as exc:
+        raise ConfigError(f"data.path: cannot read {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"data.path: {path} line {exc.lineno} is not JSON") from None
+    for n, row in rows:
+        if not isinstance(row, dict) or text_column not in row or label_column not in row:
+            raise ConfigError(
+                f"data.path: {path} line {n} lacks {text_column!r} or {label_column!r}"
+            )
+        try:
+            label = int(row[label_column])
+        except (TypeError, ValueError):
+            raise ConfigError(f"data.path: {path} line {n} has a non-integer label") from None
+        if not 0 <= label < num_classes:
+            raise ConfigError(
+                f"data.path: {path} line {n} has label {label}, outside 0..{num_classes - 1}"
+            )
+        texts.append(str(row[text_column]))
+        labels.append(label)
+    if not texts:
+        raise ConfigError(f"data.path: {path} has no rows")
+    return texts, np.array(labels, dtype=np.int64)
+
+
+def make_trainer(config: ClientConfig) -> LocalTrainer:
+    """The trainer ``model.kind`` asks for, on this client's local data."""
+    kind = config.model.kind
+    if kind == "linear":
+        return LinearTrainer(config)
+    from fedlora.client._lora import (
+        LoraTrainer,  # torch + peft (+ transformers) load only when used
+    )
+
+    if kind == "tabular":
+        x, y = load_csv(config.data.path, config.data.label_column, config.training.num_classes)
+        return LoraTrainer(config, x, y)
+    texts, y = load_text(
+        config.data.path,
+        config.data.text_column,
+        config.data.label_column,
+        config.training.num_classes,
+    )
+    return LoraTrainer(config, texts, y)

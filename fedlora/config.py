@@ -26,6 +26,8 @@ __all__ = [
     "CodecConfig",
     "CoordinatorConfig",
     "FederatedLearning",
+    "LoraSpec",
+    "ModelSpec",
     "Party",
     "load_client_config",
     "load_coordinator_config",
@@ -141,6 +143,29 @@ class ClientKeys:
 class DataConfig:
     path: Path
     label_column: str = "label"
+    text_column: str = "text"  # for model.kind: text (CSV or JSONL)
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA adapter settings; every client of a federation must use the same ones."""
+
+    rank: int = field(default=8, metadata=_range(1, 1024))
+    alpha: int = field(default=16, metadata=_range(1, 1_000_000))
+    targets: tuple[str, ...] = ("query", "value")
+    aggregation: Literal["ffa", "fedavg_ab"] = "ffa"
+    seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the client fine-tunes: ``linear`` (no base model; a baseline), ``tabular`` (LoRA on a
+    saved MLP) or ``text`` (LoRA on a Hugging Face sequence-classification model)."""
+
+    kind: Literal["linear", "tabular", "text"] = "linear"
+    base_model: Path | None = None
+    max_length: int = field(default=128, metadata=_range(8, 8192))
+    lora: LoraSpec = LoraSpec()
 
 
 @dataclass(frozen=True)
@@ -190,6 +215,7 @@ class ClientConfig:
     data: DataConfig
     peers: tuple[Peer, ...]
     coordinator: CoordinatorEndpoint = CoordinatorEndpoint()
+    model: ModelSpec = ModelSpec()
     policy: ClientPolicy = ClientPolicy()
     training: TrainingConfig = TrainingConfig()
     retry: RetryConfig = RetryConfig()
@@ -357,6 +383,10 @@ def load_client_config(path: Path) -> ClientConfig:
         raise ConfigError(
             f"policy.min_participants: {cfg.policy.min_participants} exceeds the {len(ids)} peers"
         )
+    if cfg.model.kind != "linear" and cfg.model.base_model is None:
+        raise ConfigError(f"model.base_model: required for model.kind {cfg.model.kind!r}")
+    if not cfg.model.lora.targets:
+        raise ConfigError("model.lora.targets: name at least one linear layer to adapt")
     if cfg.retry.initial_backoff_s > cfg.retry.max_backoff_s:
         raise ConfigError("retry.initial_backoff_s: must not exceed retry.max_backoff_s")
     return cfg

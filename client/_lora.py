@@ -1,0 +1,286 @@
+"""LoRA fine-tuning of a frozen base model with peft; only adapter parameters leave the client.
+
+Aggregation modes (DESIGN.md §5):
+
+* ``ffa`` (default) — FFA-LoRA (Sun et al., "Improving LoRA in Privacy-preserving Federated
+  Learning", ICLR 2024): every A matrix is initialised from the federation-wide seed and frozen;
+  only B (and the task head) is trained and shared. The adapter's update is then linear in the
+  shared parameters, so the encrypted sum is exactly FedAvg of the clients' adapters.
+* ``fedavg_ab`` — A and B are both trained and averaged separately (mean(B)·mean(A) is not the
+  mean of B·A; kept for comparison).
+
+The shared vector is *parameters minus their seeded initial values*. All clients initialise the
+adapter and the task head from the same seed, so averaging these offsets is averaging the
+parameters, version 0 of the global adapter is the zero vector, and the coordinator needs no
+knowledge of the model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+
+from fedlora.client._training import pick_device
+from fedlora.config import ClientConfig, ModelSpec
+from fedlora.errors import ConfigError
+
+TABULAR_TYPE = "fedlora-tabular-mlp"
+
+
+class TabularNet(torch.nn.Module):
+    """A small MLP base model for tabular data, saved in the Hugging Face folder layout
+    (``config.json`` + ``model.safetensors``) so it loads from a local path like any base model.
+
+    Inputs are standardised with fixed, federation-wide constants stored in the config, never
+    with one client's own statistics (which would give the same feature a different meaning at
+    every institution).
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(
+        self, in_features: int, hidden: int, num_classes: int, mean: list[float], std: list[float]
+    ) -> None:
+        super().__init__()
+        self.config = {
+            "model_type": TABULAR_TYPE,
+            "in_features": in_features,
+            "hidden": hidden,
+            "num_classes": num_classes,
+            "mean": mean,
+            "std": std,
+        }
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+        self.fc1 = torch.nn.Linear(in_features, hidden)
+        self.fc2 = torch.nn.Linear(hidden, hidden)
+        self.classifier = torch.nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = (x - self.mean) / self.std
+        h = torch.relu(self.fc1(h))
+        h = torch.relu(self.fc2(h))
+        return self.classifier(h)
+
+    def save_pretrained(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
+        save_file(
+            {k: v.contiguous() for k, v in self.state_dict().items()},
+            str(folder / "model.safetensors"),
+        )
+
+    @classmethod
+    def from_pretrained(cls, folder: Path) -> TabularNet:
+        try:
+            config = json.loads((folder / "config.json").read_text())
+            if config.get("model_type") != TABULAR_TYPE:
+                raise ConfigError(f"model.base_model: {folder} is not a {TABULAR_TYPE} model")
+            net = cls(
+                config["in_features"],
+                config["hidden"],
+                config["num_classes"],
+                config["mean"],
+                config["std"],
+            )
+            net.load_state_dict(load_file(str(folder / "model.safetensors")))
+        except (OSError, KeyError, ValueError, RuntimeError) as exc:
+            raise ConfigError(f"model.base_model: cannot load {folder}: {exc}") from None
+        return net
+
+
+def load_base_model(spec: ModelSpec, num_classes: int) -> tuple[torch.nn.Module, Any]:
+    """The frozen base model (and tokenizer for text) from a local folder; never the network."""
+    folder = spec.base_model
+    if folder is None or not folder.is_dir():
+        raise ConfigError(f"model.base_model: {folder} is not a folder with a saved model")
+    if spec.kind == "tabular":
+        return TabularNet.from_pretrained(folder), None
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the new task head is *meant* to be freshly initialised
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            folder, num_labels=num_classes, local_files_only=True
+        )
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"model.base_model: cannot load a Hugging Face model from {folder}: {exc}"
+        ) from None
+    return model, tokenizer
+
+
+def _head_name(model: torch.nn.Module) -> str:
+    names = {n for n, _ in model.named_modules()}
+    for candidate in ("classifier", "score", "head"):
+        if candidate in names:
+            return candidate
+    raise ConfigError("model.base_model: no classification head named classifier, score or head")
+
+
+class LoraTrainer:
+    """peft LoRA on a frozen base model; implements the client's ``LocalTrainer`` interface."""
+
+    def __init__(
+        self, config: ClientConfig, features: np.ndarray | list[str], labels: np.ndarray
+    ) -> None:
+        spec = config.model
+        lora = spec.lora
+        self.device = pick_device(config.training.device)
+        self.mixed = self.device.type == "cuda"  # bfloat16 autocast on GPUs, full precision on CPU
+        torch.manual_seed(lora.seed)  # the task head starts identical at every client
+        base, self.tokenizer = load_base_model(spec, config.training.num_classes)
+        head = _head_name(base)
+        targets = list(lora.targets)
+        known = {
+            n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)
+        }
+        missing = [t for t in targets if t not in known]
+        if missing:
+            raise ConfigError(
+                f"model.lora.targets: {missing} are not linear layers of the base model (it has {sorted(known)})"
+            )
+        torch.manual_seed(lora.seed + 1)  # every A matrix starts identical at every client
+        self.model = get_peft_model(
+            base,
+            LoraConfig(
+                r=lora.rank,
+                lora_alpha=lora.alpha,
+                target_modules=targets,
+                lora_dropout=0.0,
+                modules_to_save=[head],
+            ),
+        ).to(self.device)
+        self.ffa = lora.aggregation == "ffa"
+        self.shared: list[tuple[str, torch.nn.Parameter]] = []
+        for name, p in self.model.named_parameters():
+            if "lora_A" in name and self.ffa:
+                p.requires_grad_(False)  # FFA-LoRA: A is frozen at its seeded value
+            if p.requires_grad:
+                self.shared.append((name, p))
+        self.init = self._flat()
+        self.num_parameters = int(self.init.size)
+        self.text = spec.kind == "text"
+        self.max_length = spec.max_length
+        self.features = features
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.num_examples = len(labels)
+        self.batch_size = config.training.batch_size
+        self.lr = config.training.learning_rate
+        self.generator = torch.Generator().manual_seed(config.training.seed)
+        if not self.text:
+            self.x = torch.as_tensor(np.asarray(features, dtype=np.float32)).to(self.device)
+
+    # -- the shared vector ---------------------------------------------------------------------
+    def _flat(self) -> np.ndarray:
+        return (
+            torch.cat([p.detach().float().flatten().cpu() for _, p in self.shared])
+            .numpy()
+            .astype(np.float32)
+        )
+
+    def load_vector(self, vector: np.ndarray) -> None:
+        values = torch.from_numpy(
+            self.init.astype(np.float64) + np.asarray(vector, dtype=np.float64)
+        )
+        offset = 0
+        with torch.no_grad():
+            for _, p in self.shared:
+                n = p.numel()
+                p.copy_(values[offset : offset + n].view_as(p).to(p.dtype))
+                offset += n
+
+    def vector(self) -> np.ndarray:
+        return (self._flat().astype(np.float64) - self.init.astype(np.float64)).astype(np.float32)
+
+    # -- training --------------------------------------------------------------------------------
+    def _batch(self, index: torch.Tensor) -> dict[str, torch.Tensor] | torch.Tensor:
+        if self.text:
+            texts = [self.features[i] for i in index.tolist()]
+            enc = self.tokenizer(
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+            return {k: v.to(self.device) for k, v in enc.items()}
+        return self.x[index.to(self.device)]
+
+    def _logits(self, batch: dict[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.mixed):
+            out = self.model(**batch) if isinstance(batch, dict) else self.model(batch)
+        logits = out.logits if hasattr(out, "logits") else out
+        return logits.float()
+
+    def train(self, global_vector: np.ndarray, steps: int, on_step: object = None) -> np.ndarray:
+        """``steps`` optimizer steps (one step = one unit of aggregation_frequency)."""
+        self.load_vector(global_vector)
+        self.model.train()
+        optimizer = torch.optim.AdamW([p for _, p in self.shared], lr=self.lr, weight_decay=0.0)
+        for _ in range(steps):
+            index = torch.randint(
+                0,
+                self.num_examples,
+                (min(self.batch_size, self.num_examples),),
+                generator=self.generator,
+            )
+            loss = torch.nn.functional.cross_entropy(
+                self._logits(self._batch(index)), self.labels[index].to(self.device)
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if callable(on_step):
+                on_step()
+        return self.vector()
+
+    def predict_proba(
+        self, vector: np.ndarray, features: np.ndarray | list[str] | None = None
+    ) -> np.ndarray:
+        """Class probabilities for ``features`` (default: the local data) under ``vector``."""
+        self.load_vector(vector)
+        self.model.eval()
+        data = self.features if features is None else features
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(data), 256):
+                index = torch.arange(start, min(start + 256, len(data)))
+                if self.text:
+                    enc = self.tokenizer(
+                        [data[i] for i in index.tolist()],
+                        padding=True,
+                        truncation=True,
+                        max_length=self.max_length,
+                        return_tensors="pt",
+                    )
+                    batch: Any = {k: v.to(self.device) for k, v in enc.items()}
+                else:
+                    batch = torch.as_tensor(
+                        np.asarray(data, dtype=np.float32)[start : start + 256]
+                    ).to(self.device)
+                out.append(torch.softmax(self._logits(batch), dim=1).cpu().numpy())
+        return np.concatenate(out)
+
+    def evaluate(self, vector: np.ndarray) -> float:
+        predictions = self.predict_proba(vector).argmax(axis=1)
+        return float((predictions == self.labels.numpy()).mean())
+
+    def save_adapter(self, vector: np.ndarray, folder: Path) -> None:
+        """Write the adapter in peft's own format (``PeftModel.from_pretrained`` loads it)."""
+        self.load_vector(vector)
+        self.model.save_pretrained(str(folder))
+
+
+def load_adapter(base: torch.nn.Module, folder: Path) -> PeftModel:
+    """Attach a saved global adapter to a base model (for export and evaluation)."""
+    return PeftModel.from_pretrained(base, str(folder))

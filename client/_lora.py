@@ -26,6 +26,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
+from fedlora.adapter_layout import LAYOUT_FILE, LAYOUT_FORMAT
 from fedlora.client._training import pick_device
 from fedlora.config import ClientConfig, ModelSpec
 from fedlora.errors import ConfigError
@@ -284,3 +285,24 @@ class LoraTrainer:
 def load_adapter(base: torch.nn.Module, folder: Path) -> PeftModel:
     """Attach a saved global adapter to a base model (for export and evaluation)."""
     return PeftModel.from_pretrained(base, str(folder))
+
+
+def saved_key(parameter_name: str) -> str:
+    """The key peft's ``save_pretrained`` uses for a trainable parameter of adapter "default"."""
+    return parameter_name.replace(".modules_to_save.default.", ".").replace(".default.", ".")
+
+
+def write_adapter_template(trainer: LoraTrainer, folder: Path) -> dict[str, Any]:
+    """Save version 0 of the adapter in peft format plus the layout of the shared vector in it.
+
+    The coordinator turns any global vector into a peft adapter with this template alone
+    (tensor = template tensor + offset slice), without torch or the base model.
+    """
+    trainer.save_adapter(np.zeros(trainer.num_parameters, dtype=np.float32), folder)
+    entries, offset = [], 0
+    for name, p in trainer.shared:
+        entries.append({"key": saved_key(name), "shape": list(p.shape), "offset": offset})
+        offset += p.numel()
+    layout = {"format": LAYOUT_FORMAT, "num_parameters": offset, "entries": entries}
+    (folder / LAYOUT_FILE).write_text(json.dumps(layout, indent=2) + "\n")
+    return layout

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedlora.audit import AuditLog
 from fedlora.config import CoordinatorConfig, Party
+from fedlora.coordinator._adapter import AdapterTemplate
 from fedlora.coordinator._rounds import Message, Stage, check_message, check_transition
 from fedlora.coordinator._store import Store
 from fedlora.crypto import (
@@ -146,6 +147,8 @@ class Coordinator:
         else:
             self.width, self.record_count, self.fingerprint = 4, self.num_parameters, b"\x00" * 32
         self.store = Store(config.state_dir)
+        template = config.model.adapter_template
+        self.template = AdapterTemplate(template, self.num_parameters) if template else None
         self.audit = AuditLog(config.state_dir / "audit", config.federation_id, signing_key)
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
@@ -196,8 +199,7 @@ class Coordinator:
                     for p in self.config.parties
                 ],
             )
-            digest = self.store.save_global(0, np.zeros(self.num_parameters, dtype=np.float32))
-            self.audit.append("global_published", version=0, global_digest=digest.hex())
+            self._save_and_publish(0, np.zeros(self.num_parameters, dtype=np.float32))
             self._open_round(1)
             return
         for e in events:
@@ -804,9 +806,7 @@ class Coordinator:
         assert r is not None
         current = self.store.load_global(r.global_version).astype(np.float64)
         new_version = r.number
-        digest = self.store.save_global(new_version, (current + mean_delta).astype(np.float32))
-        self.global_version = new_version
-        self.audit.append("global_published", version=new_version, global_digest=digest.hex())
+        digest = self._save_and_publish(new_version, (current + mean_delta).astype(np.float32))
         self.audit.append(
             "round_closed",
             round=r.number,
@@ -818,6 +818,19 @@ class Coordinator:
         )
         self._end_round()
         self._wake.notify_all()
+
+    def _save_and_publish(self, version: int, vector: np.ndarray) -> bytes:
+        """Store a global version (and its peft adapter, with a template) and audit its digests."""
+        digest = self.store.save_global(version, vector)
+        extra = {}
+        if self.template is not None:
+            adapter = self.template.write(
+                vector, self.store.global_path(version).with_suffix(".adapter")
+            )
+            extra["adapter_digest"] = adapter.hex()
+        self.global_version = version
+        self.audit.append("global_published", version=version, global_digest=digest.hex(), **extra)
+        return digest
 
     @property
     def finished(self) -> bool:

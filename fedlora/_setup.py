@@ -66,11 +66,45 @@ def synthetic_data(n_parties: int, rows: int, seed: int) -> list[tuple[np.ndarra
     out = []
     for i in range(n_parties):
         shift = rng.normal(0, 0.5, FEATURES)
-        x = rng.normal(0, 1, (rows, FEATURES)) + shift
+        n = int(rows * (0.5 + i / max(1, n_parties - 1)))  # non-IID sizes too: 0.5x to 1.5x
+        x = rng.normal(0, 1, (n, FEATURES)) + shift
         bias = -1.0 + 2.0 * i / max(1, n_parties - 1)  # non-IID: class balance differs by party
-        y = ((x @ w + bias + rng.normal(0, 0.5, rows)) > 0).astype(int)
+        y = ((x @ w + bias + rng.normal(0, 0.5, n)) > 0).astype(int)
         out.append((x.astype(np.float32), y))
     return out
+
+
+def _write_csv(path: Path, x: np.ndarray, y: np.ndarray) -> None:
+    header = ",".join([f"f{i}" for i in range(x.shape[1])] + ["label"])
+    lines = [header] + [",".join([*(f"{v:.5f}" for v in xr), str(int(yv))]) for xr, yv in zip(x, y)]
+    write_new_file(path, ("\n".join(lines) + "\n").encode())
+
+
+def _tabular_base(folder: Path, reference: np.ndarray, seed: int) -> None:
+    import torch
+
+    from fedlora.client._lora import TabularNet
+
+    std = reference.std(axis=0)
+    std[std == 0] = 1.0
+    torch.manual_seed(seed)
+    TabularNet(
+        reference.shape[1], 32, CLASSES, reference.mean(axis=0).tolist(), std.tolist()
+    ).save_pretrained(folder)
+
+
+def _adapter_template(client_config: Path, folder: Path) -> dict[str, object]:
+    from fedlora.client import make_trainer
+    from fedlora.client._lora import LoraTrainer, write_adapter_template
+    from fedlora.config import load_client_config
+
+    trainer = make_trainer(load_client_config(client_config))
+    assert isinstance(trainer, LoraTrainer)
+    layout = write_adapter_template(trainer, folder)
+    return {
+        "num_parameters": layout["num_parameters"],
+        "adapter_template": str(folder.relative_to(client_config.parent)),
+    }
 
 
 def prepare_federation(
@@ -89,6 +123,8 @@ def prepare_federation(
     rows: int = 400,
     seed: int = 0,
     save_plaintext_deltas: bool = False,
+    model_kind: str = "tabular",
+    aggregation: str = "ffa",
 ) -> Layout:
     root.mkdir(parents=True, exist_ok=True)
     port = free_port() if port is None else port
@@ -120,51 +156,15 @@ def prepare_federation(
             root / "federation" / "shares" / f"{share.party_id}.share.json", blob, mode=0o600
         )
     del dealt
-    for (pid, _), (x, y) in zip(parties, synthetic_data(len(ids), rows, seed)):
-        header = ",".join([f"f{i}" for i in range(FEATURES)] + ["label"])
-        lines = [header] + [
-            ",".join([*(f"{v:.5f}" for v in xr), str(int(yv))]) for xr, yv in zip(x, y)
-        ]
-        write_new_file(root / "data" / f"{pid}.csv", ("\n".join(lines) + "\n").encode())
-
-    tls_server = (
-        None
-        if insecure
-        else {"ca": "ca/ca.pem", "cert": "certs/coordinator.pem", "key": "certs/coordinator.key"}
-    )
-    coordinator = {
-        "federation_id": "fedlora-demo",
-        "state_dir": "coordinator-state",
-        "keys": {
-            "threshold_public_key": "federation/threshold-key.json",
-            "signing_key": "keys/coordinator.ed25519",
-        },
-        "model": {"num_parameters": CLASSES * FEATURES + CLASSES},
-        "server": {
-            "listen": f"127.0.0.1:{port}",
-            **({"insecure": True} if insecure else {"tls": tls_server}),
-            "chunk_bytes": 262144,
-        },
-        "federated_learning": {
-            "encryption_type": encryption_type,
-            "aggregation_frequency": aggregation_frequency,
-            "participant_threshold": participant_threshold,
-            "decryption_threshold": decryption_threshold,
-            "rounds": rounds,
-            "round_timeout_s": round_timeout_s,
-            "decryption_timeout_s": round_timeout_s,
-        },
-        "codec": {"clip": 1.0, "value_bits": 16, "max_weight": 1},
-        "parties": [
-            {
-                "id": pid,
-                "role": role,
-                "signing_public_key": ed25519_public_bytes(signing[pid]).hex(),
-            }
-            for pid, role in parties
-        ],
-    }
-    write_new_file(root / "coordinator.yaml", yaml.safe_dump(coordinator, sort_keys=False).encode())
+    datasets = synthetic_data(len(ids), rows, seed)
+    for pid, (x, y) in zip(ids, datasets):
+        _write_csv(root / "data" / f"{pid}.csv", x, y)
+    lora = model_kind == "tabular"
+    if lora:
+        # The base model's input scaling comes from a separate synthetic reference sample, standing
+        # in for public data of the agreed schema: never from one client's private rows.
+        reference = np.concatenate([x for x, _ in synthetic_data(len(ids), 200, seed + 1000)])
+        _tabular_base(root / "models" / "base", reference, seed)
     peers = [
         {"id": pid, "signing_public_key": ed25519_public_bytes(signing[pid]).hex()} for pid in ids
     ]
@@ -180,7 +180,7 @@ def prepare_federation(
                 "key": f"certs/{pid}.key",
             }
             endpoint["server_name"] = "localhost"
-        doc = {
+        doc: dict[str, object] = {
             "id": pid,
             "role": role,
             "federation_id": "fedlora-demo",
@@ -198,7 +198,7 @@ def prepare_federation(
             "data": {"path": f"data/{pid}.csv", "label_column": "label"},
             "training": {
                 "batch_size": 32,
-                "learning_rate": 0.1,
+                "learning_rate": 0.02 if lora else 0.1,
                 "device": "auto",
                 "num_classes": CLASSES,
                 "seed": i,
@@ -211,7 +211,62 @@ def prepare_federation(
             },
             "debug": {"save_plaintext_deltas": save_plaintext_deltas},
         }
+        if lora:
+            doc["model"] = {
+                "kind": "tabular",
+                "base_model": "models/base",
+                "lora": {
+                    "rank": 4,
+                    "alpha": 8,
+                    "targets": ["fc1", "fc2"],
+                    "aggregation": aggregation,
+                    "seed": seed,
+                },
+            }
         path = root / f"{pid}.yaml"
         write_new_file(path, yaml.safe_dump(doc, sort_keys=False).encode())
         clients[pid] = path
+    model: dict[str, object] = {"num_parameters": CLASSES * FEATURES + CLASSES}
+    if lora:
+        model = _adapter_template(clients[ids[0]], root / "models" / "adapter-template")
+    tls_server = (
+        None
+        if insecure
+        else {"ca": "ca/ca.pem", "cert": "certs/coordinator.pem", "key": "certs/coordinator.key"}
+    )
+    coordinator = {
+        "federation_id": "fedlora-demo",
+        "state_dir": "coordinator-state",
+        "keys": {
+            "threshold_public_key": "federation/threshold-key.json",
+            "signing_key": "keys/coordinator.ed25519",
+        },
+        "model": model,
+        "server": {
+            "listen": f"127.0.0.1:{port}",
+            **({"insecure": True} if insecure else {"tls": tls_server}),
+            "chunk_bytes": 262144,
+        },
+        "federated_learning": {
+            "encryption_type": encryption_type,
+            "aggregation_frequency": aggregation_frequency,
+            "participant_threshold": participant_threshold,
+            "decryption_threshold": decryption_threshold,
+            "rounds": rounds,
+            "round_timeout_s": round_timeout_s,
+            "decryption_timeout_s": round_timeout_s,
+        },
+        # Weighted FedAvg by local example count: max_weight bounds one client's weight, and the
+        # codec's headroom covers the sum of all of them.
+        "codec": {"clip": 1.0, "value_bits": 16, "max_weight": 2 * rows},
+        "parties": [
+            {
+                "id": pid,
+                "role": role,
+                "signing_public_key": ed25519_public_bytes(signing[pid]).hex(),
+            }
+            for pid, role in parties
+        ],
+    }
+    write_new_file(root / "coordinator.yaml", yaml.safe_dump(coordinator, sort_keys=False).encode())
     return Layout(root, root / "coordinator.yaml", clients, port, coordinator_public)

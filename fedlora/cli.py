@@ -115,6 +115,48 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--values", type=int, default=65536, help="values per delta (default 65536)")
     demo.add_argument("--seed", type=int, default=0, help="seed for the synthetic deltas only")
 
+    model = sub.add_parser("model", help="base models and adapter templates for LoRA federations")
+    model_sub = model.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND")
+    tab = model_sub.add_parser(
+        "init-tabular", help="create a tabular MLP base model (Hugging Face folder layout)"
+    )
+    tab.add_argument(
+        "--reference",
+        type=Path,
+        action="append",
+        required=True,
+        help="CSV(s) of the agreed schema for input scaling",
+    )
+    tab.add_argument("--label-column", default="label")
+    tab.add_argument("--hidden", type=int, default=64)
+    tab.add_argument("--classes", type=int, default=2)
+    tab.add_argument("--seed", type=int, default=0)
+    tab.add_argument("--out", type=Path, required=True)
+    tpl = model_sub.add_parser(
+        "template", help="write the coordinator's adapter template for a client config"
+    )
+    tpl.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="any client's YAML (they share the model settings)",
+    )
+    tpl.add_argument("--out", type=Path, required=True)
+    exp = sub.add_parser(
+        "export", help="write a global adapter in peft format, or merged into the base model"
+    )
+    exp.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="a client's YAML (its credentials and base model)",
+    )
+    exp.add_argument("--out", type=Path, required=True)
+    exp.add_argument(
+        "--version", type=int, default=None, help="global version (default: the latest)"
+    )
+    exp.add_argument("--merge", action="store_true", help="merge the adapter into the base model")
+
     keys = sub.add_parser("keys", help="key ceremony: party keys and threshold-key dealing")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
     signing = keys_sub.add_parser(
@@ -208,6 +250,16 @@ def _dispatch(args: argparse.Namespace) -> int:
             )
         print(f"wrote {paths.cert} and {paths.key} (keep the key private)")
         return 0
+    if args.command in ("model", "export"):
+        from fedlora import _model_cli
+
+        if args.command == "export":
+            return _model_cli.export(args.config, args.out, args.version, args.merge)
+        if args.model_command == "init-tabular":
+            return _model_cli.init_tabular(
+                args.reference, args.label_column, args.hidden, args.classes, args.seed, args.out
+            )
+        return _model_cli.template(args.config, args.out)
     if args.command == "audit":
         from fedlora import _audit_cli
 

@@ -97,6 +97,9 @@ class Party:
 @dataclass(frozen=True)
 class ModelConfig:
     num_parameters: int = field(metadata=_range(1, 1 << 31))
+    adapter_template: Path | None = (
+        None  # `fedlora model template`: publish each version in peft format
+    )
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from fedlora.adapter_layout import LAYOUT_FILE, LAYOUT_FORMAT
 from fedlora.client._training import pick_device
-from fedlora.config import ClientConfig, ModelSpec
+from fedlora.config import ModelSpec, TrainingConfig
 from fedlora.errors import ConfigError
 
 TABULAR_TYPE = "fedlora-tabular-mlp"
@@ -108,6 +108,7 @@ def load_base_model(spec: ModelSpec, num_classes: int) -> tuple[torch.nn.Module,
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the new task head is *meant* to be freshly initialised
+    hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -132,14 +133,17 @@ class LoraTrainer:
     """peft LoRA on a frozen base model; implements the client's ``LocalTrainer`` interface."""
 
     def __init__(
-        self, config: ClientConfig, features: np.ndarray | list[str], labels: np.ndarray
+        self,
+        spec: ModelSpec,
+        training: TrainingConfig,
+        features: np.ndarray | list[str],
+        labels: np.ndarray,
     ) -> None:
-        spec = config.model
         lora = spec.lora
-        self.device = pick_device(config.training.device)
+        self.device = pick_device(training.device)
         self.mixed = self.device.type == "cuda"  # bfloat16 autocast on GPUs, full precision on CPU
         torch.manual_seed(lora.seed)  # the task head starts identical at every client
-        base, self.tokenizer = load_base_model(spec, config.training.num_classes)
+        base, self.tokenizer = load_base_model(spec, training.num_classes)
         head = _head_name(base)
         targets = list(lora.targets)
         known = {
@@ -175,9 +179,9 @@ class LoraTrainer:
         self.features = features
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.num_examples = len(labels)
-        self.batch_size = config.training.batch_size
-        self.lr = config.training.learning_rate
-        self.generator = torch.Generator().manual_seed(config.training.seed)
+        self.batch_size = training.batch_size
+        self.lr = training.learning_rate
+        self.generator = torch.Generator().manual_seed(training.seed)
         if not self.text:
             self.x = torch.as_tensor(np.asarray(features, dtype=np.float32)).to(self.device)
 

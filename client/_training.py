@@ -186,11 +186,11 @@ def make_trainer(config: ClientConfig) -> LocalTrainer:
 
     if kind == "tabular":
         x, y = load_csv(config.data.path, config.data.label_column, config.training.num_classes)
-        return LoraTrainer(config, x, y)
+        return LoraTrainer(config.model, config.training, x, y)
     texts, y = load_text(
         config.data.path,
         config.data.text_column,
         config.data.label_column,
         config.training.num_classes,
     )
-    return LoraTrainer(config, texts, y)
+    return LoraTrainer(config.model, config.training, texts, y)

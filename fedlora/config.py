@@ -9,6 +9,7 @@ below the entry points reads files or the environment; they receive these object
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import ipaddress
 import re
 import types
@@ -282,6 +283,8 @@ def _convert(tp: Any, value: Any, path: str, base: Path, meta: dict[str, Any]) -
     elif tp is Path:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{path}: expected a path, got {value!r}")
+        if value.startswith("package:"):
+            return _package_path(path, value[len("package:") :])
         p = Path(value).expanduser()
         return p if p.is_absolute() else (base / p)
     else:  # pragma: no cover - a new field type needs a branch here
@@ -296,6 +299,20 @@ def _convert(tp: Any, value: Any, path: str, base: Path, meta: dict[str, Any]) -
         )
         raise ConfigError(f"{path}: must be {hint}, got {out!r}")
     return out
+
+
+def _package_path(path: str, spec: str) -> Path:
+    """``package:NAME/SUB/PATH`` — a folder shipped inside an installed package (e.g. a model)."""
+    name, _, sub = spec.partition("/")
+    try:
+        found = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        raise ConfigError(
+            f"{path}: package {name!r} is not installed (pip install {name.replace('_', '-')})"
+        )
+    return Path(next(iter(found.submodule_search_locations))) / sub
 
 
 def _build(cls: type[T], data: Any, path: str, base: Path) -> T:

@@ -4,10 +4,10 @@
   it). Schema, one row per transaction:
 
   ========================  ======================================================
-  amount                    transaction amount in EUR (log-normal; fraud skews high)
+  amount                    ln(1 + transaction amount in EUR) (fraud skews high)
   hour                      local hour of day, 0–23 (fraud skews to the night)
   merchant_category         merchant category code 0–9 (7–9: electronics, travel, gift cards)
-  distance_from_home_km     distance between the card holder's home and the merchant
+  distance_from_home_km     ln(1 + km between the card holder's home and the merchant)
   transactions_last_24h     number of earlier transactions on the card in the last day
   card_present              1 if the card was physically present, else 0
   foreign                   1 if the merchant is abroad, else 0
@@ -55,13 +55,17 @@ def bank_transactions(banks: int, rows: int, seed: int) -> list[tuple[np.ndarray
         f = y == 1
         amount = np.exp(rng.normal(3.5, 1.0, n) + 1.2 * f)
         hour = np.where(f & (rng.random(n) < 0.6), rng.integers(0, 6, n), rng.integers(7, 23, n))
-        category = np.where(f & (rng.random(n) < 0.5), rng.integers(7, 10, n), rng.integers(0, 10, n))
+        category = np.where(
+            f & (rng.random(n) < 0.5), rng.integers(7, 10, n), rng.integers(0, 10, n)
+        )
         foreign = (rng.random(n) < travel + 0.35 * f).astype(np.int64)
         distance = np.exp(rng.normal(1.5 + 2.0 * foreign + 1.0 * f, 1.0, n))
         velocity = rng.poisson(2 + 4 * f)
         present = (rng.random(n) < 0.7 - 0.55 * f).astype(np.int64)
         age = np.maximum(1, rng.normal(1500 - 900 * f, 600, n)).astype(np.int64)
-        x = np.stack([amount, hour, category, distance, velocity, present, foreign, age], axis=1).astype(np.float32)
+        x = np.stack(
+            [amount, hour, category, distance, velocity, present, foreign, age], axis=1
+        ).astype(np.float32)
         # Heavy-tailed money and distance are log-scaled, as any fraud model would.
         x[:, 0] = np.log1p(x[:, 0])
         x[:, 3] = np.log1p(x[:, 3])
@@ -69,7 +73,9 @@ def bank_transactions(banks: int, rows: int, seed: int) -> list[tuple[np.ndarray
     return out
 
 
-def breast_cancer_split(hospitals: int, seed: int, alpha: float = 1.0) -> list[tuple[np.ndarray, np.ndarray]]:
+def breast_cancer_split(
+    hospitals: int, seed: int, alpha: float = 1.0
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """The Wisconsin breast-cancer data (scikit-learn, offline), split with Dirichlet label skew."""
     from sklearn.datasets import load_breast_cancer
 
@@ -86,12 +92,34 @@ def breast_cancer_split(hospitals: int, seed: int, alpha: float = 1.0) -> list[t
     return [(x[np.array(p)], y[np.array(p)]) for p in parts]
 
 
-_CARDIAC = ["chest pain radiating to the left arm", "palpitations", "shortness of breath on exertion",
-            "syncope while climbing stairs", "elevated troponin", "ST elevation on ECG", "ankle swelling"]
-_OTHER = ["productive cough", "fever and chills", "wheezing", "sore throat", "runny nose",
-          "shortness of breath at rest with fever", "chest tightness after a cold"]
-_CONTEXT = ["History of hypertension.", "Smoker.", "No known allergies.", "Diabetic.", "Recently travelled.",
-            "Family history of heart disease.", "Asthma since childhood.", ""]
+_CARDIAC = [
+    "chest pain radiating to the left arm",
+    "palpitations",
+    "shortness of breath on exertion",
+    "syncope while climbing stairs",
+    "elevated troponin",
+    "ST elevation on ECG",
+    "ankle swelling",
+]
+_OTHER = [
+    "productive cough",
+    "fever and chills",
+    "wheezing",
+    "sore throat",
+    "runny nose",
+    "shortness of breath at rest with fever",
+    "chest tightness after a cold",
+]
+_CONTEXT = [
+    "History of hypertension.",
+    "Smoker.",
+    "No known allergies.",
+    "Diabetic.",
+    "Recently travelled.",
+    "Family history of heart disease.",
+    "Asthma since childhood.",
+    "",
+]
 
 
 def clinical_notes(hospitals: int, rows: int, seed: int) -> list[tuple[list[str], np.ndarray]]:
@@ -110,12 +138,16 @@ def clinical_notes(hospitals: int, rows: int, seed: int) -> list[tuple[list[str]
                 findings.append(str(rng.choice(other)))  # misleading symptom
             rng.shuffle(findings)
             age = int(rng.integers(25, 90))
-            texts.append(f"{age}-year-old presenting with {', '.join(findings)}. {rng.choice(_CONTEXT)}".strip())
+            texts.append(
+                f"{age}-year-old presenting with {', '.join(findings)}. {rng.choice(_CONTEXT)}".strip()
+            )
         out.append((texts, y))
     return out
 
 
-def write_tabular(path: Path, x: np.ndarray, y: np.ndarray, columns: tuple[str, ...] | None = None) -> None:
+def write_tabular(
+    path: Path, x: np.ndarray, y: np.ndarray, columns: tuple[str, ...] | None = None
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     names = list(columns) if columns else [f"f{i}" for i in range(x.shape[1])]
     with open(path, "w", newline="") as fh:

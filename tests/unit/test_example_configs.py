@@ -20,3 +20,11 @@ def test_client_examples_parse() -> None:
     hospital = load_client_config(CONFIGS / "hospital.yaml")
     assert (bank.role, hospital.role) == ("bank", "hospital")
     assert bank.policy.min_participants == 3
+
+
+def test_the_hospital_example_uses_the_packaged_minilm() -> None:
+    hospital = load_client_config(CONFIGS / "hospital.yaml")
+    assert hospital.model.kind == "text"
+    assert hospital.model.base_model is not None
+    assert (hospital.model.base_model / "config.json").exists()
+    assert (hospital.model.base_model / "model.safetensors").exists()

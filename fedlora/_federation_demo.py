@@ -84,7 +84,13 @@ def _events(state_dir: Path) -> list[dict]:
 
 
 def run_demo(
-    *, bits: int, rounds: int, directory: Path | None, insecure: bool, timeout: float
+    *,
+    bits: int,
+    rounds: int,
+    directory: Path | None,
+    insecure: bool,
+    timeout: float,
+    workload: str = "synthetic",
 ) -> int:
     root = directory or Path(tempfile.mkdtemp(prefix="fedlora-demo-"))
     if directory is not None and directory.exists() and any(directory.iterdir()):
@@ -97,7 +103,14 @@ def run_demo(
         f"generating a CA, certificates, signing keys and a {bits}-bit 3-of-5 threshold key…"
     ):
         layout = prepare_federation(
-            root, bits=bits, rounds=rounds, insecure=insecure, save_plaintext_deltas=True
+            root,
+            bits=bits,
+            rounds=rounds,
+            insecure=insecure,
+            save_plaintext_deltas=True,
+            workload=workload,
+            aggregation_frequency=15 if workload == "clinical-notes" else 30,
+            rows=150 if workload == "clinical-notes" else 400,
         )
     console.print(f"federation materials in {root} ({time.monotonic() - started:.1f}s)")
     config = load_coordinator_config(layout.coordinator_config)

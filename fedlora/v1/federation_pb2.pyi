@@ -57,6 +57,7 @@ class JoinResponse(_message.Message):
     NUM_PARAMETERS_FIELD_NUMBER: _builtins.int
     COORDINATOR_SIGNING_KEY_FIELD_NUMBER: _builtins.int
     CHUNK_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_WEIGHT_FIELD_NUMBER: _builtins.int
     federation_id: _builtins.str
     role: _builtins.str
     key_fingerprint: _builtins.bytes
@@ -68,6 +69,8 @@ class JoinResponse(_message.Message):
     num_parameters: _builtins.int
     coordinator_signing_key: _builtins.bytes
     chunk_bytes: _builtins.int
+    max_weight: _builtins.int
+    """the largest weight one contribution may carry"""
     @_builtins.property
     def codec(self) -> _common_pb2.CodecParams: ...
     def __init__(
@@ -85,10 +88,11 @@ class JoinResponse(_message.Message):
         num_parameters: _builtins.int = ...,
         coordinator_signing_key: _builtins.bytes = ...,
         chunk_bytes: _builtins.int = ...,
+        max_weight: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["codec", b"codec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregation_frequency", b"aggregation_frequency", "chunk_bytes", b"chunk_bytes", "codec", b"codec", "coordinator_signing_key", b"coordinator_signing_key", "decryption_threshold", b"decryption_threshold", "encryption_type", b"encryption_type", "federation_id", b"federation_id", "key_fingerprint", b"key_fingerprint", "num_parameters", b"num_parameters", "participant_threshold", b"participant_threshold", "role", b"role", "rounds", b"rounds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregation_frequency", b"aggregation_frequency", "chunk_bytes", b"chunk_bytes", "codec", b"codec", "coordinator_signing_key", b"coordinator_signing_key", "decryption_threshold", b"decryption_threshold", "encryption_type", b"encryption_type", "federation_id", b"federation_id", "key_fingerprint", b"key_fingerprint", "max_weight", b"max_weight", "num_parameters", b"num_parameters", "participant_threshold", b"participant_threshold", "role", b"role", "rounds", b"rounds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -73,7 +73,11 @@ def test_a_full_federation_over_mtls(tmp_path, encryption) -> None:
 
 
 def test_health_and_reflection_answer_standard_tools(federation) -> None:
-    layout, _ = federation
+    layout, running = federation
+    join = h.stub(layout, "bank-a").Join(federation_pb2.JoinRequest(client_id="bank-a"))
+    assert (
+        join.max_weight == running.engine.config.codec.max_weight > 1
+    )  # clients need not derive it
     health = health_pb2_grpc.HealthStub(h.channel(layout, "bank-a"))
     for service in ("", "fedlora.v1.Federation", "fedlora.v1.Audit"):
         assert (

@@ -26,16 +26,20 @@ from tests.integration import helpers as h
 BITS = 512
 
 
+def _coordinator_command(layout) -> list[str]:  # type: ignore[no-untyped-def]
+    return [
+        sys.executable,
+        "-m",
+        "fedlora",
+        "coordinator",
+        "--config",
+        str(layout.coordinator_config),
+    ]
+
+
 def _start(layout, log):  # type: ignore[no-untyped-def]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fedlora",
-            "coordinator",
-            "--config",
-            str(layout.coordinator_config),
-        ],
+        _coordinator_command(layout),
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -107,14 +111,7 @@ def test_a_bad_config_exits_non_zero_before_binding(tmp_path) -> None:
     text = layout.coordinator_config.read_text().replace("rounds: 1", "rounds: 0")
     layout.coordinator_config.write_text(text)
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fedlora",
-            "coordinator",
-            "--config",
-            str(layout.coordinator_config),
-        ],
+        _coordinator_command(layout),
         capture_output=True,
         text=True,
         timeout=60,

@@ -51,8 +51,10 @@ from fedlora.crypto._signing import (
     checkpoint_digest,
     contribution_digest,
     ed25519_public_bytes,
+    partial_statement_digest,
     receipt_digest,
     sign_digest,
+    ticket_digest,
     verify_signature,
 )
 from fedlora.crypto._threshold import (
@@ -66,6 +68,8 @@ from fedlora.crypto._threshold import (
     deal_threshold_key,
     generate_threshold_key,
     partial_decrypt,
+    proof_response_bound,
+    ticket_quorum,
     verify_partial_decryption,
 )
 from fedlora.crypto._transport import open_key_share, seal_key_share, x25519_public_bytes
@@ -123,12 +127,16 @@ __all__ = [
     "open_key_share",
     "pack_slots",
     "partial_decrypt",
+    "partial_statement_digest",
+    "proof_response_bound",
     "receipt_digest",
     "records_hasher",
     "recover_secret",
     "seal_key_share",
     "sign_digest",
     "split_secret",
+    "ticket_digest",
+    "ticket_quorum",
     "unpack_slots",
     "validate_ciphertext",
     "validate_ciphertexts",

@@ -28,8 +28,10 @@ __all__ = [
     "checkpoint_digest",
     "contribution_digest",
     "ed25519_public_bytes",
+    "partial_statement_digest",
     "receipt_digest",
     "sign_digest",
+    "ticket_digest",
     "verify_signature",
 ]
 
@@ -91,10 +93,17 @@ def contribution_digest(
     weight: int,
     ciphertexts_digest: bytes,
     value_count: int,
+    global_version: int,
+    global_digest: bytes,
 ) -> bytes:
-    """What a client signs when it submits an encrypted update (DESIGN.md §3)."""
+    """What a client signs when it submits an encrypted update (DESIGN.md §3).
+
+    ``global_version`` and ``global_digest`` name the global model the update was trained from,
+    so a coordinator that served different models to different clients cannot put their updates
+    into one aggregate: the decryptors verify every signature against one version and digest.
+    """
     return canonical_digest(
-        "contribution",
+        "contribution/v2",
         [
             ("federation_id", federation_id),
             ("round", round_number),
@@ -104,6 +113,69 @@ def contribution_digest(
             ("weight", weight),
             ("value_count", value_count),
             ("ciphertexts", ciphertexts_digest),
+            ("global_version", global_version),
+            ("global_digest", global_digest),
+        ],
+    )
+
+
+def ticket_digest(
+    *,
+    federation_id: str,
+    round_number: int,
+    key_fingerprint: bytes,
+    aggregate_digest: bytes,
+    global_version: int,
+    global_digest: bytes,
+    contributions: Sequence[tuple[str, bytes]],
+) -> bytes:
+    """The decryption ticket of a round (DESIGN.md §4, quorum ticket).
+
+    A share holder signs at most one ticket per round, and releases its partial decryption only
+    after a quorum of distinct holders signed the same ticket. ``contributions`` are the
+    ``(client id, contribution digest)`` pairs of the aggregate, sorted by client id.
+
+    Raises:
+        CryptoError: contributions empty, unsorted or with a repeated client id.
+    """
+    ids = [c[0] for c in contributions] if isinstance(contributions, (list, tuple)) else None
+    if not ids or ids != sorted(set(ids)):
+        raise CryptoError("ticket contributions must be non-empty, sorted and distinct by client id")
+    fields: list[Field] = [
+        ("federation_id", federation_id),
+        ("round", round_number),
+        ("key_fingerprint", key_fingerprint),
+        ("aggregate", aggregate_digest),
+        ("global_version", global_version),
+        ("global_digest", global_digest),
+        ("contributions", len(contributions)),
+    ]
+    for client_id, digest in contributions:
+        fields += [("client_id", client_id), ("contribution", digest)]
+    return canonical_digest("decryption-ticket", fields)
+
+
+def partial_statement_digest(
+    *,
+    federation_id: str,
+    round_number: int,
+    party_id: str,
+    ticket: bytes,
+    values_digest: bytes,
+    challenge: int,
+    response: int,
+) -> bytes:
+    """What a share holder signs with its partial decryption: it answers this ticket's aggregate."""
+    return canonical_digest(
+        "partial-decryption",
+        [
+            ("federation_id", federation_id),
+            ("round", round_number),
+            ("party_id", party_id),
+            ("ticket", ticket),
+            ("values", values_digest),
+            ("challenge", challenge),
+            ("response", response),
         ],
     )
 

@@ -60,6 +60,8 @@ __all__ = [
     "combine_partial_decryptions",
     "deal_threshold_key",
     "generate_threshold_key",
+    "proof_response_bound",
+    "ticket_quorum",
     "partial_decrypt",
     "verify_partial_decryption",
 ]
@@ -445,6 +447,40 @@ def _batched_statement(
     return int(gmpy2.powmod(big_c, 4, n2)), int(gmpy2.powmod(big_ci, 2, n2))
 
 
+def _nonce_bits(key: ThresholdPublicKey) -> int:
+    """Bits of the proof nonce, from the *public* bound on the secret exponent.
+
+    The exponent is ``Δ·sᵢ`` with ``sᵢ < n·m < n²``, so ``Δ·n²`` bounds it for every party. Sizing
+    the nonce from the party's own ``sᵢ`` would make ``|z|`` reveal ``|sᵢ|``; with the public bound
+    every party's ``z`` has the same distribution up to a statistical distance of 2⁻¹²⁸.
+    """
+    return key.delta.bit_length() + 2 * key.n.bit_length() + _CHALLENGE_BITS + _STATISTICAL_BITS
+
+
+def proof_response_bound(key: ThresholdPublicKey) -> int:
+    """Exclusive upper bound on an honest proof response ``z = r + e·Δ·sᵢ``: ``2^(nonce bits + 1)``.
+
+    Anything at or above it is rejected before any exponentiation, so a hostile ``z`` of a
+    million bits costs nothing to refuse.
+    """
+    return 1 << (_nonce_bits(key) + 1)
+
+
+def ticket_quorum(parties: int, threshold: int) -> int:
+    """Smallest safe quorum of ticket signatures: ``⌈(ℓ + t)/2⌉`` for ``ℓ`` share holders.
+
+    Two quorums of this size share at least ``2q − ℓ ≥ t`` holders, so with at most ``t − 1``
+    holders colluding with the coordinator they share an honest one, who signs one ticket per
+    round: two different aggregates of one round can never both be released.
+
+    Raises:
+        CryptoError: ``threshold`` outside ``1..parties``.
+    """
+    parties = require_int("parties", parties, low=1, high=MAX_PARTIES)
+    threshold = require_int("threshold", threshold, low=1, high=parties)
+    return (parties + threshold + 1) // 2
+
+
 def _check_share(key: ThresholdPublicKey, share: KeyShare) -> int:
     if not isinstance(share, KeyShare):
         raise CryptoError(f"share must be a KeyShare, got {type(share).__name__}")
@@ -486,8 +522,7 @@ def partial_decrypt(
     values = powmod_bases(cts, 2 * secret, n2, workers)
     cts_digest = ciphertext_vector_digest(key.paillier, cts)
     c4, ci2 = _batched_statement(key, index, cts, cts_digest, values)
-    r_bits = (secret.bit_length() or 1) + _CHALLENGE_BITS + _STATISTICAL_BITS
-    r = system_rng(rng).getrandbits(r_bits)
+    r = system_rng(rng).getrandbits(_nonce_bits(key))
     a = gmpy2.powmod(c4, r, n2)
     b = gmpy2.powmod(key.v, r, n2)
     vk = key.verification_keys[index - 1]
@@ -549,6 +584,10 @@ def verify_partial_decryption(
         "proof.challenge", partial.proof.challenge, low=0, high=(1 << _CHALLENGE_BITS) - 1
     )
     z = require_int("proof.response", partial.proof.response, low=0)
+    if z >= proof_response_bound(key):
+        raise VerificationError(
+            f"{who}: proof response has {z.bit_length()} bits, above the bound of {_nonce_bits(key) + 1}"
+        )
     n2 = key.nsquare
     c4, ci2 = _batched_statement(key, index, list(ciphertexts), digest, values)
     vk = key.verification_keys[index - 1]

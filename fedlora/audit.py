@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedlora.crypto import (
     CompactRange,
     checkpoint_digest,
+    verify_consistency,
+    verify_inclusion,
     ed25519_public_bytes,
     inclusion_proof,
     leaf_hash,
@@ -40,7 +42,17 @@ from fedlora.crypto import (
 )
 from fedlora.errors import FedLoraError, VerificationError
 
-__all__ = ["AuditLog", "AuditSummary", "canonical_json", "read_log_files", "verify_log"]
+__all__ = [
+    "AuditLog",
+    "AuditSummary",
+    "SignedCheckpoint",
+    "canonical_json",
+    "read_log_files",
+    "verify_checkpoint",
+    "verify_checkpoint_consistency",
+    "verify_entry_inclusion",
+    "verify_log",
+]
 
 ENTRIES = "entries.log"
 CHECKPOINTS = "checkpoints.log"
@@ -58,6 +70,116 @@ class AuditSummary:
     root: bytes
     log_id: str
     events: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class SignedCheckpoint:
+    """A signed tree head: the coordinator's commitment to the first ``tree_size`` entries."""
+
+    log_id: str
+    tree_size: int
+    root: bytes
+    timestamp_ms: int
+    signature: bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        """The shape of a ``checkpoints.log`` line (hex strings)."""
+        return {
+            "log_id": self.log_id,
+            "root": self.root.hex(),
+            "signature": self.signature.hex(),
+            "timestamp_ms": self.timestamp_ms,
+            "tree_size": self.tree_size,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> SignedCheckpoint:
+        """Parse a ``checkpoints.log`` line's object.
+
+        Raises:
+            VerificationError: missing fields or fields of the wrong type or size.
+        """
+        try:
+            log_id, size, stamp = doc["log_id"], doc["tree_size"], doc["timestamp_ms"]
+            root, signature = bytes.fromhex(doc["root"]), bytes.fromhex(doc["signature"])
+        except (KeyError, TypeError, ValueError):
+            raise VerificationError("checkpoint is malformed") from None
+        if not isinstance(log_id, str) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (size, stamp)
+        ):
+            raise VerificationError("checkpoint has fields of the wrong type")
+        if len(root) != 32 or len(signature) != 64:
+            raise VerificationError("checkpoint root must be 32 bytes and signature 64 bytes")
+        return cls(log_id, size, root, stamp, signature)
+
+
+def verify_checkpoint(cp: SignedCheckpoint, public_key: bytes, *, log_id: str | None = None) -> None:
+    """Check a checkpoint's signature (and its log id, when given); return ``None`` or raise.
+
+    Raises:
+        VerificationError: another log's checkpoint, or not signed by ``public_key``.
+    """
+    if log_id is not None and cp.log_id != log_id:
+        raise VerificationError(
+            f"checkpoint is for log {cp.log_id!r}, expected {log_id!r}"
+        )
+    try:
+        digest = checkpoint_digest(
+            log_id=cp.log_id, tree_size=cp.tree_size, root_hash=cp.root, timestamp_ms=cp.timestamp_ms
+        )
+        verify_signature(public_key, digest, cp.signature)
+    except FedLoraError:
+        raise VerificationError(
+            f"checkpoint (tree size {cp.tree_size}) is not signed by the coordinator's key"
+        ) from None
+
+
+def verify_entry_inclusion(
+    entry: bytes, index: int, proof: Sequence[bytes], cp: SignedCheckpoint
+) -> None:
+    """Check that ``entry`` (canonical JSON bytes) is entry ``index`` of ``cp``'s tree.
+
+    Raises:
+        VerificationError: the proof does not lead to the checkpoint's root.
+    """
+    try:
+        verify_inclusion(leaf_hash(entry), index, cp.tree_size, list(proof), cp.root)
+    except FedLoraError as exc:
+        raise VerificationError(
+            f"audit entry {index} is not in the log of the signed checkpoint (tree size {cp.tree_size}): {exc}"
+        ) from None
+
+
+def verify_checkpoint_consistency(
+    old: SignedCheckpoint, new: SignedCheckpoint, proof: Sequence[bytes]
+) -> None:
+    """Check that ``new`` extends ``old`` (both already signature-checked): append-only, no fork.
+
+    Raises:
+        VerificationError: ``new`` is smaller (the log shrank), has the same size and another root,
+            or the consistency proof fails (the log was rewritten: a fork).
+    """
+    if new.log_id != old.log_id:
+        raise VerificationError(f"checkpoint log id changed from {old.log_id!r} to {new.log_id!r}")
+    if new.tree_size < old.tree_size:
+        raise VerificationError(
+            f"the audit log shrank: a checkpoint of {new.tree_size} entries after one of {old.tree_size}"
+        )
+    if new.timestamp_ms < old.timestamp_ms:
+        raise VerificationError("checkpoint time went backwards")
+    if new.tree_size == old.tree_size:
+        if new.root != old.root:
+            raise VerificationError(
+                f"the audit log forked: two different roots for {new.tree_size} entries"
+            )
+        return
+    try:
+        verify_consistency(old.tree_size, new.tree_size, old.root, new.root, list(proof))
+    except FedLoraError:
+        raise VerificationError(
+            f"the audit log forked or was rewritten: the checkpoint of {new.tree_size} entries does not "
+            f"extend the one of {old.tree_size}"
+        ) from None
 
 
 def _lines(data: bytes) -> list[bytes]:

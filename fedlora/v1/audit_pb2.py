@@ -22,27 +22,30 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from fedlora.v1 import common_pb2 as fedlora_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64lora/v1/audit.proto\x12\nfedlora.v1\"*\n\nAuditQuery\x12\r\n\x05start\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\x04\"*\n\nAuditEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\r\n\x05\x65ntry\x18\x02 \x01(\x0c\"\x11\n\x0f\x43heckpointQuery\"f\n\nCheckpoint\x12\x0e\n\x06log_id\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0c\n\x04root\x18\x03 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x04\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"2\n\x0eInclusionQuery\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"U\n\x0eInclusionProof\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\x0e\n\x06hashes\x18\x04 \x03(\x0c\x32\xda\x01\n\x05\x41udit\x12>\n\nGetEntries\x12\x16.fedlora.v1.AuditQuery\x1a\x16.fedlora.v1.AuditEntry0\x01\x12\x44\n\rGetCheckpoint\x12\x1b.fedlora.v1.CheckpointQuery\x1a\x16.fedlora.v1.Checkpoint\x12K\n\x11GetInclusionProof\x12\x1a.fedlora.v1.InclusionQuery\x1a\x1a.fedlora.v1.InclusionProofb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64lora/v1/audit.proto\x12\nfedlora.v1\x1a\x17\x66\x65\x64lora/v1/common.proto\"*\n\nAuditQuery\x12\r\n\x05start\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\x04\"*\n\nAuditEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\r\n\x05\x65ntry\x18\x02 \x01(\x0c\"\x11\n\x0f\x43heckpointQuery\"2\n\x0eInclusionQuery\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"U\n\x0eInclusionProof\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\x0e\n\x06hashes\x18\x04 \x03(\x0c\"6\n\x10\x43onsistencyQuery\x12\x11\n\tfrom_size\x18\x01 \x01(\x04\x12\x0f\n\x07to_size\x18\x02 \x01(\x04\"F\n\x10\x43onsistencyProof\x12\x11\n\tfrom_size\x18\x01 \x01(\x04\x12\x0f\n\x07to_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x32\xad\x02\n\x05\x41udit\x12>\n\nGetEntries\x12\x16.fedlora.v1.AuditQuery\x1a\x16.fedlora.v1.AuditEntry0\x01\x12\x44\n\rGetCheckpoint\x12\x1b.fedlora.v1.CheckpointQuery\x1a\x16.fedlora.v1.Checkpoint\x12K\n\x11GetInclusionProof\x12\x1a.fedlora.v1.InclusionQuery\x1a\x1a.fedlora.v1.InclusionProof\x12Q\n\x13GetConsistencyProof\x12\x1c.fedlora.v1.ConsistencyQuery\x1a\x1c.fedlora.v1.ConsistencyProofb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedlora.v1.audit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDITQUERY']._serialized_start=38
-  _globals['_AUDITQUERY']._serialized_end=80
-  _globals['_AUDITENTRY']._serialized_start=82
-  _globals['_AUDITENTRY']._serialized_end=124
-  _globals['_CHECKPOINTQUERY']._serialized_start=126
-  _globals['_CHECKPOINTQUERY']._serialized_end=143
-  _globals['_CHECKPOINT']._serialized_start=145
-  _globals['_CHECKPOINT']._serialized_end=247
-  _globals['_INCLUSIONQUERY']._serialized_start=249
-  _globals['_INCLUSIONQUERY']._serialized_end=299
-  _globals['_INCLUSIONPROOF']._serialized_start=301
-  _globals['_INCLUSIONPROOF']._serialized_end=386
-  _globals['_AUDIT']._serialized_start=389
-  _globals['_AUDIT']._serialized_end=607
+  _globals['_AUDITQUERY']._serialized_start=63
+  _globals['_AUDITQUERY']._serialized_end=105
+  _globals['_AUDITENTRY']._serialized_start=107
+  _globals['_AUDITENTRY']._serialized_end=149
+  _globals['_CHECKPOINTQUERY']._serialized_start=151
+  _globals['_CHECKPOINTQUERY']._serialized_end=168
+  _globals['_INCLUSIONQUERY']._serialized_start=170
+  _globals['_INCLUSIONQUERY']._serialized_end=220
+  _globals['_INCLUSIONPROOF']._serialized_start=222
+  _globals['_INCLUSIONPROOF']._serialized_end=307
+  _globals['_CONSISTENCYQUERY']._serialized_start=309
+  _globals['_CONSISTENCYQUERY']._serialized_end=363
+  _globals['_CONSISTENCYPROOF']._serialized_start=365
+  _globals['_CONSISTENCYPROOF']._serialized_end=435
+  _globals['_AUDIT']._serialized_start=438
+  _globals['_AUDIT']._serialized_end=739
 # @@protoc_insertion_point(module_scope)

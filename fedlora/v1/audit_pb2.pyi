@@ -80,38 +80,6 @@ class CheckpointQuery(_message.Message):
 Global___CheckpointQuery: _TypeAlias = CheckpointQuery  # noqa: Y015
 
 @_typing.final
-class Checkpoint(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    LOG_ID_FIELD_NUMBER: _builtins.int
-    TREE_SIZE_FIELD_NUMBER: _builtins.int
-    ROOT_FIELD_NUMBER: _builtins.int
-    TIMESTAMP_MS_FIELD_NUMBER: _builtins.int
-    SIGNATURE_FIELD_NUMBER: _builtins.int
-    log_id: _builtins.str
-    tree_size: _builtins.int
-    root: _builtins.bytes
-    timestamp_ms: _builtins.int
-    signature: _builtins.bytes
-    """Ed25519 over fedlora.crypto.checkpoint_digest(...)"""
-    def __init__(
-        self,
-        *,
-        log_id: _builtins.str = ...,
-        tree_size: _builtins.int = ...,
-        root: _builtins.bytes = ...,
-        timestamp_ms: _builtins.int = ...,
-        signature: _builtins.bytes = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["log_id", b"log_id", "root", b"root", "signature", b"signature", "timestamp_ms", b"timestamp_ms", "tree_size", b"tree_size"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Checkpoint: _TypeAlias = Checkpoint  # noqa: Y015
-
-@_typing.final
 class InclusionQuery(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -161,3 +129,51 @@ class InclusionProof(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InclusionProof: _TypeAlias = InclusionProof  # noqa: Y015
+
+@_typing.final
+class ConsistencyQuery(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_SIZE_FIELD_NUMBER: _builtins.int
+    TO_SIZE_FIELD_NUMBER: _builtins.int
+    from_size: _builtins.int
+    to_size: _builtins.int
+    def __init__(
+        self,
+        *,
+        from_size: _builtins.int = ...,
+        to_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_size", b"from_size", "to_size", b"to_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsistencyQuery: _TypeAlias = ConsistencyQuery  # noqa: Y015
+
+@_typing.final
+class ConsistencyProof(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_SIZE_FIELD_NUMBER: _builtins.int
+    TO_SIZE_FIELD_NUMBER: _builtins.int
+    HASHES_FIELD_NUMBER: _builtins.int
+    from_size: _builtins.int
+    to_size: _builtins.int
+    @_builtins.property
+    def hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        from_size: _builtins.int = ...,
+        to_size: _builtins.int = ...,
+        hashes: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_size", b"from_size", "hashes", b"hashes", "to_size", b"to_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsistencyProof: _TypeAlias = ConsistencyProof  # noqa: Y015

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from fedlora.v1 import audit_pb2 as fedlora_dot_v1_dot_audit__pb2
+from fedlora.v1 import common_pb2 as fedlora_dot_v1_dot_common__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -42,12 +43,17 @@ class AuditStub:
         self.GetCheckpoint = channel.unary_unary(
                 '/fedlora.v1.Audit/GetCheckpoint',
                 request_serializer=fedlora_dot_v1_dot_audit__pb2.CheckpointQuery.SerializeToString,
-                response_deserializer=fedlora_dot_v1_dot_audit__pb2.Checkpoint.FromString,
+                response_deserializer=fedlora_dot_v1_dot_common__pb2.Checkpoint.FromString,
                 _registered_method=True)
         self.GetInclusionProof = channel.unary_unary(
                 '/fedlora.v1.Audit/GetInclusionProof',
                 request_serializer=fedlora_dot_v1_dot_audit__pb2.InclusionQuery.SerializeToString,
                 response_deserializer=fedlora_dot_v1_dot_audit__pb2.InclusionProof.FromString,
+                _registered_method=True)
+        self.GetConsistencyProof = channel.unary_unary(
+                '/fedlora.v1.Audit/GetConsistencyProof',
+                request_serializer=fedlora_dot_v1_dot_audit__pb2.ConsistencyQuery.SerializeToString,
+                response_deserializer=fedlora_dot_v1_dot_audit__pb2.ConsistencyProof.FromString,
                 _registered_method=True)
 
 
@@ -72,6 +78,13 @@ class AuditServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetConsistencyProof(self, request, context):
+        """RFC 6962 proof that the tree of from_size entries is a prefix of the tree of to_size.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -83,12 +96,17 @@ def add_AuditServicer_to_server(servicer, server):
             'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCheckpoint,
                     request_deserializer=fedlora_dot_v1_dot_audit__pb2.CheckpointQuery.FromString,
-                    response_serializer=fedlora_dot_v1_dot_audit__pb2.Checkpoint.SerializeToString,
+                    response_serializer=fedlora_dot_v1_dot_common__pb2.Checkpoint.SerializeToString,
             ),
             'GetInclusionProof': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInclusionProof,
                     request_deserializer=fedlora_dot_v1_dot_audit__pb2.InclusionQuery.FromString,
                     response_serializer=fedlora_dot_v1_dot_audit__pb2.InclusionProof.SerializeToString,
+            ),
+            'GetConsistencyProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsistencyProof,
+                    request_deserializer=fedlora_dot_v1_dot_audit__pb2.ConsistencyQuery.FromString,
+                    response_serializer=fedlora_dot_v1_dot_audit__pb2.ConsistencyProof.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -144,7 +162,7 @@ class Audit:
             target,
             '/fedlora.v1.Audit/GetCheckpoint',
             fedlora_dot_v1_dot_audit__pb2.CheckpointQuery.SerializeToString,
-            fedlora_dot_v1_dot_audit__pb2.Checkpoint.FromString,
+            fedlora_dot_v1_dot_common__pb2.Checkpoint.FromString,
             options,
             channel_credentials,
             insecure,
@@ -172,6 +190,33 @@ class Audit:
             '/fedlora.v1.Audit/GetInclusionProof',
             fedlora_dot_v1_dot_audit__pb2.InclusionQuery.SerializeToString,
             fedlora_dot_v1_dot_audit__pb2.InclusionProof.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsistencyProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedlora.v1.Audit/GetConsistencyProof',
+            fedlora_dot_v1_dot_audit__pb2.ConsistencyQuery.SerializeToString,
+            fedlora_dot_v1_dot_audit__pb2.ConsistencyProof.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,17 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66\x65\x64lora/v1/common.proto\x12\nfedlora.v1\"[\n\x0b\x43odecParams\x12\x0c\n\x04\x63lip\x18\x01 \x01(\x01\x12\x12\n\nvalue_bits\x18\x02 \x01(\r\x12\x18\n\x10max_total_weight\x18\x03 \x01(\x04\x12\x10\n\x08key_bits\x18\x04 \x01(\r\"\xb0\x01\n\x07Receipt\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x1b\n\x13\x63ontribution_digest\x18\x04 \x01(\x0c\x12\x11\n\tlog_index\x18\x05 \x01(\x04\x12\x16\n\x0ereceived_at_ms\x18\x06 \x01(\x04\x12\x11\n\tsignature\x18\x07 \x01(\x0c\x12\x11\n\tduplicate\x18\x08 \x01(\x08*\xab\x01\n\nRoundStage\x12\x1b\n\x17ROUND_STAGE_UNSPECIFIED\x10\x00\x12\x1a\n\x16ROUND_STAGE_COLLECTING\x10\x01\x12\x1a\n\x16ROUND_STAGE_DECRYPTING\x10\x02\x12\x16\n\x12ROUND_STAGE_CLOSED\x10\x03\x12\x16\n\x12ROUND_STAGE_FAILED\x10\x04\x12\x18\n\x14ROUND_STAGE_FINISHED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66\x65\x64lora/v1/common.proto\x12\nfedlora.v1\"[\n\x0b\x43odecParams\x12\x0c\n\x04\x63lip\x18\x01 \x01(\x01\x12\x12\n\nvalue_bits\x18\x02 \x01(\r\x12\x18\n\x10max_total_weight\x18\x03 \x01(\x04\x12\x10\n\x08key_bits\x18\x04 \x01(\r\"f\n\nCheckpoint\x12\x0e\n\x06log_id\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0c\n\x04root\x18\x03 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x04\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"\xfe\x01\n\x07Receipt\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x1b\n\x13\x63ontribution_digest\x18\x04 \x01(\x0c\x12\x11\n\tlog_index\x18\x05 \x01(\x04\x12\x16\n\x0ereceived_at_ms\x18\x06 \x01(\x04\x12\x11\n\tsignature\x18\x07 \x01(\x0c\x12\x11\n\tduplicate\x18\x08 \x01(\x08\x12\r\n\x05\x65ntry\x18\t \x01(\x0c\x12*\n\ncheckpoint\x18\n \x01(\x0b\x32\x16.fedlora.v1.Checkpoint\x12\x11\n\tinclusion\x18\x0b \x03(\x0c*\xfe\x01\n\nRoundStage\x12\x1b\n\x17ROUND_STAGE_UNSPECIFIED\x10\x00\x12\x1a\n\x16ROUND_STAGE_COLLECTING\x10\x01\x12\x1a\n\x16ROUND_STAGE_DECRYPTING\x10\x02\x12\x16\n\x12ROUND_STAGE_CLOSED\x10\x03\x12\x16\n\x12ROUND_STAGE_FAILED\x10\x04\x12\x18\n\x14ROUND_STAGE_FINISHED\x10\x05\x12\x1b\n\x17ROUND_STAGE_AGGREGATING\x10\x06\x12\x19\n\x15ROUND_STAGE_TICKETING\x10\x07\x12\x19\n\x15ROUND_STAGE_COMBINING\x10\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedlora.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROUNDSTAGE']._serialized_start=312
-  _globals['_ROUNDSTAGE']._serialized_end=483
+  _globals['_ROUNDSTAGE']._serialized_start=494
+  _globals['_ROUNDSTAGE']._serialized_end=748
   _globals['_CODECPARAMS']._serialized_start=39
   _globals['_CODECPARAMS']._serialized_end=130
-  _globals['_RECEIPT']._serialized_start=133
-  _globals['_RECEIPT']._serialized_end=309
+  _globals['_CHECKPOINT']._serialized_start=132
+  _globals['_CHECKPOINT']._serialized_end=234
+  _globals['_RECEIPT']._serialized_start=237
+  _globals['_RECEIPT']._serialized_end=491
 # @@protoc_insertion_point(module_scope)

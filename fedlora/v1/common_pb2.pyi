@@ -5,8 +5,10 @@ Messages shared by the fedlora services. Big integers travel as fixed-width big-
 (STYLE.md §6); vectors of them as concatenated fixed-width records in `bytes` chunks.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -36,6 +38,12 @@ class _RoundStageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RoundStage
     """below threshold at the deadline; nothing decrypted"""
     ROUND_STAGE_FINISHED: _RoundStage.ValueType  # 5
     """every configured round is over"""
+    ROUND_STAGE_AGGREGATING: _RoundStage.ValueType  # 6
+    """participants fixed; the coordinator is adding the ciphertexts"""
+    ROUND_STAGE_TICKETING: _RoundStage.ValueType  # 7
+    """share holders check the aggregate and sign its decryption ticket"""
+    ROUND_STAGE_COMBINING: _RoundStage.ValueType  # 8
+    """t partial decryptions in; the coordinator combines and decodes"""
 
 class RoundStage(_RoundStage, metaclass=_RoundStageEnumTypeWrapper):
     """Round stages of the coordinator's state machine (DESIGN.md §4)."""
@@ -51,6 +59,12 @@ ROUND_STAGE_FAILED: RoundStage.ValueType  # 4
 """below threshold at the deadline; nothing decrypted"""
 ROUND_STAGE_FINISHED: RoundStage.ValueType  # 5
 """every configured round is over"""
+ROUND_STAGE_AGGREGATING: RoundStage.ValueType  # 6
+"""participants fixed; the coordinator is adding the ciphertexts"""
+ROUND_STAGE_TICKETING: RoundStage.ValueType  # 7
+"""share holders check the aggregate and sign its decryption ticket"""
+ROUND_STAGE_COMBINING: RoundStage.ValueType  # 8
+"""t partial decryptions in; the coordinator combines and decodes"""
 Global___RoundStage: _TypeAlias = RoundStage  # noqa: Y015
 
 @_typing.final
@@ -84,6 +98,40 @@ class CodecParams(_message.Message):
 Global___CodecParams: _TypeAlias = CodecParams  # noqa: Y015
 
 @_typing.final
+class Checkpoint(_message.Message):
+    """A signed tree head of the audit log (an RFC 6962 Merkle tree of the entries)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOG_ID_FIELD_NUMBER: _builtins.int
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    ROOT_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_MS_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    log_id: _builtins.str
+    tree_size: _builtins.int
+    root: _builtins.bytes
+    timestamp_ms: _builtins.int
+    signature: _builtins.bytes
+    """Ed25519 over fedlora.crypto.checkpoint_digest(...)"""
+    def __init__(
+        self,
+        *,
+        log_id: _builtins.str = ...,
+        tree_size: _builtins.int = ...,
+        root: _builtins.bytes = ...,
+        timestamp_ms: _builtins.int = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["log_id", b"log_id", "root", b"root", "signature", b"signature", "timestamp_ms", b"timestamp_ms", "tree_size", b"tree_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Checkpoint: _TypeAlias = Checkpoint  # noqa: Y015
+
+@_typing.final
 class Receipt(_message.Message):
     """A coordinator-signed acknowledgement that a contribution is durably stored."""
 
@@ -97,6 +145,9 @@ class Receipt(_message.Message):
     RECEIVED_AT_MS_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    INCLUSION_FIELD_NUMBER: _builtins.int
     federation_id: _builtins.str
     round: _builtins.int
     client_id: _builtins.str
@@ -108,6 +159,16 @@ class Receipt(_message.Message):
     """Ed25519 over fedlora.crypto.receipt_digest(...)"""
     duplicate: _builtins.bool
     """the same contribution was already stored"""
+    entry: _builtins.bytes
+    """the contribution_accepted audit entry (canonical JSON)"""
+    @_builtins.property
+    def checkpoint(self) -> Global___Checkpoint:
+        """a signed checkpoint whose tree holds that entry"""
+
+    @_builtins.property
+    def inclusion(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """RFC 6962 audit path of the entry in the checkpoint's tree"""
+
     def __init__(
         self,
         *,
@@ -119,10 +180,13 @@ class Receipt(_message.Message):
         received_at_ms: _builtins.int = ...,
         signature: _builtins.bytes = ...,
         duplicate: _builtins.bool = ...,
+        entry: _builtins.bytes = ...,
+        checkpoint: Global___Checkpoint | None = ...,
+        inclusion: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "contribution_digest", b"contribution_digest", "duplicate", b"duplicate", "federation_id", b"federation_id", "log_index", b"log_index", "received_at_ms", b"received_at_ms", "round", b"round", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "client_id", b"client_id", "contribution_digest", b"contribution_digest", "duplicate", b"duplicate", "entry", b"entry", "federation_id", b"federation_id", "inclusion", b"inclusion", "log_index", b"log_index", "received_at_ms", b"received_at_ms", "round", b"round", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -58,6 +58,7 @@ class JoinResponse(_message.Message):
     COORDINATOR_SIGNING_KEY_FIELD_NUMBER: _builtins.int
     CHUNK_BYTES_FIELD_NUMBER: _builtins.int
     MAX_WEIGHT_FIELD_NUMBER: _builtins.int
+    TICKET_QUORUM_FIELD_NUMBER: _builtins.int
     federation_id: _builtins.str
     role: _builtins.str
     key_fingerprint: _builtins.bytes
@@ -71,6 +72,8 @@ class JoinResponse(_message.Message):
     chunk_bytes: _builtins.int
     max_weight: _builtins.int
     """the largest weight one contribution may carry"""
+    ticket_quorum: _builtins.int
+    """ticket signatures the coordinator waits for"""
     @_builtins.property
     def codec(self) -> _common_pb2.CodecParams: ...
     def __init__(
@@ -89,10 +92,11 @@ class JoinResponse(_message.Message):
         coordinator_signing_key: _builtins.bytes = ...,
         chunk_bytes: _builtins.int = ...,
         max_weight: _builtins.int = ...,
+        ticket_quorum: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["codec", b"codec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregation_frequency", b"aggregation_frequency", "chunk_bytes", b"chunk_bytes", "codec", b"codec", "coordinator_signing_key", b"coordinator_signing_key", "decryption_threshold", b"decryption_threshold", "encryption_type", b"encryption_type", "federation_id", b"federation_id", "key_fingerprint", b"key_fingerprint", "max_weight", b"max_weight", "num_parameters", b"num_parameters", "participant_threshold", b"participant_threshold", "role", b"role", "rounds", b"rounds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregation_frequency", b"aggregation_frequency", "chunk_bytes", b"chunk_bytes", "codec", b"codec", "coordinator_signing_key", b"coordinator_signing_key", "decryption_threshold", b"decryption_threshold", "encryption_type", b"encryption_type", "federation_id", b"federation_id", "key_fingerprint", b"key_fingerprint", "max_weight", b"max_weight", "num_parameters", b"num_parameters", "participant_threshold", b"participant_threshold", "role", b"role", "rounds", b"rounds", "ticket_quorum", b"ticket_quorum"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -127,6 +131,8 @@ class RoundStatus(_message.Message):
     PARTIAL_SUBMITTED_FIELD_NUMBER: _builtins.int
     ROUNDS_TOTAL_FIELD_NUMBER: _builtins.int
     DECRYPTOR_FIELD_NUMBER: _builtins.int
+    TICKET_SIGNED_FIELD_NUMBER: _builtins.int
+    TICKET_SIGNATURES_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     stage: _common_pb2.RoundStage.ValueType
     global_version: _builtins.int
@@ -140,6 +146,9 @@ class RoundStatus(_message.Message):
     rounds_total: _builtins.int
     decryptor: _builtins.bool
     """the caller holds a key share"""
+    ticket_signed: _builtins.bool
+    """the caller's signature on this round's ticket is accepted"""
+    ticket_signatures: _builtins.int
     def __init__(
         self,
         *,
@@ -153,10 +162,12 @@ class RoundStatus(_message.Message):
         partial_submitted: _builtins.bool = ...,
         rounds_total: _builtins.int = ...,
         decryptor: _builtins.bool = ...,
+        ticket_signed: _builtins.bool = ...,
+        ticket_signatures: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributed", b"contributed", "contributions", b"contributions", "deadline_unix_s", b"deadline_unix_s", "decryptor", b"decryptor", "global_digest", b"global_digest", "global_version", b"global_version", "partial_submitted", b"partial_submitted", "round", b"round", "rounds_total", b"rounds_total", "stage", b"stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributed", b"contributed", "contributions", b"contributions", "deadline_unix_s", b"deadline_unix_s", "decryptor", b"decryptor", "global_digest", b"global_digest", "global_version", b"global_version", "partial_submitted", b"partial_submitted", "round", b"round", "rounds_total", b"rounds_total", "stage", b"stage", "ticket_signatures", b"ticket_signatures", "ticket_signed", b"ticket_signed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -222,6 +233,8 @@ class ContributionHeader(_message.Message):
     KEY_FINGERPRINT_FIELD_NUMBER: _builtins.int
     CODEC_DIGEST_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    GLOBAL_VERSION_FIELD_NUMBER: _builtins.int
+    GLOBAL_DIGEST_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     weight: _builtins.int
     value_count: _builtins.int
@@ -232,6 +245,9 @@ class ContributionHeader(_message.Message):
     codec_digest: _builtins.bytes
     signature: _builtins.bytes
     """Ed25519 over fedlora.crypto.contribution_digest(...)"""
+    global_version: _builtins.int
+    """the global model the update was trained from"""
+    global_digest: _builtins.bytes
     def __init__(
         self,
         *,
@@ -243,10 +259,12 @@ class ContributionHeader(_message.Message):
         key_fingerprint: _builtins.bytes = ...,
         codec_digest: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
+        global_version: _builtins.int = ...,
+        global_digest: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertexts_digest", b"ciphertexts_digest", "codec_digest", b"codec_digest", "key_fingerprint", b"key_fingerprint", "record_count", b"record_count", "round", b"round", "signature", b"signature", "value_count", b"value_count", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertexts_digest", b"ciphertexts_digest", "codec_digest", b"codec_digest", "global_digest", b"global_digest", "global_version", b"global_version", "key_fingerprint", b"key_fingerprint", "record_count", b"record_count", "round", b"round", "signature", b"signature", "value_count", b"value_count", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -282,15 +300,18 @@ class DecryptionTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ROUND_FIELD_NUMBER: _builtins.int
+    MANIFEST_ONLY_FIELD_NUMBER: _builtins.int
     round: _builtins.int
+    manifest_only: _builtins.bool
     def __init__(
         self,
         *,
         round: _builtins.int = ...,
+        manifest_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["round", b"round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manifest_only", b"manifest_only", "round", b"round"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -338,15 +359,30 @@ class DecryptionManifest(_message.Message):
     ENTRIES_FIELD_NUMBER: _builtins.int
     AGGREGATE_DIGEST_FIELD_NUMBER: _builtins.int
     RECORD_COUNT_FIELD_NUMBER: _builtins.int
+    FEDERATION_ID_FIELD_NUMBER: _builtins.int
+    GLOBAL_VERSION_FIELD_NUMBER: _builtins.int
+    GLOBAL_DIGEST_FIELD_NUMBER: _builtins.int
+    TICKET_SIGNATURES_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     value_count: _builtins.int
     key_fingerprint: _builtins.bytes
     aggregate_digest: _builtins.bytes
     record_count: _builtins.int
+    federation_id: _builtins.str
+    global_version: _builtins.int
+    """every contribution was signed over this global model"""
+    global_digest: _builtins.bytes
     @_builtins.property
     def codec(self) -> _common_pb2.CodecParams: ...
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___ManifestEntry]: ...
+    @_builtins.property
+    def ticket_signatures(self) -> _containers.RepeatedCompositeFieldContainer[Global___TicketSignature]: ...
+    @_builtins.property
+    def checkpoint(self) -> _common_pb2.Checkpoint:
+        """the audit log's newest signed checkpoint"""
+
     def __init__(
         self,
         *,
@@ -357,14 +393,89 @@ class DecryptionManifest(_message.Message):
         entries: _abc.Iterable[Global___ManifestEntry] | None = ...,
         aggregate_digest: _builtins.bytes = ...,
         record_count: _builtins.int = ...,
+        federation_id: _builtins.str = ...,
+        global_version: _builtins.int = ...,
+        global_digest: _builtins.bytes = ...,
+        ticket_signatures: _abc.Iterable[Global___TicketSignature] | None = ...,
+        checkpoint: _common_pb2.Checkpoint | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["codec", b"codec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "codec", b"codec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_digest", b"aggregate_digest", "codec", b"codec", "entries", b"entries", "key_fingerprint", b"key_fingerprint", "record_count", b"record_count", "round", b"round", "value_count", b"value_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_digest", b"aggregate_digest", "checkpoint", b"checkpoint", "codec", b"codec", "entries", b"entries", "federation_id", b"federation_id", "global_digest", b"global_digest", "global_version", b"global_version", "key_fingerprint", b"key_fingerprint", "record_count", b"record_count", "round", b"round", "ticket_signatures", b"ticket_signatures", "value_count", b"value_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DecryptionManifest: _TypeAlias = DecryptionManifest  # noqa: Y015
+
+@_typing.final
+class TicketSignature(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTY_ID_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    party_id: _builtins.str
+    signature: _builtins.bytes
+    """Ed25519 over fedlora.crypto.ticket_digest(...)"""
+    def __init__(
+        self,
+        *,
+        party_id: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["party_id", b"party_id", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TicketSignature: _TypeAlias = TicketSignature  # noqa: Y015
+
+@_typing.final
+class TicketSubmission(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    TICKET_DIGEST_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    ticket_digest: _builtins.bytes
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        ticket_digest: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["round", b"round", "signature", b"signature", "ticket_digest", b"ticket_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TicketSubmission: _TypeAlias = TicketSubmission  # noqa: Y015
+
+@_typing.final
+class TicketAck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNATURES_FIELD_NUMBER: _builtins.int
+    QUORUM_FIELD_NUMBER: _builtins.int
+    signatures: _builtins.int
+    quorum: _builtins.int
+    def __init__(
+        self,
+        *,
+        signatures: _builtins.int = ...,
+        quorum: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quorum", b"quorum", "signatures", b"signatures"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TicketAck: _TypeAlias = TicketAck  # noqa: Y015
 
 @_typing.final
 class ContributionData(_message.Message):
@@ -428,11 +539,16 @@ class PartialHeader(_message.Message):
     PROOF_CHALLENGE_FIELD_NUMBER: _builtins.int
     PROOF_RESPONSE_FIELD_NUMBER: _builtins.int
     RECORD_COUNT_FIELD_NUMBER: _builtins.int
+    TICKET_DIGEST_FIELD_NUMBER: _builtins.int
+    STATEMENT_SIGNATURE_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     ciphertexts_digest: _builtins.bytes
     proof_challenge: _builtins.bytes
     proof_response: _builtins.bytes
     record_count: _builtins.int
+    ticket_digest: _builtins.bytes
+    statement_signature: _builtins.bytes
+    """Ed25519 over fedlora.crypto.partial_statement_digest(...)"""
     def __init__(
         self,
         *,
@@ -441,10 +557,12 @@ class PartialHeader(_message.Message):
         proof_challenge: _builtins.bytes = ...,
         proof_response: _builtins.bytes = ...,
         record_count: _builtins.int = ...,
+        ticket_digest: _builtins.bytes = ...,
+        statement_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertexts_digest", b"ciphertexts_digest", "proof_challenge", b"proof_challenge", "proof_response", b"proof_response", "record_count", b"record_count", "round", b"round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertexts_digest", b"ciphertexts_digest", "proof_challenge", b"proof_challenge", "proof_response", b"proof_response", "record_count", b"record_count", "round", b"round", "statement_signature", b"statement_signature", "ticket_digest", b"ticket_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -60,6 +60,11 @@ class FederationStub:
                 request_serializer=fedlora_dot_v1_dot_federation__pb2.DecryptionTaskRequest.SerializeToString,
                 response_deserializer=fedlora_dot_v1_dot_federation__pb2.DecryptionTaskChunk.FromString,
                 _registered_method=True)
+        self.SubmitTicket = channel.unary_unary(
+                '/fedlora.v1.Federation/SubmitTicket',
+                request_serializer=fedlora_dot_v1_dot_federation__pb2.TicketSubmission.SerializeToString,
+                response_deserializer=fedlora_dot_v1_dot_federation__pb2.TicketAck.FromString,
+                _registered_method=True)
         self.SubmitPartialDecryption = channel.stream_unary(
                 '/fedlora.v1.Federation/SubmitPartialDecryption',
                 request_serializer=fedlora_dot_v1_dot_federation__pb2.PartialChunk.SerializeToString,
@@ -100,6 +105,14 @@ class FederationServicer:
 
     def GetDecryptionTask(self, request, context):
         """For decryptors: the manifest of signed contributions, each contribution, and the aggregate.
+        (With manifest_only, just the manifest and the ticket signatures collected so far.)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitTicket(self, request, context):
+        """A share holder's signature on the round's decryption ticket (DESIGN.md §4, quorum ticket).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -139,6 +152,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.GetDecryptionTask,
                     request_deserializer=fedlora_dot_v1_dot_federation__pb2.DecryptionTaskRequest.FromString,
                     response_serializer=fedlora_dot_v1_dot_federation__pb2.DecryptionTaskChunk.SerializeToString,
+            ),
+            'SubmitTicket': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitTicket,
+                    request_deserializer=fedlora_dot_v1_dot_federation__pb2.TicketSubmission.FromString,
+                    response_serializer=fedlora_dot_v1_dot_federation__pb2.TicketAck.SerializeToString,
             ),
             'SubmitPartialDecryption': grpc.stream_unary_rpc_method_handler(
                     servicer.SubmitPartialDecryption,
@@ -281,6 +299,33 @@ class Federation:
             '/fedlora.v1.Federation/GetDecryptionTask',
             fedlora_dot_v1_dot_federation__pb2.DecryptionTaskRequest.SerializeToString,
             fedlora_dot_v1_dot_federation__pb2.DecryptionTaskChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitTicket(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedlora.v1.Federation/SubmitTicket',
+            fedlora_dot_v1_dot_federation__pb2.TicketSubmission.SerializeToString,
+            fedlora_dot_v1_dot_federation__pb2.TicketAck.FromString,
             options,
             channel_credentials,
             insecure,

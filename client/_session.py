@@ -1,9 +1,13 @@
 """A bank's or hospital's client: joins the federation and works through its rounds.
 
 For each round it pulls the global adapter, trains locally, encodes, encrypts, signs and uploads
-its delta; as a decryptor it releases a partial decryption only for an aggregate it has checked
-itself (DESIGN.md §4 step 4): at least ``policy.min_participants`` distinct pinned peers, every
-signature valid over the ciphertexts actually sent, and the aggregate recomputed from them.
+its delta, and checks the receipt field by field with its audit entry, checkpoint and inclusion
+proof. As a share holder it releases a partial decryption only for an aggregate it has checked
+itself (DESIGN.md §4 step 4): the task's round, at least ``policy.min_participants`` distinct
+pinned peers, every signature valid over the ciphertexts actually sent and over one global
+model, the aggregate recomputed from them; then it signs that round's one decryption ticket
+(recorded durably first) and releases its partial only once a quorum of holders signed the same
+ticket. Every audit checkpoint it sees must extend the one it kept.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fedlora.audit import SignedCheckpoint, verify_checkpoint, verify_entry_inclusion
+from fedlora.client._ledger import AnchorError, CheckpointAnchor, DecryptorLedger
 from fedlora.client._training import LocalTrainer, make_trainer
-from fedlora.config import ClientConfig
+from fedlora.config import ClientConfig, check_key_size
 from fedlora.crypto import (
     CodecParams,
     KeyShare,
@@ -40,14 +46,17 @@ from fedlora.crypto import (
     encrypt_batch,
     open_key_share,
     partial_decrypt,
+    partial_statement_digest,
     receipt_digest,
     records_hasher,
     sign_digest,
+    ticket_digest,
+    ticket_quorum,
     validate_ciphertexts,
     verify_signature,
 )
-from fedlora.errors import ConfigError, FedLoraError, ProtocolError, VerificationError
-from fedlora.v1 import common_pb2, federation_pb2, federation_pb2_grpc
+from fedlora.errors import ConfigError, CryptoError, ProtocolError, VerificationError
+from fedlora.v1 import audit_pb2, audit_pb2_grpc, common_pb2, federation_pb2, federation_pb2_grpc
 
 T = TypeVar("T")
 INSECURE_IDENTITY_HEADER = "x-fedlora-insecure-identity"  # must match the coordinator's
@@ -86,6 +95,12 @@ class Federation:
     num_parameters: int
     max_weight: int
     chunk_bytes: int
+    min_participants: int  # the smallest aggregate this client helps decrypt
+    ticket_quorum: int  # ticket signatures this client requires before it releases a partial
+
+
+def checkpoint_from_proto(cp: Any) -> SignedCheckpoint:
+    return SignedCheckpoint(cp.log_id, cp.tree_size, cp.root, cp.timestamp_ms, cp.signature)
 
 
 class Client:
@@ -110,8 +125,15 @@ class Client:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.channel = self._channel_for(config)
         self.stub = federation_pb2_grpc.FederationStub(self.channel)
+        self.audit_stub = audit_pb2_grpc.AuditStub(self.channel)
         self.metadata = self._metadata_for(config)
         self.fed: Federation | None = None
+        self.ledger = DecryptorLedger(self.state_dir, config.federation_id)
+        self.anchor = CheckpointAnchor(self.state_dir, config.federation_id, self.coordinator_key)
+        # What this client trained from in each round, and the aggregates it verified in full
+        # (so waiting for the ticket quorum re-reads only the manifest).
+        self._trained_from: dict[int, tuple[int, bytes]] = {}
+        self._verified: dict[int, tuple[bytes, list[int]]] = {}
 
     # -- transport -------------------------------------------------------------------------------
     @staticmethod
@@ -179,6 +201,7 @@ class Client:
             key_bits=c.key_bits,
         )
         homomorphic = response.encryption_type == "homomorphic"
+        quorum = 0
         if homomorphic:
             self.key = ThresholdPublicKey.from_json(
                 _read(self.config.keys.threshold_public_key, "keys.threshold_public_key")
@@ -187,6 +210,7 @@ class Client:
                 raise VerificationError(
                     "the coordinator uses a different threshold key than keys.threshold_public_key"
                 )
+            quorum = self._check_key_policy(self.key, codec)
             if self.config.id in self.key.party_ids:
                 x25519 = _private_key(
                     self.config.keys.x25519_key, "keys.x25519_key", X25519PrivateKey
@@ -201,6 +225,9 @@ class Client:
             raise ConfigError(
                 f"the federation's model has {response.num_parameters} parameters, this client's has {self.trainer.num_parameters}"
             )
+        min_participants = self.config.policy.min_participants or max(
+            2, response.participant_threshold
+        )
         self.fed = Federation(
             codec,
             homomorphic,
@@ -209,7 +236,14 @@ class Client:
             response.num_parameters,
             response.max_weight or 1,
             response.chunk_bytes or (1 << 20),
+            min_participants,
+            quorum,
         )
+        if homomorphic and response.ticket_quorum < quorum:
+            self.console.print(
+                f"[yellow]{self.config.id}: the coordinator waits for {response.ticket_quorum} ticket "
+                f"signatures, this client requires {quorum}; rounds may fail at their deadline[/]"
+            )
         if self.trainer.num_examples > self.fed.max_weight:
             self.console.print(
                 f"[yellow]{self.config.id}: {self.trainer.num_examples} local examples, but the federation caps a "
@@ -223,6 +257,57 @@ class Client:
         )
         return self.fed
 
+    def _check_key_policy(self, key: ThresholdPublicKey, codec: CodecParams) -> int:
+        """Refuse unsafe keys and a codec that does not fit the pinned key; return the quorum.
+
+        Raises:
+            ConfigError: a small key without the testing option, t < 2, or a bad quorum.
+            VerificationError: the announced codec is for another modulus size.
+        """
+        bits = key.n.bit_length()
+        check_key_size(bits, self.config.testing, "keys.threshold_public_key")
+        if key.threshold < 2:
+            raise ConfigError(
+                "keys.threshold_public_key: a 1-of-n key lets any single holder decrypt every "
+                "contribution; the federation must deal a key with threshold >= 2"
+            )
+        if codec.key_bits != bits:
+            raise VerificationError(
+                f"the coordinator announces a codec for {codec.key_bits}-bit keys, but the pinned "
+                f"threshold key has {bits} bits"
+            )
+        safe = ticket_quorum(key.parties, key.threshold)
+        quorum = self.config.policy.ticket_quorum or safe
+        if not safe <= quorum <= key.parties:
+            raise ConfigError(
+                f"policy.ticket_quorum: {quorum} is outside {safe}..{key.parties}; below "
+                f"⌈(holders + t)/2⌉ = {safe} a coordinator could get two different aggregates of one "
+                "round decrypted (a split view)"
+            )
+        return quorum
+
+    def _consistency(self, old_size: int, new_size: int) -> list[bytes]:
+        proof = self._retry(
+            "audit consistency proof",
+            lambda: self.audit_stub.GetConsistencyProof(
+                audit_pb2.ConsistencyQuery(from_size=old_size, to_size=new_size),
+                metadata=self.metadata,
+            ),
+        )
+        return list(proof.hashes)
+
+    def observe_checkpoint(self, cp: SignedCheckpoint, round_number: int) -> None:
+        """Check a checkpoint against the kept one; a shrunk or forked log stops this client.
+
+        Raises:
+            VerificationError: and the refusal is written to the client's ledger.
+        """
+        try:
+            self.anchor.observe(cp, self._consistency)
+        except VerificationError as exc:
+            self.ledger.record_refusal(round_number, "audit checkpoint", str(exc))
+            raise AnchorError(f"{exc}; this client stops (see docs/audit.md)") from None
+
     # -- the round loop --------------------------------------------------------------------------
     def run(self) -> int:
         fed = self.join()
@@ -233,6 +318,13 @@ class Client:
                 lambda: self.stub.GetRound(federation_pb2.RoundQuery(), metadata=self.metadata),
             )
             if status.stage == common_pb2.ROUND_STAGE_FINISHED:
+                final = self._retry(
+                    "audit checkpoint",
+                    lambda: self.audit_stub.GetCheckpoint(
+                        audit_pb2.CheckpointQuery(), metadata=self.metadata
+                    ),
+                )
+                self.observe_checkpoint(checkpoint_from_proto(final), status.round)
                 vector = self.download_global(status.global_version, status.global_digest)
                 self.console.print(
                     f"{self.config.id}: federation finished after {status.rounds_total} rounds; global adapter "
@@ -254,15 +346,24 @@ class Client:
         if status.stage == common_pb2.ROUND_STAGE_COLLECTING and not status.contributed:
             self.contribute(fed, status)
         elif (
-            status.stage == common_pb2.ROUND_STAGE_DECRYPTING
-            and self.share is not None
-            and not status.partial_submitted
-            and (status.round, "partial") not in seen_done
+            self.share is not None
+            and (status.round, "decrypt") not in seen_done
+            and (
+                (status.stage == common_pb2.ROUND_STAGE_TICKETING and not status.ticket_signed)
+                or (
+                    status.stage == common_pb2.ROUND_STAGE_DECRYPTING
+                    and not status.partial_submitted
+                )
+            )
         ):
-            seen_done.add((status.round, "partial"))
             try:
-                self.decrypt(status.round)
-            except FedLoraError as exc:
+                if self.decrypt(status.round):
+                    seen_done.add((status.round, "decrypt"))
+            except (VerificationError, CryptoError) as exc:
+                if isinstance(exc, AnchorError):
+                    raise
+                seen_done.add((status.round, "decrypt"))
+                self.ledger.record_refusal(status.round, "decryption", str(exc))
                 self.console.print(
                     f"[red]{self.config.id}: refusing to decrypt round {status.round}: {exc}[/]"
                 )
@@ -305,6 +406,7 @@ class Client:
         started = time.monotonic()
         r = status.round
         base = self.download_global(status.global_version, status.global_digest)
+        self._trained_from[r] = (status.global_version, bytes(status.global_digest))
         pool = None
         if fed.homomorphic:
             assert self.key is not None
@@ -344,19 +446,19 @@ class Client:
                     hasher.update(records)
                     digest, count, fingerprint = hasher.digest(), fed.num_parameters, b"\x00" * 32
                 progress.update(enc, completed=1)
-                signature = sign_digest(
-                    self.signing_key,
-                    contribution_digest(
-                        federation_id=self.config.federation_id,
-                        round_number=r,
-                        client_id=self.config.id,
-                        codec_digest=fed.codec.digest(),
-                        key_fingerprint=fingerprint,
-                        weight=weight,
-                        ciphertexts_digest=digest,
-                        value_count=fed.num_parameters,
-                    ),
+                signed = contribution_digest(
+                    federation_id=self.config.federation_id,
+                    round_number=r,
+                    client_id=self.config.id,
+                    codec_digest=fed.codec.digest(),
+                    key_fingerprint=fingerprint,
+                    weight=weight,
+                    ciphertexts_digest=digest,
+                    value_count=fed.num_parameters,
+                    global_version=status.global_version,
+                    global_digest=status.global_digest,
                 )
+                signature = sign_digest(self.signing_key, signed)
                 header = federation_pb2.ContributionHeader(
                     round=r,
                     weight=weight,
@@ -366,6 +468,8 @@ class Client:
                     key_fingerprint=fingerprint,
                     codec_digest=fed.codec.digest(),
                     signature=signature,
+                    global_version=status.global_version,
+                    global_digest=status.global_digest,
                 )
                 up = progress.add_task(f"{self.config.id} round {r}: uploading", total=len(records))
 
@@ -390,7 +494,7 @@ class Client:
         finally:
             if pool is not None:
                 pool.close()
-        self._check_receipt(receipt, digest)
+        self._check_receipt(receipt, r, signed, digest, signature)
         self.console.print(
             f"{self.config.id} round {r}: trained {fed.aggregation_frequency} steps in {t_train:.1f}s, sent "
             f"{len(records) / 1e6:.2f} MB ({count:,} {'ciphertexts' if fed.homomorphic else 'values'}), "
@@ -403,16 +507,67 @@ class Client:
         np.save(folder / f"round-{r:05d}.npy", delta)
         (folder / f"round-{r:05d}.json").write_text(json.dumps({"weight": weight}))
 
-    def _check_receipt(self, receipt: Any, ciphertexts_digest: bytes) -> None:
-        digest = receipt_digest(
-            federation_id=receipt.federation_id,
-            round_number=receipt.round,
-            client_id=receipt.client_id,
-            contribution=receipt.contribution_digest,
-            log_index=receipt.log_index,
-            received_at_ms=receipt.received_at_ms,
-        )
-        verify_signature(self.coordinator_key, digest, receipt.signature)
+    def _check_receipt(
+        self,
+        receipt: Any,
+        round_number: int,
+        signed: bytes,
+        ciphertexts_digest: bytes,
+        signature: bytes,
+    ) -> None:
+        """Check every field of a receipt against what was uploaded, and its place in the log.
+
+        Raises:
+            VerificationError: a field that is not this upload's, a bad signature, an entry that
+                does not record this contribution, or an entry not in the signed checkpoint's
+                log (the refusal is written to the client's ledger).
+        """
+        try:
+            expected = {
+                "federation_id": (receipt.federation_id, self.config.federation_id),
+                "round": (receipt.round, round_number),
+                "client_id": (receipt.client_id, self.config.id),
+                "contribution_digest": (receipt.contribution_digest, signed),
+            }
+            for name, (got, want) in expected.items():
+                if got != want:
+                    raise VerificationError(
+                        f"the receipt's {name} is not this upload's: the coordinator acknowledged "
+                        "something else"
+                    )
+            digest = receipt_digest(
+                federation_id=receipt.federation_id,
+                round_number=receipt.round,
+                client_id=receipt.client_id,
+                contribution=receipt.contribution_digest,
+                log_index=receipt.log_index,
+                received_at_ms=receipt.received_at_ms,
+            )
+            verify_signature(self.coordinator_key, digest, receipt.signature)
+            try:
+                entry = json.loads(receipt.entry)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise VerificationError("the receipt's audit entry is not JSON") from None
+            recorded = {
+                "event": "contribution_accepted",
+                "index": receipt.log_index,
+                "round": round_number,
+                "client": self.config.id,
+                "contribution_digest": signed.hex(),
+                "ciphertexts_digest": ciphertexts_digest.hex(),
+                "signature": signature.hex(),
+            }
+            if not isinstance(entry, dict) or any(entry.get(k) != v for k, v in recorded.items()):
+                raise VerificationError("the receipt's audit entry does not record this upload")
+            if not receipt.HasField("checkpoint"):
+                raise VerificationError("the receipt carries no signed audit checkpoint")
+            cp = checkpoint_from_proto(receipt.checkpoint)
+            verify_checkpoint(cp, self.coordinator_key, log_id=self.config.federation_id)
+            verify_entry_inclusion(receipt.entry, receipt.log_index, list(receipt.inclusion), cp)
+        except VerificationError as exc:
+            self.ledger.record_refusal(round_number, "receipt", str(exc))
+            raise
+        self.observe_checkpoint(cp, round_number)
         folder = self.state_dir / "receipts"
         folder.mkdir(exist_ok=True)
         doc = {
@@ -425,20 +580,25 @@ class Client:
             "signature": receipt.signature.hex(),
             "ciphertexts_digest": ciphertexts_digest.hex(),
             "coordinator_signing_public_key": self.coordinator_key.hex(),
+            "entry": receipt.entry.decode("ascii"),
+            "inclusion": [h.hex() for h in receipt.inclusion],
+            "checkpoint": cp.to_dict(),
         }
         (folder / f"round-{receipt.round:05d}.json").write_text(json.dumps(doc, indent=2) + "\n")
 
     # -- decryption ------------------------------------------------------------------------------
-    def decrypt(self, round_number: int) -> None:
-        assert self.key is not None and self.share is not None and self.fed is not None
-        key, width = self.key, ciphertext_width(self.key.paillier)
-
+    def _fetch_task(
+        self, round_number: int, *, manifest_only: bool
+    ) -> tuple[Any, dict[str, bytearray], bytearray]:
         def fetch() -> tuple[Any, dict[str, bytearray], bytearray]:
             manifest: Any = None
             contributions: dict[str, bytearray] = {}
             aggregate = bytearray()
             for chunk in self.stub.GetDecryptionTask(
-                federation_pb2.DecryptionTaskRequest(round=round_number), metadata=self.metadata
+                federation_pb2.DecryptionTaskRequest(
+                    round=round_number, manifest_only=manifest_only
+                ),
+                metadata=self.metadata,
             ):
                 part = chunk.WhichOneof("part")
                 if part == "manifest":
@@ -453,17 +613,79 @@ class Client:
                 raise VerificationError("the decryption task has no manifest")
             return manifest, contributions, aggregate
 
+        return self._retry("decryption task", fetch)
+
+    def decrypt(self, round_number: int) -> bool:
+        """Do this share holder's part of decrypting ``round_number``; True once it is done.
+
+        Verifies the task in full (once per round), records and signs the round's ticket, and
+        releases a proven partial decryption only when ``ticket_quorum`` distinct holders signed
+        the same ticket. Returns False while the quorum is still being gathered.
+
+        Raises:
+            VerificationError: the task fails a check, or the ledger refuses the ticket.
+        """
+        assert self.key is not None and self.share is not None and self.fed is not None
+        key, width = self.key, ciphertext_width(self.key.paillier)
         started = time.monotonic()
-        manifest, contributions, aggregate = self._retry("decryption task", fetch)
-        cts = self.verify_manifest(manifest, contributions, aggregate, width)
+        cached = self._verified.get(round_number)
+        manifest, contributions, aggregate = self._fetch_task(
+            round_number, manifest_only=cached is not None
+        )
+        self.observe_checkpoint(checkpoint_from_proto(manifest.checkpoint), round_number)
+        if cached is None:
+            ticket, cts = self.verify_manifest(
+                manifest, contributions, aggregate, width, round_number
+            )
+        else:
+            ticket, cts = cached
+            if self._ticket_of(manifest, round_number) != ticket:
+                raise VerificationError(
+                    f"the coordinator changed round {round_number}'s ticket while it was being signed"
+                )
+        participants = sorted(e.client_id for e in manifest.entries)
+        self.ledger.record_ticket(round_number, ticket, manifest.aggregate_digest, participants)
+        own = sign_digest(self.signing_key, ticket)
+        signers = self._valid_ticket_signatures(manifest, ticket)
+        if self.config.id not in signers:  # the coordinator records every holder's signature
+            ack = self._retry(
+                "ticket signature",
+                lambda: self.stub.SubmitTicket(
+                    federation_pb2.TicketSubmission(
+                        round=round_number, ticket_digest=ticket, signature=own
+                    ),
+                    metadata=self.metadata,
+                ),
+            )
+            signers[self.config.id] = own
+            self.console.print(
+                f"{self.config.id} round {round_number}: verified {len(manifest.entries)} signed "
+                f"contributions and the aggregate, signed the decryption ticket ({ack.signatures} of "
+                f"{ack.quorum} signatures)"
+            )
+        if len(signers) < self.fed.ticket_quorum:
+            self._verified[round_number] = (ticket, cts)
+            return False
+        self.ledger.record_release(round_number, ticket)
         partial = partial_decrypt(key, self.share, cts)
         values = b"".join(v.to_bytes(width, "big") for v in partial.values)
+        statement = partial_statement_digest(
+            federation_id=self.config.federation_id,
+            round_number=round_number,
+            party_id=self.config.id,
+            ticket=ticket,
+            values_digest=ciphertext_vector_digest(key.paillier, partial.values),
+            challenge=partial.proof.challenge,
+            response=partial.proof.response,
+        )
         header = federation_pb2.PartialHeader(
             round=round_number,
             ciphertexts_digest=partial.ciphertexts_digest,
             proof_challenge=_bytes(partial.proof.challenge),
             proof_response=_bytes(partial.proof.response),
             record_count=len(partial.values),
+            ticket_digest=ticket,
+            statement_signature=sign_digest(self.signing_key, statement),
         )
         size = self.fed.chunk_bytes
 
@@ -481,22 +703,85 @@ class Client:
             self.console.print(
                 f"[red]{self.config.id} round {round_number}: partial decryption refused: {exc.details()}[/]"
             )  # type: ignore[attr-defined]
-            return
+            return True
+        self._verified.pop(round_number, None)
         self.console.print(
-            f"{self.config.id} round {round_number}: verified {len(manifest.entries)} signed contributions and the "
-            f"aggregate, released a proven partial decryption ({time.monotonic() - started:.1f}s)"
+            f"{self.config.id} round {round_number}: {len(signers)} holders signed the ticket; released a "
+            f"proven partial decryption ({time.monotonic() - started:.1f}s)"
+        )
+        return True
+
+    def _valid_ticket_signatures(self, manifest: Any, ticket: bytes) -> dict[str, bytes]:
+        """The manifest's ticket signatures that verify: distinct share holders, pinned keys."""
+        assert self.key is not None
+        valid: dict[str, bytes] = {}
+        for s in manifest.ticket_signatures:
+            if s.party_id not in self.key.party_ids or s.party_id not in self.peers:
+                continue
+            try:
+                verify_signature(self.peers[s.party_id], ticket, s.signature)
+            except VerificationError:
+                continue
+            valid[s.party_id] = s.signature
+        return valid
+
+    def _ticket_of(self, manifest: Any, round_number: int) -> bytes:
+        """Recompute the ticket from the manifest's own fields (digests already checked)."""
+        assert self.key is not None and self.fed is not None
+        entries = sorted(manifest.entries, key=lambda e: e.client_id)
+        return ticket_digest(
+            federation_id=self.config.federation_id,
+            round_number=round_number,
+            key_fingerprint=self.key.fingerprint,
+            aggregate_digest=manifest.aggregate_digest,
+            global_version=manifest.global_version,
+            global_digest=manifest.global_digest,
+            contributions=[
+                (e.client_id, self._signed_digest(manifest, e, e.ciphertexts_digest))
+                for e in entries
+            ],
+        )
+
+    def _signed_digest(self, manifest: Any, entry: Any, ciphertexts_digest: bytes) -> bytes:
+        assert self.key is not None and self.fed is not None
+        return contribution_digest(
+            federation_id=self.config.federation_id,
+            round_number=manifest.round,
+            client_id=entry.client_id,
+            codec_digest=self.fed.codec.digest(),
+            key_fingerprint=self.key.fingerprint,
+            weight=entry.weight,
+            ciphertexts_digest=ciphertexts_digest,
+            value_count=manifest.value_count,
+            global_version=manifest.global_version,
+            global_digest=manifest.global_digest,
         )
 
     def verify_manifest(
-        self, manifest: Any, contributions: dict[str, bytearray], aggregate: bytearray, width: int
-    ) -> list[int]:
-        """Check everything DESIGN.md §4 step 4 asks before a partial decryption is released.
+        self,
+        manifest: Any,
+        contributions: dict[str, bytearray],
+        aggregate: bytearray,
+        width: int,
+        round_number: int,
+    ) -> tuple[bytes, list[int]]:
+        """Check everything DESIGN.md §4 step 4 asks before a ticket is signed.
+
+        Returns the round's ticket and the aggregate's ciphertexts.
 
         Raises:
             VerificationError: naming what is wrong.
         """
         assert self.key is not None and self.fed is not None
         pk = self.key.paillier
+        if manifest.round != round_number:
+            raise VerificationError(
+                f"the manifest is for round {manifest.round}, but the task is round {round_number}"
+            )
+        if manifest.federation_id != self.config.federation_id:
+            raise VerificationError(
+                f"the manifest is for federation {manifest.federation_id!r}, not {self.config.federation_id!r}"
+            )
         if not hmac.compare_digest(manifest.key_fingerprint, self.key.fingerprint):
             raise VerificationError("the aggregate is under another threshold key")
         c = manifest.codec
@@ -510,16 +795,26 @@ class Client:
             != self.fed.codec
         ):
             raise VerificationError("the manifest's codec differs from the federation's")
+        trained = self._trained_from.get(round_number)
+        if trained is not None and trained != (
+            manifest.global_version,
+            bytes(manifest.global_digest),
+        ):
+            raise VerificationError(
+                f"round {round_number}'s contributions were trained from another global model than "
+                "the one this client was served"
+            )
         clients = [e.client_id for e in manifest.entries]
         if len(set(clients)) != len(clients):
             raise VerificationError("the manifest lists a contributor twice")
-        if len(clients) < self.config.policy.min_participants:
+        if len(clients) < self.fed.min_participants:
             raise VerificationError(
-                f"the aggregate has {len(clients)} contributors; policy.min_participants requires {self.config.policy.min_participants}"
+                f"the aggregate has {len(clients)} contributors; policy.min_participants requires {self.fed.min_participants}"
             )
         if set(contributions) != set(clients):
             raise VerificationError("the contributions sent do not match the manifest")
         total: list[int] | None = None
+        signed: list[tuple[str, bytes]] = []
         for entry in manifest.entries:
             if entry.client_id not in self.peers:
                 raise VerificationError(
@@ -536,23 +831,15 @@ class Client:
             cts = validate_ciphertexts(
                 pk, [int.from_bytes(data[i : i + width], "big") for i in range(0, len(data), width)]
             )
-            digest = ciphertext_vector_digest(pk, cts)
-            signed = contribution_digest(
-                federation_id=self.config.federation_id,
-                round_number=manifest.round,
-                client_id=entry.client_id,
-                codec_digest=self.fed.codec.digest(),
-                key_fingerprint=self.key.fingerprint,
-                weight=entry.weight,
-                ciphertexts_digest=digest,
-                value_count=manifest.value_count,
-            )
+            digest = self._signed_digest(manifest, entry, ciphertext_vector_digest(pk, cts))
             try:
-                verify_signature(self.peers[entry.client_id], signed, entry.signature)
+                verify_signature(self.peers[entry.client_id], digest, entry.signature)
             except VerificationError:
                 raise VerificationError(
-                    f"the contribution of {entry.client_id!r} is not signed by that peer's key"
+                    f"the contribution of {entry.client_id!r} is not signed by that peer's key "
+                    "(over these ciphertexts, this round and this global model)"
                 ) from None
+            signed.append((entry.client_id, digest))
             total = cts if total is None else add_ciphertext_vectors(pk, total, cts)
         assert total is not None
         sent = [
@@ -560,9 +847,20 @@ class Client:
         ]
         if sent != total:
             raise VerificationError("the aggregate is not the product of the listed contributions")
-        if not hmac.compare_digest(ciphertext_vector_digest(pk, total), manifest.aggregate_digest):
+        aggregate_digest = ciphertext_vector_digest(pk, total)
+        if not hmac.compare_digest(aggregate_digest, manifest.aggregate_digest):
             raise VerificationError("the aggregate digest in the manifest is wrong")
-        return total
+        ticket = ticket_digest(
+            federation_id=self.config.federation_id,
+            round_number=round_number,
+            key_fingerprint=self.key.fingerprint,
+            aggregate_digest=aggregate_digest,
+            global_version=manifest.global_version,
+            global_digest=manifest.global_digest,
+            contributions=sorted(signed),
+        )
+        self.ledger.check_ticket(round_number, ticket)
+        return ticket, total
 
 
 def _bytes(value: int) -> bytes:

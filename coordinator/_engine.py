@@ -4,6 +4,16 @@ No gRPC here: the servicer translates messages to these calls and errors to stat
 audit log is the record of every decision *and* the event store the state is rebuilt from after
 a restart: a contribution counts once its file is fsynced and its ``contribution_accepted``
 entry is fsynced, and only then is it acknowledged.
+
+Decisions and heavy work are separate (STYLE.md §15): :meth:`Coordinator.tick` decides under the
+lock, runs aggregation or combination outside it (status requests never wait for them), and
+applies the outcome under the lock again. Any error in that work ends the round as
+``round_failed`` with the reason; nothing is retried forever, and a restart that replays into the
+same fault fails the round the same way and opens the next one.
+
+Decryption is gated by the quorum ticket (DESIGN.md §4): after aggregating, the coordinator names
+the round's decryption ticket; share holders check the aggregate themselves and sign the ticket,
+and only once ``ticket_quorum`` holders signed it do they release partial decryptions.
 """
 
 from __future__ import annotations
@@ -22,9 +32,10 @@ import gmpy2
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedlora.audit import AuditLog
-from fedlora.config import CoordinatorConfig, Party
+from fedlora.audit import AuditLog, SignedCheckpoint
+from fedlora.config import CoordinatorConfig, Party, check_key_size
 from fedlora.coordinator._adapter import AdapterTemplate
+from fedlora.coordinator._limits import RejectionLimiter
 from fedlora.coordinator._rounds import Message, Stage, check_message, check_transition
 from fedlora.coordinator._store import Store
 from fedlora.crypto import (
@@ -33,23 +44,30 @@ from fedlora.crypto import (
     PartialDecryption,
     ThresholdPublicKey,
     add_ciphertext_vectors,
+    ciphertext_vector_digest,
     ciphertext_width,
     combine_partial_decryptions,
     contribution_digest,
     decode,
     ed25519_public_bytes,
+    partial_statement_digest,
+    proof_response_bound,
     receipt_digest,
     records_hasher,
     sign_digest,
+    ticket_digest,
+    ticket_quorum,
     verify_partial_decryption,
     verify_signature,
 )
 from fedlora.errors import (
     AuthenticationError,
     AuthorizationError,
+    ConfigError,
     FedLoraError,
     NotFoundError,
     ProtocolError,
+    RateLimitError,
     VerificationError,
 )
 
@@ -64,6 +82,8 @@ class ContributionHeader:
     key_fingerprint: bytes
     codec_digest: bytes
     signature: bytes
+    global_version: int = 0
+    global_digest: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -85,6 +105,8 @@ class PartialHeader:
     challenge: int
     response: int
     record_count: int
+    ticket_digest: bytes = b""
+    statement_signature: bytes = b""
 
 
 @dataclass
@@ -93,11 +115,14 @@ class RoundState:
     global_version: int
     deadline_ms: int
     opened_ms: int
+    global_digest: bytes = b""
     contributions: dict[str, Contribution] = field(default_factory=dict)
     participants: tuple[str, ...] = ()
     aggregate_digest: bytes = b""
+    ticket: bytes = b""
     total_weight: int = 0
     decrypt_deadline_ms: int = 0
+    ticket_signatures: dict[str, bytes] = field(default_factory=dict)
     partials: dict[str, DecryptionProof] = field(default_factory=dict)
 
 
@@ -111,6 +136,27 @@ class Receipt:
     received_at_ms: int
     signature: bytes
     duplicate: bool = False
+    entry: bytes = b""
+    checkpoint: SignedCheckpoint | None = None
+    inclusion: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a share holder needs to check a round's aggregate and sign its ticket."""
+
+    federation_id: str
+    round_number: int
+    value_count: int
+    codec: CodecParams
+    key_fingerprint: bytes
+    aggregate_digest: bytes
+    record_count: int
+    global_version: int
+    global_digest: bytes
+    entries: tuple[dict[str, Any], ...]
+    ticket_signatures: tuple[tuple[str, bytes], ...]
+    checkpoint: SignedCheckpoint
 
 
 class Coordinator:
@@ -128,7 +174,7 @@ class Coordinator:
         self.fl = config.federated_learning
         self.homomorphic = self.fl.encryption_type == "homomorphic"
         self.key = threshold_key
-        self._check_key()
+        self.quorum = self._check_key()
         self.signing_key = signing_key
         self.public_key = ed25519_public_bytes(signing_key)
         self.clock = clock
@@ -144,8 +190,10 @@ class Coordinator:
             self.width = ciphertext_width(threshold_key.paillier)
             self.record_count = self.codec.ciphertexts_for(self.num_parameters)
             self.fingerprint = threshold_key.fingerprint
+            self.response_bound = proof_response_bound(threshold_key)
         else:
             self.width, self.record_count, self.fingerprint = 4, self.num_parameters, b"\x00" * 32
+            self.response_bound = 0
         self.store = Store(config.state_dir)
         self._digests: dict[int, bytes] = {}
         template = config.model.adapter_template
@@ -153,6 +201,7 @@ class Coordinator:
         self.audit = AuditLog(config.state_dir / "audit", config.federation_id, signing_key)
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
+        self.limits = RejectionLimiter(clock)
         self.stage = Stage.COLLECTING
         self.round: RoundState | None = None
         self.global_version = 0
@@ -160,22 +209,38 @@ class Coordinator:
         self._replay()
 
     # -- start-up ----------------------------------------------------------------------------
-    def _check_key(self) -> None:
+    def _check_key(self) -> int:
+        """Check the threshold key against the configuration; return the ticket quorum."""
         if not self.homomorphic:
-            return
+            return 0
         key = self.key
         if key is None:
-            raise FedLoraError(
+            raise ConfigError(
                 "keys.threshold_public_key is required when encryption_type is homomorphic"
             )
+        check_key_size(key.n.bit_length(), self.config.testing, "keys.threshold_public_key")
         if key.threshold != self.fl.decryption_threshold:
-            raise FedLoraError(
+            raise ConfigError(
                 f"federated_learning.decryption_threshold is {self.fl.decryption_threshold} but the "
                 f"threshold key needs {key.threshold} partial decryptions"
             )
+        if key.threshold < 2:
+            raise ConfigError(
+                "keys.threshold_public_key: a 1-of-n key lets any single holder decrypt every "
+                "contribution; deal a key with threshold >= 2"
+            )
         unknown = [p for p in key.party_ids if self.config.party(p) is None]
         if unknown:
-            raise FedLoraError(f"threshold key share holders {unknown} are not enrolled in parties")
+            raise ConfigError(f"threshold key share holders {unknown} are not enrolled in parties")
+        safe = ticket_quorum(key.parties, key.threshold)
+        quorum = self.fl.ticket_quorum or safe
+        if not safe <= quorum <= key.parties:
+            raise ConfigError(
+                f"federated_learning.ticket_quorum: {quorum} is outside {safe}..{key.parties}; below "
+                f"⌈(holders + t)/2⌉ = {safe} two different aggregates of one round could both be "
+                "decrypted (a split view)"
+            )
+        return quorum
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -192,6 +257,7 @@ class Coordinator:
                 codec=self.codec.to_dict(),
                 participant_threshold=self.fl.participant_threshold,
                 decryption_threshold=self.fl.decryption_threshold,
+                ticket_quorum=self.quorum,
                 rounds=self.fl.rounds,
                 aggregation_frequency=self.fl.aggregation_frequency,
                 num_parameters=self.num_parameters,
@@ -203,12 +269,21 @@ class Coordinator:
             self._save_and_publish(0, np.zeros(self.num_parameters, dtype=np.float32))
             self._open_round(1)
             return
+        ended = False
         for e in events:
             kind, r = e["event"], e.get("round")
+            current = self.round is not None and r == self.round.number
             if kind == "round_opened":
-                self.round = RoundState(r, e["global_version"], e["deadline_ms"], e["time_ms"])
-                self.stage = Stage.COLLECTING
-            elif kind == "contribution_accepted" and self.round and r == self.round.number:
+                self.round = RoundState(
+                    r,
+                    e["global_version"],
+                    e["deadline_ms"],
+                    e["time_ms"],
+                    bytes.fromhex(e.get("global_digest", "")),
+                )
+                self.stage, ended = Stage.COLLECTING, False
+            elif kind == "contribution_accepted" and current:
+                assert self.round is not None
                 self.round.contributions[e["client"]] = Contribution(
                     e["client"],
                     e["weight"],
@@ -219,16 +294,26 @@ class Coordinator:
                     e["index"],
                     e["time_ms"],
                 )
-            elif kind == "aggregated" and self.round and r == self.round.number:
+            elif kind == "aggregated" and current and e.get("encryption") == "homomorphic":
+                assert self.round is not None
                 self.round.participants = tuple(e["participants"])
                 self.round.aggregate_digest = bytes.fromhex(e["aggregate_digest"])
+                self.round.ticket = bytes.fromhex(e.get("ticket", ""))
                 self.round.total_weight = e["total_weight"]
                 self.round.decrypt_deadline_ms = e["decrypt_deadline_ms"]
+                self.stage = Stage.TICKETING
+            elif kind == "ticket_signed" and current:
+                assert self.round is not None
+                self.round.ticket_signatures[e["party"]] = bytes.fromhex(e["signature"])
+            elif kind == "ticket_quorum" and current:
                 self.stage = Stage.DECRYPTING
-            elif kind == "partial_accepted" and self.round and r == self.round.number:
+            elif kind == "partial_accepted" and current:
+                assert self.round is not None
                 self.round.partials[e["party"]] = DecryptionProof(
                     int(e["challenge"], 16), int(e["response"], 16)
                 )
+            elif kind in ("round_closed", "round_failed") and current:
+                ended = True
             elif kind == "global_published":
                 self.global_version = e["version"]
             elif kind == "federation_finished":
@@ -239,6 +324,8 @@ class Coordinator:
             stage=self.stage.value,
             contributions=sorted(self.round.contributions) if self.round else [],
         )
+        if ended and self.stage is not Stage.FINISHED:
+            self._end_round()  # it crashed between ending a round and opening the next
 
     # -- identity ----------------------------------------------------------------------------
     def authenticate(self, identity: str | None, method: str) -> Party:
@@ -249,8 +336,8 @@ class Coordinator:
             AuthorizationError: unknown or revoked identity.
         """
         if not identity:
-            self.audit.append(
-                "access_denied", identity="", method=method, reason="no client identity"
+            self._audit_rejection(
+                "access_denied", "", "no client identity", identity="", method=method
             )
             raise AuthenticationError(
                 "no client identity: present a certificate issued by the federation CA"
@@ -258,29 +345,65 @@ class Coordinator:
         party = self.config.party(identity)
         if party is None or party.revoked:
             reason = "revoked" if party else "not enrolled"
-            self.audit.append("access_denied", identity=identity, method=method, reason=reason)
+            self._audit_rejection(
+                "access_denied", identity[:64], reason, identity=identity[:64], method=method
+            )
             raise AuthorizationError(
-                f"identity {identity!r} is {reason} in federation {self.config.federation_id!r}"
+                f"identity {identity[:64]!r} is {reason} in federation {self.config.federation_id!r}"
             )
         return party
+
+    def _audit_rejection(self, event: str, who: str, reason: str, **fields: Any) -> None:
+        """Write the first of identical rejections in a round; count the rest (flushed at round end)."""
+        with self._lock:
+            if self.limits.first(event, who, reason):
+                self.audit.append(event, reason=reason, **fields)
+
+    def _throttle(self, party: Party, what: str) -> None:
+        """Refuse, before any work, a submission from an identity with too many rejections.
+
+        Raises:
+            RateLimitError: the identity's rejection budget is spent.
+        """
+        with self._lock:
+            allowed = self.limits.allowed(party.id)
+            number = self.round.number if self.round else 0
+        if not allowed:
+            reason = "too many rejected submissions; refused without examination"
+            self._audit_rejection(
+                "submission_throttled", party.id, reason, round=number, party=party.id, kind=what
+            )
+            raise RateLimitError(
+                f"{party.id}: {reason}; wait {self.limits.refill_s:.0f}s and fix the cause"
+            )
 
     # -- rounds ------------------------------------------------------------------------------
     def _open_round(self, number: int) -> None:
         now = self._now_ms()
         deadline = now + int(self.fl.round_timeout_s * 1000)
+        digest = self.global_digest(self.global_version)
         self.audit.append(
             "round_opened",
             round=number,
             global_version=self.global_version,
-            global_digest=self.global_digest(self.global_version).hex(),
+            global_digest=digest.hex(),
             deadline_ms=deadline,
         )
-        self.round = RoundState(number, self.global_version, deadline, now)
+        self.round = RoundState(number, self.global_version, deadline, now, digest)
         self.stage = Stage.COLLECTING
         self._aggregate_cache = None
 
     def _end_round(self) -> None:
         assert self.round is not None
+        for event, identity, reason, count in self.limits.drain():
+            self.audit.append(
+                "rejections_repeated",
+                round=self.round.number,
+                rejected_event=event,
+                identity=identity,
+                reason=reason,
+                count=count,
+            )
         if self.round.number >= self.fl.rounds:
             check_transition(self.stage, Stage.FINISHED)
             self.audit.append(
@@ -290,45 +413,92 @@ class Coordinator:
         else:
             check_transition(self.stage, Stage.COLLECTING)
             self._open_round(self.round.number + 1)
+        self._wake.notify_all()
 
-    def _fail_round(self, reason: str) -> None:
+    def _fail_round(self, reason: str, **extra: Any) -> None:
         assert self.round is not None
         self.audit.append(
             "round_failed",
             round=self.round.number,
+            stage=self.stage.value,
             reason=reason,
             contributions=sorted(self.round.contributions),
             partials=sorted(self.round.partials),
+            **extra,
         )
         self._end_round()
 
     def tick(self) -> None:
-        """Advance on deadlines and thresholds; the server calls this a few times a second."""
+        """Advance on deadlines and thresholds; the server calls this a few times a second.
+
+        Decides under the lock; aggregation and combination run outside it (the stage shows
+        AGGREGATING or COMBINING meanwhile, so a concurrent tick starts nothing).
+        """
         with self._lock:
-            if self.round is None or self.stage is Stage.FINISHED:
-                return
-            now = self._now_ms()
-            r = self.round
-            if self.stage is Stage.COLLECTING:
-                expected = {p.id for p in self.config.parties if not p.revoked}
-                count = len(r.contributions)
-                if expected <= set(r.contributions) or (
-                    now >= r.deadline_ms and count >= self.fl.participant_threshold
-                ):
-                    self._aggregate()
-                elif now >= r.deadline_ms:
-                    self._fail_round(
-                        f"{count} contributions at the deadline, below participant_threshold "
-                        f"{self.fl.participant_threshold}; nothing was decrypted"
-                    )
-            elif self.stage is Stage.DECRYPTING:
-                assert self.key is not None
-                if len(r.partials) >= self.key.threshold:
-                    self._decrypt()
-                elif now >= r.decrypt_deadline_ms:
-                    self._fail_round(
-                        f"{len(r.partials)} partial decryptions at the deadline, below the threshold {self.key.threshold}"
-                    )
+            job = self._decide()
+        if job is not None:
+            job()
+
+    def _decide(self) -> Callable[[], None] | None:
+        if self.round is None or self.stage is Stage.FINISHED:
+            return None
+        now = self._now_ms()
+        r = self.round
+        if self.stage is Stage.COLLECTING:
+            expected = {p.id for p in self.config.parties if not p.revoked}
+            count = len(r.contributions)
+            if count >= self.fl.participant_threshold and (
+                expected <= set(r.contributions) or now >= r.deadline_ms
+            ):
+                check_transition(self.stage, Stage.AGGREGATING)
+                self.stage = Stage.AGGREGATING
+                participants = tuple(sorted(r.contributions))
+                return lambda: self._run(r.number, Stage.AGGREGATING, participants)
+            if now >= r.deadline_ms:
+                self._fail_round(
+                    f"{count} contributions at the deadline, below participant_threshold "
+                    f"{self.fl.participant_threshold}; nothing was decrypted"
+                )
+        elif self.stage in (Stage.TICKETING, Stage.DECRYPTING):
+            assert self.key is not None
+            if self.stage is Stage.DECRYPTING and len(r.partials) >= self.key.threshold:
+                check_transition(self.stage, Stage.COMBINING)
+                self.stage = Stage.COMBINING
+                return lambda: self._run(r.number, Stage.COMBINING, r.participants)
+            if now >= r.decrypt_deadline_ms:
+                what = (
+                    f"{len(r.ticket_signatures)} ticket signatures, below the quorum {self.quorum}"
+                    if self.stage is Stage.TICKETING
+                    else f"{len(r.partials)} partial decryptions, below the threshold {self.key.threshold}"
+                )
+                self._fail_round(f"{what} at the decryption deadline; nothing was decrypted")
+        return None
+
+    def _run(self, number: int, stage: Stage, participants: tuple[str, ...]) -> None:
+        """Heavy work outside the lock; its outcome (or its failure) is applied under the lock."""
+        try:
+            if stage is Stage.AGGREGATING:
+                apply = self._aggregate(number, participants)
+            else:
+                apply = self._combine(number)
+        except Exception as exc:  # any fault ends the round, never the federation
+            with self._lock:
+                self._fail_job(number, stage, exc)
+            return
+        with self._lock:
+            if self.round is not None and self.round.number == number and self.stage is stage:
+                try:
+                    apply()
+                except Exception as exc:
+                    self._fail_job(number, stage, exc)
+
+    def _fail_job(self, number: int, stage: Stage, exc: Exception) -> None:
+        if self.round is None or self.round.number != number or self.stage is not stage:
+            return
+        reason = str(exc) if isinstance(exc, FedLoraError) else type(exc).__name__
+        party = _blamed_party(exc, self.key.party_ids if self.key else ())
+        extra = {"party": party} if party else {}
+        self._fail_round(f"{stage.value} failed: {reason}", **extra)
 
     def wait(self, timeout: float) -> None:
         with self._wake:
@@ -352,24 +522,22 @@ class Coordinator:
             check_message(self.stage, Message.ROUND_STATUS, self.round.number if self.round else 0)
             r = self.round
             assert r is not None
+            finished = self.stage is Stage.FINISHED
+            version = self.global_version if finished else r.global_version
+            deciding = self.stage in (Stage.TICKETING, Stage.DECRYPTING, Stage.COMBINING)
             return {
                 "round": r.number,
                 "stage": self.stage,
-                "global_version": self.global_version
-                if self.stage is Stage.FINISHED
-                else r.global_version,
-                "global_digest": self.global_digest(
-                    self.global_version if self.stage is Stage.FINISHED else r.global_version
-                ),
-                "deadline_unix_s": (
-                    r.decrypt_deadline_ms if self.stage is Stage.DECRYPTING else r.deadline_ms
-                )
-                / 1000,
+                "global_version": version,
+                "global_digest": self.global_digest(version),
+                "deadline_unix_s": (r.decrypt_deadline_ms if deciding else r.deadline_ms) / 1000,
                 "contributions": len(r.contributions),
                 "contributed": party.id in r.contributions,
                 "partial_submitted": party.id in r.partials,
                 "rounds_total": self.fl.rounds,
                 "decryptor": bool(self.key and party.id in self.key.party_ids),
+                "ticket_signed": party.id in r.ticket_signatures,
+                "ticket_signatures": len(r.ticket_signatures),
             }
 
     def join_info(self, party: Party) -> dict[str, Any]:
@@ -390,6 +558,7 @@ class Coordinator:
             "coordinator_signing_key": self.public_key,
             "chunk_bytes": self.config.server.chunk_bytes,
             "max_weight": self.config.codec.max_weight,
+            "ticket_quorum": self.quorum,
         }
 
     def global_chunks(self, version: int) -> tuple[bytes, Iterator[bytes]]:
@@ -400,10 +569,20 @@ class Coordinator:
             path, self.config.server.chunk_bytes
         )
 
+    def checkpoint(self) -> SignedCheckpoint:
+        """The audit log's newest signed checkpoint."""
+        return SignedCheckpoint.from_dict(self.audit.latest_checkpoint())
+
     # -- contributions -----------------------------------------------------------------------
     def _reject(self, party: Party, round_number: int, error: FedLoraError) -> FedLoraError:
-        self.audit.append(
-            "contribution_rejected", round=round_number, client=party.id, reason=str(error)
+        with self._lock:
+            self.limits.rejected(party.id)
+        self._audit_rejection(
+            "contribution_rejected",
+            party.id,
+            str(error),
+            round=round_number,
+            client=party.id,
         )
         return error
 
@@ -414,10 +593,11 @@ class Coordinator:
         return self._reject(party, number, VerificationError(reason))
 
     def _check_header(self, party: Party, h: ContributionHeader) -> None:
-        assert self.round is not None
-        if h.round_number != self.round.number:
+        r = self.round
+        assert r is not None
+        if h.round_number != r.number:
             raise ProtocolError(
-                f"contribution is for round {h.round_number}, but round {self.round.number} is open"
+                f"contribution is for round {h.round_number}, but round {r.number} is open"
             )
         if not 1 <= h.weight <= self.config.codec.max_weight:
             raise VerificationError(
@@ -437,6 +617,13 @@ class Coordinator:
             )
         if not hmac.compare_digest(h.codec_digest, self.codec.digest()):
             raise VerificationError("contribution uses other codec parameters")
+        if h.global_version != r.global_version or not hmac.compare_digest(
+            h.global_digest, r.global_digest
+        ):
+            raise VerificationError(
+                f"contribution was trained from another global model (round {r.number} trains "
+                f"from version {r.global_version})"
+            )
         if len(h.ciphertexts_digest) != 32 or len(h.signature) != 64:
             raise VerificationError("ciphertexts_digest must be 32 bytes and signature 64 bytes")
 
@@ -464,7 +651,9 @@ class Coordinator:
         Raises:
             ProtocolError: wrong stage or round, or a different second contribution.
             VerificationError: malformed, oversized, truncated, out-of-range or wrongly signed.
+            RateLimitError: the party's rejection budget is spent.
         """
+        self._throttle(party, "contribution")
         with self._lock:
             number = self.round.number if self.round else 0
             try:
@@ -518,6 +707,8 @@ class Coordinator:
                 weight=header.weight,
                 ciphertexts_digest=digest,
                 value_count=header.value_count,
+                global_version=header.global_version,
+                global_digest=header.global_digest,
             )
             verify_signature(bytes.fromhex(party.signing_public_key), signed, header.signature)
         except FedLoraError as exc:
@@ -565,6 +756,7 @@ class Coordinator:
         return self._receipt(number, contribution)
 
     def _receipt(self, number: int, c: Contribution, *, duplicate: bool = False) -> Receipt:
+        """A signed receipt that carries its audit entry, a checkpoint and the inclusion proof."""
         digest = receipt_digest(
             federation_id=self.config.federation_id,
             round_number=number,
@@ -573,6 +765,8 @@ class Coordinator:
             log_index=c.log_index,
             received_at_ms=c.received_at_ms,
         )
+        checkpoint = self.checkpoint()
+        _, path = self.audit.inclusion(c.log_index, checkpoint.tree_size)
         return Receipt(
             self.config.federation_id,
             number,
@@ -582,56 +776,76 @@ class Coordinator:
             c.received_at_ms,
             sign_digest(self.signing_key, digest),
             duplicate,
+            self.audit.entries(c.log_index, 1)[0],
+            checkpoint,
+            tuple(path),
         )
 
     # -- aggregation -------------------------------------------------------------------------
-    def _aggregate(self) -> None:
-        """Sum the stored contributions one at a time (memory: the sum plus one contribution)."""
+    def _aggregate(self, number: int, participants: tuple[str, ...]) -> Callable[[], None]:
+        """Sum the stored contributions one at a time (memory: the sum plus one contribution).
+
+        Runs outside the lock; returns what to apply under it.
+        """
         r = self.round
         assert r is not None
-        participants = tuple(sorted(r.contributions))
-        total_weight = sum(r.contributions[p].weight for p in participants)
+        contributions = {p: r.contributions[p] for p in participants}
+        total_weight = sum(c.weight for c in contributions.values())
         if not self.homomorphic:
             acc = np.zeros(self.num_parameters, dtype=np.float64)
             for p in participants:
                 values = np.frombuffer(
-                    self.store.contribution_path(r.number, p).read_bytes(), dtype="<f4"
+                    self.store.contribution_path(number, p).read_bytes(), dtype="<f4"
                 )
-                acc += r.contributions[p].weight * values.astype(np.float64)
-            self._log_aggregated(
-                participants, total_weight, aggregate_digest=b"", decrypt_deadline_ms=0
-            )
-            self._publish(acc / total_weight, participants, decryptors=[])
-            return
+                acc += contributions[p].weight * values.astype(np.float64)
+            mean = acc / total_weight
+
+            def publish() -> None:
+                self._log_aggregated(participants, total_weight, b"", b"", 0)
+                self._publish(mean, participants, decryptors=[])
+
+            return publish
         assert self.key is not None
         acc_cts: list[int] | None = None
         for p in participants:
-            cts = self.store.read_records(self.store.contribution_path(r.number, p), self.width)
+            cts = self.store.read_records(self.store.contribution_path(number, p), self.width)
             acc_cts = (
                 cts if acc_cts is None else add_ciphertext_vectors(self.key.paillier, acc_cts, cts)
             )
         assert acc_cts is not None
         data = b"".join(c.to_bytes(self.width, "big") for c in acc_cts)
-        self.store.write_bytes(self.store.aggregate_path(r.number), data)
-        digest = records_hasher(len(acc_cts), self.width)
-        digest.update(data)
-        r.participants, r.aggregate_digest, r.total_weight = (
-            participants,
-            digest.digest(),
-            total_weight,
+        self.store.write_bytes(self.store.aggregate_path(number), data)
+        aggregate_digest = ciphertext_vector_digest(self.key.paillier, acc_cts)
+        ticket = ticket_digest(
+            federation_id=self.config.federation_id,
+            round_number=number,
+            key_fingerprint=self.fingerprint,
+            aggregate_digest=aggregate_digest,
+            global_version=r.global_version,
+            global_digest=r.global_digest,
+            contributions=[(p, contributions[p].contribution_digest) for p in participants],
         )
-        r.decrypt_deadline_ms = self._now_ms() + int(self.fl.decryption_timeout_s * 1000)
-        self._log_aggregated(participants, total_weight, r.aggregate_digest, r.decrypt_deadline_ms)
-        check_transition(self.stage, Stage.DECRYPTING)
-        self.stage = Stage.DECRYPTING
-        self._aggregate_cache = (r.number, acc_cts)
-        self._wake.notify_all()
+
+        def apply() -> None:
+            assert self.round is not None
+            self.round.participants, self.round.total_weight = participants, total_weight
+            self.round.aggregate_digest, self.round.ticket = aggregate_digest, ticket
+            deadline = self._now_ms() + int(self.fl.decryption_timeout_s * 1000)
+            self.round.decrypt_deadline_ms = deadline
+            self._log_aggregated(participants, total_weight, aggregate_digest, ticket, deadline)
+            check_transition(self.stage, Stage.TICKETING)
+            self.stage = Stage.TICKETING
+            self._aggregate_cache = (number, acc_cts)
+            self._wake.notify_all()
+
+        return apply
 
     def _log_aggregated(
         self,
         participants: tuple[str, ...],
         total_weight: int,
         aggregate_digest: bytes,
+        ticket: bytes,
         decrypt_deadline_ms: int,
     ) -> None:
         r = self.round
@@ -645,24 +859,28 @@ class Coordinator:
                 r.contributions[p].ciphertexts_digest.hex() for p in participants
             ],
             aggregate_digest=aggregate_digest.hex(),
+            ticket=ticket.hex(),
+            ticket_quorum=self.quorum,
             decrypt_deadline_ms=decrypt_deadline_ms,
             encryption=self.fl.encryption_type,
         )
 
-    def _aggregate_ciphertexts(self) -> list[int]:
-        r = self.round
-        assert r is not None
-        if self._aggregate_cache is None or self._aggregate_cache[0] != r.number:
-            self._aggregate_cache = (
-                r.number,
-                self.store.read_records(self.store.aggregate_path(r.number), self.width),
-            )
-        return self._aggregate_cache[1]
+    def _aggregate_ciphertexts(self, number: int) -> list[int]:
+        cache = self._aggregate_cache
+        if cache is None or cache[0] != number:
+            cache = (number, self.store.read_records(self.store.aggregate_path(number), self.width))
+            self._aggregate_cache = cache
+        return cache[1]
 
-    # -- decryption --------------------------------------------------------------------------
+    # -- tickets -----------------------------------------------------------------------------
+    def _holder(self, party: Party) -> ThresholdPublicKey:
+        if self.key is None or party.id not in self.key.party_ids:
+            raise AuthorizationError(f"{party.id} holds no key share")
+        return self.key
+
     def decryption_task(
-        self, party: Party, round_number: int
-    ) -> tuple[dict[str, Any], Iterator[tuple[str, bytes]]]:
+        self, party: Party, round_number: int, *, manifest_only: bool = False
+    ) -> tuple[Manifest, Iterator[tuple[str, bytes]]]:
         """The manifest and a stream of (client id or "", bytes) chunks: each contribution, then the aggregate."""
         with self._lock:
             number = self.round.number if self.round else 0
@@ -671,18 +889,20 @@ class Coordinator:
                 raise ProtocolError(
                     f"round {round_number} is not being decrypted (round {number} is)"
                 )
-            if self.key is None or party.id not in self.key.party_ids:
-                raise AuthorizationError(f"{party.id} holds no key share")
+            self._holder(party)
             r = self.round
             assert r is not None
-            manifest = {
-                "round": number,
-                "value_count": self.num_parameters,
-                "codec": self.codec,
-                "key_fingerprint": self.fingerprint,
-                "aggregate_digest": r.aggregate_digest,
-                "record_count": self.record_count,
-                "entries": [
+            manifest = Manifest(
+                federation_id=self.config.federation_id,
+                round_number=number,
+                value_count=self.num_parameters,
+                codec=self.codec,
+                key_fingerprint=self.fingerprint,
+                aggregate_digest=r.aggregate_digest,
+                record_count=self.record_count,
+                global_version=r.global_version,
+                global_digest=r.global_digest,
+                entries=tuple(
                     {
                         "client_id": p,
                         "weight": r.contributions[p].weight,
@@ -691,13 +911,17 @@ class Coordinator:
                         "signature": r.contributions[p].signature,
                     }
                     for p in r.participants
-                ],
-            }
+                ),
+                ticket_signatures=tuple(sorted(r.ticket_signatures.items())),
+                checkpoint=self.checkpoint(),
+            )
             paths = [(p, self.store.contribution_path(number, p)) for p in r.participants]
             aggregate = self.store.aggregate_path(number)
         size = self.config.server.chunk_bytes
 
         def stream() -> Iterator[tuple[str, bytes]]:
+            if manifest_only:
+                return
             for client_id, path in paths:
                 for chunk in self.store.read_chunks(path, size):
                     yield client_id, chunk
@@ -706,13 +930,75 @@ class Coordinator:
 
         return manifest, stream()
 
-    def accept_partial(self, party: Party, header: PartialHeader, chunks: Iterable[bytes]) -> None:
-        """Verify and store one decryptor's partial decryption with its proof.
+    def accept_ticket(
+        self, party: Party, round_number: int, ticket: bytes, signature: bytes
+    ) -> tuple[int, int]:
+        """Record a share holder's signature on the round's ticket; return (signatures, quorum).
 
         Raises:
             ProtocolError: wrong stage or round; AuthorizationError: not a share holder;
-            VerificationError: wrong vector, malformed, or a failing proof (the party is named).
+            VerificationError: another ticket, or a signature that does not verify.
+            RateLimitError: the party's rejection budget is spent.
         """
+        self._throttle(party, "ticket")
+        with self._lock:
+            number = self.round.number if self.round else 0
+            check_message(self.stage, Message.TICKET, number)
+            self._holder(party)
+            r = self.round
+            assert r is not None
+            try:
+                if round_number != number:
+                    raise ProtocolError(
+                        f"ticket signature is for round {round_number}, round {number} is being decrypted"
+                    )
+                if not hmac.compare_digest(ticket, r.ticket):
+                    raise VerificationError(
+                        f"{party.id} signed a different ticket than round {number}'s"
+                    )
+                known = r.ticket_signatures.get(party.id)
+                if known is not None:
+                    return len(r.ticket_signatures), self.quorum
+                verify_signature(bytes.fromhex(party.signing_public_key), ticket, signature)
+            except FedLoraError as exc:
+                self.limits.rejected(party.id)
+                self._audit_rejection(
+                    "ticket_rejected", party.id, str(exc), round=number, party=party.id
+                )
+                raise
+            self.audit.append(
+                "ticket_signed",
+                round=number,
+                party=party.id,
+                ticket=ticket.hex(),
+                signature=signature.hex(),
+            )
+            r.ticket_signatures[party.id] = signature
+            if self.stage is Stage.TICKETING and len(r.ticket_signatures) >= self.quorum:
+                self.audit.append(
+                    "ticket_quorum",
+                    round=number,
+                    ticket=ticket.hex(),
+                    signers=sorted(r.ticket_signatures),
+                    quorum=self.quorum,
+                )
+                check_transition(self.stage, Stage.DECRYPTING)
+                self.stage = Stage.DECRYPTING
+            self._wake.notify_all()
+            return len(r.ticket_signatures), self.quorum
+
+    # -- decryption --------------------------------------------------------------------------
+    def accept_partial(self, party: Party, header: PartialHeader, chunks: Iterable[bytes]) -> None:
+        """Verify and store one decryptor's partial decryption with its proof.
+
+        Every bound is checked before any exponentiation; the proof check runs outside the lock.
+
+        Raises:
+            ProtocolError: wrong stage or round; AuthorizationError: not a share holder;
+            VerificationError: wrong vector or ticket, malformed, out of bounds, or a failing
+            proof or signature (the party is named); RateLimitError: rejection budget spent.
+        """
+        self._throttle(party, "partial decryption")
         with self._lock:
             number = self.round.number if self.round else 0
             check_message(self.stage, Message.PARTIAL_DECRYPTION, number)
@@ -720,36 +1006,55 @@ class Coordinator:
                 raise ProtocolError(
                     f"partial decryption is for round {header.round_number}, round {number} is being decrypted"
                 )
-            if self.key is None or party.id not in self.key.party_ids:
-                raise AuthorizationError(f"{party.id} holds no key share")
-            assert self.round is not None
-            if party.id in self.round.partials:
+            key = self._holder(party)
+            r = self.round
+            assert r is not None
+            if party.id in r.partials:
                 for _ in chunks:
                     pass
                 return
-            key, cts, agg_digest = (
-                self.key,
-                self._aggregate_ciphertexts(),
-                self.round.aggregate_digest,
+            cts, agg_digest, ticket = (
+                self._aggregate_ciphertexts(number),
+                r.aggregate_digest,
+                r.ticket,
             )
         expected = len(cts) * self.width
         data = bytearray()
-        for chunk in chunks:
-            data += chunk
-            if len(data) > expected:
-                raise self._reject_partial(
-                    party, number, VerificationError("partial decryption is oversized")
-                )
         try:
+            if not hmac.compare_digest(header.ticket_digest, ticket):
+                raise VerificationError("partial decryption answers a different ticket")
+            if not hmac.compare_digest(header.ciphertexts_digest, agg_digest):
+                raise VerificationError("partial decryption answers a different aggregate")
+            if not 0 <= header.response < self.response_bound:
+                raise VerificationError(
+                    f"proof response has {header.response.bit_length()} bits, above the public "
+                    f"bound of {self.response_bound.bit_length() - 1}"
+                )
+            if len(header.statement_signature) != 64:
+                raise VerificationError("statement_signature must be 64 bytes")
+            for chunk in chunks:
+                data += chunk
+                if len(data) > expected:
+                    raise VerificationError("partial decryption is oversized")
             if len(data) != expected or header.record_count != len(cts):
                 raise VerificationError(
                     f"partial decryption has {len(data)} bytes, expected {expected}"
                 )
-            if not hmac.compare_digest(header.ciphertexts_digest, agg_digest):
-                raise VerificationError("partial decryption answers a different aggregate")
             values = tuple(
                 int.from_bytes(data[i : i + self.width], "big")
                 for i in range(0, len(data), self.width)
+            )
+            statement = partial_statement_digest(
+                federation_id=self.config.federation_id,
+                round_number=number,
+                party_id=party.id,
+                ticket=ticket,
+                values_digest=ciphertext_vector_digest(key.paillier, values),
+                challenge=header.challenge,
+                response=header.response,
+            )
+            verify_signature(
+                bytes.fromhex(party.signing_public_key), statement, header.statement_signature
             )
             partial = PartialDecryption(
                 party.id,
@@ -769,31 +1074,40 @@ class Coordinator:
                 or self.stage is not Stage.DECRYPTING
             ):
                 raise ProtocolError(
-                    f"round {number} finished while the partial decryption was uploading"
+                    f"round {number} moved on while the partial decryption was uploading"
                 )
+            if party.id in self.round.partials:
+                return
             self.store.write_bytes(self.store.partial_path(number, party.id), bytes(data))
             self.audit.append(
                 "partial_accepted",
                 round=number,
                 party=party.id,
+                ticket=ticket.hex(),
                 challenge=format(header.challenge, "x"),
                 response=format(header.response, "x"),
+                statement_signature=header.statement_signature.hex(),
             )
             self.round.partials[party.id] = partial.proof
             self._wake.notify_all()
 
     def _reject_partial(self, party: Party, number: int, error: FedLoraError) -> FedLoraError:
-        self.audit.append("partial_rejected", round=number, party=party.id, reason=str(error))
+        with self._lock:
+            self.limits.rejected(party.id)
+        self._audit_rejection(
+            "partial_rejected", party.id, str(error), round=number, party=party.id
+        )
         return error
 
-    def _decrypt(self) -> None:
+    def _combine(self, number: int) -> Callable[[], None]:
+        """Combine the accepted partials and decode the mean (outside the lock)."""
         r, key = self.round, self.key
         assert r is not None and key is not None
-        cts = self._aggregate_ciphertexts()
+        cts = self._aggregate_ciphertexts(number)
         partials = []
         for pid, proof in sorted(r.partials.items()):
             values = tuple(
-                self.store.read_records(self.store.partial_path(r.number, pid), self.width)
+                self.store.read_records(self.store.partial_path(number, pid), self.width)
             )
             partials.append(
                 PartialDecryption(
@@ -804,8 +1118,14 @@ class Coordinator:
         mean = decode(
             plaintexts, self.codec, length=self.num_parameters, total_weight=r.total_weight
         )
-        self.audit.append("decrypted", round=r.number, decryptors=[p.party_id for p in partials])
-        self._publish(mean, r.participants, decryptors=[p.party_id for p in partials])
+        decryptors = [p.party_id for p in partials]
+
+        def publish() -> None:
+            assert self.round is not None
+            self.audit.append("decrypted", round=number, decryptors=decryptors)
+            self._publish(mean, self.round.participants, decryptors=decryptors)
+
+        return publish
 
     def _publish(
         self, mean_delta: np.ndarray, participants: tuple[str, ...], decryptors: list[str]
@@ -825,11 +1145,11 @@ class Coordinator:
             duration_ms=self._now_ms() - r.opened_ms,
         )
         self._end_round()
-        self._wake.notify_all()
 
     def _save_and_publish(self, version: int, vector: np.ndarray) -> bytes:
         """Store a global version (and its peft adapter, with a template) and audit its digests."""
         digest = self.store.save_global(version, vector)
+        self._digests[version] = digest
         extra = {}
         if self.template is not None:
             adapter = self.template.write(
@@ -844,3 +1164,9 @@ class Coordinator:
     def finished(self) -> bool:
         with self._lock:
             return self.stage is Stage.FINISHED
+
+
+def _blamed_party(exc: BaseException, holders: Iterable[str]) -> str:
+    """The share holder a verification error names, if any (a failing proof names its party)."""
+    text = str(exc)
+    return next((h for h in holders if f"party {h!r}" in text), "")

@@ -1,4 +1,13 @@
-"""The round state machine (STYLE.md §8): stages, the messages each allows, the transitions."""
+"""The round state machine (STYLE.md §8): stages, the messages each allows, the transitions.
+
+A round goes COLLECTING → AGGREGATING → TICKETING → DECRYPTING → COMBINING and then ends, closed
+(global adapter published) or failed; either way the next round opens in COLLECTING, or the
+federation is FINISHED. Any stage can end the round as failed (a deadline, a fault while
+aggregating, combining or decoding): failure is a transition, never a state the engine retries
+forever. AGGREGATING and COMBINING are the coordinator's own heavy work, done outside its lock;
+nothing is accepted from clients meanwhile. Plaintext rounds go from AGGREGATING straight to the
+end.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +18,10 @@ from fedlora.errors import ProtocolError
 
 class Stage(enum.Enum):
     COLLECTING = "collecting"  # accepting contributions until all arrive or the deadline
-    DECRYPTING = "decrypting"  # aggregate fixed; waiting for t partial decryptions
+    AGGREGATING = "aggregating"  # participants fixed; adding the ciphertexts
+    TICKETING = "ticketing"  # share holders check the aggregate and sign its decryption ticket
+    DECRYPTING = "decrypting"  # a quorum signed the ticket; waiting for t partial decryptions
+    COMBINING = "combining"  # t proven partials in; combining and decoding
     FINISHED = "finished"  # every configured round is over
 
 
@@ -19,6 +31,7 @@ class Message(enum.Enum):
     DOWNLOAD_GLOBAL = "download_global"
     CONTRIBUTION = "contribution"
     DECRYPTION_TASK = "decryption_task"
+    TICKET = "ticket_signature"
     PARTIAL_DECRYPTION = "partial_decryption"
 
 
@@ -26,15 +39,23 @@ _ALWAYS = {Message.JOIN, Message.ROUND_STATUS, Message.DOWNLOAD_GLOBAL}
 
 ALLOWED: dict[Stage, frozenset[Message]] = {
     Stage.COLLECTING: frozenset(_ALWAYS | {Message.CONTRIBUTION}),
-    Stage.DECRYPTING: frozenset(_ALWAYS | {Message.DECRYPTION_TASK, Message.PARTIAL_DECRYPTION}),
+    Stage.AGGREGATING: frozenset(_ALWAYS),
+    Stage.TICKETING: frozenset(_ALWAYS | {Message.DECRYPTION_TASK, Message.TICKET}),
+    Stage.DECRYPTING: frozenset(
+        _ALWAYS | {Message.DECRYPTION_TASK, Message.TICKET, Message.PARTIAL_DECRYPTION}
+    ),
+    Stage.COMBINING: frozenset(_ALWAYS),
     Stage.FINISHED: frozenset(_ALWAYS),
 }
 
-# A round ends as closed (global adapter published) or failed; either way the next round opens
-# in COLLECTING, or the federation is FINISHED. Plaintext rounds skip DECRYPTING.
+_END = {Stage.COLLECTING, Stage.FINISHED}  # the round ended (closed or failed)
+
 TRANSITIONS: dict[Stage, frozenset[Stage]] = {
-    Stage.COLLECTING: frozenset({Stage.DECRYPTING, Stage.COLLECTING, Stage.FINISHED}),
-    Stage.DECRYPTING: frozenset({Stage.COLLECTING, Stage.FINISHED}),
+    Stage.COLLECTING: frozenset({Stage.AGGREGATING, *_END}),
+    Stage.AGGREGATING: frozenset({Stage.TICKETING, *_END}),
+    Stage.TICKETING: frozenset({Stage.DECRYPTING, *_END}),
+    Stage.DECRYPTING: frozenset({Stage.COMBINING, *_END}),
+    Stage.COMBINING: frozenset(_END),
     Stage.FINISHED: frozenset(),
 }
 

@@ -84,6 +84,8 @@ def create_server(
         options=[
             ("grpc.max_receive_message_length", config.server.chunk_bytes + (64 << 10)),
             ("grpc.max_send_message_length", config.server.chunk_bytes + (64 << 10)),
+            # Headers are small (an identity, a deadline); a hostile client sends no more.
+            ("grpc.max_metadata_size", 16 << 10),
         ],
     )
     insecure = config.server.insecure

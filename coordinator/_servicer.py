@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from fedlora.audit import SignedCheckpoint
 from fedlora.config import Party
 from fedlora.coordinator._engine import ContributionHeader, Coordinator, PartialHeader
 from fedlora.coordinator._rounds import Stage
@@ -19,6 +20,7 @@ from fedlora.errors import (
     FedLoraError,
     NotFoundError,
     ProtocolError,
+    RateLimitError,
     VerificationError,
 )
 from fedlora.v1 import audit_pb2, audit_pb2_grpc, common_pb2, federation_pb2, federation_pb2_grpc
@@ -30,6 +32,7 @@ STATUS: list[tuple[type[FedLoraError], grpc.StatusCode]] = [
     (AuthorizationError, grpc.StatusCode.PERMISSION_DENIED),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (ProtocolError, grpc.StatusCode.FAILED_PRECONDITION),
+    (RateLimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (VerificationError, grpc.StatusCode.INVALID_ARGUMENT),
     (CryptoError, grpc.StatusCode.INVALID_ARGUMENT),
     (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -38,7 +41,10 @@ STATUS: list[tuple[type[FedLoraError], grpc.StatusCode]] = [
 
 STAGES = {
     Stage.COLLECTING: common_pb2.ROUND_STAGE_COLLECTING,
+    Stage.AGGREGATING: common_pb2.ROUND_STAGE_AGGREGATING,
+    Stage.TICKETING: common_pb2.ROUND_STAGE_TICKETING,
     Stage.DECRYPTING: common_pb2.ROUND_STAGE_DECRYPTING,
+    Stage.COMBINING: common_pb2.ROUND_STAGE_COMBINING,
     Stage.FINISHED: common_pb2.ROUND_STAGE_FINISHED,
 }
 
@@ -59,6 +65,16 @@ def codec_to_proto(codec: CodecParams) -> common_pb2.CodecParams:
         value_bits=codec.value_bits,
         max_total_weight=codec.max_total_weight,
         key_bits=codec.key_bits,
+    )
+
+
+def checkpoint_to_proto(cp: SignedCheckpoint) -> common_pb2.Checkpoint:
+    return common_pb2.Checkpoint(
+        log_id=cp.log_id,
+        tree_size=cp.tree_size,
+        root=cp.root,
+        timestamp_ms=cp.timestamp_ms,
+        signature=cp.signature,
     )
 
 
@@ -138,6 +154,8 @@ class FederationServicer(_Base, federation_pb2_grpc.FederationServicer):
                 h.key_fingerprint,
                 h.codec_digest,
                 h.signature,
+                h.global_version,
+                h.global_digest,
             )
             receipt = self.engine.accept_contribution(party, header, _data(request_iterator))
             return common_pb2.Receipt(
@@ -149,6 +167,9 @@ class FederationServicer(_Base, federation_pb2_grpc.FederationServicer):
                 received_at_ms=receipt.received_at_ms,
                 signature=receipt.signature,
                 duplicate=receipt.duplicate,
+                entry=receipt.entry,
+                checkpoint=checkpoint_to_proto(receipt.checkpoint) if receipt.checkpoint else None,
+                inclusion=list(receipt.inclusion),
             )
 
         return self._call(context, "UploadContribution", body)
@@ -159,17 +180,27 @@ class FederationServicer(_Base, federation_pb2_grpc.FederationServicer):
         manifest, stream = self._call(
             context,
             "GetDecryptionTask",
-            lambda party: self.engine.decryption_task(party, request.round),
+            lambda party: self.engine.decryption_task(
+                party, request.round, manifest_only=request.manifest_only
+            ),
         )
         yield federation_pb2.DecryptionTaskChunk(
             manifest=federation_pb2.DecryptionManifest(
-                round=manifest["round"],
-                value_count=manifest["value_count"],
-                codec=codec_to_proto(manifest["codec"]),
-                key_fingerprint=manifest["key_fingerprint"],
-                aggregate_digest=manifest["aggregate_digest"],
-                record_count=manifest["record_count"],
-                entries=[federation_pb2.ManifestEntry(**e) for e in manifest["entries"]],
+                federation_id=manifest.federation_id,
+                round=manifest.round_number,
+                value_count=manifest.value_count,
+                codec=codec_to_proto(manifest.codec),
+                key_fingerprint=manifest.key_fingerprint,
+                aggregate_digest=manifest.aggregate_digest,
+                record_count=manifest.record_count,
+                global_version=manifest.global_version,
+                global_digest=manifest.global_digest,
+                entries=[federation_pb2.ManifestEntry(**e) for e in manifest.entries],
+                ticket_signatures=[
+                    federation_pb2.TicketSignature(party_id=p, signature=sig)
+                    for p, sig in manifest.ticket_signatures
+                ],
+                checkpoint=checkpoint_to_proto(manifest.checkpoint),
             )
         )
         for client_id, chunk in stream:
@@ -179,6 +210,15 @@ class FederationServicer(_Base, federation_pb2_grpc.FederationServicer):
                 )
             else:
                 yield federation_pb2.DecryptionTaskChunk(aggregate=chunk)
+
+    def SubmitTicket(self, request: Any, context: grpc.ServicerContext) -> federation_pb2.TicketAck:
+        def body(party: Party) -> federation_pb2.TicketAck:
+            signatures, quorum = self.engine.accept_ticket(
+                party, request.round, request.ticket_digest, request.signature
+            )
+            return federation_pb2.TicketAck(signatures=signatures, quorum=quorum)
+
+        return self._call(context, "SubmitTicket", body)
 
     def SubmitPartialDecryption(
         self, request_iterator: Iterator[Any], context: grpc.ServicerContext
@@ -196,6 +236,8 @@ class FederationServicer(_Base, federation_pb2_grpc.FederationServicer):
                 _int(h.proof_challenge),
                 _int(h.proof_response),
                 h.record_count,
+                h.ticket_digest,
+                h.statement_signature,
             )
             self.engine.accept_partial(party, header, _data(request_iterator))
             return federation_pb2.PartialAck(accepted=True, message="accepted")
@@ -224,16 +266,21 @@ class AuditServicer(_Base, audit_pb2_grpc.AuditServicer):
         for offset, line in enumerate(lines):
             yield audit_pb2.AuditEntry(index=request.start + offset, entry=line)
 
-    def GetCheckpoint(self, request: Any, context: grpc.ServicerContext) -> audit_pb2.Checkpoint:
-        cp = self._call(
-            context, "GetCheckpoint", lambda party: self.engine.audit.latest_checkpoint()
+    def GetCheckpoint(self, request: Any, context: grpc.ServicerContext) -> common_pb2.Checkpoint:
+        return checkpoint_to_proto(
+            self._call(context, "GetCheckpoint", lambda party: self.engine.checkpoint())
         )
-        return audit_pb2.Checkpoint(
-            log_id=cp["log_id"],
-            tree_size=cp["tree_size"],
-            root=bytes.fromhex(cp["root"]),
-            timestamp_ms=cp["timestamp_ms"],
-            signature=bytes.fromhex(cp["signature"]),
+
+    def GetConsistencyProof(
+        self, request: Any, context: grpc.ServicerContext
+    ) -> audit_pb2.ConsistencyProof:
+        hashes = self._call(
+            context,
+            "GetConsistencyProof",
+            lambda party: self.engine.audit.consistency(request.from_size, request.to_size),
+        )
+        return audit_pb2.ConsistencyProof(
+            from_size=request.from_size, to_size=request.to_size, hashes=hashes
         )
 
     def GetInclusionProof(

@@ -140,7 +140,9 @@ def ticket_digest(
     """
     ids = [c[0] for c in contributions] if isinstance(contributions, (list, tuple)) else None
     if not ids or ids != sorted(set(ids)):
-        raise CryptoError("ticket contributions must be non-empty, sorted and distinct by client id")
+        raise CryptoError(
+            "ticket contributions must be non-empty, sorted and distinct by client id"
+        )
     fields: list[Field] = [
         ("federation_id", federation_id),
         ("round", round_number),

@@ -60,9 +60,9 @@ __all__ = [
     "combine_partial_decryptions",
     "deal_threshold_key",
     "generate_threshold_key",
+    "partial_decrypt",
     "proof_response_bound",
     "ticket_quorum",
-    "partial_decrypt",
     "verify_partial_decryption",
 ]
 

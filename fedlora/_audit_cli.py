@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedlora._files import read_file
-from fedlora.audit import AuditSummary, events_by_round, read_log_files, verify_log
-from fedlora.crypto import (
-    checkpoint_digest,
-    inclusion_proof,
-    leaf_hash,
-    receipt_digest,
-    verify_inclusion,
-    verify_signature,
+from fedlora.audit import (
+    AuditSummary,
+    Receipt,
+    SignedCheckpoint,
+    events_by_round,
+    read_log_files,
+    verify_log,
+    verify_receipt,
 )
+from fedlora.crypto import checkpoint_digest, leaf_hash, verify_inclusion, verify_signature
 from fedlora.errors import FedLoraError, VerificationError
 
 console = Console()
@@ -47,24 +50,104 @@ def _public_key(spec: str | None, folder: Path) -> bytes:
     )
 
 
-def verify(path: Path, public_key: str | None) -> AuditSummary:
-    entries, checkpoints, folder = read_log_files(path)
-    summary = verify_log(entries, checkpoints, _public_key(public_key, folder))
-    return summary
-
-
-def run_verify(path: Path, public_key: str | None) -> int:
+def _read_json(path: Path, what: str, fix: str) -> Any:
+    data = read_file(path, what)
     try:
-        summary = verify(path, public_key)
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FedLoraError(f"{what} {path} is not JSON ({exc}); {fix}") from None
+
+
+def read_trusted_checkpoint(path: Path) -> SignedCheckpoint:
+    """Read a trusted checkpoint file: one object shaped like a ``checkpoints.log`` line.
+
+    Raises:
+        FedLoraError: the file is missing, unreadable, not JSON or not a checkpoint (exit 2: the
+            input is wrong, not the log).
+    """
+    fix = "give the checkpoint.json a client keeps in its state folder"
+    doc = _read_json(path, "trusted checkpoint", fix)
+    try:
+        return SignedCheckpoint.from_dict(doc)
     except VerificationError as exc:
-        console.print(f"[red]audit log INVALID[/]: {exc}")
-        return 1
+        raise FedLoraError(
+            f"trusted checkpoint {path} is not a checkpoint ({exc}); {fix}"
+        ) from None
+
+
+def read_receipts(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Read every ``*.json`` receipt in ``folder`` (a client's ``<state_dir>/receipts/``).
+
+    Raises:
+        FedLoraError: the folder is missing or holds no receipts, or a file is unreadable or not a
+            JSON object.
+    """
+    fix = "give a client's <state_dir>/receipts/ folder"
+    if not folder.is_dir():
+        raise FedLoraError(f"receipts folder {folder} does not exist or is not a folder; {fix}")
+    paths = sorted(folder.glob("*.json"))
+    if not paths:
+        raise FedLoraError(f"receipts folder {folder} holds no *.json receipts; {fix}")
+    out = []
+    for path in paths:
+        doc = _read_json(path, "receipt", fix)
+        if not isinstance(doc, dict):
+            raise FedLoraError(f"receipt {path} is not a JSON object; {fix}")
+        out.append((path, doc))
+    return out
+
+
+def verify(
+    path: Path,
+    public_key: str | None,
+    trusted: Sequence[SignedCheckpoint] = (),
+    receipts: Sequence[dict[str, Any]] = (),
+) -> AuditSummary:
+    entries, checkpoints, folder = read_log_files(path)
+    return verify_log(
+        entries,
+        checkpoints,
+        _public_key(public_key, folder),
+        trusted=trusted,
+        receipts=receipts,
+    )
+
+
+def _invalid(what: str, exc: Exception) -> int:
+    # One line whatever the terminal width; the message is text, never rich markup.
+    console.print(f"[red]{what} INVALID[/]: {escape(str(exc))}", soft_wrap=True)
+    return 1
+
+
+def run_verify(
+    path: Path,
+    public_key: str | None,
+    trusted_checkpoints: Sequence[Path] | None = None,
+    receipts_folder: Path | None = None,
+) -> int:
+    """``fedlora audit verify``: 0 when the log verifies (and holds every anchor given), else 1.
+
+    Unreadable inputs raise :class:`FedLoraError`, which the command line turns into exit 2.
+    """
+    trusted = [read_trusted_checkpoint(p) for p in trusted_checkpoints or ()]
+    receipts = read_receipts(receipts_folder) if receipts_folder is not None else []
+    try:
+        summary = verify(path, public_key, trusted, [doc for _, doc in receipts])
+    except VerificationError as exc:
+        return _invalid("audit log", exc)
     rounds = events_by_round(summary.events)
     closed = sum(1 for evs in rounds.values() if any(e["event"] == "round_closed" for e in evs))
     failed = sum(1 for evs in rounds.values() if any(e["event"] == "round_failed" for e in evs))
+    anchors = (
+        f"; holds {len(trusted)} trusted checkpoint(s) and {len(receipts)} receipt(s)"
+        if trusted or receipts
+        else "; no trusted checkpoint or receipts given, so a log cut short would go unnoticed"
+    )
     console.print(
         f"[green]audit log OK[/]: {summary.entries} entries, {summary.checkpoints} signed checkpoints, "
-        f"log {summary.log_id!r}, root {summary.root.hex()[:16]}…; {closed} rounds closed, {failed} failed"
+        f"log {escape(repr(summary.log_id))}, root {summary.root.hex()[:16]}…; {closed} rounds closed, "
+        f"{failed} failed{anchors}",
+        soft_wrap=True,
     )
     return 0
 
@@ -170,57 +253,79 @@ def _plot(rows: list[dict[str, Any]], out: Path, log_id: str) -> None:
     plt.close(fig)
 
 
-def run_prove(receipt_path: Path, log: Path | None, config: Path | None) -> int:
-    """Check a receipt's signature and its inclusion in the coordinator's signed log."""
+def run_prove(
+    receipt_path: Path, log: Path | None, config: Path | None, public_key: str | None = None
+) -> int:
+    """``fedlora audit prove``: check a receipt's signature and its entry's inclusion in the log.
+
+    A receipt that carries its entry, inclusion proof and signed checkpoint proves itself offline;
+    ``--log`` then also checks that the log holds it (not cut short, not rewritten) and ``--config``
+    asks the live coordinator as before. An older receipt needs ``--log`` or ``--config``.
+    """
+    doc = _read_json(receipt_path, "receipt", "give a file from a client's <state_dir>/receipts/")
     try:
-        receipt = json.loads(read_file(receipt_path, "receipt"))
-        coordinator_key = bytes.fromhex(receipt["coordinator_signing_public_key"])
-        digest = receipt_digest(
-            federation_id=receipt["federation_id"],
-            round_number=receipt["round"],
-            client_id=receipt["client_id"],
-            contribution=bytes.fromhex(receipt["contribution_digest"]),
-            log_index=receipt["log_index"],
-            received_at_ms=receipt["received_at_ms"],
+        receipt = Receipt.from_dict(doc)
+        key_hex = (
+            public_key if public_key is not None else doc.get("coordinator_signing_public_key")
         )
-        signature = bytes.fromhex(receipt["signature"])
-    except (KeyError, ValueError, TypeError):
-        raise FedLoraError(f"{receipt_path} is not a fedlora receipt") from None
-    verify_signature(coordinator_key, digest, signature)
-    index = receipt["log_index"]
-    if log is not None:
-        entries_data, checkpoints_data, _ = read_log_files(log)
-        summary = verify_log(entries_data, checkpoints_data, coordinator_key)
-        lines = entries_data[:-1].split(b"\n")
-        leaves = [leaf_hash(line) for line in lines]
-        size, root = summary.entries, summary.root
-        entry, path = (
-            lines[index] if index < len(lines) else b"",
-            inclusion_proof(index, leaves) if index < len(lines) else [],
-        )
-        where = f"the log in {log}"
-    elif config is not None:
-        entry, path, size, root = _fetch_proof(config, index, coordinator_key)
-        where = "the coordinator's latest signed checkpoint"
-    else:
-        raise FedLoraError(
-            "give --log (a state folder) or --config (a client config to ask the coordinator)"
-        )
-    if index >= size:
-        raise VerificationError(f"the log has {size} entries; the receipt points at entry {index}")
-    verify_inclusion(leaf_hash(entry), index, size, path, root)
-    doc = json.loads(entry)
-    expected = {
-        "event": "contribution_accepted",
-        "round": receipt["round"],
-        "client": receipt["client_id"],
-        "contribution_digest": receipt["contribution_digest"],
-    }
-    if any(doc.get(k) != v for k, v in expected.items()):
-        raise VerificationError(f"audit entry {index} is not this receipt's contribution")
+        if key_hex is None:
+            raise FedLoraError(
+                f"{receipt_path} names no coordinator key; give the coordinator's key with --public-key"
+            )
+        coordinator_key = _public_key(key_hex, receipt_path)
+    except VerificationError as exc:
+        raise FedLoraError(f"{receipt_path} is not a fedlora receipt: {exc}") from None
+    try:
+        verify_receipt(receipt, coordinator_key)
+        if receipt.checkpoint is not None and log is None and config is None:
+            cp = receipt.checkpoint
+            console.print(
+                f"[green]receipt OK[/]: round {receipt.round} contribution of "
+                f"{escape(receipt.client_id)} is entry {receipt.log_index} of the coordinator's "
+                f"signed checkpoint (log {escape(repr(cp.log_id))}, tree size {cp.tree_size}, "
+                f"root {cp.root.hex()[:16]}…), proved offline from the receipt alone",
+                soft_wrap=True,
+            )
+            return 0
+        if log is not None:
+            entries_data, checkpoints_data, _ = read_log_files(log)
+            summary = verify_log(entries_data, checkpoints_data, coordinator_key, receipts=[doc])
+            size, root = summary.entries, summary.root
+            where = f"the log in {log}"
+        elif config is not None:
+            entry, path, size, root = _fetch_proof(config, receipt.log_index, coordinator_key)
+            if receipt.log_index >= size:
+                raise VerificationError(
+                    f"the log has {size} entries; the receipt points at entry {receipt.log_index}"
+                )
+            verify_inclusion(leaf_hash(entry), receipt.log_index, size, path, root)
+            try:
+                logged = json.loads(entry)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                logged = None
+            expected = {
+                "event": "contribution_accepted",
+                "round": receipt.round,
+                "client": receipt.client_id,
+                "contribution_digest": receipt.contribution_digest.hex(),
+            }
+            if not isinstance(logged, dict) or any(logged.get(k) != v for k, v in expected.items()):
+                raise VerificationError(
+                    f"audit entry {receipt.log_index} is not this receipt's contribution"
+                )
+            where = "the coordinator's latest signed checkpoint"
+        else:
+            raise FedLoraError(
+                f"{receipt_path} carries no inclusion proof (an older receipt): give --log (a "
+                "coordinator state folder) or --config (a client config to ask the coordinator)"
+            )
+    except VerificationError as exc:
+        return _invalid("receipt", exc)
     console.print(
-        f"[green]receipt OK[/]: round {receipt['round']} contribution of {receipt['client_id']} is entry {index} of "
-        f"{where} (tree size {size}, root {root.hex()[:16]}…), signed by the coordinator"
+        f"[green]receipt OK[/]: round {receipt.round} contribution of {escape(receipt.client_id)} "
+        f"is entry {receipt.log_index} of {escape(where)} (tree size {size}, root "
+        f"{root.hex()[:16]}…), signed by the coordinator",
+        soft_wrap=True,
     )
     return 0
 

@@ -8,6 +8,7 @@ against the plaintext average. The networked federation replaces it as the main 
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
@@ -55,6 +56,9 @@ def run_crypto_demo(*, bits: int, values: int, seed: int) -> int:
     key = dealt.public_key
     params = CodecParams(clip=1.0, value_bits=16, max_total_weight=len(PARTIES), key_bits=bits)
     signing = {pid: Ed25519PrivateKey.generate() for pid in PARTIES}
+    # Contributions name the global model they were trained from; here that is version 0, all
+    # zeros, digested as the coordinator digests a global file (SHA-256 of little-endian float32).
+    global_digest = hashlib.sha256(np.zeros(values, dtype="<f4").tobytes()).digest()
 
     rng = np.random.default_rng(seed)
     shared_direction = rng.normal(0, 0.2, values)
@@ -73,6 +77,8 @@ def run_crypto_demo(*, bits: int, values: int, seed: int) -> int:
             weight=1,
             ciphertexts_digest=ciphertext_vector_digest(key.paillier, cts),
             value_count=values,
+            global_version=0,
+            global_digest=global_digest,
         )
 
     submissions = {}

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from fedlora._setup import Layout, prepare_federation
 from fedlora.audit import events_by_round, read_log_files, verify_log
-from fedlora.config import load_coordinator_config
+from fedlora.config import MIN_KEY_BITS, load_coordinator_config
 from fedlora.errors import FedLoraError
 
 console = Console()
@@ -98,6 +98,12 @@ def run_demo(
     console.rule("[bold]fedlora demo")
     if insecure:
         console.print("[yellow]WARNING: --insecure turns TLS off; use it only on loopback[/]")
+    if bits < MIN_KEY_BITS:
+        console.print(
+            f"[bold red]WARNING: a {bits}-bit key is INSECURE; the demo's configs allow it with "
+            "testing.insecure_small_keys (never in production)[/]",
+            soft_wrap=True,
+        )
     started = time.monotonic()
     with console.status(
         f"generating a CA, certificates, signing keys and a {bits}-bit 3-of-5 threshold key…"

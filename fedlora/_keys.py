@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.serialization import (
 from rich.console import Console
 
 from fedlora._files import read_file, write_new_file
+from fedlora.config import MIN_KEY_BITS
 from fedlora.crypto import (
     ThresholdPublicKey,
     ed25519_public_bytes,
@@ -71,7 +72,31 @@ def _load_private(path: Path) -> X25519PrivateKey:
     return key
 
 
-def deal(parties: Sequence[str], threshold: int, bits: int, out: Path) -> int:
+def deal(
+    parties: Sequence[str],
+    threshold: int,
+    bits: int,
+    out: Path,
+    *,
+    insecure_small_key: bool = False,
+) -> int:
+    """Deal a ``threshold``-of-n key to ``parties`` (``ID=PUBFILE``) and write it under ``out``.
+
+    Raises:
+        FedLoraError: ``threshold`` below 2, ``bits`` below 2048 without ``insecure_small_key``,
+            a malformed party or key file, or key material already in ``out``.
+    """
+    # Refuse unsafe parameters before reading any file: these are usage errors, not bad inputs.
+    if threshold < 2:
+        raise FedLoraError(
+            f"--threshold {threshold}: a key needing fewer than 2 partial decryptions lets one share "
+            "holder decrypt anything, a single client's update included; use --threshold 2 or more"
+        )
+    if bits < MIN_KEY_BITS and not insecure_small_key:
+        raise FedLoraError(
+            f"--bits {bits}: fedlora refuses keys below {MIN_KEY_BITS} bits; use --bits 2048 or "
+            "3072 (or add --insecure-small-key, for tests and demos only)"
+        )
     recipients: dict[str, X25519PublicKey] = {}
     for item in parties:
         pid, sep, pubfile = item.partition("=")
@@ -80,9 +105,11 @@ def deal(parties: Sequence[str], threshold: int, bits: int, out: Path) -> int:
         if pid in recipients:
             raise FedLoraError(f"party {pid!r} is named twice")
         recipients[pid] = _load_public(Path(pubfile))
-    if bits not in (2048, 3072) and bits < 2048:
+    if bits < MIN_KEY_BITS:
         console.print(
-            f"[yellow]warning: a {bits}-bit key is for tests only; production uses 2048 or 3072[/]"
+            f"[bold red]WARNING: dealing an INSECURE {bits}-bit key (--insecure-small-key): "
+            "for tests and demos only, never in production[/]",
+            soft_wrap=True,  # one line, however narrow the terminal
         )
     key_path = out / "threshold-key.json"
     share_paths = {pid: out / "shares" / f"{pid}.share.json" for pid in recipients}

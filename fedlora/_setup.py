@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from fedlora._files import write_new_file
 from fedlora.certs import create_ca, issue_certificate
+from fedlora.config import MIN_KEY_BITS
 from fedlora.crypto import ed25519_public_bytes, generate_threshold_key, seal_key_share
 
 DEFAULT_PARTIES = (
@@ -127,9 +128,27 @@ def prepare_federation(
     aggregation: str = "ffa",
     workload: str = "synthetic",
 ) -> Layout:
+    """Write a whole federation under ``root`` (see the module docstring).
+
+    Both thresholds must be at least 2, as the config validator requires. Keys below 2048 bits
+    are allowed here, for tests and demos: the configs written for them then carry
+    ``testing: {insecure_small_keys: true}``. Every client pins ``policy.min_participants`` to
+    ``participant_threshold`` instead of learning it from the coordinator.
+
+    Raises:
+        ValueError: a threshold below 2 or above the number of parties.
+    """
+    ids = [pid for pid, _ in parties]
+    for name, value in (
+        ("participant_threshold", participant_threshold),
+        ("decryption_threshold", decryption_threshold),
+    ):
+        if not 2 <= value <= len(ids):
+            raise ValueError(f"{name} must be between 2 and the {len(ids)} parties, got {value}")
     root.mkdir(parents=True, exist_ok=True)
     port = free_port() if port is None else port
-    ids = [pid for pid, _ in parties]
+    # Written into every config of a small-key federation: the services refuse such keys otherwise.
+    testing = {"testing": {"insecure_small_keys": True}} if bits < MIN_KEY_BITS else {}
     if not insecure:
         create_ca(root / "ca")
         issue_certificate(
@@ -212,7 +231,7 @@ def prepare_federation(
                 "coordinator_signing_public_key": coordinator_public,
             },
             "peers": peers,
-            "policy": {"min_participants": min(participant_threshold, len(ids))},
+            "policy": {"min_participants": participant_threshold},
             "data": {
                 "path": f"data/{pid}.{'jsonl' if text else 'csv'}",
                 "label_column": "label",
@@ -258,6 +277,7 @@ def prepare_federation(
                     "seed": seed,
                 },
             }
+        doc.update(testing)
         path = root / f"{pid}.yaml"
         write_new_file(path, yaml.safe_dump(doc, sort_keys=False).encode())
         clients[pid] = path
@@ -302,6 +322,7 @@ def prepare_federation(
             }
             for pid, role in parties
         ],
+        **testing,
     }
     write_new_file(root / "coordinator.yaml", yaml.safe_dump(coordinator, sort_keys=False).encode())
     return Layout(root, root / "coordinator.yaml", clients, port, coordinator_public)

@@ -13,16 +13,22 @@ acknowledged, as acknowledgements follow the fsync) is cut off and a missing las
 re-signed, so the log verifies again on restart.
 
 :func:`verify_log` is pure: bytes in, a summary out, or :class:`VerificationError` naming the
-first bad entry or checkpoint.
+first bad entry or checkpoint. On its own a log can only show that it is consistent with itself: a
+coordinator that drops its last entries together with their checkpoints leaves a shorter log that
+still verifies. So :func:`verify_log` also takes *anchors* the coordinator cannot take back: signed
+checkpoints an auditor trusts (each client keeps the newest it saw) and the clients' receipts, each
+carrying the signed checkpoint and inclusion proof of its ``contribution_accepted`` entry
+(DESIGN.md §4, "Anchored log"; docs/audit.md).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,12 +38,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedlora.crypto import (
     CompactRange,
     checkpoint_digest,
-    verify_consistency,
-    verify_inclusion,
+    consistency_proof,
     ed25519_public_bytes,
     inclusion_proof,
     leaf_hash,
+    receipt_digest,
     sign_digest,
+    verify_consistency,
+    verify_inclusion,
     verify_signature,
 )
 from fedlora.errors import FedLoraError, VerificationError
@@ -45,6 +53,7 @@ from fedlora.errors import FedLoraError, VerificationError
 __all__ = [
     "AuditLog",
     "AuditSummary",
+    "Receipt",
     "SignedCheckpoint",
     "canonical_json",
     "read_log_files",
@@ -52,6 +61,7 @@ __all__ = [
     "verify_checkpoint_consistency",
     "verify_entry_inclusion",
     "verify_log",
+    "verify_receipt",
 ]
 
 ENTRIES = "entries.log"
@@ -113,19 +123,22 @@ class SignedCheckpoint:
         return cls(log_id, size, root, stamp, signature)
 
 
-def verify_checkpoint(cp: SignedCheckpoint, public_key: bytes, *, log_id: str | None = None) -> None:
+def verify_checkpoint(
+    cp: SignedCheckpoint, public_key: bytes, *, log_id: str | None = None
+) -> None:
     """Check a checkpoint's signature (and its log id, when given); return ``None`` or raise.
 
     Raises:
         VerificationError: another log's checkpoint, or not signed by ``public_key``.
     """
     if log_id is not None and cp.log_id != log_id:
-        raise VerificationError(
-            f"checkpoint is for log {cp.log_id!r}, expected {log_id!r}"
-        )
+        raise VerificationError(f"checkpoint is for log {cp.log_id!r}, expected {log_id!r}")
     try:
         digest = checkpoint_digest(
-            log_id=cp.log_id, tree_size=cp.tree_size, root_hash=cp.root, timestamp_ms=cp.timestamp_ms
+            log_id=cp.log_id,
+            tree_size=cp.tree_size,
+            root_hash=cp.root,
+            timestamp_ms=cp.timestamp_ms,
         )
         verify_signature(public_key, digest, cp.signature)
     except FedLoraError:
@@ -182,6 +195,200 @@ def verify_checkpoint_consistency(
         ) from None
 
 
+CONTRIBUTION_ACCEPTED = "contribution_accepted"
+
+
+class _Malformed(Exception):
+    """One field of a receipt could not be read; caught in :meth:`Receipt.from_dict`."""
+
+
+def _field(doc: Mapping[str, Any], key: str, kind: str, length: int = 0) -> Any:
+    """Read ``doc[key]`` as ``kind``: "str", "count" (an int >= 0, not a bool) or "hex" bytes."""
+    if key not in doc:
+        raise _Malformed(f"field {key!r} is missing")
+    value = doc[key]
+    if kind == "str" and isinstance(value, str):
+        return value
+    if kind == "count" and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if kind == "hex" and isinstance(value, str):
+        try:
+            raw = bytes.fromhex(value)
+        except ValueError:
+            raise _Malformed(f"field {key!r} is not hex") from None
+        if length and len(raw) != length:
+            raise _Malformed(f"field {key!r} must be {length} bytes, got {len(raw)}")
+        return raw
+    expected = {"str": "a string", "count": "an integer >= 0", "hex": "a hex string"}[kind]
+    raise _Malformed(f"field {key!r} must be {expected}, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A client's receipt for one accepted contribution (``<client state>/receipts/*.json``).
+
+    The coordinator signs (federation, round, client, contribution digest, log index, receive
+    time) with its Ed25519 key (:func:`fedlora.crypto.receipt_digest`). Receipts written since the
+    log became anchored also carry the ``contribution_accepted`` audit line itself (``entry``), a
+    signed checkpoint whose tree holds it (``checkpoint``) and its RFC 6962 audit path
+    (``inclusion``), so the receipt alone proves the entry is in the log; older receipts have
+    ``entry``, ``inclusion`` and ``checkpoint`` set to ``None``.
+    """
+
+    federation_id: str
+    round: int
+    client_id: str
+    contribution_digest: bytes
+    log_index: int
+    received_at_ms: int
+    signature: bytes
+    ciphertexts_digest: bytes | None = None
+    entry: bytes | None = None
+    inclusion: tuple[bytes, ...] | None = None
+    checkpoint: SignedCheckpoint | None = None
+
+    @property
+    def name(self) -> str:
+        """How errors name the receipt: its round and client."""
+        return f"receipt (round {self.round}, client {self.client_id})"
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> Receipt:
+        """Parse a receipt document (a JSON object; hex strings for bytes).
+
+        Raises:
+            VerificationError: not an object, missing fields, or fields of the wrong type or size;
+                the message names the receipt's round and client when those two could be read.
+        """
+        name = "receipt"
+        if isinstance(doc, Mapping) and isinstance(doc.get("client_id"), str):
+            name = f"receipt (round {doc.get('round')!r}, client {doc['client_id']})"
+        if not isinstance(doc, Mapping):
+            raise VerificationError(f"{name} is malformed: it is not a JSON object")
+        anchored = [doc.get(k) is not None for k in ("entry", "inclusion", "checkpoint")]
+        if any(anchored) and not all(anchored):
+            raise VerificationError(
+                f"{name} is malformed: it must carry all of entry, inclusion and checkpoint, or none"
+            )
+        try:
+            fields: dict[str, Any] = {
+                "federation_id": _field(doc, "federation_id", "str"),
+                "round": _field(doc, "round", "count"),
+                "client_id": _field(doc, "client_id", "str"),
+                "contribution_digest": _field(doc, "contribution_digest", "hex", 32),
+                "log_index": _field(doc, "log_index", "count"),
+                "received_at_ms": _field(doc, "received_at_ms", "count"),
+                "signature": _field(doc, "signature", "hex", 64),
+            }
+            if doc.get("ciphertexts_digest") is not None:
+                fields["ciphertexts_digest"] = _field(doc, "ciphertexts_digest", "hex", 32)
+            if all(anchored):
+                entry = _field(doc, "entry", "str")
+                if not entry.isascii():
+                    raise _Malformed("field 'entry' must be ASCII (canonical JSON)")
+                proof = doc["inclusion"]
+                if not isinstance(proof, list):
+                    raise _Malformed("field 'inclusion' must be a list of hex hashes")
+                fields["entry"] = entry.encode("ascii")
+                fields["inclusion"] = tuple(
+                    _field({"inclusion": h}, "inclusion", "hex", 32) for h in proof
+                )
+        except _Malformed as exc:
+            raise VerificationError(f"{name} is malformed: {exc}") from None
+        if all(anchored):
+            try:
+                fields["checkpoint"] = SignedCheckpoint.from_dict(doc["checkpoint"])
+            except VerificationError as exc:
+                raise VerificationError(f"{name} is malformed: its {exc}") from None
+        return cls(**fields)
+
+
+def _check_contribution_entry(obj: Any, receipt: Receipt, where: str) -> None:
+    """Check that a parsed audit entry records exactly the contribution a receipt acknowledges."""
+    if not isinstance(obj, dict):
+        raise VerificationError(f"{receipt.name}: {where} is not a JSON object")
+    expected: dict[str, Any] = {
+        "event": CONTRIBUTION_ACCEPTED,
+        "index": receipt.log_index,
+        "round": receipt.round,
+        "client": receipt.client_id,
+    }
+    for key, value in expected.items():
+        if obj.get(key) != value or isinstance(obj.get(key), bool):
+            raise VerificationError(
+                f"{receipt.name}: {where} is not this receipt's contribution: its {key} is "
+                f"{obj.get(key)!r}, the receipt says {value!r}"
+            )
+    digests = [("contribution_digest", receipt.contribution_digest)]
+    if receipt.ciphertexts_digest is not None:
+        digests.append(("ciphertexts_digest", receipt.ciphertexts_digest))
+    for key, digest in digests:
+        try:
+            logged = bytes.fromhex(obj.get(key))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            logged = b""
+        if not hmac.compare_digest(logged, digest):
+            raise VerificationError(
+                f"{receipt.name}: {where} is not this receipt's contribution: its {key} is "
+                f"{str(obj.get(key))[:16]}…, the receipt says {digest.hex()[:16]}…"
+            )
+
+
+def verify_receipt(receipt: Receipt, public_key: bytes) -> None:
+    """Check a receipt on its own, offline; return ``None`` or raise.
+
+    Checks the coordinator's signature over the receipt and, when the receipt carries them, that
+    its checkpoint is signed by ``public_key`` for the receipt's federation, that its entry is
+    entry ``log_index`` of that checkpoint's tree (RFC 6962 inclusion) and that the entry is the
+    canonical ``contribution_accepted`` line for the receipt's round, client and digests. This proves the coordinator committed to the entry in a signed tree head. It does not show
+    that the log an auditor holds still contains it: pass the receipt to :func:`verify_log` for
+    that.
+
+    Raises:
+        VerificationError: naming the receipt's round and client; the receipt is not signed by
+            ``public_key``, its checkpoint is another federation's or unsigned, its entry is not in
+            the checkpoint's tree (an altered entry or a wrong path), or the entry records another
+            contribution.
+    """
+    try:
+        digest = receipt_digest(
+            federation_id=receipt.federation_id,
+            round_number=receipt.round,
+            client_id=receipt.client_id,
+            contribution=receipt.contribution_digest,
+            log_index=receipt.log_index,
+            received_at_ms=receipt.received_at_ms,
+        )
+        verify_signature(public_key, digest, receipt.signature)
+    except FedLoraError:
+        raise VerificationError(
+            f"{receipt.name} is not signed by the coordinator's key: it was altered, or another "
+            "coordinator signed it"
+        ) from None
+    if receipt.checkpoint is None or receipt.entry is None or receipt.inclusion is None:
+        return
+    try:
+        verify_checkpoint(receipt.checkpoint, public_key, log_id=receipt.federation_id)
+    except VerificationError as exc:
+        raise VerificationError(f"{receipt.name}: its {exc}") from None
+    try:
+        verify_entry_inclusion(
+            receipt.entry, receipt.log_index, receipt.inclusion, receipt.checkpoint
+        )
+    except VerificationError as exc:
+        raise VerificationError(
+            f"{receipt.name}: its entry and inclusion proof do not match its signed checkpoint "
+            f"(the receipt was altered or damaged): {exc}"
+        ) from None
+    try:
+        obj = json.loads(receipt.entry)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise VerificationError(f"{receipt.name}: its entry is not valid JSON") from None
+    if not isinstance(obj, dict) or canonical_json(obj) != receipt.entry:
+        raise VerificationError(f"{receipt.name}: its entry is not in canonical form")
+    _check_contribution_entry(obj, receipt, f"its entry (audit entry {receipt.log_index})")
+
+
 def _lines(data: bytes) -> list[bytes]:
     if not data:
         return []
@@ -192,15 +399,63 @@ def _lines(data: bytes) -> list[bytes]:
     return data[:-1].split(b"\n")
 
 
-def verify_log(entries_data: bytes, checkpoints_data: bytes, public_key: bytes) -> AuditSummary:
+def _check_anchor(
+    cp: SignedCheckpoint,
+    public_key: bytes,
+    log_id: str | None,
+    root_at: Mapping[int, bytes],
+    who: str,
+    noun: str,
+) -> None:
+    """Check that the log holds the tree ``cp`` signs: neither cut short nor rewritten.
+
+    ``noun`` names ``cp`` after an article ("trusted checkpoint"); ``who`` starts each message.
+    """
+    try:
+        verify_checkpoint(cp, public_key, log_id=log_id)
+    except VerificationError as exc:
+        raise VerificationError(f"{who}: {exc}") from None
+    held = len(root_at) - 1
+    if cp.tree_size > held:
+        raise VerificationError(
+            f"{who}: the log holds {held} entries but a {noun} covers {cp.tree_size}: entries were "
+            "removed (the log was cut short)"
+        )
+    if not hmac.compare_digest(root_at[cp.tree_size], cp.root):
+        raise VerificationError(
+            f"{who}: the log was rewritten: it differs from the {noun} of {cp.tree_size} entries"
+        )
+
+
+def verify_log(
+    entries_data: bytes,
+    checkpoints_data: bytes,
+    public_key: bytes,
+    *,
+    trusted: Sequence[SignedCheckpoint] = (),
+    receipts: Sequence[Mapping[str, Any]] = (),
+) -> AuditSummary:
     """Verify an audit log offline with the coordinator's Ed25519 public key.
 
-    Checks that every entry is canonical JSON with consecutive indices and non-decreasing times,
-    that every checkpoint is correctly signed, has a strictly growing tree size and the root of
-    exactly that many entries, and that the last checkpoint covers the whole log.
+    The log on its own: every entry is canonical JSON with consecutive indices and non-decreasing
+    times; every checkpoint is correctly signed, is for the same log id (the ``federation_id`` of
+    a leading ``federation_started`` entry), has a time no earlier than the previous checkpoint's,
+    a strictly growing tree size and the root of exactly that many entries; the last checkpoint
+    covers the whole log.
+
+    Anchors, which catch a log cut short or rewritten by whoever holds the signing key:
+
+    * ``trusted`` — checkpoints the auditor trusts (a client's ``checkpoint.json``): each must be
+      signed by ``public_key``, be for this log, and sign a tree the log holds (size at most the
+      number of entries, and that prefix's root).
+    * ``receipts`` — client receipt documents (see :class:`Receipt`): each must be signed by
+      ``public_key`` and be for this federation; its entry must be the log's line at its index and
+      record its round, client and contribution digest; its checkpoint, when it carries one, is
+      checked like a trusted checkpoint and its inclusion proof against that checkpoint.
 
     Raises:
-        VerificationError: naming the first bad entry or checkpoint.
+        VerificationError: naming the first bad entry or checkpoint, the trusted checkpoint (by
+            tree size) or the receipt (by round and client) that the log fails.
     """
     try:
         entry_lines = _lines(entries_data)
@@ -232,8 +487,15 @@ def verify_log(entries_data: bytes, checkpoints_data: bytes, public_key: bytes) 
         roots.append(leaf_hash(line))
         root_at[i + 1] = roots.root()
         events.append(obj)
+    # The federation a log belongs to is named twice: by its first entry and by every checkpoint.
+    started_id: str | None = None
+    if events and events[0].get("event") == "federation_started":
+        value = events[0].get("federation_id")
+        started_id = value if isinstance(value, str) else None
     log_id = ""
+    first_id: str | None = None
     last_size = 0
+    last_stamp = 0
     for j, line in enumerate(cp_lines):
         where = f"checkpoint {j}"
         try:
@@ -254,6 +516,24 @@ def verify_log(entries_data: bytes, checkpoints_data: bytes, public_key: bytes) 
             raise VerificationError(
                 f"{where} (tree size {size}) is not signed by the coordinator's key"
             ) from None
+        if first_id is None:
+            first_id = log_id
+            if started_id is not None and log_id != started_id:
+                raise VerificationError(
+                    f"{where} is for log {log_id!r}, but audit entry 0 starts federation "
+                    f"{started_id!r}"
+                )
+        elif log_id != first_id:
+            raise VerificationError(
+                f"{where} is for log {log_id!r}, but checkpoint 0 is for {first_id!r}: the log id "
+                "changed mid-log"
+            )
+        if stamp < last_stamp:
+            raise VerificationError(
+                f"{where} has time {stamp} ms, before checkpoint {j - 1}'s {last_stamp} ms: "
+                "checkpoint time went backwards"
+            )
+        last_stamp = stamp
         if size <= last_size:
             raise VerificationError(
                 f"{where} has tree size {size}, not larger than the previous {last_size}"
@@ -270,6 +550,47 @@ def verify_log(entries_data: bytes, checkpoints_data: bytes, public_key: bytes) 
     if last_size != len(entry_lines):
         raise VerificationError(
             f"audit entry {last_size} and after are not covered by any signed checkpoint"
+        )
+    # An emptied log has no checkpoint left to name it; the anchors then only need the key.
+    anchor_id = first_id if first_id is not None else started_id
+    for k, cp in enumerate(trusted):
+        _check_anchor(
+            cp,
+            public_key,
+            anchor_id,
+            root_at,
+            f"trusted checkpoint {k}",
+            "trusted checkpoint",
+        )
+    for doc in receipts:
+        receipt = Receipt.from_dict(doc)
+        if anchor_id is not None and receipt.federation_id != anchor_id:
+            raise VerificationError(
+                f"{receipt.name} is for federation {receipt.federation_id!r}, but this log is "
+                f"{anchor_id!r}"
+            )
+        verify_receipt(receipt, public_key)
+        if receipt.checkpoint is not None:
+            _check_anchor(
+                receipt.checkpoint,
+                public_key,
+                anchor_id,
+                root_at,
+                receipt.name,
+                "receipt's checkpoint",
+            )
+        if receipt.log_index >= len(entry_lines):
+            raise VerificationError(
+                f"{receipt.name}: the log holds {len(entry_lines)} entries but the receipt is for "
+                f"entry {receipt.log_index}: entries were removed (the log was cut short)"
+            )
+        if receipt.entry is not None and receipt.entry != entry_lines[receipt.log_index]:
+            raise VerificationError(
+                f"{receipt.name}: the log was rewritten: audit entry {receipt.log_index} differs "
+                "from the entry in the receipt"
+            )
+        _check_contribution_entry(
+            events[receipt.log_index], receipt, f"audit entry {receipt.log_index} of the log"
         )
     return AuditSummary(
         len(entry_lines), len(cp_lines), root_at[len(entry_lines)], log_id, tuple(events)
@@ -319,7 +640,18 @@ class AuditLog:
             self._range.append(self._leaves[-1])
             self._last_time = json.loads(line)["time_ms"]
         cps = _lines(self._cp_path.read_bytes()) if self._cp_path.exists() else []
-        covered = json.loads(cps[-1])["tree_size"] if cps else 0
+        self._last_cp: bytes | None = cps[-1] if cps else None
+        self._last_stamp = 0
+        covered = 0
+        if self._last_cp is not None:
+            last = json.loads(self._last_cp)
+            if last["log_id"] != self.log_id:
+                # Appending would put two log ids in one log, which verify_log refuses.
+                raise FedLoraError(
+                    f"the audit log in {self.folder} is for log {last['log_id']!r}, not "
+                    f"{self.log_id!r}: use another state folder for another federation"
+                )
+            covered, self._last_stamp = last["tree_size"], last["timestamp_ms"]
         if covered < self._range.size:  # crashed between an entry and its checkpoint
             self._checkpoint()
 
@@ -334,7 +666,8 @@ class AuditLog:
             os.fsync(fh.fileno())
 
     def _checkpoint(self) -> None:
-        stamp = max(int(time.time() * 1000), self._last_time)
+        # Checkpoint times never go backwards, even when the wall clock does (verify_log checks).
+        stamp = max(int(time.time() * 1000), self._last_time, self._last_stamp)
         root = self._range.root()
         digest = checkpoint_digest(
             log_id=self.log_id, tree_size=self.size, root_hash=root, timestamp_ms=stamp
@@ -346,7 +679,9 @@ class AuditLog:
             "timestamp_ms": stamp,
             "tree_size": self.size,
         }
-        self._append_line(self._cp_path, canonical_json(cp))
+        line = canonical_json(cp)
+        self._append_line(self._cp_path, line)
+        self._last_cp, self._last_stamp = line, stamp
 
     def append(self, event: str, **fields: Any) -> int:
         """Append one event, fsync it and its checkpoint; return its index."""
@@ -368,10 +703,28 @@ class AuditLog:
         end = len(lines) if limit == 0 else min(len(lines), start + limit)
         return lines[start:end]
 
-    def latest_checkpoint(self) -> dict[str, Any]:
+    def _last_checkpoint_line(self) -> bytes:
         with self._lock:
-            lines = _lines(self._cp_path.read_bytes())
-        return dict(json.loads(lines[-1]))
+            line = self._last_cp
+        if line is None:
+            raise FedLoraError(f"the audit log in {self.folder} has no checkpoint yet (no entries)")
+        return line
+
+    def latest_checkpoint(self) -> dict[str, Any]:
+        """The last line of ``checkpoints.log`` as a dict (hex strings), as the Audit RPC serves it.
+
+        Raises:
+            FedLoraError: the log is still empty.
+        """
+        return dict(json.loads(self._last_checkpoint_line()))
+
+    def latest_signed_checkpoint(self) -> SignedCheckpoint:
+        """The last line of ``checkpoints.log``, parsed: the newest signed tree head.
+
+        Raises:
+            FedLoraError: the log is still empty.
+        """
+        return SignedCheckpoint.from_dict(json.loads(self._last_checkpoint_line()))
 
     def inclusion(self, index: int, tree_size: int) -> tuple[bytes, list[bytes]]:
         """Leaf hash and RFC 6962 audit path of entry ``index`` in the tree of ``tree_size``."""
@@ -382,6 +735,30 @@ class AuditLog:
                 )
             leaves = self._leaves[:tree_size]
         return leaves[index], inclusion_proof(index, leaves)
+
+    def consistency(self, old_size: int, new_size: int) -> list[bytes]:
+        """RFC 6962 consistency proof that the tree of ``old_size`` is a prefix of ``new_size``'s.
+
+        Verify it with :func:`fedlora.crypto.verify_consistency` or
+        :func:`verify_checkpoint_consistency`. Sizes range over ``0 <= old_size <= new_size <=
+        size``; equal sizes and ``old_size == 0`` give an empty proof.
+
+        Raises:
+            FedLoraError: sizes out of that range.
+        """
+        with self._lock:
+            valid = (
+                all(isinstance(v, int) and not isinstance(v, bool) for v in (old_size, new_size))
+                and 0 <= old_size <= new_size <= self.size
+            )
+            if not valid:
+                raise FedLoraError(
+                    f"no consistency proof from tree size {old_size!r} to {new_size!r} "
+                    f"(need 0 <= old size <= new size <= log size {self.size})"
+                )
+            leaves = self._leaves[:new_size]
+        # The proof is O(n) hashing: computed outside the lock so appends are not held up.
+        return consistency_proof(old_size, leaves)
 
 
 def events_by_round(events: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:

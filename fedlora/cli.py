@@ -100,6 +100,22 @@ def _build_parser() -> argparse.ArgumentParser:
         )
         if name == "show":
             a.add_argument("--plot", type=Path, help="also write a PNG of the rounds over time")
+        if name == "verify":
+            a.add_argument(
+                "--trusted-checkpoint",
+                type=Path,
+                action="append",
+                default=[],
+                metavar="FILE",
+                help="a signed checkpoint you trust (a client's <state_dir>/checkpoint.json); the "
+                "log must hold its tree, so a log cut short or rewritten is refused; repeatable",
+            )
+            a.add_argument(
+                "--receipts",
+                type=Path,
+                metavar="DIR",
+                help="a client's <state_dir>/receipts/ folder: the log must hold every receipt's entry",
+            )
     prove = audit_sub.add_parser(
         "prove", help="check a contribution receipt's inclusion in the signed log"
     )
@@ -109,6 +125,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     prove.add_argument(
         "--config", type=Path, help="or ask the coordinator, with this client config's credentials"
+    )
+    prove.add_argument(
+        "--public-key",
+        help="the coordinator's Ed25519 public key (64 hex digits or a file); by default the key "
+        "the receipt names",
     )
 
     demo = sub.add_parser(
@@ -214,7 +235,17 @@ def _build_parser() -> argparse.ArgumentParser:
         help="a party and its X25519 public key file (repeat for each party)",
     )
     deal.add_argument("--threshold", type=int, required=True, help="t: partial decryptions needed")
-    deal.add_argument("--bits", type=int, default=2048, help="modulus size: 2048 (default) or 3072")
+    deal.add_argument(
+        "--bits",
+        type=int,
+        default=2048,
+        help="modulus size: 2048 (default) or 3072; smaller only with --insecure-small-key",
+    )
+    deal.add_argument(
+        "--insecure-small-key",
+        action="store_true",
+        help="allow --bits below 2048: an easily factored key, for tests and demos only",
+    )
     deal.add_argument("--out", type=Path, required=True, help="folder for the key and share files")
     check = keys_sub.add_parser("check-share", help="open and verify a party's share file")
     check.add_argument("--id", required=True, help="party id")
@@ -312,10 +343,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from fedlora import _audit_cli
 
         if args.audit_command == "verify":
-            return _audit_cli.run_verify(args.log, args.public_key)
+            return _audit_cli.run_verify(
+                args.log, args.public_key, args.trusted_checkpoint, args.receipts
+            )
         if args.audit_command == "show":
             return _audit_cli.run_show(args.log, args.public_key, args.plot)
-        return _audit_cli.run_prove(args.receipt, args.log, args.config)
+        return _audit_cli.run_prove(args.receipt, args.log, args.config, args.public_key)
     from fedlora import _keys
 
     if args.keys_command == "signing":
@@ -323,7 +356,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.keys_command == "party":
         return _keys.make_party(args.id, args.out)
     if args.keys_command == "deal":
-        return _keys.deal(args.party, args.threshold, args.bits, args.out)
+        return _keys.deal(
+            args.party,
+            args.threshold,
+            args.bits,
+            args.out,
+            insecure_small_key=args.insecure_small_key,
+        )
     return _keys.check_share(args.id, args.private, args.share, args.public_key)
 
 

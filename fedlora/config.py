@@ -23,17 +23,24 @@ import yaml
 from fedlora.errors import ConfigError
 
 __all__ = [
+    "MIN_KEY_BITS",
     "ClientConfig",
+    "ClientPolicy",
     "CodecConfig",
     "CoordinatorConfig",
     "FederatedLearning",
     "LoraSpec",
     "ModelSpec",
     "Party",
+    "TestingOptions",
+    "check_key_size",
     "load_client_config",
     "load_coordinator_config",
     "parse_config",
 ]
+
+MIN_KEY_BITS = 2048
+"""Smallest threshold-key modulus accepted without ``testing.insecure_small_keys`` (DESIGN.md §3)."""
 
 T = TypeVar("T")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -46,18 +53,41 @@ def _range(
     *,
     pattern: re.Pattern[str] | None = None,
     doc: str = "",
+    why: str = "",
 ) -> dict[str, Any]:
-    return {"low": low, "high": high, "pattern": pattern, "doc": doc}
+    """Field metadata for the validator: an inclusive range or a pattern.
+
+    ``doc`` describes what the pattern accepts; ``why`` says, in the out-of-range error, why the
+    bounds are what they are (for bounds that protect privacy rather than sanity).
+    """
+    return {"low": low, "high": high, "pattern": pattern, "doc": doc, "why": why}
+
+
+_ONE_IS_ONE_CLIENT = "an aggregate of one contribution is that client's own update"
 
 
 @dataclass(frozen=True)
 class FederatedLearning:
-    """The federation's schedule and thresholds."""
+    """The federation's schedule and thresholds.
+
+    ``participant_threshold`` (2..10 000) is the fewest contributions in any aggregate;
+    ``decryption_threshold`` (2..128) is ``t`` of the threshold key. ``ticket_quorum`` (1..128) is
+    how many share holders must sign a round's decryption ticket before any of them releases a
+    partial decryption; ``None`` means the safe default ``⌈(n + t)/2⌉`` for the key's ``n`` share
+    holders (:func:`fedlora.crypto.ticket_quorum`). An explicit value is checked against the key
+    where the key is loaded: at least ``⌈(n + t)/2⌉``, at most ``n``.
+    """
 
     encryption_type: Literal["homomorphic", "none"] = "homomorphic"
     aggregation_frequency: int = field(default=100, metadata=_range(1, 10_000_000))
-    participant_threshold: int = field(default=3, metadata=_range(1, 10_000))
-    decryption_threshold: int = field(default=3, metadata=_range(1, 128))
+    participant_threshold: int = field(
+        default=3, metadata=_range(2, 10_000, why=_ONE_IS_ONE_CLIENT)
+    )
+    decryption_threshold: int = field(
+        default=3,
+        metadata=_range(2, 128, why="with t = 1 any single share holder decrypts alone"),
+    )
+    ticket_quorum: int | None = field(default=None, metadata=_range(1, 128))
     rounds: int = field(default=5, metadata=_range(1, 1_000_000))
     round_timeout_s: float = field(default=600.0, metadata=_range(1, 7 * 24 * 3600))
     decryption_timeout_s: float = field(default=600.0, metadata=_range(1, 7 * 24 * 3600))
@@ -110,6 +140,18 @@ class CoordinatorKeys:
 
 
 @dataclass(frozen=True)
+class TestingOptions:
+    """Switches that weaken security, for tests and demos only; never set them in production.
+
+    ``insecure_small_keys`` accepts threshold keys below :data:`MIN_KEY_BITS` bits (fast to deal,
+    trivial to factor).
+    """
+
+    __test__ = False  # the name starts with "Test"; pytest must not collect it from test modules
+    insecure_small_keys: bool = False
+
+
+@dataclass(frozen=True)
 class CoordinatorConfig:
     federation_id: str = field(metadata=_range(pattern=_ID))
     state_dir: Path
@@ -119,6 +161,7 @@ class CoordinatorConfig:
     server: ServerConfig = ServerConfig()
     federated_learning: FederatedLearning = FederatedLearning()
     codec: CodecConfig = CodecConfig()
+    testing: TestingOptions = TestingOptions()
 
     def party(self, party_id: str) -> Party | None:
         return next((p for p in self.parties if p.id == party_id), None)
@@ -199,9 +242,19 @@ class Peer:
 
 @dataclass(frozen=True)
 class ClientPolicy:
-    """What this client requires before it releases a partial decryption."""
+    """What this client requires before it releases a partial decryption.
 
-    min_participants: int = field(default=2, metadata=_range(2, 10_000))
+    ``min_participants`` (2..10 000): fewest distinct pinned peers an aggregate must combine;
+    ``None`` means the federation's ``participant_threshold`` as announced at join, never below 2.
+    Pin it here so that a coordinator cannot lower it. ``ticket_quorum`` (1..128): signatures on
+    the round's decryption ticket this client requires; ``None`` means ``⌈(n + t)/2⌉`` from the
+    threshold key. Neither may exceed the number of peers.
+    """
+
+    min_participants: int | None = field(
+        default=None, metadata=_range(2, 10_000, why=_ONE_IS_ONE_CLIENT)
+    )
+    ticket_quorum: int | None = field(default=None, metadata=_range(1, 128))
 
 
 @dataclass(frozen=True)
@@ -224,6 +277,7 @@ class ClientConfig:
     training: TrainingConfig = TrainingConfig()
     retry: RetryConfig = RetryConfig()
     debug: ClientDebug = ClientDebug()
+    testing: TestingOptions = TestingOptions()
 
 
 def _type_name(tp: Any) -> str:
@@ -291,7 +345,8 @@ def _convert(tp: Any, value: Any, path: str, base: Path, meta: dict[str, Any]) -
         raise ConfigError(f"{path}: unsupported type {tp}")
     low, high, pattern = meta.get("low"), meta.get("high"), meta.get("pattern")
     if (low is not None and out < low) or (high is not None and out > high):
-        raise ConfigError(f"{path}: must be between {low:g} and {high:g}, got {out!r}")
+        why = f" ({meta['why']})" if meta.get("why") else ""
+        raise ConfigError(f"{path}: must be between {low:g} and {high:g}, got {out!r}{why}")
     if pattern is not None and not pattern.match(out):
         hint = (
             meta.get("doc")
@@ -384,6 +439,10 @@ def load_coordinator_config(path: Path) -> CoordinatorConfig:
         raise ConfigError(
             f"federated_learning.decryption_threshold: {fl.decryption_threshold} exceeds the {n} enrolled parties"
         )
+    if fl.ticket_quorum is not None and fl.ticket_quorum > n:
+        raise ConfigError(
+            f"federated_learning.ticket_quorum: {fl.ticket_quorum} exceeds the {n} enrolled parties"
+        )
     _check_transport("server", cfg.server.insecure, cfg.server.tls, cfg.server.listen)
     return cfg
 
@@ -399,10 +458,10 @@ def load_client_config(path: Path) -> ClientConfig:
         raise ConfigError(f"peers: must list this client ({cfg.id!r}) with its signing key")
     if len(set(ids)) != len(ids):
         raise ConfigError("peers: a peer is listed twice")
-    if cfg.policy.min_participants > len(ids):
-        raise ConfigError(
-            f"policy.min_participants: {cfg.policy.min_participants} exceeds the {len(ids)} peers"
-        )
+    for name in ("min_participants", "ticket_quorum"):
+        value = getattr(cfg.policy, name)
+        if value is not None and value > len(ids):
+            raise ConfigError(f"policy.{name}: {value} exceeds the {len(ids)} peers")
     if cfg.model.kind != "linear" and cfg.model.base_model is None:
         raise ConfigError(f"model.base_model: required for model.kind {cfg.model.kind!r}")
     if not cfg.model.lora.targets:
@@ -410,6 +469,24 @@ def load_client_config(path: Path) -> ClientConfig:
     if cfg.retry.initial_backoff_s > cfg.retry.max_backoff_s:
         raise ConfigError("retry.initial_backoff_s: must not exceed retry.max_backoff_s")
     return cfg
+
+
+def check_key_size(bits: int, testing: TestingOptions, where: str) -> None:
+    """Refuse a threshold key whose modulus has fewer than :data:`MIN_KEY_BITS` bits.
+
+    ``where`` is the dotted key that named the key file (e.g. ``keys.threshold_public_key``).
+    Returns normally for a key of at least 2048 bits, or for a smaller one when
+    ``testing.insecure_small_keys`` is set (the caller should then warn).
+
+    Raises:
+        ConfigError: the modulus is below 2048 bits and small keys were not allowed.
+    """
+    if bits >= MIN_KEY_BITS or testing.insecure_small_keys:
+        return
+    raise ConfigError(
+        f"{where}: the key has a {bits}-bit modulus; fedlora refuses keys below {MIN_KEY_BITS} bits "
+        "(set testing.insecure_small_keys: true for tests and demos only)"
+    )
 
 
 def _is_loopback(address: str) -> bool:

@@ -14,6 +14,7 @@ __all__ = [
     "FedLoraError",
     "NotFoundError",
     "ProtocolError",
+    "RateLimitError",
     "VerificationError",
 ]
 
@@ -48,3 +49,7 @@ class AuthorizationError(FedLoraError):
 
 class NotFoundError(FedLoraError):
     """The thing asked for does not exist (gRPC NOT_FOUND)."""
+
+
+class RateLimitError(FedLoraError):
+    """Too many rejected submissions from one identity; refused before any work (RESOURCE_EXHAUSTED)."""

@@ -84,6 +84,7 @@ def contribution(
     """A correctly formed contribution, or one with exactly the flaw asked for."""
     s = stub(layout, party)
     join = s.Join(federation_pb2.JoinRequest(client_id=party))
+    status = s.GetRound(federation_pb2.RoundQuery())
     key, codec = threshold_key(layout), codec_of(join)
     if ciphertexts is None:
         delta = np.random.default_rng(round_number).normal(0, 0.1, join.num_parameters)
@@ -99,6 +100,8 @@ def contribution(
         weight=weight,
         ciphertexts_digest=digest,
         value_count=join.num_parameters,
+        global_version=status.global_version,
+        global_digest=status.global_digest,
     )
     header = federation_pb2.ContributionHeader(
         round=round_number,
@@ -109,6 +112,8 @@ def contribution(
         key_fingerprint=key.fingerprint,
         codec_digest=codec.digest(),
         signature=sign_digest(signer or signing_key(layout, party), signed),
+        global_version=status.global_version,
+        global_digest=status.global_digest,
     )
     return header, b"".join(c.to_bytes(width, "big") for c in ciphertexts)
 

@@ -23,7 +23,7 @@ def fedlora(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def deal(cwd: Path) -> subprocess.CompletedProcess[str]:
-    """The dealing command for a 2-of-3 test key (512 bits: tests only)."""
+    """The dealing command for a 2-of-3 test key (512 bits: tests only, hence the flag)."""
     parties = [a for pid in PARTIES for a in ("--party", f"{pid}=parties/{pid}.x25519.pub")]
     return fedlora(
         "keys",
@@ -32,6 +32,7 @@ def deal(cwd: Path) -> subprocess.CompletedProcess[str]:
         "2",
         "--bits",
         "512",
+        "--insecure-small-key",
         "--out",
         "federation",
         *parties,
@@ -46,6 +47,7 @@ def ceremony(tmp_path_factory) -> Path:
         assert fedlora("keys", "party", "--id", pid, "--out", "parties", cwd=root).returncode == 0
     out = deal(cwd=root)
     assert out.returncode == 0, out.stderr
+    assert "WARNING: dealing an INSECURE 512-bit key" in out.stderr
     return root
 
 
@@ -130,13 +132,40 @@ def test_missing_and_malformed_inputs_name_the_file(tmp_path) -> None:
     assert out.returncode == 2 and "nope.pub does not exist" in out.stderr
     (tmp_path / "junk.pub").write_text("zz")
     out = fedlora(
-        "keys", "deal", "--threshold", "1", "--party", "a=junk.pub", "--out", "x", cwd=tmp_path
+        "keys", "deal", "--threshold", "2", "--party", "a=junk.pub", "--out", "x", cwd=tmp_path
     )
     assert out.returncode == 2 and "not an X25519 public key" in out.stderr
     out = fedlora(
-        "keys", "deal", "--threshold", "1", "--party", "junk.pub", "--out", "x", cwd=tmp_path
+        "keys", "deal", "--threshold", "2", "--party", "junk.pub", "--out", "x", cwd=tmp_path
     )
     assert out.returncode == 2 and "ID=PUBFILE" in out.stderr
+
+
+def test_dealing_a_one_of_n_key_is_refused(ceremony, tmp_path) -> None:
+    # Arrange: valid parties, so only the threshold is wrong.
+    parties = [a for pid in PARTIES for a in ("--party", f"{ceremony}/parties/{pid}.x25519.pub")]
+    # Act
+    out = fedlora("keys", "deal", "--threshold", "1", "--out", "x", *parties, cwd=tmp_path)
+    # Assert: one line with the cause and the fix, the usage-error status, nothing written.
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1
+    assert "--threshold 1: " in out.stderr and "use --threshold 2 or more" in out.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_dealing_a_small_key_needs_the_insecure_flag(ceremony, tmp_path) -> None:
+    # Arrange
+    parties = [a for pid in PARTIES for a in ("--party", f"{ceremony}/parties/{pid}.x25519.pub")]
+    # Act
+    out = fedlora(
+        "keys", "deal", "--threshold", "2", "--bits", "1024", "--out", "x", *parties, cwd=tmp_path
+    )
+    # Assert
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1
+    assert "--bits 1024: fedlora refuses keys below 2048 bits" in out.stderr
+    assert "--insecure-small-key" in out.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_crypto_demo_succeeds(tmp_path) -> None:

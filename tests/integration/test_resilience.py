@@ -161,6 +161,9 @@ def test_a_client_refuses_to_decrypt_anything_but_a_verified_aggregate(tmp_path)
                 for p in pids
             ]
             return federation_pb2.DecryptionManifest(
+                federation_id="fedlora-demo",
+                global_version=status.global_version,
+                global_digest=status.global_digest,
                 round=1,
                 value_count=parts[pids[0]][0].value_count,
                 codec=codec_to_proto(client.fed.codec),
@@ -173,24 +176,25 @@ def test_a_client_refuses_to_decrypt_anything_but_a_verified_aggregate(tmp_path)
         data = {p: bytearray(d) for p, (_, d) in parts.items()}
         blob = lambda v: bytearray(b"".join(c.to_bytes(width, "big") for c in v))  # noqa: E731
         # Act / Assert: the honest aggregate of three verified contributions is accepted...
-        assert (
-            client.verify_manifest(manifest(list(parts), product), data, blob(product), width)
-            == product
+        status = h.stub(layout, "bank-a").GetRound(federation_pb2.RoundQuery())
+        ticket, verified = client.verify_manifest(
+            manifest(list(parts), product), data, blob(product), width, 1
         )
+        assert verified == product and len(ticket) == 32
         # ...a single contribution passed off as an aggregate is not (policy.min_participants)...
         single = {"bank-b": data["bank-b"]}
         with pytest.raises(VerificationError, match=r"policy\.min_participants requires"):
             client.verify_manifest(
-                manifest(["bank-b"], cts["bank-b"]), single, blob(cts["bank-b"]), width
+                manifest(["bank-b"], cts["bank-b"]), single, blob(cts["bank-b"]), width, 1
             )
         # ...nor an "aggregate" that is not the product of the listed contributions...
         other = encrypt_batch(key.paillier, [5] * len(product))
         with pytest.raises(VerificationError, match="not the product"):
-            client.verify_manifest(manifest(list(parts), other), data, blob(other), width)
+            client.verify_manifest(manifest(list(parts), other), data, blob(other), width, 1)
         # ...nor one with a contribution whose ciphertexts differ from what its owner signed.
         forged = dict(data, **{"hospital-d": blob(other)})
         with pytest.raises(VerificationError, match="not signed by that peer's key"):
-            client.verify_manifest(manifest(list(parts), product), forged, blob(product), width)
+            client.verify_manifest(manifest(list(parts), product), forged, blob(product), width, 1)
     finally:
         running.stop(grace=1)
 

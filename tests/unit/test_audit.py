@@ -1,11 +1,30 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedlora.audit import CHECKPOINTS, ENTRIES, AuditLog, read_log_files, verify_log
-from fedlora.crypto import ed25519_public_bytes, leaf_hash, verify_inclusion
-from fedlora.errors import VerificationError
+from fedlora.audit import (
+    CHECKPOINTS,
+    ENTRIES,
+    AuditLog,
+    Receipt,
+    SignedCheckpoint,
+    canonical_json,
+    read_log_files,
+    verify_checkpoint,
+    verify_log,
+)
+from fedlora.crypto import (
+    checkpoint_digest,
+    ed25519_public_bytes,
+    leaf_hash,
+    sign_digest,
+    verify_consistency,
+    verify_inclusion,
+)
+from fedlora.errors import FedLoraError, VerificationError
 
 
 @pytest.fixture()
@@ -103,4 +122,133 @@ def test_a_missing_last_checkpoint_is_resigned_on_restart(tmp_path) -> None:
     cps = (folder / CHECKPOINTS).read_bytes().split(b"\n")
     (folder / CHECKPOINTS).write_bytes(cps[0] + b"\n")  # crash between entry 1 and its checkpoint
     reopened = AuditLog(folder, "fed", key)
+    assert verify_log(*_files(reopened), ed25519_public_bytes(key)).entries == 2
+
+
+def test_the_latest_signed_checkpoint_is_the_last_checkpoint_line(log) -> None:
+    # Arrange
+    audit, public = log
+    last = json.loads((audit.folder / CHECKPOINTS).read_bytes().split(b"\n")[-2])
+    # Act
+    cp = audit.latest_signed_checkpoint()
+    # Assert
+    assert cp.to_dict() == last == audit.latest_checkpoint()
+    assert cp.tree_size == audit.size and cp.log_id == "fed-test"
+    verify_checkpoint(cp, public, log_id="fed-test")
+    assert SignedCheckpoint.from_dict(cp.to_dict()) == cp
+
+
+def test_an_empty_log_has_no_checkpoint_yet(tmp_path) -> None:
+    audit = AuditLog(tmp_path / "audit", "fed", Ed25519PrivateKey.generate())
+    with pytest.raises(FedLoraError, match="no checkpoint yet"):
+        audit.latest_signed_checkpoint()
+    with pytest.raises(FedLoraError, match="no checkpoint yet"):
+        audit.latest_checkpoint()
+    assert audit.consistency(0, 0) == []
+
+
+def test_consistency_proofs_link_every_checkpoint_to_the_newest(log) -> None:
+    audit, _ = log
+    cps = [
+        SignedCheckpoint.from_dict(json.loads(line))
+        for line in (audit.folder / CHECKPOINTS).read_bytes().split(b"\n")[:-1]
+    ]
+    newest = cps[-1]
+    for cp in cps:
+        proof = audit.consistency(cp.tree_size, newest.tree_size)
+        verify_consistency(cp.tree_size, newest.tree_size, cp.root, newest.root, proof)
+    with pytest.raises(FedLoraError, match="from tree size 3 to 6"):
+        audit.consistency(3, 6)
+
+
+def test_each_own_checkpoint_is_a_valid_trusted_checkpoint(log) -> None:
+    audit, public = log
+    entries, checkpoints = _files(audit)
+    trusted = [SignedCheckpoint.from_dict(json.loads(x)) for x in checkpoints.split(b"\n")[:-1]]
+    assert verify_log(entries, checkpoints, public, trusted=trusted).entries == 5
+
+
+def test_a_trusted_checkpoint_must_be_signed_for_this_log(log) -> None:
+    # Arrange
+    audit, public = log
+    entries, checkpoints = _files(audit)
+    cp = audit.latest_signed_checkpoint()
+    stranger = Ed25519PrivateKey.generate()
+    digest = checkpoint_digest(
+        log_id=cp.log_id, tree_size=9, root_hash=cp.root, timestamp_ms=cp.timestamp_ms
+    )
+    forged = SignedCheckpoint(cp.log_id, 9, cp.root, cp.timestamp_ms, sign_digest(stranger, digest))
+    # Act / Assert
+    with pytest.raises(VerificationError, match=r"trusted checkpoint 0: checkpoint .* not signed"):
+        verify_log(entries, checkpoints, public, trusted=[forged])
+    with pytest.raises(VerificationError, match="trusted checkpoint 1: checkpoint is for log"):
+        verify_log(
+            entries, checkpoints, public, trusted=[cp, SignedCheckpoint("other", *_rest(cp))]
+        )
+
+
+def _rest(cp: SignedCheckpoint) -> tuple[int, bytes, int, bytes]:
+    return cp.tree_size, cp.root, cp.timestamp_ms, cp.signature
+
+
+def test_a_malformed_receipt_is_named_with_its_field(log) -> None:
+    audit, public = log
+    entries, checkpoints = _files(audit)
+    base = {
+        "federation_id": "fed-test",
+        "round": 1,
+        "client_id": "bank-a",
+        "contribution_digest": "cd" * 32,
+        "log_index": 1,
+        "received_at_ms": 5,
+        "signature": "00" * 64,
+    }
+    for change, says in (
+        ({"log_index": None}, "field 'log_index' must be an integer >= 0"),
+        ({"round": True}, "field 'round' must be an integer >= 0"),
+        ({"signature": "zz"}, "field 'signature' is not hex"),
+        ({"contribution_digest": "cd"}, "field 'contribution_digest' must be 32 bytes"),
+        ({"entry": "{}"}, "all of entry, inclusion and checkpoint, or none"),
+    ):
+        doc = {**base, **change}
+        with pytest.raises(
+            VerificationError, match=r"receipt \(round .*, client bank-a\) is malformed"
+        ):
+            verify_log(entries, checkpoints, public, receipts=[doc])
+        with pytest.raises(VerificationError, match=says):
+            Receipt.from_dict(doc)
+    missing = dict(base)
+    del missing["received_at_ms"]
+    with pytest.raises(VerificationError, match="field 'received_at_ms' is missing"):
+        Receipt.from_dict(missing)
+
+
+def test_reopening_a_log_under_another_id_is_refused(log) -> None:
+    audit, _ = log
+    with pytest.raises(FedLoraError, match="is for log 'fed-test', not 'fed-other'"):
+        AuditLog(audit.folder, "fed-other", Ed25519PrivateKey.generate())
+
+
+def test_checkpoint_time_never_goes_backwards_after_a_clock_jump(tmp_path) -> None:
+    # Arrange: the last checkpoint was signed while the clock ran an hour fast.
+    key = Ed25519PrivateKey.generate()
+    folder = tmp_path / "audit"
+    AuditLog(folder, "fed", key).append("a", round=1)
+    last = json.loads((folder / CHECKPOINTS).read_bytes())
+    last["timestamp_ms"] += 3_600_000
+    last["signature"] = sign_digest(
+        key,
+        checkpoint_digest(
+            log_id="fed",
+            tree_size=1,
+            root_hash=bytes.fromhex(last["root"]),
+            timestamp_ms=last["timestamp_ms"],
+        ),
+    ).hex()
+    (folder / CHECKPOINTS).write_bytes(canonical_json(last) + b"\n")
+    # Act: the coordinator restarts with the right time and appends.
+    reopened = AuditLog(folder, "fed", key)
+    reopened.append("b", round=1)
+    # Assert
+    assert reopened.latest_signed_checkpoint().timestamp_ms >= last["timestamp_ms"]
     assert verify_log(*_files(reopened), ed25519_public_bytes(key)).entries == 2

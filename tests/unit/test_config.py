@@ -4,7 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from fedlora.config import load_client_config, load_coordinator_config
+from fedlora.config import (
+    MIN_KEY_BITS,
+    TestingOptions,
+    check_key_size,
+    load_client_config,
+    load_coordinator_config,
+)
 from fedlora.errors import ConfigError
 
 KEY_A, KEY_B = "a" * 64, "b" * 64
@@ -56,6 +62,32 @@ def test_a_valid_file_parses_with_defaults_and_resolved_paths(tmp_path) -> None:
             ("participant_threshold: 2", "participant_threshold: 3"),
             "participant_threshold: 3 exceeds the 2",
         ),
+        (
+            ("participant_threshold: 2", "participant_threshold: 1"),
+            r"federated_learning\.participant_threshold: must be between 2 and 10000, got 1 "
+            r"\(an aggregate of one contribution is that client's own update\)",
+        ),
+        (
+            ("decryption_threshold: 2", "decryption_threshold: 1"),
+            r"federated_learning\.decryption_threshold: must be between 2 and 128, got 1 "
+            r"\(with t = 1 any single share holder decrypts alone\)",
+        ),
+        (
+            ("rounds: 3", "rounds: 3, ticket_quorum: 3"),
+            r"federated_learning\.ticket_quorum: 3 exceeds the 2 enrolled parties",
+        ),
+        (
+            ("rounds: 3", "rounds: 3, ticket_quorum: 0"),
+            r"federated_learning\.ticket_quorum: must be between 1 and 128, got 0",
+        ),
+        (
+            ("rounds: 3", "rounds: 3, ticket_quorum: true"),
+            r"federated_learning\.ticket_quorum: expected an integer, got True",
+        ),
+        (
+            ("model: {", "testing: {insecure_small_keys: 1}\nmodel: {"),
+            r"testing\.insecure_small_keys: expected true or false, got 1",
+        ),
         (("insecure: true", "insecure: false"), "server.tls: required"),
         (("id: bank-a", "id: 'bank a'"), r"parties\[0\].id: must be letters"),
         (("federation_id: fed-1\n", ""), "federation_id: required key is missing"),
@@ -64,6 +96,26 @@ def test_a_valid_file_parses_with_defaults_and_resolved_paths(tmp_path) -> None:
 def test_errors_name_the_dotted_key(tmp_path, change, message) -> None:
     with pytest.raises(ConfigError, match=message):
         load_coordinator_config(write(tmp_path, COORDINATOR.replace(*change)))
+
+
+def test_safety_settings_default_to_the_safe_choice(tmp_path) -> None:
+    # Arrange / Act
+    cfg = load_coordinator_config(write(tmp_path, COORDINATOR))
+    # Assert: the quorum comes from the key, small keys are refused unless asked for.
+    assert cfg.federated_learning.ticket_quorum is None
+    assert cfg.testing == TestingOptions(insecure_small_keys=False)
+
+
+def test_an_explicit_ticket_quorum_and_small_key_switch_parse(tmp_path) -> None:
+    # Arrange
+    text = COORDINATOR.replace("rounds: 3", "rounds: 3, ticket_quorum: 2") + (
+        "testing: {insecure_small_keys: true}\n"
+    )
+    # Act
+    cfg = load_coordinator_config(write(tmp_path, text))
+    # Assert
+    assert cfg.federated_learning.ticket_quorum == 2
+    assert cfg.testing.insecure_small_keys is True
 
 
 def test_malformed_yaml_names_the_line(tmp_path) -> None:
@@ -77,8 +129,7 @@ def test_malformed_yaml_names_the_line(tmp_path) -> None:
         load_coordinator_config(tmp_path / "missing.yaml")
 
 
-def test_client_config(tmp_path) -> None:
-    text = f"""
+CLIENT = f"""
 id: bank-a
 role: bank
 federation_id: fed-1
@@ -94,8 +145,70 @@ data: {{path: data/bank-a.csv}}
 peers:
   - {{id: bank-a, signing_public_key: "{KEY_A}"}}
   - {{id: hospital-b, signing_public_key: "{KEY_B}"}}
-retry: {{initial_backoff_s: 20, max_backoff_s: 10}}
 """
+
+
+def test_client_policy_defaults_come_from_the_federation_and_the_key(tmp_path) -> None:
+    # Arrange / Act
+    cfg = load_client_config(write(tmp_path, CLIENT))
+    # Assert: unset means "as announced at join" and "⌈(n+t)/2⌉ of the key", resolved elsewhere.
+    assert cfg.policy.min_participants is None
+    assert cfg.policy.ticket_quorum is None
+    assert cfg.testing.insecure_small_keys is False
+
+
+def test_client_policy_pins_parse(tmp_path) -> None:
+    # Arrange
+    text = (
+        CLIENT
+        + "policy: {min_participants: 2, ticket_quorum: 2}\ntesting: {insecure_small_keys: true}\n"
+    )
+    # Act
+    cfg = load_client_config(write(tmp_path, text))
+    # Assert
+    assert (cfg.policy.min_participants, cfg.policy.ticket_quorum) == (2, 2)
+    assert cfg.testing.insecure_small_keys is True
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        (
+            "{min_participants: 1}",
+            r"policy\.min_participants: must be between 2 and 10000, got 1 "
+            r"\(an aggregate of one contribution is that client's own update\)",
+        ),
+        ("{min_participants: 3}", r"policy\.min_participants: 3 exceeds the 2 peers"),
+        ("{ticket_quorum: 3}", r"policy\.ticket_quorum: 3 exceeds the 2 peers"),
+        ("{ticket_quorum: 0}", r"policy\.ticket_quorum: must be between 1 and 128, got 0"),
+        ("{min_participants: true}", r"policy\.min_participants: expected an integer, got True"),
+    ],
+)
+def test_client_policy_refusals_name_the_key(tmp_path, policy, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_client_config(write(tmp_path, CLIENT + f"policy: {policy}\n"))
+
+
+def test_check_key_size_refuses_small_keys_unless_testing_allows_them() -> None:
+    # Arrange
+    strict, lenient = TestingOptions(), TestingOptions(insecure_small_keys=True)
+    # Act / Assert: full-size keys pass either way; small ones only with the testing switch.
+    assert MIN_KEY_BITS == 2048
+    check_key_size(2048, strict, "keys.threshold_public_key")
+    check_key_size(3072, strict, "keys.threshold_public_key")
+    check_key_size(512, lenient, "keys.threshold_public_key")
+    with pytest.raises(
+        ConfigError,
+        match=r"^keys\.threshold_public_key: the key has a 512-bit modulus; fedlora refuses keys "
+        r"below 2048 bits \(set testing\.insecure_small_keys: true for tests and demos only\)$",
+    ):
+        check_key_size(512, strict, "keys.threshold_public_key")
+    with pytest.raises(ConfigError, match="2047-bit modulus"):
+        check_key_size(2047, strict, "keys.threshold_public_key")
+
+
+def test_client_config(tmp_path) -> None:
+    text = CLIENT + "retry: {initial_backoff_s: 20, max_backoff_s: 10}\n"
     with pytest.raises(ConfigError, match=r"retry\.initial_backoff_s"):
         load_client_config(write(tmp_path, text))
     cfg = load_client_config(

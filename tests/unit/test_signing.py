@@ -9,8 +9,10 @@ from fedlora.crypto import (
     checkpoint_digest,
     contribution_digest,
     ed25519_public_bytes,
+    partial_statement_digest,
     receipt_digest,
     sign_digest,
+    ticket_digest,
     verify_signature,
 )
 from fedlora.errors import CryptoError, VerificationError
@@ -25,6 +27,8 @@ BASE = dict(
     weight=7,
     ciphertexts_digest=b"x" * 32,
     value_count=1000,
+    global_version=2,
+    global_digest=b"g" * 32,
 )
 
 
@@ -55,6 +59,8 @@ def test_sign_and_verify_round_trip() -> None:
         {"weight": 8},
         {"ciphertexts_digest": b"y" * 32},
         {"value_count": 999},
+        {"global_version": 1},
+        {"global_digest": b"h" * 32},
     ],
 )
 def test_a_contribution_signature_cannot_be_replayed_with_any_field_changed(change) -> None:
@@ -97,3 +103,69 @@ def test_canonical_encoding_is_unambiguous_and_domain_separated() -> None:
     for bad in ([("x", -1)], [("x", True)], [("x", 1.5)]):
         with pytest.raises(CryptoError, match="field 'x'"):
             canonical_encode("a", bad)
+
+
+TICKET = dict(
+    federation_id="fed-1",
+    round_number=3,
+    key_fingerprint=b"k" * 32,
+    aggregate_digest=b"a" * 32,
+    global_version=2,
+    global_digest=b"g" * 32,
+    contributions=[("bank-a", b"1" * 32), ("bank-b", b"2" * 32), ("hospital-c", b"3" * 32)],
+)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"federation_id": "fed-2"},
+        {"round_number": 2},
+        {"aggregate_digest": b"b" * 32},
+        {"global_digest": b"h" * 32},
+        # The same round without one contributor: the differencing attack's second aggregate.
+        {"contributions": [("bank-a", b"1" * 32), ("bank-b", b"2" * 32)]},
+        {
+            "contributions": [
+                ("bank-a", b"1" * 32),
+                ("bank-b", b"2" * 32),
+                ("hospital-c", b"4" * 32),
+            ]
+        },
+    ],
+)
+def test_a_ticket_names_one_aggregate_of_one_round(change) -> None:
+    assert ticket_digest(**TICKET) != ticket_digest(**{**TICKET, **change})
+
+
+@pytest.mark.parametrize(
+    "contributions",
+    [[], [("bank-b", b"2" * 32), ("bank-a", b"1" * 32)], [("bank-a", b"1" * 32)] * 2],
+)
+def test_a_ticket_refuses_unsorted_repeated_or_empty_contributions(contributions) -> None:
+    with pytest.raises(CryptoError, match="sorted and distinct"):
+        ticket_digest(**{**TICKET, "contributions": contributions})
+
+
+def test_a_partial_statement_binds_round_ticket_values_and_proof() -> None:
+    base = dict(
+        federation_id="fed-1",
+        round_number=3,
+        party_id="bank-a",
+        ticket=b"t" * 32,
+        values_digest=b"v" * 32,
+        challenge=5,
+        response=7,
+    )
+    digests = {
+        partial_statement_digest(**{**base, k: v})
+        for k, v in [
+            ("round_number", 4),
+            ("party_id", "bank-b"),
+            ("ticket", b"u" * 32),
+            ("values_digest", b"w" * 32),
+            ("challenge", 6),
+            ("response", 8),
+        ]
+    }
+    assert len(digests) == 6 and partial_statement_digest(**base) not in digests

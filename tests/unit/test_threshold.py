@@ -18,6 +18,8 @@ from fedlora.crypto import (
     encrypt_batch,
     generate_threshold_key,
     partial_decrypt,
+    proof_response_bound,
+    ticket_quorum,
     verify_partial_decryption,
 )
 from fedlora.crypto._threshold import _combine
@@ -137,6 +139,45 @@ def test_a_cheating_party_is_named(dealt) -> None:
     )
     with pytest.raises(VerificationError, match="'bank-b' failed its proof"):
         verify_partial_decryption(key, cts, forged_proof)
+
+
+def test_a_huge_proof_response_is_refused_before_any_exponentiation(dealt) -> None:
+    # Arrange: a hostile holder answers with a valid partial but a 1 Mibit response z.
+    key = dealt.public_key
+    cts = _encrypt(dealt, [5, 6, 7])
+    good = partial_decrypt(key, dealt.shares[0], cts)
+    huge = dataclasses.replace(
+        good, proof=dataclasses.replace(good.proof, response=good.proof.response << (1 << 20))
+    )
+    # Act / Assert: refused on its size (the message names the bound), not by a slow check.
+    assert good.proof.response < proof_response_bound(key)
+    with pytest.raises(VerificationError, match="above the bound"):
+        verify_partial_decryption(key, cts, huge)
+
+
+def test_the_proof_nonce_is_sized_from_the_public_bound_not_the_share(dealt) -> None:
+    # Arrange: every holder's share has a different bit length; |z| must not reveal it.
+    key = dealt.public_key
+    cts = _encrypt(dealt, [1, 2])
+    # Act
+    lengths = {
+        s.party_id: max(partial_decrypt(key, s, cts).proof.response.bit_length() for _ in range(8))
+        for s in dealt.shares
+    }
+    # Assert: the largest z of each holder sits just under the public bound, whatever |sᵢ| is.
+    bound_bits = proof_response_bound(key).bit_length() - 1
+    assert all(bound_bits - 8 <= bits <= bound_bits for bits in lengths.values()), lengths
+
+
+@pytest.mark.parametrize(
+    ("parties", "threshold", "quorum"), [(3, 2, 3), (5, 3, 4), (6, 3, 5), (6, 2, 4), (10, 3, 7)]
+)
+def test_ticket_quorums_always_share_t_holders(parties, threshold, quorum) -> None:
+    # Two quorums overlap in 2q - n holders; that must be at least t, so with t-1 colluders
+    # there is an honest holder in both, who signs one ticket per round.
+    assert ticket_quorum(parties, threshold) == quorum
+    assert 2 * quorum - parties >= threshold and quorum <= parties
+    assert 2 * (quorum - 1) - parties < threshold or quorum - 1 < threshold
 
 
 def test_a_share_of_another_key_is_rejected(dealt, safe_primes) -> None:

@@ -287,13 +287,19 @@ class Client:
         return quorum
 
     def _consistency(self, old_size: int, new_size: int) -> list[bytes]:
-        proof = self._retry(
-            "audit consistency proof",
-            lambda: self.audit_stub.GetConsistencyProof(
-                audit_pb2.ConsistencyQuery(from_size=old_size, to_size=new_size),
-                metadata=self.metadata,
-            ),
-        )
+        try:
+            proof = self._retry(
+                "audit consistency proof",
+                lambda: self.audit_stub.GetConsistencyProof(
+                    audit_pb2.ConsistencyQuery(from_size=old_size, to_size=new_size),
+                    metadata=self.metadata,
+                ),
+            )
+        except grpc.RpcError as exc:
+            raise VerificationError(
+                f"the coordinator cannot prove that its log of {new_size} entries extends the one of "
+                f"{old_size} ({exc.details()})"  # type: ignore[attr-defined]
+            ) from None
         return list(proof.hashes)
 
     def observe_checkpoint(self, cp: SignedCheckpoint, round_number: int) -> None:
@@ -363,7 +369,6 @@ class Client:
                 if isinstance(exc, AnchorError):
                     raise
                 seen_done.add((status.round, "decrypt"))
-                self.ledger.record_refusal(status.round, "decryption", str(exc))
                 self.console.print(
                     f"[red]{self.config.id}: refusing to decrypt round {status.round}: {exc}[/]"
                 )
@@ -616,6 +621,21 @@ class Client:
         return self._retry("decryption task", fetch)
 
     def decrypt(self, round_number: int) -> bool:
+        """Do this share holder's part of decrypting ``round_number``; True once it is done.
+
+        A refusal is written to the client's ledger before it is raised.
+
+        Raises:
+            VerificationError, CryptoError: the task fails a check, or the ledger refuses it.
+        """
+        try:
+            return self._decrypt(round_number)
+        except (VerificationError, CryptoError) as exc:
+            if not isinstance(exc, AnchorError):  # already recorded where it was found
+                self.ledger.record_refusal(round_number, "decryption", str(exc))
+            raise
+
+    def _decrypt(self, round_number: int) -> bool:
         """Do this share holder's part of decrypting ``round_number``; True once it is done.
 
         Verifies the task in full (once per round), records and signs the round's ticket, and

@@ -1,0 +1,304 @@
+"""A coordinator that deviates from the protocol learns no single client's update.
+
+Each test runs the real coordinator (engine, store, audit log, gRPC server over mTLS) with its
+decryption path replaced by attacker-chosen views (``tests/adversarial/lying.py``), against real
+clients with their real, durable ledgers. Every attack is one that worked before this change:
+the same round decrypted twice with different subsets, an old round relabelled as new, a manifest
+whose round differs from the task's, a split view with 2t ≤ n holders, forged receipts, and a
+forked or shortened audit log.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+import yaml
+
+from fedlora._setup import prepare_federation
+from fedlora.client._ledger import AnchorError
+from fedlora.config import load_coordinator_config
+from fedlora.coordinator import Coordinator, build_engine, create_server
+from fedlora.coordinator._engine import Receipt
+from fedlora.crypto import receipt_digest, sign_digest
+from fedlora.errors import ConfigError, VerificationError
+from fedlora.v1 import federation_pb2
+from tests.adversarial import lying
+from tests.integration import helpers as h
+
+BITS = 512
+SIX = (
+    ("bank-a", "bank"),
+    ("bank-b", "bank"),
+    ("hospital-c", "hospital"),
+    ("hospital-d", "hospital"),
+    ("bank-e", "bank"),
+    ("bank-f", "bank"),
+)
+VICTIM = "bank-b"
+
+
+def _collect_round_1(layout, engine) -> list[str]:  # type: ignore[no-untyped-def]
+    """Every party uploads a real, signed round-1 contribution; the engine fixes the aggregate."""
+    pids = list(layout.client_configs)
+    for pid in pids:
+        h.upload(layout, pid, *h.contribution(layout, pid, 1))
+    deadline = time.monotonic() + 20
+    while engine.stage.value != "ticketing" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.stage.value == "ticketing"
+    return pids
+
+
+@pytest.fixture()
+def five(tmp_path):  # type: ignore[no-untyped-def]
+    layout = prepare_federation(
+        tmp_path, bits=BITS, rounds=3, participant_threshold=4, decryption_threshold=3
+    )
+    engine, running = lying.start(layout)
+    yield layout, engine
+    running.stop(grace=1)
+
+
+def test_the_same_round_twice_with_a_subset_is_refused_even_after_a_restart(five) -> None:
+    # Arrange: round 1 is decrypted honestly once (a 3-of-5 key, quorum 4).
+    layout, engine = five
+    pids = _collect_round_1(layout, engine)
+    engine.views[("*", 1)] = lying.view(engine, 1, pids)
+    holders = {pid: lying.client(layout, pid) for pid in pids}
+    done = {pid: holders[pid].decrypt(1) for pid in pids[:4]}
+    assert done == {pids[0]: False, pids[1]: False, pids[2]: False, pids[3]: True}
+    assert all(holders[pid].decrypt(1) for pid in pids[:3])  # the quorum is now visible
+    (t1,) = engine.signatures
+    assert len(engine.partials) == 4 and {p.ticket_digest for _, p in engine.partials} == {t1}
+    # Act: the attacker asks for round 1 again without the victim (4 >= min_participants),
+    # to every holder, from fresh processes (a restart: only the ledger on disk remembers).
+    without_victim = [p for p in pids if p != VICTIM]
+    engine.views[("*", 1)] = lying.view(engine, 1, without_victim)
+    for pid in pids[:4]:
+        restarted = lying.client(layout, pid)
+        # Assert: each refuses, and says so in its own ledger.
+        with pytest.raises(VerificationError, match="already signed a different decryption ticket"):
+            restarted.decrypt(1)
+        assert restarted.ledger.refusals()[-1]["round"] == 1
+    # The one holder that never signed round 1 signs the subset's ticket, but alone with the
+    # attacker it is far from the quorum: it releases nothing.
+    assert lying.client(layout, pids[4]).decrypt(1) is False
+    assert len(engine.partials) == 4 and {p.ticket_digest for _, p in engine.partials} == {t1}
+    assert "partial_released" not in lying.ledger_kinds(layout, pids[4])
+
+
+def test_an_old_round_relabelled_as_new_is_refused(five) -> None:
+    # Arrange: round 1's aggregate was decrypted; its signed contributions are on the attacker's disk.
+    layout, engine = five
+    pids = _collect_round_1(layout, engine)
+    engine.views[("*", 1)] = lying.view(engine, 1, pids)
+    holders = {pid: lying.client(layout, pid) for pid in pids}
+    for pid in pids[:4]:
+        holders[pid].decrypt(1)
+    without_victim = [p for p in pids if p != VICTIM]
+    # Act 1: a "round 2" task whose manifest honestly says round 1 (the issue's exact attack).
+    engine.views[("*", 2)] = lying.view(engine, 1, without_victim)
+    # Assert 1: the manifest's round must be the task's round.
+    for pid in pids:
+        with pytest.raises(
+            VerificationError, match="manifest is for round 1, but the task is round 2"
+        ):
+            holders[pid].decrypt(2)
+    # Act 2: the same contributions with the manifest relabelled round 2.
+    engine.views[("*", 2)] = lying.view(engine, 1, without_victim, manifest_round=2)
+    # Assert 2: every contribution was signed for round 1, so none verifies as round 2's.
+    for pid in pids:
+        with pytest.raises(VerificationError, match="not signed by that peer's key"):
+            holders[pid].decrypt(2)
+    # Nobody signed anything for round 2, and the only partials are round 1's.
+    assert len(engine.signatures) == 1
+    assert all(p.round_number == 1 for _, p in engine.partials)
+    refusals = holders[pids[0]].ledger.refusals()
+    assert [r["round"] for r in refusals] == [2, 2]
+
+
+def test_a_manifest_for_another_round_than_the_task_is_refused_before_signing(five) -> None:
+    layout, engine = five
+    pids = _collect_round_1(layout, engine)
+    engine.views[("*", 3)] = lying.view(engine, 1, pids)  # a task for round 3, manifest round 1
+    holder = lying.client(layout, pids[0])
+    with pytest.raises(VerificationError, match="manifest is for round 1, but the task is round 3"):
+        holder.decrypt(3)
+    assert engine.signatures == {} and engine.partials == []
+    assert lying.ledger_kinds(layout, pids[0]) == ["refused"]
+
+
+def test_a_split_view_with_2t_le_n_holders_releases_nothing(tmp_path) -> None:
+    # Arrange: 3-of-6 (2t <= n), quorum ⌈(6+3)/2⌉ = 5; two holders collude with the coordinator.
+    layout = prepare_federation(
+        tmp_path, bits=BITS, parties=SIX, rounds=2, participant_threshold=5, decryption_threshold=3
+    )
+    engine, running = lying.start(layout)
+    try:
+        pids = _collect_round_1(layout, engine)
+        colluders, group_a, group_b = pids[4:], pids[:2], pids[2:4]
+        full = lying.view(engine, 1, pids)
+        without_victim = lying.view(engine, 1, [p for p in pids if p != VICTIM])
+        for pid in group_a:
+            engine.views[(pid, 1)] = full
+        for pid in group_b + colluders:
+            engine.views[(pid, 1)] = without_victim
+        holders = {pid: lying.client(layout, pid) for pid in group_a + group_b}
+        # Act: each honest group checks its aggregate and signs its ticket...
+        assert not any(holders[pid].decrypt(1) for pid in group_a + group_b)
+        ticket_a, ticket_b = (
+            next(t for t, s in engine.signatures.items() if set(s) == set(g))
+            for g in (group_a, group_b)
+        )
+        # ...and the colluders sign both tickets, which the attacker shows each group.
+        full.extra_signatures = {
+            c: lying.sign_digest(h.signing_key(layout, c), ticket_a) for c in colluders
+        }
+        without_victim.extra_signatures = {
+            c: lying.sign_digest(h.signing_key(layout, c), ticket_b) for c in colluders
+        }
+        released = [holders[pid].decrypt(1) for pid in group_a + group_b]
+        # Assert: 4 valid signatures per ticket < 5: no honest holder releases a partial, and the
+        # colluders' 2 partials are below t = 3 — neither aggregate can be decrypted.
+        assert released == [False] * 4
+        assert engine.partials == []
+        for pid in group_a + group_b:
+            assert "partial_released" not in lying.ledger_kinds(layout, pid)
+        # Showing group B the other ticket with every signature gathered is refused outright.
+        engine.views[(group_b[0], 1)] = full
+        with pytest.raises(VerificationError, match="already signed a different decryption ticket"):
+            lying.client(layout, group_b[0]).decrypt(1)
+        # Control, beyond the threat model: with t = 3 colluders the quorum is reached (the
+        # signatures above were counted; the bound of t - 1 colluders is tight).
+        full.extra_signatures[group_b[1]] = lying.sign_digest(
+            h.signing_key(layout, group_b[1]), ticket_a
+        )
+        assert holders[group_a[0]].decrypt(1) is True
+        assert [p for p, _ in engine.partials] == [group_a[0]]
+    finally:
+        running.stop(grace=1)
+
+
+def test_a_client_refuses_a_quorum_that_cannot_prevent_a_split_view(tmp_path) -> None:
+    # A 3-of-6 key with a quorum of t = 3 would let two disjoint groups each decrypt.
+    layout = prepare_federation(
+        tmp_path, bits=BITS, parties=SIX, rounds=1, participant_threshold=5, decryption_threshold=3
+    )
+    path = layout.client_configs["bank-a"]
+    doc = yaml.safe_load(path.read_text())
+    doc.setdefault("policy", {})["ticket_quorum"] = 3
+    path.write_text(yaml.safe_dump(doc))
+    running = create_server(load_coordinator_config(layout.coordinator_config))
+    try:
+        with pytest.raises(ConfigError, match=r"policy\.ticket_quorum: 3 is outside 5\.\.6"):
+            lying.client(layout, "bank-a")
+    finally:
+        running.stop(grace=1)
+
+
+def test_the_coordinator_refuses_a_quorum_below_the_safe_bound(tmp_path) -> None:
+    layout = prepare_federation(
+        tmp_path, bits=BITS, parties=SIX, rounds=1, participant_threshold=5, decryption_threshold=3
+    )
+    doc = yaml.safe_load(layout.coordinator_config.read_text())
+    doc["federated_learning"]["ticket_quorum"] = 4
+    layout.coordinator_config.write_text(yaml.safe_dump(doc))
+    with pytest.raises(
+        ConfigError, match=r"federated_learning\.ticket_quorum: 4 is outside 5\.\.6"
+    ):
+        build_engine(load_coordinator_config(layout.coordinator_config))
+
+
+class ReceiptForger(Coordinator):
+    """Stores the victim's contribution but hands it a receipt that is not its own."""
+
+    forge = "other-client"
+
+    def _receipt(self, number, c, *, duplicate=False):  # type: ignore[no-untyped-def]
+        real = super()._receipt(number, c, duplicate=duplicate)
+        if c.client_id != VICTIM:
+            return real
+        if self.forge == "other-client":  # a genuine receipt, but of another client's upload
+            other = next(x for p, x in self.round.contributions.items() if p != VICTIM)  # type: ignore[union-attr]
+            return super()._receipt(number, other)
+        fields = dict(
+            federation_id="another-federation",
+            round_number=number,
+            client_id=c.client_id,
+            contribution=c.contribution_digest,
+            log_index=c.log_index,
+            received_at_ms=c.received_at_ms,
+        )
+        return Receipt(
+            "another-federation",
+            number,
+            c.client_id,
+            c.contribution_digest,
+            c.log_index,
+            c.received_at_ms,
+            sign_digest(self.signing_key, receipt_digest(**fields)),
+            False,
+            real.entry,
+            real.checkpoint,
+            real.inclusion,
+        )
+
+
+@pytest.mark.parametrize("forge", ["other-client", "other-federation"])
+def test_a_receipt_that_is_not_the_clients_own_is_refused(tmp_path, forge) -> None:
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1, aggregation_frequency=2)
+    config = load_coordinator_config(layout.coordinator_config)
+    real = build_engine(config)
+    engine = ReceiptForger(config, real.key, real.signing_key)
+    engine.forge = forge
+    running = create_server(config, engine)
+    try:
+        h.upload(layout, "bank-a", *h.contribution(layout, "bank-a", 1))  # someone to point at
+        victim = lying.client(layout, VICTIM)
+        status = victim.stub.GetRound(federation_pb2.RoundQuery())
+        assert victim.fed is not None
+        with pytest.raises(VerificationError, match=r"the receipt's .* is not this upload's"):
+            victim.contribute(victim.fed, status)
+    finally:
+        running.stop(grace=1)
+    refusal = victim.ledger.refusals()[-1]
+    assert refusal["what"] == "receipt" and refusal["round"] == 1
+    assert not (layout.root / "clients" / VICTIM / "receipts" / "round-00001.json").exists()
+
+
+def test_a_forked_audit_log_stops_the_client(tmp_path) -> None:
+    # Arrange: bank-a contributes once and keeps the checkpoint its receipt carried.
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1, aggregation_frequency=2)
+    config = load_coordinator_config(layout.coordinator_config)
+    running = create_server(config)
+    backup = tmp_path / "backup"
+    try:
+        h.upload(layout, "bank-e", *h.contribution(layout, "bank-e", 1))
+        shutil.copytree(config.state_dir, backup)  # the coordinator's copy before bank-a's upload
+        honest = lying.client(layout, "bank-a")
+        status = honest.stub.GetRound(federation_pb2.RoundQuery())
+        assert honest.fed is not None
+        honest.contribute(honest.fed, status)
+        kept = honest.anchor.current
+        assert kept is not None
+    finally:
+        running.stop(grace=1)
+    # Act: the key holder restores the old state and carries on: the same key, another history.
+    shutil.rmtree(config.state_dir)
+    shutil.copytree(backup, config.state_dir)
+    running = create_server(config)
+    try:
+        for pid in ("bank-b", "hospital-c", "hospital-d"):  # grow the forked log past the kept one
+            h.upload(layout, pid, *h.contribution(layout, pid, 1))
+        client = lying.client(layout, "bank-a")  # a restart: the kept checkpoint is on disk
+        status = client.stub.GetRound(federation_pb2.RoundQuery())
+        assert client.fed is not None
+        # Assert: the receipt's checkpoint does not extend the kept one — the client stops.
+        with pytest.raises(AnchorError, match=r"forked|cannot prove|shrank"):
+            client.contribute(client.fed, status)
+    finally:
+        running.stop(grace=1)
+    assert client.ledger.refusals()[-1]["what"] == "audit checkpoint"
+    assert client.anchor.current == kept  # the fork did not replace the anchor

@@ -1,0 +1,241 @@
+"""One malicious client cannot halt the federation or exhaust the coordinator.
+
+A real coordinator over mTLS; honest parties are real clients with real ledgers; the attacker is a
+real enrolled party that sends what it likes over the real gRPC API.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import grpc
+import pytest
+
+from fedlora._setup import prepare_federation
+from fedlora.audit import read_log_files
+from fedlora.config import load_coordinator_config
+from fedlora.coordinator import build_engine, create_server
+from fedlora.coordinator._limits import BURST
+from fedlora.crypto import (
+    ciphertext_vector_digest,
+    ciphertext_width,
+    encrypt_batch,
+    partial_decrypt,
+    partial_statement_digest,
+    sign_digest,
+)
+from fedlora.v1 import common_pb2, federation_pb2
+from tests.adversarial import lying
+from tests.integration import helpers as h
+
+BITS = 512
+ATTACKER = "bank-e"
+
+
+def _events(state_dir):  # type: ignore[no-untyped-def]
+    entries, _, _ = read_log_files(state_dir)
+    return [json.loads(line) for line in entries.rstrip(b"\n").split(b"\n")]
+
+
+def _wait(condition, seconds: float = 20) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert condition()
+
+
+def _overflowing(layout, engine) -> tuple:  # type: ignore[no-untyped-def]
+    """A validly signed contribution whose plaintexts fill every slot to the brim."""
+    key = h.threshold_key(layout)
+    codec = engine.codec
+    full = (1 << (codec.slots_per_ciphertext * 8 * codec.slot_bytes)) - 1
+    return h.contribution(
+        layout, ATTACKER, 1, ciphertexts=encrypt_batch(key.paillier, [full] * engine.record_count)
+    )
+
+
+def _decrypt_round(layout, pids, round_number: int) -> None:  # type: ignore[no-untyped-def]
+    """Real holders check the task, sign the ticket and release partials once the quorum shows."""
+    holders = [lying.client(layout, pid) for pid in pids]
+    pending = [c for c in holders if not c.decrypt(round_number)]
+    assert len(pending) == len(holders) - 1  # the last signer completed the quorum and released
+    for c in pending[:2]:  # with it, t = 3 partials
+        assert c.decrypt(round_number)
+
+
+def test_an_overflowing_contribution_fails_its_round_and_the_next_opens(tmp_path) -> None:
+    # Arrange: four honest contributions and one that overflows every slot of the sum.
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=2, participant_threshold=5)
+    config = load_coordinator_config(layout.coordinator_config)
+    running = create_server(config)
+    engine = running.engine
+    try:
+        for pid in layout.client_configs:
+            if pid != ATTACKER:
+                h.upload(layout, pid, *h.contribution(layout, pid, 1))
+        h.upload(layout, ATTACKER, *_overflowing(layout, engine))
+        _wait(lambda: engine.stage.value == "ticketing")
+        # Act: the honest holders decrypt; the sum cannot be decoded.
+        _decrypt_round(layout, ["bank-a", "bank-b", "hospital-c", "hospital-d"], 1)
+        _wait(lambda: engine.round is not None and engine.round.number == 2)
+        status = h.stub(layout, "bank-a").GetRound(federation_pb2.RoundQuery())
+    finally:
+        running.stop(grace=1)
+    # Assert: round 1 failed with the reason, nothing was published, round 2 is collecting.
+    events = _events(config.state_dir)
+    failed = [e for e in events if e["event"] == "round_failed"]
+    assert len(failed) == 1 and failed[0]["round"] == 1 and failed[0]["stage"] == "combining"
+    assert "overflowed" in failed[0]["reason"]
+    assert not any(e["event"] == "round_closed" for e in events)
+    assert status.round == 2 and status.stage == common_pb2.ROUND_STAGE_COLLECTING
+
+
+def test_a_restart_into_the_same_fault_fails_the_round_instead_of_wedging(tmp_path) -> None:
+    # Arrange: as above, then the coordinator "crashed" just before it wrote the failure: the
+    # log is cut back to the last accepted partial decryption (real files, the real replay).
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=2, participant_threshold=5)
+    config = load_coordinator_config(layout.coordinator_config)
+    running = create_server(config)
+    try:
+        for pid in layout.client_configs:
+            if pid != ATTACKER:
+                h.upload(layout, pid, *h.contribution(layout, pid, 1))
+        h.upload(layout, ATTACKER, *_overflowing(layout, running.engine))
+        _wait(lambda: running.engine.stage.value == "ticketing")
+        _decrypt_round(layout, ["bank-a", "bank-b", "hospital-c", "hospital-d"], 1)
+        _wait(lambda: running.engine.round is not None and running.engine.round.number == 2)
+    finally:
+        running.stop(grace=1)
+    audit = config.state_dir / "audit"
+    lines = (audit / "entries.log").read_bytes().splitlines(keepends=True)
+    last_partial = max(
+        i for i, line in enumerate(lines) if json.loads(line)["event"] == "partial_accepted"
+    )
+    (audit / "entries.log").write_bytes(b"".join(lines[: last_partial + 1]))
+    checkpoints = (audit / "checkpoints.log").read_bytes().splitlines(keepends=True)
+    (audit / "checkpoints.log").write_bytes(b"".join(checkpoints[: last_partial + 1]))
+    # Act: restart; the replay lands in DECRYPTING with t partials, and the tick combines again.
+    engine = build_engine(config)
+    assert engine.stage.value == "decrypting" and len(engine.round.partials) >= 3  # type: ignore[union-attr]
+    engine.tick()
+    # Assert: the fault is a transition again: round 1 failed, round 2 opened, and so on.
+    assert engine.round is not None and engine.round.number == 2
+    assert engine.stage.value == "collecting"
+    events = _events(config.state_dir)
+    assert [e["event"] for e in events[last_partial + 1 :]][:3] == [
+        "coordinator_restarted",
+        "round_failed",
+        "round_opened",
+    ]
+
+
+def test_a_huge_proof_response_is_refused_cheaply_rate_limited_and_counted(tmp_path) -> None:
+    # Arrange: the quorum is reached and one honest partial is in; the attacker is a holder.
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1, participant_threshold=5)
+    config = load_coordinator_config(layout.coordinator_config)
+    running = create_server(config)
+    engine = running.engine
+    try:
+        for pid in layout.client_configs:
+            h.upload(layout, pid, *h.contribution(layout, pid, 1))
+        _wait(lambda: engine.stage.value == "ticketing")
+        honest = [lying.client(layout, pid) for pid in ("bank-a", "bank-b", "hospital-c")]
+        assert not any(c.decrypt(1) for c in honest)
+        assert lying.client(layout, "hospital-d").decrypt(1)  # 4th signature: quorum, 1 partial
+        attacker = lying.client(layout, ATTACKER)
+        assert attacker.key is not None and attacker.share is not None
+        key, width = attacker.key, ciphertext_width(attacker.key.paillier)
+        aggregate = engine.store.read_records(engine.store.aggregate_path(1), width)
+        partial = partial_decrypt(key, attacker.share, aggregate)
+        z = partial.proof.response << (1 << 20)  # a 1 Mibit response
+        values = b"".join(v.to_bytes(width, "big") for v in partial.values)
+        statement = partial_statement_digest(
+            federation_id=config.federation_id,
+            round_number=1,
+            party_id=ATTACKER,
+            ticket=engine.round.ticket,  # type: ignore[union-attr]
+            values_digest=ciphertext_vector_digest(key.paillier, partial.values),
+            challenge=partial.proof.challenge,
+            response=z,
+        )
+        header = federation_pb2.PartialHeader(
+            round=1,
+            ciphertexts_digest=partial.ciphertexts_digest,
+            proof_challenge=partial.proof.challenge.to_bytes(32, "big"),
+            proof_response=z.to_bytes((z.bit_length() + 7) // 8, "big"),
+            record_count=len(partial.values),
+            ticket_digest=engine.round.ticket,  # type: ignore[union-attr]
+            statement_signature=sign_digest(h.signing_key(layout, ATTACKER), statement),
+        )
+        stub = h.stub(layout, ATTACKER)
+        codes, slowest = [], 0.0
+        # Act: the attacker resends it again and again.
+        for _ in range(BURST + 4):
+            started = time.monotonic()
+            try:
+                stub.SubmitPartialDecryption(
+                    iter(
+                        [
+                            federation_pb2.PartialChunk(header=header),
+                            federation_pb2.PartialChunk(data=values),
+                        ]
+                    )
+                )
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as exc:
+                codes.append(exc.code())  # type: ignore[attr-defined]
+            slowest = max(slowest, time.monotonic() - started)
+            status = h.stub(layout, "bank-a").GetRound(federation_pb2.RoundQuery())
+            assert status.stage == common_pb2.ROUND_STAGE_DECRYPTING  # still answering
+        # The honest holders finish the round regardless.
+        assert all(c.decrypt(1) for c in honest[:2])
+        _wait(lambda: engine.finished)
+    finally:
+        running.stop(grace=1)
+    # Assert: each attempt is refused on its size (no exponentiation: well under a second), then
+    # refused unexamined; one audit entry per distinct refusal, the repeats counted at round end.
+    assert (
+        codes
+        == [grpc.StatusCode.INVALID_ARGUMENT] * BURST + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 4
+    )
+    assert slowest < 1.0, slowest
+    events = _events(config.state_dir)
+    rejected = [e for e in events if e["event"] == "partial_rejected"]
+    assert len(rejected) == 1 and "above the public bound" in rejected[0]["reason"]
+    throttled = [e for e in events if e["event"] == "submission_throttled"]
+    assert len(throttled) == 1 and throttled[0]["party"] == ATTACKER
+    repeated = {
+        e["rejected_event"]: e["count"] for e in events if e["event"] == "rejections_repeated"
+    }
+    assert repeated == {"partial_rejected": BURST - 1, "submission_throttled": 3}
+    assert [e["event"] for e in events].count("round_closed") == 1
+
+
+@pytest.mark.parametrize("what", ["manifest", "ticket"])
+def test_ticket_signatures_for_another_ticket_are_refused_and_audited(tmp_path, what) -> None:
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1, participant_threshold=5)
+    config = load_coordinator_config(layout.coordinator_config)
+    running = create_server(config)
+    try:
+        for pid in layout.client_configs:
+            h.upload(layout, pid, *h.contribution(layout, pid, 1))
+        _wait(lambda: running.engine.stage.value == "ticketing")
+        other = b"\x07" * 32
+        signature = sign_digest(h.signing_key(layout, ATTACKER), other)
+        if what == "ticket":  # a signature on some other ticket
+            request = federation_pb2.TicketSubmission(
+                round=1, ticket_digest=other, signature=signature
+            )
+        else:  # the right ticket, a signature that does not verify
+            request = federation_pb2.TicketSubmission(
+                round=1, ticket_digest=running.engine.round.ticket, signature=signature
+            )
+        with pytest.raises(grpc.RpcError) as raised:
+            h.stub(layout, ATTACKER).SubmitTicket(request)
+    finally:
+        running.stop(grace=1)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    events = _events(config.state_dir)
+    assert [e["party"] for e in events if e["event"] == "ticket_rejected"] == [ATTACKER]
+    assert not any(e["event"] == "ticket_signed" for e in events)

@@ -25,7 +25,7 @@ from rich.live import Live
 from rich.table import Table
 
 from fedlora._setup import Layout, prepare_federation
-from fedlora.audit import events_by_round, read_log_files, verify_log
+from fedlora.audit import SignedCheckpoint, events_by_round, read_log_files, verify_log
 from fedlora.config import MIN_KEY_BITS, load_coordinator_config
 from fedlora.errors import FedLoraError
 
@@ -177,9 +177,23 @@ def run_demo(
 
 def _report(layout: Layout, config, root: Path, started: float) -> int:  # type: ignore[no-untyped-def]
     entries, checkpoints, _ = read_log_files(config.state_dir)
-    summary = verify_log(entries, checkpoints, bytes.fromhex(layout.coordinator_public_key))
+    # Anchor the log with what the clients kept: their receipts and their newest checkpoints.
+    clients = root / "clients"
+    receipts = [json.loads(p.read_bytes()) for p in sorted(clients.glob("*/receipts/*.json"))]
+    kept = [
+        SignedCheckpoint.from_dict(json.loads(p.read_bytes()))
+        for p in sorted(clients.glob("*/checkpoint.json"))
+    ]
+    summary = verify_log(
+        entries,
+        checkpoints,
+        bytes.fromhex(layout.coordinator_public_key),
+        trusted=kept,
+        receipts=receipts,
+    )
     console.print(
-        f"[green]audit log verified[/]: {summary.entries} entries, each followed by a signed checkpoint"
+        f"\n[green]audit log verified[/]: {summary.entries} entries, each followed by a signed checkpoint; "
+        f"consistent with the clients' {len(receipts)} receipts and {len(kept)} kept checkpoints"
     )
     clip, bits = config.codec.clip, config.codec.value_bits
     step = 2 * clip / ((1 << bits) - 1)
@@ -229,9 +243,9 @@ def _report(layout: Layout, config, root: Path, started: float) -> int:  # type:
         f"  coordinator  {config.state_dir} (global adapters in globals/, audit log in audit/)\n"
         f"  receipts     {root / 'clients'}/<id>/receipts/\n"
         f"try:\n"
-        f"  fedlora audit verify {config.state_dir} --public-key {layout.coordinator_public_key}\n"
+        f"  fedlora audit verify {config.state_dir} --public-key {layout.coordinator_public_key} --receipts {clients / 'bank-a' / 'receipts'}\n"
         f"  fedlora audit show {config.state_dir} --public-key {layout.coordinator_public_key} --plot {root / 'rounds.png'}\n"
-        f"  fedlora audit prove {root / 'clients' / 'bank-a' / 'receipts' / 'round-00001.json'} --log {config.state_dir}\n"
+        f"  fedlora audit prove {clients / 'bank-a' / 'receipts' / 'round-00001.json'}\n"
         f"finished in {time.monotonic() - started:.1f}s"
     )
     if not ok:

@@ -29,7 +29,12 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedlora.audit import SignedCheckpoint, verify_checkpoint, verify_entry_inclusion
+from fedlora.audit import (
+    SignedCheckpoint,
+    canonical_json,
+    verify_checkpoint,
+    verify_entry_inclusion,
+)
 from fedlora.client._ledger import AnchorError, CheckpointAnchor, DecryptorLedger
 from fedlora.client._training import LocalTrainer, make_trainer
 from fedlora.config import ClientConfig, check_key_size
@@ -37,22 +42,25 @@ from fedlora.crypto import (
     CodecParams,
     KeyShare,
     ObfuscatorPool,
+    PlaintextProof,
     ThresholdPublicKey,
     add_ciphertext_vectors,
     ciphertext_vector_digest,
     ciphertext_width,
     contribution_digest,
     encode,
-    encrypt_batch,
+    encrypt_and_prove,
     open_key_share,
     partial_decrypt,
     partial_statement_digest,
+    proof_context,
     receipt_digest,
     records_hasher,
     sign_digest,
     ticket_digest,
     ticket_quorum,
     validate_ciphertexts,
+    verify_plaintext_knowledge,
     verify_signature,
 )
 from fedlora.errors import ConfigError, CryptoError, ProtocolError, VerificationError
@@ -433,11 +441,21 @@ class Client:
                 if self.config.debug.save_plaintext_deltas:
                     self._save_delta(r, delta, weight)
                 enc = progress.add_task(f"{self.config.id} round {r}: encrypting", total=1)
+                proof = b""
                 if fed.homomorphic:
                     assert self.key is not None and pool is not None
-                    cts = encrypt_batch(
-                        self.key.paillier, encode(delta, fed.codec, weight=weight), obfuscators=pool
+                    cts, knowledge = encrypt_and_prove(
+                        self.key.paillier,
+                        encode(delta, fed.codec, weight=weight),
+                        context=proof_context(
+                            federation_id=self.config.federation_id,
+                            round_number=r,
+                            client_id=self.config.id,
+                            key_fingerprint=self.key.fingerprint,
+                        ),
+                        obfuscators=pool,
                     )
+                    proof = knowledge.to_bytes(self.key.paillier)
                     width = ciphertext_width(self.key.paillier)
                     records = b"".join(c.to_bytes(width, "big") for c in cts)
                     digest, count, fingerprint = (
@@ -475,6 +493,7 @@ class Client:
                     signature=signature,
                     global_version=status.global_version,
                     global_digest=status.global_digest,
+                    knowledge_proof=proof,
                 )
                 up = progress.add_task(f"{self.config.id} round {r}: uploading", total=len(records))
 
@@ -562,7 +581,9 @@ class Client:
                 "ciphertexts_digest": ciphertexts_digest.hex(),
                 "signature": signature.hex(),
             }
-            if not isinstance(entry, dict) or any(entry.get(k) != v for k, v in recorded.items()):
+            if not isinstance(entry, dict) or canonical_json(entry) != receipt.entry:
+                raise VerificationError("the receipt's audit entry is not in canonical form")
+            if any(entry.get(k) != v for k, v in recorded.items()):
                 raise VerificationError("the receipt's audit entry does not record this upload")
             if not receipt.HasField("checkpoint"):
                 raise VerificationError("the receipt carries no signed audit checkpoint")
@@ -851,13 +872,32 @@ class Client:
             cts = validate_ciphertexts(
                 pk, [int.from_bytes(data[i : i + width], "big") for i in range(0, len(data), width)]
             )
-            digest = self._signed_digest(manifest, entry, ciphertext_vector_digest(pk, cts))
+            cts_digest = ciphertext_vector_digest(pk, cts)
+            digest = self._signed_digest(manifest, entry, cts_digest)
             try:
                 verify_signature(self.peers[entry.client_id], digest, entry.signature)
             except VerificationError:
                 raise VerificationError(
                     f"the contribution of {entry.client_id!r} is not signed by that peer's key "
                     "(over these ciphertexts, this round and this global model)"
+                ) from None
+            try:  # a vector mauled from other contributions cannot come with this proof
+                verify_plaintext_knowledge(
+                    pk,
+                    cts,
+                    PlaintextProof.from_bytes(pk, entry.knowledge_proof),
+                    context=proof_context(
+                        federation_id=self.config.federation_id,
+                        round_number=manifest.round,
+                        client_id=entry.client_id,
+                        key_fingerprint=self.key.fingerprint,
+                    ),
+                    ciphertexts_digest=cts_digest,
+                )
+            except VerificationError as exc:
+                raise VerificationError(
+                    f"the contribution of {entry.client_id!r} carries no valid proof that its sender "
+                    f"knows its plaintexts ({exc})"
                 ) from None
             signed.append((entry.client_id, digest))
             total = cts if total is None else add_ciphertext_vectors(pk, total, cts)

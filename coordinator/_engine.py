@@ -25,6 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,7 @@ from fedlora.crypto import (
     CodecParams,
     DecryptionProof,
     PartialDecryption,
+    PlaintextProof,
     ThresholdPublicKey,
     add_ciphertext_vectors,
     ciphertext_vector_digest,
@@ -51,6 +53,7 @@ from fedlora.crypto import (
     decode,
     ed25519_public_bytes,
     partial_statement_digest,
+    proof_context,
     proof_response_bound,
     receipt_digest,
     records_hasher,
@@ -58,6 +61,7 @@ from fedlora.crypto import (
     ticket_digest,
     ticket_quorum,
     verify_partial_decryption,
+    verify_plaintext_knowledge,
     verify_signature,
 )
 from fedlora.errors import (
@@ -84,6 +88,7 @@ class ContributionHeader:
     signature: bytes
     global_version: int = 0
     global_digest: bytes = b""
+    knowledge_proof: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,7 @@ class Contribution:
     signature: bytes
     log_index: int
     received_at_ms: int
+    knowledge_proof: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -202,6 +208,9 @@ class Coordinator:
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self.limits = RejectionLimiter(clock)
+        self._in_flight: set[tuple[str, str]] = set()  # (identity, kind) being examined now
+        self._joined: set[tuple[str, int]] = set()  # (identity, round) already audited
+        self._job_running = False
         self.stage = Stage.COLLECTING
         self.round: RoundState | None = None
         self.global_version = 0
@@ -293,6 +302,7 @@ class Coordinator:
                     bytes.fromhex(e["signature"]),
                     e["index"],
                     e["time_ms"],
+                    bytes.fromhex(e.get("knowledge_proof", "")),
                 )
             elif kind == "aggregated" and current and e.get("encryption") == "homomorphic":
                 assert self.round is not None
@@ -359,23 +369,42 @@ class Coordinator:
             if self.limits.first(event, who, reason):
                 self.audit.append(event, reason=reason, **fields)
 
-    def _throttle(self, party: Party, what: str) -> None:
-        """Refuse, before any work, a submission from an identity with too many rejections.
+    def _throttle(self, party: Party, what: str, *, exclusive: bool = False) -> None:
+        """Refuse, before any work, a submission from an identity with too many rejections
+        (or, with ``exclusive``, one while another of the same kind is being examined).
 
         Raises:
-            RateLimitError: the identity's rejection budget is spent.
+            RateLimitError: the identity's rejection budget is spent, or it is already busy.
         """
         with self._lock:
             allowed = self.limits.allowed(party.id)
+            busy = exclusive and (party.id, what) in self._in_flight
+            if allowed and exclusive and not busy:
+                self._in_flight.add((party.id, what))
             number = self.round.number if self.round else 0
-        if not allowed:
-            reason = "too many rejected submissions; refused without examination"
+        if not allowed or busy:
+            reason = (
+                f"another {what} from this identity is being examined; refused"
+                if allowed
+                else "too many rejected submissions; refused without examination"
+            )
             self._audit_rejection(
                 "submission_throttled", party.id, reason, round=number, party=party.id, kind=what
             )
             raise RateLimitError(
                 f"{party.id}: {reason}; wait {self.limits.refill_s:.0f}s and fix the cause"
             )
+
+    @contextmanager
+    def _admitted(self, party: Party, what: str) -> Iterator[None]:
+        """One submission of a kind per identity at a time, and only within its budget: N
+        concurrent bad submissions cannot all be examined before the first is rejected."""
+        self._throttle(party, what, exclusive=True)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight.discard((party.id, what))
 
     # -- rounds ------------------------------------------------------------------------------
     def _open_round(self, number: int) -> None:
@@ -437,7 +466,11 @@ class Coordinator:
         with self._lock:
             job = self._decide()
         if job is not None:
-            job()
+            try:
+                job()
+            finally:
+                with self._lock:
+                    self._job_running = False
 
     def _decide(self) -> Callable[[], None] | None:
         if self.round is None or self.stage is Stage.FINISHED:
@@ -453,17 +486,22 @@ class Coordinator:
                 check_transition(self.stage, Stage.AGGREGATING)
                 self.stage = Stage.AGGREGATING
                 participants = tuple(sorted(r.contributions))
+                self._job_running = True
                 return lambda: self._run(r.number, Stage.AGGREGATING, participants)
             if now >= r.deadline_ms:
                 self._fail_round(
                     f"{count} contributions at the deadline, below participant_threshold "
                     f"{self.fl.participant_threshold}; nothing was decrypted"
                 )
+        elif self.stage in (Stage.AGGREGATING, Stage.COMBINING) and not self._job_running:
+            self._fail_round(f"{self.stage.value} ended without an outcome")
         elif self.stage in (Stage.TICKETING, Stage.DECRYPTING):
             assert self.key is not None
+            self._check_quorum()
             if self.stage is Stage.DECRYPTING and len(r.partials) >= self.key.threshold:
                 check_transition(self.stage, Stage.COMBINING)
                 self.stage = Stage.COMBINING
+                self._job_running = True
                 return lambda: self._run(r.number, Stage.COMBINING, r.participants)
             if now >= r.decrypt_deadline_ms:
                 what = (
@@ -542,8 +580,12 @@ class Coordinator:
 
     def join_info(self, party: Party) -> dict[str, Any]:
         with self._lock:
-            check_message(self.stage, Message.JOIN, self.round.number if self.round else 0)
-        self.audit.append("client_joined", client=party.id, role=party.role)
+            number = self.round.number if self.round else 0
+            check_message(self.stage, Message.JOIN, number)
+            first = (party.id, number) not in self._joined
+            self._joined.add((party.id, number))
+        if first:  # once per identity and round: joining again and again cannot grow the log
+            self.audit.append("client_joined", client=party.id, role=party.role)
         return {
             "federation_id": self.config.federation_id,
             "role": party.role,
@@ -627,8 +669,10 @@ class Coordinator:
         if len(h.ciphertexts_digest) != 32 or len(h.signature) != 64:
             raise VerificationError("ciphertexts_digest must be 32 bytes and signature 64 bytes")
 
-    def _validate_records(self, chunk: bytes, first_index: int) -> None:
+    def _validate_records(self, chunk: bytes, first_index: int) -> list[int]:
+        """Check a chunk's records; return its ciphertexts (none in plaintext mode)."""
         w = self.width
+        out: list[int] = []
         if self.homomorphic:
             assert self.key is not None
             n, n2 = gmpy2.mpz(self.key.n), self.key.nsquare
@@ -638,10 +682,12 @@ class Coordinator:
                     raise VerificationError(
                         f"record {first_index + i // w} is not a ciphertext in Z*_(n²)"
                     )
+                out.append(c)
         else:
             values = np.frombuffer(chunk, dtype="<f4")
             if not np.all(np.isfinite(values)):
                 raise VerificationError("a plaintext value is NaN or infinite")
+        return out
 
     def accept_contribution(
         self, party: Party, header: ContributionHeader, chunks: Iterable[bytes]
@@ -651,9 +697,14 @@ class Coordinator:
         Raises:
             ProtocolError: wrong stage or round, or a different second contribution.
             VerificationError: malformed, oversized, truncated, out-of-range or wrongly signed.
-            RateLimitError: the party's rejection budget is spent.
+            RateLimitError: the party's rejection budget is spent, or it is uploading already.
         """
-        self._throttle(party, "contribution")
+        with self._admitted(party, "contribution"):
+            return self._accept_contribution(party, header, chunks)
+
+    def _accept_contribution(
+        self, party: Party, header: ContributionHeader, chunks: Iterable[bytes]
+    ) -> Receipt:
         with self._lock:
             number = self.round.number if self.round else 0
             try:
@@ -662,9 +713,7 @@ class Coordinator:
             except FedLoraError as exc:
                 raise self._reject(party, header.round_number, exc) from None
             existing = self.round.contributions.get(party.id) if self.round else None
-        if existing is not None:
-            for _ in chunks:  # drain the stream; the stored one stands
-                pass
+        if existing is not None:  # the stored one stands; the rest of the stream is not read
             if hmac.compare_digest(existing.ciphertexts_digest, header.ciphertexts_digest):
                 return self._receipt(number, existing, duplicate=True)
             raise self._reject(
@@ -675,6 +724,7 @@ class Coordinator:
         expected_bytes = header.record_count * self.width
         hasher = records_hasher(header.record_count, self.width)
         received, carry = 0, b""
+        ciphertexts: list[int] = []
         try:
             with open(temp, "wb") as fh:
                 for chunk in chunks:
@@ -685,7 +735,9 @@ class Coordinator:
                         )
                     data = carry + chunk
                     usable = len(data) - len(data) % self.width
-                    self._validate_records(data[:usable], (received - len(data)) // self.width)
+                    ciphertexts += self._validate_records(
+                        data[:usable], (received - len(data)) // self.width
+                    )
                     carry = data[usable:]
                     hasher.update(chunk)
                     fh.write(chunk)
@@ -711,6 +763,10 @@ class Coordinator:
                 global_digest=header.global_digest,
             )
             verify_signature(bytes.fromhex(party.signing_public_key), signed, header.signature)
+            if self.homomorphic:
+                self._verify_knowledge(
+                    party.id, number, ciphertexts, header.knowledge_proof, digest
+                )
         except FedLoraError as exc:
             temp.unlink(missing_ok=True)
             raise self._reject(party, number, exc) from None
@@ -740,6 +796,7 @@ class Coordinator:
                 ciphertexts_digest=digest.hex(),
                 contribution_digest=signed.hex(),
                 signature=header.signature.hex(),
+                knowledge_proof=header.knowledge_proof.hex(),
             )
             contribution = Contribution(
                 party.id,
@@ -750,10 +807,30 @@ class Coordinator:
                 header.signature,
                 index,
                 now,
+                header.knowledge_proof,
             )
             self.round.contributions[party.id] = contribution
             self._wake.notify_all()
         return self._receipt(number, contribution)
+
+    def _verify_knowledge(
+        self, client_id: str, number: int, cts: list[int], proof: bytes, digest: bytes
+    ) -> None:
+        """The sender must know its plaintexts: a vector mauled from others' cannot be proven."""
+        assert self.key is not None
+        pk = self.key.paillier
+        verify_plaintext_knowledge(
+            pk,
+            cts,
+            PlaintextProof.from_bytes(pk, proof),
+            context=proof_context(
+                federation_id=self.config.federation_id,
+                round_number=number,
+                client_id=client_id,
+                key_fingerprint=self.fingerprint,
+            ),
+            ciphertexts_digest=digest,
+        )
 
     def _receipt(self, number: int, c: Contribution, *, duplicate: bool = False) -> Receipt:
         """A signed receipt that carries its audit entry, a checkpoint and the inclusion proof."""
@@ -909,6 +986,7 @@ class Coordinator:
                         "record_count": r.contributions[p].record_count,
                         "ciphertexts_digest": r.contributions[p].ciphertexts_digest,
                         "signature": r.contributions[p].signature,
+                        "knowledge_proof": r.contributions[p].knowledge_proof,
                     }
                     for p in r.participants
                 ),
@@ -974,18 +1052,24 @@ class Coordinator:
                 signature=signature.hex(),
             )
             r.ticket_signatures[party.id] = signature
-            if self.stage is Stage.TICKETING and len(r.ticket_signatures) >= self.quorum:
-                self.audit.append(
-                    "ticket_quorum",
-                    round=number,
-                    ticket=ticket.hex(),
-                    signers=sorted(r.ticket_signatures),
-                    quorum=self.quorum,
-                )
-                check_transition(self.stage, Stage.DECRYPTING)
-                self.stage = Stage.DECRYPTING
+            self._check_quorum()
             self._wake.notify_all()
             return len(r.ticket_signatures), self.quorum
+
+    def _check_quorum(self) -> None:
+        """TICKETING → DECRYPTING once the quorum signed (also after a restart between the two)."""
+        r = self.round
+        if r is None or self.stage is not Stage.TICKETING or len(r.ticket_signatures) < self.quorum:
+            return
+        self.audit.append(
+            "ticket_quorum",
+            round=r.number,
+            ticket=r.ticket.hex(),
+            signers=sorted(r.ticket_signatures),
+            quorum=self.quorum,
+        )
+        check_transition(self.stage, Stage.DECRYPTING)
+        self.stage = Stage.DECRYPTING
 
     # -- decryption --------------------------------------------------------------------------
     def accept_partial(self, party: Party, header: PartialHeader, chunks: Iterable[bytes]) -> None:
@@ -996,9 +1080,13 @@ class Coordinator:
         Raises:
             ProtocolError: wrong stage or round; AuthorizationError: not a share holder;
             VerificationError: wrong vector or ticket, malformed, out of bounds, or a failing
-            proof or signature (the party is named); RateLimitError: rejection budget spent.
+            proof or signature (the party is named); RateLimitError: rejection budget spent,
+            or a partial from this party is being examined already.
         """
-        self._throttle(party, "partial decryption")
+        with self._admitted(party, "partial decryption"):
+            self._accept_partial(party, header, chunks)
+
+    def _accept_partial(self, party: Party, header: PartialHeader, chunks: Iterable[bytes]) -> None:
         with self._lock:
             number = self.round.number if self.round else 0
             check_message(self.stage, Message.PARTIAL_DECRYPTION, number)
@@ -1009,9 +1097,7 @@ class Coordinator:
             key = self._holder(party)
             r = self.round
             assert r is not None
-            if party.id in r.partials:
-                for _ in chunks:
-                    pass
+            if party.id in r.partials:  # accepted already; the resent stream is not read
                 return
             cts, agg_digest, ticket = (
                 self._aggregate_ciphertexts(number),

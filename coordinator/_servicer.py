@@ -156,6 +156,7 @@ class FederationServicer(_Base, federation_pb2_grpc.FederationServicer):
                 h.signature,
                 h.global_version,
                 h.global_digest,
+                h.knowledge_proof,
             )
             receipt = self.engine.accept_contribution(party, header, _data(request_iterator))
             return common_pb2.Receipt(

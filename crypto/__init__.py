@@ -9,6 +9,11 @@ trees. ``coordinator`` and ``client`` use only the names exported here.
 from __future__ import annotations
 
 from fedlora.crypto._codec import CodecParams, decode, encode, pack_slots, unpack_slots
+from fedlora.crypto._knowledge import (
+    PlaintextProof,
+    encrypt_and_prove,
+    verify_plaintext_knowledge,
+)
 from fedlora.crypto._merkle import (
     EMPTY_ROOT,
     CompactRange,
@@ -20,7 +25,12 @@ from fedlora.crypto._merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from fedlora.crypto._obfuscation import DjnObfuscator, ObfuscatorPool, ObfuscatorSource
+from fedlora.crypto._obfuscation import (
+    DjnObfuscator,
+    EncryptionWitness,
+    ObfuscatorPool,
+    ObfuscatorSource,
+)
 from fedlora.crypto._paillier import (
     PaillierPrivateKey,
     PaillierPublicKey,
@@ -52,6 +62,7 @@ from fedlora.crypto._signing import (
     contribution_digest,
     ed25519_public_bytes,
     partial_statement_digest,
+    proof_context,
     receipt_digest,
     sign_digest,
     ticket_digest,
@@ -83,12 +94,14 @@ __all__ = [
     "DealtKey",
     "DecryptionProof",
     "DjnObfuscator",
+    "EncryptionWitness",
     "KeyShare",
     "ObfuscatorPool",
     "ObfuscatorSource",
     "PaillierPrivateKey",
     "PaillierPublicKey",
     "PartialDecryption",
+    "PlaintextProof",
     "Rng",
     "ShamirShare",
     "ThresholdPublicKey",
@@ -110,6 +123,7 @@ __all__ = [
     "ed25519_public_bytes",
     "encode",
     "encrypt",
+    "encrypt_and_prove",
     "encrypt_batch",
     "fixed_bytes_to_int",
     "generate_safe_prime",
@@ -128,6 +142,7 @@ __all__ = [
     "pack_slots",
     "partial_decrypt",
     "partial_statement_digest",
+    "proof_context",
     "proof_response_bound",
     "receipt_digest",
     "records_hasher",
@@ -143,6 +158,7 @@ __all__ = [
     "verify_consistency",
     "verify_inclusion",
     "verify_partial_decryption",
+    "verify_plaintext_knowledge",
     "verify_signature",
     "x25519_public_bytes",
 ]

@@ -21,16 +21,28 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Sequence
 from typing import NoReturn, Protocol
 
 import gmpy2
 from phe import PaillierPublicKey
 
-from fedlora.crypto._parallel import default_workers, powmod_bases
+from fedlora.crypto._parallel import default_workers, multi_powmod, powmod_bases
 from fedlora.crypto._util import Rng, require_int, system_rng
 from fedlora.errors import CryptoError
 
-__all__ = ["DjnObfuscator", "ObfuscatorPool", "ObfuscatorSource"]
+__all__ = ["DjnObfuscator", "EncryptionWitness", "ObfuscatorPool", "ObfuscatorSource"]
+
+
+class EncryptionWitness(Protocol):
+    """The n-th roots behind a batch of obfuscators, usable only in combination.
+
+    ``combined_root(w)`` is ``∏ ρⱼ^wⱼ mod n`` where ``Rⱼ = ρⱼⁿ mod n²`` — what a proof of
+    plaintext knowledge needs (:func:`fedlora.crypto.encrypt_and_prove`), without exposing any
+    single root.
+    """
+
+    def combined_root(self, weights: Sequence[bytes]) -> int: ...
 
 
 class ObfuscatorSource(Protocol):
@@ -40,10 +52,33 @@ class ObfuscatorSource(Protocol):
 
     def take(self, count: int) -> list[int]: ...
 
+    def take_with_witness(self, count: int) -> tuple[list[int], EncryptionWitness]: ...
+
 
 class _NoPickle:
     def __reduce__(self) -> NoReturn:
         raise CryptoError(f"{type(self).__name__} must never be serialized or persisted")
+
+
+class RootsWitness(_NoPickle):
+    """Textbook obfuscators ``rⱼⁿ``: the roots are the ``rⱼ`` themselves."""
+
+    def __init__(self, roots: list[int], n: int) -> None:
+        self._roots, self._n = roots, n
+
+    def combined_root(self, weights: Sequence[bytes]) -> int:
+        return multi_powmod(self._roots, weights, self._n)
+
+
+class DjnWitness(_NoPickle):
+    """DJN obfuscators ``hₛ^αⱼ = (h^αⱼ)ⁿ``: the combined root is ``h^(Σ wⱼαⱼ) mod n``."""
+
+    def __init__(self, h: int, alphas: list[int], n: int) -> None:
+        self._h, self._alphas, self._n = h, alphas, n
+
+    def combined_root(self, weights: Sequence[bytes]) -> int:
+        exponent = sum(int.from_bytes(w, "big") * a for w, a in zip(weights, self._alphas))
+        return int(gmpy2.powmod(self._h, exponent, self._n))
 
 
 class DjnObfuscator(_NoPickle):
@@ -72,6 +107,7 @@ class DjnObfuscator(_NoPickle):
         self.exponent_bits = (n.bit_length() + 1) // 2
         x = self._rng.randrange(2, n - 1)
         h = (-x * x) % n
+        self._h, self._n = h, n
         hs = gmpy2.powmod(h, n, self._n2)
         # table[w][d] = hs^(d · 2^(8w)) for every byte position w of α and digit d = 1..255.
         self._table: list[list[gmpy2.mpz]] = []
@@ -86,6 +122,10 @@ class DjnObfuscator(_NoPickle):
 
     def take(self, count: int) -> list[int]:
         """``count`` fresh obfuscators; each ``α`` is drawn once and then forgotten."""
+        return self.take_with_witness(count)[0]
+
+    def take_with_witness(self, count: int) -> tuple[list[int], EncryptionWitness]:
+        """``count`` fresh obfuscators and the witness of their roots (for a proof of knowledge)."""
         count = require_int("count", count, low=0)
         width = len(self._table)
         out = []
@@ -99,7 +139,7 @@ class DjnObfuscator(_NoPickle):
                 if d:
                     acc = acc * row[d] % n2
             out.append(int(acc))
-        return out
+        return out, DjnWitness(self._h, alphas, self._n)
 
 
 class ObfuscatorPool(_NoPickle):
@@ -133,7 +173,7 @@ class ObfuscatorPool(_NoPickle):
         )
         self._batch = require_int("batch", batch, low=1)
         self._rng = system_rng(rng)
-        self._ready: deque[int] = deque()
+        self._ready: deque[tuple[int, int]] = deque()  # (r, rⁿ mod n²)
         self._cond = threading.Condition()
         self._reserved = 0  # obfuscators being computed right now by fillers
         self._stop = False
@@ -163,7 +203,7 @@ class ObfuscatorPool(_NoPickle):
                 self._reserved -= k
                 if self._stop:
                     return
-                self._ready.extend(values)
+                self._ready.extend(zip(rs, values))
                 self._cond.notify_all()
 
     def start(self) -> ObfuscatorPool:
@@ -186,9 +226,10 @@ class ObfuscatorPool(_NoPickle):
             missing = self.capacity - len(self._ready) - self._reserved
         if missing > 0:
             n, n2 = self.public_key.n, self.public_key.nsquare
-            values = powmod_bases(self._draw_rs(missing), n, n2, self._workers)
+            rs = self._draw_rs(missing)
+            values = powmod_bases(rs, n, n2, self._workers)
             with self._cond:
-                self._ready.extend(values)
+                self._ready.extend(zip(rs, values))
                 self._cond.notify_all()
         with self._cond:
             # Background fillers may still be finishing obfuscators they reserved.
@@ -196,20 +237,19 @@ class ObfuscatorPool(_NoPickle):
 
     def take(self, count: int) -> list[int]:
         """Remove and return ``count`` obfuscators; any shortfall is computed now on all cores."""
+        return self.take_with_witness(count)[0]
+
+    def take_with_witness(self, count: int) -> tuple[list[int], EncryptionWitness]:
+        """Like :meth:`take`, with the witness of their roots (for a proof of knowledge)."""
         count = require_int("count", count, low=0)
         with self._cond:
             got = [self._ready.popleft() for _ in range(min(count, len(self._ready)))]
         missing = count - len(got)
         if missing:
-            got.extend(
-                powmod_bases(
-                    self._draw_rs(missing),
-                    self.public_key.n,
-                    self.public_key.nsquare,
-                    self._workers,
-                )
-            )
-        return got
+            rs = self._draw_rs(missing)
+            values = powmod_bases(rs, self.public_key.n, self.public_key.nsquare, self._workers)
+            got.extend(zip(rs, values))
+        return [v for _, v in got], RootsWitness([r for r, _ in got], self.public_key.n)
 
     def close(self) -> None:
         """Stop the fillers and drop every unused obfuscator."""

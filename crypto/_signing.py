@@ -29,6 +29,7 @@ __all__ = [
     "contribution_digest",
     "ed25519_public_bytes",
     "partial_statement_digest",
+    "proof_context",
     "receipt_digest",
     "sign_digest",
     "ticket_digest",
@@ -115,6 +116,21 @@ def contribution_digest(
             ("ciphertexts", ciphertexts_digest),
             ("global_version", global_version),
             ("global_digest", global_digest),
+        ],
+    )
+
+
+def proof_context(
+    *, federation_id: str, round_number: int, client_id: str, key_fingerprint: bytes
+) -> bytes:
+    """The context a contribution's proof of plaintext knowledge is bound to (who, where, when)."""
+    return canonical_encode(
+        "contribution-proof",
+        [
+            ("federation_id", federation_id),
+            ("round", round_number),
+            ("client_id", client_id),
+            ("key_fingerprint", key_fingerprint),
         ],
     )
 

@@ -235,6 +235,7 @@ class ContributionHeader(_message.Message):
     SIGNATURE_FIELD_NUMBER: _builtins.int
     GLOBAL_VERSION_FIELD_NUMBER: _builtins.int
     GLOBAL_DIGEST_FIELD_NUMBER: _builtins.int
+    KNOWLEDGE_PROOF_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     weight: _builtins.int
     value_count: _builtins.int
@@ -248,6 +249,8 @@ class ContributionHeader(_message.Message):
     global_version: _builtins.int
     """the global model the update was trained from"""
     global_digest: _builtins.bytes
+    knowledge_proof: _builtins.bytes
+    """fedlora.crypto.PlaintextProof: the sender knows its plaintexts"""
     def __init__(
         self,
         *,
@@ -261,10 +264,11 @@ class ContributionHeader(_message.Message):
         signature: _builtins.bytes = ...,
         global_version: _builtins.int = ...,
         global_digest: _builtins.bytes = ...,
+        knowledge_proof: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertexts_digest", b"ciphertexts_digest", "codec_digest", b"codec_digest", "global_digest", b"global_digest", "global_version", b"global_version", "key_fingerprint", b"key_fingerprint", "record_count", b"record_count", "round", b"round", "signature", b"signature", "value_count", b"value_count", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertexts_digest", b"ciphertexts_digest", "codec_digest", b"codec_digest", "global_digest", b"global_digest", "global_version", b"global_version", "key_fingerprint", b"key_fingerprint", "knowledge_proof", b"knowledge_proof", "record_count", b"record_count", "round", b"round", "signature", b"signature", "value_count", b"value_count", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -326,11 +330,13 @@ class ManifestEntry(_message.Message):
     RECORD_COUNT_FIELD_NUMBER: _builtins.int
     CIPHERTEXTS_DIGEST_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    KNOWLEDGE_PROOF_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     weight: _builtins.int
     record_count: _builtins.int
     ciphertexts_digest: _builtins.bytes
     signature: _builtins.bytes
+    knowledge_proof: _builtins.bytes
     def __init__(
         self,
         *,
@@ -339,10 +345,11 @@ class ManifestEntry(_message.Message):
         record_count: _builtins.int = ...,
         ciphertexts_digest: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
+        knowledge_proof: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertexts_digest", b"ciphertexts_digest", "client_id", b"client_id", "record_count", b"record_count", "signature", b"signature", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertexts_digest", b"ciphertexts_digest", "client_id", b"client_id", "knowledge_proof", b"knowledge_proof", "record_count", b"record_count", "signature", b"signature", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

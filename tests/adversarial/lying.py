@@ -62,6 +62,9 @@ class LyingCoordinator(Coordinator):
 
         return manifest, stream()
 
+    def _verify_knowledge(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        """The attacker lets its colluding contributors upload anything."""
+
     def accept_ticket(self, party: Party, round_number: int, ticket: bytes, signature: bytes):  # type: ignore[no-untyped-def]
         self.signatures.setdefault(ticket, {})[party.id] = signature
         return len(self.signatures[ticket]), self.quorum
@@ -125,6 +128,7 @@ def view(
                 "record_count": r.contributions[p].record_count,
                 "ciphertexts_digest": r.contributions[p].ciphertexts_digest,
                 "signature": r.contributions[p].signature,
+                "knowledge_proof": r.contributions[p].knowledge_proof,
             }
             for p in participants
         ),

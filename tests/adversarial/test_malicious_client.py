@@ -7,6 +7,7 @@ real enrolled party that sends what it likes over the real gRPC API.
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import grpc
@@ -20,7 +21,6 @@ from fedlora.coordinator._limits import BURST
 from fedlora.crypto import (
     ciphertext_vector_digest,
     ciphertext_width,
-    encrypt_batch,
     partial_decrypt,
     partial_statement_digest,
     sign_digest,
@@ -47,12 +47,9 @@ def _wait(condition, seconds: float = 20) -> None:  # type: ignore[no-untyped-de
 
 def _overflowing(layout, engine) -> tuple:  # type: ignore[no-untyped-def]
     """A validly signed contribution whose plaintexts fill every slot to the brim."""
-    key = h.threshold_key(layout)
     codec = engine.codec
     full = (1 << (codec.slots_per_ciphertext * 8 * codec.slot_bytes)) - 1
-    return h.contribution(
-        layout, ATTACKER, 1, ciphertexts=encrypt_batch(key.paillier, [full] * engine.record_count)
-    )
+    return h.contribution(layout, ATTACKER, 1, plaintexts=[full] * engine.record_count)
 
 
 def _decrypt_round(layout, pids, round_number: int) -> None:  # type: ignore[no-untyped-def]
@@ -239,3 +236,126 @@ def test_ticket_signatures_for_another_ticket_are_refused_and_audited(tmp_path, 
     events = _events(config.state_dir)
     assert [e["party"] for e in events if e["event"] == "ticket_rejected"] == [ATTACKER]
     assert not any(e["event"] == "ticket_signed" for e in events)
+
+
+def _decrypting(tmp_path):  # type: ignore[no-untyped-def]
+    """A round with its quorum and one accepted partial (from hospital-d)."""
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1, participant_threshold=5)
+    config = load_coordinator_config(layout.coordinator_config)
+    running = create_server(config)
+    for pid in layout.client_configs:
+        h.upload(layout, pid, *h.contribution(layout, pid, 1))
+    _wait(lambda: running.engine.stage.value == "ticketing")
+    waiting = [lying.client(layout, pid) for pid in ("bank-a", "bank-b", "hospital-c")]
+    assert not any(c.decrypt(1) for c in waiting)
+    assert lying.client(layout, "hospital-d").decrypt(1)
+    return layout, config, running, waiting
+
+
+def _stalled_partial(layout, party: str, release: threading.Event, engine=None):  # type: ignore[no-untyped-def]
+    """Open a partial-decryption stream that sends its header and then stalls (with ``engine``,
+    a header that passes every check, so the stream is being examined while it stalls)."""
+    header = federation_pb2.PartialHeader(round=1, ticket_digest=b"\x01" * 32)
+    if engine is not None:
+        header = federation_pb2.PartialHeader(
+            round=1,
+            ticket_digest=engine.round.ticket,
+            ciphertexts_digest=engine.round.aggregate_digest,
+            proof_challenge=b"\x01",
+            proof_response=b"\x01",
+            statement_signature=b"\x00" * 64,
+        )
+
+    def messages():  # type: ignore[no-untyped-def]
+        yield federation_pb2.PartialChunk(header=header)
+        release.wait(30)
+        yield federation_pb2.PartialChunk(data=b"\x00" * 16)
+
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            h.stub(layout, party).SubmitPartialDecryption(messages())
+            outcome["code"] = grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            outcome["code"] = exc.code()  # type: ignore[attr-defined]
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_stream_that_never_ends_freezes_nothing(tmp_path) -> None:
+    # Arrange: hospital-d's partial is accepted; it resends one and stalls mid-stream, and
+    # bank-e opens a stalled one of its own (with a wrong ticket).
+    layout, config, running, waiting = _decrypting(tmp_path)
+    release = threading.Event()
+    try:
+        stalled = [
+            _stalled_partial(layout, "hospital-d", release, running.engine),
+            _stalled_partial(layout, ATTACKER, release, running.engine),
+        ]
+        time.sleep(0.5)
+        # Act / Assert: status, tickets and the other holders' partials go on meanwhile.
+        started = time.monotonic()
+        status = h.stub(layout, "bank-a").GetRound(federation_pb2.RoundQuery(), timeout=3)
+        assert (
+            time.monotonic() - started < 1.0 and status.stage == common_pb2.ROUND_STAGE_DECRYPTING
+        )
+        assert all(c.decrypt(1) for c in waiting[:2])
+        _wait(lambda: running.engine.finished)
+    finally:
+        release.set()
+        running.stop(grace=1)
+    for thread, _ in stalled:
+        thread.join(10)
+    assert [e["event"] for e in _events(config.state_dir)].count("round_closed") == 1
+
+
+def test_concurrent_submissions_from_one_identity_are_examined_one_at_a_time(tmp_path) -> None:
+    # Arrange: the attacker holds one partial-decryption stream open (being examined)...
+    layout, config, running, _ = _decrypting(tmp_path)
+    release = threading.Event()
+    try:
+        thread, _ = _stalled_partial(layout, ATTACKER, release, running.engine)
+        time.sleep(0.5)
+        # Act: ...and fires more at the same time.
+        codes = []
+        for _ in range(5):
+            with pytest.raises(grpc.RpcError) as raised:
+                h.stub(layout, ATTACKER).SubmitPartialDecryption(
+                    iter(
+                        [federation_pb2.PartialChunk(header=federation_pb2.PartialHeader(round=1))]
+                    )
+                )
+            codes.append(raised.value.code())
+    finally:
+        release.set()
+        running.stop(grace=1)
+        thread.join(10)
+    # Assert: refused unexamined while the first is in flight; one audit entry, the rest counted.
+    assert codes == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 5
+    throttled = [e for e in _events(config.state_dir) if e["event"] == "submission_throttled"]
+    assert len(throttled) == 1 and "being examined" in throttled[0]["reason"]
+
+
+def test_a_restart_between_the_last_ticket_signature_and_the_quorum_entry_moves_on(
+    tmp_path,
+) -> None:
+    # Arrange: the quorum was reached, then the coordinator "crashed" before writing
+    # ticket_quorum (the log is cut there: real files, the real replay).
+    _, config, running, _ = _decrypting(tmp_path)
+    running.stop(grace=1)
+    audit = config.state_dir / "audit"
+    lines = (audit / "entries.log").read_bytes().splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if json.loads(line)["event"] == "ticket_quorum")
+    (audit / "entries.log").write_bytes(b"".join(lines[:cut]))
+    checkpoints = (audit / "checkpoints.log").read_bytes().splitlines(keepends=True)
+    (audit / "checkpoints.log").write_bytes(b"".join(checkpoints[:cut]))
+    # Act
+    engine = build_engine(config)
+    assert engine.stage.value == "ticketing" and len(engine.round.ticket_signatures) >= 4  # type: ignore[union-attr]
+    engine.tick()
+    # Assert: the quorum is recognised; holders can release their partials again.
+    assert engine.stage.value == "decrypting"
+    assert _events(config.state_dir)[-1]["event"] == "ticket_quorum"

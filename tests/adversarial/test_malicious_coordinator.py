@@ -10,9 +10,12 @@ forked or shortened audit log.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 
+import gmpy2
+import grpc
 import pytest
 import yaml
 
@@ -21,7 +24,7 @@ from fedlora.client._ledger import AnchorError
 from fedlora.config import load_coordinator_config
 from fedlora.coordinator import Coordinator, build_engine, create_server
 from fedlora.coordinator._engine import Receipt
-from fedlora.crypto import receipt_digest, sign_digest
+from fedlora.crypto import encrypt_batch, receipt_digest, sign_digest
 from fedlora.errors import ConfigError, VerificationError
 from fedlora.v1 import federation_pb2
 from tests.adversarial import lying
@@ -128,6 +131,76 @@ def test_a_manifest_for_another_round_than_the_task_is_refused_before_signing(fi
         holder.decrypt(3)
     assert engine.signatures == {} and engine.partials == []
     assert lying.ledger_kinds(layout, pids[0]) == ["refused"]
+
+
+def test_a_colluding_contributor_cannot_cancel_the_others_out_of_the_aggregate(five) -> None:
+    # Arrange: four honest uploads; the attacker gives the colluder bank-e three of them, and
+    # bank-e uploads their inverse times E(0) — validly signed by bank-e, in Z*_(n²), bound to
+    # the round — so that the round's "aggregate" decrypts to hospital-d's update alone.
+    layout, engine = five
+    honest = ["bank-a", "bank-b", "hospital-c", "hospital-d"]
+    for pid in honest:
+        h.upload(layout, pid, *h.contribution(layout, pid, 1))
+    key = h.threshold_key(layout)
+    pk, n2 = key.paillier, key.nsquare
+    cancelled = None
+    for pid in honest[:3]:
+        cts = engine.store.read_records(engine.store.contribution_path(1, pid), engine.width)
+        cancelled = cts if cancelled is None else [a * b % n2 for a, b in zip(cancelled, cts)]
+    assert cancelled is not None
+    zeros = encrypt_batch(pk, [0] * len(cancelled))
+    mauled = [int(gmpy2.invert(c, n2)) * z % n2 for c, z in zip(cancelled, zeros)]
+    # The colluder's best effort at a proof: a genuine one, for a vector it did encrypt itself.
+    decoy = h.contribution(layout, "bank-e", 1)[0].knowledge_proof
+    h.upload(
+        layout, "bank-e", *h.contribution(layout, "bank-e", 1, ciphertexts=mauled, proof=decoy)
+    )
+    deadline = time.monotonic() + 20
+    while engine.stage.value != "ticketing" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pids = list(layout.client_configs)
+    engine.views[("*", 1)] = lying.view(engine, 1, pids)
+    # Act / Assert: every honest holder refuses before signing anything.
+    for pid in honest:
+        with pytest.raises(VerificationError, match="'bank-e' carries no valid proof"):
+            lying.client(layout, pid).decrypt(1)
+        assert lying.ledger_kinds(layout, pid) == ["refused"]
+    assert engine.signatures == {} and engine.partials == []
+
+
+def test_an_honest_coordinator_refuses_a_mauled_contribution_at_intake(tmp_path) -> None:
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1, participant_threshold=5)
+    config = load_coordinator_config(layout.coordinator_config)
+    running = create_server(config)
+    try:
+        h.upload(layout, "bank-a", *h.contribution(layout, "bank-a", 1))
+        key = h.threshold_key(layout)
+        victim = running.engine.store.read_records(
+            running.engine.store.contribution_path(1, "bank-a"), running.engine.width
+        )
+        copied = h.contribution(layout, "bank-e", 1, ciphertexts=victim)  # a verbatim copy
+        decoy = h.contribution(layout, "bank-e", 1)[0].knowledge_proof
+        with pytest.raises(grpc.RpcError) as raised:
+            h.upload(layout, "bank-e", copied[0], copied[1])
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        inverse = [int(gmpy2.invert(c, key.nsquare)) for c in victim]
+        with pytest.raises(grpc.RpcError, match="does not know what it encrypted"):
+            h.upload(
+                layout,
+                "bank-e",
+                *h.contribution(layout, "bank-e", 1, ciphertexts=inverse, proof=decoy),
+            )
+    finally:
+        running.stop(grace=1)
+    rejected = [
+        e
+        for e in (
+            json.loads(x)
+            for x in (config.state_dir / "audit" / "entries.log").read_text().splitlines()
+        )
+        if e["event"] == "contribution_rejected" and e["client"] == "bank-e"
+    ]
+    assert len(rejected) == 2 and "plaintext knowledge" in rejected[1]["reason"]
 
 
 def test_a_split_view_with_2t_le_n_holders_releases_nothing(tmp_path) -> None:

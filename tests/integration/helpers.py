@@ -21,7 +21,8 @@ from fedlora.crypto import (
     ciphertext_width,
     contribution_digest,
     encode,
-    encrypt_batch,
+    encrypt_and_prove,
+    proof_context,
     sign_digest,
 )
 from fedlora.v1 import federation_pb2, federation_pb2_grpc
@@ -79,16 +80,31 @@ def contribution(
     signed_round: int | None = None,
     signer: Ed25519PrivateKey | None = None,
     ciphertexts: list[int] | None = None,
+    plaintexts: list[int] | None = None,
     weight: int = 1,
+    proof: bytes | None = None,
 ) -> tuple[federation_pb2.ContributionHeader, bytes]:
-    """A correctly formed contribution, or one with exactly the flaw asked for."""
+    """A correctly formed contribution, or one with exactly the flaw asked for.
+
+    ``plaintexts`` are encrypted and proven as given (a malicious sender knows what it sends);
+    ``ciphertexts`` are sent as given, with ``proof`` (default: none at all).
+    """
     s = stub(layout, party)
     join = s.Join(federation_pb2.JoinRequest(client_id=party))
     status = s.GetRound(federation_pb2.RoundQuery())
     key, codec = threshold_key(layout), codec_of(join)
+    context = proof_context(
+        federation_id="fedlora-demo",
+        round_number=signed_round or round_number,
+        client_id=party,
+        key_fingerprint=key.fingerprint,
+    )
     if ciphertexts is None:
-        delta = np.random.default_rng(round_number).normal(0, 0.1, join.num_parameters)
-        ciphertexts = encrypt_batch(key.paillier, encode(delta, codec, weight=weight))
+        if plaintexts is None:
+            delta = np.random.default_rng(round_number).normal(0, 0.1, join.num_parameters)
+            plaintexts = encode(delta, codec, weight=weight)
+        ciphertexts, knowledge = encrypt_and_prove(key.paillier, plaintexts, context=context)
+        proof = knowledge.to_bytes(key.paillier) if proof is None else proof
     width = ciphertext_width(key.paillier)
     digest = ciphertext_vector_digest(key.paillier, ciphertexts)
     signed = contribution_digest(
@@ -114,6 +130,7 @@ def contribution(
         signature=sign_digest(signer or signing_key(layout, party), signed),
         global_version=status.global_version,
         global_digest=status.global_digest,
+        knowledge_proof=proof or b"",
     )
     return header, b"".join(c.to_bytes(width, "big") for c in ciphertexts)
 

@@ -157,6 +157,7 @@ def test_a_client_refuses_to_decrypt_anything_but_a_verified_aggregate(tmp_path)
                     record_count=parts[p][0].record_count,
                     ciphertexts_digest=parts[p][0].ciphertexts_digest,
                     signature=parts[p][0].signature,
+                    knowledge_proof=parts[p][0].knowledge_proof,
                 )
                 for p in pids
             ]

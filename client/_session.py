@@ -29,12 +29,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedlora.audit import (
-    SignedCheckpoint,
-    canonical_json,
-    verify_checkpoint,
-    verify_entry_inclusion,
-)
+from fedlora.audit import Receipt as AuditReceipt
+from fedlora.audit import SignedCheckpoint, verify_receipt
 from fedlora.client._ledger import AnchorError, CheckpointAnchor, DecryptorLedger
 from fedlora.client._training import LocalTrainer, make_trainer
 from fedlora.config import ClientConfig, check_key_size
@@ -54,7 +50,6 @@ from fedlora.crypto import (
     partial_decrypt,
     partial_statement_digest,
     proof_context,
-    receipt_digest,
     records_hasher,
     sign_digest,
     ticket_digest,
@@ -546,6 +541,20 @@ class Client:
                 does not record this contribution, or an entry not in the signed checkpoint's
                 log (the refusal is written to the client's ledger).
         """
+        doc = {
+            "federation_id": receipt.federation_id,
+            "round": receipt.round,
+            "client_id": receipt.client_id,
+            "contribution_digest": receipt.contribution_digest.hex(),
+            "log_index": receipt.log_index,
+            "received_at_ms": receipt.received_at_ms,
+            "signature": receipt.signature.hex(),
+            "ciphertexts_digest": ciphertexts_digest.hex(),
+            "coordinator_signing_public_key": self.coordinator_key.hex(),
+            "entry": receipt.entry.decode("ascii", errors="replace"),
+            "inclusion": [h.hex() for h in receipt.inclusion],
+            "checkpoint": checkpoint_from_proto(receipt.checkpoint).to_dict(),
+        }
         try:
             expected = {
                 "federation_id": (receipt.federation_id, self.config.federation_id),
@@ -559,57 +568,21 @@ class Client:
                         f"the receipt's {name} is not this upload's: the coordinator acknowledged "
                         "something else"
                     )
-            digest = receipt_digest(
-                federation_id=receipt.federation_id,
-                round_number=receipt.round,
-                client_id=receipt.client_id,
-                contribution=receipt.contribution_digest,
-                log_index=receipt.log_index,
-                received_at_ms=receipt.received_at_ms,
-            )
-            verify_signature(self.coordinator_key, digest, receipt.signature)
-            try:
-                entry = json.loads(receipt.entry)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise VerificationError("the receipt's audit entry is not JSON") from None
-            recorded = {
-                "event": "contribution_accepted",
-                "index": receipt.log_index,
-                "round": round_number,
-                "client": self.config.id,
-                "contribution_digest": signed.hex(),
-                "ciphertexts_digest": ciphertexts_digest.hex(),
-                "signature": signature.hex(),
-            }
-            if not isinstance(entry, dict) or canonical_json(entry) != receipt.entry:
-                raise VerificationError("the receipt's audit entry is not in canonical form")
-            if any(entry.get(k) != v for k, v in recorded.items()):
-                raise VerificationError("the receipt's audit entry does not record this upload")
             if not receipt.HasField("checkpoint"):
                 raise VerificationError("the receipt carries no signed audit checkpoint")
-            cp = checkpoint_from_proto(receipt.checkpoint)
-            verify_checkpoint(cp, self.coordinator_key, log_id=self.config.federation_id)
-            verify_entry_inclusion(receipt.entry, receipt.log_index, list(receipt.inclusion), cp)
+            parsed = AuditReceipt.from_dict(doc)
+            # Signature, checkpoint, inclusion, canonical entry for this round/client/digests.
+            verify_receipt(parsed, self.coordinator_key)
+            entry = json.loads(receipt.entry)
+            if entry.get("signature") != signature.hex():
+                raise VerificationError("the receipt's audit entry does not record this upload")
         except VerificationError as exc:
             self.ledger.record_refusal(round_number, "receipt", str(exc))
             raise
-        self.observe_checkpoint(cp, round_number)
+        assert parsed.checkpoint is not None
+        self.observe_checkpoint(parsed.checkpoint, round_number)
         folder = self.state_dir / "receipts"
         folder.mkdir(exist_ok=True)
-        doc = {
-            "federation_id": receipt.federation_id,
-            "round": receipt.round,
-            "client_id": receipt.client_id,
-            "contribution_digest": receipt.contribution_digest.hex(),
-            "log_index": receipt.log_index,
-            "received_at_ms": receipt.received_at_ms,
-            "signature": receipt.signature.hex(),
-            "ciphertexts_digest": ciphertexts_digest.hex(),
-            "coordinator_signing_public_key": self.coordinator_key.hex(),
-            "entry": receipt.entry.decode("ascii"),
-            "inclusion": [h.hex() for h in receipt.inclusion],
-            "checkpoint": cp.to_dict(),
-        }
         (folder / f"round-{receipt.round:05d}.json").write_text(json.dumps(doc, indent=2) + "\n")
 
     # -- decryption ------------------------------------------------------------------------------

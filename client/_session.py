@@ -149,6 +149,11 @@ class Client:
         options: list[tuple[str, int | str]] = [
             ("grpc.max_receive_message_length", 8 << 20),
             ("grpc.max_send_message_length", 8 << 20),
+            # Notice a dead connection in ~40 s rather than hours (an upload then retries).
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
         ]
         if c.insecure:
             return grpc.insecure_channel(c.address, options=options)
@@ -204,6 +209,12 @@ class Client:
             key_bits=c.key_bits,
         )
         homomorphic = response.encryption_type == "homomorphic"
+        if not homomorphic and not self.config.policy.allow_plaintext:
+            raise VerificationError(
+                f"the coordinator announces encryption_type {response.encryption_type!r}: this client "
+                "sends updates only encrypted (set policy.allow_plaintext: true for a plaintext "
+                "baseline federation)"
+            )
         quorum = 0
         if homomorphic:
             self.key = ThresholdPublicKey.from_json(
@@ -865,7 +876,6 @@ class Client:
                         client_id=entry.client_id,
                         key_fingerprint=self.key.fingerprint,
                     ),
-                    ciphertexts_digest=cts_digest,
                 )
             except VerificationError as exc:
                 raise VerificationError(

@@ -666,6 +666,8 @@ class Coordinator:
                 f"contribution was trained from another global model (round {r.number} trains "
                 f"from version {r.global_version})"
             )
+        if not self.homomorphic and h.knowledge_proof:
+            raise VerificationError("a plaintext-mode contribution carries no proof")
         if len(h.ciphertexts_digest) != 32 or len(h.signature) != 64:
             raise VerificationError("ciphertexts_digest must be 32 bytes and signature 64 bytes")
 
@@ -764,9 +766,7 @@ class Coordinator:
             )
             verify_signature(bytes.fromhex(party.signing_public_key), signed, header.signature)
             if self.homomorphic:
-                self._verify_knowledge(
-                    party.id, number, ciphertexts, header.knowledge_proof, digest
-                )
+                self._verify_knowledge(party.id, number, ciphertexts, header.knowledge_proof)
         except FedLoraError as exc:
             temp.unlink(missing_ok=True)
             raise self._reject(party, number, exc) from None
@@ -813,9 +813,7 @@ class Coordinator:
             self._wake.notify_all()
         return self._receipt(number, contribution)
 
-    def _verify_knowledge(
-        self, client_id: str, number: int, cts: list[int], proof: bytes, digest: bytes
-    ) -> None:
+    def _verify_knowledge(self, client_id: str, number: int, cts: list[int], proof: bytes) -> None:
         """The sender must know its plaintexts: a vector mauled from others' cannot be proven."""
         assert self.key is not None
         pk = self.key.paillier
@@ -829,7 +827,6 @@ class Coordinator:
                 client_id=client_id,
                 key_fingerprint=self.fingerprint,
             ),
-            ciphertexts_digest=digest,
         )
 
     def _receipt(self, number: int, c: Contribution, *, duplicate: bool = False) -> Receipt:

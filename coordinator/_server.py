@@ -79,9 +79,19 @@ def create_server(
 ) -> Running:
     """Build and start the server; ``port=0`` (or a listen address ending in :0) picks a free port."""
     engine = engine or build_engine(config)
+    # Each party may hold at most one upload of each kind open at a time (the engine refuses a
+    # second), so two threads per party plus headroom are never all taken by slow streams.
+    workers = max(32, 2 * len(config.parties) + 16)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="fedlora-rpc"),
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedlora-rpc"),
         options=[
+            # A connection that died silently is noticed within ~40 s, which ends its streams
+            # and frees the party's upload slot (the default is two hours).
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.max_receive_message_length", config.server.chunk_bytes + (64 << 10)),
             ("grpc.max_send_message_length", config.server.chunk_bytes + (64 << 10)),
             # Headers are small (an identity, a deadline); a hostile client sends no more.

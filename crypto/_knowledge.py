@@ -146,12 +146,12 @@ def verify_plaintext_knowledge(
     proof: PlaintextProof,
     *,
     context: bytes,
-    ciphertexts_digest: bytes | None = None,
 ) -> None:
     """Check that whoever made ``ciphertexts`` for ``context`` knows their plaintexts.
 
-    Args:
-        ciphertexts_digest: the vector's digest if already computed (saves a pass).
+    The vector's digest is always computed here from the vector itself: soundness rests on the
+    Fiat–Shamir weights being fixed *after* the vector, so a digest taken from anywhere else
+    would let a sender pick its vector knowing the weights.
 
     Raises:
         VerificationError: a malformed proof, or one that does not verify (for example a vector
@@ -171,7 +171,7 @@ def verify_plaintext_knowledge(
     z1, z2 = proof.response_m, proof.response_r
     if not (0 <= z1 < n and 0 < z2 < n and gmpy2.gcd(z2, n) == 1):
         raise VerificationError("proof of plaintext knowledge has responses out of range")
-    digest = ciphertext_vector_digest(pk, cts) if ciphertexts_digest is None else ciphertexts_digest
+    digest = ciphertext_vector_digest(pk, cts)
     big_c = multi_powmod(cts, _weights(context, digest, len(cts)), n2)
     e = _challenge(pk, context, digest, big_c, proof.commitment)
     left = (1 + z1 * n) * gmpy2.powmod(z2, n, n2) % n2

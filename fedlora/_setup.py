@@ -231,7 +231,11 @@ def prepare_federation(
                 "coordinator_signing_public_key": coordinator_public,
             },
             "peers": peers,
-            "policy": {"min_participants": participant_threshold},
+            "policy": {
+                "min_participants": participant_threshold,
+                # A plaintext baseline federation must be opted into by each client.
+                **({"allow_plaintext": True} if encryption_type == "none" else {}),
+            },
             "data": {
                 "path": f"data/{pid}.{'jsonl' if text else 'csv'}",
                 "label_column": "label",

@@ -248,13 +248,16 @@ class ClientPolicy:
     ``None`` means the federation's ``participant_threshold`` as announced at join, never below 2.
     Pin it here so that a coordinator cannot lower it. ``ticket_quorum`` (1..128): signatures on
     the round's decryption ticket this client requires; ``None`` means ``⌈(n + t)/2⌉`` from the
-    threshold key. Neither may exceed the number of peers.
+    threshold key. Neither may exceed the number of peers. ``allow_plaintext`` (default false):
+    take part in a federation whose coordinator announces ``encryption_type: none`` — sending
+    updates in the clear, for baselines only; otherwise such a coordinator is refused at join.
     """
 
     min_participants: int | None = field(
         default=None, metadata=_range(2, 10_000, why=_ONE_IS_ONE_CLIENT)
     )
     ticket_quorum: int | None = field(default=None, metadata=_range(1, 128))
+    allow_plaintext: bool = False
 
 
 @dataclass(frozen=True)

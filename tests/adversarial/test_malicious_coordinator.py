@@ -375,3 +375,27 @@ def test_a_forked_audit_log_stops_the_client(tmp_path) -> None:
         running.stop(grace=1)
     assert client.ledger.refusals()[-1]["what"] == "audit checkpoint"
     assert client.anchor.current == kept  # the fork did not replace the anchor
+
+
+class Downgrader(Coordinator):
+    """Tells clients the federation is plaintext, hoping for their raw updates."""
+
+    def join_info(self, party):  # type: ignore[no-untyped-def]
+        return {**super().join_info(party), "encryption_type": "none"}
+
+
+def test_a_coordinator_cannot_switch_clients_to_plaintext(tmp_path) -> None:
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1)
+    config = load_coordinator_config(layout.coordinator_config)
+    real = build_engine(config)
+    running = create_server(config, Downgrader(config, real.key, real.signing_key))
+    try:
+        with pytest.raises(VerificationError, match="announces encryption_type 'none'"):
+            lying.client(layout, "bank-a")
+        events = [
+            json.loads(x)
+            for x in (config.state_dir / "audit" / "entries.log").read_text().splitlines()
+        ]
+    finally:
+        running.stop(grace=1)
+    assert not any(e["event"] == "contribution_accepted" for e in events)

@@ -30,7 +30,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedlora.audit import Receipt as AuditReceipt
-from fedlora.audit import SignedCheckpoint, verify_receipt
+from fedlora.audit import (
+    SignedCheckpoint,
+    canonical_json,
+    verify_entry_inclusion,
+    verify_receipt,
+)
 from fedlora.client._ledger import AnchorError, CheckpointAnchor, DecryptorLedger
 from fedlora.client._training import LocalTrainer, make_trainer
 from fedlora.config import ClientConfig, check_key_size
@@ -669,6 +674,7 @@ class Client:
                     f"the coordinator changed round {round_number}'s ticket while it was being signed"
                 )
         participants = sorted(e.client_id for e in manifest.entries)
+        self._check_ticket_logged(manifest, round_number, ticket, participants)
         self.ledger.record_ticket(round_number, ticket, manifest.aggregate_digest, participants)
         own = sign_digest(self.signing_key, ticket)
         signers = self._valid_ticket_signatures(manifest, ticket)
@@ -735,6 +741,46 @@ class Client:
             f"proven partial decryption ({time.monotonic() - started:.1f}s)"
         )
         return True
+
+    def _check_ticket_logged(
+        self, manifest: Any, round_number: int, ticket: bytes, participants: list[str]
+    ) -> None:
+        """The ticket must be in the coordinator's anchored log before this holder signs it.
+
+        The manifest carries the round's ``aggregated`` entry and its inclusion proof in the
+        signed checkpoint already checked against the kept one: a coordinator that shows two
+        holders two tickets for one round must log both, where any auditor sees them.
+
+        Raises:
+            VerificationError: no such entry, another round's or ticket's, or not in the log.
+        """
+        cp = checkpoint_from_proto(manifest.checkpoint)
+        try:
+            entry = json.loads(manifest.aggregated_entry)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise VerificationError("the manifest carries no audit entry for its ticket") from None
+        expected = {
+            "event": "aggregated",
+            "index": manifest.aggregated_index,
+            "round": round_number,
+            "ticket": ticket.hex(),
+            "aggregate_digest": manifest.aggregate_digest.hex(),
+            "participants": participants,
+        }
+        if (
+            not isinstance(entry, dict)
+            or canonical_json(entry) != manifest.aggregated_entry
+            or any(entry.get(k) != v for k, v in expected.items())
+        ):
+            raise VerificationError(
+                f"the audit entry sent for round {round_number}'s ticket does not record this ticket"
+            )
+        verify_entry_inclusion(
+            manifest.aggregated_entry,
+            manifest.aggregated_index,
+            list(manifest.aggregated_inclusion),
+            cp,
+        )
 
     def _valid_ticket_signatures(self, manifest: Any, ticket: bytes) -> dict[str, bytes]:
         """The manifest's ticket signatures that verify: distinct share holders, pinned keys."""

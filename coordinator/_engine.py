@@ -126,6 +126,7 @@ class RoundState:
     participants: tuple[str, ...] = ()
     aggregate_digest: bytes = b""
     ticket: bytes = b""
+    aggregated_index: int = -1  # audit index of the `aggregated` entry that names the ticket
     total_weight: int = 0
     decrypt_deadline_ms: int = 0
     ticket_signatures: dict[str, bytes] = field(default_factory=dict)
@@ -163,6 +164,9 @@ class Manifest:
     entries: tuple[dict[str, Any], ...]
     ticket_signatures: tuple[tuple[str, bytes], ...]
     checkpoint: SignedCheckpoint
+    aggregated_entry: bytes = b""
+    aggregated_index: int = 0
+    aggregated_inclusion: tuple[bytes, ...] = ()
 
 
 class Coordinator:
@@ -309,6 +313,7 @@ class Coordinator:
                 self.round.participants = tuple(e["participants"])
                 self.round.aggregate_digest = bytes.fromhex(e["aggregate_digest"])
                 self.round.ticket = bytes.fromhex(e.get("ticket", ""))
+                self.round.aggregated_index = e["index"]
                 self.round.total_weight = e["total_weight"]
                 self.round.decrypt_deadline_ms = e["decrypt_deadline_ms"]
                 self.stage = Stage.TICKETING
@@ -906,7 +911,9 @@ class Coordinator:
             self.round.aggregate_digest, self.round.ticket = aggregate_digest, ticket
             deadline = self._now_ms() + int(self.fl.decryption_timeout_s * 1000)
             self.round.decrypt_deadline_ms = deadline
-            self._log_aggregated(participants, total_weight, aggregate_digest, ticket, deadline)
+            self.round.aggregated_index = self._log_aggregated(
+                participants, total_weight, aggregate_digest, ticket, deadline
+            )
             check_transition(self.stage, Stage.TICKETING)
             self.stage = Stage.TICKETING
             self._aggregate_cache = (number, acc_cts)
@@ -921,10 +928,10 @@ class Coordinator:
         aggregate_digest: bytes,
         ticket: bytes,
         decrypt_deadline_ms: int,
-    ) -> None:
+    ) -> int:
         r = self.round
         assert r is not None
-        self.audit.append(
+        return self.audit.append(
             "aggregated",
             round=r.number,
             participants=list(participants),
@@ -966,6 +973,7 @@ class Coordinator:
             self._holder(party)
             r = self.round
             assert r is not None
+            checkpoint = self.checkpoint()
             manifest = Manifest(
                 federation_id=self.config.federation_id,
                 round_number=number,
@@ -988,7 +996,12 @@ class Coordinator:
                     for p in r.participants
                 ),
                 ticket_signatures=tuple(sorted(r.ticket_signatures.items())),
-                checkpoint=self.checkpoint(),
+                checkpoint=checkpoint,
+                aggregated_entry=self.audit.entries(r.aggregated_index, 1)[0],
+                aggregated_index=r.aggregated_index,
+                aggregated_inclusion=tuple(
+                    self.audit.inclusion(r.aggregated_index, checkpoint.tree_size)[1]
+                ),
             )
             paths = [(p, self.store.contribution_path(number, p)) for p in r.participants]
             aggregate = self.store.aggregate_path(number)

@@ -202,6 +202,9 @@ class FederationServicer(_Base, federation_pb2_grpc.FederationServicer):
                     for p, sig in manifest.ticket_signatures
                 ],
                 checkpoint=checkpoint_to_proto(manifest.checkpoint),
+                aggregated_entry=manifest.aggregated_entry,
+                aggregated_index=manifest.aggregated_index,
+                aggregated_inclusion=list(manifest.aggregated_inclusion),
             )
         )
         for client_id, chunk in stream:

@@ -371,6 +371,9 @@ class DecryptionManifest(_message.Message):
     GLOBAL_DIGEST_FIELD_NUMBER: _builtins.int
     TICKET_SIGNATURES_FIELD_NUMBER: _builtins.int
     CHECKPOINT_FIELD_NUMBER: _builtins.int
+    AGGREGATED_ENTRY_FIELD_NUMBER: _builtins.int
+    AGGREGATED_INDEX_FIELD_NUMBER: _builtins.int
+    AGGREGATED_INCLUSION_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     value_count: _builtins.int
     key_fingerprint: _builtins.bytes
@@ -380,6 +383,9 @@ class DecryptionManifest(_message.Message):
     global_version: _builtins.int
     """every contribution was signed over this global model"""
     global_digest: _builtins.bytes
+    aggregated_entry: _builtins.bytes
+    """the round's `aggregated` audit entry (it names the ticket)"""
+    aggregated_index: _builtins.int
     @_builtins.property
     def codec(self) -> _common_pb2.CodecParams: ...
     @_builtins.property
@@ -389,6 +395,10 @@ class DecryptionManifest(_message.Message):
     @_builtins.property
     def checkpoint(self) -> _common_pb2.Checkpoint:
         """the audit log's newest signed checkpoint"""
+
+    @_builtins.property
+    def aggregated_inclusion(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """its RFC 6962 audit path in `checkpoint`'s tree"""
 
     def __init__(
         self,
@@ -405,10 +415,13 @@ class DecryptionManifest(_message.Message):
         global_digest: _builtins.bytes = ...,
         ticket_signatures: _abc.Iterable[Global___TicketSignature] | None = ...,
         checkpoint: _common_pb2.Checkpoint | None = ...,
+        aggregated_entry: _builtins.bytes = ...,
+        aggregated_index: _builtins.int = ...,
+        aggregated_inclusion: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "codec", b"codec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_digest", b"aggregate_digest", "checkpoint", b"checkpoint", "codec", b"codec", "entries", b"entries", "federation_id", b"federation_id", "global_digest", b"global_digest", "global_version", b"global_version", "key_fingerprint", b"key_fingerprint", "record_count", b"record_count", "round", b"round", "ticket_signatures", b"ticket_signatures", "value_count", b"value_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_digest", b"aggregate_digest", "aggregated_entry", b"aggregated_entry", "aggregated_inclusion", b"aggregated_inclusion", "aggregated_index", b"aggregated_index", "checkpoint", b"checkpoint", "codec", b"codec", "entries", b"entries", "federation_id", b"federation_id", "global_digest", b"global_digest", "global_version", b"global_version", "key_fingerprint", b"key_fingerprint", "record_count", b"record_count", "round", b"round", "ticket_signatures", b"ticket_signatures", "value_count", b"value_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -19,7 +19,12 @@ from fedlora.client import Client
 from fedlora.config import Party, load_client_config, load_coordinator_config
 from fedlora.coordinator import Coordinator, build_engine, create_server
 from fedlora.coordinator._engine import Manifest, PartialHeader
-from fedlora.crypto import add_ciphertext_vectors, ciphertext_vector_digest, sign_digest
+from fedlora.crypto import (
+    add_ciphertext_vectors,
+    ciphertext_vector_digest,
+    sign_digest,
+    ticket_digest,
+)
 from tests.integration import helpers as h
 
 
@@ -31,6 +36,7 @@ class View:
     blobs: dict[str, bytes]
     aggregate: bytes
     extra_signatures: dict[str, bytes] = field(default_factory=dict)  # colluders' signatures
+    aggregated_index: int = -1  # the `aggregated` entry the attacker logged for this view
 
 
 class LyingCoordinator(Coordinator):
@@ -50,8 +56,15 @@ class LyingCoordinator(Coordinator):
         signed = list(view.extra_signatures.items())
         for sigs in self.signatures.values():
             signed += sigs.items()
+        checkpoint = self.checkpoint()
+        index = view.aggregated_index if view.aggregated_index >= 0 else self.round.aggregated_index  # type: ignore[union-attr]
         manifest = replace(
-            view.manifest, ticket_signatures=tuple(signed), checkpoint=self.checkpoint()
+            view.manifest,
+            ticket_signatures=tuple(signed),
+            checkpoint=checkpoint,
+            aggregated_entry=self.audit.entries(index, 1)[0],
+            aggregated_index=index,
+            aggregated_inclusion=tuple(self.audit.inclusion(index, checkpoint.tree_size)[1]),
         )
 
         def stream() -> Iterator[tuple[str, bytes]]:
@@ -91,10 +104,13 @@ def view(
     colluders: Iterable[str] = (),
     layout: Layout | None = None,
     ticket_for: bytes | None = None,
+    log: bool = True,
 ) -> View:
     """A task built from the contributions genuinely stored for ``stored_round``.
 
-    ``colluders`` sign ``ticket_for`` (if given) with their real signing keys.
+    ``colluders`` sign ``ticket_for`` (if given) with their real signing keys. With ``log`` the
+    attacker writes the view's ticket into its audit log (holders require that); without, the
+    view is served with the round's honest ``aggregated`` entry.
     """
     assert engine.key is not None
     r = engine.round
@@ -139,7 +155,25 @@ def view(
     if ticket_for is not None and layout is not None:
         extra = {c: sign_digest(h.signing_key(layout, c), ticket_for) for c in colluders}
     aggregate = b"".join(c.to_bytes(width, "big") for c in cts_total)
-    return View(manifest, blobs, aggregate, extra)
+    index = -1
+    if log:
+        ticket = ticket_digest(
+            federation_id=engine.config.federation_id,
+            round_number=manifest.round_number,
+            key_fingerprint=engine.fingerprint,
+            aggregate_digest=manifest.aggregate_digest,
+            global_version=r.global_version,
+            global_digest=r.global_digest,
+            contributions=sorted((p, r.contributions[p].contribution_digest) for p in participants),
+        )
+        index = engine.audit.append(
+            "aggregated",
+            round=manifest.round_number,
+            participants=sorted(participants),
+            aggregate_digest=manifest.aggregate_digest.hex(),
+            ticket=ticket.hex(),
+        )
+    return View(manifest, blobs, aggregate, extra, index)
 
 
 def client(layout: Layout, pid: str) -> Client:

@@ -239,6 +239,13 @@ def test_a_split_view_with_2t_le_n_holders_releases_nothing(tmp_path) -> None:
         assert engine.partials == []
         for pid in group_a + group_b:
             assert "partial_released" not in lying.ledger_kinds(layout, pid)
+        # The split view is on the record: both tickets had to be logged for holders to sign.
+        logged = [
+            json.loads(x)["ticket"]
+            for x in engine.audit.entries()
+            if json.loads(x)["event"] == "aggregated" and json.loads(x)["round"] == 1
+        ]
+        assert {ticket_a.hex(), ticket_b.hex()} <= set(logged)
         # Showing group B the other ticket with every signature gathered is refused outright.
         engine.views[(group_b[0], 1)] = full
         with pytest.raises(VerificationError, match="already signed a different decryption ticket"):
@@ -252,6 +259,18 @@ def test_a_split_view_with_2t_le_n_holders_releases_nothing(tmp_path) -> None:
         assert [p for p, _ in engine.partials] == [group_a[0]]
     finally:
         running.stop(grace=1)
+
+
+def test_a_ticket_that_is_not_in_the_log_is_not_signed(five) -> None:
+    # The attacker serves a subset's aggregate with the round's honest `aggregated` entry,
+    # hoping to keep its second ticket out of the anchored log.
+    layout, engine = five
+    pids = _collect_round_1(layout, engine)
+    engine.views[("*", 1)] = lying.view(engine, 1, [p for p in pids if p != VICTIM], log=False)
+    holder = lying.client(layout, pids[0])
+    with pytest.raises(VerificationError, match="does not record this ticket"):
+        holder.decrypt(1)
+    assert engine.signatures == {} and lying.ledger_kinds(layout, pids[0]) == ["refused"]
 
 
 def test_a_client_refuses_a_quorum_that_cannot_prevent_a_split_view(tmp_path) -> None:

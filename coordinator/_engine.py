@@ -984,17 +984,7 @@ class Coordinator:
                 record_count=self.record_count,
                 global_version=r.global_version,
                 global_digest=r.global_digest,
-                entries=tuple(
-                    {
-                        "client_id": p,
-                        "weight": r.contributions[p].weight,
-                        "record_count": r.contributions[p].record_count,
-                        "ciphertexts_digest": r.contributions[p].ciphertexts_digest,
-                        "signature": r.contributions[p].signature,
-                        "knowledge_proof": r.contributions[p].knowledge_proof,
-                    }
-                    for p in r.participants
-                ),
+                entries=self.manifest_entries(r.participants),
                 ticket_signatures=tuple(sorted(r.ticket_signatures.items())),
                 checkpoint=checkpoint,
                 aggregated_entry=self.audit.entries(r.aggregated_index, 1)[0],
@@ -1017,6 +1007,22 @@ class Coordinator:
                 yield "", chunk
 
         return manifest, stream()
+
+    def manifest_entries(self, participants: Iterable[str]) -> tuple[dict[str, Any], ...]:
+        """What a holder needs of each contribution of the open round to check it."""
+        r = self.round
+        assert r is not None
+        return tuple(
+            {
+                "client_id": p,
+                "weight": r.contributions[p].weight,
+                "record_count": r.contributions[p].record_count,
+                "ciphertexts_digest": r.contributions[p].ciphertexts_digest,
+                "signature": r.contributions[p].signature,
+                "knowledge_proof": r.contributions[p].knowledge_proof,
+            }
+            for p in participants
+        )
 
     def accept_ticket(
         self, party: Party, round_number: int, ticket: bytes, signature: bytes

@@ -137,17 +137,7 @@ def view(
         record_count=engine.record_count,
         global_version=r.global_version,
         global_digest=r.global_digest,
-        entries=tuple(
-            {
-                "client_id": p,
-                "weight": r.contributions[p].weight,
-                "record_count": r.contributions[p].record_count,
-                "ciphertexts_digest": r.contributions[p].ciphertexts_digest,
-                "signature": r.contributions[p].signature,
-                "knowledge_proof": r.contributions[p].knowledge_proof,
-            }
-            for p in participants
-        ),
+        entries=engine.manifest_entries(participants),
         ticket_signatures=(),
         checkpoint=engine.checkpoint(),
     )

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Regenerate fedlora/v1/*_pb2.py, *_pb2_grpc.py and *.pyi from proto/fedlora/v1/*.proto.
+# Regenerate src/fedlora/v1/*_pb2.py, *_pb2_grpc.py and *.pyi from proto/fedlora/v1/*.proto.
 # The generated files are committed and never edited by hand; tests/unit/test_protos.py fails
-# when they are stale. Usage: bash scripts/gen_protos.sh [OUTPUT_ROOT]   (default: repo root)
+# when they are stale. Usage: bash scripts/gen_protos.sh [OUTPUT_ROOT]   (default: src/)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-out=${1:-$root}
+out=${1:-$root/src}
 py=${PYTHON:-$root/.venv/bin/python}
 mkdir -p "$out/fedlora/v1"
 cd "$root/proto"

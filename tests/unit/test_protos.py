@@ -20,7 +20,9 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
     )
     # Assert
     fresh = {p.name: p.read_bytes() for p in (tmp_path / "fedlora" / "v1").iterdir()}
-    committed = {p.name: p.read_bytes() for p in (ROOT / "fedlora" / "v1").iterdir() if p.is_file()}
+    committed = {
+        p.name: p.read_bytes() for p in (ROOT / "src" / "fedlora" / "v1").iterdir() if p.is_file()
+    }
     stale = sorted(name for name in fresh if committed.get(name) != fresh[name])
     missing = sorted(set(committed) - set(fresh))
     assert not stale and not missing, (

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# mypy over the package as installed from src/ (strict on fedlora.crypto; see pyproject.toml).
+# mypy, strict, over the whole package in src/ (generated protobuf code exempt; see pyproject.toml).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

@@ -198,7 +198,10 @@ def run_show(path: Path, public_key: str | None, plot: Path | None) -> int:
     )
     for col in columns:
         table.add_column(col, overflow="fold")
-    fmt = lambda v: "" if v is None else f"{v:.1f}"  # noqa: E731
+
+    def fmt(v: float | None) -> str:
+        return "" if v is None else f"{v:.1f}"
+
     for r in rows:
         table.add_row(
             str(r["round"]),

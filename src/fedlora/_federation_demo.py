@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -46,7 +47,7 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None
     raise FedLoraError(f"the coordinator did not open port {port} within {timeout:.0f}s")
 
 
-def _progress_table(events: list[dict], rounds: int) -> Table:
+def _progress_table(events: list[dict[str, Any]], rounds: int) -> Table:
     table = Table(title="rounds")
     for col in ("round", "stage", "contributions", "partial decryptions", "global adapter"):
         table.add_column(col)
@@ -75,7 +76,7 @@ def _progress_table(events: list[dict], rounds: int) -> Table:
     return table
 
 
-def _events(state_dir: Path) -> list[dict]:
+def _events(state_dir: Path) -> list[dict[str, Any]]:
     path = state_dir / "audit" / "entries.log"
     if not path.exists():
         return []

@@ -81,7 +81,7 @@ def export(config_path: Path, out: Path, version: int | None, merge: bool) -> in
         raise FedLoraError(f"{out} is not empty; refusing to overwrite")
     if merge:
         trainer.load_vector(vector)
-        merged: Any = trainer.model.merge_and_unload()  # type: ignore[operator]
+        merged: Any = trainer.model.merge_and_unload()
         merged.save_pretrained(out)
         if trainer.tokenizer is not None:
             trainer.tokenizer.save_pretrained(out)

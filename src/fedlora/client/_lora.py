@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -68,7 +68,7 @@ class TabularNet(torch.nn.Module):
         h = (x - self.mean) / self.std
         h = torch.relu(self.fc1(h))
         h = torch.relu(self.fc2(h))
-        return self.classifier(h)
+        return cast(torch.Tensor, self.classifier(h))
 
     def save_pretrained(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -225,7 +225,7 @@ class LoraTrainer:
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.mixed):
             out = self.model(**batch) if isinstance(batch, dict) else self.model(batch)
         logits = out.logits if hasattr(out, "logits") else out
-        return logits.float()
+        return cast(torch.Tensor, logits.float())
 
     def train(self, global_vector: np.ndarray, steps: int, on_step: object = None) -> np.ndarray:
         """``steps`` optimizer steps (one step = one unit of aggregation_frequency)."""

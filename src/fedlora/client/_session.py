@@ -180,7 +180,7 @@ class Client:
             try:
                 return call()
             except grpc.RpcError as exc:
-                code = exc.code()  # type: ignore[attr-defined]
+                code = exc.code()
                 if code not in RETRYABLE or attempt == r.max_attempts:
                     raise
                 self.console.print(
@@ -317,7 +317,7 @@ class Client:
         except grpc.RpcError as exc:
             raise VerificationError(
                 f"the coordinator cannot prove that its log of {new_size} entries extends the one of "
-                f"{old_size} ({exc.details()})"  # type: ignore[attr-defined]
+                f"{old_size} ({exc.details()})"
             ) from None
         return list(proof.hashes)
 
@@ -359,12 +359,12 @@ class Client:
             try:
                 self._step(fed, status, seen_done)
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
+                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                     raise
                 # The round moved on between our status poll and this call: normal, carry on.
                 self.console.print(
                     f"{self.config.id}: round {status.round} moved on ({exc.details()})"
-                )  # type: ignore[attr-defined]
+                )
             time.sleep(self.config.retry.poll_interval_s)
 
     def _step(self, fed: Federation, status: Any, seen_done: set[tuple[int, str]]) -> None:
@@ -524,7 +524,7 @@ class Client:
                 except grpc.RpcError as exc:
                     self.console.print(
                         f"[red]{self.config.id} round {r}: contribution refused: {exc.details()}[/]"
-                    )  # type: ignore[attr-defined]
+                    )
                     return
         finally:
             if pool is not None:
@@ -733,7 +733,7 @@ class Client:
         except grpc.RpcError as exc:
             self.console.print(
                 f"[red]{self.config.id} round {round_number}: partial decryption refused: {exc.details()}[/]"
-            )  # type: ignore[attr-defined]
+            )
             return True
         self._verified.pop(round_number, None)
         self.console.print(

@@ -7,6 +7,7 @@ import sys
 import threading
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -27,14 +28,14 @@ SERVICES = (
 )
 
 
-def _read(path, what: str) -> bytes:  # type: ignore[no-untyped-def]
+def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{what} {path}: {exc.strerror}") from None
 
 
-def load_signing_key(path) -> Ed25519PrivateKey:  # type: ignore[no-untyped-def]
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
     try:
         key = load_pem_private_key(_read(path, "keys.signing_key"), password=None)
     except ValueError:

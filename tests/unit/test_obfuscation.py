@@ -16,6 +16,7 @@ def test_pool_fills_in_the_background_and_hands_each_obfuscator_out_once(keypair
     deadline = time.monotonic() + 30
     while len(pool) < 40 and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert len(pool) == 40  # the background threads filled it, nobody asked
     # Act
     first = pool.take(25)
     second = pool.take(25)  # 15 left in the pool, 10 computed on the spot

@@ -6,6 +6,7 @@ import json
 import time
 
 import grpc
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -46,7 +47,12 @@ def federation(tmp_path):
 def test_a_full_federation_over_mtls(tmp_path, encryption) -> None:
     # Arrange
     layout = prepare_federation(
-        tmp_path, bits=BITS, rounds=2, aggregation_frequency=10, encryption_type=encryption
+        tmp_path,
+        bits=BITS,
+        rounds=2,
+        aggregation_frequency=10,
+        encryption_type=encryption,
+        save_plaintext_deltas=True,  # so the test can recompute the mean the hard way
     )
     config = load_coordinator_config(layout.coordinator_config)
     running = create_server(config)
@@ -70,6 +76,23 @@ def test_a_full_federation_over_mtls(tmp_path, encryption) -> None:
     assert all(len(e["participants"]) == 5 for e in summary.events if e["event"] == "round_closed")
     receipts = sorted((tmp_path / "clients" / "bank-a" / "receipts").glob("*.json"))
     assert len(receipts) == 2
+    # Each published global minus the previous one is the weighted mean of the clients' clipped
+    # deltas, within one quantization step (plus float32 storage rounding).
+    clip, bits = config.codec.clip, config.codec.value_bits
+    step = 2 * clip / ((1 << bits) - 1) if encryption == "homomorphic" else 0.0
+    for number in (1, 2):
+        globals_ = config.state_dir / "globals"
+        previous = np.fromfile(globals_ / f"v{number - 1:05d}.f32", dtype="<f4").astype(np.float64)
+        current = np.fromfile(globals_ / f"v{number:05d}.f32", dtype="<f4").astype(np.float64)
+        deltas, weights = [], []
+        for pid in layout.client_configs:
+            folder = tmp_path / "clients" / pid / "deltas"
+            deltas.append(np.clip(np.load(folder / f"round-{number:05d}.npy"), -clip, clip))
+            weights.append(json.loads((folder / f"round-{number:05d}.json").read_text())["weight"])
+        expected = sum(w * d for w, d in zip(weights, deltas)) / sum(weights)
+        tolerance = step + 4 * np.finfo(np.float32).eps * (np.abs(current).max() + 1)
+        assert np.max(np.abs((current - previous) - expected)) <= tolerance
+        assert np.max(np.abs(expected)) > 10 * tolerance  # the check is not vacuous
 
 
 def test_health_and_reflection_answer_standard_tools(federation) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import signal
-import sys
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -21,6 +21,8 @@ from fedlora.coordinator._servicer import AuditServicer, FederationServicer
 from fedlora.crypto import ThresholdPublicKey
 from fedlora.errors import ConfigError, FedLoraError
 from fedlora.v1 import audit_pb2, audit_pb2_grpc, federation_pb2, federation_pb2_grpc
+
+log = logging.getLogger("fedlora.coordinator")
 
 SERVICES = (
     federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name,
@@ -134,12 +136,8 @@ def create_server(
         while not stop_event.is_set():
             try:
                 engine.tick()
-            except Exception as exc:
-                print(
-                    f"fedlora coordinator: round processing failed: {exc}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            except Exception:  # a round fault is a transition; this is a bug or a full disk
+                log.exception("round processing failed; retrying at the next tick")
             engine.wait(0.2)
 
     ticker = threading.Thread(target=tick, name="fedlora-rounds", daemon=True)
@@ -149,14 +147,16 @@ def create_server(
 
 def serve(config: CoordinatorConfig) -> int:
     """Run until SIGTERM/SIGINT or until every round is over; shut down gracefully."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
     running = create_server(config)
     fl = config.federated_learning
     mode = "INSECURE (no TLS) — loopback demo only" if config.server.insecure else "mTLS"
-    print(
+    log.info(
         f"fedlora coordinator for {config.federation_id!r} on port {running.port} ({mode}); "
         f"{len(config.parties)} parties, {fl.rounds} rounds, participant_threshold {fl.participant_threshold}, "
-        f"state in {config.state_dir}",
-        flush=True,
+        f"state in {config.state_dir}"
     )
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -165,11 +165,11 @@ def serve(config: CoordinatorConfig) -> int:
     while not done.wait(0.5):
         status = (running.engine.round.number if running.engine.round else 0, running.engine.stage)
         if status != last:
-            print(f"round {status[0]}: {status[1].value}", flush=True)
+            log.info(f"round {status[0]}: {status[1].value}")
             last = status
         if running.engine.finished:
             done.wait(2.0)  # let clients read the final status
             break
-    print("shutting down: finishing in-flight calls", flush=True)
+    log.info("shutting down: finishing in-flight calls")
     running.stop(grace=10)
     return 0

@@ -5,19 +5,40 @@ independent implementation, so fedlora's encryption is checked against it, not a
 Threshold vectors are computed here with Python's built-in ``pow`` and ``math``, independently of
 gmpy2 and of fedlora's combination code, straight from the equations in Damgård–Jurik 2001 §4.
 
-Usage: python scripts/gen_vectors.py  (writes tests/vectors/paillier.json and threshold.json)
+Wire-format vectors (``formats``) freeze fedlora's own signed statements, the proof of plaintext
+knowledge and the sealed share file: the statements are re-encoded here with ``struct`` from the
+encoding's definition (not with fedlora's encoder), the proof is checked here with ``pow``, and
+the share file is the exact bytes a seeded sealing produces.
+
+Usage: python scripts/gen_vectors.py [paillier] [threshold] [formats]  (default: all; writes
+tests/vectors/<name>.json)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
+import struct
+import sys
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from phe import PaillierPrivateKey, PaillierPublicKey
 
-from fedlora.crypto import deal_threshold_key, generate_safe_prime
+from fedlora.crypto import (
+    checkpoint_digest,
+    contribution_digest,
+    deal_threshold_key,
+    encrypt_and_prove,
+    generate_safe_prime,
+    partial_statement_digest,
+    proof_context,
+    receipt_digest,
+    seal_key_share,
+    ticket_digest,
+)
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "vectors"
 
@@ -93,8 +114,179 @@ def threshold() -> dict:
     }
 
 
+def _encode(domain: str, fields: list[tuple[str, object]]) -> bytes:
+    """The canonical encoding, written out from its definition (STYLE: name, type, length, value)."""
+    out = b"fedlora/v1\x00" + domain.encode() + b"\x00" + struct.pack(">I", len(fields))
+    for name, value in fields:
+        if isinstance(value, int):
+            tag, raw = b"i", value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
+        elif isinstance(value, str):
+            tag, raw = b"s", value.encode()
+        else:
+            assert isinstance(value, bytes)
+            tag, raw = b"b", value
+        out += (
+            struct.pack(">H", len(name)) + name.encode() + tag + struct.pack(">I", len(raw)) + raw
+        )
+    return out
+
+
+def formats() -> dict:
+    h = lambda label: hashlib.sha256(label.encode()).digest()  # noqa: E731
+    contribution = {
+        "federation_id": "fed-1",
+        "round_number": 3,
+        "client_id": "bank-a",
+        "codec_digest": h("codec"),
+        "key_fingerprint": h("key"),
+        "weight": 7,
+        "ciphertexts_digest": h("cts"),
+        "value_count": 1000,
+        "global_version": 2,
+        "global_digest": h("global"),
+    }
+    c_fields = [
+        ("federation_id", "fed-1"), ("round", 3), ("client_id", "bank-a"), ("codec", h("codec")),
+        ("key_fingerprint", h("key")), ("weight", 7), ("value_count", 1000), ("ciphertexts", h("cts")),
+        ("global_version", 2), ("global_digest", h("global")),
+    ]  # fmt: skip
+    ticket = {
+        "federation_id": "fed-1",
+        "round_number": 3,
+        "key_fingerprint": h("key"),
+        "aggregate_digest": h("aggregate"),
+        "global_version": 2,
+        "global_digest": h("global"),
+        "contributions": [("bank-a", h("a")), ("bank-b", h("b"))],
+    }
+    t_fields = [
+        ("federation_id", "fed-1"), ("round", 3), ("key_fingerprint", h("key")),
+        ("aggregate", h("aggregate")), ("global_version", 2), ("global_digest", h("global")),
+        ("contributions", 2), ("client_id", "bank-a"), ("contribution", h("a")),
+        ("client_id", "bank-b"), ("contribution", h("b")),
+    ]  # fmt: skip
+    partial = {
+        "federation_id": "fed-1",
+        "round_number": 3,
+        "party_id": "bank-a",
+        "ticket": h("ticket"),
+        "values_digest": h("values"),
+        "challenge": 2**255 + 1,
+        "response": 3**300,
+    }
+    p_fields = [
+        ("federation_id", "fed-1"), ("round", 3), ("party_id", "bank-a"), ("ticket", h("ticket")),
+        ("values", h("values")), ("challenge", 2**255 + 1), ("response", 3**300),
+    ]  # fmt: skip
+    receipt = {
+        "federation_id": "fed-1",
+        "round_number": 3,
+        "client_id": "bank-a",
+        "contribution": h("contribution"),
+        "log_index": 41,
+        "received_at_ms": 1795465587182,
+    }
+    r_fields = [
+        ("federation_id", "fed-1"), ("round", 3), ("client_id", "bank-a"),
+        ("contribution", h("contribution")), ("log_index", 41), ("received_at_ms", 1795465587182),
+    ]  # fmt: skip
+    checkpoint = {"log_id": "fed-1", "tree_size": 42, "root_hash": h("root"), "timestamp_ms": 5}
+    k_fields = [("log_id", "fed-1"), ("tree_size", 42), ("root", h("root")), ("timestamp_ms", 5)]
+    context = {
+        "federation_id": "fed-1",
+        "round_number": 3,
+        "client_id": "bank-a",
+        "key_fingerprint": h("key"),
+    }
+    x_fields = [
+        ("federation_id", "fed-1"),
+        ("round", 3),
+        ("client_id", "bank-a"),
+        ("key_fingerprint", h("key")),
+    ]
+    statements = []
+    for name, fn, kwargs, domain, fields in [
+        ("contribution", contribution_digest, contribution, "contribution/v2", c_fields),
+        ("ticket", ticket_digest, ticket, "decryption-ticket", t_fields),
+        ("partial", partial_statement_digest, partial, "partial-decryption", p_fields),
+        ("receipt", receipt_digest, receipt, "receipt", r_fields),
+        ("checkpoint", checkpoint_digest, checkpoint, "checkpoint", k_fields),
+    ]:
+        digest = hashlib.sha256(_encode(domain, fields)).digest()
+        assert fn(**kwargs) == digest, name  # fedlora's encoder agrees with the definition
+        statements.append({"name": name, "digest": digest.hex()})
+    encoded_context = _encode("contribution-proof", x_fields)
+    assert proof_context(**context) == encoded_context
+
+    # Proof of plaintext knowledge: fixed key, plaintexts and randomness; checked with pow().
+    rng = random.Random(11)
+    p = generate_safe_prime(256, rng=rng)
+    q = generate_safe_prime(256, rng=rng)
+    pub = PaillierPublicKey(p * q)
+    n, n2 = pub.n, pub.nsquare
+    messages = [5, 6, 7, n - 1]
+    cts, proof = encrypt_and_prove(pub, messages, context=b"kat", rng=random.Random(12))
+    digest_h = hashlib.sha256(
+        b"fedlora/ciphertexts/v1\x00" + struct.pack(">QI", len(cts), (n2.bit_length() + 7) // 8)
+    )
+    for c in cts:
+        digest_h.update(c.to_bytes((n2.bit_length() + 7) // 8, "big"))
+    cts_digest = digest_h.digest()
+    seed = hashlib.sha256(b"fedlora/pok-weights/v1\x00" + b"kat" + cts_digest).digest()
+    stream = hashlib.shake_256(seed).digest(16 * len(cts))
+    weights = [int.from_bytes(stream[16 * j : 16 * j + 16], "big") for j in range(len(cts))]
+    big_c = 1
+    for c, w in zip(cts, weights):
+        big_c = big_c * pow(c, w, n2) % n2
+    w2 = (n2.bit_length() + 7) // 8
+    e = int.from_bytes(
+        hashlib.sha256(
+            b"fedlora/plaintext-knowledge/v1\x00" + b"kat" + cts_digest
+            + big_c.to_bytes(w2, "big") + proof.commitment.to_bytes(w2, "big")
+        ).digest(),
+        "big",
+    )  # fmt: skip
+    left = (1 + proof.response_m * n) * pow(proof.response_r, n, n2) % n2
+    assert left == proof.commitment * pow(big_c, e, n2) % n2
+
+    # A sealed share file: a seeded dealing and sealing give exact bytes.
+    rng = random.Random(13)
+    dealt = deal_threshold_key(
+        generate_safe_prime(256, rng=rng),
+        generate_safe_prime(256, rng=rng),
+        2,
+        ["bank-a", "bank-b", "bank-c"],
+        rng=rng,
+    )
+    recipient = X25519PrivateKey.from_private_bytes(bytes(range(32)))
+    sealed = seal_key_share(dealt.shares[0], recipient.public_key(), rng=random.Random(14))
+    return {
+        "source": "scripts/gen_vectors.py: statements re-encoded with struct from the canonical "
+        "encoding's definition; the proof checked with pow(); the share file from seeded sealing",
+        "statements": statements,
+        "proof_context": encoded_context.hex(),
+        "plaintext_proof": {
+            "p": format(p, "x"),
+            "q": format(q, "x"),
+            "messages": [format(m, "x") for m in messages],
+            "context": "kat",
+            "rng_seed": 12,
+            "ciphertexts": [format(c, "x") for c in cts],
+            "proof": proof.to_bytes(pub).hex(),
+        },
+        "share_file": {
+            "threshold_key": json.loads(dealt.public_key.to_json()),
+            "recipient_private": bytes(range(32)).hex(),
+            "party_id": "bank-a",
+            "secret": format(dealt.shares[0].secret, "x"),
+            "sealed": sealed.decode(),
+        },
+    }
+
+
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
-    for name, doc in [("paillier", paillier()), ("threshold", threshold())]:
-        (OUT / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    builders = {"paillier": paillier, "threshold": threshold, "formats": formats}
+    for name in sys.argv[1:] or list(builders):
+        (OUT / f"{name}.json").write_text(json.dumps(builders[name](), indent=2) + "\n")
         print("wrote", OUT / f"{name}.json")

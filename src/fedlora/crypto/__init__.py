@@ -9,6 +9,7 @@ trees. ``coordinator`` and ``client`` use only the names exported here.
 from __future__ import annotations
 
 from fedlora.crypto._codec import CodecParams, decode, encode, pack_slots, unpack_slots
+from fedlora.crypto._dealer import deal_threshold_key, generate_threshold_key
 from fedlora.crypto._knowledge import (
     PlaintextProof,
     encrypt_and_prove,
@@ -69,20 +70,15 @@ from fedlora.crypto._signing import (
     verify_signature,
 )
 from fedlora.crypto._threshold import (
-    MAX_PARTIES,
-    DealtKey,
     DecryptionProof,
-    KeyShare,
     PartialDecryption,
-    ThresholdPublicKey,
     combine_partial_decryptions,
-    deal_threshold_key,
-    generate_threshold_key,
     partial_decrypt,
     proof_response_bound,
     ticket_quorum,
     verify_partial_decryption,
 )
+from fedlora.crypto._threshold_keys import MAX_PARTIES, DealtKey, KeyShare, ThresholdPublicKey
 from fedlora.crypto._transport import open_key_share, seal_key_share, x25519_public_bytes
 from fedlora.crypto._util import Rng, deterministic_rng, fixed_bytes_to_int, int_to_fixed_bytes
 

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from fedlora.crypto._threshold import KeyShare, ThresholdPublicKey
+from fedlora.crypto._threshold_keys import KeyShare, ThresholdPublicKey
 from fedlora.crypto._util import Rng, system_rng
 from fedlora.errors import CryptoError
 

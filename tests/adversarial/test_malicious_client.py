@@ -61,6 +61,25 @@ def _decrypt_round(layout, pids, round_number: int) -> None:  # type: ignore[no-
         assert c.decrypt(round_number)
 
 
+def _overflowed_round(layout, engine) -> None:  # type: ignore[no-untyped-def]
+    """Four honest contributions and one that overflows every slot; holders decrypt; round 2 opens."""
+    for pid in layout.client_configs:
+        if pid != ATTACKER:
+            h.upload(layout, pid, *h.contribution(layout, pid, 1))
+    h.upload(layout, ATTACKER, *_overflowing(layout, engine))
+    _wait(lambda: engine.stage.value == "ticketing")
+    _decrypt_round(layout, ["bank-a", "bank-b", "hospital-c", "hospital-d"], 1)
+    _wait(lambda: engine.round is not None and engine.round.number == 2)
+
+
+def _cut_log(state_dir, keep: int) -> None:  # type: ignore[no-untyped-def]
+    """Simulate a crash after entry ``keep - 1``: drop later entries and their checkpoints."""
+    audit = state_dir / "audit"
+    for name in ("entries.log", "checkpoints.log"):
+        lines = (audit / name).read_bytes().splitlines(keepends=True)
+        (audit / name).write_bytes(b"".join(lines[:keep]))
+
+
 def test_an_overflowing_contribution_fails_its_round_and_the_next_opens(tmp_path) -> None:
     # Arrange: four honest contributions and one that overflows every slot of the sum.
     layout = prepare_federation(tmp_path, bits=BITS, rounds=2, participant_threshold=5)
@@ -68,14 +87,8 @@ def test_an_overflowing_contribution_fails_its_round_and_the_next_opens(tmp_path
     running = create_server(config)
     engine = running.engine
     try:
-        for pid in layout.client_configs:
-            if pid != ATTACKER:
-                h.upload(layout, pid, *h.contribution(layout, pid, 1))
-        h.upload(layout, ATTACKER, *_overflowing(layout, engine))
-        _wait(lambda: engine.stage.value == "ticketing")
         # Act: the honest holders decrypt; the sum cannot be decoded.
-        _decrypt_round(layout, ["bank-a", "bank-b", "hospital-c", "hospital-d"], 1)
-        _wait(lambda: engine.round is not None and engine.round.number == 2)
+        _overflowed_round(layout, engine)
         status = h.stub(layout, "bank-a").GetRound(federation_pb2.RoundQuery())
     finally:
         running.stop(grace=1)
@@ -95,23 +108,12 @@ def test_a_restart_into_the_same_fault_fails_the_round_instead_of_wedging(tmp_pa
     config = load_coordinator_config(layout.coordinator_config)
     running = create_server(config)
     try:
-        for pid in layout.client_configs:
-            if pid != ATTACKER:
-                h.upload(layout, pid, *h.contribution(layout, pid, 1))
-        h.upload(layout, ATTACKER, *_overflowing(layout, running.engine))
-        _wait(lambda: running.engine.stage.value == "ticketing")
-        _decrypt_round(layout, ["bank-a", "bank-b", "hospital-c", "hospital-d"], 1)
-        _wait(lambda: running.engine.round is not None and running.engine.round.number == 2)
+        _overflowed_round(layout, running.engine)
     finally:
         running.stop(grace=1)
-    audit = config.state_dir / "audit"
-    lines = (audit / "entries.log").read_bytes().splitlines(keepends=True)
-    last_partial = max(
-        i for i, line in enumerate(lines) if json.loads(line)["event"] == "partial_accepted"
-    )
-    (audit / "entries.log").write_bytes(b"".join(lines[: last_partial + 1]))
-    checkpoints = (audit / "checkpoints.log").read_bytes().splitlines(keepends=True)
-    (audit / "checkpoints.log").write_bytes(b"".join(checkpoints[: last_partial + 1]))
+    events = _events(config.state_dir)
+    last_partial = max(i for i, e in enumerate(events) if e["event"] == "partial_accepted")
+    _cut_log(config.state_dir, last_partial + 1)
     # Act: restart; the replay lands in DECRYPTING with t partials, and the tick combines again.
     engine = build_engine(config)
     assert engine.stage.value == "decrypting" and len(engine.round.partials) >= 3  # type: ignore[union-attr]
@@ -346,12 +348,8 @@ def test_a_restart_between_the_last_ticket_signature_and_the_quorum_entry_moves_
     # ticket_quorum (the log is cut there: real files, the real replay).
     _, config, running, _ = _decrypting(tmp_path)
     running.stop(grace=1)
-    audit = config.state_dir / "audit"
-    lines = (audit / "entries.log").read_bytes().splitlines(keepends=True)
-    cut = next(i for i, line in enumerate(lines) if json.loads(line)["event"] == "ticket_quorum")
-    (audit / "entries.log").write_bytes(b"".join(lines[:cut]))
-    checkpoints = (audit / "checkpoints.log").read_bytes().splitlines(keepends=True)
-    (audit / "checkpoints.log").write_bytes(b"".join(checkpoints[:cut]))
+    cut = next(i for i, e in enumerate(_events(config.state_dir)) if e["event"] == "ticket_quorum")
+    _cut_log(config.state_dir, cut)
     # Act
     engine = build_engine(config)
     assert engine.stage.value == "ticketing" and len(engine.round.ticket_signatures) >= 4  # type: ignore[union-attr]

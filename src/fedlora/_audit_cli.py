@@ -336,14 +336,13 @@ def run_prove(
 def _fetch_proof(
     config_path: Path, index: int, coordinator_key: bytes
 ) -> tuple[bytes, list[bytes], int, bytes]:
-    from fedlora.client._session import Client
+    from fedlora.client import GrpcTransport
     from fedlora.config import load_client_config
     from fedlora.v1 import audit_pb2, audit_pb2_grpc
 
-    cfg = load_client_config(config_path)
-    channel = Client._channel_for(cfg)
-    stub = audit_pb2_grpc.AuditStub(channel)
-    metadata = Client._metadata_for(cfg)
+    transport = GrpcTransport(load_client_config(config_path))
+    stub = audit_pb2_grpc.AuditStub(transport.channel)
+    metadata = transport.metadata
     cp = stub.GetCheckpoint(audit_pb2.CheckpointQuery(), metadata=metadata)
     verify_signature(
         coordinator_key,

@@ -61,21 +61,16 @@ def export(config_path: Path, out: Path, version: int | None, merge: bool) -> in
     """Fetch a global adapter from the coordinator and write it in peft format, or merged."""
     from fedlora.client import Client
     from fedlora.client._lora import LoraTrainer
-    from fedlora.v1 import federation_pb2
 
     config = load_client_config(config_path)
     client = Client(config, console=console)
     if not isinstance(client.trainer, LoraTrainer):
         raise FedLoraError("model.kind linear has no adapter to export; use tabular or text")
     client.join()
-    status = client.stub.GetRound(federation_pb2.RoundQuery(), metadata=client.metadata)
+    status = client.transport.round_status()
     version = status.global_version if version is None else version
     digest = status.global_digest if version == status.global_version else None
-    vector = (
-        client.download_global(version, digest)
-        if digest
-        else client.download_global_unchecked(version)
-    )
+    vector = client.download_global(version, digest)
     trainer = client.trainer
     if out.exists() and any(out.iterdir()):
         raise FedLoraError(f"{out} is not empty; refusing to overwrite")

@@ -15,6 +15,8 @@ __all__ = [
     "NotFoundError",
     "ProtocolError",
     "RateLimitError",
+    "RemoteError",
+    "TransportError",
     "VerificationError",
 ]
 
@@ -53,3 +55,20 @@ class NotFoundError(FedLoraError):
 
 class RateLimitError(FedLoraError):
     """Too many rejected submissions from one identity; refused before any work (RESOURCE_EXHAUSTED)."""
+
+
+class RemoteError(FedLoraError):
+    """The other side examined a request and refused it; ``reason`` is the kind of refusal.
+
+    Kept apart from the local error classes: a client that *refuses* a coordinator's task raises
+    :class:`VerificationError`; a coordinator that refuses the client's upload reaches the client
+    as ``RemoteError`` with ``reason`` :class:`VerificationError`.
+    """
+
+    def __init__(self, message: str, reason: type[FedLoraError] = FedLoraError) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class TransportError(FedLoraError):
+    """The other side could not be reached (or kept answering "busy") after every retry."""

@@ -18,13 +18,14 @@ from fedlora._setup import Layout
 from fedlora.client import Client
 from fedlora.config import Party, load_client_config, load_coordinator_config
 from fedlora.coordinator import Coordinator, build_engine, create_server
-from fedlora.coordinator._engine import Manifest, PartialHeader
 from fedlora.crypto import (
     add_ciphertext_vectors,
     ciphertext_vector_digest,
     sign_digest,
     ticket_digest,
 )
+from fedlora.protocol import DecryptionManifest as Manifest
+from fedlora.protocol import PartialHeader, unpack_records
 from tests.integration import helpers as h
 
 
@@ -47,6 +48,8 @@ class LyingCoordinator(Coordinator):
         self.views: dict[tuple[str, int], View] = {}  # (holder or "*", task round) -> view
         self.signatures: dict[bytes, dict[str, bytes]] = {}  # ticket -> holder -> signature
         self.partials: list[tuple[str, PartialHeader]] = []
+        # The attacker lets its colluding contributors upload anything: no proof is checked.
+        self.secure_sum.check_proof = lambda records, proof, context: None  # type: ignore[method-assign]
 
     def decryption_task(self, party: Party, round_number: int, *, manifest_only: bool = False):  # type: ignore[no-untyped-def]
         view = self.views.get((party.id, round_number)) or self.views.get(("*", round_number))
@@ -74,9 +77,6 @@ class LyingCoordinator(Coordinator):
             yield "", view.aggregate
 
         return manifest, stream()
-
-    def _verify_knowledge(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        """The attacker lets its colluding contributors upload anything."""
 
     def accept_ticket(self, party: Party, round_number: int, ticket: bytes, signature: bytes):  # type: ignore[no-untyped-def]
         self.signatures.setdefault(ticket, {})[party.id] = signature
@@ -120,7 +120,7 @@ def view(
     for pid in participants:
         data = engine.store.contribution_path(stored_round, pid).read_bytes()
         blobs[pid] = data
-        cts = [int.from_bytes(data[i : i + width], "big") for i in range(0, len(data), width)]
+        cts = unpack_records(data, width)
         cts_total = (
             cts
             if cts_total is None

@@ -25,6 +25,7 @@ from fedlora.crypto import (
     partial_statement_digest,
     sign_digest,
 )
+from fedlora.protocol import unpack_records
 from fedlora.v1 import common_pb2, federation_pb2
 from tests.adversarial import lying
 from tests.integration import helpers as h
@@ -145,7 +146,7 @@ def test_a_huge_proof_response_is_refused_cheaply_rate_limited_and_counted(tmp_p
         attacker = lying.client(layout, ATTACKER)
         assert attacker.key is not None and attacker.share is not None
         key, width = attacker.key, ciphertext_width(attacker.key.paillier)
-        aggregate = engine.store.read_records(engine.store.aggregate_path(1), width)
+        aggregate = unpack_records(engine.store.aggregate_path(1).read_bytes(), width)
         partial = partial_decrypt(key, attacker.share, aggregate)
         z = partial.proof.response << (1 << 20)  # a 1 Mibit response
         values = b"".join(v.to_bytes(width, "big") for v in partial.values)

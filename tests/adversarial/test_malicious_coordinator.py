@@ -10,6 +10,7 @@ forked or shortened audit log.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -23,10 +24,9 @@ from fedlora._setup import prepare_federation
 from fedlora.client._ledger import AnchorError
 from fedlora.config import load_coordinator_config
 from fedlora.coordinator import Coordinator, build_engine, create_server
-from fedlora.coordinator._engine import Receipt
 from fedlora.crypto import encrypt_batch, receipt_digest, sign_digest
 from fedlora.errors import ConfigError, VerificationError
-from fedlora.v1 import federation_pb2
+from fedlora.protocol import Receipt, unpack_records
 from tests.adversarial import lying
 from tests.integration import helpers as h
 
@@ -145,7 +145,7 @@ def test_a_colluding_contributor_cannot_cancel_the_others_out_of_the_aggregate(f
     pk, n2 = key.paillier, key.nsquare
     cancelled = None
     for pid in honest[:3]:
-        cts = engine.store.read_records(engine.store.contribution_path(1, pid), engine.width)
+        cts = unpack_records(engine.store.contribution_path(1, pid).read_bytes(), engine.width)
         cancelled = cts if cancelled is None else [a * b % n2 for a, b in zip(cancelled, cts)]
     assert cancelled is not None
     zeros = encrypt_batch(pk, [0] * len(cancelled))
@@ -175,8 +175,8 @@ def test_an_honest_coordinator_refuses_a_mauled_contribution_at_intake(tmp_path)
     try:
         h.upload(layout, "bank-a", *h.contribution(layout, "bank-a", 1))
         key = h.threshold_key(layout)
-        victim = running.engine.store.read_records(
-            running.engine.store.contribution_path(1, "bank-a"), running.engine.width
+        victim = unpack_records(
+            running.engine.store.contribution_path(1, "bank-a").read_bytes(), running.engine.width
         )
         copied = h.contribution(layout, "bank-e", 1, ciphertexts=victim)  # a verbatim copy
         decoy = h.contribution(layout, "bank-e", 1)[0].knowledge_proof
@@ -349,7 +349,7 @@ def test_a_receipt_that_is_not_the_clients_own_is_refused(tmp_path, forge) -> No
     try:
         h.upload(layout, "bank-a", *h.contribution(layout, "bank-a", 1))  # someone to point at
         victim = lying.client(layout, VICTIM)
-        status = victim.stub.GetRound(federation_pb2.RoundQuery())
+        status = victim.transport.round_status()
         assert victim.fed is not None
         with pytest.raises(VerificationError, match=r"the receipt's .* is not this upload's"):
             victim.contribute(victim.fed, status)
@@ -370,7 +370,7 @@ def test_a_forked_audit_log_stops_the_client(tmp_path) -> None:
         h.upload(layout, "bank-e", *h.contribution(layout, "bank-e", 1))
         shutil.copytree(config.state_dir, backup)  # the coordinator's copy before bank-a's upload
         honest = lying.client(layout, "bank-a")
-        status = honest.stub.GetRound(federation_pb2.RoundQuery())
+        status = honest.transport.round_status()
         assert honest.fed is not None
         honest.contribute(honest.fed, status)
         kept = honest.anchor.current
@@ -385,7 +385,7 @@ def test_a_forked_audit_log_stops_the_client(tmp_path) -> None:
         for pid in ("bank-b", "hospital-c", "hospital-d"):  # grow the forked log past the kept one
             h.upload(layout, pid, *h.contribution(layout, pid, 1))
         client = lying.client(layout, "bank-a")  # a restart: the kept checkpoint is on disk
-        status = client.stub.GetRound(federation_pb2.RoundQuery())
+        status = client.transport.round_status()
         assert client.fed is not None
         # Assert: the receipt's checkpoint does not extend the kept one — the client stops.
         with pytest.raises(AnchorError, match=r"forked|cannot prove|shrank"):
@@ -400,7 +400,7 @@ class Downgrader(Coordinator):
     """Tells clients the federation is plaintext, hoping for their raw updates."""
 
     def join_info(self, party):  # type: ignore[no-untyped-def]
-        return {**super().join_info(party), "encryption_type": "none"}
+        return dataclasses.replace(super().join_info(party), encryption_type="none")
 
 
 def test_a_coordinator_cannot_switch_clients_to_plaintext(tmp_path) -> None:

@@ -17,9 +17,10 @@ from fedlora._setup import prepare_federation
 from fedlora.audit import read_log_files, verify_log
 from fedlora.client import Client
 from fedlora.config import load_client_config, load_coordinator_config
-from fedlora.coordinator import ALLOWED, Message, Stage, check_message, create_server
+from fedlora.coordinator import create_server
 from fedlora.crypto import encrypt_batch
 from fedlora.errors import ProtocolError, VerificationError
+from fedlora.protocol import ALLOWED, Message, Stage, check_message, check_task
 from fedlora.v1 import federation_pb2
 from tests.integration import helpers as h
 
@@ -146,12 +147,12 @@ def test_a_client_refuses_to_decrypt_anything_but_a_verified_aggregate(tmp_path)
         for v in cts.values():
             product = [a * b % key.nsquare for a, b in zip(product, v)]
 
-        def manifest(pids, aggregate_cts):  # type: ignore[no-untyped-def]
-            from fedlora.coordinator._servicer import codec_to_proto
+        def task(pids, aggregate_cts, data):  # type: ignore[no-untyped-def]
             from fedlora.crypto import ciphertext_vector_digest
+            from fedlora.protocol import DecryptionManifest, DecryptionTask, ManifestEntry
 
-            entries = [
-                federation_pb2.ManifestEntry(
+            entries = tuple(
+                ManifestEntry(
                     client_id=p,
                     weight=parts[p][0].weight,
                     record_count=parts[p][0].record_count,
@@ -160,42 +161,44 @@ def test_a_client_refuses_to_decrypt_anything_but_a_verified_aggregate(tmp_path)
                     knowledge_proof=parts[p][0].knowledge_proof,
                 )
                 for p in pids
-            ]
-            return federation_pb2.DecryptionManifest(
+            )
+            manifest = DecryptionManifest(
                 federation_id="fedlora-demo",
-                global_version=status.global_version,
-                global_digest=status.global_digest,
-                round=1,
+                round_number=1,
                 value_count=parts[pids[0]][0].value_count,
-                codec=codec_to_proto(client.fed.codec),
+                codec=client.fed.codec,
                 key_fingerprint=key.fingerprint,
-                entries=entries,
                 aggregate_digest=ciphertext_vector_digest(key.paillier, aggregate_cts),
                 record_count=len(aggregate_cts),
+                global_version=status.global_version,
+                global_digest=status.global_digest,
+                entries=entries,
+                ticket_signatures=(),
+                checkpoint=client.transport.checkpoint(),
+            )
+            return DecryptionTask(
+                manifest, {p: bytes(d) for p, d in data.items()}, blob(aggregate_cts)
             )
 
-        data = {p: bytearray(d) for p, (_, d) in parts.items()}
-        blob = lambda v: bytearray(b"".join(c.to_bytes(width, "big") for c in v))  # noqa: E731
+        data = {p: d for p, (_, d) in parts.items()}
+        blob = lambda v: b"".join(c.to_bytes(width, "big") for c in v)  # noqa: E731
+        assert client.holder is not None
         # Act / Assert: the honest aggregate of three verified contributions is accepted...
-        status = h.stub(layout, "bank-a").GetRound(federation_pb2.RoundQuery())
-        ticket, verified = client.verify_manifest(
-            manifest(list(parts), product), data, blob(product), width, 1
-        )
-        assert verified == product and len(ticket) == 32
+        status = client.transport.round_status()
+        checked = check_task(client.holder, task(list(parts), product, data), 1)
+        assert checked.ciphertexts == product and len(checked.ticket) == 32
         # ...a single contribution passed off as an aggregate is not (policy.min_participants)...
         single = {"bank-b": data["bank-b"]}
         with pytest.raises(VerificationError, match=r"policy\.min_participants requires"):
-            client.verify_manifest(
-                manifest(["bank-b"], cts["bank-b"]), single, blob(cts["bank-b"]), width, 1
-            )
+            check_task(client.holder, task(["bank-b"], cts["bank-b"], single), 1)
         # ...nor an "aggregate" that is not the product of the listed contributions...
         other = encrypt_batch(key.paillier, [5] * len(product))
         with pytest.raises(VerificationError, match="not the product"):
-            client.verify_manifest(manifest(list(parts), other), data, blob(other), width, 1)
+            check_task(client.holder, task(list(parts), other, data), 1)
         # ...nor one with a contribution whose ciphertexts differ from what its owner signed.
         forged = dict(data, **{"hospital-d": blob(other)})
         with pytest.raises(VerificationError, match="not signed by that peer's key"):
-            client.verify_manifest(manifest(list(parts), product), forged, blob(product), width, 1)
+            check_task(client.holder, task(list(parts), product, forged), 1)
     finally:
         running.stop(grace=1)
 

@@ -1,9 +1,11 @@
-"""The coordinator's domain logic: rounds, contributions, aggregation, threshold decryption.
+"""The coordinator's decisions: rounds, admission, the ticket quorum, publication.
 
-No gRPC here: the servicer translates messages to these calls and errors to status codes. The
-audit log is the record of every decision *and* the event store the state is rebuilt from after
-a restart: a contribution counts once its file is fsynced and its ``contribution_accepted``
-entry is fsynced, and only then is it acknowledged.
+No gRPC here and no streaming: the servicer (or any push-style workflow) calls the public step
+methods; :mod:`fedlora.coordinator._intake` reads and checks uploads; :mod:`._replay` rebuilds
+the state from the audit log; :class:`fedlora.coordinator.Driver` is the clock that calls
+:meth:`Coordinator.tick`. The audit log is the record of every decision *and* the event store: a
+contribution counts once its file is fsynced and its ``contribution_accepted`` entry is fsynced,
+and only then is it acknowledged.
 
 Decisions and heavy work are separate (STYLE.md §15): :meth:`Coordinator.tick` decides under the
 lock, runs aggregation or combination outside it (status requests never wait for them), and
@@ -21,47 +23,34 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
-import gmpy2
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedlora.audit import AuditLog, SignedCheckpoint
 from fedlora.config import CoordinatorConfig, Party, check_key_size
 from fedlora.coordinator._adapter import AdapterTemplate
+from fedlora.coordinator._intake import receive_bounded, receive_contribution
 from fedlora.coordinator._limits import RejectionLimiter
-from fedlora.coordinator._rounds import Message, Stage, check_message, check_transition
+from fedlora.coordinator._replay import replay
+from fedlora.coordinator._state import Contribution, RoundState
 from fedlora.coordinator._store import Store
 from fedlora.crypto import (
     CodecParams,
-    DecryptionProof,
     PartialDecryption,
-    PlaintextProof,
     ThresholdPublicKey,
-    add_ciphertext_vectors,
     ciphertext_vector_digest,
-    ciphertext_width,
     combine_partial_decryptions,
-    contribution_digest,
     decode,
     ed25519_public_bytes,
-    partial_statement_digest,
-    proof_context,
-    proof_response_bound,
     receipt_digest,
-    records_hasher,
     sign_digest,
-    ticket_digest,
     ticket_quorum,
-    verify_partial_decryption,
-    verify_plaintext_knowledge,
     verify_signature,
 )
 from fedlora.errors import (
@@ -74,103 +63,32 @@ from fedlora.errors import (
     RateLimitError,
     VerificationError,
 )
-
-
-@dataclass(frozen=True)
-class ContributionHeader:
-    round_number: int
-    weight: int
-    value_count: int
-    record_count: int
-    ciphertexts_digest: bytes
-    key_fingerprint: bytes
-    codec_digest: bytes
-    signature: bytes
-    global_version: int = 0
-    global_digest: bytes = b""
-    knowledge_proof: bytes = b""
-
-
-@dataclass(frozen=True)
-class Contribution:
-    client_id: str
-    weight: int
-    record_count: int
-    ciphertexts_digest: bytes
-    contribution_digest: bytes
-    signature: bytes
-    log_index: int
-    received_at_ms: int
-    knowledge_proof: bytes = b""
-
-
-@dataclass(frozen=True)
-class PartialHeader:
-    round_number: int
-    ciphertexts_digest: bytes
-    challenge: int
-    response: int
-    record_count: int
-    ticket_digest: bytes = b""
-    statement_signature: bytes = b""
-
-
-@dataclass
-class RoundState:
-    number: int
-    global_version: int
-    deadline_ms: int
-    opened_ms: int
-    global_digest: bytes = b""
-    contributions: dict[str, Contribution] = field(default_factory=dict)
-    participants: tuple[str, ...] = ()
-    aggregate_digest: bytes = b""
-    ticket: bytes = b""
-    aggregated_index: int = -1  # audit index of the `aggregated` entry that names the ticket
-    total_weight: int = 0
-    decrypt_deadline_ms: int = 0
-    ticket_signatures: dict[str, bytes] = field(default_factory=dict)
-    partials: dict[str, DecryptionProof] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Receipt:
-    federation_id: str
-    round_number: int
-    client_id: str
-    contribution_digest: bytes
-    log_index: int
-    received_at_ms: int
-    signature: bytes
-    duplicate: bool = False
-    entry: bytes = b""
-    checkpoint: SignedCheckpoint | None = None
-    inclusion: tuple[bytes, ...] = ()
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What a share holder needs to check a round's aggregate and sign its ticket."""
-
-    federation_id: str
-    round_number: int
-    value_count: int
-    codec: CodecParams
-    key_fingerprint: bytes
-    aggregate_digest: bytes
-    record_count: int
-    global_version: int
-    global_digest: bytes
-    entries: tuple[dict[str, Any], ...]
-    ticket_signatures: tuple[tuple[str, bytes], ...]
-    checkpoint: SignedCheckpoint
-    aggregated_entry: bytes = b""
-    aggregated_index: int = 0
-    aggregated_inclusion: tuple[bytes, ...] = ()
+from fedlora.protocol import (
+    AggregationRule,
+    ContributionHeader,
+    DecryptionManifest,
+    JoinInfo,
+    ManifestEntry,
+    Message,
+    PartialHeader,
+    Receipt,
+    RoundStatus,
+    Stage,
+    check_message,
+    check_partial_header,
+    check_transition,
+    contribution_statement,
+    knowledge_context,
+    round_ticket,
+    secure_sum_for,
+    unpack_records,
+    verify_partial,
+)
 
 
 class Coordinator:
-    """One federation's coordinator. Thread-safe; call :meth:`tick` periodically (the server does)."""
+    """One federation's coordinator. Thread-safe; something must call :meth:`tick` periodically
+    (:class:`fedlora.coordinator.Driver` does, with the engine's clock)."""
 
     def __init__(
         self,
@@ -179,10 +97,10 @@ class Coordinator:
         signing_key: Ed25519PrivateKey,
         *,
         clock: Callable[[], float] = time.time,
+        rule: AggregationRule | None = None,
     ) -> None:
         self.config = config
         self.fl = config.federated_learning
-        self.homomorphic = self.fl.encryption_type == "homomorphic"
         self.key = threshold_key
         self.quorum = self._check_key()
         self.signing_key = signing_key
@@ -195,15 +113,10 @@ class Coordinator:
             max_total_weight=config.codec.max_weight * len(config.parties),
             key_bits=threshold_key.n.bit_length() if threshold_key else 2048,
         )
-        if self.homomorphic:
-            assert threshold_key is not None
-            self.width = ciphertext_width(threshold_key.paillier)
-            self.record_count = self.codec.ciphertexts_for(self.num_parameters)
-            self.fingerprint = threshold_key.fingerprint
-            self.response_bound = proof_response_bound(threshold_key)
-        else:
-            self.width, self.record_count, self.fingerprint = 4, self.num_parameters, b"\x00" * 32
-            self.response_bound = 0
+        self.secure_sum = secure_sum_for(self.fl.encryption_type, threshold_key, self.codec, rule)
+        self.width = self.secure_sum.width
+        self.record_count = self.secure_sum.record_count(self.num_parameters)
+        self.fingerprint = self.secure_sum.fingerprint
         self.store = Store(config.state_dir)
         self._digests: dict[int, bytes] = {}
         template = config.model.adapter_template
@@ -219,12 +132,12 @@ class Coordinator:
         self.round: RoundState | None = None
         self.global_version = 0
         self._aggregate_cache: tuple[int, list[int]] | None = None
-        self._replay()
+        self._restore()
 
     # -- start-up ----------------------------------------------------------------------------
     def _check_key(self) -> int:
         """Check the threshold key against the configuration; return the ticket quorum."""
-        if not self.homomorphic:
+        if self.fl.encryption_type != "homomorphic":
             return 0
         key = self.key
         if key is None:
@@ -258,7 +171,7 @@ class Coordinator:
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def _replay(self) -> None:
+    def _restore(self) -> None:
         """Rebuild the state from the audit log; start the federation if the log is empty."""
         events = [json.loads(line) for line in self.audit.entries()]
         if not events:
@@ -282,64 +195,15 @@ class Coordinator:
             self._save_and_publish(0, np.zeros(self.num_parameters, dtype=np.float32))
             self._open_round(1)
             return
-        ended = False
-        for e in events:
-            kind, r = e["event"], e.get("round")
-            current = self.round is not None and r == self.round.number
-            if kind == "round_opened":
-                self.round = RoundState(
-                    r,
-                    e["global_version"],
-                    e["deadline_ms"],
-                    e["time_ms"],
-                    bytes.fromhex(e.get("global_digest", "")),
-                )
-                self.stage, ended = Stage.COLLECTING, False
-            elif kind == "contribution_accepted" and current:
-                assert self.round is not None
-                self.round.contributions[e["client"]] = Contribution(
-                    e["client"],
-                    e["weight"],
-                    e["record_count"],
-                    bytes.fromhex(e["ciphertexts_digest"]),
-                    bytes.fromhex(e["contribution_digest"]),
-                    bytes.fromhex(e["signature"]),
-                    e["index"],
-                    e["time_ms"],
-                    bytes.fromhex(e.get("knowledge_proof", "")),
-                )
-            elif kind == "aggregated" and current and e.get("encryption") == "homomorphic":
-                assert self.round is not None
-                self.round.participants = tuple(e["participants"])
-                self.round.aggregate_digest = bytes.fromhex(e["aggregate_digest"])
-                self.round.ticket = bytes.fromhex(e.get("ticket", ""))
-                self.round.aggregated_index = e["index"]
-                self.round.total_weight = e["total_weight"]
-                self.round.decrypt_deadline_ms = e["decrypt_deadline_ms"]
-                self.stage = Stage.TICKETING
-            elif kind == "ticket_signed" and current:
-                assert self.round is not None
-                self.round.ticket_signatures[e["party"]] = bytes.fromhex(e["signature"])
-            elif kind == "ticket_quorum" and current:
-                self.stage = Stage.DECRYPTING
-            elif kind == "partial_accepted" and current:
-                assert self.round is not None
-                self.round.partials[e["party"]] = DecryptionProof(
-                    int(e["challenge"], 16), int(e["response"], 16)
-                )
-            elif kind in ("round_closed", "round_failed") and current:
-                ended = True
-            elif kind == "global_published":
-                self.global_version = e["version"]
-            elif kind == "federation_finished":
-                self.stage = Stage.FINISHED
+        state = replay(events)
+        self.round, self.stage, self.global_version = state.round, state.stage, state.global_version
         self.audit.append(
             "coordinator_restarted",
             round=self.round.number if self.round else 0,
             stage=self.stage.value,
             contributions=sorted(self.round.contributions) if self.round else [],
         )
-        if ended and self.stage is not Stage.FINISHED:
+        if state.ended and self.stage is not Stage.FINISHED:
             self._end_round()  # it crashed between ending a round and opening the next
 
     # -- identity ----------------------------------------------------------------------------
@@ -544,8 +408,14 @@ class Coordinator:
         self._fail_round(f"{stage.value} failed: {reason}", **extra)
 
     def wait(self, timeout: float) -> None:
+        """Block until something changed (or ``timeout`` seconds passed)."""
         with self._wake:
             self._wake.wait(timeout)
+
+    def wake(self) -> None:
+        """Wake every :meth:`wait` now (a driver that is stopping)."""
+        with self._wake:
+            self._wake.notify_all()
 
     # -- status ------------------------------------------------------------------------------
     def global_digest(self, version: int) -> bytes:
@@ -560,7 +430,7 @@ class Coordinator:
         self._digests[version] = digest  # global versions are written once and never change
         return digest
 
-    def status(self, party: Party) -> dict[str, Any]:
+    def status(self, party: Party) -> RoundStatus:
         with self._lock:
             check_message(self.stage, Message.ROUND_STATUS, self.round.number if self.round else 0)
             r = self.round
@@ -568,22 +438,22 @@ class Coordinator:
             finished = self.stage is Stage.FINISHED
             version = self.global_version if finished else r.global_version
             deciding = self.stage in (Stage.TICKETING, Stage.DECRYPTING, Stage.COMBINING)
-            return {
-                "round": r.number,
-                "stage": self.stage,
-                "global_version": version,
-                "global_digest": self.global_digest(version),
-                "deadline_unix_s": (r.decrypt_deadline_ms if deciding else r.deadline_ms) / 1000,
-                "contributions": len(r.contributions),
-                "contributed": party.id in r.contributions,
-                "partial_submitted": party.id in r.partials,
-                "rounds_total": self.fl.rounds,
-                "decryptor": bool(self.key and party.id in self.key.party_ids),
-                "ticket_signed": party.id in r.ticket_signatures,
-                "ticket_signatures": len(r.ticket_signatures),
-            }
+            return RoundStatus(
+                round=r.number,
+                stage=self.stage,
+                global_version=version,
+                global_digest=self.global_digest(version),
+                deadline_unix_s=(r.decrypt_deadline_ms if deciding else r.deadline_ms) / 1000,
+                contributions=len(r.contributions),
+                contributed=party.id in r.contributions,
+                partial_submitted=party.id in r.partials,
+                rounds_total=self.fl.rounds,
+                decryptor=bool(self.key and party.id in self.key.party_ids),
+                ticket_signed=party.id in r.ticket_signatures,
+                ticket_signatures=len(r.ticket_signatures),
+            )
 
-    def join_info(self, party: Party) -> dict[str, Any]:
+    def join_info(self, party: Party) -> JoinInfo:
         with self._lock:
             number = self.round.number if self.round else 0
             check_message(self.stage, Message.JOIN, number)
@@ -591,22 +461,22 @@ class Coordinator:
             self._joined.add((party.id, number))
         if first:  # once per identity and round: joining again and again cannot grow the log
             self.audit.append("client_joined", client=party.id, role=party.role)
-        return {
-            "federation_id": self.config.federation_id,
-            "role": party.role,
-            "key_fingerprint": self.fingerprint,
-            "codec": self.codec,
-            "encryption_type": self.fl.encryption_type,
-            "aggregation_frequency": self.fl.aggregation_frequency,
-            "participant_threshold": self.fl.participant_threshold,
-            "decryption_threshold": self.fl.decryption_threshold,
-            "rounds": self.fl.rounds,
-            "num_parameters": self.num_parameters,
-            "coordinator_signing_key": self.public_key,
-            "chunk_bytes": self.config.server.chunk_bytes,
-            "max_weight": self.config.codec.max_weight,
-            "ticket_quorum": self.quorum,
-        }
+        return JoinInfo(
+            federation_id=self.config.federation_id,
+            role=party.role,
+            key_fingerprint=self.fingerprint,
+            codec=self.codec,
+            encryption_type=self.fl.encryption_type,
+            aggregation_frequency=self.fl.aggregation_frequency,
+            participant_threshold=self.fl.participant_threshold,
+            decryption_threshold=self.fl.decryption_threshold,
+            rounds=self.fl.rounds,
+            num_parameters=self.num_parameters,
+            coordinator_signing_key=self.public_key,
+            chunk_bytes=self.config.server.chunk_bytes,
+            max_weight=self.config.codec.max_weight,
+            ticket_quorum=self.quorum,
+        )
 
     def global_chunks(self, version: int) -> tuple[bytes, Iterator[bytes]]:
         path = self.store.global_path(version)
@@ -671,30 +541,8 @@ class Coordinator:
                 f"contribution was trained from another global model (round {r.number} trains "
                 f"from version {r.global_version})"
             )
-        if not self.homomorphic and h.knowledge_proof:
-            raise VerificationError("a plaintext-mode contribution carries no proof")
         if len(h.ciphertexts_digest) != 32 or len(h.signature) != 64:
             raise VerificationError("ciphertexts_digest must be 32 bytes and signature 64 bytes")
-
-    def _validate_records(self, chunk: bytes, first_index: int) -> list[int]:
-        """Check a chunk's records; return its ciphertexts (none in plaintext mode)."""
-        w = self.width
-        out: list[int] = []
-        if self.homomorphic:
-            assert self.key is not None
-            n, n2 = gmpy2.mpz(self.key.n), self.key.nsquare
-            for i in range(0, len(chunk), w):
-                c = int.from_bytes(chunk[i : i + w], "big")
-                if not 0 < c < n2 or gmpy2.gcd(c, n) != 1:
-                    raise VerificationError(
-                        f"record {first_index + i // w} is not a ciphertext in Z*_(n²)"
-                    )
-                out.append(c)
-        else:
-            values = np.frombuffer(chunk, dtype="<f4")
-            if not np.all(np.isfinite(values)):
-                raise VerificationError("a plaintext value is NaN or infinite")
-        return out
 
     def accept_contribution(
         self, party: Party, header: ContributionHeader, chunks: Iterable[bytes]
@@ -728,56 +576,28 @@ class Coordinator:
             )
         final = self.store.contribution_path(number, party.id)
         temp = self.store.temp_path(final)
-        expected_bytes = header.record_count * self.width
-        hasher = records_hasher(header.record_count, self.width)
-        received, carry = 0, b""
-        ciphertexts: list[int] = []
         try:
-            with open(temp, "wb") as fh:
-                for chunk in chunks:
-                    received += len(chunk)
-                    if received > expected_bytes:
-                        raise VerificationError(
-                            f"contribution is oversized: more than the {expected_bytes} bytes announced"
-                        )
-                    data = carry + chunk
-                    usable = len(data) - len(data) % self.width
-                    ciphertexts += self._validate_records(
-                        data[:usable], (received - len(data)) // self.width
-                    )
-                    carry = data[usable:]
-                    hasher.update(chunk)
-                    fh.write(chunk)
-                if received != expected_bytes:
-                    raise VerificationError(
-                        f"contribution is truncated: {received} of {expected_bytes} bytes arrived"
-                    )
-                fh.flush()
-                os.fsync(fh.fileno())
-            digest = hasher.digest()
-            if not hmac.compare_digest(digest, header.ciphertexts_digest):
-                raise VerificationError("ciphertexts do not match the digest in the header")
-            signed = contribution_digest(
-                federation_id=self.config.federation_id,
-                round_number=number,
-                client_id=party.id,
-                codec_digest=self.codec.digest(),
-                key_fingerprint=self.fingerprint,
-                weight=header.weight,
-                ciphertexts_digest=digest,
-                value_count=header.value_count,
-                global_version=header.global_version,
-                global_digest=header.global_digest,
-            )
-            verify_signature(bytes.fromhex(party.signing_public_key), signed, header.signature)
-            if self.homomorphic:
-                self._verify_knowledge(party.id, number, ciphertexts, header.knowledge_proof)
+            received = receive_contribution(header, chunks, self.secure_sum, temp)
+            try:
+                statement = contribution_statement(
+                    self.config.federation_id, party.id, header, received.digest
+                )
+                verify_signature(
+                    bytes.fromhex(party.signing_public_key), statement, header.signature
+                )
+                # The sender must know its plaintexts: a vector mauled from others' cannot be proven.
+                self.secure_sum.check_proof(
+                    received.records,
+                    header.knowledge_proof,
+                    knowledge_context(
+                        self.config.federation_id, number, party.id, self.fingerprint
+                    ),
+                )
+            except BaseException:
+                temp.unlink(missing_ok=True)
+                raise
         except FedLoraError as exc:
-            temp.unlink(missing_ok=True)
             raise self._reject(party, number, exc) from None
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
         with self._lock:
             try:
                 check_message(self.stage, Message.CONTRIBUTION, number)
@@ -798,8 +618,8 @@ class Coordinator:
                 client=party.id,
                 weight=header.weight,
                 record_count=header.record_count,
-                ciphertexts_digest=digest.hex(),
-                contribution_digest=signed.hex(),
+                ciphertexts_digest=received.digest.hex(),
+                contribution_digest=statement.hex(),
                 signature=header.signature.hex(),
                 knowledge_proof=header.knowledge_proof.hex(),
             )
@@ -807,8 +627,8 @@ class Coordinator:
                 party.id,
                 header.weight,
                 header.record_count,
-                digest,
-                signed,
+                received.digest,
+                statement,
                 header.signature,
                 index,
                 now,
@@ -817,22 +637,6 @@ class Coordinator:
             self.round.contributions[party.id] = contribution
             self._wake.notify_all()
         return self._receipt(number, contribution)
-
-    def _verify_knowledge(self, client_id: str, number: int, cts: list[int], proof: bytes) -> None:
-        """The sender must know its plaintexts: a vector mauled from others' cannot be proven."""
-        assert self.key is not None
-        pk = self.key.paillier
-        verify_plaintext_knowledge(
-            pk,
-            cts,
-            PlaintextProof.from_bytes(pk, proof),
-            context=proof_context(
-                federation_id=self.config.federation_id,
-                round_number=number,
-                client_id=client_id,
-                key_fingerprint=self.fingerprint,
-            ),
-        )
 
     def _receipt(self, number: int, c: Contribution, *, duplicate: bool = False) -> Receipt:
         """A signed receipt that carries its audit entry, a checkpoint and the inclusion proof."""
@@ -870,14 +674,13 @@ class Coordinator:
         assert r is not None
         contributions = {p: r.contributions[p] for p in participants}
         total_weight = sum(c.weight for c in contributions.values())
-        if not self.homomorphic:
-            acc = np.zeros(self.num_parameters, dtype=np.float64)
-            for p in participants:
-                values = np.frombuffer(
-                    self.store.contribution_path(number, p).read_bytes(), dtype="<f4"
-                )
-                acc += contributions[p].weight * values.astype(np.float64)
-            mean = acc / total_weight
+        total: bytes | None = None
+        for p in participants:
+            records = self.store.contribution_path(number, p).read_bytes()
+            total = self.secure_sum.add(total, records, contributions[p].weight)
+        assert total is not None
+        if not self.secure_sum.needs_decryption:
+            mean = self.secure_sum.mean(total, total_weight)
 
             def publish() -> None:
                 self._log_aggregated(participants, total_weight, b"", b"", 0)
@@ -885,24 +688,17 @@ class Coordinator:
 
             return publish
         assert self.key is not None
-        acc_cts: list[int] | None = None
-        for p in participants:
-            cts = self.store.read_records(self.store.contribution_path(number, p), self.width)
-            acc_cts = (
-                cts if acc_cts is None else add_ciphertext_vectors(self.key.paillier, acc_cts, cts)
-            )
-        assert acc_cts is not None
-        data = b"".join(c.to_bytes(self.width, "big") for c in acc_cts)
-        self.store.write_bytes(self.store.aggregate_path(number), data)
-        aggregate_digest = ciphertext_vector_digest(self.key.paillier, acc_cts)
-        ticket = ticket_digest(
+        self.store.write_bytes(self.store.aggregate_path(number), total)
+        ciphertexts = unpack_records(total, self.width)
+        aggregate_digest = ciphertext_vector_digest(self.key.paillier, ciphertexts)
+        ticket = round_ticket(
             federation_id=self.config.federation_id,
             round_number=number,
             key_fingerprint=self.fingerprint,
             aggregate_digest=aggregate_digest,
             global_version=r.global_version,
             global_digest=r.global_digest,
-            contributions=[(p, contributions[p].contribution_digest) for p in participants],
+            statements=[(p, contributions[p].contribution_digest) for p in participants],
         )
 
         def apply() -> None:
@@ -916,7 +712,7 @@ class Coordinator:
             )
             check_transition(self.stage, Stage.TICKETING)
             self.stage = Stage.TICKETING
-            self._aggregate_cache = (number, acc_cts)
+            self._aggregate_cache = (number, ciphertexts)
             self._wake.notify_all()
 
         return apply
@@ -949,7 +745,8 @@ class Coordinator:
     def _aggregate_ciphertexts(self, number: int) -> list[int]:
         cache = self._aggregate_cache
         if cache is None or cache[0] != number:
-            cache = (number, self.store.read_records(self.store.aggregate_path(number), self.width))
+            data = self.store.aggregate_path(number).read_bytes()
+            cache = (number, unpack_records(data, self.width))
             self._aggregate_cache = cache
         return cache[1]
 
@@ -961,7 +758,7 @@ class Coordinator:
 
     def decryption_task(
         self, party: Party, round_number: int, *, manifest_only: bool = False
-    ) -> tuple[Manifest, Iterator[tuple[str, bytes]]]:
+    ) -> tuple[DecryptionManifest, Iterator[tuple[str, bytes]]]:
         """The manifest and a stream of (client id or "", bytes) chunks: each contribution, then the aggregate."""
         with self._lock:
             number = self.round.number if self.round else 0
@@ -974,7 +771,7 @@ class Coordinator:
             r = self.round
             assert r is not None
             checkpoint = self.checkpoint()
-            manifest = Manifest(
+            manifest = DecryptionManifest(
                 federation_id=self.config.federation_id,
                 round_number=number,
                 value_count=self.num_parameters,
@@ -1008,19 +805,19 @@ class Coordinator:
 
         return manifest, stream()
 
-    def manifest_entries(self, participants: Iterable[str]) -> tuple[dict[str, Any], ...]:
+    def manifest_entries(self, participants: Iterable[str]) -> tuple[ManifestEntry, ...]:
         """What a holder needs of each contribution of the open round to check it."""
         r = self.round
         assert r is not None
         return tuple(
-            {
-                "client_id": p,
-                "weight": r.contributions[p].weight,
-                "record_count": r.contributions[p].record_count,
-                "ciphertexts_digest": r.contributions[p].ciphertexts_digest,
-                "signature": r.contributions[p].signature,
-                "knowledge_proof": r.contributions[p].knowledge_proof,
-            }
+            ManifestEntry(
+                client_id=p,
+                weight=r.contributions[p].weight,
+                record_count=r.contributions[p].record_count,
+                ciphertexts_digest=r.contributions[p].ciphertexts_digest,
+                signature=r.contributions[p].signature,
+                knowledge_proof=r.contributions[p].knowledge_proof,
+            )
             for p in participants
         )
 
@@ -1120,53 +917,20 @@ class Coordinator:
                 r.aggregate_digest,
                 r.ticket,
             )
-        expected = len(cts) * self.width
-        data = bytearray()
         try:
-            if not hmac.compare_digest(header.ticket_digest, ticket):
-                raise VerificationError("partial decryption answers a different ticket")
-            if not hmac.compare_digest(header.ciphertexts_digest, agg_digest):
-                raise VerificationError("partial decryption answers a different aggregate")
-            if not 0 <= header.response < self.response_bound:
-                raise VerificationError(
-                    f"proof response has {header.response.bit_length()} bits, above the public "
-                    f"bound of {self.response_bound.bit_length() - 1}"
-                )
-            if len(header.statement_signature) != 64:
-                raise VerificationError("statement_signature must be 64 bytes")
-            for chunk in chunks:
-                data += chunk
-                if len(data) > expected:
-                    raise VerificationError("partial decryption is oversized")
-            if len(data) != expected or header.record_count != len(cts):
-                raise VerificationError(
-                    f"partial decryption has {len(data)} bytes, expected {expected}"
-                )
-            values = tuple(
-                int.from_bytes(data[i : i + self.width], "big")
-                for i in range(0, len(data), self.width)
-            )
-            statement = partial_statement_digest(
+            check_partial_header(header, key=key, ticket=ticket, aggregate_digest=agg_digest)
+            data = receive_bounded(chunks, len(cts) * self.width, "partial decryption")
+            partial = verify_partial(
                 federation_id=self.config.federation_id,
-                round_number=number,
+                key=key,
                 party_id=party.id,
+                signing_public_key=bytes.fromhex(party.signing_public_key),
+                header=header,
+                values=data,
+                ciphertexts=cts,
+                aggregate_digest=agg_digest,
                 ticket=ticket,
-                values_digest=ciphertext_vector_digest(key.paillier, values),
-                challenge=header.challenge,
-                response=header.response,
             )
-            verify_signature(
-                bytes.fromhex(party.signing_public_key), statement, header.statement_signature
-            )
-            partial = PartialDecryption(
-                party.id,
-                key.index_of(party.id),
-                key.fingerprint,
-                agg_digest,
-                values,
-                DecryptionProof(header.challenge, header.response),
-            )
-            verify_partial_decryption(key, cts, partial, ciphertexts_digest=agg_digest)
         except FedLoraError as exc:
             raise self._reject_partial(party, number, exc) from None
         with self._lock:
@@ -1180,7 +944,7 @@ class Coordinator:
                 )
             if party.id in self.round.partials:
                 return
-            self.store.write_bytes(self.store.partial_path(number, party.id), bytes(data))
+            self.store.write_bytes(self.store.partial_path(number, party.id), data)
             self.audit.append(
                 "partial_accepted",
                 round=number,
@@ -1208,12 +972,15 @@ class Coordinator:
         cts = self._aggregate_ciphertexts(number)
         partials = []
         for pid, proof in sorted(r.partials.items()):
-            values = tuple(
-                self.store.read_records(self.store.partial_path(number, pid), self.width)
-            )
+            values = unpack_records(self.store.partial_path(number, pid).read_bytes(), self.width)
             partials.append(
                 PartialDecryption(
-                    pid, key.index_of(pid), key.fingerprint, r.aggregate_digest, values, proof
+                    pid,
+                    key.index_of(pid),
+                    key.fingerprint,
+                    r.aggregate_digest,
+                    tuple(values),
+                    proof,
                 )
             )
         plaintexts = combine_partial_decryptions(key, cts, partials)
@@ -1236,7 +1003,8 @@ class Coordinator:
         assert r is not None
         current = self.store.load_global(r.global_version).astype(np.float64)
         new_version = r.number
-        digest = self._save_and_publish(new_version, (current + mean_delta).astype(np.float32))
+        updated = self.secure_sum.rule.update(current, mean_delta)
+        digest = self._save_and_publish(new_version, updated.astype(np.float32))
         self.audit.append(
             "round_closed",
             round=r.number,

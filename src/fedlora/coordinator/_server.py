@@ -7,19 +7,17 @@ import signal
 import threading
 from concurrent import futures
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fedlora.config import CoordinatorConfig
+from fedlora.coordinator._build import build_engine, read_file
+from fedlora.coordinator._driver import Driver
 from fedlora.coordinator._engine import Coordinator
 from fedlora.coordinator._servicer import AuditServicer, FederationServicer
-from fedlora.crypto import ThresholdPublicKey
-from fedlora.errors import ConfigError, FedLoraError
+from fedlora.errors import ConfigError
 from fedlora.v1 import audit_pb2, audit_pb2_grpc, federation_pb2, federation_pb2_grpc
 
 log = logging.getLogger("fedlora.coordinator")
@@ -30,51 +28,17 @@ SERVICES = (
 )
 
 
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{what} {path}: {exc.strerror}") from None
-
-
-def load_signing_key(path: Path) -> Ed25519PrivateKey:
-    try:
-        key = load_pem_private_key(_read(path, "keys.signing_key"), password=None)
-    except ValueError:
-        raise ConfigError(
-            f"keys.signing_key: {path} is not an unencrypted PEM private key"
-        ) from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"keys.signing_key: {path} is not an Ed25519 key")
-    return key
-
-
-def build_engine(config: CoordinatorConfig) -> Coordinator:
-    """Load the keys the config names and build the coordinator (replaying any saved state)."""
-    key = None
-    if config.federated_learning.encryption_type == "homomorphic":
-        try:
-            key = ThresholdPublicKey.from_json(
-                _read(config.keys.threshold_public_key, "keys.threshold_public_key")
-            )
-        except FedLoraError as exc:
-            raise ConfigError(f"keys.threshold_public_key: {exc}") from None
-    return Coordinator(config, key, load_signing_key(config.keys.signing_key))
-
-
 @dataclass
 class Running:
     server: grpc.Server
     port: int
     engine: Coordinator
-    stop_event: threading.Event
-    ticker: threading.Thread
+    driver: Driver
 
     def stop(self, grace: float = 10.0) -> None:
         """Refuse new calls, let in-flight ones finish for ``grace`` seconds, then stop."""
-        self.stop_event.set()
+        self.driver.stop()
         self.server.stop(grace).wait()
-        self.ticker.join(timeout=5)
 
 
 def create_server(
@@ -122,27 +86,15 @@ def create_server(
         tls = config.server.tls
         assert tls is not None
         credentials = grpc.ssl_server_credentials(
-            [(_read(tls.key, "server.tls.key"), _read(tls.cert, "server.tls.cert"))],
-            root_certificates=_read(tls.ca, "server.tls.ca"),
+            [(read_file(tls.key, "server.tls.key"), read_file(tls.cert, "server.tls.cert"))],
+            root_certificates=read_file(tls.ca, "server.tls.ca"),
             require_client_auth=True,
         )
         bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise ConfigError(f"server.listen: cannot bind {address}")
     server.start()
-    stop_event = threading.Event()
-
-    def tick() -> None:
-        while not stop_event.is_set():
-            try:
-                engine.tick()
-            except Exception:  # a round fault is a transition; this is a bug or a full disk
-                log.exception("round processing failed; retrying at the next tick")
-            engine.wait(0.2)
-
-    ticker = threading.Thread(target=tick, name="fedlora-rounds", daemon=True)
-    ticker.start()
-    return Running(server, bound, engine, stop_event, ticker)
+    return Running(server, bound, engine, Driver(engine).start())
 
 
 def serve(config: CoordinatorConfig) -> int:

@@ -7,79 +7,17 @@ from typing import Any, TypeVar
 
 import grpc
 
-from fedlora.audit import SignedCheckpoint
+from fedlora import rpc
 from fedlora.config import Party
-from fedlora.coordinator._engine import ContributionHeader, Coordinator, PartialHeader
-from fedlora.coordinator._rounds import Stage
-from fedlora.crypto import CodecParams
-from fedlora.errors import (
-    AuthenticationError,
-    AuthorizationError,
-    ConfigError,
-    CryptoError,
-    FedLoraError,
-    NotFoundError,
-    ProtocolError,
-    RateLimitError,
-    VerificationError,
-)
+from fedlora.coordinator._engine import Coordinator
+from fedlora.errors import AuthorizationError, FedLoraError, VerificationError
 from fedlora.v1 import audit_pb2, audit_pb2_grpc, common_pb2, federation_pb2, federation_pb2_grpc
 
 T = TypeVar("T")
 
-STATUS: list[tuple[type[FedLoraError], grpc.StatusCode]] = [
-    (AuthenticationError, grpc.StatusCode.UNAUTHENTICATED),
-    (AuthorizationError, grpc.StatusCode.PERMISSION_DENIED),
-    (NotFoundError, grpc.StatusCode.NOT_FOUND),
-    (ProtocolError, grpc.StatusCode.FAILED_PRECONDITION),
-    (RateLimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (VerificationError, grpc.StatusCode.INVALID_ARGUMENT),
-    (CryptoError, grpc.StatusCode.INVALID_ARGUMENT),
-    (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
-    (FedLoraError, grpc.StatusCode.INTERNAL),
-]
-
-STAGES = {
-    Stage.COLLECTING: common_pb2.ROUND_STAGE_COLLECTING,
-    Stage.AGGREGATING: common_pb2.ROUND_STAGE_AGGREGATING,
-    Stage.TICKETING: common_pb2.ROUND_STAGE_TICKETING,
-    Stage.DECRYPTING: common_pb2.ROUND_STAGE_DECRYPTING,
-    Stage.COMBINING: common_pb2.ROUND_STAGE_COMBINING,
-    Stage.FINISHED: common_pb2.ROUND_STAGE_FINISHED,
-}
-
-INSECURE_IDENTITY_HEADER = "x-fedlora-insecure-identity"
-
-
-def status_for(error: FedLoraError) -> grpc.StatusCode:
-    return next(code for kind, code in STATUS if isinstance(error, kind))
-
 
 def _abort(context: grpc.ServicerContext, error: FedLoraError) -> None:
-    context.abort(status_for(error), str(error))
-
-
-def codec_to_proto(codec: CodecParams) -> common_pb2.CodecParams:
-    return common_pb2.CodecParams(
-        clip=codec.clip,
-        value_bits=codec.value_bits,
-        max_total_weight=codec.max_total_weight,
-        key_bits=codec.key_bits,
-    )
-
-
-def checkpoint_to_proto(cp: SignedCheckpoint) -> common_pb2.Checkpoint:
-    return common_pb2.Checkpoint(
-        log_id=cp.log_id,
-        tree_size=cp.tree_size,
-        root=cp.root,
-        timestamp_ms=cp.timestamp_ms,
-        signature=cp.signature,
-    )
-
-
-def _int(data: bytes) -> int:
-    return int.from_bytes(data, "big")
+    context.abort(rpc.status_for(error), str(error))
 
 
 class _Base:
@@ -89,7 +27,7 @@ class _Base:
 
     def _identity(self, context: grpc.ServicerContext) -> str | None:
         if self.insecure:  # loopback demo only: the identity is whatever the client claims
-            return dict(context.invocation_metadata()).get(INSECURE_IDENTITY_HEADER)
+            return dict(context.invocation_metadata()).get(rpc.INSECURE_IDENTITY_HEADER)
         names = context.auth_context().get("x509_common_name") or []
         return names[0].decode() if names else None
 
@@ -109,17 +47,13 @@ class FederationServicer(_Base, federation_pb2_grpc.FederationServicer):
                 raise AuthorizationError(
                     f"claimed id {request.client_id!r} differs from the certificate's {party.id!r}"
                 )
-            info = self.engine.join_info(party)
-            info["codec"] = codec_to_proto(info["codec"])
-            return federation_pb2.JoinResponse(**info)
+            return rpc.join_to_proto(self.engine.join_info(party))
 
         return self._call(context, "Join", body)
 
     def GetRound(self, request: Any, context: grpc.ServicerContext) -> federation_pb2.RoundStatus:
         def body(party: Party) -> federation_pb2.RoundStatus:
-            status = self.engine.status(party)
-            status["stage"] = STAGES[status["stage"]]
-            return federation_pb2.RoundStatus(**status)
+            return rpc.status_to_proto(self.engine.status(party))
 
         return self._call(context, "GetRound", body)
 
@@ -144,34 +78,9 @@ class FederationServicer(_Base, federation_pb2_grpc.FederationServicer):
                 raise self.engine.reject_malformed_upload(
                     party, "the first message of an upload must be its header"
                 )
-            h = first.header
-            header = ContributionHeader(
-                h.round,
-                h.weight,
-                h.value_count,
-                h.record_count,
-                h.ciphertexts_digest,
-                h.key_fingerprint,
-                h.codec_digest,
-                h.signature,
-                h.global_version,
-                h.global_digest,
-                h.knowledge_proof,
-            )
+            header = rpc.contribution_header_from_proto(first.header)
             receipt = self.engine.accept_contribution(party, header, _data(request_iterator))
-            return common_pb2.Receipt(
-                federation_id=receipt.federation_id,
-                round=receipt.round_number,
-                client_id=receipt.client_id,
-                contribution_digest=receipt.contribution_digest,
-                log_index=receipt.log_index,
-                received_at_ms=receipt.received_at_ms,
-                signature=receipt.signature,
-                duplicate=receipt.duplicate,
-                entry=receipt.entry,
-                checkpoint=checkpoint_to_proto(receipt.checkpoint) if receipt.checkpoint else None,
-                inclusion=list(receipt.inclusion),
-            )
+            return rpc.receipt_to_proto(receipt)
 
         return self._call(context, "UploadContribution", body)
 
@@ -185,28 +94,7 @@ class FederationServicer(_Base, federation_pb2_grpc.FederationServicer):
                 party, request.round, manifest_only=request.manifest_only
             ),
         )
-        yield federation_pb2.DecryptionTaskChunk(
-            manifest=federation_pb2.DecryptionManifest(
-                federation_id=manifest.federation_id,
-                round=manifest.round_number,
-                value_count=manifest.value_count,
-                codec=codec_to_proto(manifest.codec),
-                key_fingerprint=manifest.key_fingerprint,
-                aggregate_digest=manifest.aggregate_digest,
-                record_count=manifest.record_count,
-                global_version=manifest.global_version,
-                global_digest=manifest.global_digest,
-                entries=[federation_pb2.ManifestEntry(**e) for e in manifest.entries],
-                ticket_signatures=[
-                    federation_pb2.TicketSignature(party_id=p, signature=sig)
-                    for p, sig in manifest.ticket_signatures
-                ],
-                checkpoint=checkpoint_to_proto(manifest.checkpoint),
-                aggregated_entry=manifest.aggregated_entry,
-                aggregated_index=manifest.aggregated_index,
-                aggregated_inclusion=list(manifest.aggregated_inclusion),
-            )
-        )
+        yield federation_pb2.DecryptionTaskChunk(manifest=rpc.manifest_to_proto(manifest))
         for client_id, chunk in stream:
             if client_id:
                 yield federation_pb2.DecryptionTaskChunk(
@@ -233,16 +121,7 @@ class FederationServicer(_Base, federation_pb2_grpc.FederationServicer):
                 raise VerificationError(
                     "the first message of a partial decryption must be its header"
                 )
-            h = first.header
-            header = PartialHeader(
-                h.round,
-                h.ciphertexts_digest,
-                _int(h.proof_challenge),
-                _int(h.proof_response),
-                h.record_count,
-                h.ticket_digest,
-                h.statement_signature,
-            )
+            header = rpc.partial_header_from_proto(first.header)
             self.engine.accept_partial(party, header, _data(request_iterator))
             return federation_pb2.PartialAck(accepted=True, message="accepted")
 
@@ -271,7 +150,7 @@ class AuditServicer(_Base, audit_pb2_grpc.AuditServicer):
             yield audit_pb2.AuditEntry(index=request.start + offset, entry=line)
 
     def GetCheckpoint(self, request: Any, context: grpc.ServicerContext) -> common_pb2.Checkpoint:
-        return checkpoint_to_proto(
+        return rpc.checkpoint_to_proto(
             self._call(context, "GetCheckpoint", lambda party: self.engine.checkpoint())
         )
 

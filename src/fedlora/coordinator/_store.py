@@ -89,8 +89,3 @@ class Store:
         with open(path, "rb") as fh:
             while chunk := fh.read(chunk_bytes):
                 yield chunk
-
-    @staticmethod
-    def read_records(path: Path, width: int) -> list[int]:
-        data = path.read_bytes()
-        return [int.from_bytes(data[i : i + width], "big") for i in range(0, len(data), width)]

@@ -1,0 +1,243 @@
+"""The client's gRPC transport: channel (mTLS, keepalive), retries with backoff, stubs.
+
+A thin adapter (STYLE.md §3): protocol messages in and out through :mod:`fedlora.rpc`, gRPC
+status codes turned into fedlora errors, nothing decided here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from fedlora import rpc
+from fedlora.audit import SignedCheckpoint
+from fedlora.client._transport import Progress
+from fedlora.config import ClientConfig
+from fedlora.errors import ConfigError, FedLoraError, RemoteError, TransportError, VerificationError
+from fedlora.protocol import (
+    ContributionHeader,
+    DecryptionManifest,
+    DecryptionTask,
+    JoinInfo,
+    PartialHeader,
+    Receipt,
+    RoundStatus,
+    TicketAck,
+)
+from fedlora.v1 import audit_pb2, audit_pb2_grpc, federation_pb2, federation_pb2_grpc
+
+T = TypeVar("T")
+
+_REASONS = {code: kind for kind, code in reversed(rpc.STATUS)}  # the most specific class wins
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}") from None
+
+
+def channel_for(config: ClientConfig) -> grpc.Channel:
+    """A channel to the configured coordinator (mTLS unless ``coordinator.insecure``)."""
+    c = config.coordinator
+    options: list[tuple[str, int | str]] = [
+        ("grpc.max_receive_message_length", 8 << 20),
+        ("grpc.max_send_message_length", 8 << 20),
+        # Notice a dead connection in ~40 s rather than hours (an upload then retries).
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    if c.insecure:
+        return grpc.insecure_channel(c.address, options=options)
+    assert c.tls is not None
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(c.tls.ca, "coordinator.tls.ca"),
+        private_key=_read(c.tls.key, "coordinator.tls.key"),
+        certificate_chain=_read(c.tls.cert, "coordinator.tls.cert"),
+    )
+    if c.server_name:
+        options.append(("grpc.ssl_target_name_override", c.server_name))
+    return grpc.secure_channel(c.address, credentials, options=options)
+
+
+def _error(what: str, exc: grpc.RpcError, address: str) -> FedLoraError:
+    code = exc.code()
+    details = exc.details() or code.name.lower()
+    if code in rpc.RETRYABLE or code == grpc.StatusCode.UNKNOWN:
+        return TransportError(f"{what}: coordinator {address} {code.name.lower()}: {details}")
+    return RemoteError(f"{what}: {details}", _REASONS.get(code, FedLoraError))
+
+
+class GrpcTransport:
+    """:class:`fedlora.client.Transport` over gRPC, retrying transient failures."""
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        on_retry: Callable[[str], None] | None = None,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self.config = config
+        self.address = config.coordinator.address
+        self.channel = channel or channel_for(config)
+        self.stub = federation_pb2_grpc.FederationStub(self.channel)
+        self.audit_stub = audit_pb2_grpc.AuditStub(self.channel)
+        self.metadata = (
+            [(rpc.INSECURE_IDENTITY_HEADER, config.id)] if config.coordinator.insecure else None
+        )
+        self.on_retry = on_retry or (lambda message: None)
+        self.chunk_bytes = 1 << 20  # the coordinator's chunk size, learnt at join
+
+    def _retry(self, what: str, call: Callable[[], T]) -> T:
+        """Run ``call``, retrying transport failures with exponential backoff.
+
+        Raises:
+            RemoteError: the coordinator refused; TransportError: unreachable after all tries.
+        """
+        r = self.config.retry
+        delay = r.initial_backoff_s
+        for attempt in range(1, r.max_attempts + 1):
+            try:
+                return call()
+            except grpc.RpcError as exc:
+                if exc.code() not in rpc.RETRYABLE or attempt == r.max_attempts:
+                    raise _error(what, exc, self.address) from None
+                self.on_retry(
+                    f"{what}: {exc.code().name.lower()}, retrying in {delay:.1f}s "
+                    f"({attempt}/{r.max_attempts})"
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, r.max_backoff_s)
+        raise AssertionError("unreachable")
+
+    def join(self) -> JoinInfo:
+        response = self._retry(
+            "join",
+            lambda: self.stub.Join(
+                federation_pb2.JoinRequest(client_id=self.config.id), metadata=self.metadata
+            ),
+        )
+        info = rpc.join_from_proto(response)
+        self.chunk_bytes = info.chunk_bytes
+        return info
+
+    def round_status(self) -> RoundStatus:
+        status = self._retry(
+            "round status",
+            lambda: self.stub.GetRound(federation_pb2.RoundQuery(), metadata=self.metadata),
+        )
+        return rpc.status_from_proto(status)
+
+    def download_global(self, version: int) -> tuple[bytes, bytes]:
+        def fetch() -> tuple[bytes, bytes]:
+            data, digest = bytearray(), b""
+            for chunk in self.stub.DownloadGlobal(
+                federation_pb2.GlobalRequest(version=version), metadata=self.metadata
+            ):
+                data += chunk.data
+                digest = chunk.digest
+            return bytes(data), digest
+
+        return self._retry("download global adapter", fetch)
+
+    def upload_contribution(
+        self, header: ContributionHeader, records: bytes, on_progress: Progress | None = None
+    ) -> Receipt:
+        size = self.chunk_bytes
+
+        def upload() -> Any:
+            def messages() -> Iterator[federation_pb2.ContributionChunk]:
+                yield federation_pb2.ContributionChunk(
+                    header=rpc.contribution_header_to_proto(header)
+                )
+                for i in range(0, len(records), size):
+                    if on_progress is not None:
+                        on_progress(min(len(records), i + size))
+                    yield federation_pb2.ContributionChunk(data=records[i : i + size])
+
+            return self.stub.UploadContribution(messages(), metadata=self.metadata)
+
+        return rpc.receipt_from_proto(self._retry("upload", upload))
+
+    def decryption_task(self, round_number: int, *, manifest_only: bool) -> DecryptionTask:
+        def fetch() -> DecryptionTask:
+            manifest: DecryptionManifest | None = None
+            contributions: dict[str, bytearray] = {}
+            aggregate = bytearray()
+            for chunk in self.stub.GetDecryptionTask(
+                federation_pb2.DecryptionTaskRequest(
+                    round=round_number, manifest_only=manifest_only
+                ),
+                metadata=self.metadata,
+            ):
+                part = chunk.WhichOneof("part")
+                if part == "manifest":
+                    manifest = rpc.manifest_from_proto(chunk.manifest)
+                elif part == "contribution":
+                    contributions.setdefault(chunk.contribution.client_id, bytearray()).extend(
+                        chunk.contribution.data
+                    )
+                else:
+                    aggregate.extend(chunk.aggregate)
+            if manifest is None:
+                raise VerificationError("the decryption task has no manifest")
+            return DecryptionTask(
+                manifest, {k: bytes(v) for k, v in contributions.items()}, bytes(aggregate)
+            )
+
+        return self._retry("decryption task", fetch)
+
+    def submit_ticket(self, round_number: int, ticket: bytes, signature: bytes) -> TicketAck:
+        ack = self._retry(
+            "ticket signature",
+            lambda: self.stub.SubmitTicket(
+                federation_pb2.TicketSubmission(
+                    round=round_number, ticket_digest=ticket, signature=signature
+                ),
+                metadata=self.metadata,
+            ),
+        )
+        return TicketAck(ack.signatures, ack.quorum)
+
+    def submit_partial(self, header: PartialHeader, values: bytes) -> None:
+        size = self.chunk_bytes
+
+        def messages() -> Iterator[federation_pb2.PartialChunk]:
+            yield federation_pb2.PartialChunk(header=rpc.partial_header_to_proto(header))
+            for i in range(0, len(values), size):
+                yield federation_pb2.PartialChunk(data=values[i : i + size])
+
+        self._retry(
+            "partial decryption upload",
+            lambda: self.stub.SubmitPartialDecryption(messages(), metadata=self.metadata),
+        )
+
+    def checkpoint(self) -> SignedCheckpoint:
+        cp = self._retry(
+            "audit checkpoint",
+            lambda: self.audit_stub.GetCheckpoint(
+                audit_pb2.CheckpointQuery(), metadata=self.metadata
+            ),
+        )
+        return rpc.checkpoint_from_proto(cp)
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        proof = self._retry(
+            "audit consistency proof",
+            lambda: self.audit_stub.GetConsistencyProof(
+                audit_pb2.ConsistencyQuery(from_size=old_size, to_size=new_size),
+                metadata=self.metadata,
+            ),
+        )
+        return list(proof.hashes)
+
+    def close(self) -> None:
+        self.channel.close()

@@ -1,0 +1,52 @@
+"""How a client talks to its coordinator: the :class:`Transport` protocol.
+
+:class:`fedlora.client.GrpcTransport` is the networked one (mTLS, retries); the in-process
+transport in :mod:`fedlora.inprocess` calls a coordinator engine directly (tests, the crypto
+demo, the accuracy benchmark); a Flower transport carries the same messages in Flower's records.
+A transport retries what is worth retrying and raises only fedlora errors: :class:`RemoteError`
+when the coordinator refused, :class:`TransportError` when it could not be reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from fedlora.audit import SignedCheckpoint
+from fedlora.protocol import (
+    ContributionHeader,
+    DecryptionTask,
+    JoinInfo,
+    PartialHeader,
+    Receipt,
+    RoundStatus,
+    TicketAck,
+)
+
+Progress = Callable[[int], None]  # called with the bytes sent so far
+
+
+class Transport(Protocol):
+    def join(self) -> JoinInfo: ...
+
+    def round_status(self) -> RoundStatus: ...
+
+    def download_global(self, version: int) -> tuple[bytes, bytes]:
+        """The global adapter's float32 bytes and the digest the coordinator sent with them."""
+        ...
+
+    def upload_contribution(
+        self, header: ContributionHeader, records: bytes, on_progress: Progress | None = None
+    ) -> Receipt: ...
+
+    def decryption_task(self, round_number: int, *, manifest_only: bool) -> DecryptionTask: ...
+
+    def submit_ticket(self, round_number: int, ticket: bytes, signature: bytes) -> TicketAck: ...
+
+    def submit_partial(self, header: PartialHeader, values: bytes) -> None: ...
+
+    def checkpoint(self) -> SignedCheckpoint: ...
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]: ...
+
+    def close(self) -> None: ...

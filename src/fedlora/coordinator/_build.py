@@ -1,0 +1,45 @@
+"""Build a coordinator engine from its configuration: load its keys, replay its state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from fedlora.config import CoordinatorConfig
+from fedlora.coordinator._engine import Coordinator
+from fedlora.crypto import ThresholdPublicKey
+from fedlora.errors import ConfigError, FedLoraError
+
+
+def read_file(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror}") from None
+
+
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = load_pem_private_key(read_file(path, "keys.signing_key"), password=None)
+    except ValueError:
+        raise ConfigError(
+            f"keys.signing_key: {path} is not an unencrypted PEM private key"
+        ) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"keys.signing_key: {path} is not an Ed25519 key")
+    return key
+
+
+def build_engine(config: CoordinatorConfig) -> Coordinator:
+    """Load the keys the config names and build the coordinator (replaying any saved state)."""
+    key = None
+    if config.federated_learning.encryption_type == "homomorphic":
+        try:
+            key = ThresholdPublicKey.from_json(
+                read_file(config.keys.threshold_public_key, "keys.threshold_public_key")
+            )
+        except FedLoraError as exc:
+            raise ConfigError(f"keys.threshold_public_key: {exc}") from None
+    return Coordinator(config, key, load_signing_key(config.keys.signing_key))

@@ -1,0 +1,107 @@
+"""fedlora.protocol — the protocol both roles speak, pure and transport-free.
+
+Typed messages, the one record (un)packing, the signed statements, the round's stage table, the
+secure-sum strategies and aggregation rules, the contributor pipeline ("delta → signed
+contribution") and the share holder's checks ("task → partial decryption or refusal"). The
+coordinator, the client and every transport (gRPC, in-process, Flower) build on these names; no
+protobuf, sockets, files or torch here.
+"""
+
+from __future__ import annotations
+
+from fedlora.protocol._contributor import SignedContribution, build_contribution
+from fedlora.protocol._decryptor import (
+    CheckedAggregate,
+    HolderPolicy,
+    check_partial_header,
+    check_task,
+    check_ticket_logged,
+    make_partial,
+    manifest_ticket,
+    valid_ticket_signatures,
+    verify_partial,
+)
+from fedlora.protocol._messages import (
+    PLAINTEXT_FINGERPRINT,
+    ContributionHeader,
+    DecryptionManifest,
+    DecryptionTask,
+    JoinInfo,
+    ManifestEntry,
+    PartialHeader,
+    Receipt,
+    RoundStatus,
+    TicketAck,
+)
+from fedlora.protocol._receipts import check_receipt
+from fedlora.protocol._records import RecordSplitter, pack_records, unpack_records
+from fedlora.protocol._rules import AggregationRule, FedAvg, LinearRule
+from fedlora.protocol._secure_sum import (
+    PaillierSum,
+    PlaintextSum,
+    Sealed,
+    SecureSum,
+    secure_sum_for,
+)
+from fedlora.protocol._stages import (
+    ALLOWED,
+    TRANSITIONS,
+    Message,
+    Stage,
+    check_message,
+    check_transition,
+)
+from fedlora.protocol._statements import (
+    contribution_statement,
+    entry_statement,
+    knowledge_context,
+    partial_statement,
+    round_ticket,
+)
+
+__all__ = [
+    "ALLOWED",
+    "PLAINTEXT_FINGERPRINT",
+    "TRANSITIONS",
+    "AggregationRule",
+    "CheckedAggregate",
+    "ContributionHeader",
+    "DecryptionManifest",
+    "DecryptionTask",
+    "FedAvg",
+    "HolderPolicy",
+    "JoinInfo",
+    "LinearRule",
+    "ManifestEntry",
+    "Message",
+    "PaillierSum",
+    "PartialHeader",
+    "PlaintextSum",
+    "Receipt",
+    "RecordSplitter",
+    "RoundStatus",
+    "Sealed",
+    "SecureSum",
+    "SignedContribution",
+    "Stage",
+    "TicketAck",
+    "build_contribution",
+    "check_message",
+    "check_partial_header",
+    "check_receipt",
+    "check_task",
+    "check_ticket_logged",
+    "check_transition",
+    "contribution_statement",
+    "entry_statement",
+    "knowledge_context",
+    "make_partial",
+    "manifest_ticket",
+    "pack_records",
+    "partial_statement",
+    "round_ticket",
+    "secure_sum_for",
+    "unpack_records",
+    "valid_ticket_signatures",
+    "verify_partial",
+]

@@ -1,0 +1,335 @@
+"""The share holder's checks and answers (DESIGN.md §4 step 4), and the coordinator's check of
+a partial decryption. Pure: the caller fetches the task, keeps the ledger and sends the answer.
+
+A holder signs a round's ticket only after :func:`check_task` recomputed everything from the
+records themselves, and :func:`check_ticket_logged` found the ticket in the coordinator's
+anchored log; it releases :func:`make_partial` only once :func:`valid_ticket_signatures` counts
+a quorum.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedlora.audit import canonical_json, verify_entry_inclusion
+from fedlora.crypto import (
+    CodecParams,
+    DecryptionProof,
+    KeyShare,
+    PartialDecryption,
+    PlaintextProof,
+    ThresholdPublicKey,
+    add_ciphertext_vectors,
+    ciphertext_vector_digest,
+    ciphertext_width,
+    partial_decrypt,
+    proof_response_bound,
+    sign_digest,
+    validate_ciphertexts,
+    verify_partial_decryption,
+    verify_plaintext_knowledge,
+    verify_signature,
+)
+from fedlora.errors import VerificationError
+from fedlora.protocol._messages import DecryptionManifest, DecryptionTask, PartialHeader
+from fedlora.protocol._records import pack_records, unpack_records
+from fedlora.protocol._statements import (
+    entry_statement,
+    knowledge_context,
+    partial_statement,
+    round_ticket,
+)
+
+
+@dataclass(frozen=True)
+class HolderPolicy:
+    """What a share holder trusts and requires, from its own files and configuration."""
+
+    federation_id: str
+    party_id: str
+    key: ThresholdPublicKey
+    codec: CodecParams
+    peers: Mapping[str, bytes]  # pinned Ed25519 keys of the federation's parties
+    min_participants: int
+    ticket_quorum: int
+
+
+@dataclass(frozen=True)
+class CheckedAggregate:
+    """An aggregate the holder recomputed and verified: the ticket it may sign, its ciphertexts."""
+
+    round_number: int
+    ticket: bytes
+    ciphertexts: list[int]
+    participants: tuple[str, ...]
+
+
+def check_task(
+    policy: HolderPolicy,
+    task: DecryptionTask,
+    round_number: int,
+    *,
+    trained_from: tuple[int, bytes] | None = None,
+) -> CheckedAggregate:
+    """Check a decryption task in full before its ticket is signed.
+
+    The manifest must be for this federation, this round, this key and codec (and the global
+    model this holder trained from, when it contributed); at least ``min_participants`` distinct
+    pinned peers; every contribution's signature over the ciphertexts actually sent, with a valid
+    proof of plaintext knowledge; the aggregate equal to their product.
+
+    Raises:
+        VerificationError: naming what is wrong.
+    """
+    m, key = task.manifest, policy.key
+    pk, width = key.paillier, ciphertext_width(key.paillier)
+    if m.round_number != round_number:
+        raise VerificationError(
+            f"the manifest is for round {m.round_number}, but the task is round {round_number}"
+        )
+    if m.federation_id != policy.federation_id:
+        raise VerificationError(
+            f"the manifest is for federation {m.federation_id!r}, not {policy.federation_id!r}"
+        )
+    if not hmac.compare_digest(m.key_fingerprint, key.fingerprint):
+        raise VerificationError("the aggregate is under another threshold key")
+    if m.codec != policy.codec:
+        raise VerificationError("the manifest's codec differs from the federation's")
+    if trained_from is not None and trained_from != (m.global_version, bytes(m.global_digest)):
+        raise VerificationError(
+            f"round {round_number}'s contributions were trained from another global model than "
+            "the one this client was served"
+        )
+    clients = [e.client_id for e in m.entries]
+    if len(set(clients)) != len(clients):
+        raise VerificationError("the manifest lists a contributor twice")
+    if len(clients) < policy.min_participants:
+        raise VerificationError(
+            f"the aggregate has {len(clients)} contributors; policy.min_participants requires "
+            f"{policy.min_participants}"
+        )
+    if set(task.contributions) != set(clients):
+        raise VerificationError("the contributions sent do not match the manifest")
+    total: list[int] | None = None
+    statements: list[tuple[str, bytes]] = []
+    for entry in m.entries:
+        if entry.client_id not in policy.peers:
+            raise VerificationError(
+                f"contributor {entry.client_id!r} is not one of this client's pinned peers"
+            )
+        data = task.contributions[entry.client_id]
+        if len(data) != entry.record_count * width or entry.record_count != m.record_count:
+            raise VerificationError(f"the contribution of {entry.client_id!r} has the wrong size")
+        cts = validate_ciphertexts(pk, unpack_records(data, width))
+        statement = entry_statement(m, entry, policy.codec, ciphertext_vector_digest(pk, cts))
+        try:
+            verify_signature(policy.peers[entry.client_id], statement, entry.signature)
+        except VerificationError:
+            raise VerificationError(
+                f"the contribution of {entry.client_id!r} is not signed by that peer's key "
+                "(over these ciphertexts, this round and this global model)"
+            ) from None
+        try:  # a vector mauled from other contributions cannot come with this proof
+            verify_plaintext_knowledge(
+                pk,
+                cts,
+                PlaintextProof.from_bytes(pk, entry.knowledge_proof),
+                context=knowledge_context(
+                    m.federation_id, m.round_number, entry.client_id, key.fingerprint
+                ),
+            )
+        except VerificationError as exc:
+            raise VerificationError(
+                f"the contribution of {entry.client_id!r} carries no valid proof that its sender "
+                f"knows its plaintexts ({exc})"
+            ) from None
+        statements.append((entry.client_id, statement))
+        total = cts if total is None else add_ciphertext_vectors(pk, total, cts)
+    assert total is not None  # min_participants >= 2
+    if len(task.aggregate) % width or unpack_records(task.aggregate, width) != total:
+        raise VerificationError("the aggregate is not the product of the listed contributions")
+    aggregate_digest = ciphertext_vector_digest(pk, total)
+    if not hmac.compare_digest(aggregate_digest, m.aggregate_digest):
+        raise VerificationError("the aggregate digest in the manifest is wrong")
+    ticket = round_ticket(
+        federation_id=policy.federation_id,
+        round_number=round_number,
+        key_fingerprint=key.fingerprint,
+        aggregate_digest=aggregate_digest,
+        global_version=m.global_version,
+        global_digest=m.global_digest,
+        statements=statements,
+    )
+    return CheckedAggregate(round_number, ticket, total, tuple(sorted(clients)))
+
+
+def manifest_ticket(policy: HolderPolicy, manifest: DecryptionManifest) -> bytes:
+    """Recompute the ticket from a manifest's own fields (for a task already checked in full)."""
+    return round_ticket(
+        federation_id=policy.federation_id,
+        round_number=manifest.round_number,
+        key_fingerprint=policy.key.fingerprint,
+        aggregate_digest=manifest.aggregate_digest,
+        global_version=manifest.global_version,
+        global_digest=manifest.global_digest,
+        statements=[
+            (e.client_id, entry_statement(manifest, e, policy.codec, e.ciphertexts_digest))
+            for e in manifest.entries
+        ],
+    )
+
+
+def check_ticket_logged(
+    manifest: DecryptionManifest, round_number: int, ticket: bytes, participants: Sequence[str]
+) -> None:
+    """The ticket must be in the coordinator's anchored log before a holder signs it.
+
+    The manifest carries the round's ``aggregated`` entry and its inclusion proof in the signed
+    checkpoint (which the caller checked against the one it kept): a coordinator that shows two
+    holders two tickets for one round must log both, where any auditor sees them.
+
+    Raises:
+        VerificationError: no such entry, another round's or ticket's, or not in the log.
+    """
+    try:
+        entry = json.loads(manifest.aggregated_entry)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise VerificationError("the manifest carries no audit entry for its ticket") from None
+    expected = {
+        "event": "aggregated",
+        "index": manifest.aggregated_index,
+        "round": round_number,
+        "ticket": ticket.hex(),
+        "aggregate_digest": manifest.aggregate_digest.hex(),
+        "participants": list(participants),
+    }
+    if (
+        not isinstance(entry, dict)
+        or canonical_json(entry) != manifest.aggregated_entry
+        or any(entry.get(k) != v for k, v in expected.items())
+    ):
+        raise VerificationError(
+            f"the audit entry sent for round {round_number}'s ticket does not record this ticket"
+        )
+    verify_entry_inclusion(
+        manifest.aggregated_entry,
+        manifest.aggregated_index,
+        list(manifest.aggregated_inclusion),
+        manifest.checkpoint,
+    )
+
+
+def valid_ticket_signatures(
+    policy: HolderPolicy, manifest: DecryptionManifest, ticket: bytes
+) -> dict[str, bytes]:
+    """The manifest's ticket signatures that verify: distinct share holders, pinned keys."""
+    valid: dict[str, bytes] = {}
+    for party_id, signature in manifest.ticket_signatures:
+        if party_id not in policy.key.party_ids or party_id not in policy.peers:
+            continue
+        try:
+            verify_signature(policy.peers[party_id], ticket, signature)
+        except VerificationError:
+            continue
+        valid[party_id] = signature
+    return valid
+
+
+def make_partial(
+    policy: HolderPolicy,
+    share: KeyShare,
+    signing_key: Ed25519PrivateKey,
+    checked: CheckedAggregate,
+) -> tuple[PartialHeader, bytes]:
+    """This holder's proven partial decryption of a checked aggregate, with its signed statement."""
+    key = policy.key
+    width = ciphertext_width(key.paillier)
+    partial = partial_decrypt(key, share, checked.ciphertexts)
+    unsigned = PartialHeader(
+        round_number=checked.round_number,
+        ciphertexts_digest=partial.ciphertexts_digest,
+        challenge=partial.proof.challenge,
+        response=partial.proof.response,
+        record_count=len(partial.values),
+        ticket_digest=checked.ticket,
+    )
+    statement = partial_statement(
+        policy.federation_id,
+        policy.party_id,
+        unsigned,
+        ciphertext_vector_digest(key.paillier, partial.values),
+    )
+    header = replace(unsigned, statement_signature=sign_digest(signing_key, statement))
+    return header, pack_records(partial.values, width)
+
+
+def check_partial_header(
+    header: PartialHeader,
+    *,
+    key: ThresholdPublicKey,
+    ticket: bytes,
+    aggregate_digest: bytes,
+) -> None:
+    """The cheap checks of a partial decryption's header, before any of its records are read.
+
+    Raises:
+        VerificationError: another ticket or aggregate, a proof response above the public bound
+            (so no exponentiation is ever spent on it), or a malformed statement signature.
+    """
+    if not hmac.compare_digest(header.ticket_digest, ticket):
+        raise VerificationError("partial decryption answers a different ticket")
+    if not hmac.compare_digest(header.ciphertexts_digest, aggregate_digest):
+        raise VerificationError("partial decryption answers a different aggregate")
+    bound = proof_response_bound(key)
+    if not 0 <= header.response < bound:
+        raise VerificationError(
+            f"proof response has {header.response.bit_length()} bits, above the public "
+            f"bound of {bound.bit_length() - 1}"
+        )
+    if len(header.statement_signature) != 64:
+        raise VerificationError("statement_signature must be 64 bytes")
+
+
+def verify_partial(
+    *,
+    federation_id: str,
+    key: ThresholdPublicKey,
+    party_id: str,
+    signing_public_key: bytes,
+    header: PartialHeader,
+    values: bytes,
+    ciphertexts: Sequence[int],
+    aggregate_digest: bytes,
+    ticket: bytes,
+) -> PartialDecryption:
+    """The coordinator's check of one holder's partial decryption (bounds before any modexp).
+
+    Raises:
+        VerificationError: what :func:`check_partial_header` refuses, the wrong size, a
+            statement not signed by the holder, or a failing proof (the party is named).
+    """
+    check_partial_header(header, key=key, ticket=ticket, aggregate_digest=aggregate_digest)
+    width = ciphertext_width(key.paillier)
+    expected = len(ciphertexts) * width
+    if len(values) != expected or header.record_count != len(ciphertexts):
+        raise VerificationError(f"partial decryption has {len(values)} bytes, expected {expected}")
+    decrypted = tuple(unpack_records(values, width))
+    statement = partial_statement(
+        federation_id, party_id, header, ciphertext_vector_digest(key.paillier, decrypted)
+    )
+    verify_signature(signing_public_key, statement, header.statement_signature)
+    partial = PartialDecryption(
+        party_id,
+        key.index_of(party_id),
+        key.fingerprint,
+        aggregate_digest,
+        decrypted,
+        DecryptionProof(header.challenge, header.response),
+    )
+    verify_partial_decryption(key, ciphertexts, partial, ciphertexts_digest=aggregate_digest)
+    return partial

@@ -148,7 +148,10 @@ def upload(
 
 
 def run_clients(
-    layout: Layout, parties: list[str] | None = None, timeout: float = 180
+    layout: Layout,
+    parties: list[str] | None = None,
+    timeout: float = 180,
+    trainers: dict[str, object] | None = None,
 ) -> dict[str, object]:
     """Run real clients in threads until they finish; returns exit codes or exceptions."""
     results: dict[str, object] = {}
@@ -156,7 +159,9 @@ def run_clients(
     def run(pid: str) -> None:
         try:
             results[pid] = Client(
-                load_client_config(layout.client_configs[pid]), console=Console(quiet=True)
+                load_client_config(layout.client_configs[pid]),
+                console=Console(quiet=True),
+                trainer=(trainers or {}).get(pid),  # type: ignore[arg-type]
             ).run()
         except Exception as exc:
             results[pid] = exc

@@ -401,3 +401,40 @@ def test_global_adapters_are_published_in_peft_format_and_export_works(tmp_path)
     merged = TabularNet.from_pretrained(tmp_path / "export-merged").eval()
     with torch.no_grad():
         assert np.allclose(torch.softmax(merged(x), 1).numpy(), expected, atol=1e-5)
+
+
+def test_over_mtls_each_global_moves_by_the_weighted_mean_of_the_clipped_deltas(tmp_path) -> None:
+    # Arrange: five real clients over gRPC and mTLS whose "training" adds a known delta (some
+    # values beyond the codec's clip), weighted 3, 5, 7, 11 and 13 by their example counts.
+    from fedlora.inprocess import GivenDelta
+
+    layout = prepare_federation(
+        tmp_path,
+        bits=BITS,
+        rounds=2,
+        aggregation_frequency=1,
+        participant_threshold=5,
+        model_kind="linear",
+    )
+    config = load_coordinator_config(layout.coordinator_config)
+    n = config.model.num_parameters
+    rng = np.random.default_rng(7)
+    weights = dict(zip(layout.client_configs, (3, 5, 7, 11, 13)))
+    deltas = {pid: rng.normal(0, 0.8, n).astype(np.float32) for pid in weights}
+    trainers = {pid: GivenDelta(n, weights[pid], deltas[pid]) for pid in weights}
+    running = create_server(config)
+    try:
+        # Act
+        results = h.run_clients(layout, trainers=trainers, timeout=120)
+    finally:
+        running.stop(grace=1)
+    # Assert: global v(r) − v(r−1) is Σ wᵢ·clip(Δᵢ) / Σ wᵢ within one quantization step.
+    assert results == {pid: 0 for pid in weights}
+    total = sum(weights.values())
+    expected = (
+        sum(weights[p] * np.clip(deltas[p].astype(np.float64), -1, 1) for p in weights) / total
+    )
+    store, codec = running.engine.store, running.engine.codec
+    for version in (1, 2):
+        moved = store.load_global(version).astype(np.float64) - store.load_global(version - 1)
+        assert np.max(np.abs(moved - expected)) <= codec.step + 1e-6

@@ -1,22 +1,27 @@
 """fedlora.client — joins a federation: local training, sealing and signing, partial decryption.
 
 :class:`Client` orchestrates; the wire is a :class:`Transport` (:class:`GrpcTransport` by
-default). Training needs the ``[client]`` extra (torch, peft, transformers).
+default). The training names (torch, peft, transformers: the ``[client]`` extra) are imported on
+first use, so the protocol side of a client loads without them.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from fedlora.client._grpc import GrpcTransport, channel_for
 from fedlora.client._session import Client, Federation
-from fedlora.client._training import (
-    LinearTrainer,
-    LocalTrainer,
-    load_csv,
-    load_text,
-    make_trainer,
-    pick_device,
-)
 from fedlora.client._transport import Transport
+
+if TYPE_CHECKING:
+    from fedlora.client._training import (
+        LinearTrainer,
+        LocalTrainer,
+        load_csv,
+        load_text,
+        make_trainer,
+        pick_device,
+    )
 
 __all__ = [
     "Client",
@@ -31,3 +36,20 @@ __all__ = [
     "make_trainer",
     "pick_device",
 ]
+
+_TRAINING = {
+    "LinearTrainer",
+    "LocalTrainer",
+    "load_csv",
+    "load_text",
+    "make_trainer",
+    "pick_device",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TRAINING:
+        from fedlora.client import _training
+
+        return getattr(_training, name)
+    raise AttributeError(f"module 'fedlora.client' has no attribute {name!r}")

@@ -21,7 +21,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -31,7 +31,6 @@ from rich.console import Console
 
 from fedlora.audit import SignedCheckpoint
 from fedlora.client._ledger import AnchorError, CheckpointAnchor, DecryptorLedger
-from fedlora.client._training import LocalTrainer, make_trainer
 from fedlora.client._transport import Transport
 from fedlora.client._ui import Reporter
 from fedlora.config import ClientConfig, check_key_size
@@ -67,6 +66,9 @@ from fedlora.protocol import (
     secure_sum_for,
     valid_ticket_signatures,
 )
+
+if TYPE_CHECKING:
+    from fedlora.client._training import LocalTrainer
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -120,7 +122,11 @@ class Client:
         )
         self.coordinator_key = bytes.fromhex(config.keys.coordinator_signing_public_key)
         self.peers = {p.id: bytes.fromhex(p.signing_public_key) for p in config.peers}
-        self.trainer = trainer or make_trainer(config)
+        if trainer is None:
+            from fedlora.client._training import make_trainer  # torch: the [client] extra
+
+            trainer = make_trainer(config)
+        self.trainer = trainer
         self.key: ThresholdPublicKey | None = None
         self.share: KeyShare | None = None
         self.holder: HolderPolicy | None = None

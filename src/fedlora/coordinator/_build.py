@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -32,7 +34,9 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def build_engine(config: CoordinatorConfig) -> Coordinator:
+def build_engine(
+    config: CoordinatorConfig, *, clock: Callable[[], float] = time.time
+) -> Coordinator:
     """Load the keys the config names and build the coordinator (replaying any saved state)."""
     key = None
     if config.federated_learning.encryption_type == "homomorphic":
@@ -42,4 +46,4 @@ def build_engine(config: CoordinatorConfig) -> Coordinator:
             )
         except FedLoraError as exc:
             raise ConfigError(f"keys.threshold_public_key: {exc}") from None
-    return Coordinator(config, key, load_signing_key(config.keys.signing_key))
+    return Coordinator(config, key, load_signing_key(config.keys.signing_key), clock=clock)

@@ -1,0 +1,167 @@
+"""The real engine and real clients in one process (no sockets), driven through an injected clock.
+
+Deadlines move because the test moves the clock, never because it sleeps; every client is a real
+:class:`fedlora.client.Client` with its ledger and checks, talking through the in-process transport.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fedlora._setup import prepare_federation
+from fedlora.crypto import CodecParams
+from fedlora.inprocess import GivenDelta, InProcessFederation
+from fedlora.protocol import Stage
+
+BITS = 512  # test keys only
+N = 2 * 8 + 2  # the linear model's parameters (classes × features + classes)
+WEIGHTS = {"bank-a": 3, "bank-b": 5, "hospital-c": 7, "hospital-d": 11, "bank-e": 13}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _deltas(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    # Some values beyond the codec's clip (1.0), so clipping is part of what is checked.
+    return {pid: rng.normal(0, 0.8, N).astype(np.float32) for pid in WEIGHTS}
+
+
+def _federation(
+    tmp_path, clock, *, encryption_type="homomorphic", participant_threshold=5, rounds=2
+):  # type: ignore[no-untyped-def]
+    layout = prepare_federation(
+        tmp_path,
+        bits=BITS,
+        rounds=rounds,
+        aggregation_frequency=1,
+        participant_threshold=participant_threshold,
+        decryption_threshold=3,
+        round_timeout_s=60,
+        insecure=True,
+        encryption_type=encryption_type,
+        model_kind="linear",
+    )
+    trainers = {pid: GivenDelta(N, num_examples=w) for pid, w in WEIGHTS.items()}
+    fed = InProcessFederation.from_configs(
+        layout.coordinator_config, layout.client_configs, trainers=trainers, clock=clock
+    )
+    return layout, fed, trainers
+
+
+def _events(layout) -> list[dict]:  # type: ignore[no-untyped-def]
+    log = layout.root / "coordinator-state" / "audit" / "entries.log"
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def _expected_mean(deltas: dict[str, np.ndarray], clip: float) -> np.ndarray:
+    total = sum(WEIGHTS.values())
+    return (
+        sum(WEIGHTS[p] * np.clip(d.astype(np.float64), -clip, clip) for p, d in deltas.items())
+        / total
+    )
+
+
+@pytest.mark.parametrize("encryption_type", ["homomorphic", "none"])
+def test_each_published_global_moves_by_the_weighted_mean_of_the_clipped_deltas(
+    tmp_path, encryption_type
+) -> None:
+    clock = Clock()
+    layout, fed, trainers = _federation(tmp_path, clock, encryption_type=encryption_type)
+    codec: CodecParams = fed.engine.codec
+    for number in (1, 2):
+        deltas = _deltas(number)
+        for pid, t in trainers.items():
+            t.delta = deltas[pid]
+        before = fed.global_vector().astype(np.float64)
+        assert fed.run_round() == number
+        moved = fed.global_vector().astype(np.float64) - before
+        error = np.max(np.abs(moved - _expected_mean(deltas, codec.clip)))
+        # Encrypted: stochastic rounding to the codec's grid (float32 storage adds ~1e-7);
+        # plaintext: clipped nowhere, so compare with the unclipped mean and float32 precision.
+        if encryption_type == "homomorphic":
+            assert error <= codec.step + 1e-6
+        else:
+            total = sum(WEIGHTS.values())
+            plain = sum(WEIGHTS[p] * d.astype(np.float64) for p, d in deltas.items()) / total
+            assert np.max(np.abs(moved - plain)) < 1e-5
+    assert fed.engine.finished
+    kinds = [e["event"] for e in _events(layout)]
+    assert kinds.count("round_closed") == 2 and "round_failed" not in kinds
+
+
+def test_a_round_below_the_participant_threshold_fails_at_its_deadline_not_before(
+    tmp_path,
+) -> None:
+    clock = Clock()
+    layout, fed, trainers = _federation(tmp_path, clock, participant_threshold=3)
+    for pid, t in trainers.items():
+        t.delta = _deltas(1)[pid]
+    fed.step(["bank-a", "bank-b"])  # two of the three needed
+    clock.advance(59)
+    fed.engine.tick()
+    assert fed.engine.stage is Stage.COLLECTING and fed.round_number == 1
+    clock.advance(2)  # past round_timeout_s (60)
+    fed.engine.tick()
+    assert fed.round_number == 2 and fed.engine.stage is Stage.COLLECTING
+    failed = [e for e in _events(layout) if e["event"] == "round_failed"]
+    assert len(failed) == 1 and failed[0]["round"] == 1
+    assert "below participant_threshold 3" in failed[0]["reason"]
+
+
+def test_at_the_deadline_a_round_with_enough_contributions_is_aggregated_without_the_rest(
+    tmp_path,
+) -> None:
+    clock = Clock()
+    layout, fed, trainers = _federation(tmp_path, clock, participant_threshold=3)
+    deltas = _deltas(1)
+    for pid, t in trainers.items():
+        t.delta = deltas[pid]
+    contributors = ["bank-a", "bank-b", "hospital-c"]
+    fed.step(contributors)
+    assert fed.engine.stage is Stage.COLLECTING  # waits for the others until the deadline
+    clock.advance(61)
+    fed.engine.tick()
+    assert fed.engine.stage is Stage.TICKETING
+    before = fed.global_vector().astype(np.float64)
+    fed.run_round()
+    assert fed.round_number == 2
+    total = sum(WEIGHTS[p] for p in contributors)
+    expected = (
+        sum(WEIGHTS[p] * np.clip(deltas[p].astype(np.float64), -1, 1) for p in contributors) / total
+    )
+    assert np.max(np.abs(fed.global_vector() - before - expected)) <= fed.engine.codec.step + 1e-6
+    closed = [e for e in _events(layout) if e["event"] == "round_closed"]
+    assert closed[0]["participants"] == contributors
+
+
+def test_a_round_whose_holders_never_sign_fails_at_the_decryption_deadline(tmp_path) -> None:
+    clock = Clock()
+    layout, fed, trainers = _federation(tmp_path, clock)
+    for pid, t in trainers.items():
+        t.delta = _deltas(1)[pid]
+    for pid in WEIGHTS:  # everyone contributes; no holder is ever asked to decrypt
+        client = fed.clients[pid]
+        client.contribute(fed.feds[pid], client.transport.round_status())
+    fed.engine.tick()
+    assert fed.engine.stage is Stage.TICKETING
+    clock.advance(59)
+    fed.engine.tick()
+    assert fed.engine.stage is Stage.TICKETING
+    clock.advance(2)  # past decryption_timeout_s (60)
+    fed.engine.tick()
+    assert fed.round_number == 2
+    failed = [e for e in _events(layout) if e["event"] == "round_failed"]
+    assert "0 ticket signatures, below the quorum" in failed[0]["reason"]
+    assert not any(e["event"] == "decrypted" for e in _events(layout))

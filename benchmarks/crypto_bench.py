@@ -32,11 +32,11 @@ from fedlora.crypto import (
     CodecParams,
     DjnObfuscator,
     ObfuscatorPool,
+    ThreadsBackend,
     add_ciphertext_vectors,
     ciphertext_width,
     combine_partial_decryptions,
     decode,
-    default_workers,
     encode,
     encrypt_batch,
     generate_threshold_key,
@@ -66,7 +66,8 @@ def main() -> None:
         "--floor-sample", type=int, default=4096, help="ciphertexts for the raw-gmpy2 floor"
     )
     args = ap.parse_args()
-    workers = default_workers()
+    backend = ThreadsBackend()  # gmpy2 on every core: the default backend, made explicit here
+    workers = backend.workers
     log = lambda msg: print(f"  … {msg}", flush=True)  # noqa: E731
 
     print(
@@ -106,9 +107,9 @@ def main() -> None:
     n_ct = len(packed[0])
 
     log(f"encrypting contribution 1 cold ({n_ct:,} ciphertexts, rⁿ on {workers} cores)")
-    first, t_cold = timed(lambda: encrypt_batch(pk, packed[0], workers=workers))
+    first, t_cold = timed(lambda: encrypt_batch(pk, packed[0], backend=backend))
     log("filling an obfuscator pool (the work a client does in the background while training)")
-    pool = ObfuscatorPool(pk, capacity=n_ct, workers=workers)
+    pool = ObfuscatorPool(pk, capacity=n_ct, backend=backend)
     _, t_fill = timed(pool.fill)
     second, t_warm = timed(lambda: encrypt_batch(pk, packed[1], obfuscators=pool))
     pool.close()
@@ -134,7 +135,7 @@ def main() -> None:
     partial_times = []
     for share in dealt.shares[:3]:
         log(f"partial decryption by {share.party_id}")
-        p, t = timed(lambda share=share: partial_decrypt(key, share, total, workers=workers))
+        p, t = timed(lambda share=share: partial_decrypt(key, share, total, backend=backend))
         partials.append(p)
         partial_times.append(t)
     t_partial = statistics.mean(partial_times)
@@ -142,16 +143,15 @@ def main() -> None:
     log("raw gmpy2 floor for partial decryption")
     sample = total[: min(args.floor_sample, n_ct)]
     exponent = 2 * key.delta * dealt.shares[0].secret
-    from fedlora.crypto._parallel import powmod_bases  # the floor is raw gmpy2 on the same threads
-
-    _, t_floor_sample = timed(lambda: powmod_bases(sample, exponent, key.nsquare, workers))
+    # The floor is the backend's raw gmpy2 exponentiation on the same threads, nothing else.
+    _, t_floor_sample = timed(lambda: backend.powmod_bases_secret(sample, exponent, key.nsquare))
     t_floor = t_floor_sample * n_ct / len(sample)
     _, t_one_core = timed(lambda: [gmpy2.powmod(c, exponent, key.nsquare) for c in sample[:256]])
     per_ct_one_core = t_one_core / min(256, len(sample))
 
     log("verifying proofs and combining")
     plain, t_combine = timed(
-        lambda: combine_partial_decryptions(key, total, partials, workers=workers)
+        lambda: combine_partial_decryptions(key, total, partials, backend=backend)
     )
     mean, t_unpack = timed(
         lambda: decode(plain, params, length=args.values, total_weight=args.contributions)

@@ -5,18 +5,24 @@ import time
 
 import pytest
 
-from fedlora.crypto import DjnObfuscator, ObfuscatorPool, decrypt_batch, encrypt_batch
+from fedlora.crypto import (
+    DjnObfuscator,
+    ObfuscatorPool,
+    ThreadsBackend,
+    decrypt_batch,
+    encrypt_batch,
+)
 from fedlora.errors import CryptoError
 
 
 def test_pool_fills_in_the_background_and_hands_each_obfuscator_out_once(keypair) -> None:
     # Arrange
     public, private = keypair
-    pool = ObfuscatorPool(public, capacity=40, workers=2, batch=8).start()
+    pool = ObfuscatorPool(public, capacity=40, backend=ThreadsBackend(2), batch=8).start()
     deadline = time.monotonic() + 30
     while len(pool) < 40 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert len(pool) == 40  # the background threads filled it, nobody asked
+    assert len(pool) == 40  # the background thread filled it, nobody asked
     # Act
     first = pool.take(25)
     second = pool.take(25)  # 15 left in the pool, 10 computed on the spot

@@ -14,6 +14,7 @@ from fedlora.crypto import (
     ThresholdPublicKey,
     combine_partial_decryptions,
     deal_threshold_key,
+    default_backend,
     encrypt_batch,
     generate_threshold_key,
     partial_decrypt,
@@ -100,7 +101,7 @@ def test_t_minus_one_shares_do_not_decrypt(dealt) -> None:
             combine_partial_decryptions(key, cts, list(subset))
         # ...and the raw interpolation over t-1 points does not yield the plaintext either.
         try:
-            combined = _combine(key, list(subset), None)
+            combined = _combine(key, list(subset), default_backend())
         except CryptoError:
             combined = None  # the shares do not even combine to plaintexts of the form 1 + k·n
         assert combined != messages

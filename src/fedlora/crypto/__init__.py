@@ -3,11 +3,13 @@
 Paillier on phe key objects with gmpy2 (g = n+1); threshold Paillier with a trusted dealer and
 batch proofs of correct decryption; Shamir sharing; key-share transport (X25519 + HKDF + AES-GCM);
 the packing codec; obfuscator pools; Ed25519 signatures over canonical digests; RFC 6962 Merkle
-trees. ``coordinator`` and ``client`` use only the names exported here.
+trees. Vector exponentiation runs on a modexp backend object chosen by the caller (gmpy2 on
+threads by default), and ciphertext vectors have one fixed-width layout (``CiphertextVector``). ``coordinator`` and ``client`` use only the names exported here.
 """
 
 from __future__ import annotations
 
+from fedlora.crypto._backend import ModexpBackend, ThreadsBackend, default_backend, default_workers
 from fedlora.crypto._codec import CodecParams, decode, encode, pack_slots, unpack_slots
 from fedlora.crypto._dealer import deal_threshold_key, generate_threshold_key
 from fedlora.crypto._knowledge import (
@@ -44,11 +46,9 @@ from fedlora.crypto._paillier import (
     encrypt_batch,
     key_fingerprint,
     keypair_from_primes,
-    records_hasher,
     validate_ciphertext,
     validate_ciphertexts,
 )
-from fedlora.crypto._parallel import default_workers
 from fedlora.crypto._primes import generate_safe_prime, generate_safe_prime_pair, is_safe_prime
 from fedlora.crypto._shamir import (
     ShamirShare,
@@ -81,10 +81,12 @@ from fedlora.crypto._threshold import (
 from fedlora.crypto._threshold_keys import MAX_PARTIES, DealtKey, KeyShare, ThresholdPublicKey
 from fedlora.crypto._transport import open_key_share, seal_key_share, x25519_public_bytes
 from fedlora.crypto._util import Rng, deterministic_rng, fixed_bytes_to_int, int_to_fixed_bytes
+from fedlora.crypto._vector import CiphertextVector, records_hasher
 
 __all__ = [
     "EMPTY_ROOT",
     "MAX_PARTIES",
+    "CiphertextVector",
     "CodecParams",
     "CompactRange",
     "DealtKey",
@@ -92,6 +94,7 @@ __all__ = [
     "DjnObfuscator",
     "EncryptionWitness",
     "KeyShare",
+    "ModexpBackend",
     "ObfuscatorPool",
     "ObfuscatorSource",
     "PaillierPrivateKey",
@@ -100,6 +103,7 @@ __all__ = [
     "PlaintextProof",
     "Rng",
     "ShamirShare",
+    "ThreadsBackend",
     "ThresholdPublicKey",
     "add_ciphertext_vectors",
     "canonical_digest",
@@ -114,6 +118,7 @@ __all__ = [
     "decode",
     "decrypt",
     "decrypt_batch",
+    "default_backend",
     "default_workers",
     "deterministic_rng",
     "ed25519_public_bytes",

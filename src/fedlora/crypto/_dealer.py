@@ -78,8 +78,8 @@ def generate_threshold_key(
     Args:
         bits: modulus size; 2048 is the production default, 3072 for long-lived keys; tests use
             512. Must be even, ≥ 128.
-        workers: processes for the prime search (default: every core). Ignored when ``rng`` is
-            given: a seeded search runs in-process so it is reproducible.
+        workers: threads for the prime search (default: every core). Ignored when ``rng`` is
+            given: a seeded search runs on the calling thread so it is reproducible.
 
     Raises:
         CryptoError: invalid sizes, threshold or party ids.

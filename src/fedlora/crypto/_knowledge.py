@@ -27,10 +27,11 @@ from dataclasses import dataclass
 import gmpy2
 from phe import PaillierPublicKey
 
+from fedlora.crypto._backend import ModexpBackend, multi_powmod, resolve_backend
 from fedlora.crypto._obfuscation import EncryptionWitness, ObfuscatorSource, RootsWitness
 from fedlora.crypto._paillier import ciphertext_vector_digest, validate_ciphertexts
-from fedlora.crypto._parallel import multi_powmod, powmod_bases
 from fedlora.crypto._util import Rng, byte_length, require_bytes, system_rng
+from fedlora.crypto._vector import CiphertextVector, pack_records
 from fedlora.errors import CryptoError, VerificationError
 
 __all__ = ["PlaintextProof", "encrypt_and_prove", "verify_plaintext_knowledge"]
@@ -80,7 +81,7 @@ def _weights(context: bytes, cts_digest: bytes, count: int) -> list[bytes]:
 def _challenge(pk: PaillierPublicKey, context: bytes, cts_digest: bytes, big_c: int, a: int) -> int:
     w = byte_length(pk.nsquare)
     h = hashlib.sha256(b"fedlora/plaintext-knowledge/v1\x00" + context + cts_digest)
-    h.update(int(big_c).to_bytes(w, "big") + int(a).to_bytes(w, "big"))
+    h.update(pack_records([big_c, a], w))
     return int.from_bytes(h.digest(), "big") >> (256 - _CHALLENGE_BITS)
 
 
@@ -91,13 +92,15 @@ def encrypt_and_prove(
     context: bytes,
     obfuscators: ObfuscatorSource | None = None,
     rng: Rng | None = None,
-    workers: int | None = None,
+    backend: ModexpBackend | None = None,
 ) -> tuple[list[int], PlaintextProof]:
     """Encrypt a vector (as :func:`fedlora.crypto.encrypt_batch`) and prove knowledge of it.
 
     Args:
         context: bytes naming where the vector goes (federation, round, client); the verifier
             must pass the same.
+        backend: computes ``rⁿ`` when no ``obfuscators`` are given, and the prover's two
+            exponentiations of secret bases; ``None`` is the default backend.
 
     Raises:
         CryptoError: a plaintext out of range (named by index), an empty vector.
@@ -115,10 +118,11 @@ def encrypt_and_prove(
     if not ms:
         raise CryptoError("nothing to encrypt: the plaintext vector is empty")
     source = system_rng(rng)
+    engine = resolve_backend(backend)
     witness: EncryptionWitness
     if obfuscators is None:
         rs = [source.randrange(1, n) for _ in ms]
-        rn, witness = powmod_bases(rs, n, n2, workers), RootsWitness(rs, n)
+        rn, witness = engine.powmod_bases_secret(rs, n, n2), RootsWitness(rs, n)
     else:
         rn, witness = obfuscators.take_with_witness(len(ms))
     mn2 = gmpy2.mpz(n2)
@@ -133,16 +137,16 @@ def encrypt_and_prove(
         s = source.randrange(1, n)
         if gmpy2.gcd(s, n) == 1:
             break
-    a = int((1 + x * n) * gmpy2.powmod(s, n, n2) % n2)
+    a = int((1 + x * n) * engine.powmod_bases_secret([s], n, n2)[0] % n2)
     e = _challenge(pk, context, digest, big_c, a)
     z1 = (x + e * big_m) % n
-    z2 = int(s * gmpy2.powmod(big_r, e, n) % n)
+    z2 = int(s * engine.powmod_bases_secret([big_r], e, n)[0] % n)
     return cts, PlaintextProof(a, z1, z2)
 
 
 def verify_plaintext_knowledge(
     public_key: PaillierPublicKey,
-    ciphertexts: Sequence[int],
+    ciphertexts: Sequence[int] | CiphertextVector,
     proof: PlaintextProof,
     *,
     context: bytes,

@@ -2,9 +2,9 @@
 
 Encrypting is ``(1 + m·n) · R mod n²``; nearly all of its cost is ``R``. Two sources:
 
-* :class:`ObfuscatorPool` — textbook ``R = rⁿ`` for uniform ``r``, computed on background threads
-  (gmpy2 releases the GIL) while the client trains, so that encryption itself is one
-  multiplication per ciphertext.
+* :class:`ObfuscatorPool` — textbook ``R = rⁿ`` for uniform ``r``, computed in the background on a
+  modexp backend (by default gmpy2 on every core) while the client trains, so that encryption
+  itself is one multiplication per ciphertext.
 * :class:`DjnObfuscator` — Damgård, Jurik and Nielsen, "A generalization of Paillier's public-key
   system with applications to electronic voting" (IJIS 2010), §4.1: with ``h = -x² mod n`` and
   ``hₛ = hⁿ mod n²`` fixed, ``R = hₛ^α`` for a random ``α`` of ⌈k/2⌉ bits (k = bits of n). A fixed
@@ -27,7 +27,7 @@ from typing import NoReturn, Protocol
 import gmpy2
 from phe import PaillierPublicKey
 
-from fedlora.crypto._parallel import default_workers, multi_powmod, powmod_bases
+from fedlora.crypto._backend import ModexpBackend, multi_powmod, resolve_backend
 from fedlora.crypto._util import Rng, require_int, system_rng
 from fedlora.errors import CryptoError
 
@@ -143,16 +143,20 @@ class DjnObfuscator(_NoPickle):
 
 
 class ObfuscatorPool(_NoPickle):
-    """Textbook obfuscators ``rⁿ mod n²``, precomputed on background threads.
+    """Textbook obfuscators ``rⁿ mod n²``, precomputed in the background.
 
-    ``start()`` begins filling up to ``capacity`` in the background; ``take(k)`` removes ``k``
-    obfuscators (each is handed out once, then dropped), computing any shortfall on the spot on
-    all cores. ``close()`` stops the fillers and discards what is left.
+    ``start()`` begins filling up to ``capacity`` on one background thread, which hands batches
+    of ``batch`` to the backend (the default backend spreads each batch over every core);
+    ``take(k)`` removes ``k`` obfuscators (each is handed out once, then dropped), computing any
+    shortfall on the spot. ``close()`` stops the filler and discards what is left. The ``r`` are
+    secret, so every batch goes to :meth:`~fedlora.crypto.ModexpBackend.powmod_bases_secret`.
 
     Args:
-        capacity: how many obfuscators to keep ready, e.g. the ciphertexts of one round.
-        workers: background threads; default every core.
-        batch: obfuscators computed per background step (one ``powmod_base_list`` call).
+        capacity: how many obfuscators to keep ready, e.g. the ciphertexts of one round; ≥ 1.
+        backend: computes ``rⁿ mod n²``; ``None`` is :func:`~fedlora.crypto.default_backend`.
+        batch: obfuscators per background step, ≥ 1; smaller batches make ``close()`` and
+            ``take()`` more responsive, larger ones keep more cores busy.
+        rng: randomness for every ``r``; ``None`` means the OS CSPRNG.
     """
 
     def __init__(
@@ -160,24 +164,22 @@ class ObfuscatorPool(_NoPickle):
         public_key: PaillierPublicKey,
         capacity: int,
         *,
-        workers: int | None = None,
-        batch: int = 64,
+        backend: ModexpBackend | None = None,
+        batch: int = 256,
         rng: Rng | None = None,
     ) -> None:
         if not isinstance(public_key, PaillierPublicKey):
             raise CryptoError("public_key must be a phe.PaillierPublicKey")
         self.public_key = public_key
         self.capacity = require_int("capacity", capacity, low=1)
-        self._workers = (
-            default_workers() if workers is None else require_int("workers", workers, low=1)
-        )
+        self._backend = resolve_backend(backend)
         self._batch = require_int("batch", batch, low=1)
         self._rng = system_rng(rng)
         self._ready: deque[tuple[int, int]] = deque()  # (r, rⁿ mod n²)
         self._cond = threading.Condition()
-        self._reserved = 0  # obfuscators being computed right now by fillers
+        self._reserved = 0  # obfuscators being computed right now by the filler
         self._stop = False
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
 
     def __len__(self) -> int:
         with self._cond:
@@ -198,7 +200,7 @@ class ObfuscatorPool(_NoPickle):
                 k = min(self._batch, room)
                 self._reserved += k
             rs = self._draw_rs(k)
-            values = powmod_bases(rs, n, n2, workers=1)
+            values = self._backend.powmod_bases_secret(rs, n, n2)
             with self._cond:
                 self._reserved -= k
                 if self._stop:
@@ -207,36 +209,42 @@ class ObfuscatorPool(_NoPickle):
                 self._cond.notify_all()
 
     def start(self) -> ObfuscatorPool:
-        """Start the background fillers (idempotent); returns ``self``."""
+        """Start the background filler (idempotent); returns ``self``."""
         with self._cond:
-            if self._threads and any(t.is_alive() for t in self._threads):
+            if self._thread is not None and self._thread.is_alive():
                 return self
             self._stop = False
-            self._threads = [
-                threading.Thread(target=self._fill, name=f"fedlora-obfuscators-{i}", daemon=True)
-                for i in range(self._workers)
-            ]
-        for t in self._threads:
-            t.start()
+            self._thread = threading.Thread(
+                target=self._fill, name="fedlora-obfuscators", daemon=True
+            )
+            self._thread.start()
         return self
 
     def fill(self) -> None:
-        """Fill the pool to capacity now, on all cores, and return when it is full (or closed)."""
+        """Fill the pool to capacity now, on the backend, and return when it is full (or closed)."""
         with self._cond:
             missing = self.capacity - len(self._ready) - self._reserved
+            # Reserved under the lock, so that the background filler does not compute the
+            # same shortfall a second time and overfill the pool.
+            self._reserved += max(0, missing)
         if missing > 0:
             n, n2 = self.public_key.n, self.public_key.nsquare
-            rs = self._draw_rs(missing)
-            values = powmod_bases(rs, n, n2, self._workers)
-            with self._cond:
-                self._ready.extend(zip(rs, values))
-                self._cond.notify_all()
+            made: list[tuple[int, int]] = []
+            try:
+                rs = self._draw_rs(missing)
+                made = list(zip(rs, self._backend.powmod_bases_secret(rs, n, n2)))
+            finally:
+                with self._cond:
+                    self._reserved -= missing
+                    if not self._stop:
+                        self._ready.extend(made)
+                    self._cond.notify_all()
         with self._cond:
-            # Background fillers may still be finishing obfuscators they reserved.
+            # The background filler may still be finishing obfuscators it reserved.
             self._cond.wait_for(lambda: self._stop or len(self._ready) >= self.capacity)
 
     def take(self, count: int) -> list[int]:
-        """Remove and return ``count`` obfuscators; any shortfall is computed now on all cores."""
+        """Remove and return ``count`` obfuscators; any shortfall is computed now on the backend."""
         return self.take_with_witness(count)[0]
 
     def take_with_witness(self, count: int) -> tuple[list[int], EncryptionWitness]:
@@ -247,19 +255,21 @@ class ObfuscatorPool(_NoPickle):
         missing = count - len(got)
         if missing:
             rs = self._draw_rs(missing)
-            values = powmod_bases(rs, self.public_key.n, self.public_key.nsquare, self._workers)
+            values = self._backend.powmod_bases_secret(
+                rs, self.public_key.n, self.public_key.nsquare
+            )
             got.extend(zip(rs, values))
         return [v for _, v in got], RootsWitness([r for r, _ in got], self.public_key.n)
 
     def close(self) -> None:
-        """Stop the fillers and drop every unused obfuscator."""
+        """Stop the filler and drop every unused obfuscator."""
         with self._cond:
             self._stop = True
             self._ready.clear()
             self._cond.notify_all()
-        for t in self._threads:
-            t.join()
-        self._threads = []
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
 
     def __enter__(self) -> ObfuscatorPool:
         return self.start()

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 import gmpy2
 from phe import PaillierPrivateKey, PaillierPublicKey
 
-from fedlora.crypto._parallel import powmod_bases
+from fedlora.crypto._backend import ModexpBackend, resolve_backend
 from fedlora.crypto._util import Rng, byte_length, require_int, require_sequence, system_rng
+from fedlora.crypto._vector import CiphertextVector
 from fedlora.errors import CryptoError
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ __all__ = [
     "encrypt_batch",
     "key_fingerprint",
     "keypair_from_primes",
-    "records_hasher",
     "validate_ciphertext",
     "validate_ciphertexts",
 ]
@@ -102,9 +102,13 @@ def validate_ciphertext(public_key: PaillierPublicKey, ciphertext: object) -> in
     return int(c)
 
 
-def validate_ciphertexts(public_key: PaillierPublicKey, ciphertexts: Sequence[object]) -> list[int]:
+def validate_ciphertexts(
+    public_key: PaillierPublicKey, ciphertexts: Sequence[object] | CiphertextVector
+) -> list[int]:
     """:func:`validate_ciphertext` over a vector; the error names the first bad index."""
     pk = _require_public_key(public_key)
+    if isinstance(ciphertexts, CiphertextVector):
+        ciphertexts = ciphertexts.to_ints()
     n, n2 = gmpy2.mpz(pk.n), pk.nsquare
     out = []
     for index, c in enumerate(require_sequence("ciphertexts", ciphertexts)):
@@ -129,12 +133,14 @@ def encrypt(
     *,
     obfuscator: int | None = None,
     rng: Rng | None = None,
+    backend: ModexpBackend | None = None,
 ) -> int:
     """Encrypt one plaintext ``0 ≤ m < n``.
 
     Args:
         obfuscator: a precomputed ``R = rⁿ mod n²`` used for this ciphertext only (from an
             :class:`~fedlora.crypto.ObfuscatorPool`); ``None`` draws ``r`` from ``rng``.
+        backend: computes ``rⁿ`` when no obfuscator is given; ``None`` is the default backend.
 
     Raises:
         CryptoError: plaintext out of range or not an integer.
@@ -143,7 +149,7 @@ def encrypt(
     m = _require_plaintext(pk, plaintext)
     if obfuscator is None:
         r = system_rng(rng).randrange(1, pk.n)
-        obfuscator = int(gmpy2.powmod(r, pk.n, pk.nsquare))
+        obfuscator = resolve_backend(backend).powmod_bases_secret([r], pk.n, pk.nsquare)[0]
     else:
         obfuscator = require_int("obfuscator", obfuscator, low=1, high=pk.nsquare - 1)
     return int((1 + m * pk.n) % pk.nsquare * gmpy2.mpz(obfuscator) % pk.nsquare)
@@ -155,13 +161,14 @@ def encrypt_batch(
     *,
     obfuscators: ObfuscatorSource | None = None,
     rng: Rng | None = None,
-    workers: int | None = None,
+    backend: ModexpBackend | None = None,
 ) -> list[int]:
     """Encrypt a vector of plaintexts.
 
     With ``obfuscators`` (a pool or a DJN generator), each ciphertext takes a fresh precomputed
-    ``R`` and costs one modular multiplication. Without, ``rⁿ mod n²`` is computed here on all
-    cores — the "cold" path, dominated by one 2048-bit-exponent powmod per ciphertext.
+    ``R`` and costs one modular multiplication. Without, ``rⁿ mod n²`` is computed here by
+    ``backend`` (``None``: the default, every core) — the "cold" path, dominated by one
+    2048-bit-exponent powmod per ciphertext.
 
     Raises:
         CryptoError: a plaintext out of range (named by index).
@@ -176,14 +183,16 @@ def encrypt_batch(
     if obfuscators is None:
         source = system_rng(rng)
         rs = [source.randrange(1, n) for _ in ms]
-        rn = powmod_bases(rs, n, pk.nsquare, workers)
+        rn = resolve_backend(backend).powmod_bases_secret(rs, n, pk.nsquare)
     else:
         rn = obfuscators.take(len(ms))
     return [int((1 + m * n) * gmpy2.mpz(r) % n2) for m, r in zip(ms, rn)]
 
 
 def add_ciphertext_vectors(
-    public_key: PaillierPublicKey, left: Sequence[int], right: Sequence[int]
+    public_key: PaillierPublicKey,
+    left: Sequence[int] | CiphertextVector,
+    right: Sequence[int] | CiphertextVector,
 ) -> list[int]:
     """Slot-wise homomorphic addition: ``D(left[i]·right[i]) = D(left[i]) + D(right[i]) mod n``.
 
@@ -193,6 +202,10 @@ def add_ciphertext_vectors(
         CryptoError: the vectors differ in length.
     """
     pk = _require_public_key(public_key)
+    if isinstance(left, CiphertextVector):
+        left = left.to_ints()
+    if isinstance(right, CiphertextVector):
+        right = right.to_ints()
     n2 = pk.nsquare
     for name, vector in (("left", left), ("right", right)):
         for i, c in enumerate(require_sequence(name, vector)):
@@ -231,52 +244,56 @@ def _require_private_key(private_key: object) -> PaillierPrivateKey:
     return private_key
 
 
-def decrypt(private_key: PaillierPrivateKey, ciphertext: int) -> int:
+def decrypt(
+    private_key: PaillierPrivateKey, ciphertext: int, *, backend: ModexpBackend | None = None
+) -> int:
     """Decrypt with a full (non-threshold) private key; for tests, tools and the dealer.
 
     Raises:
         CryptoError: ciphertext not in Z*_{n²} or wrong key type.
     """
-    return decrypt_batch(private_key, [ciphertext], workers=1)[0]
+    return decrypt_batch(private_key, [ciphertext], backend=backend)[0]
 
 
 def decrypt_batch(
-    private_key: PaillierPrivateKey, ciphertexts: Sequence[int], workers: int | None = None
+    private_key: PaillierPrivateKey,
+    ciphertexts: Sequence[int] | CiphertextVector,
+    *,
+    backend: ModexpBackend | None = None,
 ) -> list[int]:
-    """:func:`decrypt` over a vector (validated first), with the powmods on all cores."""
+    """:func:`decrypt` over a vector (validated first), with the powmods on ``backend``.
+
+    The exponents ``p − 1``, ``q − 1`` and moduli ``p²``, ``q²`` are secret, so the work goes to
+    :meth:`~fedlora.crypto.ModexpBackend.powmod_bases_secret`.
+    """
     sk = _require_private_key(private_key)
     cs = validate_ciphertexts(sk.public_key, ciphertexts)
     crt = _CrtDecryptor(sk)
-    ups = powmod_bases(cs, crt.p - 1, crt.psq, workers)
-    uqs = powmod_bases(cs, crt.q - 1, crt.qsq, workers)
+    engine = resolve_backend(backend)
+    ups = engine.powmod_bases_secret(cs, int(crt.p - 1), int(crt.psq))
+    uqs = engine.powmod_bases_secret(cs, int(crt.q - 1), int(crt.qsq))
     return [crt.finish(a, b) for a, b in zip(ups, uqs)]
 
 
-def records_hasher(count: int, width: int) -> hashlib._Hash:
-    """A SHA-256 object primed for ``count`` fixed-width records of ``width`` bytes.
-
-    Feeding it the records' bytes (in chunks, as they stream in) gives the same digest as
-    :func:`ciphertext_vector_digest` over the same vector.
-    """
-    count = require_int("count", count, low=0)
-    width = require_int("width", width, low=1)
-    h = hashlib.sha256(b"fedlora/ciphertexts/v1\x00")
-    h.update(count.to_bytes(8, "big"))
-    h.update(width.to_bytes(4, "big"))
-    return h
-
-
-def ciphertext_vector_digest(public_key: PaillierPublicKey, ciphertexts: Sequence[int]) -> bytes:
-    """SHA-256 over a domain tag, the count and each ciphertext as fixed-width big-endian bytes.
+def ciphertext_vector_digest(
+    public_key: PaillierPublicKey, ciphertexts: Sequence[int] | CiphertextVector
+) -> bytes:
+    """SHA-256 over a domain tag, the count, the width and each ciphertext as a fixed-width
+    big-endian record (:meth:`CiphertextVector.digest`, :func:`fedlora.crypto.records_hasher`).
 
     Names one exact ciphertext vector in signatures, receipts, manifests and proofs.
+
+    Raises:
+        CryptoError: a value that is not an integer in ``0..256^w − 1`` for ``w`` the byte length
+            of n², or a :class:`CiphertextVector` whose width is not ``w``.
     """
     pk = _require_public_key(public_key)
     width = byte_length(pk.nsquare)
-    h = records_hasher(len(require_sequence("ciphertexts", ciphertexts)), width)
-    try:
-        for c in ciphertexts:
-            h.update(int(c).to_bytes(width, "big"))
-    except (OverflowError, TypeError, ValueError):
-        raise CryptoError(f"a ciphertext does not fit in {width} bytes") from None
-    return h.digest()
+    if isinstance(ciphertexts, CiphertextVector):
+        if ciphertexts.width != width:
+            raise CryptoError(
+                f"ciphertext vector has {ciphertexts.width}-byte records, "
+                f"this key's ciphertexts are {width} bytes"
+            )
+        return ciphertexts.digest()
+    return CiphertextVector.from_ints(require_sequence("ciphertexts", ciphertexts), width).digest()

@@ -17,7 +17,7 @@ from functools import lru_cache
 import gmpy2
 import numpy as np
 
-from fedlora.crypto._parallel import default_workers
+from fedlora.crypto._backend import default_workers
 from fedlora.crypto._util import Rng, require_int, system_rng
 from fedlora.errors import CryptoError
 

@@ -31,11 +31,12 @@ from dataclasses import dataclass
 
 import gmpy2
 
+from fedlora.crypto._backend import ModexpBackend, multi_powmod, resolve_backend
 from fedlora.crypto._paillier import ciphertext_vector_digest, validate_ciphertexts
-from fedlora.crypto._parallel import multi_powmod, powmod_bases
 from fedlora.crypto._shamir import integer_lagrange_at_zero
 from fedlora.crypto._threshold_keys import MAX_PARTIES, KeyShare, ThresholdPublicKey
 from fedlora.crypto._util import Rng, byte_length, require_int, require_sequence, system_rng
+from fedlora.crypto._vector import CiphertextVector, pack_records
 from fedlora.errors import CryptoError, VerificationError
 
 __all__ = [
@@ -80,8 +81,7 @@ def _values_digest(n2: int, values: Sequence[int]) -> bytes:
     w = byte_length(n2)
     h = hashlib.sha256(b"fedlora/partial-values/v1\x00")
     h.update(len(values).to_bytes(8, "big"))
-    for x in values:
-        h.update(int(x).to_bytes(w, "big"))
+    h.update(pack_records(values, w))
     return h.digest()
 
 
@@ -104,8 +104,7 @@ def _challenge(key: ThresholdPublicKey, index: int, *elements: int) -> int:
     h = hashlib.sha256(
         b"fedlora/decryption-proof/v1\x00" + key.fingerprint + index.to_bytes(4, "big")
     )
-    for x in elements:
-        h.update(int(x).to_bytes(w, "big"))
+    h.update(pack_records(elements, w))
     return int.from_bytes(h.digest(), "big") >> (256 - _CHALLENGE_BITS)
 
 
@@ -177,15 +176,17 @@ def _check_share(key: ThresholdPublicKey, share: KeyShare) -> int:
 def partial_decrypt(
     key: ThresholdPublicKey,
     share: KeyShare,
-    ciphertexts: Sequence[int],
+    ciphertexts: Sequence[int] | CiphertextVector,
     *,
     rng: Rng | None = None,
-    workers: int | None = None,
+    backend: ModexpBackend | None = None,
 ) -> PartialDecryption:
     """Partially decrypt a ciphertext vector with one share, and prove it (see module docstring).
 
-    Cost: one ``(|n²| + |Δ|)``-bit exponentiation per ciphertext on all cores, plus one
-    multi-exponentiation and two exponentiations for the batch proof.
+    Cost: one ``(|n²| + |Δ|)``-bit exponentiation per ciphertext on ``backend`` (``None``: the
+    default, every core), plus one multi-exponentiation and two exponentiations for the batch
+    proof. The exponentiations by the share and by the proof's nonce go to
+    :meth:`~fedlora.crypto.ModexpBackend.powmod_bases_secret`.
 
     Raises:
         CryptoError: the share is for another key or party; a ciphertext is not in Z*_{n²}.
@@ -196,12 +197,12 @@ def partial_decrypt(
         raise CryptoError("nothing to decrypt: the ciphertext vector is empty")
     n2 = key.nsquare
     secret = key.delta * share.secret
-    values = powmod_bases(cts, 2 * secret, n2, workers)
+    engine = resolve_backend(backend)
+    values = engine.powmod_bases_secret(cts, 2 * secret, n2)
     cts_digest = ciphertext_vector_digest(key.paillier, cts)
     c4, ci2 = _batched_statement(key, index, cts, cts_digest, values)
     r = system_rng(rng).getrandbits(_nonce_bits(key))
-    a = gmpy2.powmod(c4, r, n2)
-    b = gmpy2.powmod(key.v, r, n2)
+    a, b = engine.powmod_bases_secret([c4, key.v], r, n2)
     vk = key.verification_keys[index - 1]
     e = _challenge(key, index, key.v, c4, vk, ci2, a, b)
     z = r + e * secret
@@ -217,7 +218,7 @@ def partial_decrypt(
 
 def verify_partial_decryption(
     key: ThresholdPublicKey,
-    ciphertexts: Sequence[int],
+    ciphertexts: Sequence[int] | CiphertextVector,
     partial: PartialDecryption,
     *,
     ciphertexts_digest: bytes | None = None,
@@ -276,15 +277,16 @@ def verify_partial_decryption(
 
 def combine_partial_decryptions(
     key: ThresholdPublicKey,
-    ciphertexts: Sequence[int],
+    ciphertexts: Sequence[int] | CiphertextVector,
     partials: Sequence[PartialDecryption],
     *,
-    workers: int | None = None,
+    backend: ModexpBackend | None = None,
 ) -> list[int]:
     """Verify partial decryptions and combine ``t`` of them into the plaintexts.
 
     Every partial given is verified (so a cheating party is named even if enough honest ones
-    are present); the ``t`` lowest-indexed are combined.
+    are present); the ``t`` lowest-indexed are combined, with the exponentiations by the public
+    Lagrange coefficients on ``backend`` (``None``: the default, every core).
 
     Raises:
         CryptoError: fewer than ``t`` partials, the same party twice, or an empty vector.
@@ -307,18 +309,18 @@ def combine_partial_decryptions(
     for partial in partials:
         verify_partial_decryption(key, cts, partial, ciphertexts_digest=digest)
     chosen = sorted(partials, key=lambda p: p.index)[: key.threshold]
-    return _combine(key, chosen, workers)
+    return _combine(key, chosen, resolve_backend(backend))
 
 
 def _combine(
-    key: ThresholdPublicKey, chosen: Sequence[PartialDecryption], workers: int | None
+    key: ThresholdPublicKey, chosen: Sequence[PartialDecryption], backend: ModexpBackend
 ) -> list[int]:
     """Lagrange combination in the exponent, without checks (tests use it to show t−1 fail)."""
     n, n2 = key.n, key.nsquare
     lambdas = integer_lagrange_at_zero([p.index for p in chosen], key.parties)
     acc: list[gmpy2.mpz] | None = None
     for partial in chosen:
-        powered = powmod_bases(partial.values, 2 * lambdas[partial.index], n2, workers)
+        powered = backend.powmod_bases(partial.values, 2 * lambdas[partial.index], n2)
         if acc is None:
             acc = [gmpy2.mpz(x) for x in powered]
         else:

@@ -1,0 +1,292 @@
+"""fedlora.protocol on its own: no protobuf, no sockets, no files.
+
+One round end to end through the pure functions (three contributors, a 3-of-5 key), then each
+check playing the attacker: a lying aggregator, a forged entry, a replayed partial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fedlora.audit import SignedCheckpoint
+from fedlora.crypto import (
+    CodecParams,
+    DealtKey,
+    ciphertext_vector_digest,
+    combine_partial_decryptions,
+    decode,
+    ed25519_public_bytes,
+    encrypt_batch,
+)
+from fedlora.errors import ConfigError, VerificationError
+from fedlora.protocol import (
+    AggregationRule,
+    DecryptionManifest,
+    DecryptionTask,
+    FedAvg,
+    HolderPolicy,
+    ManifestEntry,
+    PaillierSum,
+    PlaintextSum,
+    RecordSplitter,
+    build_contribution,
+    check_task,
+    make_partial,
+    pack_records,
+    secure_sum_for,
+    unpack_records,
+    verify_partial,
+)
+
+FED = "protocol-test"
+N = 300
+WEIGHTS = {"bank-a": 2, "bank-b": 3, "hospital-c": 5}
+GLOBAL = (0, hashlib.sha256(b"v0").digest())
+
+
+@pytest.fixture(scope="module")
+def signing() -> dict[str, Ed25519PrivateKey]:
+    return {pid: Ed25519PrivateKey.generate() for pid in (*WEIGHTS, "hospital-d", "bank-e")}
+
+
+@pytest.fixture(scope="module")
+def codec() -> CodecParams:
+    return CodecParams(clip=1.0, value_bits=16, max_total_weight=50, key_bits=512)
+
+
+@pytest.fixture(scope="module")
+def round1(dealt: DealtKey, codec: CodecParams, signing):  # type: ignore[no-untyped-def]
+    """Three signed contributions, their sum, and a manifest as an honest coordinator builds it."""
+    s = PaillierSum(dealt.public_key, codec, FedAvg())
+    rng = np.random.default_rng(3)
+    deltas = {pid: rng.normal(0, 0.7, N) for pid in WEIGHTS}
+    sent = {
+        pid: build_contribution(
+            federation_id=FED,
+            client_id=pid,
+            round_number=1,
+            global_version=GLOBAL[0],
+            global_digest=GLOBAL[1],
+            delta=deltas[pid],
+            weight=WEIGHTS[pid],
+            secure_sum=s,
+            signing_key=signing[pid],
+        )
+        for pid in WEIGHTS
+    }
+    total = None
+    for pid in sorted(sent):
+        total = s.add(total, sent[pid].records, WEIGHTS[pid])
+    assert total is not None
+    key = dealt.public_key
+    manifest = DecryptionManifest(
+        federation_id=FED,
+        round_number=1,
+        value_count=N,
+        codec=codec,
+        key_fingerprint=key.fingerprint,
+        aggregate_digest=ciphertext_vector_digest(key.paillier, unpack_records(total, s.width)),
+        record_count=s.record_count(N),
+        global_version=GLOBAL[0],
+        global_digest=GLOBAL[1],
+        entries=tuple(
+            ManifestEntry(
+                pid,
+                c.header.weight,
+                c.header.record_count,
+                c.header.ciphertexts_digest,
+                c.header.signature,
+                c.header.knowledge_proof,
+            )
+            for pid, c in sorted(sent.items())
+        ),
+        ticket_signatures=(),
+        checkpoint=SignedCheckpoint("log", 1, b"\x00" * 32, 0, b"\x00" * 64),
+    )
+    task = DecryptionTask(manifest, {p: c.records for p, c in sent.items()}, total)
+    return s, deltas, sent, task
+
+
+def _policy(dealt: DealtKey, codec: CodecParams, signing, holder: str) -> HolderPolicy:  # type: ignore[no-untyped-def]
+    return HolderPolicy(
+        federation_id=FED,
+        party_id=holder,
+        key=dealt.public_key,
+        codec=codec,
+        peers={pid: ed25519_public_bytes(k) for pid, k in signing.items()},
+        min_participants=3,
+        ticket_quorum=4,
+    )
+
+
+def test_a_round_through_the_pure_protocol_decrypts_to_the_weighted_mean(
+    dealt, codec, signing, round1
+) -> None:
+    _, deltas, _, task = round1
+    holders = dealt.shares[:3]
+    checked = [check_task(_policy(dealt, codec, signing, sh.party_id), task, 1) for sh in holders]
+    assert len({c.ticket for c in checked}) == 1  # every holder derives the same ticket
+    partials = []
+    for share, c in zip(holders, checked):
+        header, values = make_partial(
+            _policy(dealt, codec, signing, share.party_id), share, signing[share.party_id], c
+        )
+        partials.append(
+            verify_partial(
+                federation_id=FED,
+                key=dealt.public_key,
+                party_id=share.party_id,
+                signing_public_key=ed25519_public_bytes(signing[share.party_id]),
+                header=header,
+                values=values,
+                ciphertexts=c.ciphertexts,
+                aggregate_digest=task.manifest.aggregate_digest,
+                ticket=c.ticket,
+            )
+        )
+    plain = combine_partial_decryptions(dealt.public_key, checked[0].ciphertexts, partials)
+    mean = decode(plain, codec, length=N, total_weight=sum(WEIGHTS.values()))
+    expected = sum(WEIGHTS[p] * np.clip(deltas[p], -1, 1) for p in WEIGHTS) / sum(WEIGHTS.values())
+    assert np.max(np.abs(mean - expected)) <= codec.step
+
+
+def test_a_holder_refuses_an_aggregate_that_is_not_the_product(
+    dealt, codec, signing, round1
+) -> None:
+    s, _, _, task = round1
+    other = pack_records(encrypt_batch(dealt.public_key.paillier, [7] * s.record_count(N)), s.width)
+    with pytest.raises(VerificationError, match="not the product"):
+        check_task(
+            _policy(dealt, codec, signing, "bank-a"), dataclasses.replace(task, aggregate=other), 1
+        )
+
+
+def test_a_holder_refuses_records_their_sender_did_not_sign(dealt, codec, signing, round1) -> None:
+    _, _, sent, task = round1
+    swapped = dict(task.contributions, **{"bank-a": sent["bank-b"].records})
+    with pytest.raises(VerificationError, match="'bank-a' is not signed by that peer's key"):
+        check_task(
+            _policy(dealt, codec, signing, "bank-b"),
+            dataclasses.replace(task, contributions=swapped),
+            1,
+        )
+
+
+def test_a_holder_refuses_a_task_relabelled_as_another_round(dealt, codec, signing, round1) -> None:
+    _, _, _, task = round1
+    relabelled = dataclasses.replace(
+        task, manifest=dataclasses.replace(task.manifest, round_number=2)
+    )
+    with pytest.raises(
+        VerificationError, match="the manifest is for round 2, but the task is round 1"
+    ):
+        check_task(_policy(dealt, codec, signing, "bank-a"), relabelled, 1)
+    # Relabelled consistently, the contributors' signatures (bound to round 1) no longer verify.
+    with pytest.raises(VerificationError, match="not signed by that peer's key"):
+        check_task(_policy(dealt, codec, signing, "bank-a"), relabelled, 2)
+
+
+def test_a_holder_refuses_a_model_other_than_the_one_it_trained_from(
+    dealt, codec, signing, round1
+) -> None:
+    _, _, _, task = round1
+    with pytest.raises(VerificationError, match="trained from another global model"):
+        check_task(
+            _policy(dealt, codec, signing, "bank-a"), task, 1, trained_from=(0, b"\x01" * 32)
+        )
+
+
+def test_a_holder_refuses_too_few_contributors(dealt, codec, signing, round1) -> None:
+    _, _, _, task = round1
+    policy = dataclasses.replace(_policy(dealt, codec, signing, "bank-a"), min_participants=4)
+    with pytest.raises(VerificationError, match=r"policy\.min_participants requires 4"):
+        check_task(policy, task, 1)
+
+
+def test_the_coordinator_refuses_a_partial_signed_by_another_holder_or_out_of_bounds(
+    dealt, codec, signing, round1
+) -> None:
+    _, _, _, task = round1
+    share = dealt.shares[0]
+    policy = _policy(dealt, codec, signing, share.party_id)
+    checked = check_task(policy, task, 1)
+    header, values = make_partial(policy, share, signing[share.party_id], checked)
+    common = dict(
+        federation_id=FED,
+        key=dealt.public_key,
+        party_id=share.party_id,
+        values=values,
+        ciphertexts=checked.ciphertexts,
+        aggregate_digest=task.manifest.aggregate_digest,
+        ticket=checked.ticket,
+    )
+    other = ed25519_public_bytes(signing["bank-e"])
+    with pytest.raises(VerificationError, match="signature does not verify"):
+        verify_partial(signing_public_key=other, header=header, **common)  # type: ignore[arg-type]
+    huge = dataclasses.replace(header, response=1 << 5000)
+    with pytest.raises(VerificationError, match="above the public bound"):
+        verify_partial(
+            signing_public_key=ed25519_public_bytes(signing[share.party_id]),
+            header=huge,
+            **common,  # type: ignore[arg-type]
+        )
+    with pytest.raises(VerificationError, match="different ticket"):
+        verify_partial(
+            signing_public_key=ed25519_public_bytes(signing[share.party_id]),
+            header=header,
+            **{**common, "ticket": b"\x02" * 32},  # type: ignore[arg-type]
+        )
+
+
+class Median(AggregationRule):
+    name = "median"
+
+    def update(self, current, mean_delta):  # type: ignore[no-untyped-def]
+        return current
+
+
+def test_an_encrypted_federation_accepts_only_linear_rules(dealt, codec) -> None:
+    with pytest.raises(ConfigError, match="'median' is not linear"):
+        secure_sum_for("homomorphic", dealt.public_key, codec, Median())
+    assert isinstance(secure_sum_for("none", None, codec, Median()), PlaintextSum)
+    with pytest.raises(ConfigError, match="threshold_public_key is required"):
+        secure_sum_for("homomorphic", None, codec)
+
+
+def test_a_plaintext_sum_refuses_nan_and_any_proof(codec) -> None:
+    s = PlaintextSum(codec, FedAvg())
+    bad = np.array([1.0, np.nan], dtype="<f4").tobytes()
+    with pytest.raises(VerificationError, match="NaN or infinite"):
+        s.check_records(bad, 0)
+    with pytest.raises(VerificationError, match="carries no proof"):
+        s.check_proof(b"", b"\x01", b"")
+
+
+@given(
+    values=st.lists(st.integers(min_value=0, max_value=2**64 - 1), max_size=40),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=6),
+)
+def test_records_round_trip_however_the_stream_is_cut(values, cuts) -> None:
+    data = pack_records(values, 8)
+    assert unpack_records(data, 8) == values
+    splitter, out, start = RecordSplitter(8), [], 0
+    for cut in sorted({min(c, len(data)) for c in cuts}) + [len(data)]:
+        first, whole = splitter.feed(data[start:cut])
+        assert first == len(out)
+        out += unpack_records(whole, 8)
+        start = cut
+    assert out == values and splitter.pending == 0
+
+
+def test_records_refuse_ragged_data_and_values_that_do_not_fit() -> None:
+    with pytest.raises(VerificationError, match="not a whole number of 8-byte records"):
+        unpack_records(b"\x00" * 9, 8)
+    with pytest.raises(VerificationError, match="does not fit in 2 bytes"):
+        pack_records([1 << 16], 2)

@@ -15,8 +15,13 @@ import platform
 import random
 import time
 
-from fedlora.crypto import default_workers, encrypt_batch, generate_threshold_key, partial_decrypt
-from fedlora.crypto._parallel import powmod_bases
+from fedlora.crypto import (
+    ThreadsBackend,
+    default_workers,
+    encrypt_batch,
+    generate_threshold_key,
+    partial_decrypt,
+)
 
 
 def main() -> None:
@@ -42,10 +47,10 @@ def main() -> None:
     base = None
     for workers in counts:
         t = time.perf_counter()
-        powmod_bases(cts, exponent, key.nsquare, workers)
+        ThreadsBackend(workers).powmod_bases(cts, exponent, key.nsquare)
         raw = args.ciphertexts / (time.perf_counter() - t)
         t = time.perf_counter()
-        partial_decrypt(key, share, cts, workers=workers)
+        partial_decrypt(key, share, cts, backend=ThreadsBackend(workers))
         ours = args.ciphertexts / (time.perf_counter() - t)
         base = base or ours
         print(

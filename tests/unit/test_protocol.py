@@ -25,7 +25,7 @@ from fedlora.crypto import (
     ed25519_public_bytes,
     encrypt_batch,
 )
-from fedlora.errors import ConfigError, VerificationError
+from fedlora.errors import ConfigError, CryptoError, VerificationError
 from fedlora.protocol import (
     AggregationRule,
     DecryptionManifest,
@@ -286,7 +286,7 @@ def test_records_round_trip_however_the_stream_is_cut(values, cuts) -> None:
 
 
 def test_records_refuse_ragged_data_and_values_that_do_not_fit() -> None:
-    with pytest.raises(VerificationError, match="not a whole number of 8-byte records"):
+    with pytest.raises(VerificationError, match="must be a multiple of 8 bytes long, got 9"):
         unpack_records(b"\x00" * 9, 8)
-    with pytest.raises(VerificationError, match="does not fit in 2 bytes"):
+    with pytest.raises(CryptoError, match=r"record\[0\] does not fit in 2 bytes"):
         pack_records([1 << 16], 2)

@@ -81,7 +81,7 @@ from fedlora.crypto._threshold import (
 from fedlora.crypto._threshold_keys import MAX_PARTIES, DealtKey, KeyShare, ThresholdPublicKey
 from fedlora.crypto._transport import open_key_share, seal_key_share, x25519_public_bytes
 from fedlora.crypto._util import Rng, deterministic_rng, fixed_bytes_to_int, int_to_fixed_bytes
-from fedlora.crypto._vector import CiphertextVector, records_hasher
+from fedlora.crypto._vector import CiphertextVector, pack_records, records_hasher, unpack_records
 
 __all__ = [
     "EMPTY_ROOT",
@@ -140,6 +140,7 @@ __all__ = [
     "merkle_root",
     "node_hash",
     "open_key_share",
+    "pack_records",
     "pack_slots",
     "partial_decrypt",
     "partial_statement_digest",
@@ -153,6 +154,7 @@ __all__ = [
     "split_secret",
     "ticket_digest",
     "ticket_quorum",
+    "unpack_records",
     "unpack_slots",
     "validate_ciphertext",
     "validate_ciphertexts",

@@ -22,6 +22,7 @@ from fedlora.client import Client
 from fedlora.client._transport import Progress
 from fedlora.config import load_client_config, load_coordinator_config
 from fedlora.coordinator import Coordinator, build_engine
+from fedlora.crypto import ModexpBackend
 from fedlora.errors import FedLoraError, RemoteError
 from fedlora.protocol import (
     ContributionHeader,
@@ -172,17 +173,19 @@ class InProcessFederation:
         trainers: Mapping[str, object] | None = None,
         num_parameters: int | None = None,
         clock: Callable[[], float] | None = None,
+        backend: ModexpBackend | None = None,
         quiet: bool = True,
     ) -> InProcessFederation:
         """Load the YAML files (as the services do) and join every client in process.
 
         ``num_parameters`` overrides the coordinator's model size (for given-delta trainers);
-        ``clock`` replaces the engine's wall clock (tests move deadlines without sleeping).
+        ``clock`` replaces the engine's wall clock (tests move deadlines without sleeping);
+        ``backend`` does every role's modular exponentiation.
         """
         config = load_coordinator_config(coordinator_config)  # type: ignore[arg-type]
         if num_parameters is not None:
             config = replace(config, model=replace(config.model, num_parameters=num_parameters))
-        engine = build_engine(config, clock=clock or time.time)
+        engine = build_engine(config, clock=clock or time.time, backend=backend)
         console = Console(quiet=quiet)
         clients = {}
         for pid, path in client_configs.items():
@@ -192,6 +195,7 @@ class InProcessFederation:
                 trainer=(trainers or {}).get(pid),  # type: ignore[arg-type]
                 console=console,
                 transport=InProcessTransport(engine, pid, chunk_bytes=config.server.chunk_bytes),
+                backend=backend,
             )
         return cls(engine, clients)
 

@@ -165,3 +165,50 @@ def test_a_round_whose_holders_never_sign_fails_at_the_decryption_deadline(tmp_p
     failed = [e for e in _events(layout) if e["event"] == "round_failed"]
     assert "0 ticket signatures, below the quorum" in failed[0]["reason"]
     assert not any(e["event"] == "decrypted" for e in _events(layout))
+
+
+class CountingBackend:
+    """The default backend, counting what each kind of exponentiation is asked for."""
+
+    def __init__(self) -> None:
+        from fedlora.crypto import ThreadsBackend
+
+        self.inner = ThreadsBackend(1)
+        self.name = "counting"
+        self.calls: dict[str, int] = {}
+
+    def _count(self, what: str) -> None:
+        self.calls[what] = self.calls.get(what, 0) + 1
+
+    def powmod_bases(self, bases, exponent, modulus):  # type: ignore[no-untyped-def]
+        self._count("public")
+        return self.inner.powmod_bases(bases, exponent, modulus)
+
+    def powmod_exponents(self, base, exponents, modulus):  # type: ignore[no-untyped-def]
+        self._count("exponents")
+        return self.inner.powmod_exponents(base, exponents, modulus)
+
+    def powmod_bases_secret(self, bases, exponent, modulus):  # type: ignore[no-untyped-def]
+        self._count("secret")
+        return self.inner.powmod_bases_secret(bases, exponent, modulus)
+
+
+def test_the_backend_chosen_outside_crypto_does_the_exponentiation(tmp_path) -> None:
+    layout = prepare_federation(
+        tmp_path,
+        bits=BITS,
+        rounds=1,
+        aggregation_frequency=1,
+        participant_threshold=5,
+        insecure=True,
+        model_kind="linear",
+    )
+    backend = CountingBackend()
+    trainers = {pid: GivenDelta(N, w, _deltas(1)[pid]) for pid, w in WEIGHTS.items()}
+    fed = InProcessFederation.from_configs(
+        layout.coordinator_config, layout.client_configs, trainers=trainers, backend=backend
+    )
+    fed.run_round()
+    assert fed.engine.finished
+    # Partial decryption (by the key share) and the obfuscators' rⁿ are secret exponents.
+    assert backend.calls.get("secret", 0) >= 3

@@ -37,6 +37,7 @@ from fedlora.config import ClientConfig, check_key_size
 from fedlora.crypto import (
     CodecParams,
     KeyShare,
+    ModexpBackend,
     ObfuscatorPool,
     ThresholdPublicKey,
     open_key_share,
@@ -114,8 +115,10 @@ class Client:
         trainer: LocalTrainer | None = None,
         console: Console | None = None,
         transport: Transport | None = None,
+        backend: ModexpBackend | None = None,
     ) -> None:
         self.config = config
+        self.backend = backend  # None: fedlora.crypto's default
         self.ui = Reporter(console)
         self.signing_key = _private_key(
             config.keys.signing_key, "keys.signing_key", Ed25519PrivateKey
@@ -189,7 +192,7 @@ class Client:
         min_participants = self.config.policy.min_participants or max(2, info.participant_threshold)
         self.fed = Federation(
             info,
-            secure_sum_for(info.encryption_type, self.key, info.codec),
+            secure_sum_for(info.encryption_type, self.key, info.codec, backend=self.backend),
             min_participants,
             quorum,
         )
@@ -334,7 +337,9 @@ class Client:
         if self.key is not None:
             # Obfuscators are computed in the background while the model trains.
             pool = ObfuscatorPool(
-                self.key.paillier, capacity=fed.codec.ciphertexts_for(info.num_parameters)
+                self.key.paillier,
+                capacity=fed.codec.ciphertexts_for(info.num_parameters),
+                backend=self.backend,
             ).start()
         try:
             with self.ui.stages() as bars:
@@ -467,7 +472,9 @@ class Client:
             self._verified[round_number] = checked
             return False
         self.ledger.record_release(round_number, ticket)
-        header, values = make_partial(holder, share, self.signing_key, checked)
+        header, values = make_partial(
+            holder, share, self.signing_key, checked, backend=self.backend
+        )
         try:
             self.transport.submit_partial(header, values)
         except RemoteError as exc:

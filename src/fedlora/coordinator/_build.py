@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from fedlora.config import CoordinatorConfig
 from fedlora.coordinator._engine import Coordinator
-from fedlora.crypto import ThresholdPublicKey
+from fedlora.crypto import ModexpBackend, ThresholdPublicKey
 from fedlora.errors import ConfigError, FedLoraError
 
 
@@ -35,7 +35,10 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
 
 
 def build_engine(
-    config: CoordinatorConfig, *, clock: Callable[[], float] = time.time
+    config: CoordinatorConfig,
+    *,
+    clock: Callable[[], float] = time.time,
+    backend: ModexpBackend | None = None,
 ) -> Coordinator:
     """Load the keys the config names and build the coordinator (replaying any saved state)."""
     key = None
@@ -46,4 +49,6 @@ def build_engine(
             )
         except FedLoraError as exc:
             raise ConfigError(f"keys.threshold_public_key: {exc}") from None
-    return Coordinator(config, key, load_signing_key(config.keys.signing_key), clock=clock)
+    return Coordinator(
+        config, key, load_signing_key(config.keys.signing_key), clock=clock, backend=backend
+    )

@@ -42,6 +42,7 @@ from fedlora.coordinator._state import Contribution, RoundState
 from fedlora.coordinator._store import Store
 from fedlora.crypto import (
     CodecParams,
+    ModexpBackend,
     PartialDecryption,
     ThresholdPublicKey,
     ciphertext_vector_digest,
@@ -98,6 +99,7 @@ class Coordinator:
         *,
         clock: Callable[[], float] = time.time,
         rule: AggregationRule | None = None,
+        backend: ModexpBackend | None = None,
     ) -> None:
         self.config = config
         self.fl = config.federated_learning
@@ -113,7 +115,10 @@ class Coordinator:
             max_total_weight=config.codec.max_weight * len(config.parties),
             key_bits=threshold_key.n.bit_length() if threshold_key else 2048,
         )
-        self.secure_sum = secure_sum_for(self.fl.encryption_type, threshold_key, self.codec, rule)
+        self.backend = backend
+        self.secure_sum = secure_sum_for(
+            self.fl.encryption_type, threshold_key, self.codec, rule, backend
+        )
         self.width = self.secure_sum.width
         self.record_count = self.secure_sum.record_count(self.num_parameters)
         self.fingerprint = self.secure_sum.fingerprint
@@ -983,7 +988,7 @@ class Coordinator:
                     proof,
                 )
             )
-        plaintexts = combine_partial_decryptions(key, cts, partials)
+        plaintexts = combine_partial_decryptions(key, cts, partials, backend=self.backend)
         mean = decode(
             plaintexts, self.codec, length=self.num_parameters, total_weight=r.total_weight
         )

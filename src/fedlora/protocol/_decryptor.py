@@ -21,6 +21,7 @@ from fedlora.crypto import (
     CodecParams,
     DecryptionProof,
     KeyShare,
+    ModexpBackend,
     PartialDecryption,
     PlaintextProof,
     ThresholdPublicKey,
@@ -245,11 +246,14 @@ def make_partial(
     share: KeyShare,
     signing_key: Ed25519PrivateKey,
     checked: CheckedAggregate,
+    *,
+    backend: ModexpBackend | None = None,
 ) -> tuple[PartialHeader, bytes]:
-    """This holder's proven partial decryption of a checked aggregate, with its signed statement."""
+    """This holder's proven partial decryption of a checked aggregate, with its signed statement
+    (the exponentiations by the key share run on ``backend``)."""
     key = policy.key
     width = ciphertext_width(key.paillier)
-    partial = partial_decrypt(key, share, checked.ciphertexts)
+    partial = partial_decrypt(key, share, checked.ciphertexts, backend=backend)
     unsigned = PartialHeader(
         round_number=checked.round_number,
         ciphertexts_digest=partial.ciphertexts_digest,

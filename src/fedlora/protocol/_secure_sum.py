@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from fedlora.crypto import (
     CodecParams,
+    ModexpBackend,
     ObfuscatorSource,
     PlaintextProof,
     ThresholdPublicKey,
@@ -116,7 +117,13 @@ class PaillierSum(SecureSum):
     encryption_type = "homomorphic"
     needs_decryption = True
 
-    def __init__(self, key: ThresholdPublicKey, codec: CodecParams, rule: LinearRule) -> None:
+    def __init__(
+        self,
+        key: ThresholdPublicKey,
+        codec: CodecParams,
+        rule: LinearRule,
+        backend: ModexpBackend | None = None,
+    ) -> None:
         if not isinstance(rule, LinearRule):
             raise ConfigError(
                 f"aggregation rule {rule.name!r} is not linear in the deltas; an encrypted "
@@ -124,6 +131,7 @@ class PaillierSum(SecureSum):
             )
         super().__init__(codec, rule)
         self.key = key
+        self.backend = backend  # None: fedlora.crypto's default (gmpy2 on every core)
         self.fingerprint = key.fingerprint
         self.width = ciphertext_width(key.paillier)
 
@@ -140,7 +148,11 @@ class PaillierSum(SecureSum):
     ) -> Sealed:
         pk = self.key.paillier
         cts, proof = encrypt_and_prove(
-            pk, encode(delta, self.codec, weight=weight), context=context, obfuscators=obfuscators
+            pk,
+            encode(delta, self.codec, weight=weight),
+            context=context,
+            obfuscators=obfuscators,
+            backend=self.backend,
         )
         return Sealed(
             pack_records(cts, self.width),
@@ -222,8 +234,9 @@ def secure_sum_for(
     key: ThresholdPublicKey | None,
     codec: CodecParams,
     rule: AggregationRule | None = None,
+    backend: ModexpBackend | None = None,
 ) -> SecureSum:
-    """The strategy a federation's ``encryption_type`` names.
+    """The strategy a federation's ``encryption_type`` names, exponentiating on ``backend``.
 
     Raises:
         ConfigError: homomorphic without a key, a non-linear rule under encryption, or an
@@ -240,7 +253,7 @@ def secure_sum_for(
                 f"aggregation rule {rule.name!r} is not linear in the deltas; an encrypted "
                 "federation can only apply linear rules (the coordinator sees only the sum)"
             )
-        return PaillierSum(key, codec, rule)
+        return PaillierSum(key, codec, rule, backend)
     if encryption_type == "none":
         return PlaintextSum(codec, rule)
     raise ConfigError(f"unknown encryption_type {encryption_type!r}")

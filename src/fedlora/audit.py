@@ -49,6 +49,7 @@ from fedlora.crypto import (
     verify_signature,
 )
 from fedlora.errors import FedLoraError, VerificationError
+from fedlora.events import Event
 
 __all__ = [
     "AuditLog",
@@ -682,6 +683,10 @@ class AuditLog:
         line = canonical_json(cp)
         self._append_line(self._cp_path, line)
         self._last_cp, self._last_stamp = line, stamp
+
+    def record(self, event: Event) -> int:
+        """Append one typed event (:mod:`fedlora.events`); return its index."""
+        return self.append(event.kind, **event.fields())
 
     def append(self, event: str, **fields: Any) -> int:
         """Append one event, fsync it and its checkpoint; return its index."""

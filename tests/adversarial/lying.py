@@ -156,10 +156,14 @@ def view(
             global_digest=r.global_digest,
             contributions=sorted((p, r.contributions[p].contribution_digest) for p in participants),
         )
-        index = engine.audit.append(
+        index = engine.audit.append(  # a well-formed entry: the attacker logs what holders check
             "aggregated",
             round=manifest.round_number,
             participants=sorted(participants),
+            total_weight=sum(r.contributions[p].weight for p in participants),
+            contribution_digests=[
+                r.contributions[p].ciphertexts_digest.hex() for p in sorted(participants)
+            ],
             aggregate_digest=manifest.aggregate_digest.hex(),
             ticket=ticket.hex(),
         )

@@ -13,6 +13,7 @@ import pytest
 
 from fedlora._setup import prepare_federation
 from fedlora.crypto import CodecParams
+from fedlora.events import parse_event
 from fedlora.inprocess import GivenDelta, InProcessFederation
 from fedlora.protocol import Stage
 
@@ -99,6 +100,7 @@ def test_each_published_global_moves_by_the_weighted_mean_of_the_clipped_deltas(
     assert fed.engine.finished
     kinds = [e["event"] for e in _events(layout)]
     assert kinds.count("round_closed") == 2 and "round_failed" not in kinds
+    assert all(parse_event(e) is not None for e in _events(layout))  # every line is typed
 
 
 def test_a_round_below_the_participant_threshold_fails_at_its_deadline_not_before(

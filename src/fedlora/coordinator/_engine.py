@@ -27,11 +27,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedlora import events as ev
 from fedlora.audit import AuditLog, SignedCheckpoint
 from fedlora.config import CoordinatorConfig, Party, check_key_size
 from fedlora.coordinator._adapter import AdapterTemplate
@@ -180,33 +180,35 @@ class Coordinator:
         """Rebuild the state from the audit log; start the federation if the log is empty."""
         events = [json.loads(line) for line in self.audit.entries()]
         if not events:
-            self.audit.append(
-                "federation_started",
-                federation_id=self.config.federation_id,
-                encryption_type=self.fl.encryption_type,
-                key_fingerprint=self.fingerprint.hex(),
-                codec=self.codec.to_dict(),
-                participant_threshold=self.fl.participant_threshold,
-                decryption_threshold=self.fl.decryption_threshold,
-                ticket_quorum=self.quorum,
-                rounds=self.fl.rounds,
-                aggregation_frequency=self.fl.aggregation_frequency,
-                num_parameters=self.num_parameters,
-                parties=[
-                    {"id": p.id, "role": p.role, "signing_public_key": p.signing_public_key}
-                    for p in self.config.parties
-                ],
+            self.audit.record(
+                ev.FederationStarted(
+                    federation_id=self.config.federation_id,
+                    encryption_type=self.fl.encryption_type,
+                    key_fingerprint=self.fingerprint.hex(),
+                    codec=self.codec.to_dict(),
+                    participant_threshold=self.fl.participant_threshold,
+                    decryption_threshold=self.fl.decryption_threshold,
+                    ticket_quorum=self.quorum,
+                    rounds=self.fl.rounds,
+                    aggregation_frequency=self.fl.aggregation_frequency,
+                    num_parameters=self.num_parameters,
+                    parties=[
+                        {"id": p.id, "role": p.role, "signing_public_key": p.signing_public_key}
+                        for p in self.config.parties
+                    ],
+                )
             )
             self._save_and_publish(0, np.zeros(self.num_parameters, dtype=np.float32))
             self._open_round(1)
             return
         state = replay(events)
         self.round, self.stage, self.global_version = state.round, state.stage, state.global_version
-        self.audit.append(
-            "coordinator_restarted",
-            round=self.round.number if self.round else 0,
-            stage=self.stage.value,
-            contributions=sorted(self.round.contributions) if self.round else [],
+        self.audit.record(
+            ev.CoordinatorRestarted(
+                round=self.round.number if self.round else 0,
+                stage=self.stage.value,
+                contributions=sorted(self.round.contributions) if self.round else [],
+            )
         )
         if state.ended and self.stage is not Stage.FINISHED:
             self._end_round()  # it crashed between ending a round and opening the next
@@ -221,7 +223,7 @@ class Coordinator:
         """
         if not identity:
             self._audit_rejection(
-                "access_denied", "", "no client identity", identity="", method=method
+                "", ev.AccessDenied(reason="no client identity", identity="", method=method)
             )
             raise AuthenticationError(
                 "no client identity: present a certificate issued by the federation CA"
@@ -230,18 +232,27 @@ class Coordinator:
         if party is None or party.revoked:
             reason = "revoked" if party else "not enrolled"
             self._audit_rejection(
-                "access_denied", identity[:64], reason, identity=identity[:64], method=method
+                identity[:64],
+                ev.AccessDenied(reason=reason, identity=identity[:64], method=method),
             )
             raise AuthorizationError(
                 f"identity {identity[:64]!r} is {reason} in federation {self.config.federation_id!r}"
             )
         return party
 
-    def _audit_rejection(self, event: str, who: str, reason: str, **fields: Any) -> None:
+    def _audit_rejection(
+        self,
+        who: str,
+        event: ev.AccessDenied
+        | ev.SubmissionThrottled
+        | ev.ContributionRejected
+        | ev.TicketRejected
+        | ev.PartialRejected,
+    ) -> None:
         """Write the first of identical rejections in a round; count the rest (flushed at round end)."""
         with self._lock:
-            if self.limits.first(event, who, reason):
-                self.audit.append(event, reason=reason, **fields)
+            if self.limits.first(event.kind, who, event.reason):
+                self.audit.record(event)
 
     def _throttle(self, party: Party, what: str, *, exclusive: bool = False) -> None:
         """Refuse, before any work, a submission from an identity with too many rejections
@@ -263,7 +274,8 @@ class Coordinator:
                 else "too many rejected submissions; refused without examination"
             )
             self._audit_rejection(
-                "submission_throttled", party.id, reason, round=number, party=party.id, kind=what
+                party.id,
+                ev.SubmissionThrottled(reason=reason, round=number, party=party.id, kind_of=what),
             )
             raise RateLimitError(
                 f"{party.id}: {reason}; wait {self.limits.refill_s:.0f}s and fix the cause"
@@ -285,12 +297,13 @@ class Coordinator:
         now = self._now_ms()
         deadline = now + int(self.fl.round_timeout_s * 1000)
         digest = self.global_digest(self.global_version)
-        self.audit.append(
-            "round_opened",
-            round=number,
-            global_version=self.global_version,
-            global_digest=digest.hex(),
-            deadline_ms=deadline,
+        self.audit.record(
+            ev.RoundOpened(
+                round=number,
+                global_version=self.global_version,
+                global_digest=digest.hex(),
+                deadline_ms=deadline,
+            )
         )
         self.round = RoundState(number, self.global_version, deadline, now, digest)
         self.stage = Stage.COLLECTING
@@ -299,18 +312,19 @@ class Coordinator:
     def _end_round(self) -> None:
         assert self.round is not None
         for event, identity, reason, count in self.limits.drain():
-            self.audit.append(
-                "rejections_repeated",
-                round=self.round.number,
-                rejected_event=event,
-                identity=identity,
-                reason=reason,
-                count=count,
+            self.audit.record(
+                ev.RejectionsRepeated(
+                    round=self.round.number,
+                    rejected_event=event,
+                    identity=identity,
+                    reason=reason,
+                    count=count,
+                )
             )
         if self.round.number >= self.fl.rounds:
             check_transition(self.stage, Stage.FINISHED)
-            self.audit.append(
-                "federation_finished", rounds=self.fl.rounds, global_version=self.global_version
+            self.audit.record(
+                ev.FederationFinished(rounds=self.fl.rounds, global_version=self.global_version)
             )
             self.stage = Stage.FINISHED
         else:
@@ -318,16 +332,17 @@ class Coordinator:
             self._open_round(self.round.number + 1)
         self._wake.notify_all()
 
-    def _fail_round(self, reason: str, **extra: Any) -> None:
+    def _fail_round(self, reason: str, *, party: str | None = None) -> None:
         assert self.round is not None
-        self.audit.append(
-            "round_failed",
-            round=self.round.number,
-            stage=self.stage.value,
-            reason=reason,
-            contributions=sorted(self.round.contributions),
-            partials=sorted(self.round.partials),
-            **extra,
+        self.audit.record(
+            ev.RoundFailed(
+                round=self.round.number,
+                stage=self.stage.value,
+                reason=reason,
+                contributions=sorted(self.round.contributions),
+                partials=sorted(self.round.partials),
+                party=party,
+            )
         )
         self._end_round()
 
@@ -409,8 +424,7 @@ class Coordinator:
             return
         reason = str(exc) if isinstance(exc, FedLoraError) else type(exc).__name__
         party = _blamed_party(exc, self.key.party_ids if self.key else ())
-        extra = {"party": party} if party else {}
-        self._fail_round(f"{stage.value} failed: {reason}", **extra)
+        self._fail_round(f"{stage.value} failed: {reason}", party=party or None)
 
     def wait(self, timeout: float) -> None:
         """Block until something changed (or ``timeout`` seconds passed)."""
@@ -465,7 +479,7 @@ class Coordinator:
             first = (party.id, number) not in self._joined
             self._joined.add((party.id, number))
         if first:  # once per identity and round: joining again and again cannot grow the log
-            self.audit.append("client_joined", client=party.id, role=party.role)
+            self.audit.record(ev.ClientJoined(client=party.id, role=party.role))
         return JoinInfo(
             federation_id=self.config.federation_id,
             role=party.role,
@@ -500,11 +514,8 @@ class Coordinator:
         with self._lock:
             self.limits.rejected(party.id)
         self._audit_rejection(
-            "contribution_rejected",
             party.id,
-            str(error),
-            round=round_number,
-            client=party.id,
+            ev.ContributionRejected(reason=str(error), round=round_number, client=party.id),
         )
         return error
 
@@ -617,16 +628,17 @@ class Coordinator:
                 raise self._reject(party, number, exc) from None
             self.store.commit(temp, final)
             now = self._now_ms()
-            index = self.audit.append(
-                "contribution_accepted",
-                round=number,
-                client=party.id,
-                weight=header.weight,
-                record_count=header.record_count,
-                ciphertexts_digest=received.digest.hex(),
-                contribution_digest=statement.hex(),
-                signature=header.signature.hex(),
-                knowledge_proof=header.knowledge_proof.hex(),
+            index = self.audit.record(
+                ev.ContributionAccepted(
+                    round=number,
+                    client=party.id,
+                    weight=header.weight,
+                    record_count=header.record_count,
+                    ciphertexts_digest=received.digest.hex(),
+                    contribution_digest=statement.hex(),
+                    signature=header.signature.hex(),
+                    knowledge_proof=header.knowledge_proof.hex(),
+                )
             )
             contribution = Contribution(
                 party.id,
@@ -732,19 +744,20 @@ class Coordinator:
     ) -> int:
         r = self.round
         assert r is not None
-        return self.audit.append(
-            "aggregated",
-            round=r.number,
-            participants=list(participants),
-            total_weight=total_weight,
-            contribution_digests=[
-                r.contributions[p].ciphertexts_digest.hex() for p in participants
-            ],
-            aggregate_digest=aggregate_digest.hex(),
-            ticket=ticket.hex(),
-            ticket_quorum=self.quorum,
-            decrypt_deadline_ms=decrypt_deadline_ms,
-            encryption=self.fl.encryption_type,
+        return self.audit.record(
+            ev.Aggregated(
+                round=r.number,
+                participants=list(participants),
+                total_weight=total_weight,
+                contribution_digests=[
+                    r.contributions[p].ciphertexts_digest.hex() for p in participants
+                ],
+                aggregate_digest=aggregate_digest.hex(),
+                ticket=ticket.hex(),
+                ticket_quorum=self.quorum,
+                decrypt_deadline_ms=decrypt_deadline_ms,
+                encryption=self.fl.encryption_type,
+            )
         )
 
     def _aggregate_ciphertexts(self, number: int) -> list[int]:
@@ -859,15 +872,13 @@ class Coordinator:
             except FedLoraError as exc:
                 self.limits.rejected(party.id)
                 self._audit_rejection(
-                    "ticket_rejected", party.id, str(exc), round=number, party=party.id
+                    party.id, ev.TicketRejected(reason=str(exc), round=number, party=party.id)
                 )
                 raise
-            self.audit.append(
-                "ticket_signed",
-                round=number,
-                party=party.id,
-                ticket=ticket.hex(),
-                signature=signature.hex(),
+            self.audit.record(
+                ev.TicketSigned(
+                    round=number, party=party.id, ticket=ticket.hex(), signature=signature.hex()
+                )
             )
             r.ticket_signatures[party.id] = signature
             self._check_quorum()
@@ -879,12 +890,13 @@ class Coordinator:
         r = self.round
         if r is None or self.stage is not Stage.TICKETING or len(r.ticket_signatures) < self.quorum:
             return
-        self.audit.append(
-            "ticket_quorum",
-            round=r.number,
-            ticket=r.ticket.hex(),
-            signers=sorted(r.ticket_signatures),
-            quorum=self.quorum,
+        self.audit.record(
+            ev.TicketQuorum(
+                round=r.number,
+                ticket=r.ticket.hex(),
+                signers=sorted(r.ticket_signatures),
+                quorum=self.quorum,
+            )
         )
         check_transition(self.stage, Stage.DECRYPTING)
         self.stage = Stage.DECRYPTING
@@ -950,14 +962,15 @@ class Coordinator:
             if party.id in self.round.partials:
                 return
             self.store.write_bytes(self.store.partial_path(number, party.id), data)
-            self.audit.append(
-                "partial_accepted",
-                round=number,
-                party=party.id,
-                ticket=ticket.hex(),
-                challenge=format(header.challenge, "x"),
-                response=format(header.response, "x"),
-                statement_signature=header.statement_signature.hex(),
+            self.audit.record(
+                ev.PartialAccepted(
+                    round=number,
+                    party=party.id,
+                    ticket=ticket.hex(),
+                    challenge=format(header.challenge, "x"),
+                    response=format(header.response, "x"),
+                    statement_signature=header.statement_signature.hex(),
+                )
             )
             self.round.partials[party.id] = partial.proof
             self._wake.notify_all()
@@ -966,7 +979,7 @@ class Coordinator:
         with self._lock:
             self.limits.rejected(party.id)
         self._audit_rejection(
-            "partial_rejected", party.id, str(error), round=number, party=party.id
+            party.id, ev.PartialRejected(reason=str(error), round=number, party=party.id)
         )
         return error
 
@@ -996,7 +1009,7 @@ class Coordinator:
 
         def publish() -> None:
             assert self.round is not None
-            self.audit.append("decrypted", round=number, decryptors=decryptors)
+            self.audit.record(ev.Decrypted(round=number, decryptors=decryptors))
             self._publish(mean, self.round.participants, decryptors=decryptors)
 
         return publish
@@ -1010,14 +1023,15 @@ class Coordinator:
         new_version = r.number
         updated = self.secure_sum.rule.update(current, mean_delta)
         digest = self._save_and_publish(new_version, updated.astype(np.float32))
-        self.audit.append(
-            "round_closed",
-            round=r.number,
-            global_version=new_version,
-            global_digest=digest.hex(),
-            participants=list(participants),
-            decryptors=decryptors,
-            duration_ms=self._now_ms() - r.opened_ms,
+        self.audit.record(
+            ev.RoundClosed(
+                round=r.number,
+                global_version=new_version,
+                global_digest=digest.hex(),
+                participants=list(participants),
+                decryptors=decryptors,
+                duration_ms=self._now_ms() - r.opened_ms,
+            )
         )
         self._end_round()
 
@@ -1025,14 +1039,16 @@ class Coordinator:
         """Store a global version (and its peft adapter, with a template) and audit its digests."""
         digest = self.store.save_global(version, vector)
         self._digests[version] = digest
-        extra = {}
+        adapter = None
         if self.template is not None:
-            adapter = self.template.write(
+            written = self.template.write(
                 vector, self.store.global_path(version).with_suffix(".adapter")
             )
-            extra["adapter_digest"] = adapter.hex()
+            adapter = written.hex()
         self.global_version = version
-        self.audit.append("global_published", version=version, global_digest=digest.hex(), **extra)
+        self.audit.record(
+            ev.GlobalPublished(version=version, global_digest=digest.hex(), adapter_digest=adapter)
+        )
         return digest
 
     @property

@@ -37,6 +37,7 @@ from fedlora.crypto import (
     verify_signature,
 )
 from fedlora.errors import VerificationError
+from fedlora.events import Aggregated, parse_event
 from fedlora.protocol._messages import DecryptionManifest, DecryptionTask, PartialHeader
 from fedlora.protocol._records import pack_records, unpack_records
 from fedlora.protocol._statements import (
@@ -199,20 +200,17 @@ def check_ticket_logged(
     """
     try:
         entry = json.loads(manifest.aggregated_entry)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        event = parse_event(entry) if isinstance(entry, dict) else None
+    except (json.JSONDecodeError, UnicodeDecodeError, VerificationError):
         raise VerificationError("the manifest carries no audit entry for its ticket") from None
-    expected = {
-        "event": "aggregated",
-        "index": manifest.aggregated_index,
-        "round": round_number,
-        "ticket": ticket.hex(),
-        "aggregate_digest": manifest.aggregate_digest.hex(),
-        "participants": list(participants),
-    }
     if (
-        not isinstance(entry, dict)
+        not isinstance(event, Aggregated)
         or canonical_json(entry) != manifest.aggregated_entry
-        or any(entry.get(k) != v for k, v in expected.items())
+        or entry.get("index") != manifest.aggregated_index
+        or event.round != round_number
+        or event.ticket != ticket.hex()
+        or event.aggregate_digest != manifest.aggregate_digest.hex()
+        or event.participants != list(participants)
     ):
         raise VerificationError(
             f"the audit entry sent for round {round_number}'s ticket does not record this ticket"

@@ -1,0 +1,311 @@
+"""The audit log's event kinds, typed: one dataclass per kind, written and read through here.
+
+The coordinator writes :class:`Event` objects (:meth:`fedlora.audit.AuditLog.record`); replay, the
+share holders' ticket check and the auditors read them back with :func:`parse_event`, which checks
+every field's type and names the entry that is wrong. Fields added over time have defaults, so
+older logs still parse. ``index`` and ``time_ms`` are the log's own and live on every entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from fedlora.errors import VerificationError
+
+__all__ = [
+    "EVENTS",
+    "AccessDenied",
+    "Aggregated",
+    "ClientJoined",
+    "ContributionAccepted",
+    "ContributionRejected",
+    "CoordinatorRestarted",
+    "Decrypted",
+    "Event",
+    "FederationFinished",
+    "FederationStarted",
+    "GlobalPublished",
+    "PartialAccepted",
+    "PartialRejected",
+    "RejectionsRepeated",
+    "RoundClosed",
+    "RoundFailed",
+    "RoundOpened",
+    "SubmissionThrottled",
+    "TicketQuorum",
+    "TicketRejected",
+    "TicketSigned",
+    "parse_event",
+]
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of every event kind; ``kind`` is the ``event`` field of the log line."""
+
+    kind: ClassVar[str] = ""
+
+    def fields(self) -> dict[str, Any]:
+        """The entry's fields (without ``event``, ``index`` and ``time_ms``); ``None`` omitted."""
+        return {
+            _key(f): getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None
+        }
+
+
+@dataclass(frozen=True)
+class FederationStarted(Event):
+    kind: ClassVar[str] = "federation_started"
+    federation_id: str
+    encryption_type: str
+    key_fingerprint: str
+    codec: dict[str, Any]
+    participant_threshold: int
+    decryption_threshold: int
+    rounds: int
+    aggregation_frequency: int
+    num_parameters: int
+    parties: list[dict[str, Any]]
+    ticket_quorum: int = 0
+
+
+@dataclass(frozen=True)
+class GlobalPublished(Event):
+    kind: ClassVar[str] = "global_published"
+    version: int
+    global_digest: str
+    adapter_digest: str | None = None
+
+
+@dataclass(frozen=True)
+class RoundOpened(Event):
+    kind: ClassVar[str] = "round_opened"
+    round: int
+    global_version: int
+    deadline_ms: int
+    global_digest: str = ""
+
+
+@dataclass(frozen=True)
+class ClientJoined(Event):
+    kind: ClassVar[str] = "client_joined"
+    client: str
+    role: str
+
+
+@dataclass(frozen=True)
+class ContributionAccepted(Event):
+    kind: ClassVar[str] = "contribution_accepted"
+    round: int
+    client: str
+    weight: int
+    record_count: int
+    ciphertexts_digest: str
+    contribution_digest: str
+    signature: str
+    knowledge_proof: str = ""
+
+
+@dataclass(frozen=True)
+class ContributionRejected(Event):
+    kind: ClassVar[str] = "contribution_rejected"
+    reason: str
+    round: int
+    client: str
+
+
+@dataclass(frozen=True)
+class Aggregated(Event):
+    kind: ClassVar[str] = "aggregated"
+    round: int
+    participants: list[str]
+    total_weight: int
+    contribution_digests: list[str]
+    aggregate_digest: str
+    ticket: str = ""
+    ticket_quorum: int = 0
+    decrypt_deadline_ms: int = 0
+    encryption: str = "homomorphic"
+
+
+@dataclass(frozen=True)
+class TicketSigned(Event):
+    kind: ClassVar[str] = "ticket_signed"
+    round: int
+    party: str
+    ticket: str
+    signature: str
+
+
+@dataclass(frozen=True)
+class TicketRejected(Event):
+    kind: ClassVar[str] = "ticket_rejected"
+    reason: str
+    round: int
+    party: str
+
+
+@dataclass(frozen=True)
+class TicketQuorum(Event):
+    kind: ClassVar[str] = "ticket_quorum"
+    round: int
+    ticket: str
+    signers: list[str]
+    quorum: int
+
+
+@dataclass(frozen=True)
+class PartialAccepted(Event):
+    kind: ClassVar[str] = "partial_accepted"
+    round: int
+    party: str
+    challenge: str
+    response: str
+    ticket: str = ""
+    statement_signature: str = ""
+
+
+@dataclass(frozen=True)
+class PartialRejected(Event):
+    kind: ClassVar[str] = "partial_rejected"
+    reason: str
+    round: int
+    party: str
+
+
+@dataclass(frozen=True)
+class Decrypted(Event):
+    kind: ClassVar[str] = "decrypted"
+    round: int
+    decryptors: list[str]
+
+
+@dataclass(frozen=True)
+class RoundClosed(Event):
+    kind: ClassVar[str] = "round_closed"
+    round: int
+    global_version: int
+    global_digest: str
+    participants: list[str]
+    decryptors: list[str]
+    duration_ms: int
+
+
+@dataclass(frozen=True)
+class RoundFailed(Event):
+    kind: ClassVar[str] = "round_failed"
+    round: int
+    stage: str
+    reason: str
+    contributions: list[str]
+    partials: list[str]
+    party: str | None = None
+
+
+@dataclass(frozen=True)
+class FederationFinished(Event):
+    kind: ClassVar[str] = "federation_finished"
+    rounds: int
+    global_version: int
+
+
+@dataclass(frozen=True)
+class CoordinatorRestarted(Event):
+    kind: ClassVar[str] = "coordinator_restarted"
+    round: int
+    stage: str
+    contributions: list[str]
+
+
+@dataclass(frozen=True)
+class AccessDenied(Event):
+    kind: ClassVar[str] = "access_denied"
+    reason: str
+    identity: str
+    method: str
+
+
+@dataclass(frozen=True)
+class SubmissionThrottled(Event):
+    kind: ClassVar[str] = "submission_throttled"
+    reason: str
+    round: int
+    party: str
+    kind_of: str = dataclasses.field(default="", metadata={"key": "kind"})
+
+
+@dataclass(frozen=True)
+class RejectionsRepeated(Event):
+    kind: ClassVar[str] = "rejections_repeated"
+    round: int
+    rejected_event: str
+    identity: str
+    reason: str
+    count: int
+
+
+EVENTS: dict[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (
+        FederationStarted,
+        GlobalPublished,
+        RoundOpened,
+        ClientJoined,
+        ContributionAccepted,
+        ContributionRejected,
+        Aggregated,
+        TicketSigned,
+        TicketRejected,
+        TicketQuorum,
+        PartialAccepted,
+        PartialRejected,
+        Decrypted,
+        RoundClosed,
+        RoundFailed,
+        FederationFinished,
+        CoordinatorRestarted,
+        AccessDenied,
+        SubmissionThrottled,
+        RejectionsRepeated,
+    )
+}
+
+_CHECKS: dict[str, Any] = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "str | None": lambda v: v is None or isinstance(v, str),
+    "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "list[dict[str, Any]]": lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
+    "dict[str, Any]": lambda v: isinstance(v, dict),
+}
+
+
+def _key(f: dataclasses.Field[Any]) -> str:
+    return str(f.metadata.get("key", f.name))
+
+
+def parse_event(entry: dict[str, Any]) -> Event | None:
+    """The typed event of a parsed log line; ``None`` for a kind this version does not know.
+
+    Raises:
+        VerificationError: a known kind with a missing field or a field of the wrong type
+            (naming the entry's index, kind and field).
+    """
+    cls = EVENTS.get(entry.get("event", ""))
+    if cls is None:
+        return None
+    where = f"audit entry {entry.get('index', '?')} ({cls.kind})"
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        key = _key(f)
+        if key not in entry:
+            if f.default is dataclasses.MISSING:
+                raise VerificationError(f"{where} has no {key!r}")
+            continue
+        if not _CHECKS[str(f.type)](entry[key]):
+            raise VerificationError(f"{where} has a {key!r} of the wrong type")
+        values[f.name] = entry[key]
+    return cls(**values)

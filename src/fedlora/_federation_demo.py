@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from fedlora._setup import Layout, prepare_federation
+from fedlora._setup import Layout, free_port, prepare_federation
 from fedlora.audit import SignedCheckpoint, events_by_round, read_log_files, verify_log
 from fedlora.config import MIN_KEY_BITS, load_coordinator_config
 from fedlora.errors import FedLoraError
@@ -111,6 +111,7 @@ def run_demo(
     ):
         layout = prepare_federation(
             root,
+            port=free_port(),
             bits=bits,
             rounds=rounds,
             insecure=insecure,

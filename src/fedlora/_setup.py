@@ -41,13 +41,21 @@ FEATURES = 8
 CLASSES = 2
 
 
-@dataclass(frozen=True)
+@dataclass
 class Layout:
     root: Path
     coordinator_config: Path
     client_configs: dict[str, Path]
-    port: int
+    port: int  # 0 until the coordinator bound one (see use_port)
     coordinator_public_key: str
+
+    def use_port(self, port: int) -> None:
+        """Point every config at the port the coordinator bound (written with port 0 until then:
+        a port picked free in advance may be taken by someone else before the server binds it)."""
+        for path in (self.coordinator_config, *self.client_configs.values()):
+            text = path.read_text()
+            path.write_text(text.replace(f"127.0.0.1:{self.port}", f"127.0.0.1:{port}"))
+        self.port = port
 
 
 def free_port() -> int:
@@ -120,7 +128,7 @@ def prepare_federation(
     round_timeout_s: float = 120.0,
     insecure: bool = False,
     encryption_type: str = "homomorphic",
-    port: int | None = None,
+    port: int = 0,
     rows: int = 400,
     seed: int = 0,
     save_plaintext_deltas: bool = False,
@@ -133,7 +141,8 @@ def prepare_federation(
     Both thresholds must be at least 2, as the config validator requires. Keys below 2048 bits
     are allowed here, for tests and demos: the configs written for them then carry
     ``testing: {insecure_small_keys: true}``. Every client pins ``policy.min_participants`` to
-    ``participant_threshold`` instead of learning it from the coordinator.
+    ``participant_threshold`` instead of learning it from the coordinator. With ``port`` 0 the
+    configs name port 0 until :meth:`Layout.use_port` gives them the one the server bound.
 
     Raises:
         ValueError: a threshold below 2 or above the number of parties.
@@ -146,7 +155,6 @@ def prepare_federation(
         if not 2 <= value <= len(ids):
             raise ValueError(f"{name} must be between 2 and the {len(ids)} parties, got {value}")
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port() if port is None else port
     # Written into every config of a small-key federation: the services refuse such keys otherwise.
     testing = {"testing": {"insecure_small_keys": True}} if bits < MIN_KEY_BITS else {}
     if not insecure:

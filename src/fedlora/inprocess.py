@@ -20,7 +20,7 @@ from rich.console import Console
 from fedlora.audit import SignedCheckpoint
 from fedlora.client import Client
 from fedlora.client._transport import Progress
-from fedlora.config import load_client_config, load_coordinator_config
+from fedlora.config import CodecConfig, load_client_config, load_coordinator_config
 from fedlora.coordinator import Coordinator, build_engine
 from fedlora.crypto import ModexpBackend
 from fedlora.errors import FedLoraError, RemoteError
@@ -172,24 +172,35 @@ class InProcessFederation:
         *,
         trainers: Mapping[str, object] | None = None,
         num_parameters: int | None = None,
+        codec: CodecConfig | None = None,
+        run_name: str | None = None,
         clock: Callable[[], float] | None = None,
         backend: ModexpBackend | None = None,
         quiet: bool = True,
     ) -> InProcessFederation:
         """Load the YAML files (as the services do) and join every client in process.
 
-        ``num_parameters`` overrides the coordinator's model size (for given-delta trainers);
+        ``num_parameters`` and ``codec`` override the coordinator's model size and codec (for
+        given-delta trainers); ``run_name`` keeps this run's state (the coordinator's log, the
+        clients' ledgers and anchors) in a subfolder of each state folder, so one set of keys
+        serves several independent runs;
         ``clock`` replaces the engine's wall clock (tests move deadlines without sleeping);
         ``backend`` does every role's modular exponentiation.
         """
         config = load_coordinator_config(coordinator_config)  # type: ignore[arg-type]
         if num_parameters is not None:
             config = replace(config, model=replace(config.model, num_parameters=num_parameters))
+        if codec is not None:
+            config = replace(config, codec=codec)
+        if run_name is not None:
+            config = replace(config, state_dir=config.state_dir / run_name)
         engine = build_engine(config, clock=clock or time.time, backend=backend)
         console = Console(quiet=quiet)
         clients = {}
         for pid, path in client_configs.items():
             cc = load_client_config(path)  # type: ignore[arg-type]
+            if run_name is not None:
+                cc = replace(cc, state_dir=cc.state_dir / run_name)
             clients[pid] = Client(
                 cc,
                 trainer=(trainers or {}).get(pid),  # type: ignore[arg-type]

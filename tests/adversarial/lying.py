@@ -17,7 +17,7 @@ from rich.console import Console
 from fedlora._setup import Layout
 from fedlora.client import Client
 from fedlora.config import Party, load_client_config, load_coordinator_config
-from fedlora.coordinator import Coordinator, build_engine, create_server
+from fedlora.coordinator import Coordinator, build_engine
 from fedlora.crypto import (
     add_ciphertext_vectors,
     ciphertext_vector_digest,
@@ -92,7 +92,7 @@ def start(layout: Layout):  # type: ignore[no-untyped-def]
     config = load_coordinator_config(layout.coordinator_config)
     real = build_engine(config)  # loads the keys exactly as the real service does
     engine = LyingCoordinator(config, real.key, real.signing_key)
-    return engine, create_server(config, engine)
+    return engine, h.serve(layout, config, engine)
 
 
 def view(

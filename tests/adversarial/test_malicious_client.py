@@ -16,7 +16,7 @@ import pytest
 from fedlora._setup import prepare_federation
 from fedlora.audit import read_log_files
 from fedlora.config import load_coordinator_config
-from fedlora.coordinator import build_engine, create_server
+from fedlora.coordinator import build_engine
 from fedlora.coordinator._limits import BURST
 from fedlora.crypto import (
     ciphertext_vector_digest,
@@ -85,7 +85,7 @@ def test_an_overflowing_contribution_fails_its_round_and_the_next_opens(tmp_path
     # Arrange: four honest contributions and one that overflows every slot of the sum.
     layout = prepare_federation(tmp_path, bits=BITS, rounds=2, participant_threshold=5)
     config = load_coordinator_config(layout.coordinator_config)
-    running = create_server(config)
+    running = h.serve(layout, config)
     engine = running.engine
     try:
         # Act: the honest holders decrypt; the sum cannot be decoded.
@@ -107,7 +107,7 @@ def test_a_restart_into_the_same_fault_fails_the_round_instead_of_wedging(tmp_pa
     # log is cut back to the last accepted partial decryption (real files, the real replay).
     layout = prepare_federation(tmp_path, bits=BITS, rounds=2, participant_threshold=5)
     config = load_coordinator_config(layout.coordinator_config)
-    running = create_server(config)
+    running = h.serve(layout, config)
     try:
         _overflowed_round(layout, running.engine)
     finally:
@@ -134,7 +134,7 @@ def test_a_huge_proof_response_is_refused_cheaply_rate_limited_and_counted(tmp_p
     # Arrange: the quorum is reached and one honest partial is in; the attacker is a holder.
     layout = prepare_federation(tmp_path, bits=BITS, rounds=1, participant_threshold=5)
     config = load_coordinator_config(layout.coordinator_config)
-    running = create_server(config)
+    running = h.serve(layout, config)
     engine = running.engine
     try:
         for pid in layout.client_configs:
@@ -216,7 +216,7 @@ def test_a_huge_proof_response_is_refused_cheaply_rate_limited_and_counted(tmp_p
 def test_ticket_signatures_for_another_ticket_are_refused_and_audited(tmp_path, what) -> None:
     layout = prepare_federation(tmp_path, bits=BITS, rounds=1, participant_threshold=5)
     config = load_coordinator_config(layout.coordinator_config)
-    running = create_server(config)
+    running = h.serve(layout, config)
     try:
         for pid in layout.client_configs:
             h.upload(layout, pid, *h.contribution(layout, pid, 1))
@@ -245,7 +245,7 @@ def _decrypting(tmp_path):  # type: ignore[no-untyped-def]
     """A round with its quorum and one accepted partial (from hospital-d)."""
     layout = prepare_federation(tmp_path, bits=BITS, rounds=1, participant_threshold=5)
     config = load_coordinator_config(layout.coordinator_config)
-    running = create_server(config)
+    running = h.serve(layout, config)
     for pid in layout.client_configs:
         h.upload(layout, pid, *h.contribution(layout, pid, 1))
     _wait(lambda: running.engine.stage.value == "ticketing")

@@ -23,7 +23,7 @@ import yaml
 from fedlora._setup import prepare_federation
 from fedlora.client._ledger import AnchorError
 from fedlora.config import load_coordinator_config
-from fedlora.coordinator import Coordinator, build_engine, create_server
+from fedlora.coordinator import Coordinator, build_engine
 from fedlora.crypto import encrypt_batch, receipt_digest, sign_digest
 from fedlora.errors import ConfigError, VerificationError
 from fedlora.protocol import Receipt, unpack_records
@@ -171,7 +171,7 @@ def test_a_colluding_contributor_cannot_cancel_the_others_out_of_the_aggregate(f
 def test_an_honest_coordinator_refuses_a_mauled_contribution_at_intake(tmp_path) -> None:
     layout = prepare_federation(tmp_path, bits=BITS, rounds=1, participant_threshold=5)
     config = load_coordinator_config(layout.coordinator_config)
-    running = create_server(config)
+    running = h.serve(layout, config)
     try:
         h.upload(layout, "bank-a", *h.contribution(layout, "bank-a", 1))
         key = h.threshold_key(layout)
@@ -282,7 +282,7 @@ def test_a_client_refuses_a_quorum_that_cannot_prevent_a_split_view(tmp_path) ->
     doc = yaml.safe_load(path.read_text())
     doc.setdefault("policy", {})["ticket_quorum"] = 3
     path.write_text(yaml.safe_dump(doc))
-    running = create_server(load_coordinator_config(layout.coordinator_config))
+    running = h.serve(layout)
     try:
         with pytest.raises(ConfigError, match=r"policy\.ticket_quorum: 3 is outside 5\.\.6"):
             lying.client(layout, "bank-a")
@@ -345,7 +345,7 @@ def test_a_receipt_that_is_not_the_clients_own_is_refused(tmp_path, forge) -> No
     real = build_engine(config)
     engine = ReceiptForger(config, real.key, real.signing_key)
     engine.forge = forge
-    running = create_server(config, engine)
+    running = h.serve(layout, config, engine)
     try:
         h.upload(layout, "bank-a", *h.contribution(layout, "bank-a", 1))  # someone to point at
         victim = lying.client(layout, VICTIM)
@@ -364,7 +364,7 @@ def test_a_forked_audit_log_stops_the_client(tmp_path) -> None:
     # Arrange: bank-a contributes once and keeps the checkpoint its receipt carried.
     layout = prepare_federation(tmp_path, bits=BITS, rounds=1, aggregation_frequency=2)
     config = load_coordinator_config(layout.coordinator_config)
-    running = create_server(config)
+    running = h.serve(layout, config)
     backup = tmp_path / "backup"
     try:
         h.upload(layout, "bank-e", *h.contribution(layout, "bank-e", 1))
@@ -380,7 +380,7 @@ def test_a_forked_audit_log_stops_the_client(tmp_path) -> None:
     # Act: the key holder restores the old state and carries on: the same key, another history.
     shutil.rmtree(config.state_dir)
     shutil.copytree(backup, config.state_dir)
-    running = create_server(config)
+    running = h.serve(layout, config)
     try:
         for pid in ("bank-b", "hospital-c", "hospital-d"):  # grow the forked log past the kept one
             h.upload(layout, pid, *h.contribution(layout, pid, 1))
@@ -407,7 +407,7 @@ def test_a_coordinator_cannot_switch_clients_to_plaintext(tmp_path) -> None:
     layout = prepare_federation(tmp_path, bits=BITS, rounds=1)
     config = load_coordinator_config(layout.coordinator_config)
     real = build_engine(config)
-    running = create_server(config, Downgrader(config, real.key, real.signing_key))
+    running = h.serve(layout, config, Downgrader(config, real.key, real.signing_key))
     try:
         with pytest.raises(VerificationError, match="announces encryption_type 'none'"):
             lying.client(layout, "bank-a")

@@ -13,7 +13,8 @@ from rich.console import Console
 
 from fedlora._setup import Layout
 from fedlora.client import Client
-from fedlora.config import load_client_config
+from fedlora.config import CoordinatorConfig, load_client_config, load_coordinator_config
+from fedlora.coordinator import Coordinator, Running, create_server
 from fedlora.crypto import (
     CodecParams,
     ThresholdPublicKey,
@@ -42,6 +43,19 @@ def channel(
         credentials,
         options=[("grpc.ssl_target_name_override", "localhost")],
     )
+
+
+def serve(
+    layout: Layout, config: CoordinatorConfig | None = None, engine: Coordinator | None = None
+) -> Running:
+    """Start the real gRPC coordinator. The first start binds port 0 (the OS picks a free port
+    at bind time: nothing can take it in between) and points every config at it; a restart binds
+    the same port again."""
+    config = config or load_coordinator_config(layout.coordinator_config)
+    running = create_server(config, engine, port=layout.port)
+    if layout.port == 0:
+        layout.use_port(running.port)
+    return running
 
 
 def stub(layout: Layout, party: str, **kw) -> federation_pb2_grpc.FederationStub:  # type: ignore[no-untyped-def]

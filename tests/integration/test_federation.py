@@ -15,7 +15,6 @@ from fedlora._setup import prepare_federation
 from fedlora.audit import read_log_files, verify_log
 from fedlora.certs import create_ca, issue_certificate
 from fedlora.config import load_coordinator_config
-from fedlora.coordinator import create_server
 from fedlora.v1 import common_pb2, federation_pb2
 from tests.integration import helpers as h
 
@@ -38,7 +37,7 @@ def federation(tmp_path):
         participant_threshold=5,
         round_timeout_s=300,
     )
-    running = create_server(load_coordinator_config(layout.coordinator_config))
+    running = h.serve(layout)
     yield layout, running
     running.stop(grace=1)
 
@@ -55,7 +54,7 @@ def test_a_full_federation_over_mtls(tmp_path, encryption) -> None:
         save_plaintext_deltas=True,  # so the test can recompute the mean the hard way
     )
     config = load_coordinator_config(layout.coordinator_config)
-    running = create_server(config)
+    running = h.serve(layout, config)
     try:
         # Act
         results = h.run_clients(layout)
@@ -231,7 +230,7 @@ def test_unknown_revoked_and_foreign_identities_are_refused(tmp_path) -> None:
         "role: bank\n", "role: bank\n  revoked: true\n", 1
     )
     layout.coordinator_config.write_text(text)  # bank-a is revoked
-    running = create_server(load_coordinator_config(layout.coordinator_config))
+    running = h.serve(layout)
     try:
         issue_certificate(
             layout.root / "ca", "mallory", layout.root / "certs"
@@ -267,7 +266,7 @@ def test_a_round_below_threshold_fails_cleanly_and_the_next_opens(tmp_path) -> N
     layout = prepare_federation(
         tmp_path, bits=BITS, rounds=2, participant_threshold=4, round_timeout_s=2
     )
-    running = create_server(load_coordinator_config(layout.coordinator_config))
+    running = h.serve(layout)
     try:
         h.upload(layout, "bank-a", *h.contribution(layout, "bank-a", 1))
         deadline = time.monotonic() + 20
@@ -306,7 +305,7 @@ def test_a_20_mb_contribution_streams_in_chunks(tmp_path) -> None:
         text.replace("chunk_bytes: 262144", "chunk_bytes: 1048576")
     )
     config = load_coordinator_config(layout.coordinator_config)
-    running = create_server(config)
+    running = h.serve(layout, config)
     try:
         join = h.stub(layout, "bank-a").Join(federation_pb2.JoinRequest())
         status = h.stub(layout, "bank-a").GetRound(federation_pb2.RoundQuery())
@@ -363,7 +362,7 @@ def test_global_adapters_are_published_in_peft_format_and_export_works(tmp_path)
 
     layout = prepare_federation(tmp_path, bits=BITS, rounds=2, aggregation_frequency=10)
     config = load_coordinator_config(layout.coordinator_config)
-    running = create_server(config)
+    running = h.serve(layout, config)
     try:
         assert h.run_clients(layout) == {pid: 0 for pid in layout.client_configs}
         # Act: export the final global adapter as a client would, as an adapter and merged.
@@ -422,7 +421,7 @@ def test_over_mtls_each_global_moves_by_the_weighted_mean_of_the_clipped_deltas(
     weights = dict(zip(layout.client_configs, (3, 5, 7, 11, 13)))
     deltas = {pid: rng.normal(0, 0.8, n).astype(np.float32) for pid in weights}
     trainers = {pid: GivenDelta(n, weights[pid], deltas[pid]) for pid in weights}
-    running = create_server(config)
+    running = h.serve(layout, config)
     try:
         # Act
         results = h.run_clients(layout, trainers=trainers, timeout=120)

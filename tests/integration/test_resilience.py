@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -17,7 +18,6 @@ from fedlora._setup import prepare_federation
 from fedlora.audit import read_log_files, verify_log
 from fedlora.client import Client
 from fedlora.config import load_client_config, load_coordinator_config
-from fedlora.coordinator import create_server
 from fedlora.crypto import encrypt_batch
 from fedlora.errors import ProtocolError, VerificationError
 from fedlora.protocol import ALLOWED, Message, Stage, check_message, check_task
@@ -39,6 +39,10 @@ def _coordinator_command(layout) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def _start(layout, log):  # type: ignore[no-untyped-def]
+    """Start the coordinator as its own process; learn the port it bound from its log (the
+    first start binds port 0 and the configs are then pointed at it; restarts reuse it)."""
+    path = Path(log.name)
+    seen = path.stat().st_size  # a restart appends to the same log: read only its own lines
     proc = subprocess.Popen(
         _coordinator_command(layout),
         stdout=log,
@@ -47,9 +51,11 @@ def _start(layout, log):  # type: ignore[no-untyped-def]
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", layout.port)) == 0:
-                return proc
+        bound = re.findall(r"on port (\d+) \(", path.read_bytes()[seen:].decode(errors="replace"))
+        if bound and int(bound[-1]) and (layout.port in (0, int(bound[-1]))):
+            if layout.port == 0:
+                layout.use_port(int(bound[-1]))
+            return proc
         assert proc.poll() is None, "coordinator exited during start-up"
         time.sleep(0.1)
     raise AssertionError("coordinator did not start")
@@ -119,8 +125,7 @@ def test_a_bad_config_exits_non_zero_before_binding(tmp_path) -> None:
     )
     assert out.returncode == 2
     assert "federated_learning.rounds: must be between 1" in out.stderr
-    with socket.socket() as s:
-        assert s.connect_ex(("127.0.0.1", layout.port)) != 0  # nothing is listening
+    assert "on port" not in out.stderr + out.stdout  # it never bound a port
 
 
 def test_a_client_refuses_to_decrypt_anything_but_a_verified_aggregate(tmp_path) -> None:
@@ -128,7 +133,7 @@ def test_a_client_refuses_to_decrypt_anything_but_a_verified_aggregate(tmp_path)
     layout = prepare_federation(
         tmp_path, bits=BITS, rounds=1, participant_threshold=3, round_timeout_s=300
     )
-    running = create_server(load_coordinator_config(layout.coordinator_config))
+    running = h.serve(layout)
     try:
         client = Client(
             load_client_config(layout.client_configs["bank-a"]), console=Console(quiet=True)
@@ -219,7 +224,7 @@ def test_every_stage_message_pair_is_checked() -> None:
 def test_audit_verify_command_names_a_tampered_entry(tmp_path) -> None:
     layout = prepare_federation(tmp_path, bits=BITS, rounds=1, aggregation_frequency=5)
     config = load_coordinator_config(layout.coordinator_config)
-    running = create_server(config)
+    running = h.serve(layout, config)
     try:
         h.run_clients(layout)
     finally:

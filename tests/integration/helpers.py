@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -11,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from rich.console import Console
 
+from fedlora import rpc
 from fedlora._setup import Layout
 from fedlora.client import Client
 from fedlora.config import CoordinatorConfig, load_client_config, load_coordinator_config
@@ -20,12 +22,12 @@ from fedlora.crypto import (
     ThresholdPublicKey,
     ciphertext_vector_digest,
     ciphertext_width,
-    contribution_digest,
     encode,
     encrypt_and_prove,
-    proof_context,
+    pack_records,
     sign_digest,
 )
+from fedlora.protocol import ContributionHeader, contribution_statement, knowledge_context
 from fedlora.v1 import federation_pb2, federation_pb2_grpc
 
 
@@ -77,13 +79,7 @@ def threshold_key(layout: Layout) -> ThresholdPublicKey:
 
 
 def codec_of(join: federation_pb2.JoinResponse) -> CodecParams:
-    c = join.codec
-    return CodecParams(
-        clip=c.clip,
-        value_bits=c.value_bits,
-        max_total_weight=c.max_total_weight,
-        key_bits=c.key_bits,
-    )
+    return rpc.codec_from_proto(join.codec)
 
 
 def contribution(
@@ -107,11 +103,8 @@ def contribution(
     join = s.Join(federation_pb2.JoinRequest(client_id=party))
     status = s.GetRound(federation_pb2.RoundQuery())
     key, codec = threshold_key(layout), codec_of(join)
-    context = proof_context(
-        federation_id="fedlora-demo",
-        round_number=signed_round or round_number,
-        client_id=party,
-        key_fingerprint=key.fingerprint,
+    context = knowledge_context(
+        "fedlora-demo", signed_round or round_number, party, key.fingerprint
     )
     if ciphertexts is None:
         if plaintexts is None:
@@ -121,32 +114,24 @@ def contribution(
         proof = knowledge.to_bytes(key.paillier) if proof is None else proof
     width = ciphertext_width(key.paillier)
     digest = ciphertext_vector_digest(key.paillier, ciphertexts)
-    signed = contribution_digest(
-        federation_id="fedlora-demo",
-        round_number=signed_round or round_number,
-        client_id=party,
-        codec_digest=codec.digest(),
-        key_fingerprint=key.fingerprint,
-        weight=weight,
-        ciphertexts_digest=digest,
-        value_count=join.num_parameters,
-        global_version=status.global_version,
-        global_digest=status.global_digest,
-    )
-    header = federation_pb2.ContributionHeader(
-        round=round_number,
+    unsigned = ContributionHeader(
+        round_number=round_number,
         weight=weight,
         value_count=join.num_parameters,
         record_count=len(ciphertexts),
         ciphertexts_digest=digest,
         key_fingerprint=key.fingerprint,
         codec_digest=codec.digest(),
-        signature=sign_digest(signer or signing_key(layout, party), signed),
+        signature=b"",
         global_version=status.global_version,
         global_digest=status.global_digest,
         knowledge_proof=proof or b"",
     )
-    return header, b"".join(c.to_bytes(width, "big") for c in ciphertexts)
+    signed = contribution_statement(
+        "fedlora-demo", party, replace(unsigned, round_number=signed_round or round_number), digest
+    )
+    header = replace(unsigned, signature=sign_digest(signer or signing_key(layout, party), signed))
+    return rpc.contribution_header_to_proto(header), pack_records(ciphertexts, width)
 
 
 def upload(

@@ -49,17 +49,20 @@ def entry_statement(
     ciphertexts_digest: bytes,
 ) -> bytes:
     """The contribution statement of one manifest entry, under the codec the holder expects."""
-    return contribution_digest(
-        federation_id=manifest.federation_id,
+    header = ContributionHeader(
         round_number=manifest.round_number,
-        client_id=entry.client_id,
-        codec_digest=codec.digest(),
-        key_fingerprint=manifest.key_fingerprint,
         weight=entry.weight,
-        ciphertexts_digest=ciphertexts_digest,
         value_count=manifest.value_count,
+        record_count=entry.record_count,
+        ciphertexts_digest=entry.ciphertexts_digest,
+        key_fingerprint=manifest.key_fingerprint,
+        codec_digest=codec.digest(),
+        signature=entry.signature,
         global_version=manifest.global_version,
         global_digest=manifest.global_digest,
+    )
+    return contribution_statement(
+        manifest.federation_id, entry.client_id, header, ciphertexts_digest
     )
 
 

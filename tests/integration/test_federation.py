@@ -207,7 +207,7 @@ def test_every_bad_contribution_is_rejected_precisely_and_audited(federation) ->
     ]
     # Each distinct refusal is written once; identical ones are counted (written at round end).
     assert len({e["reason"] for e in rejected}) == len(rejected)
-    assert len(rejected) + running.engine.limits.repeated() == len(cases) + 1
+    assert len(rejected) + running.engine.admission.limits.repeated() == len(cases) + 1
     assert any("oversized" in e["reason"] for e in rejected)
 
 

@@ -26,7 +26,6 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -35,8 +34,8 @@ from fedlora import events as ev
 from fedlora.audit import AuditLog, SignedCheckpoint
 from fedlora.config import CoordinatorConfig, Party, check_key_size
 from fedlora.coordinator._adapter import AdapterTemplate
+from fedlora.coordinator._admission import Admission
 from fedlora.coordinator._intake import receive_bounded, receive_contribution
-from fedlora.coordinator._limits import RejectionLimiter
 from fedlora.coordinator._replay import replay
 from fedlora.coordinator._state import Contribution, RoundState
 from fedlora.coordinator._store import Store
@@ -55,18 +54,17 @@ from fedlora.crypto import (
     verify_signature,
 )
 from fedlora.errors import (
-    AuthenticationError,
     AuthorizationError,
     ConfigError,
     FedLoraError,
     NotFoundError,
     ProtocolError,
-    RateLimitError,
     VerificationError,
 )
 from fedlora.protocol import (
     AggregationRule,
     ContributionHeader,
+    ContributionRules,
     DecryptionManifest,
     JoinInfo,
     ManifestEntry,
@@ -75,6 +73,7 @@ from fedlora.protocol import (
     Receipt,
     RoundStatus,
     Stage,
+    check_contribution_header,
     check_message,
     check_partial_header,
     check_transition,
@@ -129,8 +128,7 @@ class Coordinator:
         self.audit = AuditLog(config.state_dir / "audit", config.federation_id, signing_key)
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
-        self.limits = RejectionLimiter(clock)
-        self._in_flight: set[tuple[str, str]] = set()  # (identity, kind) being examined now
+        self.admission = Admission(config, self.audit, clock, self._lock)
         self._joined: set[tuple[str, int]] = set()  # (identity, round) already audited
         self._job_running = False
         self.stage = Stage.COLLECTING
@@ -215,82 +213,17 @@ class Coordinator:
 
     # -- identity ----------------------------------------------------------------------------
     def authenticate(self, identity: str | None, method: str) -> Party:
-        """Map a certificate identity to an enrolled party, auditing every refusal.
+        """Map a certificate identity to an enrolled party (every refusal is audited).
 
         Raises:
             AuthenticationError: no identity at all.
             AuthorizationError: unknown or revoked identity.
         """
-        if not identity:
-            self._audit_rejection(
-                "", ev.AccessDenied(reason="no client identity", identity="", method=method)
-            )
-            raise AuthenticationError(
-                "no client identity: present a certificate issued by the federation CA"
-            )
-        party = self.config.party(identity)
-        if party is None or party.revoked:
-            reason = "revoked" if party else "not enrolled"
-            self._audit_rejection(
-                identity[:64],
-                ev.AccessDenied(reason=reason, identity=identity[:64], method=method),
-            )
-            raise AuthorizationError(
-                f"identity {identity[:64]!r} is {reason} in federation {self.config.federation_id!r}"
-            )
-        return party
+        return self.admission.authenticate(identity, method)
 
-    def _audit_rejection(
-        self,
-        who: str,
-        event: ev.AccessDenied
-        | ev.SubmissionThrottled
-        | ev.ContributionRejected
-        | ev.TicketRejected
-        | ev.PartialRejected,
-    ) -> None:
-        """Write the first of identical rejections in a round; count the rest (flushed at round end)."""
-        with self._lock:
-            if self.limits.first(event.kind, who, event.reason):
-                self.audit.record(event)
-
-    def _throttle(self, party: Party, what: str, *, exclusive: bool = False) -> None:
-        """Refuse, before any work, a submission from an identity with too many rejections
-        (or, with ``exclusive``, one while another of the same kind is being examined).
-
-        Raises:
-            RateLimitError: the identity's rejection budget is spent, or it is already busy.
-        """
-        with self._lock:
-            allowed = self.limits.allowed(party.id)
-            busy = exclusive and (party.id, what) in self._in_flight
-            if allowed and exclusive and not busy:
-                self._in_flight.add((party.id, what))
-            number = self.round.number if self.round else 0
-        if not allowed or busy:
-            reason = (
-                f"another {what} from this identity is being examined; refused"
-                if allowed
-                else "too many rejected submissions; refused without examination"
-            )
-            self._audit_rejection(
-                party.id,
-                ev.SubmissionThrottled(reason=reason, round=number, party=party.id, kind_of=what),
-            )
-            raise RateLimitError(
-                f"{party.id}: {reason}; wait {self.limits.refill_s:.0f}s and fix the cause"
-            )
-
-    @contextmanager
-    def _admitted(self, party: Party, what: str) -> Iterator[None]:
-        """One submission of a kind per identity at a time, and only within its budget: N
-        concurrent bad submissions cannot all be examined before the first is rejected."""
-        self._throttle(party, what, exclusive=True)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._in_flight.discard((party.id, what))
+    @property
+    def _number(self) -> int:
+        return self.round.number if self.round else 0
 
     # -- rounds ------------------------------------------------------------------------------
     def _open_round(self, number: int) -> None:
@@ -311,7 +244,7 @@ class Coordinator:
 
     def _end_round(self) -> None:
         assert self.round is not None
-        for event, identity, reason, count in self.limits.drain():
+        for event, identity, reason, count in self.admission.limits.drain():
             self.audit.record(
                 ev.RejectionsRepeated(
                     round=self.round.number,
@@ -511,9 +444,7 @@ class Coordinator:
 
     # -- contributions -----------------------------------------------------------------------
     def _reject(self, party: Party, round_number: int, error: FedLoraError) -> FedLoraError:
-        with self._lock:
-            self.limits.rejected(party.id)
-        self._audit_rejection(
+        self.admission.rejected(
             party.id,
             ev.ContributionRejected(reason=str(error), round=round_number, client=party.id),
         )
@@ -525,40 +456,19 @@ class Coordinator:
             number = self.round.number if self.round else 0
         return self._reject(party, number, VerificationError(reason))
 
-    def _check_header(self, party: Party, h: ContributionHeader) -> None:
+    def _rules(self) -> ContributionRules:
         r = self.round
         assert r is not None
-        if h.round_number != r.number:
-            raise ProtocolError(
-                f"contribution is for round {h.round_number}, but round {r.number} is open"
-            )
-        if not 1 <= h.weight <= self.config.codec.max_weight:
-            raise VerificationError(
-                f"weight must be in 1..{self.config.codec.max_weight}, got {h.weight}"
-            )
-        if h.value_count != self.num_parameters:
-            raise VerificationError(
-                f"value_count must be {self.num_parameters}, got {h.value_count}"
-            )
-        if h.record_count != self.record_count:
-            raise VerificationError(
-                f"record_count must be {self.record_count}, got {h.record_count}"
-            )
-        if not hmac.compare_digest(h.key_fingerprint, self.fingerprint):
-            raise VerificationError(
-                "contribution is encrypted under another key (fingerprint mismatch)"
-            )
-        if not hmac.compare_digest(h.codec_digest, self.codec.digest()):
-            raise VerificationError("contribution uses other codec parameters")
-        if h.global_version != r.global_version or not hmac.compare_digest(
-            h.global_digest, r.global_digest
-        ):
-            raise VerificationError(
-                f"contribution was trained from another global model (round {r.number} trains "
-                f"from version {r.global_version})"
-            )
-        if len(h.ciphertexts_digest) != 32 or len(h.signature) != 64:
-            raise VerificationError("ciphertexts_digest must be 32 bytes and signature 64 bytes")
+        return ContributionRules(
+            round_number=r.number,
+            global_version=r.global_version,
+            global_digest=r.global_digest,
+            max_weight=self.config.codec.max_weight,
+            value_count=self.num_parameters,
+            record_count=self.record_count,
+            key_fingerprint=self.fingerprint,
+            codec_digest=self.codec.digest(),
+        )
 
     def accept_contribution(
         self, party: Party, header: ContributionHeader, chunks: Iterable[bytes]
@@ -570,7 +480,7 @@ class Coordinator:
             VerificationError: malformed, oversized, truncated, out-of-range or wrongly signed.
             RateLimitError: the party's rejection budget is spent, or it is uploading already.
         """
-        with self._admitted(party, "contribution"):
+        with self.admission.admitted(party, "contribution", self._number):
             return self._accept_contribution(party, header, chunks)
 
     def _accept_contribution(
@@ -580,7 +490,7 @@ class Coordinator:
             number = self.round.number if self.round else 0
             try:
                 check_message(self.stage, Message.CONTRIBUTION, number)
-                self._check_header(party, header)
+                check_contribution_header(header, self._rules())
             except FedLoraError as exc:
                 raise self._reject(party, header.round_number, exc) from None
             existing = self.round.contributions.get(party.id) if self.round else None
@@ -849,7 +759,7 @@ class Coordinator:
             VerificationError: another ticket, or a signature that does not verify.
             RateLimitError: the party's rejection budget is spent.
         """
-        self._throttle(party, "ticket")
+        self.admission.throttle(party, "ticket", self._number)
         with self._lock:
             number = self.round.number if self.round else 0
             check_message(self.stage, Message.TICKET, number)
@@ -870,8 +780,7 @@ class Coordinator:
                     return len(r.ticket_signatures), self.quorum
                 verify_signature(bytes.fromhex(party.signing_public_key), ticket, signature)
             except FedLoraError as exc:
-                self.limits.rejected(party.id)
-                self._audit_rejection(
+                self.admission.rejected(
                     party.id, ev.TicketRejected(reason=str(exc), round=number, party=party.id)
                 )
                 raise
@@ -913,7 +822,7 @@ class Coordinator:
             proof or signature (the party is named); RateLimitError: rejection budget spent,
             or a partial from this party is being examined already.
         """
-        with self._admitted(party, "partial decryption"):
+        with self.admission.admitted(party, "partial decryption", self._number):
             self._accept_partial(party, header, chunks)
 
     def _accept_partial(self, party: Party, header: PartialHeader, chunks: Iterable[bytes]) -> None:
@@ -976,9 +885,7 @@ class Coordinator:
             self._wake.notify_all()
 
     def _reject_partial(self, party: Party, number: int, error: FedLoraError) -> FedLoraError:
-        with self._lock:
-            self.limits.rejected(party.id)
-        self._audit_rejection(
+        self.admission.rejected(
             party.id, ev.PartialRejected(reason=str(error), round=number, party=party.id)
         )
         return error

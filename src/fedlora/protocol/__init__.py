@@ -9,7 +9,12 @@ protobuf, sockets, files or torch here.
 
 from __future__ import annotations
 
-from fedlora.protocol._contributor import SignedContribution, build_contribution
+from fedlora.protocol._contributor import (
+    ContributionRules,
+    SignedContribution,
+    build_contribution,
+    check_contribution_header,
+)
 from fedlora.protocol._decryptor import (
     CheckedAggregate,
     HolderPolicy,
@@ -66,6 +71,7 @@ __all__ = [
     "AggregationRule",
     "CheckedAggregate",
     "ContributionHeader",
+    "ContributionRules",
     "DecryptionManifest",
     "DecryptionTask",
     "FedAvg",
@@ -86,6 +92,7 @@ __all__ = [
     "Stage",
     "TicketAck",
     "build_contribution",
+    "check_contribution_header",
     "check_message",
     "check_partial_header",
     "check_receipt",

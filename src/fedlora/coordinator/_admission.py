@@ -1,0 +1,120 @@
+"""Who may submit what, now: identities, the rejection budget, one submission per kind at a time.
+
+Every refusal is audited once per round (identical ones are counted and flushed as
+``rejections_repeated`` when the round ends), so a hostile client can neither grow the log nor
+make the coordinator examine a flood of bad submissions.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from fedlora import events as ev
+from fedlora.audit import AuditLog
+from fedlora.config import CoordinatorConfig, Party
+from fedlora.coordinator._limits import RejectionLimiter
+from fedlora.errors import AuthenticationError, AuthorizationError, RateLimitError
+
+Rejection = (
+    ev.AccessDenied
+    | ev.SubmissionThrottled
+    | ev.ContributionRejected
+    | ev.TicketRejected
+    | ev.PartialRejected
+)
+
+
+class Admission:
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        audit: AuditLog,
+        clock: Callable[[], float],
+        lock: threading.RLock,
+    ) -> None:
+        self.config = config
+        self.audit = audit
+        self.limits = RejectionLimiter(clock)
+        self._lock = lock
+        self._in_flight: set[tuple[str, str]] = set()  # (identity, kind) being examined now
+
+    def authenticate(self, identity: str | None, method: str) -> Party:
+        """Map a certificate identity to an enrolled party, auditing every refusal.
+
+        Raises:
+            AuthenticationError: no identity at all.
+            AuthorizationError: unknown or revoked identity.
+        """
+        if not identity:
+            self.refused(
+                "", ev.AccessDenied(reason="no client identity", identity="", method=method)
+            )
+            raise AuthenticationError(
+                "no client identity: present a certificate issued by the federation CA"
+            )
+        party = self.config.party(identity)
+        if party is None or party.revoked:
+            reason = "revoked" if party else "not enrolled"
+            self.refused(
+                identity[:64],
+                ev.AccessDenied(reason=reason, identity=identity[:64], method=method),
+            )
+            raise AuthorizationError(
+                f"identity {identity[:64]!r} is {reason} in federation {self.config.federation_id!r}"
+            )
+        return party
+
+    def refused(self, who: str, event: Rejection) -> None:
+        """Write the first of identical rejections in a round; count the rest."""
+        with self._lock:
+            if self.limits.first(event.kind, who, event.reason):
+                self.audit.record(event)
+
+    def rejected(self, who: str, event: Rejection) -> None:
+        """A submission was examined and refused: it costs the identity budget, and is audited."""
+        with self._lock:
+            self.limits.rejected(who)
+        self.refused(who, event)
+
+    def throttle(
+        self, party: Party, what: str, round_number: int, *, exclusive: bool = False
+    ) -> None:
+        """Refuse, before any work, a submission from an identity with too many rejections
+        (or, with ``exclusive``, one while another of the same kind is being examined).
+
+        Raises:
+            RateLimitError: the identity's rejection budget is spent, or it is already busy.
+        """
+        with self._lock:
+            allowed = self.limits.allowed(party.id)
+            busy = exclusive and (party.id, what) in self._in_flight
+            if allowed and exclusive and not busy:
+                self._in_flight.add((party.id, what))
+        if not allowed or busy:
+            reason = (
+                f"another {what} from this identity is being examined; refused"
+                if allowed
+                else "too many rejected submissions; refused without examination"
+            )
+            self.refused(
+                party.id,
+                ev.SubmissionThrottled(
+                    reason=reason, round=round_number, party=party.id, kind_of=what
+                ),
+            )
+            raise RateLimitError(
+                f"{party.id}: {reason}; wait {self.limits.refill_s:.0f}s and fix the cause"
+            )
+
+    @contextmanager
+    def admitted(self, party: Party, what: str, round_number: int) -> Iterator[None]:
+        """One submission of a kind per identity at a time, and only within its budget: N
+        concurrent bad submissions cannot all be examined before the first is rejected."""
+        self.throttle(party, what, round_number, exclusive=True)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight.discard((party.id, what))

@@ -214,10 +214,12 @@ class InProcessFederation:
     def round_number(self) -> int:
         return self.engine.round.number if self.engine.round else 0
 
-    def step(self, parties: Iterable[str] | None = None) -> None:
+    def step(self, parties: Iterable[str] | None = None, *, tick: bool = True) -> None:
         """One pass over the open round: the engine decides, then each client does what its
-        status asks; the pass stops where the round ends (the next round is the next pass's)."""
-        self.engine.tick()
+        status asks; the pass stops where the round ends (the next round is the next pass's).
+        With ``tick`` false the engine only answers (its deadlines and heavy work wait)."""
+        if tick:
+            self.engine.tick()
         number = self.round_number
         for pid in parties if parties is not None else self.clients:
             if self.round_number != number:
@@ -226,7 +228,8 @@ class InProcessFederation:
             status = client.transport.round_status()
             if status.stage is not Stage.FINISHED:
                 client.step(self.feds[pid], status, self._seen[pid])
-            self.engine.tick()
+            if tick:
+                self.engine.tick()
 
     def run_round(self, parties: Iterable[str] | None = None, max_steps: int = 50) -> int:
         """Drive the open round until it ends (closed or failed); return its number."""

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-from fedlora.client._lora import LoraTrainer, TabularNet
+from fedlora.client._lora import LoraTrainer, write_tabular_base
 from fedlora.config import LoraSpec, ModelSpec, TrainingConfig
 from fedlora.datasets import bank_transactions, breast_cancer_split, clinical_notes
 
@@ -66,15 +66,8 @@ def _pool(parts: list[tuple[Any, np.ndarray]]) -> tuple[Any, np.ndarray]:
 
 
 def _tabular_base(folder: Path, x: np.ndarray, hidden: int, seed: int) -> Path:
-    import torch
-
     if not (folder / "config.json").exists():
-        std = x.std(axis=0)
-        std[std == 0] = 1.0
-        torch.manual_seed(seed)
-        TabularNet(x.shape[1], hidden, 2, x.mean(axis=0).tolist(), std.tolist()).save_pretrained(
-            folder
-        )
+        write_tabular_base(folder, x, hidden=hidden, num_classes=2, seed=seed)
     return folder
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install fedlora into it, with the right torch build for this machine.
 #
-#   bash scripts/setup.sh          # runtime
+#   bash scripts/setup.sh          # runtime: coordinator, client, auditor, demos
 #   bash scripts/setup.sh --dev    # runtime + test and lint tools
 #   bash scripts/setup.sh --which-torch   # only print which torch build would be installed
 #
@@ -17,8 +17,10 @@ cd "$(dirname "$0")/.."
 
 TORCH_VERSION=${FEDLORA_TORCH_VERSION:-2.13.0}
 CPU_INDEX=${FEDLORA_TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
-extra=""
-[ "${1:-}" = "--dev" ] && extra="[dev]"
+# Everything the README's two commands need: the client (torch, peft, transformers) and the demo
+# workloads. A coordinator- or auditor-only machine needs just `pip install .` (no torch).
+extra="[client,demo]"
+[ "${1:-}" = "--dev" ] && extra="[client,demo,dev]"
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 

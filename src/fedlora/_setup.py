@@ -26,9 +26,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from fedlora._files import write_new_file
+from fedlora.ceremony import run_dealer_ceremony
 from fedlora.certs import create_ca, issue_certificate
 from fedlora.config import MIN_KEY_BITS
-from fedlora.crypto import ed25519_public_bytes, generate_threshold_key, seal_key_share
+from fedlora.crypto import ed25519_public_bytes
 
 DEFAULT_PARTIES = (
     ("bank-a", "bank"),
@@ -90,16 +91,9 @@ def _write_csv(path: Path, x: np.ndarray, y: np.ndarray) -> None:
 
 
 def _tabular_base(folder: Path, reference: np.ndarray, seed: int) -> None:
-    import torch
+    from fedlora.client._lora import write_tabular_base
 
-    from fedlora.client._lora import TabularNet
-
-    std = reference.std(axis=0)
-    std[std == 0] = 1.0
-    torch.manual_seed(seed)
-    TabularNet(
-        reference.shape[1], 32, CLASSES, reference.mean(axis=0).tolist(), std.tolist()
-    ).save_pretrained(folder)
+    write_tabular_base(folder, reference, hidden=32, num_classes=CLASSES, seed=seed)
 
 
 def _adapter_template(client_config: Path, folder: Path) -> dict[str, object]:
@@ -176,14 +170,12 @@ def prepare_federation(
     for pid in ids:
         write_new_file(root / "keys" / f"{pid}.ed25519", _pem(signing[pid]), mode=0o600)
         write_new_file(root / "keys" / f"{pid}.x25519", _pem(transport[pid]), mode=0o600)
-    dealt = generate_threshold_key(bits, decryption_threshold, ids)
-    write_new_file(root / "federation" / "threshold-key.json", dealt.public_key.to_json())
-    for share in dealt.shares:
-        blob = seal_key_share(share, transport[share.party_id].public_key())
-        write_new_file(
-            root / "federation" / "shares" / f"{share.party_id}.share.json", blob, mode=0o600
-        )
-    del dealt
+    run_dealer_ceremony(
+        {pid: transport[pid].public_key() for pid in ids},
+        decryption_threshold,
+        bits,
+        root / "federation",
+    )
     from fedlora import datasets
 
     text = workload == "clinical-notes"

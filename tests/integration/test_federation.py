@@ -60,7 +60,7 @@ def test_a_full_federation_over_mtls(tmp_path, encryption) -> None:
         results = h.run_clients(layout)
         receipt = tmp_path / "clients" / "hospital-c" / "receipts" / "round-00002.json"
         # The client proves its receipt against the live coordinator's signed checkpoint (Audit RPC).
-        from fedlora import _audit_cli
+        from fedlora.cli import audit as _audit_cli
 
         assert _audit_cli.run_prove(receipt, None, layout.client_configs["hospital-c"]) == 0
     finally:
@@ -355,7 +355,7 @@ def test_global_adapters_are_published_in_peft_format_and_export_works(tmp_path)
     import torch
     from peft import PeftModel
 
-    from fedlora import _model_cli
+    from fedlora.cli import model as _model_cli
     from fedlora.client import make_trainer
     from fedlora.client._lora import TabularNet
     from fedlora.config import load_client_config

@@ -97,6 +97,22 @@ class TabularNet(torch.nn.Module):
         return net
 
 
+def write_tabular_base(
+    folder: Path, reference: np.ndarray, *, hidden: int, num_classes: int, seed: int
+) -> None:
+    """A tabular base model whose input standardisation comes from ``reference`` rows.
+
+    In a real federation the reference is public or synthetic data of the agreed schema (or
+    statistics the members agreed to share); a client's private data must not be it.
+    """
+    std = reference.std(axis=0)
+    std[std == 0] = 1.0
+    torch.manual_seed(seed)
+    TabularNet(
+        reference.shape[1], hidden, num_classes, reference.mean(axis=0).tolist(), std.tolist()
+    ).save_pretrained(folder)
+
+
 def load_base_model(spec: ModelSpec, num_classes: int) -> tuple[torch.nn.Module, Any]:
     """The frozen base model (and tokenizer for text) from a local folder; never the network."""
     folder = spec.base_model

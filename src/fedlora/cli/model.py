@@ -1,17 +1,75 @@
-"""``fedlora model`` and ``fedlora export``: base models, adapter templates, final models."""
+"""``fedlora model`` and ``fedlora export``: base models, adapter templates, final models.
+
+torch, peft and transformers (the ``[client]`` extra) are imported by the handlers only.
+"""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
 
+from fedlora.cli._extras import require_client_extra
 from fedlora.config import load_client_config
 from fedlora.errors import FedLoraError
 
 console = Console(stderr=True)
+
+
+def register(sub: Any) -> None:
+    model = sub.add_parser("model", help="base models and adapter templates for LoRA federations")
+    model_sub = model.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND")
+    tab = model_sub.add_parser(
+        "init-tabular", help="create a tabular MLP base model (Hugging Face folder layout)"
+    )
+    tab.add_argument(
+        "--reference",
+        type=Path,
+        action="append",
+        required=True,
+        help="CSV(s) of the agreed schema for input scaling",
+    )
+    tab.add_argument("--label-column", default="label")
+    tab.add_argument("--hidden", type=int, default=64)
+    tab.add_argument("--classes", type=int, default=2)
+    tab.add_argument("--seed", type=int, default=0)
+    tab.add_argument("--out", type=Path, required=True)
+    tab.set_defaults(handler=_init_tabular)
+    tpl = model_sub.add_parser(
+        "template", help="write the coordinator's adapter template for a client config"
+    )
+    tpl.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="any client's YAML (they share the model settings)",
+    )
+    tpl.add_argument("--out", type=Path, required=True)
+    tpl.set_defaults(handler=lambda args: template(args.config, args.out))
+    exp = sub.add_parser(
+        "export", help="write a global adapter in peft format, or merged into the base model"
+    )
+    exp.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="a client's YAML (its credentials and base model)",
+    )
+    exp.add_argument("--out", type=Path, required=True)
+    exp.add_argument(
+        "--version", type=int, default=None, help="global version (default: the latest)"
+    )
+    exp.add_argument("--merge", action="store_true", help="merge the adapter into the base model")
+    exp.set_defaults(handler=lambda args: export(args.config, args.out, args.version, args.merge))
+
+
+def _init_tabular(args: argparse.Namespace) -> int:
+    return init_tabular(
+        args.reference, args.label_column, args.hidden, args.classes, args.seed, args.out
+    )
 
 
 def init_tabular(
@@ -22,19 +80,14 @@ def init_tabular(
     In a real federation the reference is public or synthetic data of the agreed schema (or
     statistics the members agreed to share); a client's private data must not be it.
     """
-    import torch
-
+    require_client_extra("fedlora model init-tabular")
     from fedlora.client import load_csv
-    from fedlora.client._lora import TabularNet
+    from fedlora.client._lora import write_tabular_base
 
     if out.exists() and any(out.iterdir()):
         raise FedLoraError(f"{out} is not empty; refusing to overwrite a base model")
-    xs = [load_csv(p, label_column, classes)[0] for p in references]
-    x = np.concatenate(xs)
-    mean, std = x.mean(axis=0), x.std(axis=0)
-    std[std == 0] = 1.0
-    torch.manual_seed(seed)
-    TabularNet(x.shape[1], hidden, classes, mean.tolist(), std.tolist()).save_pretrained(out)
+    x = np.concatenate([load_csv(p, label_column, classes)[0] for p in references])
+    write_tabular_base(out, x, hidden=hidden, num_classes=classes, seed=seed)
     console.print(
         f"wrote a tabular base model ({x.shape[1]} features, hidden {hidden}, {classes} classes) to {out}"
     )
@@ -43,6 +96,7 @@ def init_tabular(
 
 def template(config_path: Path, out: Path) -> int:
     """The coordinator's adapter template for the model a client config describes."""
+    require_client_extra("fedlora model template")
     from fedlora.client import make_trainer
     from fedlora.client._lora import LoraTrainer, write_adapter_template
 
@@ -59,6 +113,7 @@ def template(config_path: Path, out: Path) -> int:
 
 def export(config_path: Path, out: Path, version: int | None, merge: bool) -> int:
     """Fetch a global adapter from the coordinator and write it in peft format, or merged."""
+    require_client_extra("fedlora export")
     from fedlora.client import Client
     from fedlora.client._lora import LoraTrainer
 

@@ -1,7 +1,11 @@
-"""``fedlora audit verify|show|prove``: offline audit of a coordinator's log, and receipt proofs."""
+"""``fedlora audit verify|show|prove``: offline audit of a coordinator's log, and receipt proofs.
+
+Offline commands import neither grpc nor torch; ``prove --config`` asks the coordinator over gRPC.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +29,66 @@ from fedlora.crypto import checkpoint_digest, leaf_hash, verify_inclusion, verif
 from fedlora.errors import FedLoraError, VerificationError
 
 console = Console()
+
+
+def register(sub: Any) -> None:
+    audit = sub.add_parser(
+        "audit", help="verify, show or prove entries of a coordinator's audit log"
+    )
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="AUDIT_COMMAND")
+    for name, text in (
+        ("verify", "verify the whole log offline; names the first bad entry"),
+        ("show", "rounds, participants, digests, decryptors and timings"),
+    ):
+        a = audit_sub.add_parser(name, help=text)
+        a.add_argument(
+            "log", type=Path, help="coordinator state folder, its audit/ folder, or entries.log"
+        )
+        a.add_argument(
+            "--public-key", help="the coordinator's Ed25519 public key: 64 hex digits or a file"
+        )
+        if name == "show":
+            a.add_argument("--plot", type=Path, help="also write a PNG of the rounds over time")
+            a.set_defaults(handler=lambda args: run_show(args.log, args.public_key, args.plot))
+        if name == "verify":
+            a.add_argument(
+                "--trusted-checkpoint",
+                type=Path,
+                action="append",
+                default=[],
+                metavar="FILE",
+                help="a signed checkpoint you trust (a client's <state_dir>/checkpoint.json); the "
+                "log must hold its tree, so a log cut short or rewritten is refused; repeatable",
+            )
+            a.add_argument(
+                "--receipts",
+                type=Path,
+                metavar="DIR",
+                help="a client's <state_dir>/receipts/ folder: the log must hold every receipt's entry",
+            )
+            a.set_defaults(handler=_verify)
+    prove = audit_sub.add_parser(
+        "prove", help="check a contribution receipt's inclusion in the signed log"
+    )
+    prove.add_argument("receipt", type=Path, help="a receipt from <client state>/receipts/")
+    prove.add_argument(
+        "--log", type=Path, help="check against this coordinator state folder (offline)"
+    )
+    prove.add_argument(
+        "--config", type=Path, help="or ask the coordinator, with this client config's credentials"
+    )
+    prove.add_argument(
+        "--public-key",
+        help="the coordinator's Ed25519 public key (64 hex digits or a file); by default the key "
+        "the receipt names",
+    )
+    prove.set_defaults(
+        handler=lambda args: run_prove(args.receipt, args.log, args.config, args.public_key)
+    )
+
+
+def _verify(args: argparse.Namespace) -> int:
+    return run_verify(args.log, args.public_key, args.trusted_checkpoint, args.receipts)
 
 
 def _public_key(spec: str | None, folder: Path) -> bytes:

@@ -1,10 +1,12 @@
-"""``fedlora keys``: the key ceremony's file handling around :mod:`fedlora.crypto`."""
+"""``fedlora keys``: party key pairs, the dealer ceremony (:mod:`fedlora.ceremony`), share checks."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -17,18 +19,84 @@ from cryptography.hazmat.primitives.serialization import (
 from rich.console import Console
 
 from fedlora._files import read_file, write_new_file
+from fedlora.ceremony import SHARES_FOLDER, run_dealer_ceremony
 from fedlora.config import MIN_KEY_BITS
 from fedlora.crypto import (
     ThresholdPublicKey,
     ed25519_public_bytes,
-    generate_threshold_key,
     open_key_share,
-    seal_key_share,
     x25519_public_bytes,
 )
 from fedlora.errors import FedLoraError
 
 console = Console(stderr=True)
+
+
+def register(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="key ceremony: party keys and threshold-key dealing")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
+    signing = keys_sub.add_parser(
+        "signing", help="create an Ed25519 signing key pair (party or coordinator)"
+    )
+    signing.add_argument("--id", required=True, help="party id, or 'coordinator'")
+    signing.add_argument(
+        "--out", type=Path, required=True, help="folder for ID.ed25519 and ID.ed25519.pub"
+    )
+    signing.set_defaults(handler=lambda args: make_signing(args.id, args.out))
+    party = keys_sub.add_parser(
+        "party", help="create a party's X25519 key pair, to which its key share is encrypted"
+    )
+    party.add_argument("--id", required=True, help="party id, e.g. bank-a")
+    party.add_argument(
+        "--out", type=Path, required=True, help="folder for ID.x25519 and ID.x25519.pub"
+    )
+    party.set_defaults(handler=lambda args: make_party(args.id, args.out))
+    dealer = keys_sub.add_parser(
+        "deal",
+        help="deal a t-of-n threshold Paillier key, one encrypted share file per party",
+        description="Generates safe primes, deals the key, writes threshold-key.json and "
+        "shares/ID.share.json (each encrypted to that party's X25519 key), then forgets the "
+        "factorization and the shares.",
+    )
+    dealer.add_argument(
+        "--party",
+        action="append",
+        required=True,
+        metavar="ID=PUBFILE",
+        help="a party and its X25519 public key file (repeat for each party)",
+    )
+    dealer.add_argument(
+        "--threshold", type=int, required=True, help="t: partial decryptions needed"
+    )
+    dealer.add_argument(
+        "--bits",
+        type=int,
+        default=2048,
+        help="modulus size: 2048 (default) or 3072; smaller only with --insecure-small-key",
+    )
+    dealer.add_argument(
+        "--insecure-small-key",
+        action="store_true",
+        help="allow --bits below 2048: an easily factored key, for tests and demos only",
+    )
+    dealer.add_argument(
+        "--out", type=Path, required=True, help="folder for the key and share files"
+    )
+    dealer.set_defaults(handler=_deal)
+    check = keys_sub.add_parser("check-share", help="open and verify a party's share file")
+    check.add_argument("--id", required=True, help="party id")
+    check.add_argument("--private", type=Path, required=True, help="the party's ID.x25519 file")
+    check.add_argument("--share", type=Path, required=True, help="the party's share file")
+    check.add_argument("--public-key", type=Path, required=True, help="threshold-key.json")
+    check.set_defaults(
+        handler=lambda args: check_share(args.id, args.private, args.share, args.public_key)
+    )
+
+
+def _deal(args: argparse.Namespace) -> int:
+    return deal(
+        args.party, args.threshold, args.bits, args.out, insecure_small_key=args.insecure_small_key
+    )
 
 
 def make_party(party_id: str, out: Path) -> int:
@@ -111,22 +179,12 @@ def deal(
             "for tests and demos only, never in production[/]",
             soft_wrap=True,  # one line, however narrow the terminal
         )
-    key_path = out / "threshold-key.json"
-    share_paths = {pid: out / "shares" / f"{pid}.share.json" for pid in recipients}
-    for path in [key_path, *share_paths.values()]:
-        if path.exists():
-            raise FedLoraError(f"{path} exists already; refusing to overwrite key material")
     start = time.monotonic()
     with console.status(f"generating safe primes for a {bits}-bit modulus and dealing shares…"):
-        dealt = generate_threshold_key(bits, threshold, list(recipients))
-    sealed = {s.party_id: seal_key_share(s, recipients[s.party_id]) for s in dealt.shares}
-    write_new_file(key_path, dealt.public_key.to_json())
-    for pid, blob in sealed.items():
-        write_new_file(share_paths[pid], blob, mode=0o600)
-    del dealt  # the factorization was never kept; the plaintext shares go with this object
+        files = run_dealer_ceremony(recipients, threshold, bits, out)
     console.print(
         f"dealt a {threshold}-of-{len(recipients)} key ({bits} bits) in {time.monotonic() - start:.1f}s\n"
-        f"public key: {key_path}\nshares:     {out / 'shares'}/<party>.share.json (each encrypted to its party)"
+        f"public key: {files.public_key}\nshares:     {out / SHARES_FOLDER}/<party>.share.json (each encrypted to its party)"
     )
     return 0
 

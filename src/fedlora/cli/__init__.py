@@ -1,0 +1,46 @@
+"""The ``fedlora`` command line: one module per command group, each registering its own commands.
+
+``demo`` runs a whole federation on loopback and ``crypto-demo`` one round in process
+(:mod:`.demo`); ``coordinator`` and ``client`` run the services from YAML (:mod:`.services`);
+``certs``, ``keys``, ``data`` and ``model`` prepare a federation; ``audit`` checks its log;
+``export`` takes the trained model home (DESIGN.md §8). Heavy libraries (torch, grpc) are
+imported by the handlers that need them, never to build the parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from fedlora.cli import audit, certs, data, demo, keys, model, services
+from fedlora.errors import FedLoraError
+
+GROUPS = (demo, services, certs, audit, data, model, keys)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedlora",
+        description="Federated LoRA fine-tuning with threshold-Paillier secure aggregation.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except FedLoraError as exc:
+        print(f"fedlora: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedlora: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

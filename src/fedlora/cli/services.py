@@ -1,0 +1,41 @@
+"""``fedlora coordinator`` and ``fedlora client``: the two services, run from YAML."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from fedlora.cli._extras import require_client_extra
+
+
+def register(sub: Any) -> None:
+    coord = sub.add_parser(
+        "coordinator", help="serve a federation's coordinator until stopped (SIGTERM: graceful)"
+    )
+    coord.add_argument(
+        "--config", type=Path, required=True, help="coordinator YAML, e.g. configs/coordinator.yaml"
+    )
+    coord.set_defaults(handler=_coordinator)
+    client = sub.add_parser(
+        "client", help="join a federation as a bank or hospital and work through its rounds"
+    )
+    client.add_argument(
+        "--config", type=Path, required=True, help="client YAML, e.g. configs/bank.yaml"
+    )
+    client.set_defaults(handler=_client)
+
+
+def _coordinator(args: argparse.Namespace) -> int:
+    from fedlora.config import load_coordinator_config
+    from fedlora.coordinator import serve
+
+    return serve(load_coordinator_config(args.config))
+
+
+def _client(args: argparse.Namespace) -> int:
+    require_client_extra("fedlora client")
+    from fedlora.client import Client
+    from fedlora.config import load_client_config
+
+    return Client(load_client_config(args.config)).run()

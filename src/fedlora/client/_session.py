@@ -33,7 +33,7 @@ from fedlora.audit import SignedCheckpoint
 from fedlora.client._ledger import AnchorError, CheckpointAnchor, DecryptorLedger
 from fedlora.client._transport import Transport
 from fedlora.client._ui import Reporter
-from fedlora.config import ClientConfig, check_key_size
+from fedlora.config import ClientConfig
 from fedlora.crypto import (
     CodecParams,
     KeyShare,
@@ -42,7 +42,6 @@ from fedlora.crypto import (
     ThresholdPublicKey,
     open_key_share,
     sign_digest,
-    ticket_quorum,
 )
 from fedlora.errors import (
     ConfigError,
@@ -54,11 +53,13 @@ from fedlora.errors import (
 from fedlora.protocol import (
     CheckedAggregate,
     HolderPolicy,
+    JoinExpectations,
     JoinInfo,
     RoundStatus,
     SecureSum,
     Stage,
     build_contribution,
+    check_join,
     check_receipt,
     check_task,
     check_ticket_logged,
@@ -151,65 +152,51 @@ class Client:
     # -- joining ---------------------------------------------------------------------------------
     def join(self) -> Federation:
         info = self.transport.join()
-        if info.federation_id != self.config.federation_id:
-            raise ProtocolError(
-                f"coordinator serves federation {info.federation_id!r}, this client expects {self.config.federation_id!r}"
-            )
-        if not hmac.compare_digest(info.coordinator_signing_key, self.coordinator_key):
-            raise VerificationError(
-                "the coordinator's signing key differs from keys.coordinator_signing_public_key"
-            )
-        if not info.homomorphic and not self.config.policy.allow_plaintext:
-            raise VerificationError(
-                f"the coordinator announces encryption_type {info.encryption_type!r}: this client "
-                "sends updates only encrypted (set policy.allow_plaintext: true for a plaintext "
-                "baseline federation)"
-            )
-        quorum = 0
+        key = None
         if info.homomorphic:
-            self.key = ThresholdPublicKey.from_json(
+            key = ThresholdPublicKey.from_json(
                 _read(self.config.keys.threshold_public_key, "keys.threshold_public_key")
             )
-            if not hmac.compare_digest(self.key.fingerprint, info.key_fingerprint):
-                raise VerificationError(
-                    "the coordinator uses a different threshold key than keys.threshold_public_key"
-                )
-            quorum = self._check_key_policy(self.key, info.codec)
-            if self.config.id in self.key.party_ids:
-                x25519 = _private_key(
-                    self.config.keys.x25519_key, "keys.x25519_key", X25519PrivateKey
-                )
-                self.share = open_key_share(
-                    _read(self.config.keys.key_share, "keys.key_share"),
-                    x25519,
-                    party_id=self.config.id,
-                    public_key=self.key,
-                )
-        if info.num_parameters != self.trainer.num_parameters:
-            raise ConfigError(
-                f"the federation's model has {info.num_parameters} parameters, this client's has {self.trainer.num_parameters}"
-            )
-        min_participants = self.config.policy.min_participants or max(2, info.participant_threshold)
-        self.fed = Federation(
+        joined = check_join(
             info,
-            secure_sum_for(info.encryption_type, self.key, info.codec, backend=self.backend),
-            min_participants,
-            quorum,
+            JoinExpectations(
+                federation_id=self.config.federation_id,
+                coordinator_key=self.coordinator_key,
+                policy=self.config.policy,
+                testing=self.config.testing,
+                num_parameters=self.trainer.num_parameters,
+            ),
+            key,
         )
-        if self.key is not None and self.share is not None:
+        self.key = key
+        if key is not None and self.config.id in key.party_ids:
+            x25519 = _private_key(self.config.keys.x25519_key, "keys.x25519_key", X25519PrivateKey)
+            self.share = open_key_share(
+                _read(self.config.keys.key_share, "keys.key_share"),
+                x25519,
+                party_id=self.config.id,
+                public_key=key,
+            )
             self.holder = HolderPolicy(
                 federation_id=self.config.federation_id,
                 party_id=self.config.id,
-                key=self.key,
+                key=key,
                 codec=info.codec,
                 peers=self.peers,
-                min_participants=min_participants,
-                ticket_quorum=quorum,
+                min_participants=joined.min_participants,
+                ticket_quorum=joined.ticket_quorum,
             )
-        if info.homomorphic and info.ticket_quorum < quorum:
+        self.fed = Federation(
+            info,
+            secure_sum_for(info.encryption_type, key, info.codec, backend=self.backend),
+            joined.min_participants,
+            joined.ticket_quorum,
+        )
+        if info.homomorphic and info.ticket_quorum < joined.ticket_quorum:
             self.ui.warn(
                 f"{self.config.id}: the coordinator waits for {info.ticket_quorum} ticket "
-                f"signatures, this client requires {quorum}; rounds may fail at their deadline"
+                f"signatures, this client requires {joined.ticket_quorum}; rounds may fail at their "
+                "deadline"
             )
         if self.trainer.num_examples > info.max_weight:
             self.ui.warn(
@@ -223,35 +210,6 @@ class Client:
             f"{info.aggregation_frequency} local steps each, {info.encryption_type} aggregation"
         )
         return self.fed
-
-    def _check_key_policy(self, key: ThresholdPublicKey, codec: CodecParams) -> int:
-        """Refuse unsafe keys and a codec that does not fit the pinned key; return the quorum.
-
-        Raises:
-            ConfigError: a small key without the testing option, t < 2, or a bad quorum.
-            VerificationError: the announced codec is for another modulus size.
-        """
-        bits = key.n.bit_length()
-        check_key_size(bits, self.config.testing, "keys.threshold_public_key")
-        if key.threshold < 2:
-            raise ConfigError(
-                "keys.threshold_public_key: a 1-of-n key lets any single holder decrypt every "
-                "contribution; the federation must deal a key with threshold >= 2"
-            )
-        if codec.key_bits != bits:
-            raise VerificationError(
-                f"the coordinator announces a codec for {codec.key_bits}-bit keys, but the pinned "
-                f"threshold key has {bits} bits"
-            )
-        safe = ticket_quorum(key.parties, key.threshold)
-        quorum = self.config.policy.ticket_quorum or safe
-        if not safe <= quorum <= key.parties:
-            raise ConfigError(
-                f"policy.ticket_quorum: {quorum} is outside {safe}..{key.parties}; below "
-                f"⌈(holders + t)/2⌉ = {safe} a coordinator could get two different aggregates of one "
-                "round decrypted (a split view)"
-            )
-        return quorum
 
     def _consistency(self, old_size: int, new_size: int) -> list[bytes]:
         try:

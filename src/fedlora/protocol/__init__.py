@@ -26,6 +26,7 @@ from fedlora.protocol._decryptor import (
     valid_ticket_signatures,
     verify_partial,
 )
+from fedlora.protocol._joining import Joined, JoinExpectations, check_join
 from fedlora.protocol._messages import (
     PLAINTEXT_FINGERPRINT,
     ContributionHeader,
@@ -76,7 +77,9 @@ __all__ = [
     "DecryptionTask",
     "FedAvg",
     "HolderPolicy",
+    "JoinExpectations",
     "JoinInfo",
+    "Joined",
     "LinearRule",
     "ManifestEntry",
     "Message",
@@ -93,6 +96,7 @@ __all__ = [
     "TicketAck",
     "build_contribution",
     "check_contribution_header",
+    "check_join",
     "check_message",
     "check_partial_header",
     "check_receipt",

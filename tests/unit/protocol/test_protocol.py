@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedlora.audit import SignedCheckpoint
+from fedlora.config import ClientPolicy, TestingOptions
 from fedlora.crypto import (
     CodecParams,
     DealtKey,
@@ -25,18 +26,21 @@ from fedlora.crypto import (
     ed25519_public_bytes,
     encrypt_batch,
 )
-from fedlora.errors import ConfigError, CryptoError, VerificationError
+from fedlora.errors import ConfigError, CryptoError, ProtocolError, VerificationError
 from fedlora.protocol import (
     AggregationRule,
     DecryptionManifest,
     DecryptionTask,
     FedAvg,
     HolderPolicy,
+    JoinExpectations,
+    JoinInfo,
     ManifestEntry,
     PaillierSum,
     PlaintextSum,
     RecordSplitter,
     build_contribution,
+    check_join,
     check_task,
     make_partial,
     pack_records,
@@ -290,3 +294,69 @@ def test_records_refuse_ragged_data_and_values_that_do_not_fit() -> None:
         unpack_records(b"\x00" * 9, 8)
     with pytest.raises(CryptoError, match=r"record\[0\] does not fit in 2 bytes"):
         pack_records([1 << 16], 2)
+
+
+def _join_info(dealt: DealtKey, base_codec: CodecParams, **changes) -> JoinInfo:  # type: ignore[no-untyped-def]
+    info = JoinInfo(
+        federation_id=FED,
+        role="bank",
+        key_fingerprint=dealt.public_key.fingerprint,
+        codec=base_codec,
+        encryption_type="homomorphic",
+        aggregation_frequency=1,
+        participant_threshold=3,
+        decryption_threshold=3,
+        rounds=1,
+        num_parameters=N,
+        coordinator_signing_key=b"\x07" * 32,
+        chunk_bytes=1 << 20,
+        max_weight=10,
+        ticket_quorum=4,
+    )
+    return dataclasses.replace(info, **changes)
+
+
+def _expect(**policy) -> JoinExpectations:  # type: ignore[no-untyped-def]
+    return JoinExpectations(
+        federation_id=FED,
+        coordinator_key=b"\x07" * 32,
+        policy=ClientPolicy(**policy),
+        testing=TestingOptions(insecure_small_keys=True),
+        num_parameters=N,
+    )
+
+
+def test_joining_accepts_only_the_pinned_federation_keys_and_safe_quorums(dealt, codec) -> None:
+    key = dealt.public_key
+    joined = check_join(_join_info(dealt, codec), _expect(), key)
+    assert (joined.min_participants, joined.ticket_quorum) == (3, 4)  # ⌈(5 + 3)/2⌉
+    lies = [
+        (dict(federation_id="other"), ProtocolError, "serves federation 'other'"),
+        (dict(coordinator_signing_key=b"\x08" * 32), VerificationError, "signing key differs"),
+        (dict(key_fingerprint=b"\x00" * 32), VerificationError, "different threshold key"),
+        (dict(encryption_type="none"), VerificationError, "announces encryption_type 'none'"),
+        (
+            dict(codec=dataclasses.replace(codec, key_bits=2048)),
+            VerificationError,
+            "codec for 2048-bit keys",
+        ),
+        (dict(num_parameters=N + 1), ConfigError, f"has {N + 1} parameters"),
+    ]
+    for changes, error, message in lies:
+        with pytest.raises(error, match=message):
+            check_join(_join_info(dealt, codec, **changes), _expect(), key)
+    with pytest.raises(ConfigError, match=r"ticket_quorum: 3 is outside 4\.\.5"):
+        check_join(_join_info(dealt, codec), _expect(ticket_quorum=3), key)
+    with pytest.raises(ConfigError, match="refuses keys below 2048"):
+        check_join(
+            _join_info(dealt, codec),
+            dataclasses.replace(_expect(), testing=TestingOptions()),
+            key,
+        )
+    # A coordinator announcing a lower participant threshold cannot lower a pinned minimum.
+    assert (
+        check_join(
+            _join_info(dealt, codec, participant_threshold=2), _expect(min_participants=4), key
+        ).min_participants
+        == 4
+    )

@@ -1,0 +1,105 @@
+"""What a client requires of the federation it joins, before it sends anything.
+
+Pure: the caller fetches the coordinator's :class:`JoinInfo` over any transport and loads the
+pinned threshold key from its own files; :func:`check_join` compares them with the client's own
+configuration (:class:`fedlora.config.ClientPolicy` and the pinned keys) and returns what the
+rounds will need, or refuses.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from fedlora.config import ClientPolicy, TestingOptions, check_key_size
+from fedlora.crypto import ThresholdPublicKey, ticket_quorum
+from fedlora.errors import ConfigError, ProtocolError, VerificationError
+from fedlora.protocol._messages import JoinInfo
+
+
+@dataclass(frozen=True)
+class JoinExpectations:
+    """The client's side of joining: its own files and settings."""
+
+    federation_id: str
+    coordinator_key: bytes  # pinned Ed25519 public key
+    policy: ClientPolicy
+    testing: TestingOptions
+    num_parameters: int  # of this client's model
+
+
+@dataclass(frozen=True)
+class Joined:
+    """A federation the client agreed to: the announcement, and the limits it applies itself."""
+
+    info: JoinInfo
+    min_participants: int  # the smallest aggregate this client helps decrypt
+    ticket_quorum: int  # ticket signatures it requires before releasing a partial (0: plaintext)
+
+
+def check_join(info: JoinInfo, expect: JoinExpectations, key: ThresholdPublicKey | None) -> Joined:
+    """Accept the coordinator's announcement only if it is the federation this client pinned.
+
+    ``key`` is the pinned threshold key (needed when the federation is encrypted).
+
+    Raises:
+        ProtocolError: another federation.
+        VerificationError: another coordinator key or threshold key, plaintext without
+            ``policy.allow_plaintext``, a codec for another modulus size.
+        ConfigError: a small key without the testing option, t < 2, a ticket quorum outside
+            ⌈(n + t)/2⌉..n, or a model of another size.
+    """
+    if info.federation_id != expect.federation_id:
+        raise ProtocolError(
+            f"coordinator serves federation {info.federation_id!r}, this client expects {expect.federation_id!r}"
+        )
+    if not hmac.compare_digest(info.coordinator_signing_key, expect.coordinator_key):
+        raise VerificationError(
+            "the coordinator's signing key differs from keys.coordinator_signing_public_key"
+        )
+    if not info.homomorphic and not expect.policy.allow_plaintext:
+        raise VerificationError(
+            f"the coordinator announces encryption_type {info.encryption_type!r}: this client "
+            "sends updates only encrypted (set policy.allow_plaintext: true for a plaintext "
+            "baseline federation)"
+        )
+    quorum = 0
+    if info.homomorphic:
+        if key is None:
+            raise ConfigError("keys.threshold_public_key is required for an encrypted federation")
+        if not hmac.compare_digest(key.fingerprint, info.key_fingerprint):
+            raise VerificationError(
+                "the coordinator uses a different threshold key than keys.threshold_public_key"
+            )
+        quorum = _check_key(info, expect, key)
+    if info.num_parameters != expect.num_parameters:
+        raise ConfigError(
+            f"the federation's model has {info.num_parameters} parameters, this client's has {expect.num_parameters}"
+        )
+    min_participants = expect.policy.min_participants or max(2, info.participant_threshold)
+    return Joined(info, min_participants, quorum)
+
+
+def _check_key(info: JoinInfo, expect: JoinExpectations, key: ThresholdPublicKey) -> int:
+    """Refuse unsafe keys and a codec that does not fit the pinned key; return the quorum."""
+    bits = key.n.bit_length()
+    check_key_size(bits, expect.testing, "keys.threshold_public_key")
+    if key.threshold < 2:
+        raise ConfigError(
+            "keys.threshold_public_key: a 1-of-n key lets any single holder decrypt every "
+            "contribution; the federation must deal a key with threshold >= 2"
+        )
+    if info.codec.key_bits != bits:
+        raise VerificationError(
+            f"the coordinator announces a codec for {info.codec.key_bits}-bit keys, but the pinned "
+            f"threshold key has {bits} bits"
+        )
+    safe = ticket_quorum(key.parties, key.threshold)
+    quorum = expect.policy.ticket_quorum or safe
+    if not safe <= quorum <= key.parties:
+        raise ConfigError(
+            f"policy.ticket_quorum: {quorum} is outside {safe}..{key.parties}; below "
+            f"⌈(holders + t)/2⌉ = {safe} a coordinator could get two different aggregates of one "
+            "round decrypted (a split view)"
+        )
+    return quorum

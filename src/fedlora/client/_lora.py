@@ -23,7 +23,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 
 from fedlora.adapter_layout import LAYOUT_FILE, LAYOUT_FORMAT
@@ -300,11 +300,6 @@ class LoraTrainer:
         """Write the adapter in peft's own format (``PeftModel.from_pretrained`` loads it)."""
         self.load_vector(vector)
         self.model.save_pretrained(str(folder))
-
-
-def load_adapter(base: torch.nn.Module, folder: Path) -> PeftModel:
-    """Attach a saved global adapter to a base model (for export and evaluation)."""
-    return PeftModel.from_pretrained(base, str(folder))
 
 
 def saved_key(parameter_name: str) -> str:

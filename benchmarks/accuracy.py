@@ -124,63 +124,76 @@ def _metrics(
 
 
 class Encrypted:
-    """fedlora's aggregation, for real: an in-process federation (the coordinator engine and one
-    :class:`fedlora.client.Client` per data holder, with a 2048-bit 2-of-n threshold key) whose
-    clients' "training" hands over the deltas the benchmark's own trainers computed. Every round
-    goes through the product's code: sealing with the proof of plaintext knowledge, signatures,
-    intake checks, the homomorphic sum, the holders' checks, the ticket quorum, proven partial
-    decryptions, combination, decoding and publication."""
+    """fedlora for real: an in-process federation of the coordinator engine and one
+    :class:`fedlora.client.Client` per data holder (2048-bit 2-of-n threshold key), each client
+    training with the same trainer, seed and schedule as the FedAvg run. Every round goes through
+    the product's code: training while the obfuscator pool fills, sealing with the proof of
+    plaintext knowledge, signatures, intake checks, the homomorphic sum, the holders' checks, the
+    ticket quorum, proven partial decryptions, combination, decoding and publication."""
 
-    def __init__(self, workdir: Path, num_parameters: int, weights: list[int], clip: float) -> None:
+    def __init__(self, workdir: Path, w: Workload, num_parameters: int, clip: float) -> None:
         from fedlora._setup import prepare_federation
 
-        self.ids = [f"c{i}" for i in range(len(weights))]
+        self.ids = [f"c{i}" for i in range(len(w.clients))]
         self.layout = prepare_federation(
             workdir,
             bits=2048,
             parties=[(pid, "bank") for pid in self.ids],
             decryption_threshold=2,
-            participant_threshold=len(weights),
-            rounds=1000,
+            participant_threshold=len(self.ids),
+            rounds=w.rounds,
+            aggregation_frequency=w.steps,
             insecure=True,
             model_kind="linear",
             rows=40,
         )
-        self.num_parameters, self.weights, self.clip = num_parameters, weights, clip
+        self.w, self.num_parameters, self.clip = w, num_parameters, clip
+        self.weights = [len(c[1]) for c in w.clients]
         self.runs = 0
+        self.bytes_per_client = 0
         self.clipped = 0
         self.values = 0
-        self.bytes_per_client = 0
 
-    def start(self) -> None:
-        """A fresh federation (its own log, ledgers and anchors) under the same keys."""
+    def start(self) -> dict[str, LoraTrainer]:
+        """A fresh federation (its own log, ledgers and anchors) under the same keys, with
+        fresh trainers; returns them."""
         from fedlora.config import CodecConfig
-        from fedlora.inprocess import GivenDelta, InProcessFederation
+        from fedlora.inprocess import InProcessFederation
 
         self.runs += 1
-        self.trainers = {
-            pid: GivenDelta(self.num_parameters, num_examples=w)
-            for pid, w in zip(self.ids, self.weights)
+        trainers = {
+            pid: _trainer(self.w, data, i)
+            for i, (pid, data) in enumerate(zip(self.ids, self.w.clients))
         }
         self.fed = InProcessFederation.from_configs(
             self.layout.coordinator_config,
             self.layout.client_configs,
-            trainers=self.trainers,
+            trainers={pid: _Counting(t, self) for pid, t in trainers.items()},
             num_parameters=self.num_parameters,
             codec=CodecConfig(clip=self.clip, value_bits=16, max_weight=max(self.weights)),
             run_name=f"run-{self.runs}",
         )
         engine = self.fed.engine
         self.bytes_per_client = engine.record_count * engine.width
+        return trainers
 
-    def mean(self, deltas: list[np.ndarray], weights: list[int]) -> np.ndarray:
-        for pid, d in zip(self.ids, deltas):
-            self.trainers[pid].delta = d.astype(np.float32)
-            self.clipped += int(np.sum(np.abs(d) > self.clip))
-            self.values += d.size
-        before = self.fed.global_vector().astype(np.float64)
-        self.fed.run_round()
-        return self.fed.global_vector().astype(np.float64) - before
+
+class _Counting:
+    """A client's trainer, counting the delta values its codec will clip."""
+
+    def __init__(self, inner: LoraTrainer, counts: Encrypted) -> None:
+        self.inner, self.counts = inner, counts
+        self.num_parameters, self.num_examples = inner.num_parameters, inner.num_examples
+
+    def train(self, global_vector: np.ndarray, steps: int, on_step: object = None) -> np.ndarray:
+        local = self.inner.train(global_vector, steps, on_step)
+        delta = local.astype(np.float64) - global_vector.astype(np.float64)
+        self.counts.clipped += int(np.sum(np.abs(delta) > self.counts.clip))
+        self.counts.values += delta.size
+        return local
+
+    def evaluate(self, vector: np.ndarray) -> float:
+        return self.inner.evaluate(vector)
 
 
 def run(w: Workload, clip: float, rounding_seeds: int, workdir: Path) -> list[dict[str, Any]]:
@@ -223,8 +236,7 @@ def run(w: Workload, clip: float, rounding_seeds: int, workdir: Path) -> list[di
     fedavg = federate(w, weights, None)
     rows.append(_row("FedAvg (plaintext)", w, fedavg, trainers_bytes=None))
     folder = Path(tempfile.mkdtemp(prefix=f"{w.name}-federation-", dir=workdir))
-    encrypted = Encrypted(folder, fedavg.num_parameters, weights, clip)
-    encrypted.start()
+    encrypted = Encrypted(folder, w, fedavg.num_parameters, clip)
     fed = federate(w, weights, encrypted)
     rows.append(_row("fedlora (encrypted)", w, fed, trainers_bytes=encrypted.bytes_per_client))
     rows[-1]["clipped"] = encrypted.clipped / max(1, encrypted.values)
@@ -232,7 +244,6 @@ def run(w: Workload, clip: float, rounding_seeds: int, workdir: Path) -> list[di
     # re-running the encrypted federation (fresh stochastic-rounding noise each run).
     gaps = [abs(rows[-1]["acc"] - rows[-2]["acc"])]
     for _ in range(1, rounding_seeds):
-        encrypted.start()
         again = federate(w, weights, encrypted)
         gaps.append(abs(_metrics(again.trainer, again.vector, w.test)[0] - rows[-2]["acc"]))
     rows[-1]["gaps"] = gaps
@@ -249,20 +260,26 @@ class Federated:
 
 
 def federate(w: Workload, weights: list[int], encrypted: Encrypted | None) -> Federated:
-    """Rounds of local training and (plaintext or encrypted) weighted averaging."""
-    trainers = [_trainer(w, data, i) for i, data in enumerate(w.clients)]
+    """Rounds of local training and weighted averaging: in float64 here (FedAvg), or by a real
+    in-process fedlora federation whose clients train with the same trainers and seeds."""
+    if encrypted is not None:
+        by_id = encrypted.start()
+        trainers = list(by_id.values())
+    else:
+        trainers = [_trainer(w, data, i) for i, data in enumerate(w.clients)]
     g = np.zeros(trainers[0].num_parameters, dtype=np.float64)
     curve, seconds = [], []
     for _ in range(w.rounds):
         start = time.perf_counter()
-        deltas = [
-            tr.train(g.astype(np.float32), w.steps).astype(np.float64) - g.astype(np.float32)
-            for tr in trainers
-        ]
         if encrypted is None:
+            deltas = [
+                tr.train(g.astype(np.float32), w.steps).astype(np.float64) - g.astype(np.float32)
+                for tr in trainers
+            ]
             g = g + sum(wt * d for wt, d in zip(weights, deltas)) / sum(weights)
         else:
-            g = g + encrypted.mean(deltas, weights)
+            encrypted.fed.run_round()
+            g = encrypted.fed.global_vector().astype(np.float64)
         seconds.append(time.perf_counter() - start)
         curve.append(_metrics(trainers[0], g.astype(np.float32), w.test)[0])
     return Federated(g.astype(np.float32), curve, seconds, trainers[0], trainers[0].num_parameters)

@@ -214,3 +214,29 @@ def test_the_backend_chosen_outside_crypto_does_the_exponentiation(tmp_path) -> 
     assert fed.engine.finished
     # Partial decryption (by the key share) and the obfuscators' rⁿ are secret exponents.
     assert backend.calls.get("secret", 0) >= 3
+
+
+def test_an_upload_that_cannot_be_delivered_is_retried_at_the_next_step_not_fatal(
+    tmp_path,
+) -> None:
+    from fedlora.errors import TransportError
+
+    clock = Clock()
+    _, fed, trainers = _federation(tmp_path, clock)
+    for pid, t in trainers.items():
+        t.delta = _deltas(1)[pid]
+    client = fed.clients["bank-a"]
+    real = client.transport.upload_contribution
+    calls = []
+
+    def flaky(header, records, on_progress=None):  # type: ignore[no-untyped-def]
+        calls.append(header.round_number)
+        if len(calls) == 1:
+            raise TransportError("upload: coordinator 127.0.0.1:0 unavailable: connection reset")
+        return real(header, records, on_progress)
+
+    client.transport.upload_contribution = flaky  # type: ignore[method-assign]
+    fed.step(["bank-a"])  # the first try is lost in transit: no exception escapes the client
+    assert not client.transport.round_status().contributed
+    fed.step(["bank-a"])  # the next step contributes again
+    assert client.transport.round_status().contributed and calls == [1, 1]

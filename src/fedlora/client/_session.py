@@ -48,6 +48,7 @@ from fedlora.errors import (
     CryptoError,
     ProtocolError,
     RemoteError,
+    TransportError,
     VerificationError,
 )
 from fedlora.protocol import (
@@ -337,6 +338,9 @@ class Client:
                 except RemoteError as exc:
                     self.ui.error(f"{self.config.id} round {r}: contribution refused: {exc}")
                     return
+                except TransportError as exc:  # the next status poll retries or gives up
+                    self.ui.error(f"{self.config.id} round {r}: contribution not delivered: {exc}")
+                    return
         finally:
             if pool is not None:
                 pool.close()
@@ -435,9 +439,10 @@ class Client:
         )
         try:
             self.transport.submit_partial(header, values)
-        except RemoteError as exc:
+        except (RemoteError, TransportError) as exc:
+            what = "refused" if isinstance(exc, RemoteError) else "not delivered"
             self.ui.error(
-                f"{self.config.id} round {round_number}: partial decryption refused: {exc}"
+                f"{self.config.id} round {round_number}: partial decryption {what}: {exc}"
             )
             return True
         self._verified.pop(round_number, None)

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedlora._files import read_file, write_new_file
+from fedlora.config import check_id
 from fedlora.errors import FedLoraError
 
 __all__ = ["CertPaths", "create_ca", "issue_certificate"]
@@ -87,6 +88,7 @@ def issue_certificate(
         server_hosts: DNS names and IP addresses the certificate serves (a coordinator).
         client: include client authentication in the extended key usage.
     """
+    check_id(name, "--name")
     ca_key, ca_cert = _load_ca(ca_dir)
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)

@@ -474,6 +474,23 @@ def load_client_config(path: Path) -> ClientConfig:
     return cfg
 
 
+def check_id(value: str, where: str) -> str:
+    """Return ``value`` if it is a valid party, federation or file-name id, else refuse it.
+
+    Ids name files (``NAME.pem``, ``ID.x25519``, ``shares/ID.share.json``): a separator, a leading
+    dot or an empty id would write outside the folder or hide the file.
+
+    Raises:
+        ConfigError: naming ``where`` and the rule.
+    """
+    if not isinstance(value, str) or not _ID.match(value):
+        raise ConfigError(
+            f"{where}: {value!r} is not a valid id (1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit)"
+        )
+    return value
+
+
 def check_key_size(bits: int, testing: TestingOptions, where: str) -> None:
     """Refuse a threshold key whose modulus has fewer than :data:`MIN_KEY_BITS` bits.
 

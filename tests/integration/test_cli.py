@@ -172,3 +172,21 @@ def test_crypto_demo_succeeds(tmp_path) -> None:
     out = fedlora("crypto-demo", "--bits", "512", "--values", "3000", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "OK: decrypted aggregate vs plaintext average" in out.stdout
+
+
+@pytest.mark.parametrize("bad", ["../pwned", "", ".hidden", "a/b", "x" * 65])
+def test_ids_that_would_escape_or_hide_a_file_are_refused(tmp_path, bad) -> None:
+    # A hostile or mistyped id must not write outside --out (or create a hidden file there).
+    out = tmp_path / "out"
+    fedlora("certs", "init", "--out", str(tmp_path / "ca"), cwd=tmp_path)
+    for args in (
+        ("certs", "issue", "--ca", str(tmp_path / "ca"), "--name", bad, "--out", str(out)),
+        ("keys", "party", "--id", bad, "--out", str(out)),
+        ("keys", "signing", "--id", bad, "--out", str(out)),
+    ):
+        result = fedlora(*args, cwd=tmp_path)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "is not a valid id" in result.stderr and "Traceback" not in result.stderr
+        assert result.stderr.count("\n") == 1
+    assert not out.exists() and not (tmp_path / "pwned.pem").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ca"]

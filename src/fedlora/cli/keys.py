@@ -20,7 +20,7 @@ from rich.console import Console
 
 from fedlora._files import read_file, write_new_file
 from fedlora.ceremony import SHARES_FOLDER, run_dealer_ceremony
-from fedlora.config import MIN_KEY_BITS
+from fedlora.config import MIN_KEY_BITS, check_id
 from fedlora.crypto import (
     ThresholdPublicKey,
     ed25519_public_bytes,
@@ -100,6 +100,7 @@ def _deal(args: argparse.Namespace) -> int:
 
 
 def make_party(party_id: str, out: Path) -> int:
+    check_id(party_id, "--id")
     key = X25519PrivateKey.generate()
     pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
     write_new_file(out / f"{party_id}.x25519", pem, mode=0o600)
@@ -111,6 +112,7 @@ def make_party(party_id: str, out: Path) -> int:
 
 
 def make_signing(party_id: str, out: Path) -> int:
+    check_id(party_id, "--id")
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
     write_new_file(out / f"{party_id}.ed25519", pem, mode=0o600)
@@ -170,6 +172,7 @@ def deal(
         pid, sep, pubfile = item.partition("=")
         if not sep or not pid or not pubfile:
             raise FedLoraError(f"--party {item!r} must look like ID=PUBFILE")
+        check_id(pid, "--party")
         if pid in recipients:
             raise FedLoraError(f"party {pid!r} is named twice")
         recipients[pid] = _load_public(Path(pubfile))

@@ -190,3 +190,10 @@ def test_ids_that_would_escape_or_hide_a_file_are_refused(tmp_path, bad) -> None
         assert result.stderr.count("\n") == 1
     assert not out.exists() and not (tmp_path / "pwned.pem").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ca"]
+
+
+def test_version(tmp_path) -> None:
+    import fedlora as package
+
+    out = fedlora("--version", cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == f"fedlora {package.__version__}"

@@ -13,6 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from fedlora import __version__
 from fedlora.cli import audit, certs, data, demo, keys, model, services
 from fedlora.errors import FedLoraError
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fedlora",
         description="Federated LoRA fine-tuning with threshold-Paillier secure aggregation.",
     )
+    parser.add_argument("--version", action="version", version=f"fedlora {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
         group.register(sub)

@@ -520,6 +520,13 @@ def _is_loopback(address: str) -> bool:
 
 
 def _check_transport(prefix: str, insecure: bool, tls: TlsFiles | None, address: str) -> None:
+    where = "listen" if prefix == "server" else "address"
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(
+            f"{prefix}.{where}: {address!r} must be HOST:PORT (e.g. 0.0.0.0:50051 or "
+            "[::]:50051); without a port gRPC would pick one silently"
+        )
     if insecure and tls is not None:
         raise ConfigError(f"{prefix}.insecure: true contradicts {prefix}.tls; set one of them")
     if not insecure and tls is None:
@@ -527,7 +534,6 @@ def _check_transport(prefix: str, insecure: bool, tls: TlsFiles | None, address:
             f"{prefix}.tls: required (mTLS is the default); or set {prefix}.insecure: true for a loopback demo"
         )
     if insecure and not _is_loopback(address):
-        where = "listen" if prefix == "server" else "address"
         raise ConfigError(
             f"{prefix}.insecure: allowed only on loopback (127.0.0.1, ::1, localhost), but {prefix}.{where} is {address!r}"
         )

@@ -177,6 +177,7 @@ class InProcessFederation:
         clock: Callable[[], float] | None = None,
         backend: ModexpBackend | None = None,
         quiet: bool = True,
+        console: Console | None = None,
     ) -> InProcessFederation:
         """Load the YAML files (as the services do) and join every client in process.
 
@@ -195,7 +196,7 @@ class InProcessFederation:
         if run_name is not None:
             config = replace(config, state_dir=config.state_dir / run_name)
         engine = build_engine(config, clock=clock or time.time, backend=backend)
-        console = Console(quiet=quiet)
+        console = console or Console(quiet=quiet)
         clients = {}
         for pid, path in client_configs.items():
             cc = load_client_config(path)  # type: ignore[arg-type]

@@ -240,3 +240,27 @@ def test_an_upload_that_cannot_be_delivered_is_retried_at_the_next_step_not_fata
     assert not client.transport.round_status().contributed
     fed.step(["bank-a"])  # the next step contributes again
     assert client.transport.round_status().contributed and calls == [1, 1]
+
+
+@pytest.mark.parametrize(("max_weight", "warned"), [(1, False), (3, True)])
+def test_the_weight_cap_warning_only_when_a_cap_is_really_applied(
+    tmp_path, max_weight, warned
+) -> None:
+    from rich.console import Console
+
+    from fedlora.config import CodecConfig
+
+    layout = prepare_federation(
+        tmp_path, bits=BITS, rounds=1, aggregation_frequency=1, insecure=True, model_kind="linear"
+    )
+    console = Console(record=True, width=200)
+    InProcessFederation.from_configs(
+        layout.coordinator_config,
+        {"bank-a": layout.client_configs["bank-a"]},
+        trainers={"bank-a": GivenDelta(N, num_examples=5)},
+        codec=CodecConfig(clip=1.0, value_bits=16, max_weight=max_weight),
+        console=console,
+    )
+    text = console.export_text()
+    assert "joined 'fedlora-demo'" in text  # the console did record the join
+    assert ("caps a contribution's weight at 3" in text) is warned

@@ -199,7 +199,7 @@ class Client:
                 f"signatures, this client requires {joined.ticket_quorum}; rounds may fail at their "
                 "deadline"
             )
-        if self.trainer.num_examples > info.max_weight:
+        if 1 < info.max_weight < self.trainer.num_examples:  # max_weight 1: unweighted on purpose
             self.ui.warn(
                 f"{self.config.id}: {self.trainer.num_examples} local examples, but the federation caps a "
                 f"contribution's weight at {info.max_weight} (codec.max_weight); this client is weighted "

@@ -91,6 +91,11 @@ def test_a_valid_file_parses_with_defaults_and_resolved_paths(tmp_path) -> None:
         (("insecure: true", "insecure: false"), "server.tls: required"),
         (("id: bank-a", "id: 'bank a'"), r"parties\[0\].id: must be letters"),
         (("federation_id: fed-1\n", ""), "federation_id: required key is missing"),
+        (
+            ('listen: "127.0.0.1:0"', 'listen: "127.0.0.1"'),
+            r"server\.listen: '127\.0\.0\.1' must be HOST:PORT",
+        ),
+        (('listen: "127.0.0.1:0"', 'listen: "127.0.0.1:99999"'), "must be HOST:PORT"),
     ],
 )
 def test_errors_name_the_dotted_key(tmp_path, change, message) -> None:

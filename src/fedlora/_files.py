@@ -47,3 +47,56 @@ def read_file(path: Path, what: str) -> bytes:
         raise FedLoraError(f"{what} {path} does not exist") from None
     except OSError as exc:
         raise FedLoraError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def check_private(path: Path, what: str) -> None:
+    """Refuse a private key file that other users may read or write (POSIX permissions).
+
+    Raises:
+        FedLoraError: naming the file, its mode and the fix.
+    """
+    if os.name != "posix":  # pragma: no cover - Windows ACLs are not modes
+        return
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        raise FedLoraError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise FedLoraError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise FedLoraError(
+            f"{what} {path} is a private key readable by other users (mode {mode:o}); "
+            f"run: chmod 600 {path}"
+        )
+
+
+class StateLock:
+    """An exclusive lock on a state folder, held while one coordinator or client uses it.
+
+    Two instances on one folder would race on its ledger, receipts and audit log; the second is
+    refused. The lock is an ``flock`` on ``<folder>/.lock``, released by the OS when the process
+    dies (a ``kill -9`` leaves no stale lock).
+    """
+
+    def __init__(self, folder: Path, what: str) -> None:
+        import fcntl
+
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / ".lock"
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self._fd)
+            raise FedLoraError(
+                f"another {what} (pid {holder}) is using the state folder {folder}; stop it first, "
+                "or give this one another state_dir"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = -1

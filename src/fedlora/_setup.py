@@ -131,6 +131,7 @@ class _Plan:
     model_kind: str
     aggregation: str
     workload: str
+    min_clients: int | None = None
 
     @property
     def ids(self) -> list[str]:
@@ -170,6 +171,7 @@ def prepare_federation(
     model_kind: str = "tabular",
     aggregation: str = "ffa",
     workload: str = "synthetic",
+    min_clients: int | None = None,
 ) -> Layout:
     """Write a whole federation under ``root`` (see the module docstring).
 
@@ -186,7 +188,7 @@ def prepare_federation(
         root, parties, bits, decryption_threshold, participant_threshold, rounds,
         aggregation_frequency, round_timeout_s, insecure, encryption_type, port, rows, seed,
         save_plaintext_deltas, "text" if workload == "clinical-notes" else model_kind,
-        aggregation, workload,
+        aggregation, workload, min_clients,
     )  # fmt: skip
     for name, value in (
         ("participant_threshold", participant_threshold),
@@ -378,6 +380,7 @@ def _coordinator_doc(
             "rounds": plan.rounds,
             "round_timeout_s": plan.round_timeout_s,
             "decryption_timeout_s": plan.round_timeout_s,
+            **({"min_clients": plan.min_clients} if plan.min_clients else {}),
         },
         # Weighted FedAvg by local example count: max_weight bounds one client's weight, and the
         # codec's headroom covers the sum of all of them.

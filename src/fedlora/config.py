@@ -75,7 +75,10 @@ class FederatedLearning:
     how many share holders must sign a round's decryption ticket before any of them releases a
     partial decryption; ``None`` means the safe default ``⌈(n + t)/2⌉`` for the key's ``n`` share
     holders (:func:`fedlora.crypto.ticket_quorum`). An explicit value is checked against the key
-    where the key is loaded: at least ``⌈(n + t)/2⌉``, at most ``n``.
+    where the key is loaded: at least ``⌈(n + t)/2⌉``, at most ``n``. ``min_clients`` (1..10 000):
+    round 1 opens (and its ``round_timeout_s`` starts) once that many enrolled parties have
+    joined; ``None`` means ``participant_threshold``. A round closes before its deadline once
+    every joined, unrevoked party has contributed.
     """
 
     encryption_type: Literal["homomorphic", "none"] = "homomorphic"
@@ -88,6 +91,7 @@ class FederatedLearning:
         metadata=_range(2, 128, why="with t = 1 any single share holder decrypts alone"),
     )
     ticket_quorum: int | None = field(default=None, metadata=_range(1, 128))
+    min_clients: int | None = field(default=None, metadata=_range(1, 10_000))
     rounds: int = field(default=5, metadata=_range(1, 1_000_000))
     round_timeout_s: float = field(default=600.0, metadata=_range(1, 7 * 24 * 3600))
     decryption_timeout_s: float = field(default=600.0, metadata=_range(1, 7 * 24 * 3600))
@@ -441,6 +445,10 @@ def load_coordinator_config(path: Path) -> CoordinatorConfig:
     if fl.decryption_threshold > n:
         raise ConfigError(
             f"federated_learning.decryption_threshold: {fl.decryption_threshold} exceeds the {n} enrolled parties"
+        )
+    if fl.min_clients is not None and fl.min_clients > n:
+        raise ConfigError(
+            f"federated_learning.min_clients: {fl.min_clients} exceeds the {n} enrolled parties"
         )
     if fl.ticket_quorum is not None and fl.ticket_quorum > n:
         raise ConfigError(

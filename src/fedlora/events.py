@@ -19,6 +19,7 @@ __all__ = [
     "AccessDenied",
     "Aggregated",
     "ClientJoined",
+    "ConfigChanged",
     "ContributionAccepted",
     "ContributionRejected",
     "CoordinatorRestarted",
@@ -70,6 +71,8 @@ class FederationStarted(Event):
     num_parameters: int
     parties: list[dict[str, Any]]
     ticket_quorum: int = 0
+    # Every setting a restart must match (dotted YAML names; fedlora.coordinator._settings).
+    settings: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,14 @@ class CoordinatorRestarted(Event):
 
 
 @dataclass(frozen=True)
+class ConfigChanged(Event):
+    """A restart with a changed configuration, accepted by the operator (``--accept-config-change``)."""
+
+    kind: ClassVar[str] = "config_changed"
+    changes: dict[str, Any]  # dotted name -> [old, new]
+
+
+@dataclass(frozen=True)
 class AccessDenied(Event):
     kind: ClassVar[str] = "access_denied"
     reason: str
@@ -267,6 +278,7 @@ EVENTS: dict[str, type[Event]] = {
         RoundFailed,
         FederationFinished,
         CoordinatorRestarted,
+        ConfigChanged,
         AccessDenied,
         SubmissionThrottled,
         RejectionsRepeated,
@@ -280,6 +292,7 @@ _CHECKS: dict[str, Any] = {
     "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
     "list[dict[str, Any]]": lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
     "dict[str, Any]": lambda v: isinstance(v, dict),
+    "dict[str, Any] | None": lambda v: v is None or isinstance(v, dict),
 }
 
 

@@ -31,7 +31,6 @@ from fedlora.protocol import (
     PartialHeader,
     Receipt,
     RoundStatus,
-    Stage,
     TicketAck,
 )
 
@@ -130,6 +129,18 @@ class InProcessTransport:
         except FedLoraError as exc:
             raise _remote(exc) from None
 
+    def audit_entries(self, start: int, limit: int) -> list[bytes]:
+        try:
+            return list(self.engine.audit.entries(start, limit))
+        except FedLoraError as exc:
+            raise _remote(exc) from None
+
+    def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
+        try:
+            return list(self.engine.audit.inclusion(index, tree_size)[1])
+        except FedLoraError as exc:
+            raise _remote(exc) from None
+
     def close(self) -> None:
         pass
 
@@ -162,6 +173,7 @@ class InProcessFederation:
         self.engine = engine
         self.clients = dict(clients)
         self.feds = {pid: c.join() for pid, c in self.clients.items()}
+        engine.tick()  # round 1 opens once min_clients parties have joined
         self._seen: dict[str, set[tuple[int, str]]] = {pid: set() for pid in self.clients}
 
     @classmethod
@@ -227,8 +239,7 @@ class InProcessFederation:
                 return
             client = self.clients[pid]
             status = client.transport.round_status()
-            if status.stage is not Stage.FINISHED:
-                client.step(self.feds[pid], status, self._seen[pid])
+            client.step(self.feds[pid], status, self._seen[pid])
             if tick:
                 self.engine.tick()
 
@@ -237,7 +248,10 @@ class InProcessFederation:
         number = self.round_number
         chosen = list(parties) if parties is not None else None
         for _ in range(max_steps):
-            if self.engine.finished or self.round_number != number:
+            if self.engine.finished:
+                self.step(chosen, tick=False)  # every client keeps the final version
+                return number
+            if self.round_number != number:
                 return number
             self.step(chosen)
         raise FedLoraError(f"round {number} did not end in {max_steps} steps")

@@ -13,7 +13,6 @@ import time
 import grpc
 import pytest
 
-from fedlora._setup import prepare_federation
 from fedlora.audit import read_log_files
 from fedlora.config import load_coordinator_config
 from fedlora.coordinator import build_engine
@@ -29,6 +28,7 @@ from fedlora.protocol import unpack_records
 from fedlora.v1 import common_pb2, federation_pb2
 from tests.adversarial import lying
 from tests.integration import helpers as h
+from tests.integration.helpers import prepare_federation
 
 BITS = 512
 ATTACKER = "bank-e"

@@ -20,7 +20,6 @@ import grpc
 import pytest
 import yaml
 
-from fedlora._setup import prepare_federation
 from fedlora.client._ledger import AnchorError
 from fedlora.config import load_coordinator_config
 from fedlora.coordinator import Coordinator, build_engine
@@ -29,6 +28,7 @@ from fedlora.errors import ConfigError, VerificationError
 from fedlora.protocol import Receipt, unpack_records
 from tests.adversarial import lying
 from tests.integration import helpers as h
+from tests.integration.helpers import prepare_federation
 
 BITS = 512
 SIX = (
@@ -45,6 +45,7 @@ VICTIM = "bank-b"
 def _collect_round_1(layout, engine) -> list[str]:  # type: ignore[no-untyped-def]
     """Every party uploads a real, signed round-1 contribution; the engine fixes the aggregate."""
     pids = list(layout.client_configs)
+    h.join_all(layout)  # every party is in: the round waits for all their uploads
     for pid in pids:
         h.upload(layout, pid, *h.contribution(layout, pid, 1))
     deadline = time.monotonic() + 20
@@ -60,6 +61,7 @@ def five(tmp_path):  # type: ignore[no-untyped-def]
         tmp_path, bits=BITS, rounds=3, participant_threshold=4, decryption_threshold=3
     )
     engine, running = lying.start(layout)
+    h.join_all(layout)  # all five are in the federation: round 1 waits for all five uploads
     yield layout, engine
     running.stop(grace=1)
 
@@ -382,6 +384,7 @@ def test_a_forked_audit_log_stops_the_client(tmp_path) -> None:
     shutil.copytree(backup, config.state_dir)
     running = h.serve(layout, config)
     try:
+        h.join_all(layout)  # bank-a is in the federation: the round waits for its upload
         for pid in ("bank-b", "hospital-c", "hospital-d"):  # grow the forked log past the kept one
             h.upload(layout, pid, *h.contribution(layout, pid, 1))
         client = lying.client(layout, "bank-a")  # a restart: the kept checkpoint is on disk

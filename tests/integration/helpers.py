@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -14,6 +15,7 @@ from rich.console import Console
 
 from fedlora import rpc
 from fedlora._setup import Layout
+from fedlora._setup import prepare_federation as _prepare_federation
 from fedlora.client import Client
 from fedlora.config import CoordinatorConfig, load_client_config, load_coordinator_config
 from fedlora.coordinator import Coordinator, Running, create_server
@@ -29,6 +31,23 @@ from fedlora.crypto import (
 )
 from fedlora.protocol import ContributionHeader, contribution_statement, knowledge_context
 from fedlora.v1 import federation_pb2, federation_pb2_grpc
+
+
+def prepare_federation(root: Path, **kw: Any) -> Layout:
+    """:func:`fedlora._setup.prepare_federation` with ``min_clients: 1`` unless a test sets it.
+
+    Tests that drive one party by hand need round 1 open as soon as that party joins; waiting
+    for ``participant_threshold`` parties (the product's default) has its own tests.
+    """
+    kw.setdefault("min_clients", 1)
+    return _prepare_federation(root, **kw)
+
+
+def join_all(layout: Layout) -> None:
+    """Every party joins first, so no round closes early before the last one uploads (a round
+    closes once every *joined* party has contributed)."""
+    for pid in layout.client_configs:
+        stub(layout, pid).Join(federation_pb2.JoinRequest(client_id=pid))
 
 
 def channel(

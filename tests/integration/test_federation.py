@@ -11,12 +11,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fedlora._setup import prepare_federation
 from fedlora.audit import read_log_files, verify_log
 from fedlora.certs import create_ca, issue_certificate
 from fedlora.config import load_coordinator_config
+from fedlora.errors import FedLoraError, VerificationError
 from fedlora.v1 import common_pb2, federation_pb2
 from tests.integration import helpers as h
+from tests.integration.helpers import prepare_federation
 
 BITS = 512  # test keys only; production is 2048
 
@@ -349,15 +350,14 @@ def test_a_20_mb_contribution_streams_in_chunks(tmp_path) -> None:
     ).stat().st_size == len(data)
 
 
-def test_global_adapters_are_published_in_peft_format_and_export_works(tmp_path) -> None:
+def test_clients_keep_every_global_adapter_and_export_it_offline_after_the_end(tmp_path) -> None:
     # Arrange: a LoRA (FFA, tabular) federation runs two encrypted rounds.
     import numpy as np
     import torch
     from peft import PeftModel
 
     from fedlora.cli import model as _model_cli
-    from fedlora.client import make_trainer
-    from fedlora.client._lora import TabularNet
+    from fedlora.client import TabularNet, make_trainer  # public names only
     from fedlora.config import load_client_config
 
     layout = prepare_federation(tmp_path, bits=BITS, rounds=2, aggregation_frequency=10)
@@ -365,29 +365,27 @@ def test_global_adapters_are_published_in_peft_format_and_export_works(tmp_path)
     running = h.serve(layout, config)
     try:
         assert h.run_clients(layout) == {pid: 0 for pid in layout.client_configs}
-        # Act: export the final global adapter as a client would, as an adapter and merged.
-        assert (
-            _model_cli.export(
-                layout.client_configs["bank-b"], tmp_path / "export-adapter", None, False
-            )
-            == 0
-        )
-        assert (
-            _model_cli.export(
-                layout.client_configs["bank-b"], tmp_path / "export-merged", None, True
-            )
-            == 0
-        )
     finally:
         running.stop(grace=1)
-    # Assert: the coordinator's own peft-format version 2 loads with peft and predicts exactly as
-    # the client does from the raw vector; the exports agree with it.
+    # Act: with the coordinator gone, export the final global adapter from what bank-b kept.
+    bank = layout.client_configs["bank-b"]
+    assert _model_cli.export(bank, tmp_path / "export-adapter", None, False) == 0
+    assert _model_cli.export(bank, tmp_path / "export-merged", None, True) == 0
+    # Assert: every client kept versions 1 and 2, and version 2 is marked final.
+    for pid, path in layout.client_configs.items():
+        models = load_client_config(path).state_dir / "models"
+        assert sorted(p.name for p in models.iterdir()) == ["v00001", "v00002"], pid
+        assert (models / "v00002" / "final.json").exists()
+        assert not (models / "v00001" / "final.json").exists()
+        assert (models / "v00002" / "adapter" / "adapter_config.json").exists()
+    # The coordinator's own peft-format version 2 loads with peft and predicts exactly as the
+    # client does from the raw vector; the exports agree with it.
     events = _events(config.state_dir)
     published = [e for e in events if e["event"] == "global_published"]
     assert [e["version"] for e in published] == [0, 1, 2] and all(
         "adapter_digest" in e for e in published
     )
-    trainer = make_trainer(load_client_config(layout.client_configs["bank-b"]))
+    trainer = make_trainer(load_client_config(bank))
     vector = np.fromfile(config.state_dir / "globals" / "v00002.f32", dtype="<f4")
     expected = trainer.predict_proba(vector)
     x = torch.as_tensor(np.asarray(trainer.features, dtype=np.float32))
@@ -400,6 +398,17 @@ def test_global_adapters_are_published_in_peft_format_and_export_works(tmp_path)
     merged = TabularNet.from_pretrained(tmp_path / "export-merged").eval()
     with torch.no_grad():
         assert np.allclose(torch.softmax(merged(x), 1).numpy(), expected, atol=1e-5)
+    # Version 1 is not final: refused unless asked for.
+    with pytest.raises(FedLoraError, match="not the federation's final model"):
+        _model_cli.export(bank, tmp_path / "v1", 1, False)
+    assert _model_cli.export(bank, tmp_path / "v1", 1, False, allow_not_final=True) == 0
+    # A kept file altered on disk is refused, naming it.
+    kept = load_client_config(bank).state_dir / "models" / "v00002"
+    data = bytearray((kept / "global.f32").read_bytes())
+    data[0] ^= 1
+    (kept / "global.f32").write_bytes(bytes(data))
+    with pytest.raises(VerificationError, match=r"global\.f32 does not match"):
+        _model_cli.export(bank, tmp_path / "tampered", None, False)
 
 
 def test_over_mtls_each_global_moves_by_the_weighted_mean_of_the_clipped_deltas(tmp_path) -> None:

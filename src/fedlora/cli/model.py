@@ -50,20 +50,34 @@ def register(sub: Any) -> None:
     tpl.add_argument("--out", type=Path, required=True)
     tpl.set_defaults(handler=lambda args: template(args.config, args.out))
     exp = sub.add_parser(
-        "export", help="write a global adapter in peft format, or merged into the base model"
+        "export",
+        help="write the federation's final global adapter, as this client kept it, in peft format "
+        "(or merged into the base model); works offline, never contacts the coordinator",
     )
     exp.add_argument(
         "--config",
         type=Path,
         required=True,
-        help="a client's YAML (its credentials and base model)",
+        help="this client's YAML (its state_dir holds the kept models; --merge also loads its base model)",
     )
-    exp.add_argument("--out", type=Path, required=True)
+    exp.add_argument("--out", type=Path, required=True, help="an empty or new folder to write to")
     exp.add_argument(
-        "--version", type=int, default=None, help="global version (default: the latest)"
+        "--version",
+        type=int,
+        default=None,
+        help="global version to export (default: the newest kept, which must be final)",
+    )
+    exp.add_argument(
+        "--allow-not-final",
+        action="store_true",
+        help="export a version that no federation_finished entry names as final (e.g. mid-federation)",
     )
     exp.add_argument("--merge", action="store_true", help="merge the adapter into the base model")
-    exp.set_defaults(handler=lambda args: export(args.config, args.out, args.version, args.merge))
+    exp.set_defaults(
+        handler=lambda args: export(
+            args.config, args.out, args.version, args.merge, allow_not_final=args.allow_not_final
+        )
+    )
 
 
 def _init_tabular(args: argparse.Namespace) -> int:
@@ -111,33 +125,68 @@ def template(config_path: Path, out: Path) -> int:
     return 0
 
 
-def export(config_path: Path, out: Path, version: int | None, merge: bool) -> int:
-    """Fetch a global adapter from the coordinator and write it in peft format, or merged."""
-    require_client_extra("fedlora export")
-    from fedlora.client import Client
-    from fedlora.client._lora import LoraTrainer
+def export(
+    config_path: Path,
+    out: Path,
+    version: int | None,
+    merge: bool,
+    *,
+    allow_not_final: bool = False,
+) -> int:
+    """Write a kept global version, re-verified offline, as a peft adapter or a merged model.
+
+    Never contacts the coordinator: the client kept every published version with its audit
+    entry, inclusion proof and signed checkpoint (:mod:`fedlora.client._models`), and this checks
+    them again with the coordinator key pinned in the config.
+    """
+    import shutil
+
+    from fedlora.client._models import ModelKeeper, verify_kept
 
     config = load_client_config(config_path)
-    client = Client(config, console=console)
-    if not isinstance(client.trainer, LoraTrainer):
-        raise FedLoraError("model.kind linear has no adapter to export; use tabular or text")
-    client.join()
-    status = client.transport.round_status()
-    version = status.global_version if version is None else version
-    digest = status.global_digest if version == status.global_version else None
-    vector = client.download_global(version, digest)
-    trainer = client.trainer
-    if out.exists() and any(out.iterdir()):
-        raise FedLoraError(f"{out} is not empty; refusing to overwrite")
+    coordinator_key = bytes.fromhex(config.keys.coordinator_signing_public_key)
+    kept = ModelKeeper(config.state_dir, config.federation_id, coordinator_key).kept()
+    if not kept:
+        raise FedLoraError(
+            f"no global adapter is kept in {config.state_dir / 'models'}; run `fedlora client "
+            f"--config {config_path}` until the federation finishes (it keeps every published version)"
+        )
+    chosen = max(kept) if version is None else version
+    model = verify_kept(config.state_dir, config.federation_id, coordinator_key, chosen)
+    if not model.final and not allow_not_final:
+        newest = max(kept)
+        raise FedLoraError(
+            f"global version {chosen} is not the federation's final model"
+            + (f" (the newest kept is v{newest})" if newest != chosen else "")
+            + "; wait for the federation to finish, or pass --allow-not-final"
+        )
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FedLoraError(f"{out} is not an empty folder; refusing to overwrite")
     if merge:
-        trainer.load_vector(vector)
+        require_client_extra("fedlora export --merge")
+        from fedlora.client import make_trainer
+        from fedlora.client._lora import LoraTrainer
+
+        trainer = make_trainer(config)
+        if not isinstance(trainer, LoraTrainer):
+            raise FedLoraError("model.kind linear has no adapter to merge; use tabular or text")
+        trainer.load_vector(model.vector())
         merged: Any = trainer.model.merge_and_unload()
         merged.save_pretrained(out)
         if trainer.tokenizer is not None:
             trainer.tokenizer.save_pretrained(out)
         what = "merged model"
+    elif model.adapter is not None:
+        shutil.copytree(model.adapter, out, dirs_exist_ok=True)
+        what = "peft adapter (load: see docs/export.md)"
     else:
-        trainer.save_adapter(vector, out)
-        what = "adapter (load with PeftModel.from_pretrained)"
-    console.print(f"wrote global version {version} as a {what} to {out}")
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(model.folder / "global.f32", out / "global.f32")
+        what = "float32 vector (model.kind linear has no adapter)"
+    shutil.copyfile(model.folder / "provenance.json", out / "fedlora-provenance.json")
+    state = "final" if model.final else "NOT final"
+    console.print(
+        f"wrote global version {chosen} ({state}, digest {model.digest.hex()[:16]}…, verified "
+        f"against the audit log offline) as a {what} to {out}"
+    )
     return 0

@@ -16,6 +16,19 @@ def register(sub: Any) -> None:
     coord.add_argument(
         "--config", type=Path, required=True, help="coordinator YAML, e.g. configs/coordinator.yaml"
     )
+    coord.add_argument(
+        "--accept-config-change",
+        action="store_true",
+        help="restart with a configuration that differs from the one the federation started with "
+        "(schedule, thresholds, enrolment; the change is audited). Without it such a restart is "
+        "refused, naming the differing keys",
+    )
+    coord.add_argument(
+        "--exit-when-finished",
+        action="store_true",
+        help="exit a few seconds after the last round instead of serving the audit log and the "
+        "global adapters until stopped",
+    )
     coord.set_defaults(handler=_coordinator)
     client = sub.add_parser(
         "client", help="join a federation as a bank or hospital and work through its rounds"
@@ -30,7 +43,11 @@ def _coordinator(args: argparse.Namespace) -> int:
     from fedlora.config import load_coordinator_config
     from fedlora.coordinator import serve
 
-    return serve(load_coordinator_config(args.config))
+    return serve(
+        load_coordinator_config(args.config),
+        exit_when_finished=args.exit_when_finished,
+        accept_config_change=args.accept_config_change,
+    )
 
 
 def _client(args: argparse.Namespace) -> int:

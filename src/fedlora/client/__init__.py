@@ -14,6 +14,7 @@ from fedlora.client._session import Client, Federation
 from fedlora.client._transport import Transport
 
 if TYPE_CHECKING:
+    from fedlora.client._lora import TabularNet
     from fedlora.client._training import (
         LinearTrainer,
         LocalTrainer,
@@ -29,6 +30,7 @@ __all__ = [
     "GrpcTransport",
     "LinearTrainer",
     "LocalTrainer",
+    "TabularNet",
     "Transport",
     "channel_for",
     "load_csv",
@@ -48,6 +50,10 @@ _TRAINING = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "TabularNet":  # the tabular base model class: load a base or merged model with it
+        from fedlora.client._lora import TabularNet
+
+        return TabularNet
     if name in _TRAINING:
         from fedlora.client import _training
 

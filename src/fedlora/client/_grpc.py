@@ -239,5 +239,21 @@ class GrpcTransport:
         )
         return list(proof.hashes)
 
+    def audit_entries(self, start: int, limit: int) -> list[bytes]:
+        def fetch() -> list[bytes]:
+            query = audit_pb2.AuditQuery(start=start, limit=limit)
+            return [e.entry for e in self.audit_stub.GetEntries(query, metadata=self.metadata)]
+
+        return self._retry("audit entries", fetch)
+
+    def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
+        proof = self._retry(
+            "audit inclusion proof",
+            lambda: self.audit_stub.GetInclusionProof(
+                audit_pb2.InclusionQuery(index=index, tree_size=tree_size), metadata=self.metadata
+            ),
+        )
+        return list(proof.hashes)
+
     def close(self) -> None:
         self.channel.close()

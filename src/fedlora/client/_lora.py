@@ -18,6 +18,7 @@ knowledge of the model.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,6 +33,7 @@ from fedlora.config import ModelSpec, TrainingConfig
 from fedlora.errors import ConfigError
 
 TABULAR_TYPE = "fedlora-tabular-mlp"
+_SEEDED = threading.Lock()
 
 
 class TabularNet(torch.nn.Module):
@@ -79,7 +81,9 @@ class TabularNet(torch.nn.Module):
         )
 
     @classmethod
-    def from_pretrained(cls, folder: Path) -> TabularNet:
+    def from_pretrained(cls, folder: str | Path) -> TabularNet:
+        """Load a base (or merged) model saved by :meth:`save_pretrained`."""
+        folder = Path(folder)
         try:
             config = json.loads((folder / "config.json").read_text())
             if config.get("model_type") != TABULAR_TYPE:
@@ -158,29 +162,34 @@ class LoraTrainer:
         lora = spec.lora
         self.device = pick_device(training.device)
         self.mixed = self.device.type == "cuda"  # bfloat16 autocast on GPUs, full precision on CPU
-        torch.manual_seed(lora.seed)  # the task head starts identical at every client
-        base, self.tokenizer = load_base_model(spec, training.num_classes)
-        head = _head_name(base)
-        targets = list(lora.targets)
-        known = {
-            n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)
-        }
-        missing = [t for t in targets if t not in known]
-        if missing:
-            raise ConfigError(
-                f"model.lora.targets: {missing} are not linear layers of the base model (it has {sorted(known)})"
-            )
-        torch.manual_seed(lora.seed + 1)  # every A matrix starts identical at every client
-        self.model = get_peft_model(
-            base,
-            LoraConfig(
-                r=lora.rank,
-                lora_alpha=lora.alpha,
-                target_modules=targets,
-                lora_dropout=0.0,
-                modules_to_save=[head],
-            ),
-        ).to(self.device)
+        # Seeding is global in torch: clients built concurrently in one process (threads, a
+        # simulation) must not interleave their draws, or their frozen A matrices would differ.
+        with _SEEDED:
+            torch.manual_seed(lora.seed)  # the task head starts identical at every client
+            base, self.tokenizer = load_base_model(spec, training.num_classes)
+            head = _head_name(base)
+            targets = list(lora.targets)
+            known = {
+                n.rsplit(".", 1)[-1]
+                for n, m in base.named_modules()
+                if isinstance(m, torch.nn.Linear)
+            }
+            missing = [t for t in targets if t not in known]
+            if missing:
+                raise ConfigError(
+                    f"model.lora.targets: {missing} are not linear layers of the base model (it has {sorted(known)})"
+                )
+            torch.manual_seed(lora.seed + 1)  # every A matrix starts identical at every client
+            self.model = get_peft_model(
+                base,
+                LoraConfig(
+                    r=lora.rank,
+                    lora_alpha=lora.alpha,
+                    target_modules=targets,
+                    lora_dropout=0.0,
+                    modules_to_save=[head],
+                ),
+            ).to(self.device)
         self.ffa = lora.aggregation == "ffa"
         self.shared: list[tuple[str, torch.nn.Parameter]] = []
         for name, p in self.model.named_parameters():

@@ -29,8 +29,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from rich.console import Console
 
+from fedlora._files import StateLock, check_private
 from fedlora.audit import SignedCheckpoint
 from fedlora.client._ledger import AnchorError, CheckpointAnchor, DecryptorLedger
+from fedlora.client._models import ModelKeeper, version_folder
 from fedlora.client._transport import Transport
 from fedlora.client._ui import Reporter
 from fedlora.config import ClientConfig
@@ -82,6 +84,7 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def _private_key(path: Path, what: str, kind: Any) -> Any:
+    check_private(path, what)
     try:
         key = load_pem_private_key(_read(path, what), password=None)
     except ValueError:
@@ -145,6 +148,8 @@ class Client:
         self.fed: Federation | None = None
         self.ledger = DecryptorLedger(self.state_dir, config.federation_id)
         self.anchor = CheckpointAnchor(self.state_dir, config.federation_id, self.coordinator_key)
+        self.models = ModelKeeper(self.state_dir, config.federation_id, self.coordinator_key)
+        self._kept_version, self._kept_final = 0, False
         # What this client trained from in each round, and the aggregates it verified in full
         # (so waiting for the ticket quorum re-reads only the manifest).
         self._trained_from: dict[int, tuple[int, bytes]] = {}
@@ -235,18 +240,43 @@ class Client:
 
     # -- the round loop --------------------------------------------------------------------------
     def run(self) -> int:
+        """Work through the federation until it finishes; one instance per state folder."""
+        lock = StateLock(self.state_dir, "fedlora client")
+        try:
+            return self._run()
+        finally:
+            lock.release()
+
+    def keep_models(self, round_number: int) -> None:
+        """Keep every newly published global version, verified against the anchored log."""
+        self.observe_checkpoint(self.transport.checkpoint(), round_number)
+        assert self.anchor.current is not None
+        save = getattr(self.trainer, "save_adapter", None)
+        for line in self.models.sync(self.transport, self.anchor.current, save):
+            self.ui.info(f"{self.config.id}: {line}")
+
+    def _run(self) -> int:
         fed = self.join()
         seen_done: set[tuple[int, str]] = set()
+        waiting = -1
         while True:
             status = self.transport.round_status()
             if status.stage is Stage.FINISHED:
-                self.observe_checkpoint(self.transport.checkpoint(), status.round)
+                self.step(fed, status, seen_done)  # keeps the final version
                 vector = self.download_global(status.global_version, status.global_digest)
                 self.ui.info(
                     f"{self.config.id}: federation finished after {status.rounds_total} rounds; global adapter "
-                    f"v{status.global_version} {status.global_digest.hex()[:16]}…, local accuracy {self.trainer.evaluate(vector):.3f}"
+                    f"v{status.global_version} {status.global_digest.hex()[:16]}… kept in "
+                    f"{version_folder(self.state_dir, status.global_version)}, local accuracy "
+                    f"{self.trainer.evaluate(vector):.3f}"
                 )
                 return 0
+            if status.stage is Stage.WAITING and len(status.joined) != waiting:
+                waiting = len(status.joined)
+                self.ui.info(
+                    f"{self.config.id}: waiting for {status.min_clients} parties to join before round 1 "
+                    f"({waiting} joined: {', '.join(status.joined)})"
+                )
             try:
                 self.step(fed, status, seen_done)
             except RemoteError as exc:
@@ -257,7 +287,17 @@ class Client:
             time.sleep(self.config.retry.poll_interval_s)
 
     def step(self, fed: Federation, status: RoundStatus, seen_done: set[tuple[int, str]]) -> None:
-        """Do what the round's stage asks of this client, once."""
+        """Do what the round's stage asks of this client, once.
+
+        Every newly published global version (and the final one) is kept first, verified
+        against the anchored audit log (:mod:`fedlora.client._models`).
+        """
+        if status.global_version != self._kept_version or (
+            status.stage is Stage.FINISHED and not self._kept_final
+        ):
+            self.keep_models(status.round)
+            self._kept_version = status.global_version
+            self._kept_final = status.stage is Stage.FINISHED
         if status.stage is Stage.COLLECTING and not status.contributed:
             self.contribute(fed, status)
         elif (

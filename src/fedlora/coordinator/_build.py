@@ -9,6 +9,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from fedlora._files import check_private
 from fedlora.config import CoordinatorConfig
 from fedlora.coordinator._engine import Coordinator
 from fedlora.crypto import ModexpBackend, ThresholdPublicKey
@@ -23,6 +24,7 @@ def read_file(path: Path, what: str) -> bytes:
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    check_private(path, "keys.signing_key")
     try:
         key = load_pem_private_key(read_file(path, "keys.signing_key"), password=None)
     except ValueError:
@@ -39,6 +41,7 @@ def build_engine(
     *,
     clock: Callable[[], float] = time.time,
     backend: ModexpBackend | None = None,
+    accept_config_change: bool = False,
 ) -> Coordinator:
     """Load the keys the config names and build the coordinator (replaying any saved state)."""
     key = None
@@ -50,5 +53,10 @@ def build_engine(
         except FedLoraError as exc:
             raise ConfigError(f"keys.threshold_public_key: {exc}") from None
     return Coordinator(
-        config, key, load_signing_key(config.keys.signing_key), clock=clock, backend=backend
+        config,
+        key,
+        load_signing_key(config.keys.signing_key),
+        clock=clock,
+        backend=backend,
+        accept_config_change=accept_config_change,
     )

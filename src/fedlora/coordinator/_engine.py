@@ -37,6 +37,7 @@ from fedlora.coordinator._adapter import AdapterTemplate
 from fedlora.coordinator._admission import Admission
 from fedlora.coordinator._intake import receive_bounded, receive_contribution
 from fedlora.coordinator._replay import replay
+from fedlora.coordinator._settings import check_changes, differences, settings_of
 from fedlora.coordinator._state import Contribution, RoundState
 from fedlora.coordinator._store import Store
 from fedlora.crypto import (
@@ -99,6 +100,7 @@ class Coordinator:
         clock: Callable[[], float] = time.time,
         rule: AggregationRule | None = None,
         backend: ModexpBackend | None = None,
+        accept_config_change: bool = False,
     ) -> None:
         self.config = config
         self.fl = config.federated_learning
@@ -130,12 +132,17 @@ class Coordinator:
         self._wake = threading.Condition(self._lock)
         self.admission = Admission(config, self.audit, clock, self._lock)
         self._joined: set[tuple[str, int]] = set()  # (identity, round) already audited
+        self.joined: set[str] = set()  # enrolled parties that have joined the federation
+        self.min_clients = self.fl.min_clients or self.fl.participant_threshold
+        self.settings = settings_of(
+            config, key_fingerprint=self.fingerprint, codec=self.codec, ticket_quorum=self.quorum
+        )
         self._job_running = False
-        self.stage = Stage.COLLECTING
+        self.stage = Stage.WAITING
         self.round: RoundState | None = None
         self.global_version = 0
         self._aggregate_cache: tuple[int, list[int]] | None = None
-        self._restore()
+        self._restore(accept_config_change)
 
     # -- start-up ----------------------------------------------------------------------------
     def _check_key(self) -> int:
@@ -174,8 +181,12 @@ class Coordinator:
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def _restore(self) -> None:
-        """Rebuild the state from the audit log; start the federation if the log is empty."""
+    def _restore(self, accept_config_change: bool) -> None:
+        """Rebuild the state from the audit log; start the federation if the log is empty.
+
+        A restart whose configuration differs from the federation's is refused before anything
+        is written, unless ``accept_config_change`` (then the change is audited).
+        """
         events = [json.loads(line) for line in self.audit.entries()]
         if not events:
             self.audit.record(
@@ -194,13 +205,23 @@ class Coordinator:
                         {"id": p.id, "role": p.role, "signing_public_key": p.signing_public_key}
                         for p in self.config.parties
                     ],
+                    settings=self.settings,
                 )
             )
             self._save_and_publish(0, np.zeros(self.num_parameters, dtype=np.float32))
-            self._open_round(1)
-            return
+            return  # WAITING: round 1 opens once min_clients parties have joined
         state = replay(events)
+        changes = differences(state.settings, self.settings)
+        check_changes(
+            changes,
+            accept=accept_config_change,
+            state_dir=str(self.config.state_dir),
+            round_number=state.round.number if state.round else 0,
+        )
         self.round, self.stage, self.global_version = state.round, state.stage, state.global_version
+        self.joined = state.joined & {p.id for p in self.config.parties}
+        if changes:
+            self.audit.record(ev.ConfigChanged(changes=changes))
         self.audit.record(
             ev.CoordinatorRestarted(
                 round=self.round.number if self.round else 0,
@@ -210,6 +231,9 @@ class Coordinator:
         )
         if state.ended and self.stage is not Stage.FINISHED:
             self._end_round()  # it crashed between ending a round and opening the next
+        elif self.stage is Stage.FINISHED and self.round and self.round.number < self.fl.rounds:
+            check_transition(self.stage, Stage.COLLECTING)  # more rounds, accepted above
+            self._open_round(self.round.number + 1)
 
     # -- identity ----------------------------------------------------------------------------
     def authenticate(self, identity: str | None, method: str) -> Party:
@@ -295,12 +319,20 @@ class Coordinator:
                     self._job_running = False
 
     def _decide(self) -> Callable[[], None] | None:
+        if self.stage is Stage.WAITING:
+            if len(self.joined) >= self.min_clients:
+                check_transition(self.stage, Stage.COLLECTING)
+                self._open_round(1)
+                self._wake.notify_all()
+            return None
         if self.round is None or self.stage is Stage.FINISHED:
             return None
         now = self._now_ms()
         r = self.round
         if self.stage is Stage.COLLECTING:
-            expected = {p.id for p in self.config.parties if not p.revoked}
+            # Close early once every party that joined (and is not revoked) has contributed; a
+            # party that never joined does not hold every round to its deadline.
+            expected = {p.id for p in self.config.parties if not p.revoked} & self.joined
             count = len(r.contributions)
             if count >= self.fl.participant_threshold and (
                 expected <= set(r.contributions) or now >= r.deadline_ms
@@ -382,11 +414,37 @@ class Coordinator:
         self._digests[version] = digest  # global versions are written once and never change
         return digest
 
+    def describe_stage(self) -> str:
+        """One line for the operator's log: the stage and what it waits for."""
+        with self._lock:
+            if self.stage is Stage.WAITING:
+                return (
+                    f"waiting for {self.min_clients} parties to join before round 1 opens "
+                    f"({len(self.joined)} joined: {', '.join(sorted(self.joined)) or 'none yet'})"
+                )
+            return str(self.stage.value)
+
     def status(self, party: Party) -> RoundStatus:
         with self._lock:
             check_message(self.stage, Message.ROUND_STATUS, self.round.number if self.round else 0)
             r = self.round
-            assert r is not None
+            if r is None:  # WAITING: no round yet
+                return RoundStatus(
+                    round=0,
+                    stage=self.stage,
+                    global_version=self.global_version,
+                    global_digest=self.global_digest(self.global_version),
+                    deadline_unix_s=0.0,
+                    contributions=0,
+                    contributed=False,
+                    partial_submitted=False,
+                    rounds_total=self.fl.rounds,
+                    decryptor=bool(self.key and party.id in self.key.party_ids),
+                    ticket_signed=False,
+                    ticket_signatures=0,
+                    joined=tuple(sorted(self.joined)),
+                    min_clients=self.min_clients,
+                )
             finished = self.stage is Stage.FINISHED
             version = self.global_version if finished else r.global_version
             deciding = self.stage in (Stage.TICKETING, Stage.DECRYPTING, Stage.COMBINING)
@@ -403,6 +461,9 @@ class Coordinator:
                 decryptor=bool(self.key and party.id in self.key.party_ids),
                 ticket_signed=party.id in r.ticket_signatures,
                 ticket_signatures=len(r.ticket_signatures),
+                contributors=tuple(sorted(r.contributions)),
+                joined=tuple(sorted(self.joined)),
+                min_clients=self.min_clients,
             )
 
     def join_info(self, party: Party) -> JoinInfo:
@@ -411,6 +472,8 @@ class Coordinator:
             check_message(self.stage, Message.JOIN, number)
             first = (party.id, number) not in self._joined
             self._joined.add((party.id, number))
+            self.joined.add(party.id)
+            self._wake.notify_all()
         if first:  # once per identity and round: joining again and again cannot grow the log
             self.audit.record(ev.ClientJoined(client=party.id, role=party.role))
         return JoinInfo(
@@ -562,6 +625,7 @@ class Coordinator:
                 header.knowledge_proof,
             )
             self.round.contributions[party.id] = contribution
+            self.joined.add(party.id)
             self._wake.notify_all()
         return self._receipt(number, contribution)
 

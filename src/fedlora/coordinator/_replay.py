@@ -8,10 +8,11 @@ opened (a crash between the two), which the engine then finishes.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fedlora import events as ev
+from fedlora.coordinator._settings import recorded_settings
 from fedlora.coordinator._state import Contribution, RoundState
 from fedlora.crypto import DecryptionProof
 from fedlora.protocol import Stage
@@ -23,6 +24,8 @@ class Replayed:
     stage: Stage = Stage.COLLECTING
     global_version: int = 0
     ended: bool = False  # the open round closed or failed and no next round was opened
+    settings: dict[str, Any] = field(default_factory=dict)  # as started, with accepted changes
+    joined: set[str] = field(default_factory=set)  # parties that ever joined
 
 
 def replay(entries: Iterable[dict[str, Any]]) -> Replayed:
@@ -36,6 +39,12 @@ def replay(entries: Iterable[dict[str, Any]]) -> Replayed:
         e = ev.parse_event(entry)
         r = s.round
         match e:
+            case ev.FederationStarted():
+                s.settings, s.stage = recorded_settings(e), Stage.WAITING
+            case ev.ConfigChanged():
+                s.settings.update({name: new for name, (_, new) in e.changes.items()})
+            case ev.ClientJoined():
+                s.joined.add(e.client)
             case ev.RoundOpened():
                 s.round = RoundState(
                     e.round,

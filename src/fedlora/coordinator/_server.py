@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -12,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from fedlora._files import StateLock, check_private
 from fedlora.config import CoordinatorConfig
 from fedlora.coordinator._build import build_engine, read_file
 from fedlora.coordinator._driver import Driver
@@ -34,18 +37,74 @@ class Running:
     port: int
     engine: Coordinator
     driver: Driver
+    lock: StateLock
 
     def stop(self, grace: float = 10.0) -> None:
         """Refuse new calls, let in-flight ones finish for ``grace`` seconds, then stop."""
         self.driver.stop()
         self.server.stop(grace).wait()
+        self.lock.release()
+
+
+def _check_free(address: str) -> None:
+    """Refuse an address another process holds, before gRPC tries (it would log a C-level error).
+
+    gRPC also binds with SO_REUSEPORT by default, which would let a second coordinator share the
+    port silently; the server below turns that off, and this check names the cause.
+    """
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if port == "0":
+        return
+    try:
+        infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"server.listen: cannot resolve {host!r}: {exc.strerror}") from None
+    family, kind, proto, _, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"server.listen: {address} is in use by another process (another coordinator?); "
+                    "stop it or choose another port"
+                ) from None
+            raise ConfigError(f"server.listen: cannot bind {address}: {exc.strerror}") from None
+
+
+def _bind(server: grpc.Server, config: CoordinatorConfig, address: str) -> int:
+    _check_free(address)
+    try:
+        if config.server.insecure:
+            return int(server.add_insecure_port(address))
+        tls = config.server.tls
+        assert tls is not None
+        check_private(tls.key, "server.tls.key")
+        credentials = grpc.ssl_server_credentials(
+            [(read_file(tls.key, "server.tls.key"), read_file(tls.cert, "server.tls.cert"))],
+            root_certificates=read_file(tls.ca, "server.tls.ca"),
+            require_client_auth=True,
+        )
+        return int(server.add_secure_port(address, credentials))
+    except RuntimeError:  # gRPC's "Failed to bind": a race with another process
+        raise ConfigError(f"server.listen: cannot bind {address}") from None
 
 
 def create_server(
-    config: CoordinatorConfig, engine: Coordinator | None = None, *, port: int | None = None
+    config: CoordinatorConfig,
+    engine: Coordinator | None = None,
+    *,
+    port: int | None = None,
+    accept_config_change: bool = False,
 ) -> Running:
-    """Build and start the server; ``port=0`` (or a listen address ending in :0) picks a free port."""
-    engine = engine or build_engine(config)
+    """Bind, then build the engine (which may write its first audit entries), then serve.
+
+    Binding first means a coordinator that cannot serve writes nothing: a port in use leaves no
+    ``federation_started`` or opened round behind. ``port=0`` (or a listen address ending in :0)
+    picks a free port. The state folder is locked while the server runs.
+    """
     # Each party may hold at most one upload of each kind open at a time (the engine refuses a
     # second), so two threads per party plus headroom are never all taken by slow streams.
     workers = max(32, 2 * len(config.parties) + 16)
@@ -63,8 +122,23 @@ def create_server(
             ("grpc.max_send_message_length", config.server.chunk_bytes + (64 << 10)),
             # Headers are small (an identity, a deadline); a hostile client sends no more.
             ("grpc.max_metadata_size", 16 << 10),
+            # Never share the port with another process (a second coordinator would bind silently).
+            ("grpc.so_reuseport", 0),
         ],
     )
+    address = config.server.listen
+    if port is not None:
+        address = f"{address.rsplit(':', 1)[0]}:{port}"
+    bound = _bind(server, config, address)
+    if bound == 0:
+        raise ConfigError(f"server.listen: cannot bind {address}")
+    lock = StateLock(config.state_dir, "coordinator")
+    try:
+        engine = engine or build_engine(config, accept_config_change=accept_config_change)
+    except BaseException:
+        lock.release()
+        server.stop(None)
+        raise
     insecure = config.server.insecure
     federation_pb2_grpc.add_FederationServicer_to_server(
         FederationServicer(engine, insecure), server
@@ -77,32 +151,26 @@ def create_server(
     reflection.enable_server_reflection(
         (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    address = config.server.listen
-    if port is not None:
-        address = f"{address.rsplit(':', 1)[0]}:{port}"
-    if insecure:
-        bound = server.add_insecure_port(address)
-    else:
-        tls = config.server.tls
-        assert tls is not None
-        credentials = grpc.ssl_server_credentials(
-            [(read_file(tls.key, "server.tls.key"), read_file(tls.cert, "server.tls.cert"))],
-            root_certificates=read_file(tls.ca, "server.tls.ca"),
-            require_client_auth=True,
-        )
-        bound = server.add_secure_port(address, credentials)
-    if bound == 0:
-        raise ConfigError(f"server.listen: cannot bind {address}")
     server.start()
-    return Running(server, bound, engine, Driver(engine).start())
+    return Running(server, bound, engine, Driver(engine).start(), lock)
 
 
-def serve(config: CoordinatorConfig) -> int:
-    """Run until SIGTERM/SIGINT or until every round is over; shut down gracefully."""
+def serve(
+    config: CoordinatorConfig,
+    *,
+    exit_when_finished: bool = False,
+    accept_config_change: bool = False,
+) -> int:
+    """Serve until SIGTERM/SIGINT; shut down gracefully.
+
+    A federation's end is an event, not an exit: after the last round the coordinator keeps
+    serving the audit log and the global adapters, so participants can fetch the final model and
+    prove their receipts. ``exit_when_finished`` stops it a few seconds after the end (batch jobs).
+    """
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
-    running = create_server(config)
+    running = create_server(config, accept_config_change=accept_config_change)
     fl = config.federated_learning
     mode = "INSECURE (no TLS) — loopback demo only" if config.server.insecure else "mTLS"
     log.info(
@@ -115,12 +183,20 @@ def serve(config: CoordinatorConfig) -> int:
         signal.signal(sig, lambda *_: done.set())
     last = None
     while not done.wait(0.5):
-        status = (running.engine.round.number if running.engine.round else 0, running.engine.stage)
+        engine = running.engine
+        status = (engine.round.number if engine.round else 0, engine.stage)
         if status != last:
-            log.info(f"round {status[0]}: {status[1].value}")
+            if engine.finished:
+                log.info(
+                    f"federation finished after {fl.rounds} rounds (global version "
+                    f"{engine.global_version}); still serving the audit log and the global adapters"
+                    + (" for a few seconds" if exit_when_finished else " until stopped (Ctrl-C)")
+                )
+            else:
+                log.info(f"round {status[0]}: {engine.describe_stage()}")
             last = status
-        if running.engine.finished:
-            done.wait(2.0)  # let clients read the final status
+        if engine.finished and exit_when_finished:
+            done.wait(5.0)  # let clients read the final status and download the final adapter
             break
     log.info("shutting down: finishing in-flight calls")
     running.stop(grace=10)

@@ -154,14 +154,16 @@ def run_demo(
         with Live(_progress_table([], rounds), console=console, refresh_per_second=4) as live:
             while time.monotonic() < deadline:
                 live.update(_progress_table(_events(config.state_dir), rounds))
-                if all(p.poll() is not None for p in procs.values()):
-                    break
+                # The coordinator serves on after the last round (clients may fetch the final
+                # adapter later); the demo stops it once every client is done.
                 clients = [p for name, p in procs.items() if name != "coordinator"]
-                if all(p.poll() is not None for p in clients) and any(
-                    p.returncode for p in clients
-                ):
-                    break  # every client is gone and some failed: waiting out round deadlines helps nobody
+                if all(p.poll() is not None for p in clients) or procs["coordinator"].poll():
+                    break
                 time.sleep(0.25)
+        coordinator = procs["coordinator"]
+        if coordinator.poll() is None:
+            coordinator.terminate()  # SIGTERM: a graceful stop, exit status 0
+            coordinator.wait(timeout=30)
         failed = {name: p.returncode for name, p in procs.items() if p.returncode not in (0,)}
         if failed:
             raise FedLoraError(f"processes did not finish cleanly: {failed}; logs are in {logs}")

@@ -34,6 +34,7 @@ class JoinInfo:
     chunk_bytes: int
     max_weight: int
     ticket_quorum: int
+    spec_json: str = ""  # the federation spec (canonical JSON) every client must match; "": none
 
     @property
     def homomorphic(self) -> bool:
@@ -56,6 +57,9 @@ class RoundStatus:
     decryptor: bool
     ticket_signed: bool
     ticket_signatures: int
+    contributors: tuple[str, ...] = ()  # who has contributed to this round (also in the audit log)
+    joined: tuple[str, ...] = ()  # enrolled parties that have joined the federation so far
+    min_clients: int = 0  # parties that must join before round 1 opens
 
 
 @dataclass(frozen=True)

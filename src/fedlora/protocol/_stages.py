@@ -17,6 +17,7 @@ from fedlora.errors import ProtocolError
 
 
 class Stage(enum.Enum):
+    WAITING = "waiting"  # before round 1: until min_clients parties have joined
     COLLECTING = "collecting"  # accepting contributions until all arrive or the deadline
     AGGREGATING = "aggregating"  # participants fixed; adding the ciphertexts
     TICKETING = "ticketing"  # share holders check the aggregate and sign its decryption ticket
@@ -38,6 +39,7 @@ class Message(enum.Enum):
 _ALWAYS = {Message.JOIN, Message.ROUND_STATUS, Message.DOWNLOAD_GLOBAL}
 
 ALLOWED: dict[Stage, frozenset[Message]] = {
+    Stage.WAITING: frozenset(_ALWAYS),
     Stage.COLLECTING: frozenset(_ALWAYS | {Message.CONTRIBUTION}),
     Stage.AGGREGATING: frozenset(_ALWAYS),
     Stage.TICKETING: frozenset(_ALWAYS | {Message.DECRYPTION_TASK, Message.TICKET}),
@@ -51,12 +53,14 @@ ALLOWED: dict[Stage, frozenset[Message]] = {
 _END = {Stage.COLLECTING, Stage.FINISHED}  # the round ended (closed or failed)
 
 TRANSITIONS: dict[Stage, frozenset[Stage]] = {
+    Stage.WAITING: frozenset({Stage.COLLECTING}),
     Stage.COLLECTING: frozenset({Stage.AGGREGATING, *_END}),
     Stage.AGGREGATING: frozenset({Stage.TICKETING, *_END}),
     Stage.TICKETING: frozenset({Stage.DECRYPTING, *_END}),
     Stage.DECRYPTING: frozenset({Stage.COMBINING, *_END}),
     Stage.COMBINING: frozenset(_END),
-    Stage.FINISHED: frozenset(),
+    # More rounds on a finished federation: only with an accepted, audited configuration change.
+    Stage.FINISHED: frozenset({Stage.COLLECTING}),
 }
 
 

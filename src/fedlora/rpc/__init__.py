@@ -85,6 +85,7 @@ RETRYABLE = frozenset(
 )
 
 _STAGES = {
+    Stage.WAITING: common_pb2.ROUND_STAGE_WAITING,
     Stage.COLLECTING: common_pb2.ROUND_STAGE_COLLECTING,
     Stage.AGGREGATING: common_pb2.ROUND_STAGE_AGGREGATING,
     Stage.TICKETING: common_pb2.ROUND_STAGE_TICKETING,
@@ -156,6 +157,7 @@ def join_to_proto(info: JoinInfo) -> federation_pb2.JoinResponse:
         chunk_bytes=info.chunk_bytes,
         max_weight=info.max_weight,
         ticket_quorum=info.ticket_quorum,
+        spec_json=info.spec_json,
     )
 
 
@@ -175,6 +177,7 @@ def join_from_proto(r: Any) -> JoinInfo:
         chunk_bytes=r.chunk_bytes or (1 << 20),
         max_weight=r.max_weight or 1,
         ticket_quorum=r.ticket_quorum,
+        spec_json=r.spec_json,
     )
 
 
@@ -192,6 +195,10 @@ def status_to_proto(s: RoundStatus) -> federation_pb2.RoundStatus:
         decryptor=s.decryptor,
         ticket_signed=s.ticket_signed,
         ticket_signatures=s.ticket_signatures,
+        contributors=list(s.contributors),
+        joined=len(s.joined),
+        joined_parties=list(s.joined),
+        min_clients=s.min_clients,
     )
 
 
@@ -213,6 +220,9 @@ def status_from_proto(s: Any) -> RoundStatus:
         decryptor=s.decryptor,
         ticket_signed=s.ticket_signed,
         ticket_signatures=s.ticket_signatures,
+        contributors=tuple(s.contributors),
+        joined=tuple(s.joined_parties),
+        min_clients=s.min_clients,
     )
 
 

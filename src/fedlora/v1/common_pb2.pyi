@@ -44,6 +44,8 @@ class _RoundStageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RoundStage
     """share holders check the aggregate and sign its decryption ticket"""
     ROUND_STAGE_COMBINING: _RoundStage.ValueType  # 8
     """t partial decryptions in; the coordinator combines and decodes"""
+    ROUND_STAGE_WAITING: _RoundStage.ValueType  # 9
+    """before round 1: waiting for min_clients parties to join"""
 
 class RoundStage(_RoundStage, metaclass=_RoundStageEnumTypeWrapper):
     """Round stages of the coordinator's state machine (DESIGN.md §4)."""
@@ -65,6 +67,8 @@ ROUND_STAGE_TICKETING: RoundStage.ValueType  # 7
 """share holders check the aggregate and sign its decryption ticket"""
 ROUND_STAGE_COMBINING: RoundStage.ValueType  # 8
 """t partial decryptions in; the coordinator combines and decodes"""
+ROUND_STAGE_WAITING: RoundStage.ValueType  # 9
+"""before round 1: waiting for min_clients parties to join"""
 Global___RoundStage: _TypeAlias = RoundStage  # noqa: Y015
 
 @_typing.final

@@ -26,16 +26,20 @@ class JoinRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CLIENT_ID_FIELD_NUMBER: _builtins.int
+    SPEC_JSON_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """must equal the certificate's identity"""
+    spec_json: _builtins.str
+    """the client's federation spec (canonical JSON); empty: not sent"""
     def __init__(
         self,
         *,
         client_id: _builtins.str = ...,
+        spec_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "spec_json", b"spec_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -59,6 +63,7 @@ class JoinResponse(_message.Message):
     CHUNK_BYTES_FIELD_NUMBER: _builtins.int
     MAX_WEIGHT_FIELD_NUMBER: _builtins.int
     TICKET_QUORUM_FIELD_NUMBER: _builtins.int
+    SPEC_JSON_FIELD_NUMBER: _builtins.int
     federation_id: _builtins.str
     role: _builtins.str
     key_fingerprint: _builtins.bytes
@@ -74,6 +79,8 @@ class JoinResponse(_message.Message):
     """the largest weight one contribution may carry"""
     ticket_quorum: _builtins.int
     """ticket signatures the coordinator waits for"""
+    spec_json: _builtins.str
+    """the federation spec every client must match (canonical JSON)"""
     @_builtins.property
     def codec(self) -> _common_pb2.CodecParams: ...
     def __init__(
@@ -93,10 +100,11 @@ class JoinResponse(_message.Message):
         chunk_bytes: _builtins.int = ...,
         max_weight: _builtins.int = ...,
         ticket_quorum: _builtins.int = ...,
+        spec_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["codec", b"codec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregation_frequency", b"aggregation_frequency", "chunk_bytes", b"chunk_bytes", "codec", b"codec", "coordinator_signing_key", b"coordinator_signing_key", "decryption_threshold", b"decryption_threshold", "encryption_type", b"encryption_type", "federation_id", b"federation_id", "key_fingerprint", b"key_fingerprint", "max_weight", b"max_weight", "num_parameters", b"num_parameters", "participant_threshold", b"participant_threshold", "role", b"role", "rounds", b"rounds", "ticket_quorum", b"ticket_quorum"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregation_frequency", b"aggregation_frequency", "chunk_bytes", b"chunk_bytes", "codec", b"codec", "coordinator_signing_key", b"coordinator_signing_key", "decryption_threshold", b"decryption_threshold", "encryption_type", b"encryption_type", "federation_id", b"federation_id", "key_fingerprint", b"key_fingerprint", "max_weight", b"max_weight", "num_parameters", b"num_parameters", "participant_threshold", b"participant_threshold", "role", b"role", "rounds", b"rounds", "spec_json", b"spec_json", "ticket_quorum", b"ticket_quorum"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -133,6 +141,10 @@ class RoundStatus(_message.Message):
     DECRYPTOR_FIELD_NUMBER: _builtins.int
     TICKET_SIGNED_FIELD_NUMBER: _builtins.int
     TICKET_SIGNATURES_FIELD_NUMBER: _builtins.int
+    CONTRIBUTORS_FIELD_NUMBER: _builtins.int
+    JOINED_FIELD_NUMBER: _builtins.int
+    MIN_CLIENTS_FIELD_NUMBER: _builtins.int
+    JOINED_PARTIES_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     stage: _common_pb2.RoundStage.ValueType
     global_version: _builtins.int
@@ -149,6 +161,16 @@ class RoundStatus(_message.Message):
     ticket_signed: _builtins.bool
     """the caller's signature on this round's ticket is accepted"""
     ticket_signatures: _builtins.int
+    joined: _builtins.int
+    """enrolled parties that have joined so far"""
+    min_clients: _builtins.int
+    """parties that must join before round 1 opens"""
+    @_builtins.property
+    def contributors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """who has contributed to this round (also in the audit log)"""
+
+    @_builtins.property
+    def joined_parties(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -164,10 +186,14 @@ class RoundStatus(_message.Message):
         decryptor: _builtins.bool = ...,
         ticket_signed: _builtins.bool = ...,
         ticket_signatures: _builtins.int = ...,
+        contributors: _abc.Iterable[_builtins.str] | None = ...,
+        joined: _builtins.int = ...,
+        min_clients: _builtins.int = ...,
+        joined_parties: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributed", b"contributed", "contributions", b"contributions", "deadline_unix_s", b"deadline_unix_s", "decryptor", b"decryptor", "global_digest", b"global_digest", "global_version", b"global_version", "partial_submitted", b"partial_submitted", "round", b"round", "rounds_total", b"rounds_total", "stage", b"stage", "ticket_signatures", b"ticket_signatures", "ticket_signed", b"ticket_signed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributed", b"contributed", "contributions", b"contributions", "contributors", b"contributors", "deadline_unix_s", b"deadline_unix_s", "decryptor", b"decryptor", "global_digest", b"global_digest", "global_version", b"global_version", "joined", b"joined", "joined_parties", b"joined_parties", "min_clients", b"min_clients", "partial_submitted", b"partial_submitted", "round", b"round", "rounds_total", b"rounds_total", "stage", b"stage", "ticket_signatures", b"ticket_signatures", "ticket_signed", b"ticket_signed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

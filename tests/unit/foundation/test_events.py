@@ -23,6 +23,7 @@ def test_every_kind_round_trips_through_a_log_line() -> None:
         ev.RoundFailed(round=2, stage="collecting", reason="late", contributions=[], partials=[]),
         ev.SubmissionThrottled(reason="busy", round=1, party="bank-a", kind_of="contribution"),
         ev.GlobalPublished(version=3, global_digest="cd"),
+        ev.ConfigChanged(changes={"federated_learning.rounds": [3, 5]}),
     ]
     for event in samples:
         assert ev.parse_event(_line(event)) == event
@@ -30,7 +31,7 @@ def test_every_kind_round_trips_through_a_log_line() -> None:
     assert _line(samples[2])["kind"] == "contribution"
     # Optional fields left unset are not written at all.
     assert "party" not in _line(samples[1]) and "adapter_digest" not in _line(samples[3])
-    assert len(ev.EVENTS) == 20
+    assert len(ev.EVENTS) == 21
 
 
 def test_a_tampered_entry_is_refused_naming_its_index_kind_and_field() -> None:

@@ -1,0 +1,140 @@
+"""What a restart must match: the federation's settings, recorded once and compared on restart.
+
+A coordinator restarted on an existing state folder with another configuration must not carry on
+silently under the new one. The settings that define the federation are written into its
+``federation_started`` entry; on restart the current configuration is compared with them (and
+with every accepted ``config_changed`` since), and a difference is refused with the keys named.
+``--accept-config-change`` applies the changes that are safe mid-federation (schedule, thresholds,
+enrolment) and audits them; the ones that would make earlier rounds and the running clients
+disagree (federation id, encryption, key, codec, model) are refused even then.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fedlora import events as ev
+from fedlora.config import CoordinatorConfig
+from fedlora.crypto import CodecParams
+from fedlora.errors import ConfigError
+
+IMMUTABLE = (
+    "federation_id",
+    "federated_learning.encryption_type",
+    "keys.threshold_public_key",
+    "codec.",
+    "model.",
+)
+
+
+def settings_of(
+    config: CoordinatorConfig, *, key_fingerprint: bytes, codec: CodecParams, ticket_quorum: int
+) -> dict[str, Any]:
+    """The settings a restart must match, by dotted YAML name (JSON values)."""
+    fl = config.federated_learning
+    out: dict[str, Any] = {
+        "federation_id": config.federation_id,
+        "federated_learning.encryption_type": fl.encryption_type,
+        "keys.threshold_public_key": key_fingerprint.hex(),
+        "codec.clip": codec.clip,
+        "codec.value_bits": codec.value_bits,
+        "codec.max_total_weight": codec.max_total_weight,
+        "codec.max_weight": config.codec.max_weight,
+        "federated_learning.participant_threshold": fl.participant_threshold,
+        "federated_learning.decryption_threshold": fl.decryption_threshold,
+        "federated_learning.ticket_quorum": ticket_quorum,
+        "federated_learning.min_clients": fl.min_clients or fl.participant_threshold,
+        "federated_learning.rounds": fl.rounds,
+        "federated_learning.aggregation_frequency": fl.aggregation_frequency,
+        "federated_learning.round_timeout_s": fl.round_timeout_s,
+        "federated_learning.decryption_timeout_s": fl.decryption_timeout_s,
+        "model.num_parameters": config.model.num_parameters,
+    }
+    for p in config.parties:
+        out[f"parties.{p.id}"] = {
+            "role": p.role,
+            "signing_public_key": p.signing_public_key,
+            "revoked": p.revoked,
+        }
+    return out
+
+
+def recorded_settings(started: ev.FederationStarted) -> dict[str, Any]:
+    """The settings a ``federation_started`` entry records (older logs: the fields it has)."""
+    if started.settings is not None:
+        return dict(started.settings)
+    out: dict[str, Any] = {
+        "federation_id": started.federation_id,
+        "federated_learning.encryption_type": started.encryption_type,
+        "keys.threshold_public_key": started.key_fingerprint,
+        "federated_learning.participant_threshold": started.participant_threshold,
+        "federated_learning.decryption_threshold": started.decryption_threshold,
+        "federated_learning.rounds": started.rounds,
+        "federated_learning.aggregation_frequency": started.aggregation_frequency,
+        "model.num_parameters": started.num_parameters,
+    }
+    for name in ("clip", "value_bits", "max_total_weight"):
+        if name in started.codec:
+            out[f"codec.{name}"] = started.codec[name]
+    for p in started.parties:
+        out[f"parties.{p['id']}"] = {
+            "role": p.get("role"),
+            "signing_public_key": p.get("signing_public_key"),
+            "revoked": False,
+        }
+    return out
+
+
+def differences(recorded: dict[str, Any], current: dict[str, Any]) -> dict[str, list[Any]]:
+    """``{name: [recorded, current]}`` for every recorded setting (and party) that differs."""
+    names = set(recorded) | {n for n in current if n.startswith("parties.")}
+    return {
+        n: [recorded.get(n), current.get(n)]
+        for n in sorted(names)
+        if recorded.get(n) != current.get(n)
+    }
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def check_changes(
+    changes: dict[str, list[Any]],
+    *,
+    accept: bool,
+    state_dir: str,
+    round_number: int,
+) -> None:
+    """Refuse a configuration that differs from the federation's, naming each difference.
+
+    Raises:
+        ConfigError: a difference without ``accept``, an immutable one, or fewer rounds than
+            the federation has already opened.
+    """
+    if not changes:
+        return
+    listed = "; ".join(f"{n}: {_show(a)} → {_show(b)}" for n, (a, b) in changes.items())
+    fixed = [n for n in changes if n.startswith(IMMUTABLE)]
+    if fixed:
+        raise ConfigError(
+            f"the configuration differs from the federation in {state_dir} ({listed}); "
+            f"{', '.join(fixed)} cannot change within a federation — restore the old value, or "
+            "start a new federation with a new federation_id and state_dir"
+        )
+    rounds = changes.get("federated_learning.rounds")
+    if rounds is not None and int(rounds[1]) < round_number:
+        raise ConfigError(
+            f"federated_learning.rounds: {rounds[1]} is below round {round_number}, which the "
+            "federation has already opened"
+        )
+    if not accept:
+        raise ConfigError(
+            f"the configuration differs from the federation in {state_dir} ({listed}); restore it, "
+            "or start with --accept-config-change to apply the change (it is audited)"
+        )

@@ -1,0 +1,186 @@
+"""The coordinator as a service: it waits for parties, closes rounds early, refuses silent
+configuration drift on restart, and clients keep every global version they helped build.
+
+Real engine, real clients, real keys and files; the clock is injected, so deadlines move without
+sleeping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from fedlora._setup import prepare_federation
+from fedlora.client import Client
+from fedlora.client._models import verify_kept
+from fedlora.config import load_client_config, load_coordinator_config
+from fedlora.coordinator import build_engine
+from fedlora.errors import ConfigError, VerificationError
+from fedlora.inprocess import GivenDelta, InProcessFederation, InProcessTransport
+from fedlora.protocol import Stage
+
+BITS = 512  # test keys only
+N = 2 * 8 + 2  # the linear model's parameters
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _layout(tmp_path, **kw):  # type: ignore[no-untyped-def]
+    return prepare_federation(
+        tmp_path,
+        bits=BITS,
+        aggregation_frequency=1,
+        decryption_threshold=3,
+        round_timeout_s=60,
+        insecure=True,
+        model_kind="linear",
+        **{"rounds": 2, "participant_threshold": 3, **kw},
+    )
+
+
+def _given() -> GivenDelta:
+    return GivenDelta(N, num_examples=1, delta=np.full(N, 0.01))
+
+
+def _client(layout, engine, pid: str) -> Client:  # type: ignore[no-untyped-def]
+    return Client(
+        load_client_config(layout.client_configs[pid]),
+        trainer=_given(),
+        console=Console(quiet=True),
+        transport=InProcessTransport(engine, pid),
+    )
+
+
+def _events(layout) -> list[dict]:  # type: ignore[no-untyped-def]
+    log = layout.root / "coordinator-state" / "audit" / "entries.log"
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_round_1_opens_only_when_min_clients_have_joined_and_its_deadline_starts_then(
+    tmp_path,
+) -> None:
+    # Arrange: min_clients defaults to participant_threshold (3).
+    layout = _layout(tmp_path)
+    clock = Clock()
+    engine = build_engine(load_coordinator_config(layout.coordinator_config), clock=clock)
+    clients = {pid: _client(layout, engine, pid) for pid in ("bank-a", "bank-b", "hospital-c")}
+    # Act: two join, and an hour passes (clients still starting elsewhere).
+    clients["bank-a"].join()
+    clients["bank-b"].join()
+    clock.now += 3600
+    engine.tick()
+    # Assert: no round has opened, so none can have run out.
+    status = clients["bank-a"].transport.round_status()
+    assert status.stage is Stage.WAITING and status.round == 0
+    assert status.joined == ("bank-a", "bank-b") and status.min_clients == 3
+    assert "round_opened" not in [e["event"] for e in _events(layout)]
+    # Act: the third joins.
+    clients["hospital-c"].join()
+    engine.tick()
+    # Assert: round 1 opens now, with its full timeout ahead of it.
+    status = clients["bank-a"].transport.round_status()
+    assert status.stage is Stage.COLLECTING and status.round == 1
+    assert status.deadline_unix_s == pytest.approx(clock.now + 60)
+
+
+def test_a_round_closes_as_soon_as_every_joined_party_contributed(tmp_path) -> None:
+    # Arrange: five enrolled, bank-e never starts; the four others join.
+    layout = _layout(tmp_path)
+    clock = Clock()
+    configs = {p: c for p, c in layout.client_configs.items() if p != "bank-e"}
+    trainers = {pid: _given() for pid in configs}
+    fed = InProcessFederation.from_configs(
+        layout.coordinator_config, configs, trainers=trainers, clock=clock
+    )
+    # Act: one round, with the clock standing still.
+    fed.run_round()
+    # Assert: closed without waiting for bank-e's deadline.
+    events = _events(layout)
+    closed = next(e for e in events if e["event"] == "round_closed")
+    assert sorted(closed["participants"]) == sorted(configs)
+    assert not any(e["event"] == "round_failed" for e in events)
+
+
+def _finished_federation(tmp_path):  # type: ignore[no-untyped-def]
+    layout = _layout(tmp_path, rounds=1)
+    fed = InProcessFederation.from_configs(
+        layout.coordinator_config,
+        layout.client_configs,
+        trainers={pid: _given() for pid in layout.client_configs},
+        clock=Clock(),
+    )
+    fed.run_round()
+    assert fed.engine.finished
+    return layout, fed
+
+
+def test_clients_keep_every_version_verified_and_mark_the_final_one(tmp_path) -> None:
+    _, fed = _finished_federation(tmp_path)
+    for pid, client in fed.clients.items():
+        key = bytes.fromhex(client.config.keys.coordinator_signing_public_key)
+        kept = verify_kept(client.state_dir, client.config.federation_id, key, 1)
+        assert kept.final, pid
+        assert np.array_equal(kept.vector(), fed.global_vector(1))
+        assert "receipt" in json.loads((kept.folder / "provenance.json").read_text())
+
+
+def test_a_kept_version_whose_proof_was_altered_is_refused_offline(tmp_path) -> None:
+    _, fed = _finished_federation(tmp_path)
+    client = fed.clients["bank-a"]
+    key = bytes.fromhex(client.config.keys.coordinator_signing_public_key)
+    provenance = client.state_dir / "models" / "v00001" / "provenance.json"
+    doc = json.loads(provenance.read_text())
+    entry = json.loads(doc["entry"])
+    entry["global_digest"] = "00" * 32  # point the proof at another vector
+    doc["entry"] = json.dumps(entry, separators=(",", ":"), sort_keys=True)
+    provenance.write_text(json.dumps(doc))
+    with pytest.raises(VerificationError, match="is not in the log of the signed checkpoint"):
+        verify_kept(client.state_dir, client.config.federation_id, key, 1)
+    # Another coordinator's key (a forged checkpoint) is refused as well.
+    with pytest.raises(VerificationError, match="not signed by the coordinator's key"):
+        verify_kept(client.state_dir, client.config.federation_id, b"\x01" * 32, 1)
+
+
+def _restart(layout, accept=False, **changes):  # type: ignore[no-untyped-def]
+    config = load_coordinator_config(layout.coordinator_config)
+    for section, values in changes.items():
+        config = dataclasses.replace(
+            config, **{section: dataclasses.replace(getattr(config, section), **values)}
+        )
+    return build_engine(config, clock=Clock(), accept_config_change=accept)
+
+
+def test_a_restart_with_another_configuration_is_refused_naming_the_keys(tmp_path) -> None:
+    layout, _ = _finished_federation(tmp_path)
+    before = len(_events(layout))
+    with pytest.raises(
+        ConfigError, match=r"federated_learning\.rounds: 1 → 3.*--accept-config-change"
+    ):
+        _restart(layout, federated_learning={"rounds": 3})
+    with pytest.raises(ConfigError, match=r"codec\.clip: 1\.0 → 0\.5.*cannot change"):
+        _restart(layout, accept=True, codec={"clip": 0.5})
+    assert len(_events(layout)) == before  # a refused restart writes nothing
+
+
+def test_an_accepted_change_is_audited_and_more_rounds_reopen_a_finished_federation(
+    tmp_path,
+) -> None:
+    layout, _ = _finished_federation(tmp_path)
+    engine = _restart(layout, accept=True, federated_learning={"rounds": 2})
+    changed = [e for e in _events(layout) if e["event"] == "config_changed"]
+    assert changed and changed[-1]["changes"] == {"federated_learning.rounds": [1, 2]}
+    assert engine.stage is Stage.COLLECTING and engine.round is not None
+    assert engine.round.number == 2
+    # The next restart with the same (new) configuration is not a change.
+    engine = _restart(layout, federated_learning={"rounds": 2})
+    assert engine.round is not None and engine.round.number == 2

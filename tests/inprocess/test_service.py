@@ -184,3 +184,20 @@ def test_an_accepted_change_is_audited_and_more_rounds_reopen_a_finished_federat
     # The next restart with the same (new) configuration is not a change.
     engine = _restart(layout, federated_learning={"rounds": 2})
     assert engine.round is not None and engine.round.number == 2
+
+
+def test_a_second_client_on_one_state_folder_is_refused_before_it_joins(tmp_path) -> None:
+    import os
+
+    from fedlora._files import StateLock
+    from fedlora.errors import FedLoraError
+
+    layout = _layout(tmp_path)
+    engine = build_engine(load_coordinator_config(layout.coordinator_config), clock=Clock())
+    first = StateLock(load_client_config(layout.client_configs["bank-a"]).state_dir, "client")
+    try:
+        with pytest.raises(FedLoraError, match=rf"another fedlora client \(pid {os.getpid()}\)"):
+            _client(layout, engine, "bank-a").run()
+        assert "client_joined" not in [e["event"] for e in _events(layout)]
+    finally:
+        first.release()

@@ -137,6 +137,66 @@ def test_a_bad_config_exits_non_zero_before_binding(tmp_path) -> None:
     assert "on port" not in out.stderr + out.stdout  # it never bound a port
 
 
+def test_a_port_in_use_is_one_line_and_nothing_is_written(tmp_path) -> None:
+    # Arrange: another process holds the port the config names.
+    import socket
+
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    layout.use_port(port)
+    state = load_coordinator_config(layout.coordinator_config).state_dir
+    try:
+        # Act
+        out = subprocess.run(
+            _coordinator_command(layout), capture_output=True, text=True, timeout=60
+        )
+    finally:
+        holder.close()
+    # Assert: one line naming the address and the fix; no audit entry, no round opened.
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"fedlora: error: server.listen: 127.0.0.1:{port} is in use by another process "
+        "(another coordinator?); stop it or choose another port"
+    ]
+    assert not (state / "audit" / "entries.log").exists()
+
+
+def test_a_second_coordinator_on_one_state_folder_is_refused(tmp_path) -> None:
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1)
+    with open(tmp_path / "coordinator.log", "ab") as log:
+        proc = _start(layout, log)
+        try:
+            config = load_coordinator_config(layout.coordinator_config)
+            entries = (config.state_dir / "audit" / "entries.log").read_bytes()
+            other = tmp_path / "other.yaml"  # same state folder, another port
+            other.write_text(layout.coordinator_config.read_text().replace(f":{layout.port}", ":0"))
+            out = subprocess.run(
+                [*_coordinator_command(layout)[:-1], str(other)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert out.returncode == 2
+            assert f"another coordinator (pid {proc.pid}) is using the state folder" in out.stderr
+            assert "Traceback" not in out.stderr
+            assert (config.state_dir / "audit" / "entries.log").read_bytes() == entries
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+
+
+def test_private_keys_readable_by_others_are_refused_with_the_fix(tmp_path) -> None:
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1)
+    key = tmp_path / "keys" / "coordinator.ed25519"
+    key.chmod(0o644)
+    out = subprocess.run(_coordinator_command(layout), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert f"run: chmod 600 {key}" in out.stderr and "mode 644" in out.stderr
+
+
 def test_a_client_refuses_to_decrypt_anything_but_a_verified_aggregate(tmp_path) -> None:
     # Arrange: a live federation in round 1, three real contributions.
     layout = prepare_federation(

@@ -93,17 +93,17 @@ def _write_csv(path: Path, x: np.ndarray, y: np.ndarray) -> None:
 def _tabular_base(folder: Path, reference: np.ndarray, seed: int) -> None:
     from fedlora.client._lora import write_tabular_base
 
-    write_tabular_base(folder, reference, hidden=32, num_classes=CLASSES, seed=seed)
+    features = [f"f{i}" for i in range(reference.shape[1])]  # the CSVs' columns (_write_csv)
+    write_tabular_base(
+        folder, reference, hidden=32, num_classes=CLASSES, seed=seed, features=features
+    )
 
 
 def _adapter_template(client_config: Path, folder: Path) -> dict[str, object]:
-    from fedlora.client import make_trainer
-    from fedlora.client._lora import LoraTrainer, write_adapter_template
+    from fedlora.client._spec import write_template
     from fedlora.config import load_client_config
 
-    trainer = make_trainer(load_client_config(client_config))
-    assert isinstance(trainer, LoraTrainer)
-    layout = write_adapter_template(trainer, folder)
+    layout = write_template(load_client_config(client_config), folder)
     return {
         "num_parameters": layout["num_parameters"],
         "adapter_template": str(folder.relative_to(client_config.parent)),

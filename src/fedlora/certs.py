@@ -19,9 +19,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedlora._files import read_file, write_new_file
 from fedlora.config import check_id
-from fedlora.errors import FedLoraError
+from fedlora.errors import ConfigError, FedLoraError
 
-__all__ = ["CertPaths", "create_ca", "issue_certificate"]
+__all__ = ["CertPaths", "check_certificate", "create_ca", "issue_certificate"]
 
 _VALID_DAYS_CA = 3650
 _VALID_DAYS_LEAF = 825
@@ -79,7 +79,14 @@ def _load_ca(ca_dir: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate
 
 
 def issue_certificate(
-    ca_dir: Path, name: str, out: Path, *, server_hosts: Sequence[str] = (), client: bool = True
+    ca_dir: Path,
+    name: str,
+    out: Path,
+    *,
+    server_hosts: Sequence[str] = (),
+    client: bool = True,
+    valid_days: float = _VALID_DAYS_LEAF,
+    valid_from: dt.datetime | None = None,
 ) -> CertPaths:
     """Issue ``NAME.pem`` / ``NAME.key`` signed by the CA in ``ca_dir``.
 
@@ -87,11 +94,13 @@ def issue_certificate(
         name: the identity (common name): a party id, or e.g. ``coordinator``.
         server_hosts: DNS names and IP addresses the certificate serves (a coordinator).
         client: include client authentication in the extended key usage.
+        valid_days: how long the certificate is valid (default 825 days).
+        valid_from: the start of its validity (default: five minutes ago).
     """
     check_id(name, "--name")
     ca_key, ca_cert = _load_ca(ca_dir)
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    start = valid_from or dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
     usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server_hosts else []) + (
         [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
     )
@@ -103,8 +112,8 @@ def issue_certificate(
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=_VALID_DAYS_LEAF))
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=valid_days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
     )
@@ -121,3 +130,64 @@ def issue_certificate(
     write_new_file(paths.key, _pem_key(key), mode=0o600)
     write_new_file(paths.cert, cert.public_bytes(serialization.Encoding.PEM))
     return paths
+
+
+def check_certificate(
+    cert_path: Path,
+    ca_path: Path,
+    where: str,
+    *,
+    name: str | None = None,
+    now: dt.datetime | None = None,
+) -> x509.Certificate:
+    """Check a TLS certificate the way its peer will: CA signature, validity dates, identity.
+
+    ``where`` is the dotted YAML key that named the certificate (``coordinator.tls.cert``);
+    ``name``, when given, must be its common name (a client's id).
+
+    Raises:
+        ConfigError: unreadable or not PEM, not signed by the CA, expired or not valid yet, or
+            issued to another name (each message names the file and the fix).
+    """
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        cert = x509.load_pem_x509_certificate(read_file(cert_path, where))
+        ca = x509.load_pem_x509_certificate(read_file(ca_path, "the CA certificate"))
+    except FedLoraError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except ValueError:
+        raise ConfigError(f"{where}: {cert_path} or {ca_path} is not a PEM certificate") from None
+    try:
+        public = ca.public_key()
+        if (
+            not isinstance(public, ec.EllipticCurvePublicKey)
+            or cert.signature_hash_algorithm is None
+        ):
+            raise InvalidSignature
+        public.verify(
+            cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm)
+        )
+    except InvalidSignature:
+        raise ConfigError(
+            f"{where}: {cert_path} is not signed by the CA in {ca_path}; use a certificate the "
+            "federation's CA issued"
+        ) from None
+    now = now or dt.datetime.now(dt.timezone.utc)
+    if now > cert.not_valid_after_utc:
+        raise ConfigError(
+            f"{where}: {cert_path} expired on {cert.not_valid_after_utc.date()}; ask the CA for a "
+            "new one"
+        )
+    if now < cert.not_valid_before_utc:
+        raise ConfigError(
+            f"{where}: {cert_path} is valid only from {cert.not_valid_before_utc.isoformat()}"
+        )
+    if name is not None:
+        held = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if held != [name]:
+            raise ConfigError(
+                f"{where}: {cert_path} is issued to {', '.join(map(str, held)) or 'no name'}, but "
+                f"this party's id is {name!r}; the coordinator would refuse it"
+            )
+    return cert

@@ -135,6 +135,9 @@ class ModelConfig:
     adapter_template: Path | None = (
         None  # `fedlora model template`: publish each version in peft format
     )
+    # The federation spec every client's model must match (`fedlora model template` writes it
+    # as federation-spec.json in the template folder, which is the default when this is unset).
+    spec: Path | None = None
 
 
 @dataclass(frozen=True)

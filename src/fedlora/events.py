@@ -28,6 +28,7 @@ __all__ = [
     "FederationFinished",
     "FederationStarted",
     "GlobalPublished",
+    "JoinRefused",
     "PartialAccepted",
     "PartialRejected",
     "RejectionsRepeated",
@@ -224,6 +225,15 @@ class CoordinatorRestarted(Event):
 
 
 @dataclass(frozen=True)
+class JoinRefused(Event):
+    """A client whose model does not match the federation's spec (the reason names the settings)."""
+
+    kind: ClassVar[str] = "join_refused"
+    client: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ConfigChanged(Event):
     """A restart with a changed configuration, accepted by the operator (``--accept-config-change``)."""
 
@@ -279,6 +289,7 @@ EVENTS: dict[str, type[Event]] = {
         FederationFinished,
         CoordinatorRestarted,
         ConfigChanged,
+        JoinRefused,
         AccessDenied,
         SubmissionThrottled,
         RejectionsRepeated,

@@ -52,9 +52,9 @@ class InProcessTransport:
     def _party(self, method: str):  # type: ignore[no-untyped-def]
         return self.engine.authenticate(self.party_id, method)
 
-    def join(self) -> JoinInfo:
+    def join(self, spec_json: str = "") -> JoinInfo:
         try:
-            return self.engine.join_info(self._party("Join"))
+            return self.engine.join_info(self._party("Join"), spec_json)
         except FedLoraError as exc:
             raise _remote(exc) from None
 

@@ -402,8 +402,8 @@ def test_a_forked_audit_log_stops_the_client(tmp_path) -> None:
 class Downgrader(Coordinator):
     """Tells clients the federation is plaintext, hoping for their raw updates."""
 
-    def join_info(self, party):  # type: ignore[no-untyped-def]
-        return dataclasses.replace(super().join_info(party), encryption_type="none")
+    def join_info(self, party, spec_json=""):  # type: ignore[no-untyped-def]
+        return dataclasses.replace(super().join_info(party, spec_json), encryption_type="none")
 
 
 def test_a_coordinator_cannot_switch_clients_to_plaintext(tmp_path) -> None:

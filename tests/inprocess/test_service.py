@@ -201,3 +201,27 @@ def test_a_second_client_on_one_state_folder_is_refused_before_it_joins(tmp_path
         assert "client_joined" not in [e["event"] for e in _events(layout)]
     finally:
         first.release()
+
+
+def test_a_wrong_share_file_is_refused_before_the_coordinator_hears_of_the_client(
+    tmp_path,
+) -> None:
+    from fedlora.errors import FedLoraError
+
+    layout = _layout(tmp_path)
+    engine = build_engine(load_coordinator_config(layout.coordinator_config), clock=Clock())
+    bank = load_client_config(layout.client_configs["bank-a"])
+    theirs = bank.keys.key_share.with_name("bank-b.share.json")  # another party's share
+    wrong = dataclasses.replace(bank, keys=dataclasses.replace(bank.keys, key_share=theirs))
+    client = Client(
+        wrong,
+        trainer=_given(),
+        console=Console(quiet=True),
+        transport=InProcessTransport(engine, "bank-a"),
+    )
+    with pytest.raises(
+        FedLoraError,
+        match=r"keys\.key_share: .*bank-b\.share\.json: share file is for party 'bank-b', not 'bank-a'",
+    ):
+        client.join()
+    assert "client_joined" not in [e["event"] for e in _events(layout)]

@@ -446,3 +446,171 @@ def test_over_mtls_each_global_moves_by_the_weighted_mean_of_the_clipped_deltas(
     for version in (1, 2):
         moved = store.load_global(version).astype(np.float64) - store.load_global(version - 1)
         assert np.max(np.abs(moved - expected)) <= codec.step + 1e-6
+
+
+def test_a_client_whose_model_differs_is_refused_at_join_naming_the_setting(tmp_path) -> None:
+    # Arrange: a tabular LoRA federation; its template folder holds the federation spec.
+    import dataclasses
+    import shutil
+
+    from fedlora.client import Client
+    from fedlora.client._spec import federation_spec
+    from fedlora.client._training import make_trainer
+    from fedlora.config import load_client_config
+    from fedlora.protocol import canonical_spec
+
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1, aggregation_frequency=2)
+    config = load_coordinator_config(layout.coordinator_config)
+    running = h.serve(layout, config)
+    bank = load_client_config(layout.client_configs["bank-a"])  # now naming the bound port
+    try:
+        # Act 1: bank-a set another LoRA seed (its frozen A matrices would differ).
+        seeded = dataclasses.replace(
+            bank,
+            model=dataclasses.replace(
+                bank.model, lora=dataclasses.replace(bank.model.lora, seed=7)
+            ),
+        )
+        # Assert 1: refused at join, naming the setting.
+        with pytest.raises(FedLoraError, match=r"model\.lora\.seed is 7 here, 0 in the federation"):
+            Client(seeded).join()
+        # Act 2: another base model (one byte of its config differs).
+        other = tmp_path / "other-base"
+        shutil.copytree(bank.model.base_model, other)
+        text = (other / "config.json").read_text().replace('"hidden": 32', '"hidden": 32 ')
+        (other / "config.json").write_text(text)
+        based = dataclasses.replace(bank, model=dataclasses.replace(bank.model, base_model=other))
+        with pytest.raises(FedLoraError, match=r"model\.base_model is [0-9a-f]+ here"):
+            Client(based).join()
+        # Act 3: a client that skips its own check (or lies about it) meets the coordinator's:
+        # the join is refused, the setting named and the refusal audited.
+        spec = federation_spec(seeded, make_trainer(seeded))
+        with pytest.raises(grpc.RpcError) as refused:
+            h.stub(layout, "bank-a").Join(
+                federation_pb2.JoinRequest(client_id="bank-a", spec_json=canonical_spec(spec))
+            )
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "model.lora.seed is 7 here, 0 in the federation" in refused.value.details()
+        # The same model joins.
+        Client(bank).join()
+    finally:
+        running.stop(grace=1)
+    refusals = [e["reason"] for e in _events(config.state_dir) if e["event"] == "join_refused"]
+    assert any("model.lora.seed" in r for r in refusals)
+    assert any("model.base_model" in r for r in refusals)
+
+
+def test_csv_columns_load_by_name_and_unknown_columns_are_refused(tmp_path) -> None:
+    # Arrange: bank-a's CSV with its columns reversed, and one with a column renamed.
+    import csv
+
+    from fedlora.client._training import make_trainer
+    from fedlora.config import load_client_config
+    from fedlora.errors import ConfigError
+
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1)
+    bank = load_client_config(layout.client_configs["bank-a"])
+    rows = list(csv.reader(bank.data.path.read_text().splitlines()))
+    reversed_csv = tmp_path / "reversed.csv"
+    reversed_csv.write_text("\n".join(",".join(r[::-1]) for r in rows) + "\n")
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text("\n".join(",".join(r) for r in [["g0", *rows[0][1:]], *rows[1:]]) + "\n")
+    import dataclasses
+
+    def trainer(path):  # type: ignore[no-untyped-def]
+        return make_trainer(
+            dataclasses.replace(bank, data=dataclasses.replace(bank.data, path=path))
+        )
+
+    # Act / Assert: reordered columns load to the same features; a renamed one is refused.
+    assert np.array_equal(trainer(reversed_csv).features, trainer(bank.data.path).features)
+    with pytest.raises(ConfigError, match=r"missing \['f0'\]; not in the base model \['g0'\]"):
+        trainer(renamed)
+
+
+def test_tls_failures_are_diagnosed_on_the_client_naming_cause_and_fix(tmp_path) -> None:
+    # Arrange: a live mTLS coordinator; client configs that each get one thing wrong.
+    import dataclasses
+    import datetime as dt
+
+    from fedlora.client._diagnose import diagnose
+    from fedlora.client._grpc import GrpcTransport
+    from fedlora.config import RetryConfig, load_client_config
+    from fedlora.errors import ConfigError, TransportError
+
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1)
+    other_ca = create_ca(tmp_path / "other-ca")
+    issue_certificate(tmp_path / "other-ca", "bank-a", tmp_path / "other-certs")
+    config = load_coordinator_config(layout.coordinator_config)
+    running = h.serve(layout, config)
+    bank = load_client_config(layout.client_configs["bank-a"])
+    tls = bank.coordinator.tls
+    assert tls is not None
+    fast = RetryConfig(max_attempts=2, initial_backoff_s=0.01, max_backoff_s=0.01)
+
+    def join(**changes):  # type: ignore[no-untyped-def]
+        endpoint = dataclasses.replace(bank.coordinator, **changes)
+        cfg = dataclasses.replace(bank, coordinator=endpoint, retry=fast)
+        with pytest.raises(TransportError) as caught:
+            GrpcTransport(cfg).join()
+        return str(caught.value)
+
+    other_client = dataclasses.replace(
+        tls,
+        cert=tmp_path / "other-certs" / "bank-a.pem",
+        key=tmp_path / "other-certs" / "bank-a.key",
+    )
+    try:
+        # Act / Assert: a client of another CA meets the federation's coordinator: the
+        # coordinator's certificate is from an unknown CA.
+        assert "not signed by the CA in coordinator.tls.ca" in join(
+            tls=dataclasses.replace(other_client, ca=other_ca.cert)
+        )
+        # A server name the certificate does not hold: it says which names it does hold.
+        message = join(server_name="coordinator.example")
+        assert "is for localhost, 127.0.0.1, not 'coordinator.example'" in message
+        # A certificate this client's own CA file does not vouch for is refused before any call.
+        with pytest.raises(
+            ConfigError, match=r"coordinator\.tls\.cert: .* is not signed by the CA"
+        ):
+            join(tls=other_client)
+        # Past that check (a CA bundle, say), the coordinator refuses it, and the diagnosis says so.
+        endpoint = dataclasses.replace(bank.coordinator, tls=other_client)
+        found = diagnose(endpoint)
+        assert found.permanent and "refused this client's certificate" in found.message
+    finally:
+        running.stop(grace=1)
+    # Nothing listening: named, and retried (the coordinator may be starting).
+    assert f"nothing is listening on {bank.coordinator.address} (connection refused)" in join()
+    # An expired coordinator certificate (fedlora's coordinator refuses to start with one, so a
+    # bare gRPC server stands in for a misconfigured endpoint).
+    from concurrent import futures
+
+    start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=10)
+    expired = issue_certificate(
+        layout.root / "ca",
+        "coordinator",
+        tmp_path / "expired",
+        server_hosts=["localhost", "127.0.0.1"],
+        valid_days=1,
+        valid_from=start,
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_secure_port(
+        bank.coordinator.address,
+        grpc.ssl_server_credentials(
+            [(expired.key.read_bytes(), expired.cert.read_bytes())],
+            root_certificates=(layout.root / "ca" / "ca.pem").read_bytes(),
+            require_client_auth=True,
+        ),
+    )
+    server.start()
+    try:
+        assert f"expired on {(start + dt.timedelta(days=1)).date()}" in join()
+    finally:
+        server.stop(None)
+    # And fedlora's coordinator refuses to serve with that certificate, in one line.
+    server_tls = dataclasses.replace(config.server.tls, cert=expired.cert, key=expired.key)
+    config = dataclasses.replace(config, server=dataclasses.replace(config.server, tls=server_tls))
+    with pytest.raises(FedLoraError, match=r"server\.tls\.cert: .* expired on"):
+        h.serve(layout, config)

@@ -11,21 +11,28 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 
 from fedlora import __version__
-from fedlora.cli import audit, certs, data, demo, keys, model, services
+from fedlora.cli import audit, certs, data, demo, keys, model, ops, services
 from fedlora.errors import FedLoraError
 
-GROUPS = (demo, services, certs, audit, data, model, keys)
+GROUPS = (demo, services, ops, certs, audit, data, model, keys)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedlora",
         description="Federated LoRA fine-tuning with threshold-Paillier secure aggregation.",
+        epilog="Exit status: 0 success; 1 a verification failed (audit verify/prove: the log or "
+        "receipt is not what it claims); 2 an error a person can fix (the message names the "
+        "cause and the fix); 130 interrupted. See docs/cli.md.",
     )
     parser.add_argument("--version", action="version", version=f"fedlora {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="on an error, also show the full traceback"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
         group.register(sub)
@@ -37,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except FedLoraError as exc:
+        if args.debug:
+            traceback.print_exc()
         print(f"fedlora: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

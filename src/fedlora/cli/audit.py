@@ -25,7 +25,7 @@ from fedlora.audit import (
     verify_log,
     verify_receipt,
 )
-from fedlora.crypto import checkpoint_digest, leaf_hash, verify_inclusion, verify_signature
+from fedlora.crypto import leaf_hash, verify_inclusion
 from fedlora.errors import FedLoraError, VerificationError
 
 console = Console()
@@ -45,11 +45,17 @@ def register(sub: Any) -> None:
             "log", type=Path, help="coordinator state folder, its audit/ folder, or entries.log"
         )
         a.add_argument(
-            "--public-key", help="the coordinator's Ed25519 public key: 64 hex digits or a file"
+            "--public-key",
+            required=True,
+            help="the coordinator's Ed25519 public key: 64 hex digits or a file (required: a key "
+            "taken from the log itself would prove nothing)",
         )
+        a.add_argument("--json", action="store_true", help="print one JSON object instead")
         if name == "show":
             a.add_argument("--plot", type=Path, help="also write a PNG of the rounds over time")
-            a.set_defaults(handler=lambda args: run_show(args.log, args.public_key, args.plot))
+            a.set_defaults(
+                handler=lambda args: run_show(args.log, args.public_key, args.plot, args.json)
+            )
         if name == "verify":
             a.add_argument(
                 "--trusted-checkpoint",
@@ -88,7 +94,9 @@ def register(sub: Any) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    return run_verify(args.log, args.public_key, args.trusted_checkpoint, args.receipts)
+    return run_verify(
+        args.log, args.public_key, args.trusted_checkpoint, args.receipts, as_json=args.json
+    )
 
 
 def _public_key(spec: str | None, folder: Path) -> bytes:
@@ -188,6 +196,8 @@ def run_verify(
     public_key: str | None,
     trusted_checkpoints: Sequence[Path] | None = None,
     receipts_folder: Path | None = None,
+    *,
+    as_json: bool = False,
 ) -> int:
     """``fedlora audit verify``: 0 when the log verifies (and holds every anchor given), else 1.
 
@@ -198,10 +208,27 @@ def run_verify(
     try:
         summary = verify(path, public_key, trusted, [doc for _, doc in receipts])
     except VerificationError as exc:
+        if as_json:
+            print(json.dumps({"ok": False, "error": str(exc)}))
+            return 1
         return _invalid("audit log", exc)
     rounds = events_by_round(summary.events)
     closed = sum(1 for evs in rounds.values() if any(e["event"] == "round_closed" for e in evs))
     failed = sum(1 for evs in rounds.values() if any(e["event"] == "round_failed" for e in evs))
+    if as_json:
+        doc = {
+            "ok": True,
+            "log_id": summary.log_id,
+            "entries": summary.entries,
+            "checkpoints": summary.checkpoints,
+            "root": summary.root.hex(),
+            "rounds_closed": closed,
+            "rounds_failed": failed,
+            "trusted_checkpoints": len(trusted),
+            "receipts": len(receipts),
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
     anchors = (
         f"; holds {len(trusted)} trusted checkpoint(s) and {len(receipts)} receipt(s)"
         if trusted or receipts
@@ -246,9 +273,18 @@ def _rows(summary: AuditSummary) -> list[dict[str, Any]]:
     return rows
 
 
-def run_show(path: Path, public_key: str | None, plot: Path | None) -> int:
+def run_show(path: Path, public_key: str | None, plot: Path | None, as_json: bool = False) -> int:
     summary = verify(path, public_key)
     rows = _rows(summary)
+    if as_json:
+        print(
+            json.dumps(
+                {"log_id": summary.log_id, "entries": summary.entries, "rounds": rows}, indent=2
+            )
+        )
+        if plot is not None:
+            _plot(rows, plot, summary.log_id)
+        return 0
     table = Table(title=f"audit log {summary.log_id!r}: {summary.entries} entries, verified")
     columns = (
         "round",
@@ -260,8 +296,8 @@ def run_show(path: Path, public_key: str | None, plot: Path | None) -> int:
         "decrypt s",
         "global",
     )
-    for col in columns:
-        table.add_column(col, overflow="fold")
+    for col in columns:  # digests are short already: never break a word across lines
+        table.add_column(col, no_wrap=col != "global", overflow="fold")
 
     def fmt(v: float | None) -> str:
         return "" if v is None else f"{v:.1f}"
@@ -277,6 +313,8 @@ def run_show(path: Path, public_key: str | None, plot: Path | None) -> int:
             fmt(r["decrypt_s"]),
             r["global"] or r["reason"],
         )
+    if not console.is_terminal:
+        console.width = max(console.width, 160)  # a pipe or a file: rich would assume 80 columns
     console.print(table)
     if plot is not None:
         _plot(rows, plot, summary.log_id)
@@ -306,8 +344,11 @@ def _plot(rows: list[dict[str, Any]], out: Path, log_id: str) -> None:
             ax.text(t0 + collect, r["round"], "  failed", va="center", color="#c44e52")
         ax.text(t0, r["round"] + 0.32, f"{len(r['participants'])} clients", fontsize=7)
     handles, labels = ax.get_legend_handles_labels()
-    ax.legend(
-        dict(zip(labels, handles)).values(), dict(zip(labels, handles)).keys(), loc="lower right"
+    ax.legend(  # outside the axes, so it never covers a bar
+        dict(zip(labels, handles)).values(),
+        dict(zip(labels, handles)).keys(),
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
     )
     ax.set_xlabel("seconds since the first round opened")
     ax.set_ylabel("round")
@@ -400,28 +441,24 @@ def run_prove(
 def _fetch_proof(
     config_path: Path, index: int, coordinator_key: bytes
 ) -> tuple[bytes, list[bytes], int, bytes]:
+    """The entry, its inclusion proof and the signed tree it is proven in, from the coordinator.
+
+    Raises:
+        TransportError, RemoteError: unreachable, or it refused (one line, no traceback).
+        VerificationError: a checkpoint not signed by ``coordinator_key``, or no such entry.
+    """
+    from fedlora.audit import verify_checkpoint
     from fedlora.client import GrpcTransport
     from fedlora.config import load_client_config
-    from fedlora.v1 import audit_pb2, audit_pb2_grpc
 
     transport = GrpcTransport(load_client_config(config_path))
-    stub = audit_pb2_grpc.AuditStub(transport.channel)
-    metadata = transport.metadata
-    cp = stub.GetCheckpoint(audit_pb2.CheckpointQuery(), metadata=metadata)
-    verify_signature(
-        coordinator_key,
-        checkpoint_digest(
-            log_id=cp.log_id,
-            tree_size=cp.tree_size,
-            root_hash=cp.root,
-            timestamp_ms=cp.timestamp_ms,
-        ),
-        cp.signature,
-    )
-    entries = list(stub.GetEntries(audit_pb2.AuditQuery(start=index, limit=1), metadata=metadata))
-    if not entries:
-        raise VerificationError(f"the coordinator has no audit entry {index}")
-    proof = stub.GetInclusionProof(
-        audit_pb2.InclusionQuery(index=index, tree_size=cp.tree_size), metadata=metadata
-    )
-    return entries[0].entry, list(proof.hashes), cp.tree_size, cp.root
+    try:
+        cp = transport.checkpoint()
+        verify_checkpoint(cp, coordinator_key)
+        entries = transport.audit_entries(index, 1)
+        if not entries:
+            raise VerificationError(f"the coordinator has no audit entry {index}")
+        proof = transport.inclusion_proof(index, cp.tree_size)
+    finally:
+        transport.close()
+    return entries[0], proof, cp.tree_size, cp.root

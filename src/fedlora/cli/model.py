@@ -97,30 +97,33 @@ def init_tabular(
     require_client_extra("fedlora model init-tabular")
     from fedlora.client import load_csv
     from fedlora.client._lora import write_tabular_base
+    from fedlora.client._training import csv_columns
 
     if out.exists() and any(out.iterdir()):
         raise FedLoraError(f"{out} is not empty; refusing to overwrite a base model")
-    x = np.concatenate([load_csv(p, label_column, classes)[0] for p in references])
-    write_tabular_base(out, x, hidden=hidden, num_classes=classes, seed=seed)
+    columns = csv_columns(references[0], label_column)  # the feature schema, in this order
+    x = np.concatenate([load_csv(p, label_column, classes, columns)[0] for p in references])
+    write_tabular_base(out, x, hidden=hidden, num_classes=classes, seed=seed, features=columns)
     console.print(
-        f"wrote a tabular base model ({x.shape[1]} features, hidden {hidden}, {classes} classes) to {out}"
+        f"wrote a tabular base model ({x.shape[1]} features: {', '.join(columns)}; hidden "
+        f"{hidden}, {classes} classes) to {out}; every client's CSV must have these columns "
+        "(in any order)"
     )
     return 0
 
 
 def template(config_path: Path, out: Path) -> int:
-    """The coordinator's adapter template for the model a client config describes."""
+    """The coordinator's adapter template and federation spec for the model a client config describes."""
     require_client_extra("fedlora model template")
-    from fedlora.client import make_trainer
-    from fedlora.client._lora import LoraTrainer, write_adapter_template
+    from fedlora.client._spec import write_template
+    from fedlora.protocol import SPEC_FILE
 
-    trainer = make_trainer(load_client_config(config_path))
-    if not isinstance(trainer, LoraTrainer):
-        raise FedLoraError("model.kind linear has no adapter to template; use tabular or text")
-    layout = write_adapter_template(trainer, out)
+    layout = write_template(load_client_config(config_path), out)
     console.print(
-        f"wrote the adapter template to {out}: set model.num_parameters: {layout['num_parameters']} and "
-        f"model.adapter_template: {out} in the coordinator's config"
+        f"wrote the adapter template and the federation spec ({SPEC_FILE}: base model, LoRA "
+        f"settings, feature columns) to {out}: set model.num_parameters: {layout['num_parameters']} "
+        f"and model.adapter_template: {out} in the coordinator's config; clients whose model "
+        "differs are refused at join, with the setting named"
     )
     return 0
 
@@ -187,6 +190,7 @@ def export(
     state = "final" if model.final else "NOT final"
     console.print(
         f"wrote global version {chosen} ({state}, digest {model.digest.hex()[:16]}…, verified "
-        f"against the audit log offline) as a {what} to {out}"
+        f"against the audit log offline) as a {what} to {out}",
+        soft_wrap=True,
     )
     return 0

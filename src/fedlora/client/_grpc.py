@@ -14,7 +14,10 @@ from typing import Any, TypeVar
 import grpc
 
 from fedlora import rpc
+from fedlora._files import check_private
 from fedlora.audit import SignedCheckpoint
+from fedlora.certs import check_certificate
+from fedlora.client._diagnose import diagnose
 from fedlora.client._transport import Progress
 from fedlora.config import ClientConfig
 from fedlora.errors import ConfigError, FedLoraError, RemoteError, TransportError, VerificationError
@@ -57,6 +60,9 @@ def channel_for(config: ClientConfig) -> grpc.Channel:
     if c.insecure:
         return grpc.insecure_channel(c.address, options=options)
     assert c.tls is not None
+    # Refuse here, in one line, what the coordinator would refuse with "unavailable".
+    check_certificate(c.tls.cert, c.tls.ca, "coordinator.tls.cert", name=config.id)
+    check_private(c.tls.key, "coordinator.tls.key")
     credentials = grpc.ssl_channel_credentials(
         root_certificates=_read(c.tls.ca, "coordinator.tls.ca"),
         private_key=_read(c.tls.key, "coordinator.tls.key"),
@@ -104,27 +110,37 @@ class GrpcTransport:
         """
         r = self.config.retry
         delay = r.initial_backoff_s
+        cause = ""
         for attempt in range(1, r.max_attempts + 1):
             try:
                 return call()
             except grpc.RpcError as exc:
-                if exc.code() not in rpc.RETRYABLE or attempt == r.max_attempts:
+                code = exc.code()
+                if code == grpc.StatusCode.UNAVAILABLE and attempt == 1:
+                    # gRPC says only "unavailable"; find out why, and stop at once when
+                    # retrying cannot help (a certificate problem).
+                    found = diagnose(self.config.coordinator)
+                    if found.permanent:
+                        raise TransportError(f"{what}: {found.message}") from None
+                    cause = f": {found.message}"
+                if code not in rpc.RETRYABLE or attempt == r.max_attempts:
+                    if code == grpc.StatusCode.UNAVAILABLE and cause:
+                        raise TransportError(
+                            f"{what}: coordinator {self.address} unavailable after "
+                            f"{attempt} attempts{cause}"
+                        ) from None
                     raise _error(what, exc, self.address) from None
                 self.on_retry(
-                    f"{what}: {exc.code().name.lower()}, retrying in {delay:.1f}s "
+                    f"{what}: {code.name.lower()}{cause}; retrying in {delay:.1f}s "
                     f"({attempt}/{r.max_attempts})"
                 )
                 time.sleep(delay)
                 delay = min(delay * 2, r.max_backoff_s)
         raise AssertionError("unreachable")
 
-    def join(self) -> JoinInfo:
-        response = self._retry(
-            "join",
-            lambda: self.stub.Join(
-                federation_pb2.JoinRequest(client_id=self.config.id), metadata=self.metadata
-            ),
-        )
+    def join(self, spec_json: str = "") -> JoinInfo:
+        request = federation_pb2.JoinRequest(client_id=self.config.id, spec_json=spec_json)
+        response = self._retry("join", lambda: self.stub.Join(request, metadata=self.metadata))
         info = rpc.join_from_proto(response)
         self.chunk_bytes = info.chunk_bytes
         return info

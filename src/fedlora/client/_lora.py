@@ -49,10 +49,16 @@ class TabularNet(torch.nn.Module):
     std: torch.Tensor
 
     def __init__(
-        self, in_features: int, hidden: int, num_classes: int, mean: list[float], std: list[float]
+        self,
+        in_features: int,
+        hidden: int,
+        num_classes: int,
+        mean: list[float],
+        std: list[float],
+        features: list[str] | None = None,
     ) -> None:
         super().__init__()
-        self.config = {
+        self.config: dict[str, Any] = {
             "model_type": TABULAR_TYPE,
             "in_features": in_features,
             "hidden": hidden,
@@ -60,6 +66,8 @@ class TabularNet(torch.nn.Module):
             "mean": mean,
             "std": std,
         }
+        if features is not None:  # the feature schema: column names, in input order
+            self.config["features"] = list(features)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
         self.fc1 = torch.nn.Linear(in_features, hidden)
@@ -94,6 +102,7 @@ class TabularNet(torch.nn.Module):
                 config["num_classes"],
                 config["mean"],
                 config["std"],
+                config.get("features"),
             )
             net.load_state_dict(load_file(str(folder / "model.safetensors")))
         except (OSError, KeyError, ValueError, RuntimeError) as exc:
@@ -101,8 +110,24 @@ class TabularNet(torch.nn.Module):
         return net
 
 
+def tabular_features(folder: Path) -> list[str] | None:
+    """The feature columns a tabular base model was built on (None: an older model without)."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None  # the trainer's loader reports the unreadable model
+    features = config.get("features") if isinstance(config, dict) else None
+    return [str(f) for f in features] if isinstance(features, list) else None
+
+
 def write_tabular_base(
-    folder: Path, reference: np.ndarray, *, hidden: int, num_classes: int, seed: int
+    folder: Path,
+    reference: np.ndarray,
+    *,
+    hidden: int,
+    num_classes: int,
+    seed: int,
+    features: list[str] | None = None,
 ) -> None:
     """A tabular base model whose input standardisation comes from ``reference`` rows.
 
@@ -113,7 +138,12 @@ def write_tabular_base(
     std[std == 0] = 1.0
     torch.manual_seed(seed)
     TabularNet(
-        reference.shape[1], hidden, num_classes, reference.mean(axis=0).tolist(), std.tolist()
+        reference.shape[1],
+        hidden,
+        num_classes,
+        reference.mean(axis=0).tolist(),
+        std.tolist(),
+        features,
     ).save_pretrained(folder)
 
 
@@ -199,6 +229,8 @@ class LoraTrainer:
                 self.shared.append((name, p))
         self.init = self._flat()
         self.num_parameters = int(self.init.size)
+        self.feature_names: list[str] | None = None  # tabular: set by make_trainer
+        self.layout = [(saved_key(n), list(p.shape)) for n, p in self.shared]
         self.text = spec.kind == "text"
         self.max_length = spec.max_length
         self.features = features

@@ -33,6 +33,7 @@ from fedlora._files import StateLock, check_private
 from fedlora.audit import SignedCheckpoint
 from fedlora.client._ledger import AnchorError, CheckpointAnchor, DecryptorLedger
 from fedlora.client._models import ModelKeeper, version_folder
+from fedlora.client._spec import federation_spec
 from fedlora.client._transport import Transport
 from fedlora.client._ui import Reporter
 from fedlora.config import ClientConfig
@@ -62,6 +63,7 @@ from fedlora.protocol import (
     SecureSum,
     Stage,
     build_contribution,
+    canonical_spec,
     check_join,
     check_receipt,
     check_task,
@@ -156,13 +158,40 @@ class Client:
         self._verified: dict[int, CheckedAggregate] = {}
 
     # -- joining ---------------------------------------------------------------------------------
+    def open_keys(self) -> None:
+        """Load the pinned threshold key and open this party's share, before anything is sent.
+
+        A wrong or damaged share file is refused here, without contacting the coordinator.
+
+        Raises:
+            ConfigError, CryptoError: a key file that is missing, unreadable, or not this
+                party's share of the pinned key.
+        """
+        if self.key is not None:
+            return
+        key = ThresholdPublicKey.from_json(
+            _read(self.config.keys.threshold_public_key, "keys.threshold_public_key")
+        )
+        if self.config.id in key.party_ids:
+            x25519 = _private_key(self.config.keys.x25519_key, "keys.x25519_key", X25519PrivateKey)
+            path = self.config.keys.key_share
+            try:
+                self.share = open_key_share(
+                    _read(path, "keys.key_share"), x25519, party_id=self.config.id, public_key=key
+                )
+            except CryptoError as exc:
+                raise ConfigError(f"keys.key_share: {path}: {exc}") from None
+        self.key = key
+
     def join(self) -> Federation:
-        info = self.transport.join()
+        spec = federation_spec(self.config, self.trainer)
+        if not self.config.policy.allow_plaintext:
+            self.open_keys()  # a wrong share file is refused before the coordinator hears of us
+        info = self.transport.join(canonical_spec(spec))
         key = None
         if info.homomorphic:
-            key = ThresholdPublicKey.from_json(
-                _read(self.config.keys.threshold_public_key, "keys.threshold_public_key")
-            )
+            self.open_keys()
+            key = self.key
         joined = check_join(
             info,
             JoinExpectations(
@@ -171,18 +200,14 @@ class Client:
                 policy=self.config.policy,
                 testing=self.config.testing,
                 num_parameters=self.trainer.num_parameters,
+                spec=spec,
+                client_id=self.config.id,
             ),
             key,
         )
-        self.key = key
-        if key is not None and self.config.id in key.party_ids:
-            x25519 = _private_key(self.config.keys.x25519_key, "keys.x25519_key", X25519PrivateKey)
-            self.share = open_key_share(
-                _read(self.config.keys.key_share, "keys.key_share"),
-                x25519,
-                party_id=self.config.id,
-                public_key=key,
-            )
+        if not info.homomorphic:
+            self.key, self.share = None, None
+        if key is not None and self.share is not None:
             self.holder = HolderPolicy(
                 federation_id=self.config.federation_id,
                 party_id=self.config.id,

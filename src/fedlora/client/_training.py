@@ -8,6 +8,7 @@ vector, runs ``steps`` optimizer steps on local data and returns the new vector.
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -29,13 +30,17 @@ class LocalTrainer(Protocol):
     def evaluate(self, vector: np.ndarray) -> float: ...
 
 
-def load_csv(path: Path, label_column: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Numeric features and integer labels from a CSV with a header row.
+def csv_columns(path: Path, label_column: str) -> list[str]:
+    """The feature column names of a CSV (its header without the label column), in file order."""
+    header = _read_csv(path)[0]
+    if label_column not in header:
+        raise ConfigError(
+            f"data.label_column: {path} has no column {label_column!r} (columns: {header})"
+        )
+    return [c for c in header if c != label_column]
 
-    Raises:
-        ConfigError: the file is missing, has no such label column, non-numeric cells or
-            labels outside 0..num_classes-1 (the message names the row and column).
-    """
+
+def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     try:
         with open(path, newline="") as fh:
             reader = csv.reader(fh)
@@ -43,11 +48,42 @@ def load_csv(path: Path, label_column: str, num_classes: int) -> tuple[np.ndarra
             rows = list(reader)
     except OSError as exc:
         raise ConfigError(f"data.path: cannot read {path}: {exc.strerror}") from None
-    if not header or label_column not in header:
+    if not header:
+        raise ConfigError(f"data.path: {path} has no header row")
+    return header, rows
+
+
+def load_csv(
+    path: Path, label_column: str, num_classes: int, columns: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Numeric features and integer labels from a CSV with a header row.
+
+    ``columns`` is the feature schema the base model was built on: features are taken by name
+    in that order (a CSV with its columns in another order loads the same), and a CSV that lacks
+    one of them, or has others, is refused. Without it, every non-label column in file order.
+
+    Raises:
+        ConfigError: the file is missing, has no such label column, other feature columns than
+            ``columns``, non-numeric cells or labels outside 0..num_classes-1 (the message names
+            the row and column).
+    """
+    header, rows = _read_csv(path)
+    if label_column not in header:
         raise ConfigError(
             f"data.label_column: {path} has no column {label_column!r} (columns: {header})"
         )
     li = header.index(label_column)
+    names = [c for c in header if c != label_column]
+    if columns is not None and sorted(names) != sorted(columns):
+        missing = [c for c in columns if c not in names]
+        extra = [c for c in names if c not in columns]
+        raise ConfigError(
+            f"data.path: {path} does not have the base model's feature columns"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; not in the base model {extra}" if extra else "")
+            + f" (the base model was built on {list(columns)})"
+        )
+    order = [header.index(c) for c in (columns if columns is not None else names)]
     features, labels = [], []
     for n, row in enumerate(rows, start=2):
         if len(row) != len(header):
@@ -56,7 +92,7 @@ def load_csv(path: Path, label_column: str, num_classes: int) -> tuple[np.ndarra
             )
         try:
             labels.append(int(float(row[li])))
-            features.append([float(v) for i, v in enumerate(row) if i != li])
+            features.append([float(row[i]) for i in order])
         except ValueError:
             raise ConfigError(f"data.path: {path} line {n} has a non-numeric cell") from None
     if not rows:
@@ -80,6 +116,7 @@ class LinearTrainer:
 
     def __init__(self, config: ClientConfig) -> None:
         x, y = load_csv(config.data.path, config.data.label_column, config.training.num_classes)
+        self.feature_names = csv_columns(config.data.path, config.data.label_column)
         self.device = pick_device(config.training.device)
         self.features = x.shape[1]
         self.classes = config.training.num_classes
@@ -185,8 +222,16 @@ def make_trainer(config: ClientConfig) -> LocalTrainer:
     )
 
     if kind == "tabular":
-        x, y = load_csv(config.data.path, config.data.label_column, config.training.num_classes)
-        return LoraTrainer(config.model, config.training, x, y)
+        from fedlora.client._lora import tabular_features
+
+        assert config.model.base_model is not None  # the config loader requires it
+        columns = tabular_features(config.model.base_model)
+        x, y = load_csv(
+            config.data.path, config.data.label_column, config.training.num_classes, columns
+        )
+        trainer = LoraTrainer(config.model, config.training, x, y)
+        trainer.feature_names = columns or csv_columns(config.data.path, config.data.label_column)
+        return trainer
     texts, y = load_text(
         config.data.path,
         config.data.text_column,

@@ -27,7 +27,9 @@ Progress = Callable[[int], None]  # called with the bytes sent so far
 
 
 class Transport(Protocol):
-    def join(self) -> JoinInfo: ...
+    def join(self, spec_json: str = "") -> JoinInfo:
+        """Join; ``spec_json`` is this client's federation spec (canonical JSON)."""
+        ...
 
     def round_status(self) -> RoundStatus: ...
 

@@ -23,6 +23,7 @@ Rejection = (
     | ev.ContributionRejected
     | ev.TicketRejected
     | ev.PartialRejected
+    | ev.JoinRefused
 )
 
 

@@ -26,18 +26,24 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedlora import events as ev
 from fedlora.audit import AuditLog, SignedCheckpoint
-from fedlora.config import CoordinatorConfig, Party, check_key_size
+from fedlora.config import CoordinatorConfig, Party
 from fedlora.coordinator._adapter import AdapterTemplate
 from fedlora.coordinator._admission import Admission
 from fedlora.coordinator._intake import receive_bounded, receive_contribution
 from fedlora.coordinator._replay import replay
-from fedlora.coordinator._settings import check_changes, differences, settings_of
+from fedlora.coordinator._settings import (
+    check_changes,
+    check_threshold_key,
+    differences,
+    settings_of,
+)
 from fedlora.coordinator._state import Contribution, RoundState
 from fedlora.coordinator._store import Store
 from fedlora.crypto import (
@@ -51,7 +57,6 @@ from fedlora.crypto import (
     ed25519_public_bytes,
     receipt_digest,
     sign_digest,
-    ticket_quorum,
     verify_signature,
 )
 from fedlora.errors import (
@@ -63,6 +68,7 @@ from fedlora.errors import (
     VerificationError,
 )
 from fedlora.protocol import (
+    SPEC_FILE,
     AggregationRule,
     ContributionHeader,
     ContributionRules,
@@ -74,14 +80,18 @@ from fedlora.protocol import (
     Receipt,
     RoundStatus,
     Stage,
+    canonical_spec,
     check_contribution_header,
     check_message,
     check_partial_header,
+    check_spec,
     check_transition,
     contribution_statement,
     knowledge_context,
+    parse_spec,
     round_ticket,
     secure_sum_for,
+    spec_digest,
     unpack_records,
     verify_partial,
 )
@@ -127,6 +137,7 @@ class Coordinator:
         self._digests: dict[int, bytes] = {}
         template = config.model.adapter_template
         self.template = AdapterTemplate(template, self.num_parameters) if template else None
+        self.spec = _load_spec(config)
         self.audit = AuditLog(config.state_dir / "audit", config.federation_id, signing_key)
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
@@ -135,7 +146,11 @@ class Coordinator:
         self.joined: set[str] = set()  # enrolled parties that have joined the federation
         self.min_clients = self.fl.min_clients or self.fl.participant_threshold
         self.settings = settings_of(
-            config, key_fingerprint=self.fingerprint, codec=self.codec, ticket_quorum=self.quorum
+            config,
+            key_fingerprint=self.fingerprint,
+            codec=self.codec,
+            ticket_quorum=self.quorum,
+            spec_digest=spec_digest(self.spec) if self.spec is not None else "",
         )
         self._job_running = False
         self.stage = Stage.WAITING
@@ -147,36 +162,7 @@ class Coordinator:
     # -- start-up ----------------------------------------------------------------------------
     def _check_key(self) -> int:
         """Check the threshold key against the configuration; return the ticket quorum."""
-        if self.fl.encryption_type != "homomorphic":
-            return 0
-        key = self.key
-        if key is None:
-            raise ConfigError(
-                "keys.threshold_public_key is required when encryption_type is homomorphic"
-            )
-        check_key_size(key.n.bit_length(), self.config.testing, "keys.threshold_public_key")
-        if key.threshold != self.fl.decryption_threshold:
-            raise ConfigError(
-                f"federated_learning.decryption_threshold is {self.fl.decryption_threshold} but the "
-                f"threshold key needs {key.threshold} partial decryptions"
-            )
-        if key.threshold < 2:
-            raise ConfigError(
-                "keys.threshold_public_key: a 1-of-n key lets any single holder decrypt every "
-                "contribution; deal a key with threshold >= 2"
-            )
-        unknown = [p for p in key.party_ids if self.config.party(p) is None]
-        if unknown:
-            raise ConfigError(f"threshold key share holders {unknown} are not enrolled in parties")
-        safe = ticket_quorum(key.parties, key.threshold)
-        quorum = self.fl.ticket_quorum or safe
-        if not safe <= quorum <= key.parties:
-            raise ConfigError(
-                f"federated_learning.ticket_quorum: {quorum} is outside {safe}..{key.parties}; below "
-                f"⌈(holders + t)/2⌉ = {safe} two different aggregates of one round could both be "
-                "decrypted (a split view)"
-            )
-        return quorum
+        return check_threshold_key(self.config, self.key)
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -466,7 +452,23 @@ class Coordinator:
                 min_clients=self.min_clients,
             )
 
-    def join_info(self, party: Party) -> JoinInfo:
+    def join_info(self, party: Party, spec_json: str = "") -> JoinInfo:
+        """The federation's parameters; refuses a client whose model spec differs.
+
+        Raises:
+            ProtocolError: the client's spec differs (audited as ``join_refused``, naming the
+                settings); RateLimitError: its rejection budget is spent.
+        """
+        if self.spec is not None and spec_json:
+            self.admission.throttle(party, "join", self._number)
+            try:
+                if len(spec_json) > MAX_SPEC_CHARS:
+                    raise ConfigError(f"the model spec is over {MAX_SPEC_CHARS} characters")
+                check_spec(self.spec, parse_spec(spec_json, "the client's spec"), party.id)
+            except ConfigError as exc:
+                error = ProtocolError(str(exc))
+                self.admission.rejected(party.id, ev.JoinRefused(client=party.id, reason=str(exc)))
+                raise error from None
         with self._lock:
             number = self.round.number if self.round else 0
             check_message(self.stage, Message.JOIN, number)
@@ -491,6 +493,7 @@ class Coordinator:
             chunk_bytes=self.config.server.chunk_bytes,
             max_weight=self.config.codec.max_weight,
             ticket_quorum=self.quorum,
+            spec_json=canonical_spec(self.spec) if self.spec is not None else "",
         )
 
     def global_chunks(self, version: int) -> tuple[bytes, Iterator[bytes]]:
@@ -1026,6 +1029,32 @@ class Coordinator:
     def finished(self) -> bool:
         with self._lock:
             return self.stage is Stage.FINISHED
+
+
+MAX_SPEC_CHARS = 64 << 10
+
+
+def _load_spec(config: CoordinatorConfig) -> dict[str, Any] | None:
+    """The federation spec: ``model.spec``, else the template folder's, else none."""
+    path, where = config.model.spec, "model.spec"
+    if path is None and config.model.adapter_template is not None:
+        path, where = config.model.adapter_template / SPEC_FILE, "model.adapter_template"
+        if not path.exists():
+            return None  # a template written before specs existed
+    if path is None:
+        return None
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
+    spec = parse_spec(text, f"{where}: {path}")
+    count = spec.get("model.num_parameters")
+    if count is not None and count != config.model.num_parameters:
+        raise ConfigError(
+            f"{where}: {path} describes a model of {count} parameters, model.num_parameters is "
+            f"{config.model.num_parameters}"
+        )
+    return spec
 
 
 def _blamed_party(exc: BaseException, holders: Iterable[str]) -> str:

@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fedlora._files import StateLock, check_private
+from fedlora.certs import check_certificate
 from fedlora.config import CoordinatorConfig
 from fedlora.coordinator._build import build_engine, read_file
 from fedlora.coordinator._driver import Driver
@@ -82,6 +83,7 @@ def _bind(server: grpc.Server, config: CoordinatorConfig, address: str) -> int:
         tls = config.server.tls
         assert tls is not None
         check_private(tls.key, "server.tls.key")
+        check_certificate(tls.cert, tls.ca, "server.tls.cert")
         credentials = grpc.ssl_server_credentials(
             [(read_file(tls.key, "server.tls.key"), read_file(tls.cert, "server.tls.cert"))],
             root_certificates=read_file(tls.ca, "server.tls.ca"),

@@ -47,7 +47,7 @@ class FederationServicer(_Base, federation_pb2_grpc.FederationServicer):
                 raise AuthorizationError(
                     f"claimed id {request.client_id!r} differs from the certificate's {party.id!r}"
                 )
-            return rpc.join_to_proto(self.engine.join_info(party))
+            return rpc.join_to_proto(self.engine.join_info(party, request.spec_json))
 
         return self._call(context, "Join", body)
 

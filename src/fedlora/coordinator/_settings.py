@@ -15,8 +15,8 @@ import json
 from typing import Any
 
 from fedlora import events as ev
-from fedlora.config import CoordinatorConfig
-from fedlora.crypto import CodecParams
+from fedlora.config import CoordinatorConfig, check_key_size
+from fedlora.crypto import CodecParams, ThresholdPublicKey, ticket_quorum
 from fedlora.errors import ConfigError
 
 IMMUTABLE = (
@@ -29,7 +29,12 @@ IMMUTABLE = (
 
 
 def settings_of(
-    config: CoordinatorConfig, *, key_fingerprint: bytes, codec: CodecParams, ticket_quorum: int
+    config: CoordinatorConfig,
+    *,
+    key_fingerprint: bytes,
+    codec: CodecParams,
+    ticket_quorum: int,
+    spec_digest: str = "",
 ) -> dict[str, Any]:
     """The settings a restart must match, by dotted YAML name (JSON values)."""
     fl = config.federated_learning
@@ -50,6 +55,7 @@ def settings_of(
         "federated_learning.round_timeout_s": fl.round_timeout_s,
         "federated_learning.decryption_timeout_s": fl.decryption_timeout_s,
         "model.num_parameters": config.model.num_parameters,
+        "model.spec": spec_digest,  # the federation spec every client's model must match
     }
     for p in config.parties:
         out[f"parties.{p.id}"] = {
@@ -138,3 +144,43 @@ def check_changes(
             f"the configuration differs from the federation in {state_dir} ({listed}); restore it, "
             "or start with --accept-config-change to apply the change (it is audited)"
         )
+
+
+def check_threshold_key(config: CoordinatorConfig, key: ThresholdPublicKey | None) -> int:
+    """Check the threshold key against the configuration; return the ticket quorum (0: plaintext).
+
+    Raises:
+        ConfigError: no key for an encrypted federation, a small key without the testing option,
+            another decryption threshold, t < 2, holders who are not enrolled, or a ticket quorum
+            outside ⌈(n + t)/2⌉..n.
+    """
+    fl = config.federated_learning
+    if fl.encryption_type != "homomorphic":
+        return 0
+    if key is None:
+        raise ConfigError(
+            "keys.threshold_public_key is required when encryption_type is homomorphic"
+        )
+    check_key_size(key.n.bit_length(), config.testing, "keys.threshold_public_key")
+    if key.threshold != fl.decryption_threshold:
+        raise ConfigError(
+            f"federated_learning.decryption_threshold is {fl.decryption_threshold} but the "
+            f"threshold key needs {key.threshold} partial decryptions"
+        )
+    if key.threshold < 2:
+        raise ConfigError(
+            "keys.threshold_public_key: a 1-of-n key lets any single holder decrypt every "
+            "contribution; deal a key with threshold >= 2"
+        )
+    unknown = [p for p in key.party_ids if config.party(p) is None]
+    if unknown:
+        raise ConfigError(f"threshold key share holders {unknown} are not enrolled in parties")
+    safe = ticket_quorum(key.parties, key.threshold)
+    quorum = fl.ticket_quorum or safe
+    if not safe <= quorum <= key.parties:
+        raise ConfigError(
+            f"federated_learning.ticket_quorum: {quorum} is outside {safe}..{key.parties}; below "
+            f"⌈(holders + t)/2⌉ = {safe} two different aggregates of one round could both be "
+            "decrypted (a split view)"
+        )
+    return quorum

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
+from typing import Any
 
 from fedlora.config import ClientPolicy, TestingOptions, check_key_size
 from fedlora.crypto import ThresholdPublicKey, ticket_quorum
 from fedlora.errors import ConfigError, ProtocolError, VerificationError
 from fedlora.protocol._messages import JoinInfo
+from fedlora.protocol._spec import check_spec, parse_spec
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,8 @@ class JoinExpectations:
     policy: ClientPolicy
     testing: TestingOptions
     num_parameters: int  # of this client's model
+    spec: dict[str, Any] | None = None  # this client's federation spec (fedlora.protocol._spec)
+    client_id: str = "this client"
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,10 @@ def check_join(info: JoinInfo, expect: JoinExpectations, key: ThresholdPublicKey
                 "the coordinator uses a different threshold key than keys.threshold_public_key"
             )
         quorum = _check_key(info, expect, key)
+    if info.spec_json and expect.spec is not None:
+        check_spec(
+            parse_spec(info.spec_json, "the federation's spec"), expect.spec, expect.client_id
+        )
     if info.num_parameters != expect.num_parameters:
         raise ConfigError(
             f"the federation's model has {info.num_parameters} parameters, this client's has {expect.num_parameters}"

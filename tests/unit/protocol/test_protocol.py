@@ -360,3 +360,23 @@ def test_joining_accepts_only_the_pinned_federation_keys_and_safe_quorums(dealt,
         ).min_participants
         == 4
     )
+
+
+def test_joining_refuses_a_federation_spec_that_differs_naming_each_setting(dealt, codec) -> None:
+    from fedlora.protocol import canonical_spec
+
+    ours = {"model.lora.seed": 0, "data.features": ["f0", "f1"], "model.num_parameters": N}
+    expect = dataclasses.replace(_expect(), spec=ours, client_id="bank-a")
+    same = _join_info(dealt, codec, spec_json=canonical_spec(ours))
+    assert check_join(same, expect, dealt.public_key).info is same
+    # A coordinator that announces another seed and another column order is refused, both named.
+    theirs = {**ours, "model.lora.seed": 3, "data.features": ["f1", "f0"]}
+    with pytest.raises(
+        ConfigError,
+        match=r"bank-a's model does not match the federation's: data\.features is "
+        r'\["f0", "f1"\] here, \["f1", "f0"\] in the federation; model\.lora\.seed is 0 here, '
+        r"3 in the federation",
+    ):
+        check_join(
+            _join_info(dealt, codec, spec_json=canonical_spec(theirs)), expect, dealt.public_key
+        )

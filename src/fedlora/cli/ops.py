@@ -1,0 +1,395 @@
+"""``fedlora status`` and ``fedlora config check``: what a federation is doing, and whether a
+configuration will start, without starting anything.
+
+``status`` with a client's YAML asks the live coordinator (mTLS, the client's credentials; it
+does not join); with the coordinator's YAML it reads the coordinator's state folder, live or not,
+and says whether the service holds it. ``config check`` loads every file a configuration names
+and checks it the way the service would at start (and the peers at the first call), and, for a
+coordinator with history, whether a restart would be refused for a changed configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.markup import escape
+
+from fedlora.errors import ConfigError, FedLoraError
+
+console = Console()
+
+
+def register(sub: Any) -> None:
+    status = sub.add_parser(
+        "status",
+        help="what the federation is doing now: round, stage, who joined and contributed, deadlines",
+    )
+    status.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="a client's YAML (asks the coordinator over mTLS) or the coordinator's YAML (reads "
+        "its state folder)",
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object instead")
+    status.set_defaults(handler=lambda args: run_status(args.config, as_json=args.json))
+    config = sub.add_parser("config", help="check a coordinator or client YAML without starting it")
+    config_sub = config.add_subparsers(
+        dest="config_command", required=True, metavar="CONFIG_COMMAND"
+    )
+    check = config_sub.add_parser(
+        "check",
+        help="load and check every file the YAML names (keys, certificates, key share, base "
+        "model, data) as the service would at start; exit 0 if it would start",
+    )
+    check.add_argument("file", type=Path, help="a coordinator or client YAML")
+    check.add_argument("--json", action="store_true", help="print one JSON object instead")
+    check.set_defaults(handler=lambda args: run_check(args.file, as_json=args.json))
+
+
+def config_kind(path: Path) -> str:
+    """``coordinator`` or ``client``: which YAML this is (by its top-level keys)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    if isinstance(data, dict) and "parties" in data:
+        return "coordinator"
+    if isinstance(data, dict) and "peers" in data:
+        return "client"
+    raise ConfigError(
+        f"{path} is neither a coordinator config (it would list parties) nor a client config "
+        "(it would list peers)"
+    )
+
+
+# -- status --------------------------------------------------------------------------------------
+
+
+def _in(deadline_ms: float) -> str:
+    left = deadline_ms / 1000 - time.time()
+    return f"in {left:.0f}s" if left >= 0 else f"{-left:.0f}s ago"
+
+
+def coordinator_status(config_path: Path) -> dict[str, Any]:
+    """The coordinator's state as its audit log records it, and whether a service holds it."""
+    import fcntl
+    import os
+
+    from fedlora.audit import ENTRIES
+    from fedlora.config import load_coordinator_config
+    from fedlora.coordinator._replay import replay
+
+    config = load_coordinator_config(config_path)
+    log = config.state_dir / "audit" / ENTRIES
+    lock = config.state_dir / ".lock"
+    running: int | None = None
+    if lock.exists():
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            running = int(text) if text.isdigit() else 0
+        finally:
+            os.close(fd)
+    doc: dict[str, Any] = {
+        "federation_id": config.federation_id,
+        "coordinator_running": running is not None,
+        "pid": running or None,
+        "state_dir": str(config.state_dir),
+    }
+    if not log.exists():
+        return {**doc, "stage": "not started", "round": 0}
+    state = replay(json.loads(line) for line in log.read_bytes().splitlines() if line)
+    r = state.round
+    settings = state.settings
+    doc.update(
+        {
+            "stage": state.stage.value,
+            "round": r.number if r else 0,
+            "rounds": settings.get("federated_learning.rounds"),
+            "global_version": state.global_version,
+            "joined": sorted(state.joined),
+            "min_clients": settings.get("federated_learning.min_clients"),
+            "contributors": sorted(r.contributions) if r else [],
+            "participant_threshold": settings.get("federated_learning.participant_threshold"),
+            "ticket_signatures": sorted(r.ticket_signatures) if r else [],
+            "partial_decryptions": sorted(r.partials) if r else [],
+            "deadline_ms": (r.decrypt_deadline_ms or r.deadline_ms) if r else None,
+        }
+    )
+    return doc
+
+
+def client_status(config_path: Path) -> dict[str, Any]:
+    """The round as the coordinator shows it to this client, and what the client keeps."""
+    from fedlora.client import GrpcTransport
+    from fedlora.client._models import ModelKeeper
+    from fedlora.config import load_client_config
+
+    config = load_client_config(config_path)
+    transport = GrpcTransport(config)
+    try:
+        s = transport.round_status()
+    finally:
+        transport.close()
+    key = bytes.fromhex(config.keys.coordinator_signing_public_key)
+    kept = ModelKeeper(config.state_dir, config.federation_id, key).kept()
+    final = [v for v, folder in kept.items() if (folder / "final.json").exists()]
+    receipts = config.state_dir / "receipts"
+    return {
+        "federation_id": config.federation_id,
+        "client": config.id,
+        "coordinator": config.coordinator.address,
+        "stage": s.stage.value,
+        "round": s.round,
+        "rounds": s.rounds_total,
+        "global_version": s.global_version,
+        "global_digest": s.global_digest.hex(),
+        "joined": list(s.joined),
+        "min_clients": s.min_clients,
+        "contributors": list(s.contributors),
+        "contributed": s.contributed,
+        "decryptor": s.decryptor,
+        "ticket_signatures": s.ticket_signatures,
+        "deadline_ms": s.deadline_unix_s * 1000 if s.deadline_unix_s else None,
+        "kept_versions": sorted(kept),
+        "final_version": max(final) if final else None,
+        "receipts": len(list(receipts.glob("*.json"))) if receipts.is_dir() else 0,
+    }
+
+
+def run_status(config_path: Path, *, as_json: bool = False) -> int:
+    kind = config_kind(config_path)
+    doc = coordinator_status(config_path) if kind == "coordinator" else client_status(config_path)
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    lines = [f"federation {doc['federation_id']!r}: {doc['stage']}"]
+    if doc.get("round"):
+        lines[0] += f", round {doc['round']} of {doc.get('rounds') or '?'}"
+    if kind == "coordinator":
+        pid = f" (pid {doc['pid']})" if doc.get("pid") else ""
+        lines.append(
+            "coordinator: running" + pid
+            if doc["coordinator_running"]
+            else "coordinator: not running"
+        )
+    live = doc["stage"] not in ("finished", "not started", "waiting")
+    if "joined" in doc:
+        waiting = doc["stage"] in ("waiting", "not started")
+        lines.append(
+            f"joined: {', '.join(doc['joined']) or 'nobody yet'}"
+            + (f" (round 1 opens when {doc.get('min_clients')} have joined)" if waiting else "")
+        )
+    if doc.get("round"):
+        lines.append(
+            f"contributed to round {doc['round']}: {', '.join(doc['contributors']) or 'nobody yet'}"
+        )
+        if live and doc.get("deadline_ms"):
+            lines.append(f"{doc['stage']} deadline: {_in(doc['deadline_ms'])}")
+    lines.append(f"global version: {doc.get('global_version', 0)}")
+    if kind == "client":
+        final = doc["final_version"]
+        lines.append(
+            f"kept here: {', '.join(f'v{v}' for v in doc['kept_versions']) or 'none yet'}"
+            + (f" (v{final} is final)" if final is not None else "")
+            + f"; {doc['receipts']} receipts"
+        )
+    for line in lines:
+        console.print(escape(line), soft_wrap=True)
+    return 0
+
+
+# -- config check --------------------------------------------------------------------------------
+
+
+class _Checks:
+    def __init__(self) -> None:
+        self.passed: list[str] = []
+
+    def run(self, what: str, check: Callable[[], str | None]) -> None:
+        detail = check()
+        self.passed.append(f"{what}: {detail}" if detail else what)
+
+
+def _tls_check(checks: _Checks, prefix: str, tls: Any, name: str | None) -> None:
+    from fedlora._files import check_private
+    from fedlora.certs import check_certificate
+
+    def cert() -> str:
+        c = check_certificate(tls.cert, tls.ca, f"{prefix}.tls.cert", name=name)
+        return f"{tls.cert} valid until {c.not_valid_after_utc.date()}, signed by {tls.ca}"
+
+    checks.run("TLS certificate", cert)
+
+    def key() -> str:
+        check_private(tls.key, f"{prefix}.tls.key")
+        return f"{tls.key} private to its owner"
+
+    checks.run("TLS key", key)
+
+
+def check_coordinator(path: Path) -> list[str]:
+    from fedlora.config import load_coordinator_config
+    from fedlora.coordinator._adapter import AdapterTemplate
+    from fedlora.coordinator._build import load_signing_key, read_file
+    from fedlora.coordinator._engine import _load_spec
+    from fedlora.crypto import ThresholdPublicKey
+
+    checks = _Checks()
+    config = load_coordinator_config(path)
+    fl = config.federated_learning
+    checks.run(
+        "configuration",
+        lambda: (
+            f"{config.federation_id!r}, {len(config.parties)} parties, {fl.rounds} rounds, "
+            f"participant_threshold {fl.participant_threshold}"
+        ),
+    )
+    checks.run("signing key", lambda: (load_signing_key(config.keys.signing_key), None)[1])
+    key = None
+    if fl.encryption_type == "homomorphic":
+        try:
+            key = ThresholdPublicKey.from_json(
+                read_file(config.keys.threshold_public_key, "keys.threshold_public_key")
+            )
+        except FedLoraError as exc:
+            raise ConfigError(f"keys.threshold_public_key: {exc}") from None
+    from fedlora.coordinator._settings import check_threshold_key
+
+    quorum = check_threshold_key(config, key)
+    if key is not None:
+        checks.run(
+            "threshold key",
+            lambda: (
+                f"{key.n.bit_length()}-bit, {key.threshold}-of-{key.parties}, ticket quorum {quorum}"
+            ),
+        )
+    if config.server.tls is not None:
+        _tls_check(checks, "server", config.server.tls, None)
+    template = config.model.adapter_template
+    if template is not None:
+        checks.run(
+            "adapter template",
+            lambda: (AdapterTemplate(template, config.model.num_parameters), str(template))[1],
+        )
+    spec = _load_spec(config)
+    checks.run(
+        "federation spec",
+        lambda: (
+            f"{len(spec)} settings every client must match"
+            if spec
+            else "none (clients are "
+            "compared by parameter count only; `fedlora model template` writes one)"
+        ),
+    )
+    checks.passed.extend(_check_history(config, key, quorum, spec))
+    return checks.passed
+
+
+def _check_history(config: Any, key: Any, quorum: int, spec: Any) -> list[str]:
+    """Whether a restart on the state folder would be refused for a changed configuration."""
+    from fedlora.audit import ENTRIES
+    from fedlora.coordinator._replay import replay
+    from fedlora.coordinator._settings import check_changes, differences, settings_of
+    from fedlora.crypto import CodecParams
+    from fedlora.protocol import spec_digest
+
+    log = config.state_dir / "audit" / ENTRIES
+    if not log.exists():
+        return [f"state folder: {config.state_dir} (new federation)"]
+    state = replay(json.loads(line) for line in log.read_bytes().splitlines() if line)
+    codec = CodecParams(
+        clip=config.codec.clip,
+        value_bits=config.codec.value_bits,
+        max_total_weight=config.codec.max_weight * len(config.parties),
+        key_bits=key.n.bit_length() if key else 2048,
+    )
+    current = settings_of(
+        config,
+        key_fingerprint=key.fingerprint if key else b"\0" * 32,
+        codec=codec,
+        ticket_quorum=quorum,
+        spec_digest=spec_digest(spec) if spec else "",
+    )
+    changes = differences(state.settings, current)
+    number = state.round.number if state.round else 0
+    check_changes(changes, accept=True, state_dir=str(config.state_dir), round_number=number)
+    where = f"state folder: {config.state_dir} (round {number}, {state.stage.value})"
+    if changes:
+        return [
+            f"{where}; the configuration changed ({', '.join(changes)}): start with "
+            "--accept-config-change to apply it (audited)"
+        ]
+    return [f"{where}; the configuration matches the federation's"]
+
+
+def check_client(path: Path) -> list[str]:
+    from fedlora.cli._extras import require_client_extra
+    from fedlora.config import load_client_config
+
+    require_client_extra("fedlora config check (a client config)")
+    from rich.console import Console as _Console
+
+    from fedlora.client import Client
+    from fedlora.client._spec import federation_spec
+    from fedlora.protocol import spec_digest
+
+    checks = _Checks()
+    config = load_client_config(path)
+    checks.run(
+        "configuration",
+        lambda: (
+            f"{config.id!r} ({config.role}) in {config.federation_id!r}, {len(config.peers)} peers"
+        ),
+    )
+    if config.coordinator.tls is not None:
+        _tls_check(checks, "coordinator", config.coordinator.tls, config.id)
+    client = Client(config, console=_Console(quiet=True))  # loads the keys, data and model
+    checks.run("signing and transport keys", lambda: None)
+    if not config.policy.allow_plaintext:
+        client.open_keys()
+        checks.run(
+            "key share",
+            lambda: "opened; this client is a decryptor" if client.share else "not a share holder",
+        )
+    trainer = client.trainer
+    spec = federation_spec(config, trainer)
+    checks.run(
+        "model and data",
+        lambda: (
+            f"{config.model.kind}, {trainer.num_parameters:,} shared parameters, "
+            f"{trainer.num_examples:,} local examples; spec {spec_digest(spec)[:16]}…"
+        ),
+    )
+    client.transport.close()
+    return checks.passed
+
+
+def run_check(path: Path, *, as_json: bool = False) -> int:
+    kind = config_kind(path)
+    try:
+        passed = check_coordinator(path) if kind == "coordinator" else check_client(path)
+    except FedLoraError as exc:
+        if as_json:
+            print(json.dumps({"ok": False, "kind": kind, "error": str(exc)}))
+            return 2
+        raise
+    if as_json:
+        print(json.dumps({"ok": True, "kind": kind, "checks": passed}, indent=2))
+        return 0
+    for line in passed:
+        console.print(f"[green]ok[/] {escape(line)}", soft_wrap=True)
+    console.print(f"[green]{escape(str(path))}: this {kind} configuration would start[/]")
+    return 0

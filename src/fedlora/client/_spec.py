@@ -1,0 +1,86 @@
+"""A client's federation spec: the settings of its model that every client must share.
+
+Computed from the client's own configuration and the model it actually loaded (so a base model
+folder that differs by one byte, or a CSV whose columns the base model does not know, shows up).
+:mod:`fedlora.protocol._spec` compares it with the federation's at Join; ``fedlora model
+template`` writes the federation's from one agreed client configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from fedlora.config import ClientConfig
+
+
+def folder_digest(folder: Path) -> str:
+    """SHA-256 over a folder's files: relative names and contents, in sorted order."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        parts = path.relative_to(folder).parts
+        if any(p.startswith(".") or p == "__pycache__" for p in parts):
+            continue  # caches and lock files are not the model
+        h.update(str(path.relative_to(folder)).encode() + b"\0")
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def federation_spec(config: ClientConfig, trainer: Any) -> dict[str, Any]:
+    """The spec of the model ``trainer`` loaded for ``config`` (dotted YAML names)."""
+    model = config.model
+    spec: dict[str, Any] = {
+        "model.kind": model.kind,
+        "model.num_parameters": int(trainer.num_parameters),
+        "training.num_classes": config.training.num_classes,
+    }
+    features = getattr(trainer, "feature_names", None)
+    if features is not None:
+        spec["data.features"] = list(features)
+    if model.kind != "linear":
+        assert model.base_model is not None
+        lora = model.lora
+        spec.update(
+            {
+                "model.base_model": folder_digest(model.base_model),
+                "model.lora.rank": lora.rank,
+                "model.lora.alpha": lora.alpha,
+                "model.lora.targets": list(lora.targets),
+                "model.lora.aggregation": lora.aggregation,
+                "model.lora.seed": lora.seed,
+                "model.layout": hashlib.sha256(
+                    repr(getattr(trainer, "layout", [])).encode()
+                ).hexdigest(),
+            }
+        )
+    if model.kind == "text":
+        spec["model.max_length"] = model.max_length
+    return spec
+
+
+def write_template(config: ClientConfig, folder: Path) -> dict[str, Any]:
+    """Write the coordinator's adapter template and the federation spec for ``config``'s model.
+
+    Returns the template's layout (``num_parameters`` among it).
+
+    Raises:
+        ConfigError: ``model.kind`` is linear (no adapter), or the model cannot be loaded.
+    """
+    import json
+
+    from fedlora.client._lora import LoraTrainer, write_adapter_template
+    from fedlora.client._training import make_trainer
+    from fedlora.errors import ConfigError
+    from fedlora.protocol import SPEC_FILE
+
+    trainer = make_trainer(config)
+    if not isinstance(trainer, LoraTrainer):
+        raise ConfigError("model.kind linear has no adapter to template; use tabular or text")
+    layout = write_adapter_template(trainer, folder)
+    spec = federation_spec(config, trainer)
+    (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
+    return layout

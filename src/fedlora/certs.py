@@ -21,7 +21,7 @@ from fedlora._files import read_file, write_new_file
 from fedlora.config import check_id
 from fedlora.errors import ConfigError, FedLoraError
 
-__all__ = ["CertPaths", "check_certificate", "create_ca", "issue_certificate"]
+__all__ = ["CertPaths", "check_certificate", "create_ca", "issue_certificate", "sign_request"]
 
 _VALID_DAYS_CA = 3650
 _VALID_DAYS_LEAF = 825
@@ -130,6 +130,52 @@ def issue_certificate(
     write_new_file(paths.key, _pem_key(key), mode=0o600)
     write_new_file(paths.cert, cert.public_bytes(serialization.Encoding.PEM))
     return paths
+
+
+def sign_request(
+    ca_dir: Path,
+    csr: x509.CertificateSigningRequest,
+    name: str,
+    *,
+    server_hosts: Sequence[str] = (),
+    valid_days: float = _VALID_DAYS_LEAF,
+) -> bytes:
+    """Sign a site's certificate request (its key never left the site); return the PEM.
+
+    The certificate is issued to ``name`` whatever the request asks for; ``server_hosts`` makes
+    it a server certificate for those names (the coordinator), otherwise a client certificate.
+
+    Raises:
+        FedLoraError: the request's signature does not verify, or the CA cannot be read.
+    """
+    check_id(name, "name")
+    if not csr.is_signature_valid:
+        raise FedLoraError(f"the certificate request for {name!r} is not signed by its own key")
+    ca_key, ca_cert = _load_ca(ca_dir)
+    start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    usages = (
+        [ExtendedKeyUsageOID.SERVER_AUTH] if server_hosts else [ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(csr.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=valid_days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    )
+    if server_hosts:
+        sans: list[x509.GeneralName] = []
+        for host in server_hosts:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                sans.append(x509.DNSName(host))
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
 def check_certificate(

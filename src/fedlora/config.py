@@ -118,6 +118,8 @@ class ServerConfig:
     listen: str = "127.0.0.1:50051"
     insecure: bool = False
     tls: TlsFiles | None = None
+    # A revocation list signed by the CA (`fedlora provision revoke`); reloaded when it changes.
+    revocations: Path | None = None
     chunk_bytes: int = field(default=1 << 20, metadata=_range(4096, 4 << 20))
 
 

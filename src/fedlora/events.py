@@ -31,6 +31,7 @@ __all__ = [
     "JoinRefused",
     "PartialAccepted",
     "PartialRejected",
+    "PartyRevoked",
     "RejectionsRepeated",
     "RoundClosed",
     "RoundFailed",
@@ -234,6 +235,15 @@ class JoinRefused(Event):
 
 
 @dataclass(frozen=True)
+class PartyRevoked(Event):
+    """A party the CA's revocation list names; its calls are refused from now on."""
+
+    kind: ClassVar[str] = "party_revoked"
+    party: str
+    serial: int
+
+
+@dataclass(frozen=True)
 class ConfigChanged(Event):
     """A restart with a changed configuration, accepted by the operator (``--accept-config-change``)."""
 
@@ -290,6 +300,7 @@ EVENTS: dict[str, type[Event]] = {
         CoordinatorRestarted,
         ConfigChanged,
         JoinRefused,
+        PartyRevoked,
         AccessDenied,
         SubmissionThrottled,
         RejectionsRepeated,

@@ -12,7 +12,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from fedlora.config import ClientConfig
+from fedlora.config import ClientConfig, ModelSpec, TrainingConfig
 
 
 def folder_digest(folder: Path) -> str:
@@ -32,11 +32,15 @@ def folder_digest(folder: Path) -> str:
 
 def federation_spec(config: ClientConfig, trainer: Any) -> dict[str, Any]:
     """The spec of the model ``trainer`` loaded for ``config`` (dotted YAML names)."""
-    model = config.model
+    return model_spec(config.model, config.training.num_classes, trainer)
+
+
+def model_spec(model: ModelSpec, num_classes: int, trainer: Any) -> dict[str, Any]:
+    """The spec of the model ``trainer`` loaded for the ``model`` section."""
     spec: dict[str, Any] = {
         "model.kind": model.kind,
         "model.num_parameters": int(trainer.num_parameters),
-        "training.num_classes": config.training.num_classes,
+        "training.num_classes": num_classes,
     }
     features = getattr(trainer, "feature_names", None)
     if features is not None:
@@ -63,24 +67,47 @@ def federation_spec(config: ClientConfig, trainer: Any) -> dict[str, Any]:
 
 
 def write_template(config: ClientConfig, folder: Path) -> dict[str, Any]:
-    """Write the coordinator's adapter template and the federation spec for ``config``'s model.
+    """Write the coordinator's adapter template and the federation spec for ``config``'s model."""
+    return write_model_template(config.model, config.training, folder)
 
-    Returns the template's layout (``num_parameters`` among it).
+
+def write_model_template(
+    model: ModelSpec, training: TrainingConfig, folder: Path
+) -> dict[str, Any]:
+    """Write the adapter template and the federation spec for a ``model`` section; no data needed.
+
+    The adapter's seeded start does not depend on data, so the trainer is built on one blank
+    example (the organizer of a federation holds no client's data). Returns the template's
+    layout (``num_parameters`` among it).
 
     Raises:
-        ConfigError: ``model.kind`` is linear (no adapter), or the model cannot be loaded.
+        ConfigError: ``model.kind`` is linear (no adapter), or the base model cannot be loaded.
     """
     import json
 
-    from fedlora.client._lora import LoraTrainer, write_adapter_template
-    from fedlora.client._training import make_trainer
+    import numpy as np
+
+    from fedlora.client._lora import LoraTrainer, tabular_features, write_adapter_template
     from fedlora.errors import ConfigError
     from fedlora.protocol import SPEC_FILE
 
-    trainer = make_trainer(config)
-    if not isinstance(trainer, LoraTrainer):
+    if model.kind == "linear" or model.base_model is None:
         raise ConfigError("model.kind linear has no adapter to template; use tabular or text")
+    labels = np.zeros(1, dtype=np.int64)
+    features: Any
+    names = None
+    if model.kind == "tabular":
+        try:
+            width = json.loads((model.base_model / "config.json").read_text())["in_features"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(f"model.base_model: cannot load {model.base_model}: {exc}") from None
+        features = np.zeros((1, int(width)), dtype=np.float32)
+        names = tabular_features(model.base_model)
+    else:
+        features = [""]
+    trainer = LoraTrainer(model, training, features, labels)
+    trainer.feature_names = names
     layout = write_adapter_template(trainer, folder)
-    spec = federation_spec(config, trainer)
+    spec = model_spec(model, training.num_classes, trainer)
     (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
     return layout

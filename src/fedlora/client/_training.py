@@ -230,7 +230,7 @@ def make_trainer(config: ClientConfig) -> LocalTrainer:
             config.data.path, config.data.label_column, config.training.num_classes, columns
         )
         trainer = LoraTrainer(config.model, config.training, x, y)
-        trainer.feature_names = columns or csv_columns(config.data.path, config.data.label_column)
+        trainer.feature_names = columns  # None: an older base model that names no columns
         return trainer
     texts, y = load_text(
         config.data.path,

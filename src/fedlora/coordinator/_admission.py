@@ -7,15 +7,20 @@ make the coordinator examine a flood of bad submissions.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 from fedlora import events as ev
 from fedlora.audit import AuditLog
 from fedlora.config import CoordinatorConfig, Party
 from fedlora.coordinator._limits import RejectionLimiter
 from fedlora.errors import AuthenticationError, AuthorizationError, RateLimitError
+from fedlora.revocation import RevocationWatcher
+
+log = logging.getLogger("fedlora.coordinator")
 
 Rejection = (
     ev.AccessDenied
@@ -40,6 +45,31 @@ class Admission:
         self.limits = RejectionLimiter(clock)
         self._lock = lock
         self._in_flight: set[tuple[str, str]] = set()  # (identity, kind) being examined now
+        tls = config.server.tls
+        self.revocations = RevocationWatcher(
+            config.server.revocations, tls.ca if tls else None, config.federation_id
+        )
+        self._revoked: frozenset[str] = frozenset()
+        self.reload_revocations()
+
+    @property
+    def revoked(self) -> frozenset[str]:
+        """Parties the CA's revocation list names (as last loaded)."""
+        with self._lock:
+            return self._revoked
+
+    def reload_revocations(self) -> frozenset[str]:
+        """Reload the CA-signed revocation list if its file changed; audit new revocations."""
+        revoked, error = self.revocations.poll()
+        with self._lock:
+            fresh = revoked - self._revoked
+            self._revoked = revoked
+        if error is not None:
+            log.error(error)
+        current = self.revocations.current
+        for pid in sorted(fresh):
+            self.audit.record(ev.PartyRevoked(party=pid, serial=current.serial if current else 0))
+        return revoked
 
     def authenticate(self, identity: str | None, method: str) -> Party:
         """Map a certificate identity to an enrolled party, auditing every refusal.
@@ -56,6 +86,9 @@ class Admission:
                 "no client identity: present a certificate issued by the federation CA"
             )
         party = self.config.party(identity)
+        revoked = self.reload_revocations()
+        if party is not None and party.id in revoked:
+            party = replace(party, revoked=True)
         if party is None or party.revoked:
             reason = "revoked" if party else "not enrolled"
             self.refused(

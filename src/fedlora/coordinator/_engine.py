@@ -318,7 +318,8 @@ class Coordinator:
         if self.stage is Stage.COLLECTING:
             # Close early once every party that joined (and is not revoked) has contributed; a
             # party that never joined does not hold every round to its deadline.
-            expected = {p.id for p in self.config.parties if not p.revoked} & self.joined
+            revoked = self.admission.reload_revocations()
+            expected = {p.id for p in self.config.parties if not p.revoked} & self.joined - revoked
             count = len(r.contributions)
             if count >= self.fl.participant_threshold and (
                 expected <= set(r.contributions) or now >= r.deadline_ms

@@ -51,9 +51,26 @@ def test_the_commented_out_options_are_valid_when_uncommented() -> None:
     assert coordinator.testing.insecure_small_keys and bank.testing.insecure_small_keys
 
 
-def test_the_hospital_example_uses_the_packaged_minilm() -> None:
+def test_the_examples_describe_one_federation() -> None:
+    # Every client of a federation trains the same model; the coordinator enrolls them all.
+    bank = load_client_config(CONFIGS / "bank.yaml")
     hospital = load_client_config(CONFIGS / "hospital.yaml")
-    assert hospital.model.kind == "text"
-    assert hospital.model.base_model is not None
-    assert (hospital.model.base_model / "config.json").exists()
-    assert (hospital.model.base_model / "model.safetensors").exists()
+    coordinator = load_coordinator_config(CONFIGS / "coordinator.yaml")
+    assert bank.model == hospital.model and bank.federation_id == hospital.federation_id
+    assert coordinator.federation_id == bank.federation_id
+    assert {p.id for p in coordinator.parties} == {p.id for p in bank.peers}
+
+
+def test_the_commented_text_model_is_the_packaged_minilm() -> None:
+    # The hospital example documents a text federation in a comment; uncommented, it loads.
+    text = (CONFIGS / "hospital.yaml").read_text()
+    block = text[text.index("  #   kind: text") :].splitlines()[:4]
+    import yaml
+
+    from fedlora.config import ModelSpec
+
+    doc = yaml.safe_load("\n".join(line.strip().lstrip("#").strip() for line in block))
+    spec = parse_config(ModelSpec, yaml.safe_dump(doc), base=CONFIGS)
+    assert spec.kind == "text" and spec.base_model is not None
+    assert (spec.base_model / "config.json").exists()
+    assert (spec.base_model / "model.safetensors").exists()

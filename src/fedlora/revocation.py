@@ -1,0 +1,148 @@
+"""Revocation: a list of party ids the federation's CA signed, which the coordinator reloads.
+
+The CA that issued the parties' certificates signs the list (ECDSA P-256 over its canonical
+JSON), so only whoever holds the CA key can revoke, and nobody can un-revoke a party by editing
+the file: the coordinator keeps its last valid list when a new one does not verify. Each list
+carries a serial number that must not go back (an old list cannot be replayed to reinstate a
+party). The coordinator checks the file's modification time on every authentication and reloads
+it when it changed; a revoked party's calls are refused from then on and the revocation is
+audited.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fedlora._files import read_file
+from fedlora.config import check_id
+from fedlora.errors import ConfigError, FedLoraError, VerificationError
+
+FORMAT = "fedlora-revocations-1"
+
+
+@dataclass(frozen=True)
+class RevocationList:
+    federation_id: str
+    serial: int
+    revoked: frozenset[str]
+    issued_at: str
+
+
+def _body(federation_id: str, serial: int, revoked: list[str], issued_at: str) -> bytes:
+    doc = {
+        "format": FORMAT,
+        "federation_id": federation_id,
+        "serial": serial,
+        "revoked": sorted(revoked),
+        "issued_at": issued_at,
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def sign_revocations(ca_dir: Path, federation_id: str, revoked: list[str], serial: int) -> bytes:
+    """The file contents of a revocation list signed by the CA key in ``ca_dir``."""
+    for pid in revoked:
+        check_id(pid, "--party")
+    try:
+        key = serialization.load_pem_private_key(read_file(ca_dir / "ca.key", "CA key"), None)
+    except ValueError:
+        raise FedLoraError(f"{ca_dir / 'ca.key'} is not a PEM private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise FedLoraError(f"{ca_dir / 'ca.key'} is not an EC private key")
+    issued = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    body = _body(federation_id, serial, revoked, issued)
+    signature = key.sign(body, ec.ECDSA(hashes.SHA256()))
+    doc = {**json.loads(body), "signature": signature.hex()}
+    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+
+def read_revocations(path: Path, ca_cert: Path, federation_id: str) -> RevocationList:
+    """Parse and verify a revocation list against the CA certificate.
+
+    Raises:
+        VerificationError: malformed, for another federation, or not signed by the CA.
+        ConfigError: the CA certificate cannot be read.
+    """
+    try:
+        ca = x509.load_pem_x509_certificate(read_file(ca_cert, "the CA certificate"))
+    except (FedLoraError, ValueError) as exc:
+        raise ConfigError(f"server.tls.ca: {exc}") from None
+    try:
+        doc: Any = json.loads(path.read_bytes())
+        serial, revoked, issued = doc["serial"], doc["revoked"], doc["issued_at"]
+        signature = bytes.fromhex(doc["signature"])
+        if (
+            doc.get("format") != FORMAT
+            or not isinstance(serial, int)
+            or not isinstance(revoked, list)
+            or not all(isinstance(r, str) for r in revoked)
+            or not isinstance(issued, str)
+        ):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise VerificationError(f"revocation list {path} is malformed") from None
+    if doc.get("federation_id") != federation_id:
+        raise VerificationError(
+            f"revocation list {path} is for federation {doc.get('federation_id')!r}"
+        )
+    public = ca.public_key()
+    try:
+        if not isinstance(public, ec.EllipticCurvePublicKey):
+            raise InvalidSignature
+        public.verify(
+            signature, _body(federation_id, serial, revoked, issued), ec.ECDSA(hashes.SHA256())
+        )
+    except InvalidSignature:
+        raise VerificationError(
+            f"revocation list {path} is not signed by the federation's CA"
+        ) from None
+    return RevocationList(federation_id, serial, frozenset(revoked), issued)
+
+
+class RevocationWatcher:
+    """The coordinator's view of the revocation list file, reloaded when it changes."""
+
+    def __init__(self, path: Path | None, ca_cert: Path | None, federation_id: str) -> None:
+        self.path, self.ca_cert, self.federation_id = path, ca_cert, federation_id
+        self.current: RevocationList | None = None
+        self._stamp: tuple[int, int] | None = None
+
+    def poll(self) -> tuple[frozenset[str], str | None]:
+        """The revoked ids now, and an error text when a changed file was refused (once)."""
+        if self.path is None or self.ca_cert is None:
+            return frozenset(), None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return (self.current.revoked if self.current else frozenset()), None
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return (self.current.revoked if self.current else frozenset()), None
+        self._stamp = stamp
+        error = None
+        try:
+            fresh = read_revocations(self.path, self.ca_cert, self.federation_id)
+            if self.current is not None and fresh.serial < self.current.serial:
+                raise VerificationError(
+                    f"revocation list {self.path} has serial {fresh.serial}, older than the "
+                    f"loaded {self.current.serial}"
+                )
+            if self.current is not None and not self.current.revoked <= fresh.revoked:
+                raise VerificationError(
+                    f"revocation list {self.path} reinstates "
+                    f"{sorted(self.current.revoked - fresh.revoked)}; revocation is final"
+                )
+            self.current = fresh
+        except (VerificationError, ConfigError) as exc:
+            error = f"{exc}; keeping the previous list"
+        return (self.current.revoked if self.current else frozenset()), error

@@ -4,8 +4,8 @@ The CA that issued the parties' certificates signs the list (ECDSA P-256 over it
 JSON), so only whoever holds the CA key can revoke, and nobody can un-revoke a party by editing
 the file: the coordinator keeps its last valid list when a new one does not verify. Each list
 carries a serial number that must not go back (an old list cannot be replayed to reinstate a
-party). The coordinator checks the file's modification time on every authentication and reloads
-it when it changed; a revoked party's calls are refused from then on and the revocation is
+party). The coordinator reads the (small) file on every authentication and reloads it when its
+contents changed; a revoked party's calls are refused from then on and the revocation is
 audited.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +65,9 @@ def sign_revocations(ca_dir: Path, federation_id: str, revoked: list[str], seria
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
 
-def read_revocations(path: Path, ca_cert: Path, federation_id: str) -> RevocationList:
+def read_revocations(
+    path: Path, ca_cert: Path, federation_id: str, data: bytes | None = None
+) -> RevocationList:
     """Parse and verify a revocation list against the CA certificate.
 
     Raises:
@@ -78,7 +79,7 @@ def read_revocations(path: Path, ca_cert: Path, federation_id: str) -> Revocatio
     except (FedLoraError, ValueError) as exc:
         raise ConfigError(f"server.tls.ca: {exc}") from None
     try:
-        doc: Any = json.loads(path.read_bytes())
+        doc: Any = json.loads(data if data is not None else path.read_bytes())
         serial, revoked, issued = doc["serial"], doc["revoked"], doc["issued_at"]
         signature = bytes.fromhex(doc["signature"])
         if (
@@ -115,23 +116,26 @@ class RevocationWatcher:
     def __init__(self, path: Path | None, ca_cert: Path | None, federation_id: str) -> None:
         self.path, self.ca_cert, self.federation_id = path, ca_cert, federation_id
         self.current: RevocationList | None = None
-        self._stamp: tuple[int, int] | None = None
+        self._seen: bytes | None = None
 
     def poll(self) -> tuple[frozenset[str], str | None]:
         """The revoked ids now, and an error text when a changed file was refused (once)."""
         if self.path is None or self.ca_cert is None:
             return frozenset(), None
         try:
-            st = os.stat(self.path)
+            data = self.path.read_bytes()  # small: read on every call, compared by content
         except FileNotFoundError:
             return (self.current.revoked if self.current else frozenset()), None
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp == self._stamp:
+        except OSError as exc:
+            return (self.current.revoked if self.current else frozenset()), (
+                f"revocation list {self.path}: {exc.strerror}; keeping the previous list"
+            )
+        if data == self._seen:
             return (self.current.revoked if self.current else frozenset()), None
-        self._stamp = stamp
+        self._seen = data
         error = None
         try:
-            fresh = read_revocations(self.path, self.ca_cert, self.federation_id)
+            fresh = read_revocations(self.path, self.ca_cert, self.federation_id, data)
             if self.current is not None and fresh.serial < self.current.serial:
                 raise VerificationError(
                     f"revocation list {self.path} has serial {fresh.serial}, older than the "

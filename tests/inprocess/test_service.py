@@ -225,3 +225,30 @@ def test_a_wrong_share_file_is_refused_before_the_coordinator_hears_of_the_clien
     ):
         client.join()
     assert "client_joined" not in [e["event"] for e in _events(layout)]
+
+
+def test_a_coordinator_serving_another_global_than_its_log_names_is_refused(tmp_path) -> None:
+    # Arrange: round 1 closed; bank-a has not kept anything yet (a fresh keeper).
+    from fedlora.client._models import ModelKeeper
+
+    _, fed = _finished_federation(tmp_path)
+    client = fed.clients["bank-a"]
+    import shutil
+
+    shutil.rmtree(client.state_dir / "models")
+    client.models = ModelKeeper(
+        client.state_dir, client.config.federation_id, client.coordinator_key
+    )
+    honest = fed.engine.global_chunks
+
+    def lying(version):  # type: ignore[no-untyped-def]
+        digest, chunks = honest(version)
+        data = bytearray(b"".join(chunks))
+        data[0] ^= 1  # another model, served under the logged digest
+        return digest, iter([bytes(data)])
+
+    fed.engine.global_chunks = lying  # type: ignore[method-assign]
+    # Act / Assert: the download does not match the digest in the audit entry; nothing is kept.
+    with pytest.raises(VerificationError, match="does not match the digest in audit entry"):
+        client.keep_models(1)
+    assert not (client.state_dir / "models" / "v00001").exists()

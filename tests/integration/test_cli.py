@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from fedlora._setup import free_port
+
 PARTIES = ["bank-a", "bank-b", "hospital-c"]
 
 
@@ -197,3 +199,61 @@ def test_version(tmp_path) -> None:
 
     out = fedlora("--version", cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.strip() == f"fedlora {package.__version__}"
+
+
+def test_config_check_status_and_debug_as_an_operator_runs_them(tmp_path) -> None:
+    # Arrange: a prepared federation (512-bit test key), nothing running.
+    from fedlora._setup import prepare_federation
+
+    layout = prepare_federation(tmp_path, bits=512, rounds=1, port=free_port())
+    coordinator, bank = str(layout.coordinator_config), str(layout.client_configs["bank-a"])
+    # Act / Assert: both configurations check out, machine-readably.
+    out = fedlora("config", "check", coordinator, "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["ok"] and doc["kind"] == "coordinator"
+    assert any(c.startswith("threshold key: 512-bit, 3-of-5") for c in doc["checks"])
+    out = fedlora("config", "check", bank, cwd=tmp_path)
+    assert out.returncode == 0 and "key share: opened" in out.stdout, out.stderr
+    # The coordinator's status before it ever ran.
+    out = fedlora("status", "--config", coordinator, "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) | {"state_dir": ""} == json.loads(out.stdout) | {
+        "state_dir": "",
+        "stage": "not started",
+        "coordinator_running": False,
+    }
+    # A member's status with no coordinator: one line naming the address and the cause.
+    text = layout.client_configs["bank-a"].read_text()
+    layout.client_configs["bank-a"].write_text(text.replace("max_attempts: 60", "max_attempts: 2"))
+    out = fedlora("status", "--config", bank, cwd=tmp_path)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1].startswith("fedlora: error: round status: coordinator 127.0.0.1:")
+    assert "nothing is listening" in lines[-1] and "Traceback" not in out.stderr
+    # A key share swapped for another party's: config check names the file and the cause.
+    share = tmp_path / "federation" / "shares" / "bank-a.share.json"
+    other = tmp_path / "federation" / "shares" / "bank-b.share.json"
+    share.chmod(0o600)
+    share.write_bytes(other.read_bytes())
+    out = fedlora("config", "check", bank, cwd=tmp_path)
+    assert out.returncode == 2
+    assert "keys.key_share:" in out.stderr and "is for party 'bank-b'" in out.stderr
+    assert "Traceback" not in out.stderr
+    # --debug adds the traceback for the same failure.
+    out = fedlora("--debug", "config", "check", bank, cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" in out.stderr
+
+
+def test_config_check_says_when_a_restart_would_be_refused(tmp_path) -> None:
+    from fedlora._setup import prepare_federation
+    from fedlora.config import load_coordinator_config
+    from fedlora.coordinator import build_engine
+
+    layout = prepare_federation(tmp_path, bits=512, rounds=1, port=free_port())
+    build_engine(load_coordinator_config(layout.coordinator_config))  # the federation started
+    path = layout.coordinator_config
+    path.write_text(path.read_text().replace("clip: 1.0", "clip: 0.5"))
+    out = fedlora("config", "check", str(path), cwd=tmp_path)
+    assert out.returncode == 2
+    assert "codec.clip: 1.0 → 0.5" in out.stderr and "cannot change" in out.stderr

@@ -614,3 +614,54 @@ def test_tls_failures_are_diagnosed_on_the_client_naming_cause_and_fix(tmp_path)
     config = dataclasses.replace(config, server=dataclasses.replace(config.server, tls=server_tls))
     with pytest.raises(FedLoraError, match=r"server\.tls\.cert: .* expired on"):
         h.serve(layout, config)
+
+
+def test_a_ca_signed_revocation_is_reloaded_and_cannot_be_forged_or_undone(tmp_path) -> None:
+    # Arrange: a live coordinator that watches a revocation list file (none yet).
+    import dataclasses
+
+    from fedlora.revocation import sign_revocations
+
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1)
+    config = load_coordinator_config(layout.coordinator_config)
+    revocations = tmp_path / "revocations.json"
+    server = dataclasses.replace(config.server, revocations=revocations)
+    config = dataclasses.replace(config, server=server)
+    running = h.serve(layout, config)
+    fed_id = config.federation_id
+
+    def join(pid: str) -> grpc.StatusCode:
+        try:
+            h.stub(layout, pid).Join(federation_pb2.JoinRequest(client_id=pid))
+        except grpc.RpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    try:
+        assert join("bank-b") == grpc.StatusCode.OK
+        # Act 1: the CA revokes bank-b; the file is replaced while the coordinator runs.
+        revocations.write_bytes(sign_revocations(layout.root / "ca", fed_id, ["bank-b"], 1))
+        # Assert 1: bank-b's next call is refused; others are not.
+        assert join("bank-b") == grpc.StatusCode.PERMISSION_DENIED
+        assert join("bank-a") == grpc.StatusCode.OK
+        # Act 2: a list from another CA "un-revoking" bank-b, then a CA-signed one that tries.
+        other = create_ca(tmp_path / "other-ca")
+        assert other.key.exists()
+        revocations.write_bytes(sign_revocations(tmp_path / "other-ca", fed_id, [], 2))
+        assert join("bank-b") == grpc.StatusCode.PERMISSION_DENIED
+        revocations.write_bytes(sign_revocations(layout.root / "ca", fed_id, [], 3))
+        assert join("bank-b") == grpc.StatusCode.PERMISSION_DENIED
+        # An edited list (bank-b removed by hand) breaks the signature.
+        doc = json.loads(sign_revocations(layout.root / "ca", fed_id, ["bank-b", "bank-e"], 4))
+        doc["revoked"] = ["bank-e"]
+        revocations.write_text(json.dumps(doc))
+        assert join("bank-b") == grpc.StatusCode.PERMISSION_DENIED
+        assert join("bank-e") == grpc.StatusCode.OK  # the forged list was not loaded at all
+    finally:
+        running.stop(grace=1)
+    events = _events(config.state_dir)
+    assert [e["party"] for e in events if e["event"] == "party_revoked"] == ["bank-b"]
+    assert any(
+        e["event"] == "access_denied" and e["identity"] == "bank-b" and e["reason"] == "revoked"
+        for e in events
+    )

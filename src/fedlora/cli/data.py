@@ -14,14 +14,19 @@ def register(sub: Any) -> None:
         "data",
         help="write workload data per client: synthetic bank transactions, breast cancer, clinical notes",
     )
-    data.add_argument("workload", choices=["bank", "breast-cancer", "clinical-notes"])
+    data.add_argument(
+        "workload",
+        choices=["bank", "breast-cancer", "clinical-notes"],
+        help="bank: synthetic card transactions; breast-cancer: the Wisconsin data split by "
+        "hospital; clinical-notes: synthetic notes for a text model",
+    )
     data.add_argument(
         "--clients", type=int, default=3, help="number of banks or hospitals (default 3)"
     )
     data.add_argument(
         "--rows", type=int, default=3000, help="rows per client on average (synthetic workloads)"
     )
-    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     data.add_argument(
         "--out",
         type=Path,

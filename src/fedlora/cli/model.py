@@ -32,11 +32,18 @@ def register(sub: Any) -> None:
         required=True,
         help="CSV(s) of the agreed schema for input scaling",
     )
-    tab.add_argument("--label-column", default="label")
-    tab.add_argument("--hidden", type=int, default=64)
-    tab.add_argument("--classes", type=int, default=2)
-    tab.add_argument("--seed", type=int, default=0)
-    tab.add_argument("--out", type=Path, required=True)
+    tab.add_argument(
+        "--label-column",
+        default="label",
+        help="the label column (default label); every other "
+        "column is a feature, and the first CSV's column order becomes the model's schema",
+    )
+    tab.add_argument("--hidden", type=int, default=64, help="hidden layer width (default 64)")
+    tab.add_argument("--classes", type=int, default=2, help="number of classes (default 2)")
+    tab.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
+    tab.add_argument(
+        "--out", type=Path, required=True, help="a new folder for config.json and model.safetensors"
+    )
     tab.set_defaults(handler=_init_tabular)
     tpl = model_sub.add_parser(
         "template", help="write the coordinator's adapter template for a client config"
@@ -47,7 +54,12 @@ def register(sub: Any) -> None:
         required=True,
         help="any client's YAML (they share the model settings)",
     )
-    tpl.add_argument("--out", type=Path, required=True)
+    tpl.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="a new folder for the template and federation-spec.json (model.adapter_template)",
+    )
     tpl.set_defaults(handler=lambda args: template(args.config, args.out))
     exp = sub.add_parser(
         "export",
@@ -107,7 +119,8 @@ def init_tabular(
     console.print(
         f"wrote a tabular base model ({x.shape[1]} features: {', '.join(columns)}; hidden "
         f"{hidden}, {classes} classes) to {out}; every client's CSV must have these columns "
-        "(in any order)"
+        "(in any order)",
+        soft_wrap=True,
     )
     return 0
 
@@ -123,7 +136,8 @@ def template(config_path: Path, out: Path) -> int:
         f"wrote the adapter template and the federation spec ({SPEC_FILE}: base model, LoRA "
         f"settings, feature columns) to {out}: set model.num_parameters: {layout['num_parameters']} "
         f"and model.adapter_template: {out} in the coordinator's config; clients whose model "
-        "differs are refused at join, with the setting named"
+        "differs are refused at join, with the setting named",
+        soft_wrap=True,
     )
     return 0
 

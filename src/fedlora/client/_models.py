@@ -37,6 +37,7 @@ from fedlora.client._transport import Transport
 from fedlora.errors import ConfigError, VerificationError
 
 MODELS = "models"
+MAX_VERSION = 10_000_000  # a version is a round number; anything else in a log is ignored
 WriteAdapter = Callable[[np.ndarray, Path], None]
 
 
@@ -181,8 +182,13 @@ class ModelKeeper:
                     raise VerificationError(f"audit entry {index} is not JSON") from None
                 if not isinstance(doc, dict):
                     continue
-                if doc.get("event") == "global_published" and isinstance(doc.get("version"), int):
-                    self._published[doc["version"]] = (index, line)
+                version = doc.get("version")
+                if (
+                    doc.get("event") == "global_published"
+                    and type(version) is int
+                    and 0 < version <= MAX_VERSION
+                ):
+                    self._published[version] = (index, line)
                 elif doc.get("event") == "federation_finished":
                     self._finished = (index, line)
             self._scanned = size
@@ -195,7 +201,8 @@ class ModelKeeper:
         if self._finished is not None:
             index, entry = self._finished
             version = json.loads(entry).get("global_version")
-            folder = version_folder(self.state_dir, version) if isinstance(version, int) else None
+            valid = type(version) is int and 0 < version <= MAX_VERSION
+            folder = version_folder(self.state_dir, version) if valid else None
             if folder is not None and folder.is_dir() and not (folder / "final.json").exists():
                 proof = transport.inclusion_proof(index, size)
                 verify_entry_inclusion(entry, index, proof, checkpoint)

@@ -401,7 +401,13 @@ class Client:
                 try:
                     receipt = self.transport.upload_contribution(sent.header, sent.records, upload)
                 except RemoteError as exc:
-                    self.ui.error(f"{self.config.id} round {r}: contribution refused: {exc}")
+                    if exc.reason is ProtocolError:  # the round moved on: normal, not a fault
+                        self.ui.info(
+                            f"{self.config.id} round {r}: the round closed before this "
+                            f"contribution arrived; it takes part in the next round ({exc})"
+                        )
+                    else:
+                        self.ui.error(f"{self.config.id} round {r}: contribution refused: {exc}")
                     return
                 except TransportError as exc:  # the next status poll retries or gives up
                     self.ui.error(f"{self.config.id} round {r}: contribution not delivered: {exc}")
@@ -505,6 +511,12 @@ class Client:
         try:
             self.transport.submit_partial(header, values)
         except (RemoteError, TransportError) as exc:
+            if isinstance(exc, RemoteError) and exc.reason is ProtocolError:
+                self.ui.info(  # enough partials arrived first, or the round ended: normal
+                    f"{self.config.id} round {round_number}: the round moved on before this "
+                    f"partial decryption arrived ({exc})"
+                )
+                return True
             what = "refused" if isinstance(exc, RemoteError) else "not delivered"
             self.ui.error(
                 f"{self.config.id} round {round_number}: partial decryption {what}: {exc}"

@@ -13,14 +13,15 @@ class Reporter:
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console()
 
+    # One event is one line, whatever the width: a log file or a pipe must not break it.
     def info(self, message: str) -> None:
-        self.console.print(message, markup=False, highlight=False)
+        self.console.print(message, markup=False, highlight=False, soft_wrap=True)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]{_escape(message)}[/]")
+        self.console.print(f"[yellow]{_escape(message)}[/]", soft_wrap=True)
 
     def error(self, message: str) -> None:
-        self.console.print(f"[red]{_escape(message)}[/]")
+        self.console.print(f"[red]{_escape(message)}[/]", soft_wrap=True)
 
     @contextmanager
     def stages(self) -> Iterator[Stages]:

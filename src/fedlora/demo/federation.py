@@ -30,7 +30,8 @@ from fedlora.audit import SignedCheckpoint, events_by_round, read_log_files, ver
 from fedlora.config import MIN_KEY_BITS, load_coordinator_config
 from fedlora.errors import FedLoraError
 
-console = Console()
+# Not a terminal (a pipe, a CI log): rich would assume 80 columns and break the tables' borders.
+console = Console(width=None if Console().is_terminal else 132)
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:

@@ -215,6 +215,7 @@ class FederationFinished(Event):
     kind: ClassVar[str] = "federation_finished"
     rounds: int
     global_version: int
+    global_digest: str | None = None  # the final version's digest (logs before 0.9: absent)
 
 
 @dataclass(frozen=True)

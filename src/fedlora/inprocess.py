@@ -23,7 +23,7 @@ from fedlora.client._transport import Progress
 from fedlora.config import CodecConfig, load_client_config, load_coordinator_config
 from fedlora.coordinator import Coordinator, build_engine
 from fedlora.crypto import ModexpBackend
-from fedlora.errors import FedLoraError, RemoteError
+from fedlora.errors import FedLoraError, RemoteError, VerificationError
 from fedlora.protocol import (
     ContributionHeader,
     DecryptionTask,
@@ -64,13 +64,20 @@ class InProcessTransport:
         except FedLoraError as exc:
             raise _remote(exc) from None
 
-    def download_global(self, version: int) -> tuple[bytes, bytes]:
+    def download_global(self, version: int, max_bytes: int | None = None) -> tuple[bytes, bytes]:
         try:
             self._party("DownloadGlobal")
             digest, chunks = self.engine.global_chunks(version)
-            return b"".join(chunks), digest
         except FedLoraError as exc:
             raise _remote(exc) from None
+        data = bytearray()
+        for chunk in chunks:
+            data += chunk
+            if max_bytes is not None and len(data) > max_bytes:
+                raise VerificationError(
+                    f"global adapter v{version} is larger than the model ({max_bytes} bytes)"
+                )
+        return bytes(data), digest
 
     def upload_contribution(
         self, header: ContributionHeader, records: bytes, on_progress: Progress | None = None

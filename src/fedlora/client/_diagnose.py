@@ -22,6 +22,15 @@ from fedlora.config import CoordinatorEndpoint
 # OpenSSL's X509_V_ERR codes that name a certificate problem precisely.
 _UNKNOWN_CA = {2, 7, 18, 19, 20, 21}  # 7: a CA of the same name signed it
 _EXPIRED, _NOT_YET_VALID, _NAME_MISMATCH = 10, 9, 62
+# TLS alerts that mean "your certificate": retrying cannot change the answer.
+_CERTIFICATE_ALERTS = (
+    "certificate",
+    "unknown ca",
+    "bad cert",
+    "revoked",
+    "expired",
+    "access denied",
+)
 
 
 @dataclass(frozen=True)
@@ -94,14 +103,24 @@ def diagnose(endpoint: CoordinatorEndpoint) -> Diagnosis:
         return _verification(exc, endpoint, host, port)
     except ssl.SSLError as exc:
         reason = (getattr(exc, "reason", None) or str(exc)).lower().replace("_", " ")
-        if "alert" in reason or "closed by the coordinator" in reason:
+        if "alert" in reason and any(w in reason for w in _CERTIFICATE_ALERTS):
             return Diagnosis(
                 f"the coordinator at {address} refused this client's certificate ({reason}): "
                 "coordinator.tls.cert must be issued by the federation's CA to this client's id, "
                 "be unexpired and not revoked",
                 True,
             )
-        return Diagnosis(f"TLS with {address} failed: {reason}", True)
+        if (
+            "closed by the coordinator" in reason
+        ):  # no alert: maybe our certificate, maybe a restart
+            return Diagnosis(
+                f"the coordinator at {address} closed the connection right after the TLS "
+                "handshake: it most likely refused this client's certificate (issued by the "
+                "federation's CA to this client's id?), or it is restarting",
+                False,
+            )
+        # An EOF or a reset: a coordinator restarting, or the network; worth retrying.
+        return Diagnosis(f"TLS with {address} was cut off ({reason})", False)
     except TimeoutError:
         return Diagnosis(
             f"{address} does not answer (timed out): a firewall, or a wrong host?", False

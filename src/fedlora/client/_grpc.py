@@ -152,14 +152,20 @@ class GrpcTransport:
         )
         return rpc.status_from_proto(status)
 
-    def download_global(self, version: int) -> tuple[bytes, bytes]:
+    def download_global(self, version: int, max_bytes: int | None = None) -> tuple[bytes, bytes]:
         def fetch() -> tuple[bytes, bytes]:
             data, digest = bytearray(), b""
-            for chunk in self.stub.DownloadGlobal(
+            call = self.stub.DownloadGlobal(
                 federation_pb2.GlobalRequest(version=version), metadata=self.metadata
-            ):
+            )
+            for chunk in call:
                 data += chunk.data
                 digest = chunk.digest
+                if max_bytes is not None and len(data) > max_bytes:
+                    call.cancel()
+                    raise VerificationError(
+                        f"global adapter v{version} is larger than the model ({max_bytes} bytes)"
+                    )
             return bytes(data), digest
 
         return self._retry("download global adapter", fetch)

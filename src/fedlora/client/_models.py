@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ import numpy as np
 
 from fedlora.audit import SignedCheckpoint, verify_checkpoint, verify_entry_inclusion
 from fedlora.client._transport import Transport
+from fedlora.crypto import leaf_hash, merkle_root
 from fedlora.errors import ConfigError, VerificationError
 
 MODELS = "models"
@@ -135,16 +137,47 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _entry(line: bytes, index: int) -> dict[str, Any]:
+    """A log line as an object, or VerificationError (never a raw parse error)."""
+    try:
+        doc = json.loads(line)
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        raise VerificationError(f"audit entry {index} is not a JSON object") from None
+    if not isinstance(doc, dict) or doc.get("index") != index:
+        raise VerificationError(f"audit entry {index} is not the log's entry {index}")
+    return doc
+
+
+def _version(value: Any, index: int) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_VERSION:
+        raise VerificationError(f"audit entry {index} names an impossible global version")
+    return int(value)
+
+
+def _digest(value: Any, index: int) -> str:
+    if not isinstance(value, str) or not _HEX64.match(value):
+        raise VerificationError(f"audit entry {index} has no valid global digest")
+    return value
+
+
 class ModelKeeper:
-    """Finds newly published global versions in the anchored log and keeps each one verified."""
+    """Finds newly published global versions in the anchored log and keeps each one verified.
+
+    Every audit line it reads is authenticated: the lines fetched must be exactly the log's
+    entries up to the anchored checkpoint (their Merkle root is recomputed and compared), so a
+    coordinator can neither hide an entry from one client nor show it another.
+    """
 
     def __init__(self, state_dir: Path, federation_id: str, coordinator_key: bytes) -> None:
         self.state_dir = state_dir
         self.federation_id = federation_id
         self.coordinator_key = coordinator_key
-        self._scanned = 0  # audit entries read so far (an in-memory cursor; a restart rescans)
-        self._published: dict[int, tuple[int, bytes]] = {}  # version -> (index, entry)
-        self._finished: tuple[int, bytes] | None = None  # the newest federation_finished
+        self._leaves: list[bytes] = []  # leaf hashes of the entries read so far (a restart rereads)
+        self._published: dict[int, tuple[int, bytes, str]] = {}  # version -> (index, entry, digest)
+        self._finished: tuple[int, bytes, int, str | None] | None = None  # the newest one
 
     def kept(self) -> dict[int, Path]:
         folder = self.state_dir / MODELS
@@ -156,57 +189,97 @@ class ModelKeeper:
                 out[int(path.name[1:])] = path
         return out
 
+    def _scan(self, transport: Transport, checkpoint: SignedCheckpoint) -> None:
+        """Read the entries up to the checkpoint and check them against its root."""
+        start, size = len(self._leaves), checkpoint.tree_size
+        if size <= start:
+            return
+        lines = transport.audit_entries(start, size - start)
+        if len(lines) != size - start:
+            raise VerificationError(
+                f"the coordinator sent {len(lines)} audit entries for {start}..{size - 1}"
+            )
+        leaves = self._leaves + [leaf_hash(line) for line in lines]
+        if not hmac.compare_digest(merkle_root(leaves), checkpoint.root):
+            raise VerificationError(
+                f"the audit entries the coordinator sent are not the log of its signed checkpoint "
+                f"(tree size {size})"
+            )
+        for offset, line in enumerate(lines):
+            index = start + offset
+            doc = _entry(line, index)
+            if doc.get("event") == "global_published":
+                version = _version(doc.get("version"), index)
+                digest = _digest(doc.get("global_digest"), index)
+                known = self._published.get(version)
+                if known is not None and known[2] != digest:
+                    raise VerificationError(
+                        f"the log publishes two different global adapters as version {version} "
+                        f"(entries {known[0]} and {index})"
+                    )
+                self._published.setdefault(version, (index, line, digest))
+            elif doc.get("event") == "federation_finished":
+                version = _version(doc.get("global_version"), index)
+                named = doc.get("global_digest")
+                self._finished = (
+                    index,
+                    line,
+                    version,
+                    _digest(named, index) if named is not None else None,
+                )
+        self._leaves = leaves
+
     def sync(
         self,
         transport: Transport,
         checkpoint: SignedCheckpoint,
         write_adapter: WriteAdapter | None,
+        *,
+        num_parameters: int,
+        max_version: int,
     ) -> list[str]:
         """Keep every version published in the log up to ``checkpoint`` (already anchored).
 
-        Returns one line per version kept or marked final, for the operator.
+        Versions above ``max_version`` (the federation's rounds) are not fetched; a download is
+        cut off beyond ``num_parameters`` float32 values. Returns one line per version kept or
+        marked final, for the operator.
 
         Raises:
-            VerificationError: an entry not in the checkpoint's log, or a download that does not
-                match its entry's digest (nothing is kept for it).
+            VerificationError: entries that are not the checkpoint's log, two digests for one
+                version, a malformed entry, or a download that does not match its entry's digest
+                (nothing is kept for it).
         """
-        size = checkpoint.tree_size
-        if size > self._scanned:
-            for offset, line in enumerate(
-                transport.audit_entries(self._scanned, size - self._scanned)
-            ):
-                index = self._scanned + offset
-                try:
-                    doc = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    raise VerificationError(f"audit entry {index} is not JSON") from None
-                if not isinstance(doc, dict):
-                    continue
-                version = doc.get("version")
-                if (
-                    doc.get("event") == "global_published"
-                    and type(version) is int
-                    and 0 < version <= MAX_VERSION
-                ):
-                    self._published[version] = (index, line)
-                elif doc.get("event") == "federation_finished":
-                    self._finished = (index, line)
-            self._scanned = size
+        self._scan(transport, checkpoint)
         kept, lines = self.kept(), []
-        for version, (index, entry) in sorted(self._published.items()):
-            if version == 0 or version in kept:
+        for version, (index, entry, digest) in sorted(self._published.items()):
+            if version == 0 or version > max_version:
                 continue
-            self._keep(transport, checkpoint, version, index, entry, write_adapter)
+            if version in kept:
+                recorded = json.loads((kept[version] / "provenance.json").read_bytes())
+                if recorded.get("global_digest") != digest:
+                    raise VerificationError(
+                        f"the log names another global adapter as version {version} than the "
+                        f"one kept in {kept[version]}"
+                    )
+                continue
+            self._keep(transport, checkpoint, version, index, entry, write_adapter, num_parameters)
             lines.append(f"kept global adapter v{version} (verified against audit entry {index})")
         if self._finished is not None:
-            index, entry = self._finished
-            version = json.loads(entry).get("global_version")
-            valid = type(version) is int and 0 < version <= MAX_VERSION
-            folder = version_folder(self.state_dir, version) if valid else None
-            if folder is not None and folder.is_dir() and not (folder / "final.json").exists():
-                proof = transport.inclusion_proof(index, size)
+            index, entry, version, named = self._finished
+            folder = version_folder(self.state_dir, version)
+            published = self._published.get(version)
+            if named is not None and published is not None and published[2] != named:
+                raise VerificationError(
+                    f"the log's federation_finished entry {index} names another digest for "
+                    f"version {version} than its global_published entry"
+                )
+            if folder.is_dir() and not (folder / "final.json").exists():
+                proof = transport.inclusion_proof(index, checkpoint.tree_size)
                 verify_entry_inclusion(entry, index, proof, checkpoint)
                 _write_json(folder / "final.json", _proof_doc(entry, index, proof, checkpoint))
+                for other, path in self.kept().items():  # only the newest end is final
+                    if other != version:
+                        (path / "final.json").unlink(missing_ok=True)
                 lines.append(f"global adapter v{version} is the federation's final model")
         return lines
 
@@ -218,14 +291,19 @@ class ModelKeeper:
         index: int,
         entry: bytes,
         write_adapter: WriteAdapter | None,
+        num_parameters: int,
     ) -> None:
         proof = transport.inclusion_proof(index, checkpoint.tree_size)
         verify_entry_inclusion(entry, index, proof, checkpoint)
         expected = bytes.fromhex(json.loads(entry)["global_digest"])
-        data, _ = transport.download_global(version)
+        data, _ = transport.download_global(version, max_bytes=4 * num_parameters)
         if not hmac.compare_digest(hashlib.sha256(data).digest(), expected):
             raise VerificationError(
                 f"global adapter v{version} does not match the digest in audit entry {index}"
+            )
+        if len(data) != 4 * num_parameters:
+            raise VerificationError(
+                f"global adapter v{version} has {len(data) // 4} values, the model has {num_parameters}"
             )
         vector = np.frombuffer(data, dtype="<f4").astype(np.float32)
         provenance = {

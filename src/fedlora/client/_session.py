@@ -223,6 +223,12 @@ class Client:
             joined.min_participants,
             joined.ticket_quorum,
         )
+        if not info.spec_json:
+            self.ui.warn(
+                f"{self.config.id}: the federation publishes no model spec, so only the parameter "
+                "count is compared at join (a member with another base model or LoRA seed would "
+                "go unnoticed); its coordinator should set model.adapter_template"
+            )
         if info.homomorphic and info.ticket_quorum < joined.ticket_quorum:
             self.ui.warn(
                 f"{self.config.id}: the coordinator waits for {info.ticket_quorum} ticket "
@@ -272,12 +278,33 @@ class Client:
         finally:
             lock.release()
 
-    def keep_models(self, round_number: int) -> None:
-        """Keep every newly published global version, verified against the anchored log."""
+    def keep_models(self, round_number: int, rounds_total: int | None = None) -> None:
+        """Keep every newly published global version, verified against the anchored log.
+
+        Raises:
+            VerificationError: the coordinator's log or download is not what it signed (the
+                refusal is also written to this client's ledger).
+        """
         self.observe_checkpoint(self.transport.checkpoint(), round_number)
         assert self.anchor.current is not None
         save = getattr(self.trainer, "save_adapter", None)
-        for line in self.models.sync(self.transport, self.anchor.current, save):
+        total = (
+            rounds_total
+            if rounds_total is not None
+            else (self.fed.info.rounds if self.fed else round_number)
+        )
+        try:
+            lines = self.models.sync(
+                self.transport,
+                self.anchor.current,
+                save,
+                num_parameters=self.trainer.num_parameters,
+                max_version=max(total, round_number),
+            )
+        except VerificationError as exc:
+            self.ledger.record_refusal(round_number, "global adapter", str(exc))
+            raise
+        for line in lines:
             self.ui.info(f"{self.config.id}: {line}")
 
     def _run(self) -> int:
@@ -289,10 +316,15 @@ class Client:
             if status.stage is Stage.FINISHED:
                 self.step(fed, status, seen_done)  # keeps the final version
                 vector = self.download_global(status.global_version, status.global_digest)
+                folder = version_folder(self.state_dir, status.global_version)
+                where = (
+                    f"kept in {folder}"
+                    if (folder / "final.json").exists()
+                    else "not kept (no verified end)"
+                )
                 self.ui.info(
                     f"{self.config.id}: federation finished after {status.rounds_total} rounds; global adapter "
-                    f"v{status.global_version} {status.global_digest.hex()[:16]}… kept in "
-                    f"{version_folder(self.state_dir, status.global_version)}, local accuracy "
+                    f"v{status.global_version} {status.global_digest.hex()[:16]}… {where}, local accuracy "
                     f"{self.trainer.evaluate(vector):.3f}"
                 )
                 return 0
@@ -320,7 +352,7 @@ class Client:
         if status.global_version != self._kept_version or (
             status.stage is Stage.FINISHED and not self._kept_final
         ):
-            self.keep_models(status.round)
+            self.keep_models(status.round, status.rounds_total)
             self._kept_version = status.global_version
             self._kept_final = status.stage is Stage.FINISHED
         if status.stage is Stage.COLLECTING and not status.contributed:

@@ -33,8 +33,10 @@ class Transport(Protocol):
 
     def round_status(self) -> RoundStatus: ...
 
-    def download_global(self, version: int) -> tuple[bytes, bytes]:
-        """The global adapter's float32 bytes and the digest the coordinator sent with them."""
+    def download_global(self, version: int, max_bytes: int | None = None) -> tuple[bytes, bytes]:
+        """The global adapter's float32 bytes and the digest the coordinator sent with them.
+
+        Raises VerificationError as soon as more than ``max_bytes`` arrive."""
         ...
 
     def upload_contribution(

@@ -267,7 +267,11 @@ class Coordinator:
         if self.round.number >= self.fl.rounds:
             check_transition(self.stage, Stage.FINISHED)
             self.audit.record(
-                ev.FederationFinished(rounds=self.fl.rounds, global_version=self.global_version)
+                ev.FederationFinished(
+                    rounds=self.fl.rounds,
+                    global_version=self.global_version,
+                    global_digest=self.global_digest(self.global_version).hex(),
+                )
             )
             self.stage = Stage.FINISHED
         else:
@@ -460,9 +464,14 @@ class Coordinator:
             ProtocolError: the client's spec differs (audited as ``join_refused``, naming the
                 settings); RateLimitError: its rejection budget is spent.
         """
-        if self.spec is not None and spec_json:
+        if self.spec is not None:
             self.admission.throttle(party, "join", self._number)
             try:
+                if not spec_json:
+                    raise ConfigError(
+                        f"{party.id} sent no model spec, and this federation compares every "
+                        "client's model at join: upgrade the client's fedlora"
+                    )
                 if len(spec_json) > MAX_SPEC_CHARS:
                     raise ConfigError(f"the model spec is over {MAX_SPEC_CHARS} characters")
                 check_spec(self.spec, parse_spec(spec_json, "the client's spec"), party.id)

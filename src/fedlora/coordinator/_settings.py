@@ -19,6 +19,8 @@ from fedlora.config import CoordinatorConfig, check_key_size
 from fedlora.crypto import CodecParams, ThresholdPublicKey, ticket_quorum
 from fedlora.errors import ConfigError
 
+RISE_ONLY = ("federated_learning.participant_threshold", "federated_learning.ticket_quorum")
+
 IMMUTABLE = (
     "federation_id",
     "federated_learning.encryption_type",
@@ -93,8 +95,12 @@ def recorded_settings(started: ev.FederationStarted) -> dict[str, Any]:
 
 
 def differences(recorded: dict[str, Any], current: dict[str, Any]) -> dict[str, list[Any]]:
-    """``{name: [recorded, current]}`` for every recorded setting (and party) that differs."""
-    names = set(recorded) | {n for n in current if n.startswith("parties.")}
+    """``{name: [recorded, current]}`` for every setting that differs or was not recorded.
+
+    A setting an older log did not record counts as a difference (``None`` → value): it takes
+    ``--accept-config-change`` once, which records it.
+    """
+    names = set(recorded) | set(current)
     return {
         n: [recorded.get(n), current.get(n)]
         for n in sorted(names)
@@ -126,13 +132,21 @@ def check_changes(
     if not changes:
         return
     listed = "; ".join(f"{n}: {_show(a)} → {_show(b)}" for n, (a, b) in changes.items())
-    fixed = [n for n in changes if n.startswith(IMMUTABLE)]
+    # An immutable setting may not change; one an older log never recorded may be recorded now.
+    fixed = [n for n, (old, _) in changes.items() if n.startswith(IMMUTABLE) and old is not None]
     if fixed:
         raise ConfigError(
             f"the configuration differs from the federation in {state_dir} ({listed}); "
             f"{', '.join(fixed)} cannot change within a federation — restore the old value, or "
             "start a new federation with a new federation_id and state_dir"
         )
+    for name in RISE_ONLY:
+        change = changes.get(name)
+        if change is not None and None not in change and change[1] < change[0]:
+            raise ConfigError(
+                f"{name}: {change[0]} → {change[1]} would lower a privacy threshold that the "
+                "members' contributions were sent under; it may only be raised"
+            )
     rounds = changes.get("federated_learning.rounds")
     if rounds is not None and int(rounds[1]) < round_number:
         raise ConfigError(

@@ -27,14 +27,35 @@ def spec_digest(spec: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_spec(spec).encode()).hexdigest()
 
 
+MAX_SETTINGS = 64
+MAX_NAME = 128
+MAX_LIST = 4096
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
+
+
 def parse_spec(text: str, where: str) -> dict[str, Any]:
-    """Raises ConfigError: not a JSON object."""
+    """A spec: a flat JSON object of at most 64 settings, each a scalar or a list of scalars.
+
+    Raises:
+        ConfigError: anything else (never a raw parse error, whatever the input).
+    """
     try:
         spec = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError, UnicodeDecodeError):
         raise ConfigError(f"{where} is not JSON") from None
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{where} is not a JSON object")
+    if not isinstance(spec, dict) or len(spec) > MAX_SETTINGS:
+        raise ConfigError(f"{where} is not a flat object of at most {MAX_SETTINGS} settings")
+    for name, value in spec.items():
+        flat = _scalar(value) or (
+            isinstance(value, list) and len(value) <= MAX_LIST and all(map(_scalar, value))
+        )
+        if len(name) > MAX_NAME or not flat:
+            raise ConfigError(
+                f"{where}: setting {name[:MAX_NAME]!r} is not a name and a flat value"
+            )
     return spec
 
 
@@ -62,7 +83,8 @@ def check_spec(federation: dict[str, Any], ours: dict[str, Any], who: str) -> No
     """
     diffs = spec_differences(federation, ours)
     if diffs:
+        shown = "; ".join(diffs[:5]) + (f"; and {len(diffs) - 5} more" if len(diffs) > 5 else "")
         raise ConfigError(
-            f"{who}'s model does not match the federation's: {'; '.join(diffs)} (every client "
-            "must use the same base model, LoRA settings and feature columns)"
+            f"{who}'s model does not match the federation's: {shown} (every client must use the "
+            "same base model, LoRA settings and feature columns)"
         )

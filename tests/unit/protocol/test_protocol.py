@@ -380,3 +380,21 @@ def test_joining_refuses_a_federation_spec_that_differs_naming_each_setting(deal
         check_join(
             _join_info(dealt, codec, spec_json=canonical_spec(theirs)), expect, dealt.public_key
         )
+
+
+def test_a_hostile_spec_is_refused_as_a_config_error_never_a_crash() -> None:
+    import json
+
+    from fedlora.protocol import check_spec, parse_spec
+
+    for text in ("[" * 5000 + "]" * 5000, "1" * 5000, '{"a": {"b": 1}}', "[]", "{"):
+        with pytest.raises(ConfigError):
+            parse_spec(text, "the client's spec")
+    many = {f"k{i}": i for i in range(65)}
+    with pytest.raises(ConfigError, match="at most 64 settings"):
+        parse_spec(json.dumps(many), "spec")
+    # A refusal names at most five settings, however many differ.
+    ours = {f"k{i}": i for i in range(40)}
+    with pytest.raises(ConfigError, match=r"; and 35 more \(") as caught:
+        check_spec({}, ours, "mallory")
+    assert len(str(caught.value)) < 1000

@@ -98,34 +98,13 @@ def issue_certificate(
         valid_from: the start of its validity (default: five minutes ago).
     """
     check_id(name, "--name")
-    ca_key, ca_cert = _load_ca(ca_dir)
-    key = ec.generate_private_key(ec.SECP256R1())
-    start = valid_from or dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
     usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server_hosts else []) + (
         [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
     )
     if not usages:
         raise FedLoraError("a certificate needs --server-host or client use")
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=valid_days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-    )
-    if server_hosts:
-        sans: list[x509.GeneralName] = []
-        for host in server_hosts:
-            try:
-                sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-            except ValueError:
-                sans.append(x509.DNSName(host))
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    cert = builder.sign(ca_key, hashes.SHA256())
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _leaf(ca_dir, name, key.public_key(), usages, server_hosts, valid_days, valid_from)
     paths = CertPaths(out / f"{name}.pem", out / f"{name}.key")
     write_new_file(paths.key, _pem_key(key), mode=0o600)
     write_new_file(paths.cert, cert.public_bytes(serialization.Encoding.PEM))
@@ -151,16 +130,33 @@ def sign_request(
     check_id(name, "name")
     if not csr.is_signature_valid:
         raise FedLoraError(f"the certificate request for {name!r} is not signed by its own key")
-    ca_key, ca_cert = _load_ca(ca_dir)
-    start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    public = csr.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise FedLoraError(f"the certificate request for {name!r} is not for an EC key")
     usages = (
         [ExtendedKeyUsageOID.SERVER_AUTH] if server_hosts else [ExtendedKeyUsageOID.CLIENT_AUTH]
     )
+    cert = _leaf(ca_dir, name, public, usages, server_hosts, valid_days, None)
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _leaf(
+    ca_dir: Path,
+    name: str,
+    public: ec.EllipticCurvePublicKey,
+    usages: list[x509.ObjectIdentifier],
+    server_hosts: Sequence[str],
+    valid_days: float,
+    valid_from: dt.datetime | None,
+) -> x509.Certificate:
+    """A leaf certificate for ``name``'s key, signed by the CA in ``ca_dir``."""
+    ca_key, ca_cert = _load_ca(ca_dir)
+    start = valid_from or dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
         .issuer_name(ca_cert.subject)
-        .public_key(csr.public_key())
+        .public_key(public)
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(start + dt.timedelta(days=valid_days))
@@ -175,7 +171,7 @@ def sign_request(
             except ValueError:
                 sans.append(x509.DNSName(host))
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    return builder.sign(ca_key, hashes.SHA256())
 
 
 def check_certificate(

@@ -195,7 +195,7 @@ def export(
         what = "merged model"
     elif model.adapter is not None:
         shutil.copytree(model.adapter, out, dirs_exist_ok=True)
-        what = "peft adapter (load: see docs/export.md)"
+        what = "peft adapter (loading it: docs/operations.md, 'Using the trained model')"
     else:
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(model.folder / "global.f32", out / "global.f32")

@@ -247,11 +247,14 @@ def _report(layout: Layout, config, root: Path, started: float) -> int:  # type:
         f"  logs         {root / 'logs'}\n"
         f"  coordinator  {config.state_dir} (global adapters in globals/, audit log in audit/)\n"
         f"  receipts     {root / 'clients'}/<id>/receipts/\n"
+        f"  models       {root / 'clients'}/<id>/models/ (every global version each client kept, verified)\n"
         f"try:\n"
+        f"  fedlora export --config {layout.client_configs['bank-a']} --out {root / 'bank-a-model'}\n"
         f"  fedlora audit verify {config.state_dir} --public-key {layout.coordinator_public_key} --receipts {clients / 'bank-a' / 'receipts'}\n"
         f"  fedlora audit show {config.state_dir} --public-key {layout.coordinator_public_key} --plot {root / 'rounds.png'}\n"
         f"  fedlora audit prove {clients / 'bank-a' / 'receipts' / 'round-00001.json'}\n"
-        f"finished in {time.monotonic() - started:.1f}s"
+        f"finished in {time.monotonic() - started:.1f}s",
+        soft_wrap=True,  # commands stay on one line, ready to copy
     )
     if not ok:
         console.print(

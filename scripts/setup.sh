@@ -19,8 +19,8 @@ TORCH_VERSION=${FEDLORA_TORCH_VERSION:-2.13.0}
 CPU_INDEX=${FEDLORA_TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
 # Everything the README's two commands need: the client (torch, peft, transformers) and the demo
 # workloads. A coordinator- or auditor-only machine needs just `pip install .` (no torch).
-extra="[client,demo]"
-[ "${1:-}" = "--dev" ] && extra="[client,demo,dev]"
+extra="[client,demo,simulation]"
+[ "${1:-}" = "--dev" ] && extra="[client,demo,simulation,dev]"
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 

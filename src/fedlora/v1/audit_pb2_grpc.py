@@ -6,7 +6,7 @@ import warnings
 from fedlora.v1 import audit_pb2 as fedlora_dot_v1_dot_audit__pb2
 from fedlora.v1 import common_pb2 as fedlora_dot_v1_dot_common__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -26,7 +26,7 @@ if _version_not_supported:
     )
 
 
-class AuditStub:
+class AuditStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -57,7 +57,7 @@ class AuditStub:
                 _registered_method=True)
 
 
-class AuditServicer:
+class AuditServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def GetEntries(self, request, context):
@@ -116,7 +116,7 @@ def add_AuditServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Audit:
+class Audit(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

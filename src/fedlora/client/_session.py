@@ -59,8 +59,10 @@ from fedlora.protocol import (
     HolderPolicy,
     JoinExpectations,
     JoinInfo,
+    Receipt,
     RoundStatus,
     SecureSum,
+    SignedContribution,
     Stage,
     build_contribution,
     canonical_spec,
@@ -385,68 +387,100 @@ class Client:
         return np.frombuffer(data, dtype="<f4").astype(np.float32)
 
     def contribute(self, fed: Federation, status: RoundStatus) -> None:
+        """Train, seal, upload and check the receipt: this client's part of a round."""
+        started = time.monotonic()
+        r = status.round
+        with self.ui.stages() as bars:
+            sent = self.seal(fed, status, bars)
+            upload = bars.bar(f"{self.config.id} round {r}: uploading", len(sent.records))
+            try:
+                receipt = self.transport.upload_contribution(sent.header, sent.records, upload)
+            except RemoteError as exc:
+                if exc.reason is ProtocolError:  # the round moved on: normal, not a fault
+                    self.ui.info(
+                        f"{self.config.id} round {r}: the round closed before this "
+                        f"contribution arrived; it takes part in the next round ({exc})"
+                    )
+                else:
+                    self.ui.error(f"{self.config.id} round {r}: contribution refused: {exc}")
+                return
+            except TransportError as exc:  # the next status poll retries or gives up
+                self.ui.error(f"{self.config.id} round {r}: contribution not delivered: {exc}")
+                return
+        self.accept_receipt(fed, sent, receipt)
+        self.ui.info(
+            f"{self.config.id} round {r}: sent {len(sent.records) / 1e6:.2f} MB, receipt at audit "
+            f"entry {receipt.log_index}, {time.monotonic() - started:.1f}s in all"
+        )
+
+    def seal(self, fed: Federation, status: RoundStatus, bars: Any = None) -> SignedContribution:
+        """Train from the round's global version and seal the signed, encrypted delta.
+
+        Obfuscators are computed in the background while the model trains.
+        """
         started = time.monotonic()
         r, info = status.round, fed.info
         base = self.download_global(status.global_version, status.global_digest)
         self._trained_from[r] = (status.global_version, bytes(status.global_digest))
         pool = None
         if self.key is not None:
-            # Obfuscators are computed in the background while the model trains.
             pool = ObfuscatorPool(
                 self.key.paillier,
                 capacity=fed.codec.ciphertexts_for(info.num_parameters),
                 backend=self.backend,
             ).start()
         try:
-            with self.ui.stages() as bars:
-                train = bars.bar(
-                    f"{self.config.id} round {r}: training", info.aggregation_frequency
-                )
-                steps = 0
+            train = (
+                bars.bar(f"{self.config.id} round {r}: training", info.aggregation_frequency)
+                if bars is not None
+                else None
+            )
+            steps = 0
 
-                def on_step() -> None:
-                    nonlocal steps
-                    steps += 1
+            def on_step() -> None:
+                nonlocal steps
+                steps += 1
+                if train is not None:
                     train(steps)
 
-                local = self.trainer.train(base, info.aggregation_frequency, on_step=on_step)
-                t_train = time.monotonic() - started
-                delta = local.astype(np.float64) - base.astype(np.float64)
-                weight = fed.secure_sum.rule.weight(self.trainer.num_examples, info.max_weight)
-                if self.config.debug.save_plaintext_deltas:
-                    self._save_delta(r, delta, weight)
-                sealing = bars.bar(f"{self.config.id} round {r}: encrypting", 1)
-                sent = build_contribution(
-                    federation_id=self.config.federation_id,
-                    client_id=self.config.id,
-                    round_number=r,
-                    global_version=status.global_version,
-                    global_digest=status.global_digest,
-                    delta=delta,
-                    weight=weight,
-                    secure_sum=fed.secure_sum,
-                    signing_key=self.signing_key,
-                    obfuscators=pool,
-                )
+            local = self.trainer.train(base, info.aggregation_frequency, on_step=on_step)
+            t_train = time.monotonic() - started
+            delta = local.astype(np.float64) - base.astype(np.float64)
+            weight = fed.secure_sum.rule.weight(self.trainer.num_examples, info.max_weight)
+            if self.config.debug.save_plaintext_deltas:
+                self._save_delta(r, delta, weight)
+            sealing = bars.bar(f"{self.config.id} round {r}: encrypting", 1) if bars else None
+            sent = build_contribution(
+                federation_id=self.config.federation_id,
+                client_id=self.config.id,
+                round_number=r,
+                global_version=status.global_version,
+                global_digest=status.global_digest,
+                delta=delta,
+                weight=weight,
+                secure_sum=fed.secure_sum,
+                signing_key=self.signing_key,
+                obfuscators=pool,
+            )
+            if sealing is not None:
                 sealing(1)
-                upload = bars.bar(f"{self.config.id} round {r}: uploading", len(sent.records))
-                try:
-                    receipt = self.transport.upload_contribution(sent.header, sent.records, upload)
-                except RemoteError as exc:
-                    if exc.reason is ProtocolError:  # the round moved on: normal, not a fault
-                        self.ui.info(
-                            f"{self.config.id} round {r}: the round closed before this "
-                            f"contribution arrived; it takes part in the next round ({exc})"
-                        )
-                    else:
-                        self.ui.error(f"{self.config.id} round {r}: contribution refused: {exc}")
-                    return
-                except TransportError as exc:  # the next status poll retries or gives up
-                    self.ui.error(f"{self.config.id} round {r}: contribution not delivered: {exc}")
-                    return
         finally:
             if pool is not None:
                 pool.close()
+        what = "ciphertexts" if fed.homomorphic else "values"
+        self.ui.info(
+            f"{self.config.id} round {r}: trained {info.aggregation_frequency} steps in "
+            f"{t_train:.1f}s, sealed {sent.header.record_count:,} {what}"
+        )
+        return sent
+
+    def accept_receipt(self, fed: Federation, sent: SignedContribution, receipt: Receipt) -> None:
+        """Check a receipt against what was sent, anchor its checkpoint and keep it.
+
+        Raises:
+            VerificationError: a receipt that is not for this upload (also in the ledger).
+        """
+        r = sent.header.round_number
         try:
             parsed, doc = check_receipt(
                 receipt,
@@ -464,12 +498,6 @@ class Client:
         folder.mkdir(exist_ok=True)
         (folder / f"round-{receipt.round_number:05d}.json").write_text(
             json.dumps(doc, indent=2) + "\n"
-        )
-        what = "ciphertexts" if fed.homomorphic else "values"
-        self.ui.info(
-            f"{self.config.id} round {r}: trained {info.aggregation_frequency} steps in {t_train:.1f}s, sent "
-            f"{len(sent.records) / 1e6:.2f} MB ({sent.header.record_count:,} {what}), "
-            f"receipt at audit entry {receipt.log_index}, {time.monotonic() - started:.1f}s in all"
         )
 
     def _save_delta(self, r: int, delta: np.ndarray, weight: int) -> None:

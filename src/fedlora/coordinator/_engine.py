@@ -382,6 +382,27 @@ class Coordinator:
         party = _blamed_party(exc, self.key.party_ids if self.key else ())
         self._fail_round(f"{stage.value} failed: {reason}", party=party or None)
 
+    # -- push-style drivers (Flower) ------------------------------------------------------------
+    def close_collection(self) -> None:
+        """End the open round's collection now (a push transport collected all it will get).
+
+        The next :meth:`tick` aggregates if ``participant_threshold`` contributions are in, and
+        fails the round otherwise, exactly as at the deadline.
+        """
+        with self._lock:
+            if self.round is not None and self.stage is Stage.COLLECTING:
+                self.round.deadline_ms = min(self.round.deadline_ms, self._now_ms())
+
+    def end_decryption(self, reason: str) -> None:
+        """Fail the round being decrypted now, with ``reason`` (e.g. the holders' refusals).
+
+        For a driver that knows no more ticket signatures or partials will come; a pull-style
+        server waits for the decryption deadline instead.
+        """
+        with self._lock:
+            if self.round is not None and self.stage in (Stage.TICKETING, Stage.DECRYPTING):
+                self._fail_round(reason)
+
     def wait(self, timeout: float) -> None:
         """Block until something changed (or ``timeout`` seconds passed)."""
         with self._wake:

@@ -1,0 +1,379 @@
+"""The client side on Flower: :func:`fedlora_mod`, a ClientApp mod.
+
+Added to a ``ClientApp`` (``ClientApp(mods=[fedlora_mod])``), it lets the user's ``@app.train()``
+run unchanged, then replaces the updated arrays in the reply by fedlora's contribution: the delta
+from the global model, clipped, quantized, packed, Paillier-encrypted under the federation's
+threshold key, proven and signed (:func:`fedlora.protocol.build_contribution`, through the same
+:class:`fedlora.client.Client` as the standalone product). As a share holder it checks the
+aggregate itself and releases a proven partial decryption only under the same rules (ledger,
+ticket quorum, ``min_participants``). Nothing in the user's arrays ever leaves the node in the clear.
+
+Flower is push-style: every request arrives as a message and every answer is a reply. A
+:class:`PushTransport` serves the client's requests from the message at hand and keeps what it
+sends for the reply; the fedlora ``Client`` cannot tell the difference.
+
+Which fedlora client a SuperNode is: ``fedlora-config`` in its node config (the path of its client
+YAML), or, in a simulation, the ``fedlora-client-configs`` folder in the run config, whose YAML
+files (sorted) are given to the simulated nodes by ``partition-id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
+from rich.console import Console
+
+from fedlora import rpc
+from fedlora.audit import SignedCheckpoint
+from fedlora.client import Client, Federation
+from fedlora.config import ClientConfig, load_client_config
+from fedlora.crypto import sign_digest
+from fedlora.errors import ConfigError, FedLoraError, ProtocolError, RemoteError
+from fedlora.flower import _wire as w
+from fedlora.flower._identity import join_digest
+from fedlora.protocol import (
+    ContributionHeader,
+    DecryptionTask,
+    JoinInfo,
+    PartialHeader,
+    Receipt,
+    RoundStatus,
+    SignedContribution,
+    TicketAck,
+)
+from fedlora.v1 import common_pb2, federation_pb2
+
+
+def flatten(arrays: ArrayRecord) -> np.ndarray:
+    """An ArrayRecord as one float32 vector (keys in record order)."""
+    return np.concatenate(
+        [np.asarray(a.numpy(), dtype=np.float32).ravel() for a in arrays.values()]
+    ).astype(np.float32)
+
+
+class PushTransport:
+    """:class:`fedlora.client.Transport` over one Flower message and its reply."""
+
+    def __init__(self) -> None:
+        self.content = RecordDict()
+        self.outbox: dict[str, bytes] = {}
+
+    def load(self, content: RecordDict) -> None:
+        self.content, self.outbox = content, {}
+
+    def _blob(self, name: str) -> bytes:
+        try:
+            return w.blob(self.content, name)
+        except ProtocolError as exc:
+            raise RemoteError(str(exc), ProtocolError) from None
+
+    def join(self, spec_json: str = "") -> JoinInfo:
+        return rpc.join_from_proto(
+            w.parse(federation_pb2.JoinResponse(), self._blob("join"), "join info")
+        )
+
+    def round_status(self) -> RoundStatus:
+        return rpc.status_from_proto(
+            w.parse(federation_pb2.RoundStatus(), self._blob("status"), "round status")
+        )
+
+    def download_global(self, version: int, max_bytes: int | None = None) -> tuple[bytes, bytes]:
+        data = self._blob("global")
+        return data, hashlib.sha256(data).digest()
+
+    def upload_contribution(
+        self, header: ContributionHeader, records: bytes, on_progress: Any = None
+    ) -> Receipt:
+        raise RemoteError("on Flower a contribution is a reply, not an upload", ProtocolError)
+
+    def decryption_task(self, round_number: int, *, manifest_only: bool) -> DecryptionTask:
+        manifest = rpc.manifest_from_proto(
+            w.parse(federation_pb2.DecryptionManifest(), self._blob("manifest"), "manifest")
+        )
+        contributions = {
+            e.client_id: w.blob(self.content, f"c:{e.client_id}", required=False)
+            for e in manifest.entries
+        }
+        return DecryptionTask(
+            manifest, contributions, w.blob(self.content, "aggregate", required=False)
+        )
+
+    def submit_ticket(self, round_number: int, ticket: bytes, signature: bytes) -> TicketAck:
+        self.outbox["ticket"], self.outbox["ticket_signature"] = ticket, signature
+        quorum = int(w.scalar(self.content, "quorum") or 0)
+        return TicketAck(int(w.scalar(self.content, "signatures") or 0) + 1, quorum)
+
+    def submit_partial(self, header: PartialHeader, values: bytes) -> None:
+        self.outbox["partial_header"] = rpc.partial_header_to_proto(header).SerializeToString()
+        self.outbox["partial"] = values
+
+    def checkpoint(self) -> SignedCheckpoint:
+        return rpc.checkpoint_from_proto(
+            w.parse(common_pb2.Checkpoint(), self._blob("checkpoint"), "checkpoint")
+        )
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        name = f"consistency:{old_size}:{new_size}"
+        records = self.content.array_records.get(w.BLOBS)
+        if records is None or name not in records:
+            raise RemoteError(
+                f"the message carries no proof that the log of {new_size} entries extends the "
+                f"one of {old_size}",
+                ProtocolError,
+            )
+        data = w.blob(self.content, name)
+        return [data[i : i + 32] for i in range(0, len(data), 32)]
+
+    def audit_entries(self, start: int, limit: int) -> list[bytes]:
+        raise RemoteError("audit entries are not carried on Flower", ProtocolError)
+
+    def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
+        raise RemoteError("inclusion proofs are not carried on Flower", ProtocolError)
+
+    def close(self) -> None:
+        return None
+
+
+class FlowerTrainer:
+    """The user's ``@app.train()`` as a fedlora trainer: its update, as an offset from the global."""
+
+    def __init__(self, received: np.ndarray) -> None:
+        self.received = received
+        self.num_parameters = int(received.size)
+        self.num_examples = 1
+        self.updated: np.ndarray | None = None
+
+    def train(self, global_vector: np.ndarray, steps: int, on_step: object = None) -> np.ndarray:
+        assert self.updated is not None, "the user's training runs before sealing"
+        update = self.updated.astype(np.float64) - self.received.astype(np.float64)
+        return (global_vector.astype(np.float64) + update).astype(np.float32)
+
+    def evaluate(self, vector: np.ndarray) -> float:
+        return float("nan")
+
+
+class FlowerSession:
+    """One fedlora client in a SuperNode: keys, ledger and anchor, kept across messages."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.transport = PushTransport()
+        self.trainer = FlowerTrainer(np.zeros(1, dtype=np.float32))
+        self.client = Client(
+            config, trainer=self.trainer, console=Console(stderr=True), transport=self.transport
+        )
+        self.fed: Federation | None = None
+        self.lock = threading.Lock()
+
+    def anchor_size(self) -> int:
+        current = self.client.anchor.current
+        return current.tree_size if current else 0
+
+    def ensure_joined(self) -> Federation:
+        """Join from the message's join info (a simulation may run each message in another
+        process, so nothing but the client's files is assumed to survive between messages)."""
+        if self.fed is None:
+            info = self.transport.join()
+            if self.trainer.num_parameters != info.num_parameters and self.trainer.updated is None:
+                self.trainer.num_parameters = info.num_parameters
+            self.fed = self.client.join()
+        return self.fed
+
+    def _pending_path(self, round_number: int) -> Path:
+        return self.client.state_dir / "flower-pending" / f"round-{round_number:05d}.json"
+
+    def save_pending(self, sent: SignedContribution) -> None:
+        """What a receipt is checked against, kept on disk until the receipt arrives."""
+        path = self._pending_path(sent.header.round_number)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = rpc.contribution_header_to_proto(sent.header).SerializeToString()
+        path.write_text(json.dumps({"header": header.hex(), "statement": sent.statement.hex()}))
+
+    def load_pending(self, round_number: int) -> SignedContribution | None:
+        path = self._pending_path(round_number)
+        try:
+            doc = json.loads(path.read_text())
+            header = rpc.contribution_header_from_proto(
+                w.parse(federation_pb2.ContributionHeader(), bytes.fromhex(doc["header"]), "header")
+            )
+            return SignedContribution(header, b"", bytes.fromhex(doc["statement"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+_SESSIONS: dict[Path, FlowerSession] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def _client_configs(folder: Path) -> list[Path]:
+    """The client YAMLs in ``folder``, sorted (a YAML that lists ``peers`` is a client's)."""
+    import yaml
+
+    out = []
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(doc, dict) and "peers" in doc:
+            out.append(path)
+    return out
+
+
+def _config_path(context: Context, configs: list[Path] | None) -> Path:
+    given = context.node_config.get("fedlora-config")
+    if isinstance(given, str) and given:
+        return Path(given)
+    folder = context.run_config.get("fedlora-client-configs")
+    if configs is None and isinstance(folder, str) and folder:
+        configs = _client_configs(Path(folder))
+    partition = context.node_config.get("partition-id")
+    if configs and isinstance(partition, int) and 0 <= partition < len(configs):
+        return configs[partition]
+    raise ConfigError(
+        "this SuperNode has no fedlora client config: set node config fedlora-config=PATH "
+        "(or, in a simulation, run config fedlora-client-configs=FOLDER with one client YAML "
+        "per simulated node)"
+    )
+
+
+def _session(context: Context, configs: list[Path] | None) -> FlowerSession:
+    path = _config_path(context, configs).resolve()
+    with _SESSIONS_LOCK:
+        session = _SESSIONS.get(path)
+        if session is None:
+            session = _SESSIONS[path] = FlowerSession(load_client_config(path))
+        return session
+
+
+def _refusal(msg: Message, reason: str, session: FlowerSession | None = None) -> Message:
+    content = RecordDict()
+    anchor = session.anchor_size() if session else 0
+    w.put(content, "refused", {}, reason=reason[:2000], anchor=anchor)
+    return Message(content, reply_to=msg)
+
+
+def make_fedlora_mod(client_configs: str | Path | None = None) -> Any:
+    """A :func:`fedlora_mod` that, on simulated nodes, takes its client YAML by ``partition-id``
+    from ``client_configs`` (a folder) when the run config names none."""
+    configs = _client_configs(Path(client_configs)) if client_configs is not None else None
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        step = w.step_of(msg.content)
+        if step is None:
+            return call_next(msg, context)  # not fedlora's: e.g. evaluation
+        session: FlowerSession | None = None
+        try:
+            session = _session(context, configs)
+            with session.lock:
+                session.transport.load(msg.content)
+                if step == w.JOIN:
+                    return Message(_join(session, msg), reply_to=msg)
+                if step == w.TRAIN:
+                    return _train(session, msg, context, call_next)
+                if step in (w.DECRYPT, w.RELEASE):
+                    return Message(_decrypt(session, msg), reply_to=msg)
+                raise ProtocolError(f"unknown fedlora step {step!r}")
+        except FedLoraError as exc:
+            return _refusal(msg, str(exc), session)
+
+    return mod
+
+
+fedlora_mod = make_fedlora_mod()
+"""Flower ClientApp mod: fedlora's encrypted contribution and threshold decryption."""
+
+
+def _join(session: FlowerSession, msg: Message) -> RecordDict:
+    """Prove which enrolled party this node is: a signature over the server's fresh challenge."""
+    config = session.client.config
+    nonce = w.blob(msg.content, "nonce")
+    digest = join_digest(config.federation_id, msg.metadata.dst_node_id, nonce)
+    content = RecordDict()
+    w.put(
+        content,
+        w.JOIN,
+        {"signature": sign_digest(session.client.signing_key, digest)},
+        party=config.id,
+        anchor=session.anchor_size(),
+    )
+    return content
+
+
+def _receipt(session: FlowerSession) -> None:
+    """Check the receipt for this client's last contribution, when the message carries one."""
+    data = w.blob(session.transport.content, "receipt", required=False)
+    if not data or session.fed is None:
+        return
+    receipt = rpc.receipt_from_proto(w.parse(common_pb2.Receipt(), data, "receipt"))
+    sent = session.load_pending(receipt.round_number)
+    if sent is None:
+        raise ProtocolError(
+            f"a receipt for round {receipt.round_number}, for which this client kept no contribution"
+        )
+    session.client.accept_receipt(session.fed, sent, receipt)
+    session._pending_path(receipt.round_number).unlink(missing_ok=True)
+
+
+def _train(
+    session: FlowerSession, msg: Message, context: Context, call_next: ClientAppCallable
+) -> Message:
+    arrays_key = next((k for k in msg.content.array_records if k != w.BLOBS), None)
+    if arrays_key is None:
+        raise ProtocolError("the train message carries no model arrays")
+    received = flatten(msg.content.array_records[arrays_key])
+    session.trainer.received, session.trainer.num_parameters = received, int(received.size)
+    session.trainer.updated = None
+    session.ensure_joined()
+    _receipt(session)
+    status = session.transport.round_status()
+    reply = call_next(msg, context)  # the user's own training, unchanged
+    if reply.has_error():
+        return reply
+    updated = next(iter(reply.content.array_records.values()), None)
+    if updated is None:
+        raise ProtocolError("the ClientApp's train reply carries no arrays")
+    session.trainer.updated = flatten(updated)
+    if session.trainer.updated.size != received.size:
+        raise ProtocolError("the ClientApp's train reply changed the model's size")
+    metrics = next(iter(reply.content.metric_records.values()), None)
+    examples = metrics.get("num-examples") if metrics is not None else None
+    session.trainer.num_examples = int(examples) if isinstance(examples, int) else 1
+    fed = session.ensure_joined()
+    sent = session.client.seal(fed, status)
+    session.save_pending(sent)
+    content = RecordDict()
+    for key, record in reply.content.metric_records.items():  # the user's metrics travel on
+        content[key] = record
+    w.put(
+        content,
+        w.TRAIN,
+        {
+            "header": rpc.contribution_header_to_proto(sent.header).SerializeToString(),
+            "records": sent.records,
+        },
+        anchor=session.anchor_size(),
+    )
+    return Message(content, reply_to=msg)
+
+
+def _decrypt(session: FlowerSession, msg: Message) -> RecordDict:
+    session.ensure_joined()
+    if session.client.holder is None:
+        raise ProtocolError("this node holds no key share")
+    _receipt(session)
+    round_number = int(w.scalar(msg.content, "round") or 0)
+    done = session.client.decrypt(round_number)
+    out = dict(session.transport.outbox)
+    content = RecordDict()
+    w.put(content, "released" if done else "signed", out, anchor=session.anchor_size())
+    return content
+
+
+__all__ = ["FlowerSession", "PushTransport", "fedlora_mod", "flatten", "make_fedlora_mod"]

@@ -1,0 +1,75 @@
+"""fedlora's protocol messages inside Flower ``RecordDict``s: a thin adapter, nothing decided here.
+
+Every protocol message travels as its fedlora protobuf (:mod:`fedlora.rpc`, the same conversions
+the gRPC transport uses) serialized into a ``uint8`` :class:`flwr.app.Array` of the ``fedlora``
+:class:`flwr.app.ArrayRecord`; Flower chunks arrays, so megabytes of ciphertexts stream the way
+model weights do (bytes in a ``ConfigRecord`` would not be chunked). A small ``ConfigRecord``
+says which protocol step a message is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from fedlora.errors import ProtocolError
+
+STEP = "fedlora.step"  # ConfigRecord: {"step": ..., and small scalars}
+BLOBS = "fedlora.blobs"  # ArrayRecord: name -> uint8 Array
+
+JOIN, TRAIN, DECRYPT, RELEASE = "join", "train", "decrypt", "release"
+
+
+def put(content: RecordDict, step: str, blobs: Mapping[str, bytes], **scalars: Any) -> RecordDict:
+    """Add a fedlora step and its blobs to ``content`` (which may carry the user's records)."""
+    content[STEP] = ConfigRecord({"step": step, **scalars})
+    content[BLOBS] = ArrayRecord(
+        {name: Array(np.frombuffer(data, dtype=np.uint8).copy()) for name, data in blobs.items()}
+    )
+    return content
+
+
+def step_of(content: RecordDict) -> str | None:
+    """The fedlora step a message carries, or None for a message that is not fedlora's."""
+    if STEP not in content.config_records:
+        return None
+    step = content.config_records[STEP].get("step")
+    return step if isinstance(step, str) else None
+
+
+def scalar(content: RecordDict, name: str) -> Any:
+    return content.config_records[STEP].get(name)
+
+
+def blob(content: RecordDict, name: str, *, required: bool = True) -> bytes:
+    """A blob's bytes.
+
+    Raises:
+        ProtocolError: a required blob is missing or is not a byte array.
+    """
+    records = content.array_records.get(BLOBS)
+    if records is None or name not in records:
+        if required:
+            raise ProtocolError(f"the fedlora message has no {name!r}")
+        return b""
+    array = records[name]
+    if array.dtype != "uint8" or len(array.shape) != 1:
+        raise ProtocolError(f"the fedlora message's {name!r} is not a byte array")
+    try:
+        return bytes(array.numpy().tobytes())
+    except (ValueError, TypeError):
+        raise ProtocolError(f"the fedlora message's {name!r} is malformed") from None
+
+
+def parse(message: Any, data: bytes, what: str) -> Any:
+    """Parse a fedlora protobuf, turning a decode error into a ProtocolError."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        message.ParseFromString(data)
+    except DecodeError:
+        raise ProtocolError(f"the fedlora message's {what} is malformed") from None
+    return message

@@ -1,0 +1,87 @@
+"""A Flower ClientApp and ServerApp for the tests: each node's "training" adds a known delta, so
+the test can check that what fedlora publishes is the weighted mean of the clipped deltas.
+
+Importable by Ray's workers (a module, not a test function's closure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from fedlora.flower import FedloraStrategy, make_fedlora_mod
+
+SIZE = 300  # float32 parameters in the test model (two arrays)
+
+
+def delta_for(partition: int) -> np.ndarray:
+    """Node ``partition``'s update: some values beyond the codec's clip (1.0)."""
+    return np.random.default_rng(1000 + partition).normal(0, 0.8, SIZE).astype(np.float32)
+
+
+def weight_for(partition: int) -> int:
+    return 1 + partition % 4
+
+
+def client_app(configs: Path) -> ClientApp:
+    app = ClientApp(mods=[make_fedlora_mod(configs)])
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        partition = int(context.node_config["partition-id"])
+        arrays = msg.content["arrays"]
+        flat = np.concatenate([a.numpy().ravel() for a in arrays.values()])
+        updated = flat + delta_for(partition)
+        out, offset = {}, 0
+        for key, array in arrays.items():
+            n = int(np.prod(array.shape))
+            out[key] = Array(updated[offset : offset + n].reshape(array.shape))
+            offset += n
+        return Message(
+            RecordDict(
+                {
+                    "arrays": ArrayRecord(out),
+                    "metrics": MetricRecord({"num-examples": weight_for(partition)}),
+                }
+            ),
+            reply_to=msg,
+        )
+
+    return app
+
+
+def server_app(coordinator: Path, rounds: int, nodes: int, result: Path) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        strategy = FedloraStrategy(
+            FedAvg(
+                fraction_train=1.0,
+                fraction_evaluate=0.0,
+                min_train_nodes=nodes,
+                min_available_nodes=nodes,
+            ),
+            coordinator,
+            timeout=300,
+        )
+        initial = ArrayRecord(
+            {
+                "a": Array(np.zeros((10, 10), dtype=np.float32)),
+                "b": Array(np.zeros(SIZE - 100, dtype=np.float32)),
+            }
+        )
+        outcome = strategy.start(
+            grid, initial, num_rounds=rounds, train_config=ConfigRecord({"lr": 0.1})
+        )
+        final = np.concatenate([a.numpy().ravel() for a in outcome.arrays.values()])
+        result.write_text(json.dumps({"final": final.tolist(), "pid": os.getpid()}))
+
+    return app

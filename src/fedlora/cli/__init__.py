@@ -15,10 +15,10 @@ import traceback
 from collections.abc import Sequence
 
 from fedlora import __version__
-from fedlora.cli import audit, certs, data, demo, keys, model, ops, provision, services
+from fedlora.cli import audit, certs, data, demo, flower, keys, model, ops, provision, services
 from fedlora.errors import FedLoraError
 
-GROUPS = (demo, services, ops, provision, certs, audit, data, model, keys)
+GROUPS = (demo, services, ops, provision, flower, certs, audit, data, model, keys)
 
 
 def build_parser() -> argparse.ArgumentParser:

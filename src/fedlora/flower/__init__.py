@@ -9,7 +9,7 @@ carries their messages in Flower's records. See docs/flower.md.
 
 from __future__ import annotations
 
-from fedlora.flower._client import fedlora_mod, make_fedlora_mod
+from fedlora.flower._client import client_config_path, fedlora_mod, make_fedlora_mod
 from fedlora.flower._server import FedloraStrategy
 
-__all__ = ["FedloraStrategy", "fedlora_mod", "make_fedlora_mod"]
+__all__ = ["FedloraStrategy", "client_config_path", "fedlora_mod", "make_fedlora_mod"]

@@ -13,7 +13,7 @@ Flower is push-style: every request arrives as a message and every answer is a r
 sends for the reply; the fedlora ``Client`` cannot tell the difference.
 
 Which fedlora client a SuperNode is: ``fedlora-config`` in its node config (the path of its client
-YAML), or, in a simulation, the ``fedlora-client-configs`` folder in the run config, whose YAML
+YAML), or, in a simulation, the ``fedlora-dir`` folder in the run config, whose YAML
 files (sorted) are given to the simulated nodes by ``partition-id``.
 """
 
@@ -230,7 +230,7 @@ def _config_path(context: Context, configs: list[Path] | None) -> Path:
     given = context.node_config.get("fedlora-config")
     if isinstance(given, str) and given:
         return Path(given)
-    folder = context.run_config.get("fedlora-client-configs")
+    folder = context.run_config.get("fedlora-dir")
     if configs is None and isinstance(folder, str) and folder:
         configs = _client_configs(Path(folder))
     partition = context.node_config.get("partition-id")
@@ -238,9 +238,15 @@ def _config_path(context: Context, configs: list[Path] | None) -> Path:
         return configs[partition]
     raise ConfigError(
         "this SuperNode has no fedlora client config: set node config fedlora-config=PATH "
-        "(or, in a simulation, run config fedlora-client-configs=FOLDER with one client YAML "
-        "per simulated node)"
+        "(or, in a simulation, run config fedlora-dir=FOLDER with one client YAML per simulated "
+        "node, as `fedlora flower prepare` writes)"
     )
+
+
+def client_config_path(context: Context) -> Path:
+    """This node's fedlora client YAML (node config ``fedlora-config``, or run config
+    ``fedlora-dir`` and the node's ``partition-id``): for a ClientApp that trains from it."""
+    return _config_path(context, None)
 
 
 def _session(context: Context, configs: list[Path] | None) -> FlowerSession:
@@ -261,7 +267,7 @@ def _refusal(msg: Message, reason: str, session: FlowerSession | None = None) ->
 
 def make_fedlora_mod(client_configs: str | Path | None = None) -> Any:
     """A :func:`fedlora_mod` that, on simulated nodes, takes its client YAML by ``partition-id``
-    from ``client_configs`` (a folder) when the run config names none."""
+    from ``client_configs`` (a folder) when the run config names none (``fedlora-dir``)."""
     configs = _client_configs(Path(client_configs)) if client_configs is not None else None
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -376,4 +382,11 @@ def _decrypt(session: FlowerSession, msg: Message) -> RecordDict:
     return content
 
 
-__all__ = ["FlowerSession", "PushTransport", "fedlora_mod", "flatten", "make_fedlora_mod"]
+__all__ = [
+    "FlowerSession",
+    "PushTransport",
+    "client_config_path",
+    "fedlora_mod",
+    "flatten",
+    "make_fedlora_mod",
+]

@@ -89,7 +89,14 @@ class FedloraStrategy(Strategy):
     def _start(self, arrays: ArrayRecord) -> Coordinator:
         self.template = arrays
         self.base = flatten(arrays)
-        model = dataclasses.replace(self.config.model, num_parameters=int(self.base.size))
+        # On Flower the model is the ServerApp's arrays: their size is the shared vector's, and
+        # the peft template and spec of a standalone federation do not apply.
+        model = dataclasses.replace(
+            self.config.model,
+            num_parameters=int(self.base.size),
+            adapter_template=None,
+            spec=None,
+        )
         self.config = dataclasses.replace(self.config, model=model)
         self.engine = build_engine(self.config, backend=self.backend)
         return self.engine

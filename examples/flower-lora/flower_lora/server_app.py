@@ -1,0 +1,42 @@
+"""The ServerApp: Flower's FedAvg for sampling and evaluation, fedlora for the aggregation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from fedlora.config import load_coordinator_config
+from fedlora.flower import FedloraStrategy
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    folder = Path(str(context.run_config["fedlora-dir"]))
+    coordinator = folder / "coordinator.yaml"
+    config = load_coordinator_config(coordinator)
+    nodes = len(config.parties)
+    strategy = FedloraStrategy(
+        FedAvg(
+            fraction_train=1.0,
+            fraction_evaluate=float(context.run_config["fraction-evaluate"]),
+            min_train_nodes=nodes,
+            min_evaluate_nodes=nodes,
+            min_available_nodes=nodes,
+        ),
+        config,
+    )
+    # The shared vector is the FFA-LoRA adapter's offsets from its seeded start: zeros at first.
+    size = config.model.num_parameters
+    result = strategy.start(
+        grid,
+        ArrayRecord({"adapter": Array(np.zeros(size, dtype=np.float32))}),
+        num_rounds=int(context.run_config["num-server-rounds"]),
+        train_config=ConfigRecord({"local-steps": config.federated_learning.aggregation_frequency}),
+    )
+    np.save(folder / "flower-final-adapter.npy", result.arrays["adapter"].numpy())

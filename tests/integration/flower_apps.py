@@ -36,6 +36,10 @@ def client_app(configs: Path) -> ClientApp:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         partition = int(context.node_config["partition-id"])
+        failing = os.environ.get("FEDLORA_TEST_FAIL_ROUND_1")  # the refusal test's straggler
+        first_round = int(msg.content["config"]["server-round"]) == 1
+        if failing is not None and partition == int(failing) and first_round:
+            raise RuntimeError("this node's training failed")
         arrays = msg.content["arrays"]
         flat = np.concatenate([a.numpy().ravel() for a in arrays.values()])
         updated = flat + delta_for(partition)

@@ -118,3 +118,48 @@ def test_the_example_app_runs_with_flwr_run_on_twenty_simulated_supernodes(tmp_p
     step = 2 * clip / ((1 << config.codec.value_bits) - 1)
     assert np.max(np.abs(final - expected)) <= 2 * step
     assert np.max(np.abs(expected)) > 10 * step
+
+
+@pytest.mark.slow
+def test_holders_that_refuse_end_the_round_cleanly_with_the_reason_logged(
+    tmp_path, monkeypatch
+) -> None:
+    from flwr.simulation import run_simulation
+
+    # Arrange: every holder pins min_participants 20; one node's training fails in round 1.
+    layout = prepare_federation(
+        tmp_path,
+        bits=512,
+        parties=PARTIES,
+        rounds=2,
+        participant_threshold=10,
+        decryption_threshold=3,
+        insecure=True,
+        model_kind="linear",
+        min_clients=NODES,
+    )
+    for path in layout.client_configs.values():
+        text = path.read_text().replace("min_participants: 10", "min_participants: 20")
+        path.write_text(text)
+    monkeypatch.setenv("FEDLORA_TEST_FAIL_ROUND_1", "7")  # inherited by Ray's workers
+    result = tmp_path / "result.json"
+    # Act
+    run_simulation(
+        apps.server_app(layout.coordinator_config, rounds=2, nodes=NODES, result=result),
+        apps.client_app(layout.root),
+        num_supernodes=NODES,
+        backend_config={"client_resources": {"num_cpus": 1}},
+    )
+    # Assert: round 1 failed with the holders' reason, nothing was decrypted; round 2 closed;
+    # the run ended (no hang) and the model moved only by round 2's mean.
+    config = load_coordinator_config(layout.coordinator_config)
+    summary = verify_log(
+        *read_log_files(config.state_dir)[:2], bytes.fromhex(layout.coordinator_public_key)
+    )
+    failed = [e for e in summary.events if e["event"] == "round_failed"]
+    assert [e["round"] for e in failed] == [1]
+    assert "decryption ended on Flower without a result" in failed[0]["reason"]
+    assert "at least 20" in failed[0]["reason"] or "min_participants" in failed[0]["reason"]
+    assert not any(e["event"] == "decrypted" and e["round"] == 1 for e in summary.events)
+    assert [e["round"] for e in summary.events if e["event"] == "round_closed"] == [2]
+    assert json.loads(result.read_text())["final"]  # the ServerApp finished

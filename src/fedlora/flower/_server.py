@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -151,6 +152,8 @@ class FedloraStrategy(Strategy):
             if reply.has_error()
             else str(w.scalar(reply.content, "reason") or "no reason")
         )
+        # One short line per node: a ClientApp's traceback belongs in its own log, not ours.
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", reason).strip().splitlines()[0][:300] or "no reason"
         party = self.nodes.get(node)
         self.refusals.append(f"{party.id if party else node}: {reason}")
         log.warning(f"node {node} ({party.id if party else '?'}) refused: {reason}")
@@ -319,7 +322,7 @@ class FedloraStrategy(Strategy):
             if engine.stage is not Stage.DECRYPTING:
                 break
         if engine.stage in (Stage.TICKETING, Stage.DECRYPTING):
-            reasons = "; ".join(self.refusals) or "holders did not answer"
+            reasons = _grouped(self.refusals) or "holders did not answer"
             engine.end_decryption(f"decryption ended on Flower without a result: {reasons}")
 
     def _accept(self, party: Party, content: RecordDict, round_number: int) -> None:
@@ -352,3 +355,12 @@ class FedloraStrategy(Strategy):
 
 
 __all__ = ["FedloraStrategy"]
+
+
+def _grouped(refusals: list[str]) -> str:
+    """``"who: why"`` lines grouped by reason: ``"why (a, b, c); other (d)"``."""
+    by: dict[str, list[str]] = {}
+    for line in refusals:
+        who, _, why = line.partition(": ")
+        by.setdefault(why, []).append(who)
+    return "; ".join(f"{why} ({', '.join(who)})" for why, who in by.items())

@@ -147,13 +147,14 @@ class FedloraStrategy(Strategy):
         log.info(f"{len(self.nodes)} of {len(nodes)} nodes joined as fedlora parties")
 
     def _refused(self, node: int, reply: Message) -> None:
-        reason = (
-            reply.error.reason
+        raw = (
+            str(reply.error.reason or "")
             if reply.has_error()
-            else str(w.scalar(reply.content, "reason") or "no reason")
+            else str(w.scalar(reply.content, "reason") or "")
         )
         # One short line per node: a ClientApp's traceback belongs in its own log, not ours.
-        reason = re.sub(r"\x1b\[[0-9;]*m", "", reason).strip().splitlines()[0][:300] or "no reason"
+        lines = re.sub(r"\x1b\[[0-9;]*m", "", raw).strip().splitlines()
+        reason = lines[0][:300] if lines else "no reason"
         party = self.nodes.get(node)
         self.refusals.append(f"{party.id if party else node}: {reason}")
         log.warning(f"node {node} ({party.id if party else '?'}) refused: {reason}")

@@ -163,3 +163,99 @@ def test_holders_that_refuse_end_the_round_cleanly_with_the_reason_logged(
     assert not any(e["event"] == "decrypted" and e["round"] == 1 for e in summary.events)
     assert [e["round"] for e in summary.events if e["event"] == "round_closed"] == [2]
     assert json.loads(result.read_text())["final"]  # the ServerApp finished
+
+
+@pytest.mark.slow
+def test_the_example_app_runs_on_the_deployment_engine_with_tls(tmp_path) -> None:
+    """`flower-superlink` (TLS) and three `flower-supernode` processes on loopback, `flwr run`."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from fedlora._setup import free_port
+
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(tmp_path / "flwr-home"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+
+    def run(*command: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+    # Arrange: the federation's files, and a TLS certificate for the SuperLink from its own CA.
+    fed, tls = tmp_path / "fed", tmp_path / "tls"
+    assert (
+        run(
+            "fedlora", "flower", "prepare", "--out", str(fed), "--clients", "3", "--bits", "1024"
+        ).returncode
+        == 0
+    )
+    assert run("fedlora", "certs", "init", "--out", str(tls)).returncode == 0
+    assert (
+        run(
+            "fedlora",
+            "certs",
+            "issue",
+            "--ca",
+            str(tls),
+            "--name",
+            "superlink",
+            "--server-host",
+            "127.0.0.1",
+            "--no-client",
+            "--out",
+            str(tls),
+        ).returncode
+        == 0
+    )
+    port = free_port()
+    (tmp_path / "flwr-home").mkdir()
+    (tmp_path / "flwr-home" / "config.toml").write_text(
+        f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "127.0.0.1:{port}"\n'
+        f'root-certificates = "{tls / "ca.pem"}"\n'
+    )
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    procs = []
+    files = contextlib.ExitStack()
+    try:
+        procs.append(subprocess.Popen(
+            ["flower-superlink", "--ssl-ca-certfile", str(tls / "ca.pem"), "--ssl-certfile", str(tls / "superlink.pem"),
+             "--ssl-keyfile", str(tls / "superlink.key"), "--port", str(port), "--database", str(tmp_path / "link.db")],
+            env=env, stdout=files.enter_context(open(logs / "superlink.log", "wb")), stderr=subprocess.STDOUT,  # noqa: SIM115
+        ))  # fmt: skip
+        time.sleep(3)
+        for i in range(3):
+            procs.append(subprocess.Popen(
+                ["flower-supernode", "--root-certificates", str(tls / "ca.pem"), "--superlink", f"127.0.0.1:{port}",
+                 "--port", str(free_port()), "--node-config", f"fedlora-config='{fed / f'bank-{i}.yaml'}'"],
+                env=env, stdout=files.enter_context(open(logs / f"supernode-{i}.log", "wb")),  # noqa: SIM115
+                stderr=subprocess.STDOUT,
+            ))  # fmt: skip
+        # Act
+        out = run(
+            "flwr", "run", str(root / "examples" / "flower-lora"), "deploy",
+            "--run-config", f"fedlora-dir='{fed}'", "--stream", timeout=900,
+        )  # fmt: skip
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        files.close()
+    # Assert: two rounds closed over TLS, the log verifies.
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    config = load_coordinator_config(fed / "coordinator.yaml")
+    key = bytes.fromhex(load_client_config(fed / "bank-0.yaml").keys.coordinator_signing_public_key)
+    summary = verify_log(*read_log_files(config.state_dir)[:2], key)
+    assert [e["round"] for e in summary.events if e["event"] == "round_closed"] == [1, 2]
+    assert "https://127.0.0.1" in (logs / "superlink.log").read_text()  # it served TLS

@@ -402,8 +402,18 @@ def _build(cls: type[T], data: Any, path: str, base: Path) -> T:
     return cls(**kwargs)
 
 
-def parse_config(cls: type[T], text: str, *, base: Path, source: str = "config") -> T:
+def parse_config(
+    cls: type[T],
+    text: str,
+    *,
+    base: Path,
+    source: str = "config",
+    overrides: typing.Mapping[str, Any] | None = None,
+) -> T:
     """Parse YAML text into ``cls``; relative paths resolve against ``base``.
+
+    ``overrides`` maps dotted keys (``federated_learning.rounds``) to values that replace the
+    YAML's before validation, so they are checked, and refused, exactly as if written there.
 
     Raises:
         ConfigError: malformed YAML or any invalid key, naming the dotted path.
@@ -418,6 +428,15 @@ def parse_config(cls: type[T], text: str, *, base: Path, source: str = "config")
         ) from None
     if data is None:
         raise ConfigError(f"{source} is empty")
+    for dotted, value in (overrides or {}).items():
+        node, parts = data, dotted.split(".")
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node, dict):
+                raise ConfigError(f"{'.'.join(parts[: i + 1])}: not a mapping in {source}")
+            node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: its parent is not a mapping in {source}")
+        node[parts[-1]] = value
     return _build(cls, data, "", base)
 
 
@@ -430,9 +449,21 @@ def _read(path: Path) -> str:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
 
 
-def load_coordinator_config(path: Path) -> CoordinatorConfig:
-    """Read and validate a coordinator YAML file, including the rules that span several keys."""
-    cfg = parse_config(CoordinatorConfig, _read(path), base=path.parent.resolve(), source=str(path))
+def load_coordinator_config(
+    path: Path, overrides: typing.Mapping[str, Any] | None = None
+) -> CoordinatorConfig:
+    """Read and validate a coordinator YAML file, including the rules that span several keys.
+
+    ``overrides``: dotted keys replacing the file's values before validation (e.g. from a
+    Flower run config).
+    """
+    cfg = parse_config(
+        CoordinatorConfig,
+        _read(path),
+        base=path.parent.resolve(),
+        source=str(path),
+        overrides=overrides,
+    )
     fl, n = cfg.federated_learning, len(cfg.parties)
     ids = [p.id for p in cfg.parties]
     if n == 0:

@@ -29,7 +29,8 @@ def main(grid: Grid, context: Context) -> None:
             min_evaluate_nodes=nodes,
             min_available_nodes=nodes,
         ),
-        config,
+        coordinator,
+        run_config=context.run_config,  # fedlora.* keys override the YAML, validated as it is
     )
     # The shared vector is the FFA-LoRA adapter's offsets from its seeded start: zeros at first.
     size = config.model.num_parameters

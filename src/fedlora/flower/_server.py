@@ -27,8 +27,9 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flwr.app import (
@@ -47,7 +48,7 @@ from fedlora import rpc
 from fedlora.config import CoordinatorConfig, Party, load_coordinator_config
 from fedlora.coordinator import Coordinator, build_engine
 from fedlora.crypto import ModexpBackend, verify_signature
-from fedlora.errors import FedLoraError, ProtocolError
+from fedlora.errors import ConfigError, FedLoraError, ProtocolError
 from fedlora.flower import _wire as w
 from fedlora.flower._client import flatten
 from fedlora.flower._identity import join_digest
@@ -55,6 +56,7 @@ from fedlora.protocol import Stage
 from fedlora.v1 import federation_pb2
 
 log = logging.getLogger("fedlora.flower")
+RUN_CONFIG_PREFIX = "fedlora."
 
 
 class FedloraStrategy(Strategy):
@@ -65,15 +67,25 @@ class FedloraStrategy(Strategy):
         inner: Strategy,
         config: CoordinatorConfig | str | Path,
         *,
+        run_config: Mapping[str, Any] | None = None,
         timeout: float = 600.0,
         backend: ModexpBackend | None = None,
     ) -> None:
+        """``run_config``: the Flower run config; its ``fedlora.<dotted key>`` entries (e.g.
+        ``fedlora.federated_learning.participant_threshold``) replace the YAML's values and are
+        validated exactly as the YAML is."""
         self.inner = inner
-        self.config = (
-            config
-            if isinstance(config, CoordinatorConfig)
-            else load_coordinator_config(Path(config))
-        )
+        overrides = {
+            k[len(RUN_CONFIG_PREFIX) :]: v
+            for k, v in (run_config or {}).items()
+            if k.startswith(RUN_CONFIG_PREFIX)
+        }
+        if isinstance(config, CoordinatorConfig):
+            if overrides:
+                raise ConfigError("run-config overrides need the coordinator YAML's path")
+            self.config = config
+        else:
+            self.config = load_coordinator_config(Path(config), overrides)
         self.timeout = timeout
         self.backend = backend
         self.engine: Coordinator | None = None

@@ -246,3 +246,23 @@ def test_package_paths_resolve_or_say_what_to_install(tmp_path) -> None:
         parse_config(
             ModelSpec, "kind: text\nbase_model: package:no_such_pkg/model\n", base=tmp_path
         )
+
+
+def test_overrides_replace_yaml_values_and_are_validated_the_same_way(tmp_path) -> None:
+    # A Flower run config's fedlora.* entries: checked exactly as if they were in the YAML.
+    import shutil
+    from pathlib import Path
+
+    from fedlora.config import load_coordinator_config
+
+    example = Path(__file__).resolve().parents[3] / "configs" / "coordinator.yaml"
+    path = tmp_path / "coordinator.yaml"
+    shutil.copy(example, path)
+    cfg = load_coordinator_config(path, {"federated_learning.rounds": 7})
+    assert cfg.federated_learning.rounds == 7
+    with pytest.raises(
+        ConfigError, match=r"federated_learning\.participant_threshold: must be between 2"
+    ):
+        load_coordinator_config(path, {"federated_learning.participant_threshold": 1})
+    with pytest.raises(ConfigError, match=r"federated_learning\.nonsense: unknown key"):
+        load_coordinator_config(path, {"federated_learning.nonsense": 1})

@@ -1,0 +1,236 @@
+"""fedlora vs Flower's SecAgg+ vs plain FedAvg, on Flower's Simulation Engine, in one run.
+
+The same task for all three: N simulated clients, a model of P float32 parameters, R rounds; each
+client's "training" adds a fixed random update (so the three settings do the same work outside
+aggregation). Each setting runs in its own process (so peak memory is its own):
+
+* ``fedavg``  — ``flwr.serverapp.strategy.FedAvg`` (Message API), no secure aggregation;
+* ``secagg+`` — Flower's ``SecAggPlusWorkflow`` with ``secaggplus_mod`` (it needs the legacy
+  ``LegacyContext`` + ``DefaultWorkflow`` API), num_shares = N, reconstruction_threshold = ⌈N/2⌉;
+* ``fedlora`` — ``FedloraStrategy(FedAvg(...))`` with ``fedlora_mod``: packed Paillier under a
+  2048-bit t-of-N threshold key (t = 3), proofs, ticket quorum, audit log.
+
+Printed: seconds per round (the ServerApp's own wall time divided by R, Ray's start excluded),
+bytes each client sends per round (the replies' records, measured by a mod), and the ServerApp
+process's peak RSS; then ``fedlora/secagg+ round time ratio: <R>x``.
+
+    .venv/bin/python benchmarks/flower_secagg.py                      # 10 × 1,048,576 (long)
+    .venv/bin/python benchmarks/flower_secagg.py --preset quick       # 10 × 65,536
+    .venv/bin/python benchmarks/flower_secagg.py --clients 5 --params 4096 --rounds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+PRESETS = {"full": (10, 1 << 20), "quick": (10, 1 << 16), "tiny": (5, 1 << 12)}
+
+
+def _update(partition: int, size: int) -> np.ndarray:
+    return np.random.default_rng(1000 + partition).normal(0, 0.01, size).astype(np.float32)
+
+
+def _count_bytes_mod(log: Path):  # type: ignore[no-untyped-def]
+    """A ClientApp mod that appends each reply's size (bytes of its records) to ``log``."""
+
+    def mod(msg, context, call_next):  # type: ignore[no-untyped-def]
+        reply = call_next(msg, context)
+        if not reply.has_error():
+            size = sum(record.count_bytes() for record in reply.content.values())
+            with open(log, "a") as fh:
+                fh.write(f"{context.node_config.get('partition-id')} {size}\n")
+        return reply
+
+    return mod
+
+
+def run_setting(setting: str, clients: int, size: int, rounds: int, work: Path) -> dict:  # type: ignore[type-arg]
+    """One setting in this process; returns its measurements."""
+    from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.simulation import run_simulation
+
+    log = work / f"{setting}-bytes.log"
+    timing: dict[str, float] = {}
+    initial = ArrayRecord({"w": Array(np.zeros(size, dtype=np.float32))})
+
+    def wait_nodes(grid: Grid) -> None:
+        while len(list(grid.get_node_ids())) < clients:
+            time.sleep(0.2)
+
+    if setting == "secagg+":
+        from flwr.client import NumPyClient
+        from flwr.client.mod import secaggplus_mod
+        from flwr.server import LegacyContext, ServerConfig
+        from flwr.server.strategy import FedAvg as LegacyFedAvg
+        from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+
+        class Trainer(NumPyClient):  # type: ignore[misc]
+            def __init__(self, partition: int) -> None:
+                self.partition = partition
+
+            def fit(self, parameters, config):  # type: ignore[no-untyped-def]
+                return [parameters[0] + _update(self.partition, size)], 1, {}
+
+        client = ClientApp(
+            client_fn=lambda context: Trainer(int(context.node_config["partition-id"])).to_client(),
+            mods=[_count_bytes_mod(log), secaggplus_mod],
+        )
+        server = ServerApp()
+
+        @server.main()
+        def main(grid: Grid, context: Context) -> None:
+            wait_nodes(grid)
+            from flwr.common import ndarrays_to_parameters
+
+            legacy = LegacyContext(
+                context=context,
+                config=ServerConfig(num_rounds=rounds),
+                strategy=LegacyFedAvg(
+                    fraction_fit=1.0,
+                    fraction_evaluate=0.0,
+                    min_fit_clients=clients,
+                    min_available_clients=clients,
+                    initial_parameters=ndarrays_to_parameters([np.zeros(size, np.float32)]),
+                ),
+            )
+            workflow = DefaultWorkflow(
+                fit_workflow=SecAggPlusWorkflow(
+                    num_shares=clients, reconstruction_threshold=math.ceil(clients / 2)
+                )
+            )
+            started = time.monotonic()
+            workflow(grid, legacy)
+            timing["seconds"] = time.monotonic() - started
+
+    else:
+        mods = [_count_bytes_mod(log)]
+        coordinator = None
+        if setting == "fedlora":
+            from fedlora._setup import prepare_federation
+            from fedlora.flower import make_fedlora_mod
+
+            layout = prepare_federation(
+                work / "fed",
+                bits=2048,
+                parties=[(f"bank-{i:02d}", "bank") for i in range(clients)],
+                rounds=rounds,
+                participant_threshold=clients,
+                decryption_threshold=3,
+                insecure=True,
+                model_kind="linear",
+                min_clients=clients,
+                round_timeout_s=24 * 3600,
+            )
+            coordinator = layout.coordinator_config
+            mods.append(make_fedlora_mod(layout.root))
+        client = ClientApp(mods=mods)
+
+        @client.train()
+        def train(msg: Message, context: Context) -> Message:
+            partition = int(context.node_config["partition-id"])
+            w = msg.content["arrays"]["w"].numpy() + _update(partition, size)
+            return Message(
+                RecordDict(
+                    {
+                        "arrays": ArrayRecord({"w": Array(w)}),
+                        "metrics": MetricRecord({"num-examples": 1}),
+                    }
+                ),
+                reply_to=msg,
+            )
+
+        server = ServerApp()
+
+        @server.main()
+        def main(grid: Grid, context: Context) -> None:
+            wait_nodes(grid)
+            inner = FedAvg(
+                fraction_train=1.0,
+                fraction_evaluate=0.0,
+                min_train_nodes=clients,
+                min_available_nodes=clients,
+            )
+            if coordinator is not None:
+                from fedlora.flower import FedloraStrategy
+
+                strategy = FedloraStrategy(inner, coordinator, timeout=24 * 3600)
+            else:
+                strategy = inner
+            started = time.monotonic()
+            strategy.start(grid, initial, num_rounds=rounds, timeout=24 * 3600)
+            timing["seconds"] = time.monotonic() - started
+
+    run_simulation(
+        server,
+        client,
+        num_supernodes=clients,
+        backend_config={"client_resources": {"num_cpus": 1}},
+    )
+    sizes = [int(line.split()[1]) for line in log.read_text().splitlines()] if log.exists() else []
+    return {
+        "setting": setting,
+        "seconds_per_round": timing.get("seconds", float("nan")) / rounds,
+        # fedlora's decrypt/release replies and SecAgg+'s stages all count: everything a client sends.
+        "bytes_per_client_per_round": sum(sizes) / (clients * rounds) if sizes else 0,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    parser.add_argument("--clients", type=int, help="N simulated clients (overrides the preset)")
+    parser.add_argument("--params", type=int, help="P float32 parameters (overrides the preset)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds per setting (default 1)")
+    parser.add_argument("--setting", help=argparse.SUPPRESS)  # internal: one setting, JSON out
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    clients, size = PRESETS[args.preset]
+    clients, size = args.clients or clients, args.params or size
+    if args.setting:
+        print(json.dumps(run_setting(args.setting, clients, size, args.rounds, args.work)))
+        return 0
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for setting in ("fedavg", "secagg+", "fedlora"):
+            work = Path(tmp) / setting.replace("+", "plus")
+            work.mkdir()
+            out = subprocess.run(
+                [sys.executable, __file__, "--setting", setting, "--work", str(work),
+                 "--clients", str(clients), "--params", str(size), "--rounds", str(args.rounds)],
+                capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+            )  # fmt: skip
+            if out.returncode != 0:
+                print(out.stdout[-2000:] + out.stderr[-4000:], file=sys.stderr)
+                return 1
+            results[setting] = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"\n{clients} simulated clients × {size:,} float32 parameters, {args.rounds} round(s), "
+          "Flower Simulation Engine (Ray), this machine")  # fmt: skip
+    print("| setting | s / round | bytes sent / client / round | server peak RSS (MB) |")
+    print("|---|---:|---:|---:|")
+    for name, r in results.items():
+        print(
+            f"| {name} | {r['seconds_per_round']:.2f} | {r['bytes_per_client_per_round']:,.0f} | "
+            f"{r['peak_rss_mb']:,.0f} |"
+        )
+    ratio = results["fedlora"]["seconds_per_round"] / results["secagg+"]["seconds_per_round"]
+    print(f"fedlora/secagg+ round time ratio: {ratio:.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

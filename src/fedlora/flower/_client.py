@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +159,8 @@ class FlowerTrainer:
 
 
 class FlowerSession:
-    """One fedlora client in a SuperNode: keys, ledger and anchor, kept across messages."""
+    """One fedlora client in a SuperNode, for one message: its keys, ledger and kept checkpoint
+    come from its files, which are all that lasts between messages."""
 
     def __init__(self, config: ClientConfig) -> None:
         self.transport = PushTransport()
@@ -169,7 +169,6 @@ class FlowerSession:
             config, trainer=self.trainer, console=Console(stderr=True), transport=self.transport
         )
         self.fed: Federation | None = None
-        self.lock = threading.Lock()
 
     def anchor_size(self) -> int:
         current = self.client.anchor.current
@@ -205,10 +204,6 @@ class FlowerSession:
             return SignedContribution(header, b"", bytes.fromhex(doc["statement"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
-
-
-_SESSIONS: dict[Path, FlowerSession] = {}
-_SESSIONS_LOCK = threading.Lock()
 
 
 def _client_configs(folder: Path) -> list[Path]:
@@ -250,12 +245,13 @@ def client_config_path(context: Context) -> Path:
 
 
 def _session(context: Context, configs: list[Path] | None) -> FlowerSession:
-    path = _config_path(context, configs).resolve()
-    with _SESSIONS_LOCK:
-        session = _SESSIONS.get(path)
-        if session is None:
-            session = _SESSIONS[path] = FlowerSession(load_client_config(path))
-        return session
+    """A fresh session per message: its ledger and kept checkpoint are read from disk now.
+
+    Flower may run a node's messages in different processes (Ray actors, isolated ClientApp
+    processes); a session kept in memory could hold a stale ledger or anchor while another
+    process has moved the files on.
+    """
+    return FlowerSession(load_client_config(_config_path(context, configs).resolve()))
 
 
 def _refusal(msg: Message, reason: str, session: FlowerSession | None = None) -> Message:
@@ -277,15 +273,14 @@ def make_fedlora_mod(client_configs: str | Path | None = None) -> Any:
         session: FlowerSession | None = None
         try:
             session = _session(context, configs)
-            with session.lock:
-                session.transport.load(msg.content)
-                if step == w.JOIN:
-                    return Message(_join(session, msg), reply_to=msg)
-                if step == w.TRAIN:
-                    return _train(session, msg, context, call_next)
-                if step in (w.DECRYPT, w.RELEASE):
-                    return Message(_decrypt(session, msg), reply_to=msg)
-                raise ProtocolError(f"unknown fedlora step {step!r}")
+            session.transport.load(msg.content)
+            if step == w.JOIN:
+                return Message(_join(session, msg), reply_to=msg)
+            if step == w.TRAIN:
+                return _train(session, msg, context, call_next)
+            if step in (w.DECRYPT, w.RELEASE):
+                return Message(_decrypt(session, msg), reply_to=msg)
+            raise ProtocolError(f"unknown fedlora step {step!r}")
         except FedLoraError as exc:
             return _refusal(msg, str(exc), session)
 

@@ -328,6 +328,13 @@ class ModelKeeper:
         _write_atomically(version_folder(self.state_dir, version), fill)
 
 
+def _read_doc(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError, UnicodeDecodeError):
+        raise VerificationError(f"{path} is unreadable") from None
+
+
 def verify_kept(
     state_dir: Path, federation_id: str, coordinator_key: bytes, version: int
 ) -> KeptModel:
@@ -342,10 +349,7 @@ def verify_kept(
     if not (folder / "provenance.json").is_file():
         raise ConfigError(f"global version {version} is not kept in {state_dir / MODELS}")
     where = f"{folder / 'provenance.json'}"
-    try:
-        doc = json.loads((folder / "provenance.json").read_bytes())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        raise VerificationError(f"{where} is unreadable") from None
+    doc = _read_doc(folder / "provenance.json")
     entry = _check_proof_doc(doc, coordinator_key, federation_id, where)
     if entry.get("event") != "global_published" or entry.get("version") != version:
         raise VerificationError(f"{where} does not prove global version {version}")
@@ -367,11 +371,9 @@ def verify_kept(
     final = False
     if (folder / "final.json").exists():
         where = f"{folder / 'final.json'}"
-        try:
-            fin = json.loads((folder / "final.json").read_bytes())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-            raise VerificationError(f"{where} is unreadable") from None
-        finished = _check_proof_doc(fin, coordinator_key, federation_id, where)
+        finished = _check_proof_doc(
+            _read_doc(folder / "final.json"), coordinator_key, federation_id, where
+        )
         if (
             finished.get("event") != "federation_finished"
             or finished.get("global_version") != version

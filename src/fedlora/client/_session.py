@@ -507,6 +507,15 @@ class Client:
         (folder / f"round-{r:05d}.json").write_text(json.dumps({"weight": weight}))
 
     # -- decryption ------------------------------------------------------------------------------
+    def checked_aggregate(self, round_number: int) -> CheckedAggregate | None:
+        """The aggregate this holder verified in full for a round, while it waits for the quorum."""
+        return self._verified.get(round_number)
+
+    def restore_checked_aggregate(self, checked: CheckedAggregate) -> None:
+        """Give back an aggregate this holder verified earlier (a push transport keeps it on disk
+        between messages); the next :meth:`decrypt` then needs only the manifest."""
+        self._verified[checked.round_number] = checked
+
     def decrypt(self, round_number: int) -> bool:
         """Do this share holder's part of decrypting ``round_number``; True once it is done.
 

@@ -20,6 +20,7 @@ files (sorted) are given to the simulated nodes by ``partition-id``.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,12 @@ from fedlora import rpc
 from fedlora.audit import SignedCheckpoint
 from fedlora.client import Client, Federation
 from fedlora.config import ClientConfig, load_client_config
-from fedlora.crypto import sign_digest
+from fedlora.crypto import ciphertext_vector_digest, ciphertext_width, pack_records, sign_digest
 from fedlora.errors import ConfigError, FedLoraError, ProtocolError, RemoteError
 from fedlora.flower import _wire as w
 from fedlora.flower._identity import join_digest
 from fedlora.protocol import (
+    CheckedAggregate,
     ContributionHeader,
     DecryptionTask,
     JoinInfo,
@@ -46,6 +48,7 @@ from fedlora.protocol import (
     RoundStatus,
     SignedContribution,
     TicketAck,
+    unpack_records,
 )
 from fedlora.v1 import common_pb2, federation_pb2
 
@@ -93,6 +96,12 @@ class PushTransport:
         raise RemoteError("on Flower a contribution is a reply, not an upload", ProtocolError)
 
     def decryption_task(self, round_number: int, *, manifest_only: bool) -> DecryptionTask:
+        if not manifest_only and w.scalar(self.content, "manifest_only"):
+            raise RemoteError(
+                "the release step carries only the manifest, and this node kept no verified "
+                "aggregate for the round (its decrypt step did not run here)",
+                ProtocolError,
+            )
         manifest = rpc.manifest_from_proto(
             w.parse(federation_pb2.DecryptionManifest(), self._blob("manifest"), "manifest")
         )
@@ -364,13 +373,64 @@ def _train(
     return Message(content, reply_to=msg)
 
 
+def _verified_path(session: FlowerSession, round_number: int) -> Path:
+    return session.client.state_dir / "flower-verified" / f"round-{round_number:05d}.json"
+
+
+def _load_verified(session: FlowerSession, round_number: int) -> None:
+    """The aggregate this holder verified in full at the decrypt step, so the release step
+    carries only the manifest (the client re-checks the ticket and the aggregate's digest)."""
+    path = _verified_path(session, round_number)
+    holder = session.client.holder
+    if holder is None or not path.exists():
+        return
+    try:
+        doc = json.loads(path.read_text())
+        checked = CheckedAggregate(
+            round_number,
+            bytes.fromhex(doc["ticket"]),
+            unpack_records(bytes.fromhex(doc["aggregate"]), ciphertext_width(holder.key.paillier)),
+            tuple(doc["participants"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError, FedLoraError):
+        return  # the full task is asked for instead
+    if not hmac.compare_digest(
+        ciphertext_vector_digest(holder.key.paillier, checked.ciphertexts),
+        bytes.fromhex(str(doc.get("digest", ""))),
+    ):
+        return
+    session.client.restore_checked_aggregate(checked)
+
+
+def _save_verified(session: FlowerSession, round_number: int) -> None:
+    checked = session.client.checked_aggregate(round_number)
+    holder = session.client.holder
+    if checked is None or holder is None:
+        return
+    path = _verified_path(session, round_number)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    width = ciphertext_width(holder.key.paillier)
+    doc = {
+        "ticket": checked.ticket.hex(),
+        "aggregate": pack_records(checked.ciphertexts, width).hex(),
+        "digest": ciphertext_vector_digest(holder.key.paillier, checked.ciphertexts).hex(),
+        "participants": list(checked.participants),
+    }
+    path.write_text(json.dumps(doc))
+
+
 def _decrypt(session: FlowerSession, msg: Message) -> RecordDict:
     session.ensure_joined()
     if session.client.holder is None:
         raise ProtocolError("this node holds no key share")
     _receipt(session)
     round_number = int(w.scalar(msg.content, "round") or 0)
+    _load_verified(session, round_number)
     done = session.client.decrypt(round_number)
+    if done:
+        _verified_path(session, round_number).unlink(missing_ok=True)
+    else:
+        _save_verified(session, round_number)
     out = dict(session.transport.outbox)
     content = RecordDict()
     w.put(content, "released" if done else "signed", out, anchor=session.anchor_size())

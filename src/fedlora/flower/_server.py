@@ -290,9 +290,12 @@ class FedloraStrategy(Strategy):
         return [(n, p) for n, p in self.nodes.items() if p.id in holders]
 
     def _task(self, node: int, party: Party, step: str, round_number: int) -> Message:
+        """A holder's decrypt message (the whole task) or release message (the manifest with
+        the ticket signatures only: the holder kept the aggregate it verified)."""
         engine = self.engine
         assert engine is not None
-        manifest, stream = engine.decryption_task(party, round_number)
+        manifest_only = step == w.RELEASE
+        manifest, stream = engine.decryption_task(party, round_number, manifest_only=manifest_only)
         blobs = self._common(node, party)
         blobs["manifest"] = rpc.manifest_to_proto(manifest).SerializeToString()
         parts: dict[str, bytearray] = {}
@@ -309,6 +312,7 @@ class FedloraStrategy(Strategy):
                 round=round_number,
                 signatures=len(manifest.ticket_signatures),
                 quorum=engine.quorum,
+                manifest_only=manifest_only,
             ),
             dst_node_id=node,
             message_type=MessageType.TRAIN,  # mods wrap registered functions; as SecAgg+ does

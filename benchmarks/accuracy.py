@@ -131,7 +131,9 @@ class Encrypted:
     plaintext knowledge, signatures, intake checks, the homomorphic sum, the holders' checks, the
     ticket quorum, proven partial decryptions, combination, decoding and publication."""
 
-    def __init__(self, workdir: Path, w: Workload, num_parameters: int, clip: float) -> None:
+    def __init__(
+        self, workdir: Path, w: Workload, num_parameters: int, clip: float, value_bits: int = 16
+    ) -> None:
         from fedlora._setup import prepare_federation
 
         self.ids = [f"c{i}" for i in range(len(w.clients))]
@@ -148,6 +150,7 @@ class Encrypted:
             rows=40,
         )
         self.w, self.num_parameters, self.clip = w, num_parameters, clip
+        self.value_bits = value_bits
         self.weights = [len(c[1]) for c in w.clients]
         self.runs = 0
         self.bytes_per_client = 0
@@ -170,7 +173,9 @@ class Encrypted:
             self.layout.client_configs,
             trainers={pid: _Counting(t, self) for pid, t in trainers.items()},
             num_parameters=self.num_parameters,
-            codec=CodecConfig(clip=self.clip, value_bits=16, max_weight=max(self.weights)),
+            codec=CodecConfig(
+                clip=self.clip, value_bits=self.value_bits, max_weight=max(self.weights)
+            ),
             run_name=f"run-{self.runs}",
         )
         engine = self.fed.engine
@@ -196,7 +201,9 @@ class _Counting:
         return self.inner.evaluate(vector)
 
 
-def run(w: Workload, clip: float, rounding_seeds: int, workdir: Path) -> list[dict[str, Any]]:
+def run(
+    w: Workload, clip: float, rounding_seeds: int, workdir: Path, value_bits: list[int]
+) -> list[dict[str, Any]]:
     n = len(w.clients)
     weights = [len(c[1]) for c in w.clients]
     rows = []
@@ -235,18 +242,22 @@ def run(w: Workload, clip: float, rounding_seeds: int, workdir: Path) -> list[di
     # plaintext FedAvg and fedlora, same clients, seeds and schedule
     fedavg = federate(w, weights, None)
     rows.append(_row("FedAvg (plaintext)", w, fedavg, trainers_bytes=None))
-    folder = Path(tempfile.mkdtemp(prefix=f"{w.name}-federation-", dir=workdir))
-    encrypted = Encrypted(folder, w, fedavg.num_parameters, clip)
-    fed = federate(w, weights, encrypted)
-    rows.append(_row("fedlora (encrypted)", w, fed, trainers_bytes=encrypted.bytes_per_client))
-    rows[-1]["clipped"] = encrypted.clipped / max(1, encrypted.values)
-    # The only difference between the two is quantization noise; show how much it can matter by
-    # re-running the encrypted federation (fresh stochastic-rounding noise each run).
-    gaps = [abs(rows[-1]["acc"] - rows[-2]["acc"])]
-    for _ in range(1, rounding_seeds):
-        again = federate(w, weights, encrypted)
-        gaps.append(abs(_metrics(again.trainer, again.vector, w.test)[0] - rows[-2]["acc"]))
-    rows[-1]["gaps"] = gaps
+    plain = rows[-1]
+    for bits in value_bits:
+        folder = Path(tempfile.mkdtemp(prefix=f"{w.name}-federation-", dir=workdir))
+        encrypted = Encrypted(folder, w, fedavg.num_parameters, clip, bits)
+        fed = federate(w, weights, encrypted)
+        label = f"fedlora (encrypted, {bits}-bit values)"
+        rows.append(_row(label, w, fed, trainers_bytes=encrypted.bytes_per_client))
+        rows[-1]["clipped"] = encrypted.clipped / max(1, encrypted.values)
+        rows[-1]["value_bits"] = bits
+        # The only difference from FedAvg is quantization noise; show how much it can matter by
+        # re-running the encrypted federation (fresh stochastic-rounding noise each run).
+        gaps = [abs(rows[-1]["acc"] - plain["acc"])]
+        for _ in range(1, rounding_seeds):
+            again = federate(w, weights, encrypted)
+            gaps.append(abs(_metrics(again.trainer, again.vector, w.test)[0] - plain["acc"]))
+        rows[-1]["gaps"] = gaps
     return rows
 
 
@@ -311,7 +322,13 @@ def main() -> None:
         "--rounding-seeds", type=int, default=3, help="encrypted runs (fresh rounding noise each)"
     )
     ap.add_argument("--workdir", type=Path, default=Path("build/accuracy"))
+    ap.add_argument(
+        "--value-bits",
+        default="16",
+        help="codec value bits to run fedlora with, comma-separated (e.g. 16,12,8)",
+    )
     args = ap.parse_args()
+    value_bits = [int(b) for b in args.value_bits.split(",")]
     args.workdir.mkdir(parents=True, exist_ok=True)
     workloads = []
     print("| workload | setting | accuracy | F1 | AUC | bytes / client / round | s / round |")
@@ -320,7 +337,7 @@ def main() -> None:
     for name in args.workloads.split(","):
         w = build(name, args.seed, args.workdir)
         started = time.perf_counter()
-        rows = run(w, args.clip, args.rounding_seeds, args.workdir)
+        rows = run(w, args.clip, args.rounding_seeds, args.workdir, value_bits)
         workloads.append(w)
         for r in rows:
             b = f"{r['bytes']:,}" if r["bytes"] else "—"
@@ -329,16 +346,17 @@ def main() -> None:
                 f"| {name} | {r['setting']} | {100 * r['acc']:.2f}% | {r['f1']:.3f} | {r['auc']:.3f} | {b} | {s} |",
                 flush=True,
             )
-        local, fedavg, enc = rows[0], rows[2], rows[3]
-        gap = 100 * abs(enc["acc"] - fedavg["acc"])
-        checks.append(
-            f"{name}: |fedlora - FedAvg| = {gap:.2f} pp ({'ok' if gap <= 0.5 else 'OVER 0.5'}); "
-            f"federated {100 * enc['acc']:.2f}% vs local-only {100 * local['acc']:.2f}% "
-            f"({'ok' if enc['acc'] > local['acc'] else 'NOT BETTER'}); clipped values {100 * enc['clipped']:.3f}%; "
-            f"gap over {len(enc['gaps'])} rounding seeds: max {100 * max(enc['gaps']):.2f} pp, "
-            f"mean {100 * float(np.mean(enc['gaps'])):.2f} pp (one test example = {100 / len(w.test[1]):.2f} pp); "
-            f"{len(w.clients)} clients, {w.rounds} rounds × {w.steps} steps; {time.perf_counter() - started:.0f} s"
-        )
+        local, fedavg = rows[0], rows[2]
+        for enc in rows[3:]:
+            gap = 100 * abs(enc["acc"] - fedavg["acc"])
+            checks.append(
+                f"{name}, {enc['value_bits']}-bit: |fedlora - FedAvg| = {gap:.2f} pp ({'ok' if gap <= 0.5 else 'OVER 0.5'}); "
+                f"federated {100 * enc['acc']:.2f}% vs local-only {100 * local['acc']:.2f}% "
+                f"({'ok' if enc['acc'] > local['acc'] else 'NOT BETTER'}); clipped values {100 * enc['clipped']:.3f}%; "
+                f"gap over {len(enc['gaps'])} rounding seeds: max {100 * max(enc['gaps']):.2f} pp, "
+                f"mean {100 * float(np.mean(enc['gaps'])):.2f} pp (one test example = {100 / len(w.test[1]):.2f} pp); "
+                f"{len(w.clients)} clients, {w.rounds} rounds × {w.steps} steps; {time.perf_counter() - started:.0f} s"
+            )
     print()
     for line in checks:
         print(line)

@@ -1,17 +1,25 @@
-"""Crypto pipeline benchmark: fedlora (packed, pooled, multi-core) vs naive per-value Paillier.
+"""Crypto pipeline benchmark: per modexp backend, against today's gmpy2 path and naive Paillier.
 
 Measures, in one run on this machine, for one float32 vector per client and a 3-of-5 threshold
-key: pack, encrypt (cold, DJN fixed-base, warm pool), aggregate, threshold partial decryption per
-party, combine, unpack; bytes on the wire; and the same steps done naively — one phe ciphertext
-per value, one core — timed on a sample and extrapolated (labelled as such). It also measures
-the floor for partial decryption: raw gmpy2 ``powmod_base_list`` with the same exponent on all
-cores, and prints how close fedlora's partial decryption (validation and proof included) gets.
+key, for every modexp backend available here (gmpy2 on threads; OpenSSL's libcrypto, constant-
+time for secrets): cold encryption, threshold partial decryption per decryptor (with its proof),
+combination (verifying three proofs), the raw floor of that backend (its bare exponentiations for
+the same partial decryption) and the pipeline total. Then, side by side:
+
+* **the gmpy2 path as it was** — gmpy2 on the same threads and byte-aligned 3-byte slots (85 per
+  ciphertext at 2048 bits, this codec's layout before bit packing): its partial decryption is
+  timed on as many ciphertexts as that layout needed;
+* **8-bit values** (``--dense-bits``): a contribution encoded at 8 bits (12-bit slots, 170 per
+  ciphertext), encrypted, partially decrypted by three holders and combined on the fastest
+  backend, the decoded mean checked;
+* **naive per-value Paillier** — one phe ciphertext per value, one core — timed on a sample and
+  extrapolated (labelled as such).
 
 Usage:
     python benchmarks/crypto_bench.py                      # the README table: 2048 bits, 2^20 values
     python benchmarks/crypto_bench.py --values 65536 --naive-sample 500   # a quick look
 
-The last line is ``speedup vs naive per-value Paillier: <N>x``.
+The last line is ``speedup vs naive per-value Paillier: <N>x`` (the default backend's pipeline).
 """
 
 from __future__ import annotations
@@ -19,10 +27,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import ssl
 import statistics
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import gmpy2
 import numpy as np
@@ -31,17 +40,22 @@ import phe
 from fedlora.crypto import (
     CodecParams,
     DjnObfuscator,
+    ModexpBackend,
     ObfuscatorPool,
+    OpenSSLBackend,
     ThreadsBackend,
     add_ciphertext_vectors,
     ciphertext_width,
     combine_partial_decryptions,
     decode,
+    default_backend,
     encode,
     encrypt_batch,
     generate_threshold_key,
+    integer_lagrange_at_zero,
     partial_decrypt,
 )
+from fedlora.crypto._openssl import load_libcrypto
 
 T = TypeVar("T")
 PARTIES = ("bank-a", "bank-b", "hospital-c", "hospital-d", "hospital-e")
@@ -53,6 +67,16 @@ def timed(fn: Callable[[], T]) -> tuple[T, float]:
     return out, time.perf_counter() - start
 
 
+def partial_floor(
+    backend: ModexpBackend, key: Any, secret: int, cts: list[int], sample: int
+) -> float:
+    """Seconds for the backend's bare exponentiations of a partial decryption of ``cts``
+    (measured on a sample, scaled to all)."""
+    part = cts[: min(sample, len(cts))]
+    _, t = timed(lambda: backend.powmod_bases_secret(part, 2 * key.delta * secret, key.nsquare))
+    return t * len(cts) / len(part)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -60,23 +84,30 @@ def main() -> None:
     ap.add_argument("--bits", type=int, default=2048)
     ap.add_argument("--values", type=int, default=1 << 20)
     ap.add_argument("--contributions", type=int, default=10)
-    ap.add_argument("--value-bits", type=int, default=16)
+    ap.add_argument("--value-bits", type=int, default=16, help="the default codec's value bits")
+    ap.add_argument("--dense-bits", type=int, default=8, help="the dense codec's value bits")
     ap.add_argument("--naive-sample", type=int, default=2000)
     ap.add_argument(
-        "--floor-sample", type=int, default=4096, help="ciphertexts for the raw-gmpy2 floor"
+        "--floor-sample", type=int, default=2048, help="ciphertexts for each backend's raw floor"
     )
     args = ap.parse_args()
-    backend = ThreadsBackend()  # gmpy2 on every core: the default backend, made explicit here
-    workers = backend.workers
+    backends: dict[str, ModexpBackend] = {"gmpy2": ThreadsBackend()}
+    if load_libcrypto() is not None:
+        backends["openssl"] = OpenSSLBackend()
+    default = default_backend()
+    default_name = "openssl" if default.name == "openssl" else "gmpy2"
+    workers = default.workers  # type: ignore[attr-defined]
     log = lambda msg: print(f"  … {msg}", flush=True)  # noqa: E731
 
     print(
         f"# fedlora crypto benchmark — {platform.machine()}, {os.cpu_count()} cores ({workers} used), "
-        f"Python {platform.python_version()}, gmpy2 {gmpy2.version()}, phe {phe.__version__ if hasattr(phe, '__version__') else '1.5'}"
+        f"Python {platform.python_version()}, gmpy2 {gmpy2.version()}, {ssl.OPENSSL_VERSION}, "
+        f"phe {getattr(phe, '__version__', '1.5')}"
     )
     print(
         f"# {args.bits}-bit key, 3-of-5 threshold, {args.values:,} float32 values, "
-        f"{args.value_bits}-bit values, {args.contributions} contributions\n",
+        f"{args.value_bits}-bit values, {args.contributions} contributions; backends: "
+        f"{', '.join(backends)} (default: {default_name})\n",
         flush=True,
     )
 
@@ -95,8 +126,6 @@ def main() -> None:
         rng.normal(0, 0.3, args.values).astype(np.float32) for _ in range(args.contributions)
     ]
 
-    rows: list[tuple[str, float, float | None]] = []  # step, fedlora seconds, naive seconds
-
     log("packing")
     packed = []
     pack_times = []
@@ -104,12 +133,18 @@ def main() -> None:
         p, t = timed(lambda v=v: encode(v, params, rng=np.random.default_rng()))
         packed.append(p)
         pack_times.append(t)
+    t_pack = statistics.mean(pack_times)
     n_ct = len(packed[0])
 
-    log(f"encrypting contribution 1 cold ({n_ct:,} ciphertexts, rⁿ on {workers} cores)")
-    first, t_cold = timed(lambda: encrypt_batch(pk, packed[0], backend=backend))
-    log("filling an obfuscator pool (the work a client does in the background while training)")
-    pool = ObfuscatorPool(pk, capacity=n_ct, backend=backend)
+    enc: dict[str, float] = {}
+    first: list[int] = []
+    for name, backend in backends.items():
+        log(
+            f"encrypting contribution 1 cold on {name} ({n_ct:,} ciphertexts, rⁿ on {workers} cores)"
+        )
+        first, enc[name] = timed(lambda b=backend: encrypt_batch(pk, packed[0], backend=b))
+    log("filling an obfuscator pool on the default backend (done while training)")
+    pool = ObfuscatorPool(pk, capacity=n_ct, backend=default)
     _, t_fill = timed(pool.fill)
     second, t_warm = timed(lambda: encrypt_batch(pk, packed[1], obfuscators=pool))
     pool.close()
@@ -131,34 +166,71 @@ def main() -> None:
 
     total, t_agg = timed(aggregate)
 
-    partials = []
-    partial_times = []
-    for share in dealt.shares[:3]:
-        log(f"partial decryption by {share.party_id}")
-        p, t = timed(lambda share=share: partial_decrypt(key, share, total, backend=backend))
-        partials.append(p)
-        partial_times.append(t)
-    t_partial = statistics.mean(partial_times)
-
-    log("raw gmpy2 floor for partial decryption")
-    sample = total[: min(args.floor_sample, n_ct)]
-    exponent = 2 * key.delta * dealt.shares[0].secret
-    # The floor is the backend's raw gmpy2 exponentiation on the same threads, nothing else.
-    _, t_floor_sample = timed(lambda: backend.powmod_bases_secret(sample, exponent, key.nsquare))
-    t_floor = t_floor_sample * n_ct / len(sample)
-    _, t_one_core = timed(lambda: [gmpy2.powmod(c, exponent, key.nsquare) for c in sample[:256]])
-    per_ct_one_core = t_one_core / min(256, len(sample))
-
-    log("verifying proofs and combining")
-    plain, t_combine = timed(
-        lambda: combine_partial_decryptions(key, total, partials, backend=backend)
-    )
+    part: dict[str, float] = {}
+    floor: dict[str, float] = {}
+    comb: dict[str, float] = {}
+    partials: dict[str, list[Any]] = {}
+    for name, backend in backends.items():
+        log(f"partial decryption by bank-a on {name}")
+        p, part[name] = timed(
+            lambda b=backend: partial_decrypt(key, dealt.shares[0], total, backend=b)
+        )
+        partials[name] = [p]
+        log(f"raw {name} floor for partial decryption")
+        floor[name] = partial_floor(backend, key, dealt.shares[0].secret, total, args.floor_sample)
+    log("partial decryptions by bank-b and hospital-c on the default backend")
+    others = [partial_decrypt(key, s, total, backend=default) for s in dealt.shares[1:3]]
+    plain: list[int] = []
+    for name, backend in backends.items():
+        log(f"verifying three proofs and combining on {name}")
+        plain, comb[name] = timed(
+            lambda b=backend, n=name: combine_partial_decryptions(
+                key, total, partials[n] + others, backend=b
+            )
+        )
     mean, t_unpack = timed(
         lambda: decode(plain, params, length=args.values, total_weight=args.contributions)
     )
     expected = np.mean([np.clip(v.astype(np.float64), -1, 1) for v in vectors], axis=0)
     error = float(np.max(np.abs(mean - expected)))
     assert error <= params.step, f"decoded mean off by {error} > one step {params.step}"
+
+    # ---- the gmpy2 path as it was: byte-aligned slots, so more ciphertexts -------------------
+    slot_bytes = -(-params.slot_bits // 8)
+    old_k = (args.bits - 1) // (8 * slot_bytes)
+    old_ct = -(-args.values // old_k)
+    log(
+        f"the gmpy2 path as it was: partial decryption of {old_ct:,} ciphertexts ({old_k} per ciphertext)"
+    )
+    old_cts = [total[i % n_ct] for i in range(old_ct)]  # the cost does not depend on contents
+    _, t_old = timed(
+        lambda: partial_decrypt(key, dealt.shares[0], old_cts, backend=backends["gmpy2"])
+    )
+
+    # ---- dense values: 8-bit codec on the fastest backend, decoded and checked ---------------
+    fastest = min(part, key=lambda n: part[n])
+    dense = CodecParams(
+        clip=1.0,
+        value_bits=args.dense_bits,
+        max_total_weight=args.contributions,
+        key_bits=args.bits,
+    )
+    log(
+        f"{args.dense_bits}-bit values on {fastest}: encode, encrypt, 3 partial decryptions, combine"
+    )
+    dense_packed = encode(vectors[0], dense, rng=np.random.default_rng(3))
+    dense_ct = encrypt_batch(pk, dense_packed, backend=backends[fastest])
+    dense_partials = []
+    dense_times = []
+    for s in dealt.shares[:3]:
+        p, t = timed(lambda s=s: partial_decrypt(key, s, dense_ct, backend=backends[fastest]))
+        dense_partials.append(p)
+        dense_times.append(t)
+    dense_plain = combine_partial_decryptions(key, dense_ct, dense_partials, backend=default)
+    dense_mean = decode(dense_plain, dense, length=args.values, total_weight=1)
+    dense_error = float(np.max(np.abs(dense_mean - np.clip(vectors[0].astype(np.float64), -1, 1))))
+    assert dense_error <= dense.step, f"8-bit mean off by {dense_error} > one step {dense.step}"
+    t_dense = statistics.mean(dense_times)
 
     # ---- naive per-value Paillier: phe, one ciphertext per value, one core -------------------
     k = args.naive_sample
@@ -169,17 +241,16 @@ def main() -> None:
             phe.EncodedNumber.encode(pk, x, precision=2**-args.value_bits) for x in sample_values
         ]
     )
-    enc, t_n_encrypt = timed(lambda: [pk.encrypt(e) for e in encoded])
+    enc_n, t_n_encrypt = timed(lambda: [pk.encrypt(e) for e in encoded])
 
     def naive_aggregate() -> list[phe.EncryptedNumber]:
-        acc = list(enc)
+        acc = list(enc_n)
         for _ in range(args.contributions - 1):
-            acc = [a + b for a, b in zip(acc, enc)]
+            acc = [a + b for a, b in zip(acc, enc_n)]
         return acc
 
     agg, t_n_agg = timed(naive_aggregate)
     raw = [a.ciphertext(be_secure=False) for a in agg]
-    s = dealt.shares[0].secret
     n2 = key.nsquare
     naive_partials = {}
     t_n_partials = []
@@ -188,8 +259,6 @@ def main() -> None:
         vals, t = timed(lambda e=e: [gmpy2.powmod(c, e, n2) for c in raw])
         naive_partials[share.index] = vals
         t_n_partials.append(t)
-    del s
-    from fedlora.crypto import integer_lagrange_at_zero
 
     def naive_combine() -> list[int]:
         lam = integer_lagrange_at_zero(list(naive_partials), key.parties)
@@ -207,79 +276,79 @@ def main() -> None:
         lambda: [phe.EncodedNumber(pk, m, a.exponent).decode() for m, a in zip(naive_plain, agg)]
     )
     scale = args.values / k
+    naive = {
+        "pack": t_n_encode * scale,
+        "encrypt": t_n_encrypt * scale,
+        "aggregate": t_n_agg * scale,
+        "partial": statistics.mean(t_n_partials) * scale,
+        "combine": t_n_combine * scale,
+        "unpack": t_n_decode * scale,
+    }
+    naive_total = sum(naive.values())
 
-    rows = [
-        (
-            "pack (clip, quantize, pack) / phe encode",
-            statistics.mean(pack_times),
-            t_n_encode * scale,
-        ),
-        ("encrypt, cold (rⁿ computed now, all cores) / phe encrypt", t_cold, t_n_encrypt * scale),
-        (
-            "encrypt, DJN fixed-base obfuscators",
-            statistics.mean(djn_times) if djn_times else float("nan"),
-            None,
-        ),
-        ("encrypt, warm pool", t_warm, None),
-        ("  (pool fill, in the background while training)", t_fill, None),
-        (f"aggregate {args.contributions}", t_agg, t_n_agg * scale),
-        (
-            "threshold partial-decrypt, per party (with proof)",
-            t_partial,
-            statistics.mean(t_n_partials) * scale,
-        ),
-        ("combine 3 (verifies 3 proofs)", t_combine, t_n_combine * scale),
-        ("unpack / phe decode", t_unpack, t_n_decode * scale),
-    ]
-    pipeline = rows[0][1] + t_cold + t_agg + t_partial + t_combine + t_unpack
-    pipeline_warm = pipeline - t_cold + t_warm
-    naive_total = sum(r[2] for r in rows if r[2] is not None)
+    def pipeline(name: str) -> float:
+        return t_pack + enc[name] + t_agg + part[name] + comb[name] + t_unpack
+
+    # ---- tables ---------------------------------------------------------------------------
+    names = list(backends)
+    print(f"\n| step (s), {n_ct:,} ciphertexts | " + " | ".join(names) + " |")
+    print("|---|" + "---:|" * len(names))
+    for label, values in (
+        ("encrypt, cold (rⁿ on every core)", enc),
+        ("threshold partial decryption, per decryptor (with proof)", part),
+        ("  raw floor of the backend (its bare exponentiations)", floor),
+        ("combine 3 (verifies 3 proofs)", comb),
+    ):
+        print(f"| {label} | " + " | ".join(f"{values[n]:,.2f}" for n in names) + " |")
+    print("| **pipeline** (pack + cold encrypt + aggregate 10 + 1 partial decryption + combine + unpack) | "
+          + " | ".join(f"**{pipeline(n):,.1f}**" for n in names) + " |")  # fmt: skip
+    print(
+        "| partial decryption vs the backend's floor | "
+        + " | ".join(f"{floor[n] / part[n] * 100:.0f}% of floor throughput" for n in names)
+        + " |"
+    )
 
     print(
-        "\n| step | fedlora (s) | naive per-value phe (s, extrapolated from "
-        f"{k:,} values) | speedup |"
+        "\n| partial decryption per decryptor, side by side | ciphertexts | s | vs the gmpy2 path as it was |"
     )
     print("|---|---:|---:|---:|")
-    for name, ours, naive in rows:
-        sp = f"{naive / ours:,.0f}x" if naive is not None and ours > 0 else ""
-        nv = f"{naive:,.1f}" if naive is not None else ""
-        print(f"| {name} | {ours:,.2f} | {nv} | {sp} |")
+    print(f"| gmpy2 path as it was ({args.value_bits}-bit values in {slot_bytes}-byte slots, {old_k} per ciphertext) | {old_ct:,} | {t_old:,.2f} | 1.00x |")  # fmt: skip
+    for name in names:
+        print(f"| {name}, {args.value_bits}-bit values in {params.slot_bits}-bit slots ({params.slots_per_ciphertext} per ciphertext) | {n_ct:,} | {part[name]:,.2f} | {t_old / part[name]:.2f}x |")  # fmt: skip
+    print(f"| {fastest}, {args.dense_bits}-bit values in {dense.slot_bits}-bit slots ({dense.slots_per_ciphertext} per ciphertext; mean of 3 decryptors) | {len(dense_ct):,} | {t_dense:,.2f} | {t_old / t_dense:.2f}x |")  # fmt: skip
+
+    print("\n| step, default backend vs naive per-value phe | fedlora (s) | naive (s, extrapolated from "
+          f"{k:,} values) | speedup |")  # fmt: skip
+    print("|---|---:|---:|---:|")
+    for label, ours, key_ in (
+        ("pack / phe encode", t_pack, "pack"),
+        ("encrypt, cold / phe encrypt", enc[default_name], "encrypt"),
+        (f"aggregate {args.contributions}", t_agg, "aggregate"),
+        ("partial decryption, per decryptor", part[default_name], "partial"),
+        ("combine 3", comb[default_name], "combine"),
+        ("unpack / phe decode", t_unpack, "unpack"),
+    ):
+        print(f"| {label} | {ours:,.2f} | {naive[key_]:,.1f} | {naive[key_] / ours:,.0f}x |")
+    print(f"| encrypt, DJN fixed-base obfuscators | {statistics.mean(djn_times) if djn_times else float('nan'):,.2f} |  |  |")  # fmt: skip
     print(
-        f"| **pipeline** (pack + cold encrypt + aggregate + 1 party's partial decrypt + combine + unpack) "
-        f"| **{pipeline:,.1f}** | **{naive_total:,.0f}** | **{naive_total / pipeline:,.0f}x** |"
+        f"| encrypt, warm pool (pool fill while training: {t_fill:,.1f} s) | {t_warm:,.2f} |  |  |"
     )
-    print(
-        f"| pipeline with a warm pool | {pipeline_warm:,.1f} | {naive_total:,.0f} | {naive_total / pipeline_warm:,.0f}x |"
-    )
+    total_default = pipeline(default_name)
+    print(f"| **pipeline** | **{total_default:,.1f}** | **{naive_total:,.0f}** | **{naive_total / total_default:,.0f}x** |")  # fmt: skip
 
     wire = n_ct * ciphertext_width(pk)
     float_bytes = args.values * 4
-    naive_wire = args.values * ciphertext_width(pk)
-    floor_share = t_floor / t_partial
-    print()
-    print("| measure | value |")
+    print("\n| measure | value |")
     print("|---|---:|")
-    print(
-        f"| ciphertexts per contribution | {n_ct:,} ({params.slots_per_ciphertext} values each, {params.slot_bits}-bit slots in {params.slot_bytes} bytes) |"
-    )
-    print(
-        f"| bytes on the wire per contribution | {wire / 1e6:,.2f} MB ({wire / float_bytes:.2f}x float32's {float_bytes / 1e6:.2f} MB) |"
-    )
-    print(
-        f"| naive per-value bytes | {naive_wire / 1e6:,.0f} MB ({naive_wire / float_bytes:.0f}x float32) |"
-    )
-    print(
-        f"| partial-decrypt floor: raw gmpy2 powmod_base_list, {workers} threads (from {len(sample):,} ciphertexts) | {t_floor:,.1f} s |"
-    )
-    print(
-        f"| fedlora partial decrypt (validation + proof included) vs that floor | {floor_share * 100:.1f}% of floor throughput |"
-    )
-    print(f"| one core, one ciphertext: raw powmod | {per_ct_one_core * 1e3:.2f} ms |")
+    print(f"| ciphertexts per contribution | {n_ct:,} ({params.slots_per_ciphertext} values each, {params.slot_bits}-bit slots) |")  # fmt: skip
+    print(f"| bytes on the wire per contribution | {wire / 1e6:,.2f} MB ({wire / float_bytes:.2f}x float32's {float_bytes / 1e6:.2f} MB) |")  # fmt: skip
+    print(f"| naive per-value bytes | {args.values * ciphertext_width(pk) / 1e6:,.0f} MB |")
     print(f"| safe primes + dealing, {args.bits}-bit 3-of-5 key | {t_keygen:.1f} s |")
     print(
         f"| max abs error of the decrypted mean (bound: one step {params.step:.2e}) | {error:.2e} |"
     )
-    print(f"\nspeedup vs naive per-value Paillier: {naive_total / pipeline:,.0f}x")
+    print(f"| max abs error, {args.dense_bits}-bit values (bound: one step {dense.step:.2e}) | {dense_error:.2e} |")  # fmt: skip
+    print(f"\nspeedup vs naive per-value Paillier: {naive_total / total_default:,.0f}x")
 
 
 if __name__ == "__main__":

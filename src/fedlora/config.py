@@ -107,6 +107,14 @@ class CodecConfig:
 
 
 @dataclass(frozen=True)
+class CryptoConfig:
+    """Where modular exponentiation runs: ``auto`` (OpenSSL's libcrypto where one works, with
+    constant-time code for secrets; gmpy2 otherwise, said in one line), ``openssl`` or ``gmpy2``."""
+
+    backend: Literal["auto", "openssl", "gmpy2"] = "auto"
+
+
+@dataclass(frozen=True)
 class TlsFiles:
     ca: Path
     cert: Path
@@ -170,6 +178,7 @@ class CoordinatorConfig:
     server: ServerConfig = ServerConfig()
     federated_learning: FederatedLearning = FederatedLearning()
     codec: CodecConfig = CodecConfig()
+    crypto: CryptoConfig = CryptoConfig()
     testing: TestingOptions = TestingOptions()
 
     def party(self, party_id: str) -> Party | None:
@@ -289,6 +298,7 @@ class ClientConfig:
     training: TrainingConfig = TrainingConfig()
     retry: RetryConfig = RetryConfig()
     debug: ClientDebug = ClientDebug()
+    crypto: CryptoConfig = CryptoConfig()
     testing: TestingOptions = TestingOptions()
 
 
@@ -494,9 +504,18 @@ def load_coordinator_config(
     return cfg
 
 
-def load_client_config(path: Path) -> ClientConfig:
-    """Read and validate a client YAML file."""
-    cfg = parse_config(ClientConfig, _read(path), base=path.parent.resolve(), source=str(path))
+def load_client_config(
+    path: Path, overrides: typing.Mapping[str, Any] | None = None
+) -> ClientConfig:
+    """Read and validate a client YAML file (``overrides``: dotted keys that replace its values,
+    validated as the YAML is)."""
+    cfg = parse_config(
+        ClientConfig,
+        _read(path),
+        base=path.parent.resolve(),
+        source=str(path),
+        overrides=overrides,
+    )
     _check_transport(
         "coordinator", cfg.coordinator.insecure, cfg.coordinator.tls, cfg.coordinator.address
     )

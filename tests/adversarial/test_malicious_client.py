@@ -49,7 +49,7 @@ def _wait(condition, seconds: float = 20) -> None:  # type: ignore[no-untyped-de
 def _overflowing(layout, engine) -> tuple:  # type: ignore[no-untyped-def]
     """A validly signed contribution whose plaintexts fill every slot to the brim."""
     codec = engine.codec
-    full = (1 << (codec.slots_per_ciphertext * 8 * codec.slot_bytes)) - 1
+    full = (1 << (codec.slots_per_ciphertext * codec.slot_bits)) - 1
     return h.contribution(layout, ATTACKER, 1, plaintexts=[full] * engine.record_count)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.cli._extras import require_client_extra
+from fedlora.crypto._backend import BACKEND_NAMES
 
 
 def register(sub: Any) -> None:
@@ -29,6 +30,7 @@ def register(sub: Any) -> None:
         help="exit a few seconds after the last round instead of serving the audit log and the "
         "global adapters until stopped",
     )
+    _backend_option(coord)
     coord.set_defaults(handler=_coordinator)
     client = sub.add_parser(
         "client", help="join a federation as a bank or hospital and work through its rounds"
@@ -36,15 +38,44 @@ def register(sub: Any) -> None:
     client.add_argument(
         "--config", type=Path, required=True, help="client YAML, e.g. configs/bank.yaml"
     )
+    _backend_option(client)
     client.set_defaults(handler=_client)
+
+
+def _backend_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=BACKEND_NAMES,
+        help="where modular exponentiation runs (overrides the YAML's crypto.backend; default "
+        "auto: OpenSSL's libcrypto, constant-time for secrets, where one works, else gmpy2)",
+    )
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {"crypto.backend": args.backend} if args.backend else {}
+
+
+def _say_backend(name: str) -> None:
+    from rich.console import Console
+
+    from fedlora.crypto import select_backend
+    from fedlora.errors import ConfigError, FedLoraError
+
+    try:
+        line = select_backend(name)[1]
+    except FedLoraError as exc:
+        raise ConfigError(f"crypto.backend: {exc}") from None
+    Console(stderr=True).print(line, soft_wrap=True, highlight=False)
 
 
 def _coordinator(args: argparse.Namespace) -> int:
     from fedlora.config import load_coordinator_config
     from fedlora.coordinator import serve
 
+    config = load_coordinator_config(args.config, _overrides(args))
+    _say_backend(config.crypto.backend)
     return serve(
-        load_coordinator_config(args.config),
+        config,
         exit_when_finished=args.exit_when_finished,
         accept_config_change=args.accept_config_change,
     )
@@ -55,4 +86,6 @@ def _client(args: argparse.Namespace) -> int:
     from fedlora.client import Client
     from fedlora.config import load_client_config
 
-    return Client(load_client_config(args.config)).run()
+    config = load_client_config(args.config, _overrides(args))
+    _say_backend(config.crypto.backend)
+    return Client(config).run()

@@ -44,11 +44,13 @@ from fedlora.crypto import (
     ObfuscatorPool,
     ThresholdPublicKey,
     open_key_share,
+    select_backend,
     sign_digest,
 )
 from fedlora.errors import (
     ConfigError,
     CryptoError,
+    FedLoraError,
     ProtocolError,
     RemoteError,
     TransportError,
@@ -127,7 +129,12 @@ class Client:
         backend: ModexpBackend | None = None,
     ) -> None:
         self.config = config
-        self.backend = backend  # None: fedlora.crypto's default
+        if backend is None and config.crypto.backend != "auto":
+            try:
+                backend = select_backend(config.crypto.backend)[0]
+            except FedLoraError as exc:
+                raise ConfigError(f"crypto.backend: {exc}") from None
+        self.backend = backend  # None: fedlora.crypto's default (auto)
         self.ui = Reporter(console)
         self.signing_key = _private_key(
             config.keys.signing_key, "keys.signing_key", Ed25519PrivateKey

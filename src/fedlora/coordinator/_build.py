@@ -6,13 +6,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from fedlora._files import check_private
 from fedlora.config import CoordinatorConfig
 from fedlora.coordinator._engine import Coordinator
-from fedlora.crypto import ModexpBackend, ThresholdPublicKey
+from fedlora.crypto import ModexpBackend, ThresholdPublicKey, select_backend
 from fedlora.errors import ConfigError, FedLoraError
 
 
@@ -42,6 +43,7 @@ def build_engine(
     clock: Callable[[], float] = time.time,
     backend: ModexpBackend | None = None,
     accept_config_change: bool = False,
+    initial: np.ndarray | None = None,
 ) -> Coordinator:
     """Load the keys the config names and build the coordinator (replaying any saved state)."""
     key = None
@@ -52,6 +54,11 @@ def build_engine(
             )
         except FedLoraError as exc:
             raise ConfigError(f"keys.threshold_public_key: {exc}") from None
+    if backend is None and config.crypto.backend != "auto":
+        try:
+            backend = select_backend(config.crypto.backend)[0]
+        except FedLoraError as exc:
+            raise ConfigError(f"crypto.backend: {exc}") from None
     return Coordinator(
         config,
         key,
@@ -59,4 +66,5 @@ def build_engine(
         clock=clock,
         backend=backend,
         accept_config_change=accept_config_change,
+        initial=initial,
     )

@@ -9,7 +9,15 @@ threads by default), and ciphertext vectors have one fixed-width layout (``Ciphe
 
 from __future__ import annotations
 
-from fedlora.crypto._backend import ModexpBackend, ThreadsBackend, default_backend, default_workers
+from fedlora.crypto._backend import (
+    BACKEND_NAMES,
+    ModexpBackend,
+    ThreadsBackend,
+    default_backend,
+    default_workers,
+    make_backend,
+    select_backend,
+)
 from fedlora.crypto._codec import CodecParams, decode, encode, pack_slots, unpack_slots
 from fedlora.crypto._dealer import deal_threshold_key, generate_threshold_key
 from fedlora.crypto._knowledge import (
@@ -34,6 +42,7 @@ from fedlora.crypto._obfuscation import (
     ObfuscatorPool,
     ObfuscatorSource,
 )
+from fedlora.crypto._openssl import OpenSSLBackend
 from fedlora.crypto._paillier import (
     PaillierPrivateKey,
     PaillierPublicKey,
@@ -84,6 +93,7 @@ from fedlora.crypto._util import Rng, deterministic_rng, fixed_bytes_to_int, int
 from fedlora.crypto._vector import CiphertextVector, pack_records, records_hasher, unpack_records
 
 __all__ = [
+    "BACKEND_NAMES",
     "EMPTY_ROOT",
     "MAX_PARTIES",
     "CiphertextVector",
@@ -97,6 +107,7 @@ __all__ = [
     "ModexpBackend",
     "ObfuscatorPool",
     "ObfuscatorSource",
+    "OpenSSLBackend",
     "PaillierPrivateKey",
     "PaillierPublicKey",
     "PartialDecryption",
@@ -137,6 +148,7 @@ __all__ = [
     "key_fingerprint",
     "keypair_from_primes",
     "leaf_hash",
+    "make_backend",
     "merkle_root",
     "node_hash",
     "open_key_share",
@@ -150,6 +162,7 @@ __all__ = [
     "records_hasher",
     "recover_secret",
     "seal_key_share",
+    "select_backend",
     "sign_digest",
     "split_secret",
     "ticket_digest",

@@ -31,12 +31,15 @@ from fedlora.crypto._util import require_int
 from fedlora.errors import CryptoError
 
 __all__ = [
+    "BACKEND_NAMES",
     "ModexpBackend",
     "ThreadsBackend",
     "default_backend",
     "default_workers",
+    "make_backend",
     "multi_powmod",
     "resolve_backend",
+    "select_backend",
 ]
 
 T = TypeVar("T")
@@ -186,10 +189,76 @@ if TYPE_CHECKING:
     _CHECK: ModexpBackend = ThreadsBackend()  # mypy proves the default meets the protocol
 
 
+BACKEND_NAMES = ("auto", "openssl", "gmpy2")
+
+
+def make_backend(name: str = "auto", workers: int | None = None) -> tuple[ModexpBackend, str]:
+    """The backend ``name`` names, and one line saying which runs and why.
+
+    ``auto`` is OpenSSL's libcrypto (:class:`~fedlora.crypto.OpenSSLBackend`: faster than gmpy2,
+    and constant-time for secrets) where one is found and agrees with gmpy2 on a known answer;
+    gmpy2 otherwise, and the line says so. ``openssl`` insists on libcrypto; ``gmpy2`` is the
+    reference backend.
+
+    Raises:
+        CryptoError: an unknown name, or ``openssl`` where no usable libcrypto is found.
+    """
+    from fedlora.crypto._openssl import OpenSSLBackend, load_libcrypto
+
+    if name not in BACKEND_NAMES:
+        raise CryptoError(f"modexp backend {name!r}: one of {', '.join(BACKEND_NAMES)}")
+    if name == "gmpy2":
+        threads = ThreadsBackend(workers)
+        return threads, f"modexp backend: gmpy2 on {threads.workers} threads (not constant-time)"
+    lib = load_libcrypto()
+    if lib is not None:
+        backend = OpenSSLBackend(workers, lib)
+        if _agrees(backend):
+            return backend, (
+                f"modexp backend: OpenSSL libcrypto on {backend.workers} threads "
+                "(constant-time for secret exponents)"
+            )
+    if name == "openssl":
+        raise CryptoError(
+            "modexp backend openssl: no working libcrypto (OpenSSL ≥ 1.1) was found; install "
+            "OpenSSL's libcrypto (e.g. the libssl3 package) or choose backend gmpy2"
+        )
+    threads = ThreadsBackend(workers)
+    return threads, (
+        "modexp backend: gmpy2 (no working OpenSSL libcrypto found; gmpy2 is slower and not "
+        "constant-time)"
+    )
+
+
+def _agrees(backend: ModexpBackend) -> bool:
+    """A known answer from ``backend`` and gmpy2 (a broken or odd libcrypto is not used)."""
+    modulus = (1 << 521) - 1  # a Mersenne prime: odd, as Montgomery needs
+    bases, exponent = [3, 5, (1 << 400) + 7], (1 << 300) + 12345
+    expected = [int(gmpy2.powmod(b, exponent, modulus)) for b in bases]
+    try:
+        return (
+            backend.powmod_bases(bases, exponent, modulus) == expected
+            and backend.powmod_bases_secret(bases, exponent, modulus) == expected
+        )
+    except (CryptoError, OSError, MemoryError):
+        return False
+
+
 @lru_cache(maxsize=1)
-def default_backend() -> ThreadsBackend:
-    """The shared :class:`ThreadsBackend` on every core, used wherever ``backend`` is ``None``."""
-    return ThreadsBackend()
+def _auto() -> tuple[ModexpBackend, str]:
+    return make_backend("auto")
+
+
+def default_backend() -> ModexpBackend:
+    """The shared backend :func:`make_backend` picks (``auto``), used wherever ``backend`` is
+    ``None``: OpenSSL where it works, gmpy2 otherwise."""
+    return _auto()[0]
+
+
+def select_backend(name: str) -> tuple[ModexpBackend, str]:
+    """A configuration's ``crypto.backend``: the shared default for ``auto``, else a new one;
+    with the line saying which runs (see :func:`make_backend`)."""
+    return _auto() if name == "auto" else make_backend(name)
 
 
 def resolve_backend(backend: ModexpBackend | None) -> ModexpBackend:

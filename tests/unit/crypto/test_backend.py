@@ -127,10 +127,134 @@ def test_bad_worker_counts_and_moduli_are_refused(workers) -> None:
         ThreadsBackend(1).powmod_bases([2], 1.5, 7)  # type: ignore[arg-type]
 
 
-def test_default_backend_is_one_shared_threads_backend() -> None:
+def test_default_backend_is_one_shared_backend_openssl_where_it_works() -> None:
+    from fedlora.crypto._openssl import load_libcrypto
+
     assert default_backend() is default_backend()
-    assert isinstance(default_backend(), ThreadsBackend)
-    assert default_backend().workers >= 1 and default_backend().name == "gmpy2-threads"
+    expected = "openssl" if load_libcrypto() is not None else "gmpy2-threads"
+    assert default_backend().name == expected
+    assert isinstance(default_backend(), ThreadsBackend) and default_backend().workers >= 1
+
+
+# --- OpenSSL ------------------------------------------------------------------------------------
+
+needs_libcrypto = pytest.mark.skipif(
+    __import__("fedlora.crypto._openssl", fromlist=["x"]).load_libcrypto() is None,
+    reason="no libcrypto on this machine",
+)
+
+
+@needs_libcrypto
+@pytest.mark.parametrize("bits", [3, 64, 521, 2048, 4096])
+@pytest.mark.parametrize("workers", [1, 3])
+def test_openssl_backend_equals_gmpy2_on_random_inputs(bits, workers) -> None:
+    # Arrange: odd moduli (Montgomery), bases beyond the modulus and edge values included.
+    from fedlora.crypto import OpenSSLBackend
+
+    rng = random.Random(bits * 10 + workers)
+    modulus = rng.getrandbits(bits) | 1 | (1 << (bits - 1))
+    bases = [rng.getrandbits(bits + 16) for _ in range(40)] + [0, 1, modulus - 1, modulus]
+    exponent = rng.getrandbits(bits + 60)
+    exponents = [rng.getrandbits(bits) for _ in range(30)] + [0, 1]
+    backend, reference = OpenSSLBackend(workers), ThreadsBackend(1)
+    # Act / Assert
+    expected = reference.powmod_bases(bases, exponent, modulus)
+    assert backend.powmod_bases(bases, exponent, modulus) == expected
+    assert backend.powmod_bases_secret(bases, exponent, modulus) == expected
+    assert backend.powmod_exponents(bases[0], exponents, modulus) == reference.powmod_exponents(
+        bases[0], exponents, modulus
+    )
+    assert all(type(x) is int for x in expected)
+
+
+@needs_libcrypto
+@given(
+    st.lists(st.integers(min_value=0, max_value=2**300), max_size=40),
+    st.integers(min_value=0, max_value=2**200),
+    st.integers(min_value=1, max_value=2**256),
+)
+def test_openssl_backend_equals_gmpy2_for_any_modulus_even_or_one(bases, exponent, modulus) -> None:
+    from fedlora.crypto import OpenSSLBackend
+
+    backend, reference = OpenSSLBackend(2), ThreadsBackend(1)
+    assert backend.powmod_bases_secret(bases, exponent, modulus) == reference.powmod_bases(
+        bases, exponent, modulus
+    )
+    assert backend.powmod_exponents(exponent, bases, modulus) == reference.powmod_exponents(
+        exponent, bases, modulus
+    )
+
+
+@needs_libcrypto
+def test_openssl_backend_inverts_negative_exponents_and_refuses_non_units() -> None:
+    from fedlora.crypto import OpenSSLBackend
+
+    modulus, backend = 101 * 103, OpenSSLBackend(2)
+    units = [b for b in range(2, 200) if b % 101 and b % 103]
+    assert backend.powmod_bases(units, -5, modulus) == [pow(b, -5, modulus) for b in units]
+    assert backend.powmod_exponents(7, [-3, 0, 3], modulus) == [
+        pow(7, e, modulus) for e in (-3, 0, 3)
+    ]
+    with pytest.raises(CryptoError, match=r"base\[2\] is not invertible"):
+        backend.powmod_bases([2, 3, 101], -1, modulus)
+    with pytest.raises(CryptoError, match="modulus"):
+        backend.powmod_bases([2], 3, 0)
+
+
+@needs_libcrypto
+def test_secret_exponentiations_run_openssls_constant_time_code_and_public_ones_do_not() -> None:
+    # Arrange: count the calls into libcrypto's two exponentiation functions.
+    from fedlora.crypto import OpenSSLBackend
+    from fedlora.crypto._openssl import _LibCrypto, load_libcrypto
+
+    loaded = load_libcrypto()
+    assert loaded is not None
+    lib = _LibCrypto(loaded.lib)
+    calls = {"BN_mod_exp_mont": 0, "BN_mod_exp_mont_consttime": 0}
+    for name in calls:
+        real = getattr(lib, name)
+
+        def counting(*args, _real=real, _name=name):  # type: ignore[no-untyped-def]
+            calls[_name] += 1
+            return _real(*args)
+
+        setattr(lib, name, counting)
+    backend = OpenSSLBackend(1, lib)
+    modulus = (1 << 127) - 1
+    # Act / Assert
+    backend.powmod_bases_secret([2, 3, 4], 12345, modulus)
+    assert calls == {"BN_mod_exp_mont": 0, "BN_mod_exp_mont_consttime": 3}
+    backend.powmod_bases([2, 3], 12345, modulus)
+    backend.powmod_exponents(2, [5, 6], modulus)
+    assert calls == {"BN_mod_exp_mont": 4, "BN_mod_exp_mont_consttime": 3}
+
+
+def test_backend_choice_auto_openssl_gmpy2_and_the_fallback(monkeypatch) -> None:
+    from fedlora.crypto import _openssl, make_backend
+
+    threads, line = make_backend("gmpy2", workers=1)
+    assert threads.name == "gmpy2-threads" and "not constant-time" in line
+    with pytest.raises(CryptoError, match="one of auto, openssl, gmpy2"):
+        make_backend("gpu")
+    # No libcrypto: auto falls back to gmpy2 and says so in one line; openssl is refused.
+    monkeypatch.setattr(_openssl, "load_libcrypto", lambda: None)
+    backend, line = make_backend("auto")
+    assert backend.name == "gmpy2-threads" and "no working OpenSSL libcrypto" in line
+    with pytest.raises(
+        CryptoError, match=r"install OpenSSL's libcrypto .* or choose backend gmpy2"
+    ):
+        make_backend("openssl")
+
+
+@needs_libcrypto
+def test_a_libcrypto_that_computes_wrong_answers_is_not_used(monkeypatch) -> None:
+    from fedlora.crypto import make_backend
+    from fedlora.crypto._openssl import OpenSSLBackend
+
+    monkeypatch.setattr(OpenSSLBackend, "powmod_bases", lambda self, b, e, m: [1] * len(b))
+    assert make_backend("auto")[0].name == "gmpy2-threads"
+    with pytest.raises(CryptoError, match="no working libcrypto"):
+        make_backend("openssl")
 
 
 # --- backends are passed in and used ------------------------------------------------------------

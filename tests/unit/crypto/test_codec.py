@@ -15,26 +15,43 @@ PARAMS = CodecParams(clip=1.0, value_bits=16, max_total_weight=10, key_bits=2048
 
 
 def test_slot_layout_matches_the_design() -> None:
-    # 16 value bits + 4 headroom bits for 10 contributions → 3-byte slots → 85 per 2048-bit key.
+    # 16 value bits + 4 headroom bits for 10 contributions → 20-bit slots → 102 per 2048-bit key
+    # (85 when slots were rounded up to 3 bytes); 8-bit values → 12-bit slots → 170.
     assert PARAMS.headroom_bits == 4
-    assert PARAMS.slot_bytes == 3
-    assert PARAMS.slots_per_ciphertext == 85
-    assert CodecParams(1.0, 16, 256, 2048).slot_bytes == 3  # 16 + 8 bits still fits 3 bytes
-    assert CodecParams(1.0, 16, 257, 2048).slot_bytes == 4
+    assert PARAMS.slot_bits == 20
+    assert PARAMS.slots_per_ciphertext == 102
+    assert CodecParams(1.0, 8, 10, 2048).slots_per_ciphertext == 170
+    assert CodecParams(1.0, 16, 256, 2048).slot_bits == 24
+    assert CodecParams(1.0, 16, 257, 2048).slot_bits == 25
     assert CodecParams(1.0, 16, 1, 2048).headroom_bits == 0
+    assert CodecParams(1.0, 32, 1 << 31, 2048).slot_bits == 63  # the widest: fits a uint64
 
 
 def test_packing_known_answer() -> None:
-    params = CodecParams(
-        clip=1.0, value_bits=8, max_total_weight=2, key_bits=256
-    )  # 9 bits → 2 bytes
-    assert params.slots_per_ciphertext == 15
-    slots = np.arange(1, 18, dtype=np.uint64)
+    # 8 value bits + 1 headroom bit → 9-bit slots, not byte-aligned: 28 per 256-bit plaintext
+    # (255 // 9), the plaintext's 252 bits preceded by 4 zero bits in its 32 bytes.
+    params = CodecParams(clip=1.0, value_bits=8, max_total_weight=2, key_bits=256)
+    assert params.slots_per_ciphertext == 28 and params.plaintext_bytes == 32
+    slots = np.arange(1, 31, dtype=np.uint64)
     packed = pack_slots(slots, params)
     assert len(packed) == 2
-    assert packed[0] == int("".join(f"{v:04x}" for v in range(1, 16)), 16)
-    assert packed[1] == int("00100011" + "0000" * 13, 16)
-    assert np.array_equal(unpack_slots(packed, params, 17), slots)
+    assert packed[0] == int("".join(f"{v:09b}" for v in range(1, 29)), 2)
+    assert packed[1] == int(f"{29:09b}{30:09b}" + "0" * 9 * 26, 2)
+    assert np.array_equal(unpack_slots(packed, params, 30), slots)
+    with pytest.raises(CryptoError, match="does not fit in 9 bits"):
+        pack_slots(np.array([512], dtype=np.uint64), params)
+    with pytest.raises(CryptoError, match="wider than 28 slots of 9 bits"):
+        unpack_slots([1 << 252], params, 1)
+
+
+def test_the_codec_digest_names_the_bit_layout() -> None:
+    # Peers that packed slots in whole bytes (digest v1) and peers that pack bits refuse each
+    # other's signatures instead of decoding each other's sums wrongly.
+    import hashlib
+
+    canonical = json.dumps(PARAMS.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+    assert PARAMS.digest() == hashlib.sha256(b"fedlora/codec/v2\x00" + canonical).digest()
+    assert PARAMS.digest() != hashlib.sha256(b"fedlora/codec/v1\x00" + canonical).digest()
 
 
 @given(
@@ -105,8 +122,8 @@ def test_corrupt_or_overflowed_sums_are_detected() -> None:
         decode([2 * m for m in one], PARAMS, length=5, total_weight=1)
     with pytest.raises(CryptoError, match="wider than"):
         unpack_slots([1 << 2047], PARAMS, 1)
-    with pytest.raises(CryptoError, match="at most 85"):
-        unpack_slots([0], PARAMS, 86)
+    with pytest.raises(CryptoError, match="at most 102"):
+        unpack_slots([0], PARAMS, 103)
 
 
 def test_params_validate_serialize_and_digest() -> None:
@@ -129,6 +146,6 @@ def test_params_validate_serialize_and_digest() -> None:
 def test_a_million_values_pack_without_a_per_value_loop() -> None:
     x = np.random.default_rng(1).uniform(-1, 1, 1 << 20).astype(np.float32)
     packed = encode(x, PARAMS, rng=np.random.default_rng(2))
-    assert len(packed) == PARAMS.ciphertexts_for(1 << 20) == 12337
+    assert len(packed) == PARAMS.ciphertexts_for(1 << 20) == 10281  # 12337 in whole bytes
     out = decode(packed, PARAMS, length=x.size, total_weight=1)
     assert np.max(np.abs(out - x)) <= PARAMS.step

@@ -55,25 +55,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"crypto.backend": args.backend} if args.backend else {}
 
 
-def _say_backend(name: str) -> None:
-    from rich.console import Console
-
-    from fedlora.crypto import select_backend
-    from fedlora.errors import ConfigError, FedLoraError
-
-    try:
-        line = select_backend(name)[1]
-    except FedLoraError as exc:
-        raise ConfigError(f"crypto.backend: {exc}") from None
-    Console(stderr=True).print(line, soft_wrap=True, highlight=False)
-
-
 def _coordinator(args: argparse.Namespace) -> int:
     from fedlora.config import load_coordinator_config
     from fedlora.coordinator import serve
 
     config = load_coordinator_config(args.config, _overrides(args))
-    _say_backend(config.crypto.backend)
     return serve(
         config,
         exit_when_finished=args.exit_when_finished,
@@ -87,5 +73,4 @@ def _client(args: argparse.Namespace) -> int:
     from fedlora.config import load_client_config
 
     config = load_client_config(args.config, _overrides(args))
-    _say_backend(config.crypto.backend)
     return Client(config).run()

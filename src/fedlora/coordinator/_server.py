@@ -21,6 +21,7 @@ from fedlora.coordinator._build import build_engine, read_file
 from fedlora.coordinator._driver import Driver
 from fedlora.coordinator._engine import Coordinator
 from fedlora.coordinator._servicer import AuditServicer, FederationServicer
+from fedlora.crypto import select_backend
 from fedlora.errors import ConfigError
 from fedlora.v1 import audit_pb2, audit_pb2_grpc, federation_pb2, federation_pb2_grpc
 
@@ -180,6 +181,7 @@ def serve(
         f"{len(config.parties)} parties, {fl.rounds} rounds, participant_threshold {fl.participant_threshold}, "
         f"state in {config.state_dir}"
     )
+    log.info(select_backend(config.crypto.backend)[1])
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

@@ -96,6 +96,10 @@ def test_a_valid_file_parses_with_defaults_and_resolved_paths(tmp_path) -> None:
             r"server\.listen: '127\.0\.0\.1' must be HOST:PORT",
         ),
         (('listen: "127.0.0.1:0"', 'listen: "127.0.0.1:99999"'), "must be HOST:PORT"),
+        (
+            ("model: {", "crypto: {backend: gpu}\nmodel: {"),
+            r"crypto\.backend: expected one of 'auto', 'openssl', 'gmpy2'",
+        ),
     ],
 )
 def test_errors_name_the_dotted_key(tmp_path, change, message) -> None:
@@ -266,3 +270,11 @@ def test_overrides_replace_yaml_values_and_are_validated_the_same_way(tmp_path) 
         load_coordinator_config(path, {"federated_learning.participant_threshold": 1})
     with pytest.raises(ConfigError, match=r"federated_learning\.nonsense: unknown key"):
         load_coordinator_config(path, {"federated_learning.nonsense": 1})
+
+
+def test_the_modexp_backend_defaults_to_auto_and_an_override_is_validated(tmp_path) -> None:
+    path = write(tmp_path, COORDINATOR)
+    assert load_coordinator_config(path).crypto.backend == "auto"
+    assert load_coordinator_config(path, {"crypto.backend": "gmpy2"}).crypto.backend == "gmpy2"
+    with pytest.raises(ConfigError, match=r"crypto\.backend: expected one of"):
+        load_coordinator_config(path, {"crypto.backend": "cuda-please"})

@@ -209,6 +209,8 @@ def main() -> int:
         for setting in ("fedavg", "secagg+", "fedlora"):
             work = Path(tmp) / setting.replace("+", "plus")
             work.mkdir()
+            print(f"  … {setting} ({clients} clients × {size:,} parameters)", flush=True)
+            started = time.perf_counter()
             out = subprocess.run(
                 [sys.executable, __file__, "--setting", setting, "--work", str(work),
                  "--clients", str(clients), "--params", str(size), "--rounds", str(args.rounds)],
@@ -218,6 +220,7 @@ def main() -> int:
                 print(out.stdout[-2000:] + out.stderr[-4000:], file=sys.stderr)
                 return 1
             results[setting] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"    done in {time.perf_counter() - started:,.0f} s", flush=True)
     print(f"\n{clients} simulated clients × {size:,} float32 parameters, {args.rounds} round(s), "
           "Flower Simulation Engine (Ray), this machine")  # fmt: skip
     print("| setting | s / round | bytes sent / client / round | server peak RSS (MB) |")

@@ -78,12 +78,23 @@ class StateLock:
     dies (a ``kill -9`` leaves no stale lock).
     """
 
-    def __init__(self, folder: Path, what: str) -> None:
+    def __init__(self, folder: Path, what: str, *, wait_s: float = 0.0) -> None:
+        """``wait_s``: how long to wait for another holder to finish (0: refuse at once)."""
         import fcntl
+        import time
 
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / ".lock"
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -353,3 +353,67 @@ def test_a_setting_an_older_log_never_recorded_needs_an_explicit_acceptance() ->
     with pytest.raises(ConfigError, match="--accept-config-change"):
         check_changes(changes, accept=False, state_dir="s", round_number=1)
     check_changes(changes, accept=True, state_dir="s", round_number=1)  # recorded from now on
+
+
+def test_a_restarted_client_reads_only_the_log_entries_it_has_not_read(tmp_path) -> None:
+    # Arrange: a finished one-round federation, extended to two; bank-a restarts (a new keeper
+    # from its files) and counts which entries it asks for.
+    from fedlora.client._models import ModelKeeper
+
+    layout, first = _finished_federation(tmp_path)
+    read = first.clients["bank-a"].models.scanned
+    assert read > 0
+    engine = _restart(layout, accept=True, federated_learning={"rounds": 2})
+    clients = {pid: _client(layout, engine, pid) for pid in layout.client_configs}
+    fed = InProcessFederation(engine, clients)
+    client = clients["bank-a"]
+    assert client.models.scanned == read  # kept in models/scan.json
+    asked: list[int] = []
+    honest = client.transport.audit_entries
+
+    def counting(start, limit):  # type: ignore[no-untyped-def]
+        asked.append(start)
+        return honest(start, limit)
+
+    client.transport.audit_entries = counting  # type: ignore[method-assign]
+    # Act
+    fed.run_round()
+    # Assert: it read on from where it was, and kept v2 as final.
+    assert asked and min(asked) == read
+    assert verify_kept(
+        client.state_dir, client.config.federation_id, client.coordinator_key, 2
+    ).final
+    # A scan file that is not this log's (here: a leaf altered) is forgotten and the log is read
+    # again from its start; nothing is blamed on the coordinator.
+    scan = client.state_dir / "models" / "scan.json"
+    doc = json.loads(scan.read_text())
+    plain = next(i for i in range(len(doc["leaves"]) // 64) if str(i) not in doc["entries"])
+    leaves = bytearray(bytes.fromhex(doc["leaves"]))
+    leaves[32 * plain : 32 * plain + 32] = b"\x00" * 32  # a leaf no kept entry vouches for
+    doc["leaves"] = leaves.hex()
+    scan.write_text(json.dumps(doc))
+    client.models = ModelKeeper(
+        client.state_dir, client.config.federation_id, client.coordinator_key
+    )
+    engine.audit.append("note", text="one more entry")  # something new to read
+    asked.clear()
+    client.keep_models(2)
+    assert asked[0] > 0 and asked[-1] == 0
+    assert json.loads(scan.read_text())["leaves"] != doc["leaves"]
+
+
+def test_a_restart_from_other_initial_arrays_is_refused_before_anything_is_written(
+    tmp_path,
+) -> None:
+    # Arrange: a federation whose version 0 is given (as on Flower), then stopped.
+    layout = _layout(tmp_path)
+    config = load_coordinator_config(layout.coordinator_config)
+    start = np.linspace(-1, 1, N).astype(np.float32)
+    engine = build_engine(config, clock=Clock(), initial=start)
+    assert np.array_equal(engine.store.load_global(0), start)
+    # Act / Assert: the same start restarts; another is refused, naming the cause, and the
+    # refused restart wrote nothing.
+    size = build_engine(config, clock=Clock(), initial=start).audit.size
+    with pytest.raises(ConfigError, match="started from other initial arrays"):
+        build_engine(config, clock=Clock(), initial=start + 1)
+    assert build_engine(config, clock=Clock(), initial=start).audit.size == size + 1

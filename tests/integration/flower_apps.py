@@ -26,6 +26,11 @@ def delta_for(partition: int) -> np.ndarray:
     return np.random.default_rng(1000 + partition).normal(0, 0.8, SIZE).astype(np.float32)
 
 
+def initial_vector() -> np.ndarray:
+    """The ServerApp's initial arrays, flattened (not zeros: version 0 is the whole model)."""
+    return np.random.default_rng(7).normal(0, 0.5, SIZE).astype(np.float32)
+
+
 def weight_for(partition: int) -> int:
     return 1 + partition % 4
 
@@ -76,10 +81,11 @@ def server_app(coordinator: Path, rounds: int, nodes: int, result: Path) -> Serv
             coordinator,
             timeout=300,
         )
+        start = initial_vector()
         initial = ArrayRecord(
             {
-                "a": Array(np.zeros((10, 10), dtype=np.float32)),
-                "b": Array(np.zeros(SIZE - 100, dtype=np.float32)),
+                "a": Array(start[:100].reshape(10, 10)),
+                "b": Array(start[100:]),
             }
         )
         outcome = strategy.start(

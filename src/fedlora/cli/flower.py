@@ -44,6 +44,12 @@ def register(sub: Any) -> None:
     prepare.add_argument(
         "--local-steps", type=int, default=20, help="local optimizer steps per round (default 20)"
     )
+    prepare.add_argument(
+        "--supernode-auth",
+        action="store_true",
+        help="also write a SuperNode authentication key pair per party (P-384, OpenSSH format) "
+        "in OUT/supernode-auth/, for flower-superlink --enable-supernode-auth",
+    )
     prepare.set_defaults(handler=_prepare)
 
 
@@ -71,6 +77,16 @@ def _prepare(args: argparse.Namespace) -> int:
         min_clients=args.clients,
     )
     root = args.out.resolve()
+    if args.supernode_auth:
+        folder = root / "supernode-auth"
+        for pid, _ in parties:
+            write_supernode_key(folder, pid)
+        console.print(
+            f"wrote a SuperNode authentication key pair per party to {escape(str(folder))}; "
+            "register each public key with `flwr supernode register FOLDER/PARTY.pub` and start "
+            "each SuperNode with --auth-supernode-private-key FOLDER/PARTY (docs/flower.md)",
+            soft_wrap=True,
+        )
     console.print(
         f"wrote a {args.clients}-party federation to {escape(str(root))} (coordinator.yaml and one "
         "client YAML per simulated SuperNode, by partition-id); run it with:\n"
@@ -80,3 +96,29 @@ def _prepare(args: argparse.Namespace) -> int:
     )
     assert layout.coordinator_config.exists()
     return 0
+
+
+def write_supernode_key(folder: Path, name: str) -> Path:
+    """A SuperNode authentication key pair as Flower 1.41 reads it: an EC P-384 private key in
+    OpenSSH format (``folder/name``, mode 0600) and its public key (``folder/name.pub``)."""
+    import os
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    path = folder / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(private)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    (folder / f"{name}.pub").write_bytes(public + f" {name}\n".encode())
+    return path

@@ -195,7 +195,11 @@ def export(
         what = "merged model"
     elif model.adapter is not None:
         shutil.copytree(model.adapter, out, dirs_exist_ok=True)
-        what = "peft adapter (loading it: docs/operations.md, 'Using the trained model')"
+        what = (
+            "set of Flower arrays (arrays.npz, one array per key of the ServerApp's ArrayRecord)"
+            if (model.adapter / "arrays.npz").exists()
+            else "peft adapter (loading it: docs/operations.md, 'Using the trained model')"
+        )
     else:
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(model.folder / "global.f32", out / "global.f32")

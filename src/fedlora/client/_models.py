@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,10 @@ from fedlora.audit import SignedCheckpoint, verify_checkpoint, verify_entry_incl
 from fedlora.client._transport import Transport
 from fedlora.crypto import leaf_hash, merkle_root
 from fedlora.errors import ConfigError, VerificationError
+from fedlora.protocol import FLOWER_LAYOUT
 
 MODELS = "models"
+SCAN = "scan.json"
 MAX_VERSION = 10_000_000  # a version is a round number; anything else in a log is ignored
 WriteAdapter = Callable[[np.ndarray, Path], None]
 
@@ -129,7 +132,7 @@ def _write_atomically(final: Path, fill: Callable[[Path], None]) -> None:
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     with open(tmp, "w") as fh:
         fh.write(json.dumps(doc, indent=2) + "\n")
         fh.flush()
@@ -175,9 +178,99 @@ class ModelKeeper:
         self.state_dir = state_dir
         self.federation_id = federation_id
         self.coordinator_key = coordinator_key
-        self._leaves: list[bytes] = []  # leaf hashes of the entries read so far (a restart rereads)
+        self._leaves: list[bytes] = []  # leaf hashes of the entries read so far
+        self._lines: dict[int, bytes] = {}  # index -> the entries that matter here
         self._published: dict[int, tuple[int, bytes, str]] = {}  # version -> (index, entry, digest)
         self._finished: tuple[int, bytes, int, str | None] | None = None  # the newest one
+        self.layout: list[list[Any]] | None = None  # a Flower federation's array layout, signed
+        self._saved = 0
+        self._load_scan()
+
+    @property
+    def scanned(self) -> int:
+        """How many of the log's entries have been read, authenticated and recorded on disk."""
+        return self._saved
+
+    # What was read is kept in models/scan.json, so that a restart (or, on Flower, the next
+    # message) reads only the entries since. The file is this client's own, like its ledger; it
+    # is re-checked when loaded (each kept entry against its leaf hash, then parsed as if read
+    # now), and the next scan checks the whole prefix, as its leaves are part of the root.
+    def _scan_path(self) -> Path:
+        return self.state_dir / MODELS / SCAN
+
+    def _reset(self) -> None:
+        self._leaves, self._lines, self._published = [], {}, {}
+        self._finished, self.layout, self._saved = None, None, 0
+
+    def _load_scan(self) -> None:
+        try:
+            doc = json.loads(self._scan_path().read_bytes())
+            if not isinstance(doc, dict) or doc.get("federation_id") != self.federation_id:
+                return
+            raw = bytes.fromhex(doc["leaves"])
+            if len(raw) % 32:
+                return
+            self._leaves = [raw[i : i + 32] for i in range(0, len(raw), 32)]
+            for key, value in sorted(doc["entries"].items(), key=lambda kv: int(kv[0])):
+                index, line = int(key), bytes.fromhex(value)
+                if not 0 <= index < len(self._leaves) or not hmac.compare_digest(
+                    leaf_hash(line), self._leaves[index]
+                ):
+                    raise ValueError("an entry that is not the recorded leaf")
+                self._consider(index, line)
+        except Exception:
+            self._reset()
+            return
+        self._saved = len(self._leaves)
+
+    def _save_scan(self) -> None:
+        if self._saved == len(self._leaves):
+            return
+        self._scan_path().parent.mkdir(parents=True, exist_ok=True)
+        _write_json(
+            self._scan_path(),
+            {
+                "federation_id": self.federation_id,
+                "leaves": b"".join(self._leaves).hex(),
+                "entries": {str(i): line.hex() for i, line in sorted(self._lines.items())},
+            },
+        )
+        self._saved = len(self._leaves)
+
+    def _consider(self, index: int, line: bytes) -> None:
+        """Take note of one authenticated entry (a publication, the end, a Flower layout).
+
+        Raises:
+            VerificationError: a malformed entry, or two digests for one version.
+        """
+        doc = _entry(line, index)
+        event = doc.get("event")
+        if event == "global_published":
+            version = _version(doc.get("version"), index)
+            digest = _digest(doc.get("global_digest"), index)
+            known = self._published.get(version)
+            if known is not None and known[2] != digest:
+                raise VerificationError(
+                    f"the log publishes two different global adapters as version {version} "
+                    f"(entries {known[0]} and {index})"
+                )
+            self._published.setdefault(version, (index, line, digest))
+        elif event == "federation_finished":
+            version = _version(doc.get("global_version"), index)
+            named = doc.get("global_digest")
+            self._finished = (
+                index,
+                line,
+                version,
+                _digest(named, index) if named is not None else None,
+            )
+        elif event == "federation_started":
+            settings = doc.get("settings")
+            layout = settings.get(FLOWER_LAYOUT) if isinstance(settings, dict) else None
+            self.layout = layout if isinstance(layout, list) else None
+        else:
+            return
+        self._lines[index] = line
 
     def kept(self) -> dict[int, Path]:
         folder = self.state_dir / MODELS
@@ -200,33 +293,19 @@ class ModelKeeper:
                 f"the coordinator sent {len(lines)} audit entries for {start}..{size - 1}"
             )
         leaves = self._leaves + [leaf_hash(line) for line in lines]
+        if not hmac.compare_digest(merkle_root(leaves), checkpoint.root) and start > 0:
+            # What this client kept of its earlier reading (models/scan.json) may be what is
+            # wrong: forget it and read the log from its start before blaming the coordinator.
+            self._scan_path().unlink(missing_ok=True)
+            self._reset()
+            return self._scan(transport, checkpoint)
         if not hmac.compare_digest(merkle_root(leaves), checkpoint.root):
             raise VerificationError(
                 f"the audit entries the coordinator sent are not the log of its signed checkpoint "
                 f"(tree size {size})"
             )
         for offset, line in enumerate(lines):
-            index = start + offset
-            doc = _entry(line, index)
-            if doc.get("event") == "global_published":
-                version = _version(doc.get("version"), index)
-                digest = _digest(doc.get("global_digest"), index)
-                known = self._published.get(version)
-                if known is not None and known[2] != digest:
-                    raise VerificationError(
-                        f"the log publishes two different global adapters as version {version} "
-                        f"(entries {known[0]} and {index})"
-                    )
-                self._published.setdefault(version, (index, line, digest))
-            elif doc.get("event") == "federation_finished":
-                version = _version(doc.get("global_version"), index)
-                named = doc.get("global_digest")
-                self._finished = (
-                    index,
-                    line,
-                    version,
-                    _digest(named, index) if named is not None else None,
-                )
+            self._consider(start + offset, line)
         self._leaves = leaves
 
     def sync(
@@ -281,6 +360,7 @@ class ModelKeeper:
                     if other != version:
                         (path / "final.json").unlink(missing_ok=True)
                 lines.append(f"global adapter v{version} is the federation's final model")
+        self._save_scan()  # only after every version read so far is kept
         return lines
 
     def _keep(
@@ -312,6 +392,8 @@ class ModelKeeper:
             "global_digest": expected.hex(),
             **_proof_doc(entry, index, proof, checkpoint),
         }
+        if self.layout is not None:
+            provenance["layout"] = self.layout  # as the log's federation_started entry names it
         receipt = self.state_dir / "receipts" / f"round-{version:05d}.json"
         if receipt.exists():  # this client contributed to the round that produced the version
             provenance["receipt"] = json.loads(receipt.read_bytes())

@@ -255,10 +255,13 @@ class Client:
             f"{self.config.id}: joined {info.federation_id!r} as {info.role} {role}; {info.rounds} rounds, "
             f"{info.aggregation_frequency} local steps each, {info.encryption_type} aggregation"
         )
-        if self.share and self.backend is None:
-            self.ui.info(f"{self.config.id}: {select_backend('auto')[1]}")
-        elif self.share:
-            self.ui.info(f"{self.config.id}: modexp backend: {self.backend.name}")
+        if self.share:
+            line = (
+                select_backend("auto")[1]
+                if self.backend is None
+                else f"modexp backend: {self.backend.name}"
+            )
+            self.ui.info(f"{self.config.id}: {line}")
         return self.fed
 
     def _consistency(self, old_size: int, new_size: int) -> list[bytes]:

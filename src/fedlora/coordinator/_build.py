@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -44,6 +45,7 @@ def build_engine(
     backend: ModexpBackend | None = None,
     accept_config_change: bool = False,
     initial: np.ndarray | None = None,
+    extra_settings: Mapping[str, Any] | None = None,
 ) -> Coordinator:
     """Load the keys the config names and build the coordinator (replaying any saved state)."""
     key = None
@@ -67,4 +69,5 @@ def build_engine(
         backend=backend,
         accept_config_change=accept_config_change,
         initial=initial,
+        extra_settings=extra_settings,
     )

@@ -25,7 +25,7 @@ import hmac
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -111,7 +111,14 @@ class Coordinator:
         rule: AggregationRule | None = None,
         backend: ModexpBackend | None = None,
         accept_config_change: bool = False,
+        initial: np.ndarray | None = None,
+        extra_settings: Mapping[str, Any] | None = None,
     ) -> None:
+        """``initial``: global version 0 (default zeros: an adapter's delta from the base model).
+        The Flower strategy gives the ServerApp's initial arrays, so every version is the whole
+        vector; a restart with another initial vector is refused. ``extra_settings``: more
+        settings the federation records at its start and a restart must match (Flower's array
+        layout, which members use to render the versions they keep)."""
         self.config = config
         self.fl = config.federated_learning
         self.key = threshold_key
@@ -152,11 +159,21 @@ class Coordinator:
             ticket_quorum=self.quorum,
             spec_digest=spec_digest(self.spec) if self.spec is not None else "",
         )
+        self.settings.update(extra_settings or {})
         self._job_running = False
         self.stage = Stage.WAITING
         self.round: RoundState | None = None
         self.global_version = 0
         self._aggregate_cache: tuple[int, list[int]] | None = None
+        if initial is not None and initial.shape != (self.num_parameters,):
+            raise ConfigError(
+                f"the initial vector has {initial.size} values; the model has {self.num_parameters}"
+            )
+        self._initial = (
+            np.zeros(self.num_parameters, dtype=np.float32)
+            if initial is None
+            else np.ascontiguousarray(initial, dtype=np.float32)
+        )
         self._restore(accept_config_change)
 
     # -- start-up ----------------------------------------------------------------------------
@@ -194,7 +211,7 @@ class Coordinator:
                     settings=self.settings,
                 )
             )
-            self._save_and_publish(0, np.zeros(self.num_parameters, dtype=np.float32))
+            self._save_and_publish(0, self._initial)
             return  # WAITING: round 1 opens once min_clients parties have joined
         state = replay(events)
         changes = differences(state.settings, self.settings)
@@ -204,6 +221,15 @@ class Coordinator:
             state_dir=str(self.config.state_dir),
             round_number=state.round.number if state.round else 0,
         )
+        initial = hashlib.sha256(self._initial.astype("<f4").tobytes()).digest()
+        if self.store.global_path(0).exists() and not hmac.compare_digest(
+            initial, self.global_digest(0)
+        ):
+            raise ConfigError(
+                f"{self.config.state_dir} holds a federation that started from other initial "
+                "arrays (global version 0 differs); give the same initial model, or a new "
+                "state folder for a new federation"
+            )
         self.round, self.stage, self.global_version = state.round, state.stage, state.global_version
         self.joined = state.joined & {p.id for p in self.config.parties}
         if changes:

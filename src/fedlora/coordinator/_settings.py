@@ -27,6 +27,7 @@ IMMUTABLE = (
     "keys.threshold_public_key",
     "codec.",
     "model.",
+    "flower.",  # a Flower run's array layout: the versions members keep are read with it
 )
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from rich.console import Console
 
 from fedlora import rpc
+from fedlora._files import StateLock
 from fedlora.audit import SignedCheckpoint
 from fedlora.client import Client, Federation
 from fedlora.config import ClientConfig, load_client_config
@@ -51,6 +54,8 @@ from fedlora.protocol import (
     unpack_records,
 )
 from fedlora.v1 import common_pb2, federation_pb2
+
+LOCK_WAIT_S = 600.0  # a node's other message holds its state folder at most this long
 
 
 def flatten(arrays: ArrayRecord) -> np.ndarray:
@@ -87,7 +92,15 @@ class PushTransport:
         )
 
     def download_global(self, version: int, max_bytes: int | None = None) -> tuple[bytes, bytes]:
-        data = self._blob("global")
+        name = f"global:{version}"
+        records = self.content.array_records.get(w.BLOBS)
+        if (records is None or name not in records) and w.scalar(
+            self.content, "global_version"
+        ) in (None, version):
+            name = "global"  # the current version
+        data = self._blob(name)
+        if max_bytes is not None and len(data) > max_bytes:
+            raise RemoteError(f"global version {version} is larger than the model", ProtocolError)
         return data, hashlib.sha256(data).digest()
 
     def upload_contribution(
@@ -140,10 +153,20 @@ class PushTransport:
         return [data[i : i + 32] for i in range(0, len(data), 32)]
 
     def audit_entries(self, start: int, limit: int) -> list[bytes]:
-        raise RemoteError("audit entries are not carried on Flower", ProtocolError)
+        """The entries from ``start``: the message carries them from where the server believes
+        this node has read to (an earlier point, after a lost reply, is fine: the overlap is
+        dropped, and every line is authenticated by the root anyway)."""
+        given = w.scalar(self.content, "entries_start")
+        if not isinstance(given, int) or not 0 <= given <= start:
+            raise RemoteError(
+                f"the message carries the audit entries from {given}, this node has read {start}",
+                ProtocolError,
+            )
+        return w.unpack_lines(self._blob("entries"), skip=start - given, limit=limit)
 
     def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
-        raise RemoteError("inclusion proofs are not carried on Flower", ProtocolError)
+        data = self._blob(f"inclusion:{index}:{tree_size}")
+        return [data[i : i + 32] for i in range(0, len(data), 32)]
 
     def close(self) -> None:
         return None
@@ -157,6 +180,7 @@ class FlowerTrainer:
         self.num_parameters = int(received.size)
         self.num_examples = 1
         self.updated: np.ndarray | None = None
+        self.keeper: Any = None  # the session's ModelKeeper: the layout the log names
 
     def train(self, global_vector: np.ndarray, steps: int, on_step: object = None) -> np.ndarray:
         assert self.updated is not None, "the user's training runs before sealing"
@@ -166,10 +190,62 @@ class FlowerTrainer:
     def evaluate(self, vector: np.ndarray) -> float:
         return float("nan")
 
+    def save_adapter(self, vector: np.ndarray, folder: Path) -> None:
+        """A kept version in the ServerApp's layout, as the log's ``federation_started`` entry
+        names it: ``arrays.npz``, one float array per key, in order. Nothing is written when the
+        log names no layout or one that does not describe this vector."""
+        arrays = _split(vector, self.keeper.layout if self.keeper is not None else None)
+        if arrays is None:
+            return
+        import zipfile
+
+        folder.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(folder / "arrays.npz", "w") as archive:
+            for key, array in arrays.items():
+                with archive.open(f"{key}.npy", "w") as fh:
+                    np.lib.format.write_array(fh, array, allow_pickle=False)
+
+
+_KEY = re.compile(r"^[A-Za-z0-9_.:/-]{1,200}$")
+_FLOATS = ("float16", "float32", "float64")
+
+
+def _split(vector: np.ndarray, layout: Any) -> dict[str, np.ndarray] | None:
+    """``vector`` cut into the arrays a layout ``[[key, shape, dtype], ...]`` names, or None
+    when the layout is not a list of distinct keys, non-negative shapes and float dtypes that
+    add up to exactly the vector."""
+    if not isinstance(layout, list) or not 0 < len(layout) <= 100_000:
+        return None
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    for item in layout:
+        if not (isinstance(item, list) and len(item) == 3):
+            return None
+        key, shape, dtype = item
+        if not (isinstance(key, str) and _KEY.match(key) and key not in out and ".." not in key):
+            return None
+        if not (isinstance(shape, list) and len(shape) <= 16):
+            return None
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            return None
+        if dtype not in _FLOATS:
+            return None
+        n = int(np.prod(shape)) if shape else 1
+        if offset + n > vector.size:
+            return None
+        out[key] = vector[offset : offset + n].reshape(shape).astype(dtype)
+        offset += n
+    return out if offset == vector.size else None
+
 
 class FlowerSession:
     """One fedlora client in a SuperNode, for one message: its keys, ledger and kept checkpoint
-    come from its files, which are all that lasts between messages."""
+    come from its files, which are all that lasts between messages.
+
+    A fresh session per message: Flower may run a node's messages in different processes (Ray
+    actors, isolated ClientApp processes); a session kept in memory could hold a stale ledger
+    or anchor while another process has moved the files on.
+    """
 
     def __init__(self, config: ClientConfig) -> None:
         self.transport = PushTransport()
@@ -177,11 +253,17 @@ class FlowerSession:
         self.client = Client(
             config, trainer=self.trainer, console=Console(stderr=True), transport=self.transport
         )
+        self.trainer.keeper = self.client.models
         self.fed: Federation | None = None
 
     def anchor_size(self) -> int:
         current = self.client.anchor.current
         return current.tree_size if current else 0
+
+    def marks(self) -> dict[str, int]:
+        """What every reply tells the server: the checkpoint this node anchored and how many
+        log entries it has read (so the next message carries only what is new to it)."""
+        return {"anchor": self.anchor_size(), "scanned": self.client.models.scanned}
 
     def ensure_joined(self) -> Federation:
         """Join from the message's join info (a simulation may run each message in another
@@ -253,20 +335,10 @@ def client_config_path(context: Context) -> Path:
     return _config_path(context, None)
 
 
-def _session(context: Context, configs: list[Path] | None) -> FlowerSession:
-    """A fresh session per message: its ledger and kept checkpoint are read from disk now.
-
-    Flower may run a node's messages in different processes (Ray actors, isolated ClientApp
-    processes); a session kept in memory could hold a stale ledger or anchor while another
-    process has moved the files on.
-    """
-    return FlowerSession(load_client_config(_config_path(context, configs).resolve()))
-
-
 def _refusal(msg: Message, reason: str, session: FlowerSession | None = None) -> Message:
     content = RecordDict()
-    anchor = session.anchor_size() if session else 0
-    w.put(content, "refused", {}, reason=reason[:2000], anchor=anchor)
+    marks = session.marks() if session else {}
+    w.put(content, "refused", {}, reason=reason[:2000], **marks)
     return Message(content, reply_to=msg)
 
 
@@ -280,8 +352,13 @@ def make_fedlora_mod(client_configs: str | Path | None = None) -> Any:
         if step is None:
             return call_next(msg, context)  # not fedlora's: e.g. evaluation
         session: FlowerSession | None = None
+        lock: StateLock | None = None
         try:
-            session = _session(context, configs)
+            config = load_client_config(_config_path(context, configs).resolve())
+            # One message at a time per node: Flower may hand two of a node's messages to two
+            # processes (a retry after a timeout), and both would write its ledger and models.
+            lock = StateLock(config.state_dir, "fedlora node", wait_s=LOCK_WAIT_S)
+            session = FlowerSession(config)
             session.transport.load(msg.content)
             if step == w.JOIN:
                 return Message(_join(session, msg), reply_to=msg)
@@ -289,9 +366,14 @@ def make_fedlora_mod(client_configs: str | Path | None = None) -> Any:
                 return _train(session, msg, context, call_next)
             if step in (w.DECRYPT, w.RELEASE):
                 return Message(_decrypt(session, msg), reply_to=msg)
+            if step == w.KEEP:
+                return Message(_keep(session), reply_to=msg)
             raise ProtocolError(f"unknown fedlora step {step!r}")
         except FedLoraError as exc:
             return _refusal(msg, str(exc), session)
+        finally:
+            if lock is not None:
+                lock.release()
 
     return mod
 
@@ -311,7 +393,7 @@ def _join(session: FlowerSession, msg: Message) -> RecordDict:
         w.JOIN,
         {"signature": sign_digest(session.client.signing_key, digest)},
         party=config.id,
-        anchor=session.anchor_size(),
+        **session.marks(),
     )
     return content
 
@@ -343,6 +425,7 @@ def _train(
     session.ensure_joined()
     _receipt(session)
     status = session.transport.round_status()
+    _keep_models(session, status.round)
     reply = call_next(msg, context)  # the user's own training, unchanged
     if reply.has_error():
         return reply
@@ -368,9 +451,32 @@ def _train(
             "header": rpc.contribution_header_to_proto(sent.header).SerializeToString(),
             "records": sent.records,
         },
-        anchor=session.anchor_size(),
+        **session.marks(),
     )
     return Message(content, reply_to=msg)
+
+
+def _keep_models(session: FlowerSession, round_number: int) -> None:
+    """Keep every version published since this node last read the log, as the standalone
+    client does. A log or a download that is not what the server signed is refused, as there
+    (VerificationError); a message that lacks what is needed (after a lost reply, say) is
+    only reported, and training goes on."""
+    fed = session.ensure_joined()
+    try:
+        session.client.keep_models(round_number, fed.info.rounds)
+    except (RemoteError, OSError) as exc:
+        print(f"{session.client.config.id}: global versions not kept now: {exc}", file=sys.stderr)
+
+
+def _keep(session: FlowerSession) -> RecordDict:
+    """The ``keep`` step after the last round: keep what was published, the final one too."""
+    session.ensure_joined()
+    _receipt(session)
+    _keep_models(session, session.transport.round_status().round)
+    kept = session.client.models.kept()
+    content = RecordDict()
+    w.put(content, "kept", {}, newest=max(kept) if kept else 0, **session.marks())
+    return content
 
 
 def _verified_path(session: FlowerSession, round_number: int) -> Path:
@@ -433,7 +539,7 @@ def _decrypt(session: FlowerSession, msg: Message) -> RecordDict:
         _save_verified(session, round_number)
     out = dict(session.transport.outbox)
     content = RecordDict()
-    w.put(content, "released" if done else "signed", out, anchor=session.anchor_size())
+    w.put(content, "released" if done else "signed", out, **session.marks())
     return content
 
 

@@ -23,6 +23,7 @@ starts. Nodes are identified as fedlora parties by a signed challenge
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -42,7 +43,7 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import Result, Strategy
 
 from fedlora import rpc
 from fedlora.config import CoordinatorConfig, Party, load_coordinator_config
@@ -52,7 +53,7 @@ from fedlora.errors import ConfigError, FedLoraError, ProtocolError
 from fedlora.flower import _wire as w
 from fedlora.flower._client import flatten
 from fedlora.flower._identity import join_digest
-from fedlora.protocol import Stage
+from fedlora.protocol import FLOWER_LAYOUT, Stage
 from fedlora.v1 import federation_pb2
 
 log = logging.getLogger("fedlora.flower")
@@ -92,6 +93,8 @@ class FedloraStrategy(Strategy):
         self.grid: Grid | None = None
         self.nodes: dict[int, Party] = {}  # Flower node id -> fedlora party
         self.anchors: dict[int, int] = {}  # node -> tree size of the checkpoint it keeps
+        self.scanned: dict[int, int] = {}  # node -> audit entries it has read (keeping models)
+        self.sent: dict[int, set[int]] = {}  # node -> checkpoint sizes sent since its anchor
         self.receipts: dict[int, bytes] = {}  # node -> its last receipt, delivered next time
         self.receipt_sizes: dict[int, int] = {}  # node -> tree size of that receipt's checkpoint
         self.template: ArrayRecord | None = None
@@ -111,7 +114,17 @@ class FedloraStrategy(Strategy):
             spec=None,
         )
         self.config = dataclasses.replace(self.config, model=model)
-        self.engine = build_engine(self.config, backend=self.backend)
+        # Version 0 is the initial arrays, so every published version is the whole model, and
+        # members keep it as such; a restart with other initial arrays is refused.
+        # The arrays' layout goes into the log's federation_started entry: members render the
+        # versions they keep with the layout the log names, not one a message brings.
+        layout = [[k, list(a.shape), str(a.dtype)] for k, a in arrays.items()]
+        self.engine = build_engine(
+            self.config,
+            backend=self.backend,
+            initial=self.base,
+            extra_settings={FLOWER_LAYOUT: layout},
+        )
         return self.engine
 
     def _join(self, grid: Grid) -> None:
@@ -154,7 +167,7 @@ class FedloraStrategy(Strategy):
                 log.warning(f"node {node} is not admitted: {exc}")
                 continue
             self.nodes[node] = party
-            self.anchors[node] = int(w.scalar(reply.content, "anchor") or 0)
+            self._marks(node, reply.content)
             engine.join_info(party)
         log.info(f"{len(self.nodes)} of {len(nodes)} nodes joined as fedlora parties")
 
@@ -167,12 +180,46 @@ class FedloraStrategy(Strategy):
         # One short line per node: a ClientApp's traceback belongs in its own log, not ours.
         lines = re.sub(r"\x1b\[[0-9;]*m", "", raw).strip().splitlines()
         reason = lines[0][:300] if lines else "no reason"
+        if not reply.has_error():
+            self._marks(node, reply.content)  # a refusal still says what the node holds
         party = self.nodes.get(node)
         self.refusals.append(f"{party.id if party else node}: {reason}")
         log.warning(f"node {node} ({party.id if party else '?'}) refused: {reason}")
 
+    def _marks(self, node: int, content: RecordDict) -> None:
+        """What a node's reply says it holds: its anchored checkpoint, the log entries it read."""
+        if w.STEP not in content.config_records:
+            return
+        for into, name in ((self.anchors, "anchor"), (self.scanned, "scanned")):
+            value = w.scalar(content, name)
+            into[node] = value if isinstance(value, int) and value >= 0 else 0
+        anchor = self.anchors[node]
+        self.sent[node] = {size for size in self.sent.get(node, set()) if size >= anchor}
+
+    def _models(self, node: int, tree_size: int) -> dict[str, bytes]:
+        """What a member needs to keep every version published since it last read the log: the
+        entries since, inclusion proofs for the ones it keeps, and those versions' bytes."""
+        engine = self.engine
+        assert engine is not None
+        start = min(self.scanned.get(node, 0), tree_size)
+        lines = engine.audit.entries(start, tree_size - start) if tree_size > start else []
+        blobs = {"entries": w.pack_lines(lines)}
+        for offset, line in enumerate(lines):
+            index = start + offset
+            doc = json.loads(line)
+            event, version = doc.get("event"), doc.get("version", doc.get("global_version"))
+            if event not in ("global_published", "federation_finished"):
+                continue
+            blobs[f"inclusion:{index}:{tree_size}"] = b"".join(
+                engine.audit.inclusion(index, tree_size)[1]
+            )
+            if event == "global_published" and version and version != engine.global_version:
+                blobs[f"global:{version}"] = engine.store.global_path(version).read_bytes()
+        blobs["global"] = engine.store.global_path(engine.global_version).read_bytes()
+        return blobs
+
     # -- what every fedlora message to a node carries ------------------------------------------
-    def _common(self, node: int, party: Party) -> dict[str, bytes]:
+    def _common(self, node: int, party: Party, *, models: bool = False) -> dict[str, bytes]:
         engine = self.engine
         assert engine is not None
         cp = engine.checkpoint()
@@ -182,8 +229,13 @@ class FedloraStrategy(Strategy):
             "checkpoint": rpc.checkpoint_to_proto(cp).SerializeToString(),
         }
         # Consistency proofs the node will ask for: from the checkpoint it keeps, through its
-        # receipt's, to the current one.
-        sizes = sorted({self.anchors.get(node, 0), self.receipt_sizes.get(node, 0), cp.tree_size})
+        # receipt's, to the current one. The checkpoint it keeps is the one it last reported, or
+        # one sent since, whose reply was lost (a node that anchored it and then failed).
+        sent = self.sent.setdefault(node, set())
+        sizes = sorted(
+            {self.anchors.get(node, 0), self.receipt_sizes.get(node, 0), cp.tree_size, *sent}
+        )
+        sent.add(cp.tree_size)
         for i, old in enumerate(sizes):
             for new in sizes[i + 1 :]:
                 if old > 0:
@@ -191,13 +243,20 @@ class FedloraStrategy(Strategy):
         receipt = self.receipts.pop(node, None)  # delivered once: the node anchors it then
         if receipt is not None:
             blobs["receipt"] = receipt
+        if models:
+            blobs.update(self._models(node, cp.tree_size))
         return blobs
 
+    def _scalars(self, node: int) -> dict[str, Any]:
+        engine = self.engine
+        assert engine is not None
+        return {"global_version": engine.global_version, "entries_start": self.scanned.get(node, 0)}
+
     def global_arrays(self) -> ArrayRecord:
-        """The current global model: the initial arrays plus the published global vector."""
+        """The current global model (the published version, in the initial arrays' layout)."""
         engine, template, base = self.engine, self.template, self.base
         assert engine is not None and template is not None and base is not None
-        vector = base.astype(np.float64) + engine.store.load_global(engine.global_version)
+        vector = engine.store.load_global(engine.global_version)
         out, offset = {}, 0
         for key, array in template.items():
             shape = array.shape
@@ -207,6 +266,59 @@ class FedloraStrategy(Strategy):
         return ArrayRecord(out)
 
     # -- Strategy ------------------------------------------------------------------------------
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Any = None,
+    ) -> Result:
+        """Flower's strategy loop; then every member is sent what it needs to keep the versions
+        published since it last read the log (the final one included), as the standalone client
+        keeps them."""
+        if num_rounds != self.config.federated_learning.rounds:
+            log.warning(
+                f"num_rounds is {num_rounds}, the federation's federated_learning.rounds is "
+                f"{self.config.federated_learning.rounds}: the federation finishes (and members "
+                "mark a final model) only after that many rounds"
+            )
+        result = super().start(
+            grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, evaluate_fn
+        )
+        self.handover(grid)
+        return result
+
+    def handover(self, grid: Grid) -> None:
+        """Send every admitted node the ``keep`` step (the log since it last read it, the proofs
+        and the versions), so each member keeps every published version with its proof."""
+        engine = self.engine
+        if engine is None or not self.nodes:
+            return
+        messages = [
+            Message(
+                w.put(RecordDict(), w.KEEP, self._common(n, p, models=True), **self._scalars(n)),
+                dst_node_id=n,
+                message_type=MessageType.TRAIN,
+            )
+            for n, p in self.nodes.items()
+        ]
+        self.refusals = []
+        kept = 0
+        for reply in grid.send_and_receive(messages, timeout=self.timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error() or w.step_of(reply.content) != "kept":
+                self._refused(node, reply)
+                continue
+            self._marks(node, reply.content)
+            kept += 1
+        log.info(
+            f"{kept} of {len(self.nodes)} members keep global version {engine.global_version}"
+            + (f"; {_grouped(self.refusals)}" if self.refusals else "")
+        )
+
     def summary(self) -> None:
         self.inner.summary()
         log.info(
@@ -234,9 +346,12 @@ class FedloraStrategy(Strategy):
             party = self.nodes.get(node)
             if party is None:
                 continue  # not an admitted fedlora party: it gets nothing to train
-            blobs = self._common(node, party)
-            blobs["global"] = engine.store.global_path(engine.global_version).read_bytes()
-            w.put(message.content, w.TRAIN, blobs)
+            w.put(
+                message.content,
+                w.TRAIN,
+                self._common(node, party, models=True),
+                **self._scalars(node),
+            )
             messages.append(message)
         return messages
 
@@ -255,7 +370,7 @@ class FedloraStrategy(Strategy):
             if reply.has_error() or w.step_of(reply.content) != w.TRAIN:
                 self._refused(node, reply)
                 continue
-            self.anchors[node] = int(w.scalar(reply.content, "anchor") or 0)
+            self._marks(node, reply.content)
             try:
                 header = rpc.contribution_header_from_proto(
                     w.parse(
@@ -273,11 +388,12 @@ class FedloraStrategy(Strategy):
             self.receipts[node] = rpc.receipt_to_proto(receipt).SerializeToString()
             self.receipt_sizes[node] = receipt.checkpoint.tree_size if receipt.checkpoint else 0
             accepted += 1
+        before = engine.global_version
         engine.close_collection()  # the push transport collected all it will get
         engine.tick()  # aggregates (or fails the round below participant_threshold)
         if engine.stage is Stage.TICKETING:
             self._decrypt(server_round)
-        closed = engine.global_version == server_round
+        closed = engine.global_version > before
         metrics = MetricRecord(
             {"fedlora-contributions": accepted, "fedlora-round-closed": int(closed)}
         )
@@ -333,7 +449,7 @@ class FedloraStrategy(Strategy):
                 if reply.has_error() or w.step_of(reply.content) not in ("signed", "released"):
                     self._refused(node, reply)
                     continue
-                self.anchors[node] = int(w.scalar(reply.content, "anchor") or 0)
+                self._marks(node, reply.content)
                 self._accept(party, reply.content, round_number)
             engine.tick()
             if engine.stage is not Stage.DECRYPTING:

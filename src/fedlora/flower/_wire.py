@@ -20,7 +20,7 @@ from fedlora.errors import ProtocolError
 STEP = "fedlora.step"  # ConfigRecord: {"step": ..., and small scalars}
 BLOBS = "fedlora.blobs"  # ArrayRecord: name -> uint8 Array
 
-JOIN, TRAIN, DECRYPT, RELEASE = "join", "train", "decrypt", "release"
+JOIN, TRAIN, DECRYPT, RELEASE, KEEP = "join", "train", "decrypt", "release", "keep"
 
 
 def put(content: RecordDict, step: str, blobs: Mapping[str, bytes], **scalars: Any) -> RecordDict:
@@ -73,3 +73,29 @@ def parse(message: Any, data: bytes, what: str) -> Any:
     except DecodeError:
         raise ProtocolError(f"the fedlora message's {what} is malformed") from None
     return message
+
+
+def pack_lines(lines: list[bytes]) -> bytes:
+    """Audit lines as one blob: each a 4-byte big-endian length and its bytes."""
+    return b"".join(len(line).to_bytes(4, "big") + line for line in lines)
+
+
+def unpack_lines(data: bytes, *, skip: int = 0, limit: int | None = None) -> list[bytes]:
+    """The inverse of :func:`pack_lines`: lines ``skip`` … ``skip + limit − 1``.
+
+    Raises:
+        ProtocolError: a length runs past the end.
+    """
+    out: list[bytes] = []
+    i, seen = 0, 0
+    while i < len(data) and (limit is None or len(out) < limit):
+        if i + 4 > len(data):
+            raise ProtocolError("the fedlora message's audit entries are malformed")
+        n = int.from_bytes(data[i : i + 4], "big")
+        if i + 4 + n > len(data):
+            raise ProtocolError("the fedlora message's audit entries are malformed")
+        if seen >= skip:
+            out.append(data[i + 4 : i + 4 + n])
+        seen += 1
+        i += 4 + n
+    return out

@@ -50,6 +50,7 @@ from fedlora.protocol._secure_sum import (
     secure_sum_for,
 )
 from fedlora.protocol._spec import (
+    FLOWER_LAYOUT,
     SPEC_FILE,
     canonical_spec,
     check_spec,
@@ -75,6 +76,7 @@ from fedlora.protocol._statements import (
 
 __all__ = [
     "ALLOWED",
+    "FLOWER_LAYOUT",
     "PLAINTEXT_FINGERPRINT",
     "SPEC_FILE",
     "TRANSITIONS",

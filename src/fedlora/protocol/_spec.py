@@ -17,6 +17,9 @@ from typing import Any
 from fedlora.errors import ConfigError
 
 SPEC_FILE = "federation-spec.json"
+# The settings key under which a Flower federation records its arrays' layout
+# ([[key, shape, dtype], ...]) at its start; members render the versions they keep with it.
+FLOWER_LAYOUT = "flower.layout"
 
 
 def canonical_spec(spec: dict[str, Any]) -> str:

@@ -25,12 +25,18 @@ The last line is ``speedup vs naive per-value Paillier: <N>x`` (the default back
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import resource
 import ssl
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import gmpy2
@@ -53,6 +59,7 @@ from fedlora.crypto import (
     encrypt_batch,
     generate_threshold_key,
     integer_lagrange_at_zero,
+    pack_records,
     partial_decrypt,
 )
 from fedlora.crypto._openssl import load_libcrypto
@@ -77,6 +84,24 @@ def partial_floor(
     return t * len(cts) / len(part)
 
 
+def aggregate_from_files(
+    key_file: str, codec: dict[str, Any], files: list[str], count: int
+) -> None:
+    """In a fresh process: sum ``count`` contributions read from ``files`` (cycled) one at a
+    time, as the coordinator engine does (``SecureSum.add``), and print the peak RSS in MB."""
+    from fedlora.crypto import ThresholdPublicKey
+    from fedlora.protocol import secure_sum_for
+
+    key = ThresholdPublicKey.from_json(Path(key_file).read_bytes())
+    secure = secure_sum_for("homomorphic", key, CodecParams(**codec))
+    start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    total = None
+    for i in range(count):
+        total = secure.add(total, Path(files[i % len(files)]).read_bytes(), 1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"start_mb": start_rss, "peak_mb": peak, "bytes": len(total or b"")}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -87,6 +112,9 @@ def main() -> None:
     ap.add_argument("--value-bits", type=int, default=16, help="the default codec's value bits")
     ap.add_argument("--dense-bits", type=int, default=8, help="the dense codec's value bits")
     ap.add_argument("--naive-sample", type=int, default=2000)
+    ap.add_argument(
+        "--aggregate-count", type=int, default=100, help="contributions the coordinator sums"
+    )
     ap.add_argument(
         "--floor-sample", type=int, default=2048, help="ciphertexts for each backend's raw floor"
     )
@@ -194,6 +222,30 @@ def main() -> None:
     expected = np.mean([np.clip(v.astype(np.float64), -1, 1) for v in vectors], axis=0)
     error = float(np.max(np.abs(mean - expected)))
     assert error <= params.step, f"decoded mean off by {error} > one step {params.step}"
+
+    # ---- the coordinator's memory while summing many contributions ---------------------------
+    log(f"summing {args.aggregate_count} contributions from files in a fresh process (peak RSS)")
+    with tempfile.TemporaryDirectory() as tmp:
+        key_file = Path(tmp) / "key.json"
+        key_file.write_bytes(key.to_json())
+        files = []
+        for i, c in enumerate(contributions):
+            path = Path(tmp) / f"c{i}.bin"
+            path.write_bytes(pack_records(c, ciphertext_width(pk)))
+            files.append(str(path))
+        code = (
+            "import json, sys; sys.path.insert(0, sys.argv[1]); import crypto_bench as b; "
+            "b.aggregate_from_files(sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4]), int(sys.argv[5]))"
+        )
+        started = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(Path(__file__).parent), str(key_file),
+             json.dumps(params.to_dict()), json.dumps(files), str(args.aggregate_count)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        t_sum_many = time.perf_counter() - started
+        rss = json.loads(out.stdout.strip().splitlines()[-1])
+    contribution_mb = n_ct * ciphertext_width(pk) / 1e6
 
     # ---- the gmpy2 path as it was: byte-aligned slots, so more ciphertexts -------------------
     slot_bytes = -(-params.slot_bits // 8)
@@ -343,6 +395,7 @@ def main() -> None:
     print(f"| ciphertexts per contribution | {n_ct:,} ({params.slots_per_ciphertext} values each, {params.slot_bits}-bit slots) |")  # fmt: skip
     print(f"| bytes on the wire per contribution | {wire / 1e6:,.2f} MB ({wire / float_bytes:.2f}x float32's {float_bytes / 1e6:.2f} MB) |")  # fmt: skip
     print(f"| naive per-value bytes | {args.values * ciphertext_width(pk) / 1e6:,.0f} MB |")
+    print(f"| coordinator summing {args.aggregate_count} contributions read from disk one at a time: peak RSS (interpreter and key alone: {rss['start_mb']:,.0f} MB) | {rss['peak_mb']:,.0f} MB in {t_sum_many:,.1f} s (one contribution: {contribution_mb:,.1f} MB) |")  # fmt: skip
     print(f"| safe primes + dealing, {args.bits}-bit 3-of-5 key | {t_keygen:.1f} s |")
     print(
         f"| max abs error of the decrypted mean (bound: one step {params.step:.2e}) | {error:.2e} |"

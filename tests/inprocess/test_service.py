@@ -236,6 +236,7 @@ def test_a_coordinator_serving_another_global_than_its_log_names_is_refused(tmp_
     import shutil
 
     shutil.rmtree(client.state_dir / "models")
+    (client.state_dir / "log-scan.json").unlink(missing_ok=True)  # what it had read
     client.models = ModelKeeper(
         client.state_dir, client.config.federation_id, client.coordinator_key
     )
@@ -260,6 +261,7 @@ def _fresh_keeper(client: Client) -> None:
     from fedlora.client._models import ModelKeeper
 
     shutil.rmtree(client.state_dir / "models")
+    (client.state_dir / "log-scan.json").unlink(missing_ok=True)  # what it had read
     client.models = ModelKeeper(
         client.state_dir, client.config.federation_id, client.coordinator_key
     )
@@ -367,7 +369,7 @@ def test_a_restarted_client_reads_only_the_log_entries_it_has_not_read(tmp_path)
     clients = {pid: _client(layout, engine, pid) for pid in layout.client_configs}
     fed = InProcessFederation(engine, clients)
     client = clients["bank-a"]
-    assert client.models.scanned == read  # kept in models/scan.json
+    assert client.models.scanned == read  # kept in log-scan.json
     asked: list[int] = []
     honest = client.transport.audit_entries
 
@@ -385,7 +387,7 @@ def test_a_restarted_client_reads_only_the_log_entries_it_has_not_read(tmp_path)
     ).final
     # A scan file that is not this log's (here: a leaf altered) is forgotten and the log is read
     # again from its start; nothing is blamed on the coordinator.
-    scan = client.state_dir / "models" / "scan.json"
+    scan = client.state_dir / "log-scan.json"
     doc = json.loads(scan.read_text())
     plain = next(i for i in range(len(doc["leaves"]) // 64) if str(i) not in doc["entries"])
     leaves = bytearray(bytes.fromhex(doc["leaves"]))

@@ -90,6 +90,9 @@ def test_twenty_simulated_clients_publish_the_weighted_mean_of_their_clipped_del
         assert kept.final, pid
         assert np.array_equal(kept.vector(), final.astype(np.float32)), pid
         assert not verify_kept(client.state_dir, client.federation_id, key, 1).final
+        # each node was sent its own receipt for each round, and checked and kept it
+        receipts = sorted(p.name for p in (client.state_dir / "receipts").glob("*.json"))
+        assert receipts == ["round-00001.json", "round-00002.json"], pid
     out = tmp_path / "exported"
     assert (
         main(["export", "--config", str(layout.client_configs["bank-03"]), "--out", str(out)]) == 0

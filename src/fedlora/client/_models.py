@@ -41,7 +41,7 @@ from fedlora.errors import ConfigError, VerificationError
 from fedlora.protocol import FLOWER_LAYOUT
 
 MODELS = "models"
-SCAN = "scan.json"
+SCAN = "log-scan.json"  # beside models/, which holds only the kept versions
 MAX_VERSION = 10_000_000  # a version is a round number; anything else in a log is ignored
 WriteAdapter = Callable[[np.ndarray, Path], None]
 
@@ -191,12 +191,12 @@ class ModelKeeper:
         """How many of the log's entries have been read, authenticated and recorded on disk."""
         return self._saved
 
-    # What was read is kept in models/scan.json, so that a restart (or, on Flower, the next
+    # What was read is kept in <state>/log-scan.json, so that a restart (or, on Flower, the next
     # message) reads only the entries since. The file is this client's own, like its ledger; it
     # is re-checked when loaded (each kept entry against its leaf hash, then parsed as if read
     # now), and the next scan checks the whole prefix, as its leaves are part of the root.
     def _scan_path(self) -> Path:
-        return self.state_dir / MODELS / SCAN
+        return self.state_dir / SCAN
 
     def _reset(self) -> None:
         self._leaves, self._lines, self._published = [], {}, {}
@@ -294,7 +294,7 @@ class ModelKeeper:
             )
         leaves = self._leaves + [leaf_hash(line) for line in lines]
         if not hmac.compare_digest(merkle_root(leaves), checkpoint.root) and start > 0:
-            # What this client kept of its earlier reading (models/scan.json) may be what is
+            # What this client kept of its earlier reading (log-scan.json) may be what is
             # wrong: forget it and read the log from its start before blaming the coordinator.
             self._scan_path().unlink(missing_ok=True)
             self._reset()

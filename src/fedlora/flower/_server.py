@@ -346,6 +346,9 @@ class FedloraStrategy(Strategy):
             party = self.nodes.get(node)
             if party is None:
                 continue  # not an admitted fedlora party: it gets nothing to train
+            # Strategies such as FedAvg give all their messages one RecordDict; fedlora's part
+            # differs per node (its receipt, proofs, log entries), so each gets its own.
+            message.content = RecordDict(dict(message.content.items()))
             w.put(
                 message.content,
                 w.TRAIN,

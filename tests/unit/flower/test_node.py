@@ -83,7 +83,7 @@ def test_a_damaged_scan_file_is_forgotten_not_fatal(tmp_path) -> None:
     )
     good_leaf = leaf_hash(line.encode())
     (tmp_path / "models").mkdir()
-    scan = tmp_path / "models" / "scan.json"
+    scan = tmp_path / "log-scan.json"
 
     def keeper(doc) -> ModelKeeper:  # type: ignore[no-untyped-def]
         scan.write_text(json.dumps(doc) if not isinstance(doc, str) else doc)

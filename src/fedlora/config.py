@@ -108,10 +108,11 @@ class CodecConfig:
 
 @dataclass(frozen=True)
 class CryptoConfig:
-    """Where modular exponentiation runs: ``auto`` (OpenSSL's libcrypto where one works, with
-    constant-time code for secrets; gmpy2 otherwise, said in one line), ``openssl`` or ``gmpy2``."""
+    """Where modular exponentiation runs: ``auto`` (fedlora's AVX-512 IFMA kernel where the CPU
+    runs it; else OpenSSL's libcrypto, constant-time for secrets; else gmpy2 — said in one line),
+    ``ifma``, ``openssl`` or ``gmpy2``."""
 
-    backend: Literal["auto", "openssl", "gmpy2"] = "auto"
+    backend: Literal["auto", "ifma", "openssl", "gmpy2"] = "auto"
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,8 @@ def _backend_option(parser: argparse.ArgumentParser) -> None:
         "--backend",
         choices=BACKEND_NAMES,
         help="where modular exponentiation runs (overrides the YAML's crypto.backend; default "
-        "auto: OpenSSL's libcrypto, constant-time for secrets, where one works, else gmpy2)",
+        "auto: the AVX-512 IFMA kernel where the CPU runs it, else OpenSSL's libcrypto, else "
+        "gmpy2)",
     )
 
 

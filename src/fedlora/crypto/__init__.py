@@ -20,6 +20,7 @@ from fedlora.crypto._backend import (
 )
 from fedlora.crypto._codec import CodecParams, decode, encode, pack_slots, unpack_slots
 from fedlora.crypto._dealer import deal_threshold_key, generate_threshold_key
+from fedlora.crypto._ifma import IfmaBackend
 from fedlora.crypto._knowledge import (
     PlaintextProof,
     encrypt_and_prove,
@@ -103,6 +104,7 @@ __all__ = [
     "DecryptionProof",
     "DjnObfuscator",
     "EncryptionWitness",
+    "IfmaBackend",
     "KeyShare",
     "ModexpBackend",
     "ObfuscatorPool",

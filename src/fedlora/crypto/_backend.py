@@ -189,20 +189,23 @@ if TYPE_CHECKING:
     _CHECK: ModexpBackend = ThreadsBackend()  # mypy proves the default meets the protocol
 
 
-BACKEND_NAMES = ("auto", "openssl", "gmpy2")
+BACKEND_NAMES = ("auto", "ifma", "openssl", "gmpy2")
 
 
 def make_backend(name: str = "auto", workers: int | None = None) -> tuple[ModexpBackend, str]:
     """The backend ``name`` names, and one line saying which runs and why.
 
-    ``auto`` is OpenSSL's libcrypto (:class:`~fedlora.crypto.OpenSSLBackend`: faster than gmpy2,
-    and constant-time for secrets) where one is found and agrees with gmpy2 on a known answer;
-    gmpy2 otherwise, and the line says so. ``openssl`` insists on libcrypto; ``gmpy2`` is the
-    reference backend.
+    ``auto`` takes the fastest that works here, each only after it agrees with gmpy2 on a known
+    answer: fedlora's AVX-512 IFMA kernel (:class:`~fedlora.crypto.IfmaBackend`: eight
+    constant-time exponentiations at once) where it was built and the CPU runs it; else
+    OpenSSL's libcrypto (:class:`~fedlora.crypto.OpenSSLBackend`: constant-time for secrets);
+    else gmpy2, and the line says so. ``ifma`` and ``openssl`` insist on theirs; ``gmpy2`` is
+    the reference backend.
 
     Raises:
-        CryptoError: an unknown name, or ``openssl`` where no usable libcrypto is found.
+        CryptoError: an unknown name, or ``ifma`` / ``openssl`` where it cannot run here.
     """
+    from fedlora.crypto._ifma import IfmaBackend, load_kernel
     from fedlora.crypto._openssl import OpenSSLBackend, load_libcrypto
 
     if name not in BACKEND_NAMES:
@@ -211,13 +214,28 @@ def make_backend(name: str = "auto", workers: int | None = None) -> tuple[Modexp
         threads = ThreadsBackend(workers)
         return threads, f"modexp backend: gmpy2 on {threads.workers} threads (not constant-time)"
     lib = load_libcrypto()
-    if lib is not None:
-        backend = OpenSSLBackend(workers, lib)
-        if _agrees(backend):
-            return backend, (
-                f"modexp backend: OpenSSL libcrypto on {backend.workers} threads "
-                "(constant-time for secret exponents)"
+    openssl = OpenSSLBackend(workers, lib) if lib is not None else None
+    if openssl is not None and not _agrees(openssl):
+        openssl = None
+    if name in ("auto", "ifma") and load_kernel() is not None:
+        fallback: ModexpBackend = openssl if openssl is not None else ThreadsBackend(workers)
+        ifma = IfmaBackend(workers, fallback)
+        if _agrees(ifma):
+            return ifma, (
+                f"modexp backend: AVX-512 IFMA, 8 lanes on {ifma.workers} threads (constant-"
+                f"time), {'OpenSSL' if openssl is not None else 'gmpy2'} for small batches"
             )
+    if name == "ifma":
+        raise CryptoError(
+            "modexp backend ifma: fedlora's AVX-512 IFMA kernel is not available here (it needs "
+            "an x86-64 CPU with AVX-512 IFMA and a C compiler when fedlora is installed); choose "
+            "backend auto"
+        )
+    if openssl is not None:
+        return openssl, (
+            f"modexp backend: OpenSSL libcrypto on {openssl.workers} threads "
+            "(constant-time for secret exponents)"
+        )
     if name == "openssl":
         raise CryptoError(
             "modexp backend openssl: no working libcrypto (OpenSSL ≥ 1.1) was found; install "
@@ -231,16 +249,18 @@ def make_backend(name: str = "auto", workers: int | None = None) -> tuple[Modexp
 
 
 def _agrees(backend: ModexpBackend) -> bool:
-    """A known answer from ``backend`` and gmpy2 (a broken or odd libcrypto is not used)."""
+    """A known answer from ``backend`` and gmpy2 (a broken or odd build is not used): nine
+    bases, so that a multi-buffer backend runs a full group of lanes and a partial one."""
     modulus = (1 << 521) - 1  # a Mersenne prime: odd, as Montgomery needs
-    bases, exponent = [3, 5, (1 << 400) + 7], (1 << 300) + 12345
+    bases = [3, 5, (1 << 400) + 7, *(modulus - k for k in range(1, 7))]
+    exponent = (1 << 300) + 12345
     expected = [int(gmpy2.powmod(b, exponent, modulus)) for b in bases]
     try:
         return (
             backend.powmod_bases(bases, exponent, modulus) == expected
             and backend.powmod_bases_secret(bases, exponent, modulus) == expected
         )
-    except (CryptoError, OSError, MemoryError):
+    except (CryptoError, OSError, MemoryError, ValueError, RuntimeError):
         return False
 
 
@@ -251,7 +271,7 @@ def _auto() -> tuple[ModexpBackend, str]:
 
 def default_backend() -> ModexpBackend:
     """The shared backend :func:`make_backend` picks (``auto``), used wherever ``backend`` is
-    ``None``: OpenSSL where it works, gmpy2 otherwise."""
+    ``None``: the IFMA kernel, else OpenSSL, else gmpy2 — the first that works here."""
     return _auto()[0]
 
 

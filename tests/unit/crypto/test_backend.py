@@ -127,11 +127,18 @@ def test_bad_worker_counts_and_moduli_are_refused(workers) -> None:
         ThreadsBackend(1).powmod_bases([2], 1.5, 7)  # type: ignore[arg-type]
 
 
-def test_default_backend_is_one_shared_backend_openssl_where_it_works() -> None:
+def test_default_backend_is_one_shared_backend_the_fastest_that_works_here() -> None:
+    from fedlora.crypto._ifma import load_kernel
     from fedlora.crypto._openssl import load_libcrypto
 
     assert default_backend() is default_backend()
-    expected = "openssl" if load_libcrypto() is not None else "gmpy2-threads"
+    expected = (
+        "ifma"
+        if load_kernel() is not None
+        else "openssl"
+        if load_libcrypto() is not None
+        else "gmpy2-threads"
+    )
     assert default_backend().name == expected
     assert isinstance(default_backend(), ThreadsBackend) and default_backend().workers >= 1
 
@@ -230,13 +237,19 @@ def test_secret_exponentiations_run_openssls_constant_time_code_and_public_ones_
 
 
 def test_backend_choice_auto_openssl_gmpy2_and_the_fallback(monkeypatch) -> None:
-    from fedlora.crypto import _openssl, make_backend
+    from fedlora.crypto import _ifma, _openssl, make_backend
 
     threads, line = make_backend("gmpy2", workers=1)
     assert threads.name == "gmpy2-threads" and "not constant-time" in line
-    with pytest.raises(CryptoError, match="one of auto, openssl, gmpy2"):
+    with pytest.raises(CryptoError, match="one of auto, ifma, openssl, gmpy2"):
         make_backend("gpu")
-    # No libcrypto: auto falls back to gmpy2 and says so in one line; openssl is refused.
+    # No IFMA kernel: auto takes OpenSSL where there is one; ifma is refused with the fix.
+    monkeypatch.setattr(_ifma, "load_kernel", lambda: None)
+    with pytest.raises(CryptoError, match=r"kernel is not available here .* choose backend auto"):
+        make_backend("ifma")
+    if _openssl.load_libcrypto() is not None:
+        assert make_backend("auto")[0].name == "openssl"
+    # No libcrypto either: auto falls back to gmpy2 and says so in one line; openssl is refused.
     monkeypatch.setattr(_openssl, "load_libcrypto", lambda: None)
     backend, line = make_backend("auto")
     assert backend.name == "gmpy2-threads" and "no working OpenSSL libcrypto" in line
@@ -248,13 +261,122 @@ def test_backend_choice_auto_openssl_gmpy2_and_the_fallback(monkeypatch) -> None
 
 @needs_libcrypto
 def test_a_libcrypto_that_computes_wrong_answers_is_not_used(monkeypatch) -> None:
-    from fedlora.crypto import make_backend
+    from fedlora.crypto import _ifma, make_backend
     from fedlora.crypto._openssl import OpenSSLBackend
 
+    monkeypatch.setattr(_ifma, "load_kernel", lambda: None)
     monkeypatch.setattr(OpenSSLBackend, "powmod_bases", lambda self, b, e, m: [1] * len(b))
     assert make_backend("auto")[0].name == "gmpy2-threads"
     with pytest.raises(CryptoError, match="no working libcrypto"):
         make_backend("openssl")
+
+
+# --- the AVX-512 IFMA multi-buffer kernel ---------------------------------------------------------
+
+needs_ifma = pytest.mark.skipif(
+    __import__("fedlora.crypto._ifma", fromlist=["x"]).load_kernel() is None,
+    reason="the IFMA kernel is not built here, or this CPU does not run AVX-512 IFMA",
+)
+
+
+@needs_ifma
+@pytest.mark.parametrize("bits", [3, 64, 104, 105, 521, 1024, 2048, 4096, 6144, 8190])
+@pytest.mark.parametrize("workers", [1, 3])
+def test_ifma_backend_equals_gmpy2_on_random_inputs(bits, workers) -> None:
+    # Arrange: odd moduli at and around limb boundaries (52 bits), bases beyond the modulus,
+    # edge values, batch sizes that fill and do not fill the eight lanes.
+    from fedlora.crypto import IfmaBackend
+
+    rng = random.Random(bits * 10 + workers)
+    backend, reference = IfmaBackend(workers, ThreadsBackend(1)), ThreadsBackend(1)
+    big = bits > 2048  # fewer cases where each exponentiation costs milliseconds
+    for count in (4, 9) if big else (4, 8, 9, 23):
+        modulus = rng.getrandbits(bits) | 1 | (1 << (bits - 1))
+        bases = [rng.getrandbits(bits + 16) for _ in range(count)] + [0, 1, modulus - 1, modulus]
+        exponents = [0, 1, 2, rng.getrandbits(61), rng.getrandbits(bits + 60)]
+        for exponent in exponents[-2:] if big else exponents:
+            # Act / Assert
+            expected = reference.powmod_bases(bases, exponent, modulus)
+            assert backend.powmod_bases(bases, exponent, modulus) == expected, (count, exponent)
+            assert backend.powmod_bases_secret(bases, exponent, modulus) == expected
+    assert all(type(x) is int for x in expected)
+
+
+@needs_ifma
+@given(
+    st.lists(st.integers(min_value=0, max_value=2**600), max_size=40),
+    st.integers(min_value=-(2**64), max_value=2**700),
+    st.integers(min_value=1, max_value=2**512),
+)
+def test_ifma_backend_equals_gmpy2_for_any_modulus_and_exponent(bases, exponent, modulus) -> None:
+    from fedlora.crypto import IfmaBackend
+
+    backend, reference = IfmaBackend(2), ThreadsBackend(1)
+    try:
+        expected = reference.powmod_bases(bases, exponent, modulus)
+    except CryptoError as exc:  # a negative power of a non-unit: refused the same way
+        with pytest.raises(CryptoError, match=str(exc).split(" is not")[0].replace("[", r"\[")):
+            backend.powmod_bases_secret(bases, exponent, modulus)
+        return
+    assert backend.powmod_bases_secret(bases, exponent, modulus) == expected
+    assert backend.powmod_bases(bases, exponent, modulus) == expected
+
+
+@needs_ifma
+def test_ifma_runs_the_kernel_for_batches_and_the_fallback_for_the_rest() -> None:
+    # Arrange: a fallback that counts what reaches it.
+    from fedlora.crypto import IfmaBackend
+
+    fallback = CountingBackend()
+    backend = IfmaBackend(2, fallback)
+    odd, even = (1 << 127) - 1, 1 << 100
+    # Act
+    backend.powmod_bases_secret(list(range(2, 40)), 12345, odd)  # kernel
+    backend.powmod_bases(list(range(2, 40)), 12345, odd)  # kernel
+    backend.powmod_bases_secret([2, 3], 12345, odd)  # too few for the lanes
+    backend.powmod_bases(list(range(2, 40)), 12345, even)  # no Montgomery form
+    backend.powmod_exponents(3, [5, 6, 7, 8, 9], odd)  # one base, many exponents
+    backend.powmod_bases(list(range(2, 40)), 3, (1 << 8400) + 1)  # wider than the kernel
+    # Assert
+    assert fallback.calls == {"powmod_bases_secret": 1, "powmod_bases": 2, "powmod_exponents": 1}
+
+
+@needs_ifma
+def test_the_ifma_kernel_refuses_inputs_that_do_not_fit() -> None:
+    from fedlora.crypto._ifma import load_kernel
+
+    kernel = load_kernel()
+    assert kernel is not None
+    modulus = ((1 << 127) - 1).to_bytes(16, "big")
+    base = (5).to_bytes(16, "big")
+    with pytest.raises(ValueError, match="odd"):
+        kernel.powmod(base, 1, b"\x03", b"\x00" * 15 + b"\x02", base, 1, 3)
+    with pytest.raises(ValueError, match="limbs"):
+        kernel.powmod(base, 1, b"\x03", modulus, base, 1, 2)  # 104 bits < 127 + 2
+    with pytest.raises(ValueError, match="limbs"):
+        kernel.powmod(base, 1, b"\x03", modulus, base, 1, 161)
+    with pytest.raises(ValueError, match="wrong length"):
+        kernel.powmod(base, 2, b"\x03", modulus, base, 1, 3)
+    with pytest.raises(ValueError, match="k0"):
+        kernel.powmod(base, 1, b"\x03", modulus, base, 1 << 52, 3)
+
+
+def test_the_ifma_backend_says_why_it_cannot_run(monkeypatch) -> None:
+    from fedlora.crypto import IfmaBackend, _ifma
+
+    monkeypatch.setattr(_ifma, "load_kernel", lambda: None)
+    with pytest.raises(CryptoError, match="IFMA kernel is not available"):
+        IfmaBackend(1)
+
+
+@needs_ifma
+def test_a_kernel_that_computes_wrong_answers_is_not_used(monkeypatch) -> None:
+    from fedlora.crypto import IfmaBackend, make_backend
+
+    monkeypatch.setattr(IfmaBackend, "_bases", lambda self, b, e, m, secret: [1] * len(b))
+    assert make_backend("auto")[0].name in ("openssl", "gmpy2-threads")
+    with pytest.raises(CryptoError, match="kernel is not available here"):
+        make_backend("ifma")
 
 
 # --- backends are passed in and used ------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""File helpers for the command line: atomic, durable writes that never clobber."""
+"""File helpers: atomic, durable writes (that never clobber, or that replace on purpose)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,25 @@ def write_new_file(path: Path, data: bytes, *, mode: int = 0o644) -> None:
             os.link(tmp, path)
         except FileExistsError:
             raise FedLoraError(f"{path} exists already; refusing to overwrite it") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically and durably, replacing what was there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)

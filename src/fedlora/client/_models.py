@@ -272,6 +272,18 @@ class ModelKeeper:
             return
         self._lines[index] = line
 
+    def published_digest(self, version: int) -> bytes | None:
+        """The digest the authenticated log publishes for ``version``, or None if not read."""
+        found = self._published.get(version)
+        return bytes.fromhex(found[2]) if found is not None else None
+
+    def kept_through(self) -> int:
+        """The newest version ``v`` such that versions 1 … ``v`` are all kept here (0: none)."""
+        kept, v = self.kept(), 0
+        while v + 1 in kept:
+            v += 1
+        return v
+
     def kept(self) -> dict[int, Path]:
         folder = self.state_dir / MODELS
         if not folder.is_dir():

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from rich.console import Console
 
-from fedlora._files import StateLock, check_private
+from fedlora._files import StateLock, check_private, replace_file
 from fedlora.audit import SignedCheckpoint
 from fedlora.client._ledger import AnchorError, CheckpointAnchor, DecryptorLedger
 from fedlora.client._models import ModelKeeper, version_folder
@@ -80,6 +80,28 @@ from fedlora.protocol import (
 
 if TYPE_CHECKING:
     from fedlora.client._training import LocalTrainer
+
+
+TRAINED_FROM = "trained-from.json"
+KEEP_TRAINED_FROM = 32  # rounds: far more than can be decrypting at once
+
+
+def _load_trained_from(path: Path) -> dict[int, tuple[int, bytes]]:
+    """Round -> (global version, digest) this client trained from; {} when none is recorded.
+
+    The file is this client's own (like its ledger); what cannot be read as such is ignored, so
+    the check it feeds falls back to the other checks a holder runs on every aggregate.
+    """
+    try:
+        doc = json.loads(path.read_bytes())
+        out = {}
+        for round_text, (version, digest) in doc.items():
+            if type(version) is not int or len(bytes.fromhex(digest)) != 32:
+                raise ValueError(round_text)
+            out[int(round_text)] = (version, bytes.fromhex(digest))
+        return out
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError):
+        return {}
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -161,9 +183,11 @@ class Client:
         self.anchor = CheckpointAnchor(self.state_dir, config.federation_id, self.coordinator_key)
         self.models = ModelKeeper(self.state_dir, config.federation_id, self.coordinator_key)
         self._kept_version, self._kept_final = 0, False
-        # What this client trained from in each round, and the aggregates it verified in full
-        # (so waiting for the ticket quorum re-reads only the manifest).
-        self._trained_from: dict[int, tuple[int, bytes]] = {}
+        # What this client trained from in each round (on disk, so that a restart, or a push
+        # transport's next message, still checks the aggregate it is asked to decrypt against
+        # it), and the aggregates it verified in full (so waiting for the ticket quorum re-reads
+        # only the manifest).
+        self._trained_from = _load_trained_from(self.state_dir / TRAINED_FROM)
         self._verified: dict[int, CheckedAggregate] = {}
 
     # -- joining ---------------------------------------------------------------------------------
@@ -436,6 +460,7 @@ class Client:
         r, info = status.round, fed.info
         base = self.download_global(status.global_version, status.global_digest)
         self._trained_from[r] = (status.global_version, bytes(status.global_digest))
+        self._save_trained_from()  # before the contribution can leave
         pool = None
         if self.key is not None:
             pool = ObfuscatorPool(
@@ -513,6 +538,16 @@ class Client:
         (folder / f"round-{receipt.round_number:05d}.json").write_text(
             json.dumps(doc, indent=2) + "\n"
         )
+
+    def sealed_rounds(self) -> set[int]:
+        """The rounds this client sealed a contribution for (recorded before it could leave)."""
+        return set(self._trained_from)
+
+    def _save_trained_from(self) -> None:
+        newest = sorted(self._trained_from)[-KEEP_TRAINED_FROM:]
+        self._trained_from = {r: self._trained_from[r] for r in newest}
+        doc = {str(r): [v, d.hex()] for r, (v, d) in self._trained_from.items()}
+        replace_file(self.state_dir / TRAINED_FROM, json.dumps(doc).encode())
 
     def _save_delta(self, r: int, delta: np.ndarray, weight: int) -> None:
         folder = self.state_dir / "deltas"

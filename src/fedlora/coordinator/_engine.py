@@ -161,6 +161,7 @@ class Coordinator:
         )
         self.settings.update(extra_settings or {})
         self._job_running = False
+        self._why_missing = ""  # a push transport's account of the parties that did not contribute
         self.stage = Stage.WAITING
         self.round: RoundState | None = None
         self.global_version = 0
@@ -263,6 +264,7 @@ class Coordinator:
 
     # -- rounds ------------------------------------------------------------------------------
     def _open_round(self, number: int) -> None:
+        self._why_missing = ""
         now = self._now_ms()
         deadline = now + int(self.fl.round_timeout_s * 1000)
         digest = self.global_digest(self.global_version)
@@ -360,9 +362,10 @@ class Coordinator:
                 self._job_running = True
                 return lambda: self._run(r.number, Stage.AGGREGATING, participants)
             if now >= r.deadline_ms:
+                why = f" ({self._why_missing})" if self._why_missing else ""
                 self._fail_round(
                     f"{count} contributions at the deadline, below participant_threshold "
-                    f"{self.fl.participant_threshold}; nothing was decrypted"
+                    f"{self.fl.participant_threshold}; nothing was decrypted{why}"
                 )
         elif self.stage in (Stage.AGGREGATING, Stage.COMBINING) and not self._job_running:
             self._fail_round(f"{self.stage.value} ended without an outcome")
@@ -409,15 +412,17 @@ class Coordinator:
         self._fail_round(f"{stage.value} failed: {reason}", party=party or None)
 
     # -- push-style drivers (Flower) ------------------------------------------------------------
-    def close_collection(self) -> None:
+    def close_collection(self, why_missing: str = "") -> None:
         """End the open round's collection now (a push transport collected all it will get).
 
         The next :meth:`tick` aggregates if ``participant_threshold`` contributions are in, and
-        fails the round otherwise, exactly as at the deadline.
+        fails the round otherwise, exactly as at the deadline; ``why_missing`` (what the
+        transport heard from the parties that did not contribute) then goes into the reason.
         """
         with self._lock:
             if self.round is not None and self.stage is Stage.COLLECTING:
                 self.round.deadline_ms = min(self.round.deadline_ms, self._now_ms())
+                self._why_missing = why_missing[:2000]
 
     def end_decryption(self, reason: str) -> None:
         """Fail the round being decrypted now, with ``reason`` (e.g. the holders' refusals).

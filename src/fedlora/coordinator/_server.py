@@ -173,6 +173,10 @@ def serve(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
+    # Handlers first: a SIGTERM that arrives while the server starts is a graceful stop too.
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
     running = create_server(config, accept_config_change=accept_config_change)
     fl = config.federated_learning
     mode = "INSECURE (no TLS) — loopback demo only" if config.server.insecure else "mTLS"
@@ -182,9 +186,6 @@ def serve(
         f"state in {config.state_dir}"
     )
     log.info(select_backend(config.crypto.backend)[1])
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
     last = None
     while not done.wait(0.5):
         engine = running.engine

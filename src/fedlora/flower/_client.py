@@ -33,12 +33,18 @@ from flwr.clientapp.typing import ClientAppCallable
 from rich.console import Console
 
 from fedlora import rpc
-from fedlora._files import StateLock
+from fedlora._files import StateLock, replace_file
 from fedlora.audit import SignedCheckpoint
 from fedlora.client import Client, Federation
 from fedlora.config import ClientConfig, load_client_config
 from fedlora.crypto import ciphertext_vector_digest, ciphertext_width, pack_records, sign_digest
-from fedlora.errors import ConfigError, FedLoraError, ProtocolError, RemoteError
+from fedlora.errors import (
+    ConfigError,
+    FedLoraError,
+    ProtocolError,
+    RemoteError,
+    VerificationError,
+)
 from fedlora.flower import _wire as w
 from fedlora.flower._identity import join_digest
 from fedlora.protocol import (
@@ -263,7 +269,11 @@ class FlowerSession:
     def marks(self) -> dict[str, int]:
         """What every reply tells the server: the checkpoint this node anchored and how many
         log entries it has read (so the next message carries only what is new to it)."""
-        return {"anchor": self.anchor_size(), "scanned": self.client.models.scanned}
+        return {
+            "anchor": self.anchor_size(),
+            "scanned": self.client.models.scanned,
+            "kept": self.client.models.kept_through(),
+        }
 
     def ensure_joined(self) -> Federation:
         """Join from the message's join info (a simulation may run each message in another
@@ -279,22 +289,34 @@ class FlowerSession:
         return self.client.state_dir / "flower-pending" / f"round-{round_number:05d}.json"
 
     def save_pending(self, sent: SignedContribution) -> None:
-        """What a receipt is checked against, kept on disk until the receipt arrives."""
+        """The sealed contribution, kept on disk until its receipt arrives: what the receipt is
+        checked against, and the reply to a repeat of the round's train message (a node seals
+        each round once, so a server that runs the message twice gets the same contribution)."""
         path = self._pending_path(sent.header.round_number)
-        path.parent.mkdir(parents=True, exist_ok=True)
         header = rpc.contribution_header_to_proto(sent.header).SerializeToString()
-        path.write_text(json.dumps({"header": header.hex(), "statement": sent.statement.hex()}))
+        replace_file(path.with_suffix(".records"), sent.records)
+        replace_file(
+            path, json.dumps({"header": header.hex(), "statement": sent.statement.hex()}).encode()
+        )
 
-    def load_pending(self, round_number: int) -> SignedContribution | None:
+    def load_pending(
+        self, round_number: int, *, records: bool = False
+    ) -> SignedContribution | None:
         path = self._pending_path(round_number)
         try:
             doc = json.loads(path.read_text())
             header = rpc.contribution_header_from_proto(
                 w.parse(federation_pb2.ContributionHeader(), bytes.fromhex(doc["header"]), "header")
             )
-            return SignedContribution(header, b"", bytes.fromhex(doc["statement"]))
-        except (OSError, ValueError, KeyError, TypeError):
+            data = path.with_suffix(".records").read_bytes() if records else b""
+            return SignedContribution(header, data, bytes.fromhex(doc["statement"]))
+        except (OSError, ValueError, KeyError, TypeError, FedLoraError):
             return None
+
+    def drop_pending(self, round_number: int) -> None:
+        path = self._pending_path(round_number)
+        path.with_suffix(".records").unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
 
 
 def _client_configs(folder: Path) -> list[Path]:
@@ -371,6 +393,10 @@ def make_fedlora_mod(client_configs: str | Path | None = None) -> Any:
             raise ProtocolError(f"unknown fedlora step {step!r}")
         except FedLoraError as exc:
             return _refusal(msg, str(exc), session)
+        except (ValueError, TypeError, KeyError, AttributeError, EOFError) as exc:
+            # A message this node cannot read (a wrong type where a number belongs, say): a
+            # refusal the server logs, not an error that ends the node's ClientApp.
+            return _refusal(msg, f"malformed fedlora message ({type(exc).__name__})", session)
         finally:
             if lock is not None:
                 lock.release()
@@ -406,11 +432,14 @@ def _receipt(session: FlowerSession) -> None:
     receipt = rpc.receipt_from_proto(w.parse(common_pb2.Receipt(), data, "receipt"))
     sent = session.load_pending(receipt.round_number)
     if sent is None:
+        kept = session.client.state_dir / "receipts" / f"round-{receipt.round_number:05d}.json"
+        if kept.exists():
+            return  # checked and kept already: the server sends it until the node confirms
         raise ProtocolError(
             f"a receipt for round {receipt.round_number}, for which this client kept no contribution"
         )
     session.client.accept_receipt(session.fed, sent, receipt)
-    session._pending_path(receipt.round_number).unlink(missing_ok=True)
+    session.drop_pending(receipt.round_number)
 
 
 def _train(
@@ -419,13 +448,24 @@ def _train(
     arrays_key = next((k for k in msg.content.array_records if k != w.BLOBS), None)
     if arrays_key is None:
         raise ProtocolError("the train message carries no model arrays")
-    received = flatten(msg.content.array_records[arrays_key])
+    record = msg.content.array_records[arrays_key]
+    received = _flatten_checked(record)
     session.trainer.received, session.trainer.num_parameters = received, int(received.size)
     session.trainer.updated = None
     session.ensure_joined()
     _receipt(session)
     status = session.transport.round_status()
     _keep_models(session, status.round)
+    fed = session.ensure_joined()
+    sealed = session.load_pending(status.round, records=True)
+    if sealed is not None and sealed.records:
+        return Message(_contribution_reply(session, sealed, RecordDict()), reply_to=msg)
+    if status.round in session.client.sealed_rounds():
+        raise ProtocolError(
+            f"this node sealed its contribution to round {status.round} already; it seals each "
+            "round once"
+        )
+    _check_served_model(session, status, record)
     reply = call_next(msg, context)  # the user's own training, unchanged
     if reply.has_error():
         return reply
@@ -438,13 +478,18 @@ def _train(
     metrics = next(iter(reply.content.metric_records.values()), None)
     examples = metrics.get("num-examples") if metrics is not None else None
     session.trainer.num_examples = int(examples) if isinstance(examples, int) else 1
-    fed = session.ensure_joined()
     sent = session.client.seal(fed, status)
     session.save_pending(sent)
     content = RecordDict()
-    for key, record in reply.content.metric_records.items():  # the user's metrics travel on
-        content[key] = record
-    w.put(
+    for key, rec in reply.content.metric_records.items():  # the user's metrics travel on
+        content[key] = rec
+    return Message(_contribution_reply(session, sent, content), reply_to=msg)
+
+
+def _contribution_reply(
+    session: FlowerSession, sent: SignedContribution, content: RecordDict
+) -> RecordDict:
+    return w.put(
         content,
         w.TRAIN,
         {
@@ -453,7 +498,62 @@ def _train(
         },
         **session.marks(),
     )
-    return Message(content, reply_to=msg)
+
+
+def _flatten_checked(record: ArrayRecord) -> np.ndarray:
+    try:
+        return flatten(record)
+    except (ValueError, TypeError, EOFError, AttributeError):
+        raise ProtocolError("the train message's model arrays are malformed") from None
+
+
+def _check_served_model(session: FlowerSession, status: RoundStatus, record: ArrayRecord) -> None:
+    """The arrays the user is about to train from must be the round's global model, exactly as
+    the anchored log publishes it, cut by the layout the log names. Otherwise a server could
+    hand each node another model (a "dead" one to all but one node, say) while every node signs
+    that it trained from the published one.
+
+    Raises:
+        VerificationError: a model that is not the log's (also written to the node's ledger).
+    """
+    client, v = session.client, status.global_version
+    try:
+        published = client.models.published_digest(v)
+        if published is None:
+            raise VerificationError(
+                f"this node has not read global version {v}'s publication in the audit log (the "
+                "message lacks the log entries it needs)"
+            )
+        if not hmac.compare_digest(published, bytes(status.global_digest)):
+            raise VerificationError(
+                f"round {status.round}'s global model is not the one the audit log publishes as "
+                f"version {v}"
+            )
+        vector = client.download_global(v, status.global_digest)
+        expected = _split(vector, client.models.layout)
+        if expected is None:
+            raise VerificationError(
+                "the audit log names no array layout that fits the global model"
+            )
+        if list(record.keys()) != list(expected):
+            raise VerificationError(
+                f"the train message's arrays are named {list(record.keys())[:5]}, the log's "
+                f"layout names {list(expected)[:5]}"
+            )
+        for key, want in expected.items():
+            got = record[key].numpy()
+            if (
+                got.dtype != want.dtype
+                or got.shape != want.shape
+                or got.tobytes() != want.tobytes()
+            ):
+                raise VerificationError(
+                    f"the train message's array {key!r} is not global version {v} as the log "
+                    "publishes it"
+                )
+    except VerificationError as exc:
+        client.ledger.record_refusal(status.round, "global model", str(exc))
+        raise VerificationError(f"{exc}; this node does not train on it") from None
 
 
 def _keep_models(session: FlowerSession, round_number: int) -> None:
@@ -530,7 +630,9 @@ def _decrypt(session: FlowerSession, msg: Message) -> RecordDict:
     if session.client.holder is None:
         raise ProtocolError("this node holds no key share")
     _receipt(session)
-    round_number = int(w.scalar(msg.content, "round") or 0)
+    round_number = w.scalar(msg.content, "round")
+    if type(round_number) is not int or round_number < 1:
+        raise ProtocolError("the decrypt message names no round")
     _load_verified(session, round_number)
     done = session.client.decrypt(round_number)
     if done:

@@ -58,6 +58,8 @@ from fedlora.v1 import federation_pb2
 
 log = logging.getLogger("fedlora.flower")
 RUN_CONFIG_PREFIX = "fedlora."
+MODELS_PER_MESSAGE = 4  # kept versions a message carries for a member that is behind
+MAX_CANDIDATES = 8  # checkpoints a node may hold after lost replies, proofs sent for each
 
 
 class FedloraStrategy(Strategy):
@@ -69,12 +71,15 @@ class FedloraStrategy(Strategy):
         config: CoordinatorConfig | str | Path,
         *,
         run_config: Mapping[str, Any] | None = None,
-        timeout: float = 600.0,
+        timeout: float | None = None,
         backend: ModexpBackend | None = None,
     ) -> None:
         """``run_config``: the Flower run config; its ``fedlora.<dotted key>`` entries (e.g.
         ``fedlora.federated_learning.participant_threshold``) replace the YAML's values and are
-        validated exactly as the YAML is."""
+        validated exactly as the YAML is. ``timeout``: seconds fedlora waits for the nodes'
+        replies to each of its own steps (join, decrypt, release, keep); by default half the
+        YAML's ``decryption_timeout_s``, so that both decryption steps end before the round's
+        decryption deadline."""
         self.inner = inner
         overrides = {
             k[len(RUN_CONFIG_PREFIX) :]: v
@@ -87,16 +92,26 @@ class FedloraStrategy(Strategy):
             self.config = config
         else:
             self.config = load_coordinator_config(Path(config), overrides)
-        self.timeout = timeout
+        self.timeout = (
+            timeout
+            if timeout is not None
+            else self.config.federated_learning.decryption_timeout_s / 2
+        )
         self.backend = backend
         self.engine: Coordinator | None = None
         self.grid: Grid | None = None
         self.nodes: dict[int, Party] = {}  # Flower node id -> fedlora party
         self.anchors: dict[int, int] = {}  # node -> tree size of the checkpoint it keeps
         self.scanned: dict[int, int] = {}  # node -> audit entries it has read (keeping models)
+        self.kept: dict[int, int] = {}  # node -> v: it keeps versions 1 … v
         self.sent: dict[int, set[int]] = {}  # node -> checkpoint sizes sent since its anchor
-        self.receipts: dict[int, bytes] = {}  # node -> its last receipt, delivered next time
+        self.receipts: dict[int, bytes] = {}  # node -> its last receipt, sent until it replies
         self.receipt_sizes: dict[int, int] = {}  # node -> tree size of that receipt's checkpoint
+        self.carrying: set[int] = set()  # nodes whose message in flight carries their receipt
+        self.refused_join: set[int] = set()  # nodes whose join answer did not verify
+        self._lines: list[bytes] = []  # the audit log as read so far
+        self._publications: list[tuple[int, int]] = []  # (entry index, version) published
+        self._finished_at: int | None = None  # the newest federation_finished entry
         self.template: ArrayRecord | None = None
         self.base: np.ndarray | None = None  # the initial arrays, flattened
         self.refusals: list[str] = []
@@ -128,14 +143,23 @@ class FedloraStrategy(Strategy):
         return self.engine
 
     def _join(self, grid: Grid) -> None:
-        """Identify every node as an enrolled party by a signed, fresh challenge."""
+        """Identify every node not yet admitted as an enrolled party by a signed, fresh
+        challenge. Run before every round, so that a node that registered late, or whose answer
+        was lost, joins at the next round; a node whose answer did not verify is not asked
+        again."""
         engine = self.engine
         assert engine is not None
-        wanted = engine.min_clients
-        deadline = time.monotonic() + self.timeout
-        while len(list(grid.get_node_ids())) < wanted and time.monotonic() < deadline:
-            time.sleep(0.5)  # SuperNodes register as they start
-        nodes = list(grid.get_node_ids())
+        if not self.nodes:  # the first time: SuperNodes register as they start
+            deadline = time.monotonic() + self.timeout
+            while len(list(grid.get_node_ids())) < engine.min_clients:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.5)
+        nodes = [
+            n for n in grid.get_node_ids() if n not in self.nodes and n not in self.refused_join
+        ]
+        if not nodes:
+            return
         challenges = {n: os.urandom(32) for n in nodes}
         messages = [
             Message(
@@ -145,75 +169,123 @@ class FedloraStrategy(Strategy):
             )
             for n in nodes
         ]
+        admitted = 0
         for reply in grid.send_and_receive(messages, timeout=self.timeout):
             node = reply.metadata.src_node_id
+            if node not in challenges:
+                continue
             if reply.has_error() or w.step_of(reply.content) != w.JOIN:
                 self._refused(node, reply)
                 continue
-            party = engine.config.party(str(w.scalar(reply.content, "party")))
-            digest = join_digest(self.config.federation_id, node, challenges[node])
             try:
+                party = engine.config.party(str(w.scalar(reply.content, "party")))
                 if party is None:
                     raise ProtocolError(f"node {node} names no enrolled party")
                 verify_signature(
                     bytes.fromhex(party.signing_public_key),
-                    digest,
-                    w.blob(reply.content, "signature"),
+                    join_digest(self.config.federation_id, node, challenges[node]),
+                    w.blob(reply.content, "signature", max_bytes=w.SMALL),
                 )
                 if party in self.nodes.values():
                     raise ProtocolError(f"{party.id} answered from two nodes")
                 engine.authenticate(party.id, "Flower join")
             except FedLoraError as exc:
                 log.warning(f"node {node} is not admitted: {exc}")
+                self.refused_join.add(node)
                 continue
             self.nodes[node] = party
             self._marks(node, reply.content)
             engine.join_info(party)
-        log.info(f"{len(self.nodes)} of {len(nodes)} nodes joined as fedlora parties")
+            admitted += 1
+        log.info(
+            f"{admitted} of {len(nodes)} nodes joined as fedlora parties ({len(self.nodes)} in all)"
+        )
 
     def _refused(self, node: int, reply: Message) -> None:
-        raw = (
-            str(reply.error.reason or "")
-            if reply.has_error()
-            else str(w.scalar(reply.content, "reason") or "")
-        )
+        raw = ""
+        try:
+            raw = (
+                str(reply.error.reason or "")
+                if reply.has_error()
+                else str(w.scalar(reply.content, "reason") or "")
+            )
+            if not reply.has_error():
+                self._marks(node, reply.content)  # a refusal still says what the node holds
+        except Exception:  # a reply that is not even a readable refusal
+            raw = raw or "an unreadable reply"
         # One short line per node: a ClientApp's traceback belongs in its own log, not ours.
         lines = re.sub(r"\x1b\[[0-9;]*m", "", raw).strip().splitlines()
         reason = lines[0][:300] if lines else "no reason"
-        if not reply.has_error():
-            self._marks(node, reply.content)  # a refusal still says what the node holds
         party = self.nodes.get(node)
         self.refusals.append(f"{party.id if party else node}: {reason}")
         log.warning(f"node {node} ({party.id if party else '?'}) refused: {reason}")
 
     def _marks(self, node: int, content: RecordDict) -> None:
-        """What a node's reply says it holds: its anchored checkpoint, the log entries it read."""
+        """What a node's reply says it holds: its anchored checkpoint, the log entries it read,
+        the versions it keeps. A value beyond the log (a lying node, or a ServerApp restarted
+        with a fresh state folder) is taken as nothing held, so no proof is asked of the log
+        that it cannot give."""
         if w.STEP not in content.config_records:
             return
-        for into, name in ((self.anchors, "anchor"), (self.scanned, "scanned")):
+        engine = self.engine
+        assert engine is not None
+        size = engine.audit.size
+        bounds = {"anchor": size, "scanned": size, "kept": engine.global_version}
+        for into, name in (
+            (self.anchors, "anchor"),
+            (self.scanned, "scanned"),
+            (self.kept, "kept"),
+        ):
             value = w.scalar(content, name)
-            into[node] = value if isinstance(value, int) and value >= 0 else 0
+            ok = type(value) is int and 0 <= value <= bounds[name]
+            into[node] = value if ok else 0
         anchor = self.anchors[node]
         self.sent[node] = {size for size in self.sent.get(node, set()) if size >= anchor}
 
-    def _models(self, node: int, tree_size: int) -> dict[str, bytes]:
-        """What a member needs to keep every version published since it last read the log: the
-        entries since, inclusion proofs for the ones it keeps, and those versions' bytes."""
+    def _replied(self, node: int) -> None:
+        """A node answered a message it could read: the receipt that message carried is its."""
+        if node in self.carrying:
+            self.carrying.discard(node)
+            self.receipts.pop(node, None)
+            self.receipt_sizes.pop(node, None)
+
+    def _read_log(self, tree_size: int) -> None:
+        """Read the audit entries up to ``tree_size`` not read yet; note the publications."""
         engine = self.engine
         assert engine is not None
-        start = min(self.scanned.get(node, 0), tree_size)
-        lines = engine.audit.entries(start, tree_size - start) if tree_size > start else []
-        blobs = {"entries": w.pack_lines(lines)}
-        for offset, line in enumerate(lines):
-            index = start + offset
+        start = len(self._lines)
+        if tree_size <= start:
+            return
+        for offset, line in enumerate(engine.audit.entries(start, tree_size - start)):
+            self._lines.append(line)
             doc = json.loads(line)
-            event, version = doc.get("event"), doc.get("version", doc.get("global_version"))
-            if event not in ("global_published", "federation_finished"):
-                continue
+            event = doc.get("event")
+            if event == "global_published" and isinstance(doc.get("version"), int):
+                self._publications.append((start + offset, doc["version"]))
+            elif event == "federation_finished":
+                self._finished_at = start + offset
+
+    def _models(self, node: int, tree_size: int) -> dict[str, bytes]:
+        """What a member needs to keep every published version: the log entries since it last
+        read the log, and for the (at most ``MODELS_PER_MESSAGE``) oldest versions it does not
+        keep yet, their inclusion proofs and bytes (it catches up over several messages); the
+        newest ``federation_finished`` entry's proof."""
+        engine = self.engine
+        assert engine is not None
+        self._read_log(tree_size)
+        start = min(self.scanned.get(node, 0), tree_size)
+        blobs = {"entries": w.pack_lines(self._lines[start:tree_size])}
+        kept = self.kept.get(node, 0)
+        wanted = [(i, v) for i, v in self._publications if v > kept and i < tree_size]
+        indices = [i for i, _ in wanted[:MODELS_PER_MESSAGE]]
+        if self._finished_at is not None and self._finished_at < tree_size:
+            indices.append(self._finished_at)
+        for index in indices:
             blobs[f"inclusion:{index}:{tree_size}"] = b"".join(
                 engine.audit.inclusion(index, tree_size)[1]
             )
-            if event == "global_published" and version and version != engine.global_version:
+        for _, version in wanted[:MODELS_PER_MESSAGE]:
+            if version != engine.global_version:
                 blobs[f"global:{version}"] = engine.store.global_path(version).read_bytes()
         blobs["global"] = engine.store.global_path(engine.global_version).read_bytes()
         return blobs
@@ -228,21 +300,28 @@ class FedloraStrategy(Strategy):
             "status": rpc.status_to_proto(engine.status(party)).SerializeToString(),
             "checkpoint": rpc.checkpoint_to_proto(cp).SerializeToString(),
         }
-        # Consistency proofs the node will ask for: from the checkpoint it keeps, through its
-        # receipt's, to the current one. The checkpoint it keeps is the one it last reported, or
-        # one sent since, whose reply was lost (a node that anchored it and then failed).
-        sent = self.sent.setdefault(node, set())
-        sizes = sorted(
-            {self.anchors.get(node, 0), self.receipt_sizes.get(node, 0), cp.tree_size, *sent}
-        )
+        # Consistency proofs the node will ask for: from the checkpoint it keeps to its
+        # receipt's and to the current one, and from its receipt's to the current one. The
+        # checkpoint it keeps is the one it last reported, or one sent since whose reply was
+        # lost (a node that anchored it and then failed): one proof per candidate, not per pair.
+        sent = set(sorted(self.sent.get(node, set()))[-(MAX_CANDIDATES - 1) :])
+        self.sent[node] = sent
+        receipt_size = self.receipt_sizes.get(node, 0)
+        candidates = {self.anchors.get(node, 0), *sent}
+        pairs = {(old, new) for old in candidates for new in (receipt_size, cp.tree_size)}
+        pairs.add((receipt_size, cp.tree_size))
         sent.add(cp.tree_size)
-        for i, old in enumerate(sizes):
-            for new in sizes[i + 1 :]:
-                if old > 0:
+        for old, new in sorted(pairs):
+            old, new = min(old, new), max(old, new)
+            if 0 < old < new:
+                try:
                     blobs[f"consistency:{old}:{new}"] = b"".join(engine.audit.consistency(old, new))
-        receipt = self.receipts.pop(node, None)  # delivered once: the node anchors it then
+                except FedLoraError:
+                    continue  # a size the log never had: the node's check fails cleanly
+        receipt = self.receipts.get(node)  # sent until the node answers a message with it
         if receipt is not None:
             blobs["receipt"] = receipt
+            self.carrying.add(node)
         if models:
             blobs.update(self._models(node, cp.tree_size))
         return blobs
@@ -309,10 +388,13 @@ class FedloraStrategy(Strategy):
         kept = 0
         for reply in grid.send_and_receive(messages, timeout=self.timeout):
             node = reply.metadata.src_node_id
+            if node not in self.nodes:
+                continue
             if reply.has_error() or w.step_of(reply.content) != "kept":
                 self._refused(node, reply)
                 continue
             self._marks(node, reply.content)
+            self._replied(node)
             kept += 1
         log.info(
             f"{kept} of {len(self.nodes)} members keep global version {engine.global_version}"
@@ -331,9 +413,15 @@ class FedloraStrategy(Strategy):
     ) -> Iterable[Message]:
         self.grid = grid
         engine = self.engine or self._start(arrays)
-        if not self.nodes:
-            self._join(grid)
+        self._join(grid)  # nodes not admitted yet (late, or whose answer was lost)
         engine.tick()  # round 1 opens once min_clients parties have joined
+        if engine.stage in (Stage.TICKETING, Stage.DECRYPTING) and engine.round is not None:
+            # A ServerApp restarted while a round was being decrypted: finish (or end) that
+            # decryption first. Flower counts its rounds afresh; the engine's round is the one.
+            log.warning(f"round {engine.round.number} was being decrypted; resuming it")
+            self.refusals = []
+            self._decrypt(engine.round.number)
+            engine.tick()
         if engine.stage is not Stage.COLLECTING:
             log.warning(
                 f"round {server_round}: the federation is {engine.stage.value}; no training"
@@ -373,34 +461,47 @@ class FedloraStrategy(Strategy):
             if reply.has_error() or w.step_of(reply.content) != w.TRAIN:
                 self._refused(node, reply)
                 continue
-            self._marks(node, reply.content)
             try:
+                self._marks(node, reply.content)
+                self._replied(node)
                 header = rpc.contribution_header_from_proto(
                     w.parse(
                         federation_pb2.ContributionHeader(),
-                        w.blob(reply.content, "header"),
+                        w.blob(reply.content, "header", max_bytes=w.SMALL),
                         "contribution header",
                     )
                 )
-                receipt = engine.accept_contribution(
-                    party, header, [w.blob(reply.content, "records")]
-                )
+                records = w.blob(reply.content, "records", max_bytes=self._vector_bytes())
+                receipt = engine.accept_contribution(party, header, [records])
             except FedLoraError as exc:
                 self.refusals.append(f"{party.id}: contribution refused: {exc}")
+                continue
+            except Exception as exc:  # a reply no honest node sends: refused, the run goes on
+                self.refusals.append(f"{party.id}: malformed reply ({type(exc).__name__})")
                 continue
             self.receipts[node] = rpc.receipt_to_proto(receipt).SerializeToString()
             self.receipt_sizes[node] = receipt.checkpoint.tree_size if receipt.checkpoint else 0
             accepted += 1
         before = engine.global_version
-        engine.close_collection()  # the push transport collected all it will get
+        # The push transport collected all it will get; a round that fails for want of
+        # contributions records why the others did not contribute.
+        engine.close_collection(_grouped(self.refusals))
         engine.tick()  # aggregates (or fails the round below participant_threshold)
-        if engine.stage is Stage.TICKETING:
-            self._decrypt(server_round)
+        if engine.stage is Stage.TICKETING and engine.round is not None:
+            self.refusals = []
+            self._decrypt(engine.round.number)
         closed = engine.global_version > before
         metrics = MetricRecord(
             {"fedlora-contributions": accepted, "fedlora-round-closed": int(closed)}
         )
         return self.global_arrays(), metrics
+
+    def _vector_bytes(self) -> int:
+        """The size of a contribution, an aggregate or a partial decryption: nothing a node
+        sends may be larger."""
+        engine = self.engine
+        assert engine is not None
+        return engine.record_count * engine.width
 
     def _holders(self) -> list[tuple[int, Party]]:
         engine = self.engine
@@ -443,7 +544,11 @@ class FedloraStrategy(Strategy):
         assert engine is not None and grid is not None
         holders = self._holders()
         for step in (w.DECRYPT, w.RELEASE):
-            messages = [self._task(n, p, step, round_number) for n, p in holders]
+            try:
+                messages = [self._task(n, p, step, round_number) for n, p in holders]
+            except FedLoraError as exc:  # the engine moved on (e.g. its deadline passed)
+                self.refusals.append(f"coordinator: {exc}")
+                break
             for reply in grid.send_and_receive(messages, timeout=self.timeout):
                 node = reply.metadata.src_node_id
                 party = self.nodes.get(node)
@@ -452,8 +557,7 @@ class FedloraStrategy(Strategy):
                 if reply.has_error() or w.step_of(reply.content) not in ("signed", "released"):
                     self._refused(node, reply)
                     continue
-                self._marks(node, reply.content)
-                self._accept(party, reply.content, round_number)
+                self._accept(node, party, reply.content, round_number)
             engine.tick()
             if engine.stage is not Stage.DECRYPTING:
                 break
@@ -461,28 +565,42 @@ class FedloraStrategy(Strategy):
             reasons = _grouped(self.refusals) or "holders did not answer"
             engine.end_decryption(f"decryption ended on Flower without a result: {reasons}")
 
-    def _accept(self, party: Party, content: RecordDict, round_number: int) -> None:
+    def _accept(self, node: int, party: Party, content: RecordDict, round_number: int) -> None:
         engine = self.engine
         assert engine is not None
         try:
-            ticket = w.blob(content, "ticket", required=False)
+            self._marks(node, content)
+            self._replied(node)
+            ticket = w.blob(content, "ticket", required=False, max_bytes=w.SMALL)
             if ticket:
                 engine.accept_ticket(
-                    party, round_number, ticket, w.blob(content, "ticket_signature")
+                    party,
+                    round_number,
+                    ticket,
+                    w.blob(content, "ticket_signature", max_bytes=w.SMALL),
                 )
-            header_data = w.blob(content, "partial_header", required=False)
+            header_data = w.blob(content, "partial_header", required=False, max_bytes=w.SMALL)
             if header_data:
                 header = rpc.partial_header_from_proto(
                     w.parse(federation_pb2.PartialHeader(), header_data, "partial header")
                 )
-                engine.accept_partial(party, header, [w.blob(content, "partial")])
+                partial = w.blob(content, "partial", max_bytes=self._vector_bytes())
+                engine.accept_partial(party, header, [partial])
         except FedLoraError as exc:
             self.refusals.append(f"{party.id}: {exc}")
+        except Exception as exc:  # a reply no honest node sends: refused, the run goes on
+            self.refusals.append(f"{party.id}: malformed reply ({type(exc).__name__})")
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+        """The inner strategy's evaluation, sent to admitted members only: the model is the
+        federation's, not every SuperNode's."""
+        return [
+            m
+            for m in self.inner.configure_evaluate(server_round, arrays, config, grid)
+            if m.metadata.dst_node_id in self.nodes
+        ]
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

@@ -9,6 +9,7 @@ says which protocol step a message is.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,11 +45,21 @@ def scalar(content: RecordDict, name: str) -> Any:
     return content.config_records[STEP].get(name)
 
 
-def blob(content: RecordDict, name: str, *, required: bool = True) -> bytes:
-    """A blob's bytes.
+SMALL = 1 << 16  # the bound on a blob that carries no ciphertexts, models or log entries
+
+
+def blob(
+    content: RecordDict, name: str, *, required: bool = True, max_bytes: int | None = None
+) -> bytes:
+    """A blob's bytes, at most ``max_bytes`` (``None``: no bound beyond the message's own).
+
+    The array is read as a plain ``.npy`` payload of a 1-D ``uint8`` vector (never through
+    ``np.load``, which accepts other formats), and its length is checked against the bound
+    before anything is copied.
 
     Raises:
-        ProtocolError: a required blob is missing or is not a byte array.
+        ProtocolError: a required blob is missing, or it is not a byte array, malformed or
+            larger than ``max_bytes``.
     """
     records = content.array_records.get(BLOBS)
     if records is None or name not in records:
@@ -56,12 +67,38 @@ def blob(content: RecordDict, name: str, *, required: bool = True) -> bytes:
             raise ProtocolError(f"the fedlora message has no {name!r}")
         return b""
     array = records[name]
-    if array.dtype != "uint8" or len(array.shape) != 1:
-        raise ProtocolError(f"the fedlora message's {name!r} is not a byte array")
+    bad = ProtocolError(f"the fedlora message's {name!r} is not a byte array")
+    if (
+        getattr(array, "stype", None) != "numpy.ndarray"
+        or array.dtype != "uint8"
+        or not isinstance(array.shape, (list, tuple))
+        or len(array.shape) != 1
+        or not isinstance(array.data, bytes)
+    ):
+        raise bad
+    if max_bytes is not None and array.shape[0] > max_bytes:
+        raise ProtocolError(
+            f"the fedlora message's {name!r} has {array.shape[0]:,} bytes; at most "
+            f"{max_bytes:,} are allowed"
+        )
+    data = array.data
+    fh = io.BytesIO(data)
     try:
-        return bytes(array.numpy().tobytes())
-    except (ValueError, TypeError):
-        raise ProtocolError(f"the fedlora message's {name!r} is malformed") from None
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version in ((2, 0), (3, 0)):
+            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(version)
+    except (ValueError, TypeError, EOFError, SyntaxError):
+        raise bad from None
+    start = fh.tell()
+    if dtype != np.uint8 or len(shape) != 1 or shape[0] != len(data) - start:
+        raise bad
+    if tuple(shape) != tuple(array.shape):
+        raise bad
+    return data[start:]
 
 
 def parse(message: Any, data: bytes, what: str) -> Any:

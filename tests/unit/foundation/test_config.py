@@ -98,7 +98,7 @@ def test_a_valid_file_parses_with_defaults_and_resolved_paths(tmp_path) -> None:
         (('listen: "127.0.0.1:0"', 'listen: "127.0.0.1:99999"'), "must be HOST:PORT"),
         (
             ("model: {", "crypto: {backend: gpu}\nmodel: {"),
-            r"crypto\.backend: expected one of 'auto', 'openssl', 'gmpy2'",
+            r"crypto\.backend: expected one of 'auto', 'ifma', 'openssl', 'gmpy2'",
         ),
     ],
 )

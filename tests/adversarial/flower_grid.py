@@ -1,0 +1,198 @@
+"""A Flower grid in one process, for attacks on the Flower adapter.
+
+:class:`Grid` delivers each of the strategy's messages to the real ``fedlora_mod`` of the node it
+is addressed to (each node with its own Flower ``Context`` and its own state folder), copying the
+message's content as Flower's transport would, and hands back the replies. Between the two it
+lets a test be the attacker: ``tamper(node, message)`` rewrites what the server sends (a lying
+ServerApp or SuperLink), ``on_reply(node, reply)`` rewrites or drops what a node answers (a lying
+node, or a lost reply). Everything else is real: the coordinator engine, the fedlora clients,
+threshold Paillier, proofs, ledgers and the audit log on disk. The engines Flower ships are
+exercised in tests/integration/test_flower.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+
+from fedlora._setup import Layout
+from fedlora.audit import read_log_files
+from fedlora.config import load_coordinator_config
+from fedlora.flower import FedloraStrategy, make_fedlora_mod
+from fedlora.flower import _wire as w
+from tests.integration import flower_apps as apps
+from tests.integration.helpers import prepare_federation
+
+NODES = 4
+FIRST_ID = 101
+
+
+def federation(root: Path, *, rounds: int = 2) -> Layout:
+    """Four banks, a 2-of-4 test key (ticket quorum 3), three contributions per aggregate."""
+    return prepare_federation(
+        root,
+        bits=512,
+        parties=[(f"bank-{i:02d}", "bank") for i in range(NODES)],
+        rounds=rounds,
+        participant_threshold=3,
+        decryption_threshold=2,
+        insecure=True,
+        model_kind="linear",
+        min_clients=NODES,
+    )
+
+
+def train(msg: Message, context: Context) -> Message:
+    """The user's training: add the node's known delta to the arrays it was sent."""
+    partition = int(context.node_config["partition-id"])
+    arrays = msg.content["arrays"]
+    flat = np.concatenate([a.numpy().ravel() for a in arrays.values()])
+    updated = flat + apps.delta_for(partition)
+    out, offset = {}, 0
+    for key, array in arrays.items():
+        n = int(np.prod(array.shape))
+        out[key] = Array(updated[offset : offset + n].reshape(array.shape))
+        offset += n
+    return Message(
+        RecordDict(
+            {
+                "arrays": ArrayRecord(out),
+                "metrics": MetricRecord({"num-examples": apps.weight_for(partition)}),
+            }
+        ),
+        reply_to=msg,
+    )
+
+
+def _set_task_identity() -> None:
+    """Flower 1.42 stamps new messages with the process's task identity, which its runtimes set."""
+    try:
+        from flwr.supercore.task_identity import TaskIdentity
+    except ImportError:  # Flower 1.41: messages carry no task identity
+        return
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+
+Tamper = Callable[[int, Message], Message | None]
+OnReply = Callable[[int, Message], Message | None]
+
+
+class Grid:
+    """Enough of Flower's ``Grid`` for a strategy: node ids, and ``send_and_receive``."""
+
+    def __init__(self, root: Path, nodes: int = NODES) -> None:
+        _set_task_identity()
+        self.mod = make_fedlora_mod(root)
+        self.ids = [FIRST_ID + i for i in range(nodes)]
+        self.contexts = {
+            node: Context(
+                run_id=1,
+                node_id=node,
+                node_config={"partition-id": i},
+                state=RecordDict(),
+                run_config={},
+            )
+            for i, node in enumerate(self.ids)
+        }
+        self.tamper: Tamper | None = None
+        self.on_reply: OnReply | None = None
+        self.trained: dict[int, int] = {}  # node -> how often the user's training ran
+        self.seen: list[tuple[int, str | None, Message]] = []  # (node, step, reply)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.ids)
+
+    def _train(self, msg: Message, context: Context) -> Message:
+        self.trained[context.node_id] = self.trained.get(context.node_id, 0) + 1
+        return train(msg, context)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):  # type: ignore[no-untyped-def]
+        replies = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            # Flower serializes each message: nothing one node is sent is shared with another.
+            delivered: Message | None = Message(
+                RecordDict(copy.deepcopy(dict(message.content.items()))),
+                dst_node_id=node,
+                message_type=message.metadata.message_type,
+            )
+            if self.tamper is not None and delivered is not None:
+                delivered = self.tamper(node, delivered)
+            if delivered is None:
+                continue
+            try:
+                reply = self.mod(delivered, self.contexts[node], self._train)
+            except Exception as exc:  # as Flower turns a ClientApp's exception into an error
+                reply = Message(
+                    Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=delivered
+                )
+            self.seen.append((node, w.step_of(delivered.content), reply))
+            if self.on_reply is not None:
+                reply = self.on_reply(node, reply)
+            if reply is not None:
+                replies.append(reply)
+        return replies
+
+    def refusals(self, node: int) -> list[str]:
+        """What ``node`` refused, in order (its fedlora refusals and its errors)."""
+        out = []
+        for n, _, reply in self.seen:
+            if n != node:
+                continue
+            if reply.has_error():
+                out.append(str(reply.error.reason))
+            elif w.step_of(reply.content) == "refused":
+                out.append(str(w.scalar(reply.content, "reason")))
+        return out
+
+
+def strategy(layout: Layout, **kw: Any) -> FedloraStrategy:
+    return FedloraStrategy(
+        FedAvg(
+            fraction_train=1.0,
+            fraction_evaluate=0.0,
+            min_train_nodes=NODES,
+            min_available_nodes=NODES,
+        ),
+        layout.coordinator_config,
+        timeout=30,
+        **kw,
+    )
+
+
+def initial_arrays() -> ArrayRecord:
+    start = apps.initial_vector()
+    return ArrayRecord({"a": Array(start[:100].reshape(10, 10)), "b": Array(start[100:])})
+
+
+def events(layout: Layout) -> list[dict[str, Any]]:
+    config = load_coordinator_config(layout.coordinator_config)
+    return [json.loads(line) for line in read_log_files(config.state_dir)[0].splitlines()]
+
+
+def outcomes(layout: Layout) -> list[tuple[str, int]]:
+    """The rounds' ends, in order: ("round_closed" | "round_failed", round)."""
+    return [
+        (e["event"], e["round"])
+        for e in events(layout)
+        if e["event"] in ("round_closed", "round_failed")
+    ]
+
+
+def replace_blob(message: Message, name: str, data: bytes) -> Message:
+    """``message`` with one fedlora blob replaced (or added)."""
+    blobs = message.content.array_records[w.BLOBS]
+    blobs[name] = Array(np.frombuffer(data, dtype=np.uint8).copy())
+    return message
+
+
+def set_scalar(message: Message, name: str, value: Any) -> Message:
+    message.content.config_records[w.STEP][name] = value
+    return message

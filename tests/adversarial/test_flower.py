@@ -1,0 +1,370 @@
+"""Attacks on the Flower adapter: a lying ServerApp (or SuperLink), lying or failing nodes.
+
+The real strategy, engine, mod, clients, keys and logs, through the one-process grid of
+:mod:`tests.adversarial.flower_grid` (four banks, 2-of-4 key, ticket quorum 3, three
+contributions per aggregate). Each test names the guarantee it attacks.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Message
+
+from fedlora.client._ledger import DecryptorLedger
+from fedlora.config import load_client_config
+from fedlora.flower import _server
+from fedlora.flower import _wire as w
+from fedlora.v1 import federation_pb2
+from tests.adversarial import flower_grid as g
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _run(tmp_path, *, rounds=2, flower_rounds=None, grid=None, **kw):  # type: ignore[no-untyped-def]
+    layout = g.federation(tmp_path, rounds=rounds)
+    grid = grid or g.Grid(tmp_path)
+    strategy = g.strategy(layout, **kw)
+    return layout, grid, strategy
+
+
+def _start(strategy, grid, rounds):  # type: ignore[no-untyped-def]
+    strategy.start(grid, g.initial_arrays(), num_rounds=rounds)
+
+
+def _member(layout, node):  # type: ignore[no-untyped-def]
+    return load_client_config(layout.client_configs[f"bank-{node - g.FIRST_ID:02d}"])
+
+
+def _participants(layout, number):  # type: ignore[no-untyped-def]
+    closed = [e for e in g.events(layout) if e["event"] == "round_closed" and e["round"] == number]
+    return closed[0]["participants"] if closed else None
+
+
+def _zip_array() -> Array:
+    """A byte array whose payload is a zip archive (np.load would hand back an NpzFile)."""
+    return Array(dtype="uint8", shape=(22,), stype="numpy.ndarray", data=b"PK\x05\x06" + bytes(18))
+
+
+# --- a lying ServerApp --------------------------------------------------------------------------
+
+
+def test_a_server_that_sends_one_node_another_model_to_train_is_refused_by_it(tmp_path) -> None:
+    """Model inconsistency (a "dead" model to all but one node, say): every node must train on
+    the global model the log publishes, in the log's layout, or not at all."""
+    layout, grid, strategy = _run(tmp_path)
+    lies = {
+        g.FIRST_ID + 3: lambda a: ArrayRecord(
+            {k: Array(np.full(v.shape, 123.0, np.float32)) for k, v in a.items()}
+        ),
+        g.FIRST_ID + 2: lambda a: ArrayRecord({"b": a["b"], "a": a["a"]}),  # keys swapped
+    }
+
+    def tamper(node: int, message: Message) -> Message:
+        if node in lies and w.step_of(message.content) == w.TRAIN:
+            message.content["arrays"] = lies[node](message.content["arrays"])
+        return message
+
+    grid.tamper = tamper
+    # Act
+    _start(strategy, grid, 2)
+    # Assert: neither node trained on what it was sent, and both say why; their ledgers record
+    # it; with two of four missing, the rounds fail below participant_threshold, with reasons.
+    for node, what in ((g.FIRST_ID + 3, "is not global version"), (g.FIRST_ID + 2, "named")):
+        assert grid.trained.get(node, 0) == 0
+        assert any(what in r and "does not train on it" in r for r in grid.refusals(node))
+        member = _member(layout, node)
+        ledger = DecryptorLedger(member.state_dir, member.federation_id)
+        assert ledger.refusals()[-1]["what"] == "global model"
+    failed = [e for e in g.events(layout) if e["event"] == "round_failed"]
+    assert [e["round"] for e in failed] == [1, 2]
+    for e in failed:
+        assert "below participant_threshold" in e["reason"]
+        assert "is not global version 0 as the log publishes it" in e["reason"]
+
+
+def test_a_holder_checks_an_aggregate_against_the_model_it_trained_from_in_an_earlier_message(
+    tmp_path,
+) -> None:
+    """Each message is a fresh process on Flower: what a holder trained from is on its disk."""
+    layout, grid, strategy = _run(tmp_path)
+    victim = g.FIRST_ID
+
+    def tamper(node: int, message: Message) -> Message:
+        if node == victim and w.step_of(message.content) == w.DECRYPT:
+            manifest = federation_pb2.DecryptionManifest()
+            manifest.ParseFromString(w.blob(message.content, "manifest"))
+            manifest.global_digest = bytes(32)
+            g.replace_blob(message, "manifest", manifest.SerializeToString())
+        return message
+
+    grid.tamper = tamper
+    # Act
+    _start(strategy, grid, 2)
+    # Assert: refused for the model it trained from (checked before any signature); the other
+    # three holders make the quorum, so the rounds close.
+    assert any("trained from another global model" in r for r in grid.refusals(victim))
+    assert g.outcomes(layout) == [("round_closed", 1), ("round_closed", 2)]
+
+
+def test_a_receipt_whose_message_was_lost_is_sent_again_until_the_node_answers(tmp_path) -> None:
+    layout, grid, strategy = _run(tmp_path)
+    node, lost = g.FIRST_ID + 2, []
+
+    def tamper(n: int, message: Message) -> Message | None:
+        if n == node and w.step_of(message.content) == w.DECRYPT and not lost:
+            lost.append(w.blob(message.content, "receipt", required=False))
+            return None  # the message that carried round 1's receipt never arrives
+        return message
+
+    grid.tamper = tamper
+    # Act
+    _start(strategy, grid, 2)
+    # Assert: the receipt was in the lost message, and the node holds it (and round 2's) anyway.
+    assert lost and lost[0]
+    receipts = sorted(p.name for p in (_member(layout, node).state_dir / "receipts").iterdir())
+    assert receipts == ["round-00001.json", "round-00002.json"]
+
+
+def test_wrongly_typed_fields_from_the_server_are_refusals_the_round_survives(tmp_path) -> None:
+    layout, grid, strategy = _run(tmp_path)
+    node = g.FIRST_ID + 1
+
+    def tamper(n: int, message: Message) -> Message:
+        if n == node and w.step_of(message.content) == w.DECRYPT:
+            g.set_scalar(message, "round", "one")
+        if n == node and w.step_of(message.content) == w.RELEASE:
+            g.set_scalar(message, "quorum", "many")
+        return message
+
+    grid.tamper = tamper
+    _start(strategy, grid, 2)
+    assert any("names no round" in r for r in grid.refusals(node))
+    assert g.outcomes(layout) == [("round_closed", 1), ("round_closed", 2)]
+
+
+# --- lying or failing nodes ---------------------------------------------------------------------
+
+
+def test_a_node_that_lies_about_what_it_holds_cannot_stop_the_run(tmp_path) -> None:
+    """Marks beyond the log (anchor, entries read, versions kept) would make the server ask its
+    log for proofs it cannot give."""
+    layout, grid, strategy = _run(tmp_path)
+    liar = g.FIRST_ID + 3
+
+    def on_reply(node: int, reply: Message) -> Message:
+        if node == liar and not reply.has_error():
+            for name, value in (("anchor", 10**9), ("scanned", 10**9), ("kept", 10**6)):
+                g.set_scalar(reply, name, value)
+        return reply
+
+    grid.on_reply = on_reply
+    _start(strategy, grid, 2)  # Act / Assert: no exception
+    assert g.outcomes(layout) == [("round_closed", 1), ("round_closed", 2)]
+
+
+def test_malformed_byte_arrays_from_a_node_are_refused_not_a_crash(tmp_path) -> None:
+    layout, grid, strategy = _run(tmp_path)
+    bad = g.FIRST_ID + 3
+
+    def on_reply(node: int, reply: Message) -> Message:
+        if node == bad and not reply.has_error() and w.step_of(reply.content) == w.TRAIN:
+            blobs = reply.content.array_records[w.BLOBS]
+            blobs["header"] = Array(dtype="uint8", shape=(0,), stype="numpy.ndarray", data=b"")
+            blobs["records"] = _zip_array()
+        return reply
+
+    grid.on_reply = on_reply
+    _start(strategy, grid, 2)  # Act / Assert: no exception; the others' rounds close
+    assert g.outcomes(layout) == [("round_closed", 1), ("round_closed", 2)]
+    assert "bank-03" not in _participants(layout, 1)
+
+
+def test_a_join_answer_that_is_not_a_byte_array_keeps_that_node_out(tmp_path) -> None:
+    layout, grid, strategy = _run(tmp_path)
+    bad = g.FIRST_ID + 3
+
+    def on_reply(node: int, reply: Message) -> Message:
+        if node == bad and not reply.has_error() and w.step_of(reply.content) == w.JOIN:
+            reply.content.array_records[w.BLOBS]["signature"] = _zip_array()
+        return reply
+
+    grid.on_reply = on_reply
+    _start(strategy, grid, 2)  # Act / Assert: no exception; the node is not admitted
+    assert bad not in strategy.nodes and len(strategy.nodes) == 3
+    assert g.outcomes(layout) == []  # min_clients 4: the federation waits for the fourth
+
+
+def test_a_node_whose_join_answer_was_lost_joins_at_the_next_round(tmp_path) -> None:
+    layout, grid, strategy = _run(tmp_path)
+    late, dropped = g.FIRST_ID + 3, []
+
+    def on_reply(node: int, reply: Message) -> Message | None:
+        if node == late and not dropped:
+            dropped.append(node)
+            return None
+        return reply
+
+    grid.on_reply = on_reply
+    _start(strategy, grid, 3)  # Flower round 1 waits; rounds 2 and 3 are the federation's two
+    assert g.outcomes(layout) == [("round_closed", 1), ("round_closed", 2)]
+    assert "bank-03" in _participants(layout, 1)
+
+
+def test_a_train_message_run_twice_gets_the_same_contribution_and_the_round_closes(
+    tmp_path,
+) -> None:
+    """Flower may run a message again (a retry); a node seals each round once."""
+    layout, grid, strategy = _run(tmp_path)
+    node, real, replies = g.FIRST_ID + 1, grid.mod, []
+
+    def twice(msg, context, call_next):  # type: ignore[no-untyped-def]
+        if context.node_id == node and w.step_of(msg.content) == w.TRAIN:
+            first = real(copy.deepcopy(msg), context, call_next)
+            again = real(msg, context, call_next)
+            replies.append((first, again))
+            return first  # the server keeps the first
+        return real(msg, context, call_next)
+
+    grid.mod = twice
+    _start(strategy, grid, 2)
+    # Assert: the same signed contribution both times, one training per round, no refusal.
+    for first, again in replies:
+        assert w.blob(first.content, "header") == w.blob(again.content, "header")
+        assert w.blob(first.content, "records") == w.blob(again.content, "records")
+    assert len(replies) == 2 and grid.trained[node] == 2
+    assert grid.refusals(node) == []
+    assert g.outcomes(layout) == [("round_closed", 1), ("round_closed", 2)]
+    assert "bank-01" in _participants(layout, 1) and "bank-01" in _participants(layout, 2)
+
+
+def test_consistency_proofs_for_a_node_that_never_answers_stay_bounded(tmp_path) -> None:
+    layout, grid, strategy = _run(tmp_path, rounds=6)
+    silent, counts = g.FIRST_ID + 3, []
+
+    def tamper(node: int, message: Message) -> Message:
+        if node == silent:
+            counts.append(
+                sum(
+                    1
+                    for k in message.content.array_records[w.BLOBS]
+                    if k.startswith("consistency:")
+                )
+            )
+        return message
+
+    def on_reply(node: int, reply: Message) -> Message | None:
+        if node == silent and not reply.has_error() and w.step_of(reply.content) != w.JOIN:
+            return None
+        return reply
+
+    grid.tamper, grid.on_reply = tamper, on_reply
+    _start(strategy, grid, 6)
+    assert [o for o, _ in g.outcomes(layout)] == ["round_closed"] * 6
+    assert max(counts) <= 2 * _server.MAX_CANDIDATES + 1, counts
+    assert len(counts) > 3 * 6  # it was sent every step of every round
+
+
+def test_a_node_that_claims_to_have_kept_nothing_gets_a_few_versions_per_message(
+    tmp_path,
+) -> None:
+    layout, grid, strategy = _run(tmp_path, rounds=6)
+    liar, versions = g.FIRST_ID + 2, []
+
+    def on_reply(node: int, reply: Message) -> Message:
+        if node == liar and not reply.has_error():
+            g.set_scalar(reply, "kept", 0)
+            g.set_scalar(reply, "scanned", 0)
+        return reply
+
+    def tamper(node: int, message: Message) -> Message:
+        if node == liar:
+            versions.append(
+                sum(1 for k in message.content.array_records[w.BLOBS] if k.startswith("global:"))
+            )
+        return message
+
+    grid.tamper, grid.on_reply = tamper, on_reply
+    _start(strategy, grid, 6)
+    assert [o for o, _ in g.outcomes(layout)] == ["round_closed"] * 6
+    assert 0 < max(versions) <= _server.MODELS_PER_MESSAGE
+    # the honest members keep all six versions
+    for node in (g.FIRST_ID, g.FIRST_ID + 1, g.FIRST_ID + 3):
+        models = _member(layout, node).state_dir / "models"
+        assert sorted(p.name for p in models.iterdir()) == [f"v{v:05d}" for v in range(1, 7)]
+
+
+def test_a_serverapp_restarted_while_decrypting_resumes_that_round(tmp_path) -> None:
+    """Flower counts rounds afresh after a restart; the engine's round is decrypted, not
+    Flower's, and the federation goes on."""
+
+    class Crash(BaseException):
+        pass
+
+    layout, grid, strategy = _run(tmp_path)
+
+    def tamper(node: int, message: Message) -> Message:
+        if w.step_of(message.content) == w.RELEASE:
+            raise Crash  # the ServerApp dies after the tickets, before any partial
+        return message
+
+    grid.tamper = tamper
+    with pytest.raises(Crash):
+        _start(strategy, grid, 2)
+    assert g.outcomes(layout) == []
+    # Act: a new ServerApp on the same state folder, the same nodes.
+    grid.tamper = None
+    _start(g.strategy(layout), grid, 2)
+    # Assert: round 1 was finished first, then round 2 trained.
+    assert g.outcomes(layout) == [("round_closed", 1), ("round_closed", 2)]
+
+
+def test_evaluation_goes_to_admitted_members_only(tmp_path) -> None:
+    """A registered SuperNode that is no fedlora party gets no model to evaluate."""
+    from flwr.serverapp.strategy import FedAvg
+
+    from fedlora.flower import FedloraStrategy
+
+    layout = g.federation(tmp_path)
+    grid = g.Grid(tmp_path, nodes=g.NODES + 1)  # the fifth node has no client YAML
+    strategy = FedloraStrategy(
+        FedAvg(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=4, min_available_nodes=4),
+        layout.coordinator_config,
+        timeout=30,
+    )
+    stranger = g.FIRST_ID + g.NODES
+    _start(strategy, grid, 2)
+    assert stranger not in strategy.nodes
+    # it is asked to join before each round (it may be configured later), and sent nothing else
+    assert {step for node, step, _ in grid.seen if node == stranger} == {w.JOIN}
+    assert any(step is None for node, step, _ in grid.seen if node == g.FIRST_ID)  # evaluated
+    assert g.outcomes(layout) == [("round_closed", 1), ("round_closed", 2)]
+
+
+def test_blobs_are_bounded_and_read_strictly(tmp_path) -> None:
+    from flwr.app import RecordDict
+
+    content = w.put(RecordDict(), w.TRAIN, {"ok": b"abc", "big": bytes(100)})
+    assert w.blob(content, "ok", max_bytes=3) == b"abc"
+    with pytest.raises(Exception, match="has 100 bytes; at most 99"):
+        w.blob(content, "big", max_bytes=99)
+    blobs = content.array_records[w.BLOBS]
+    for bad in (
+        _zip_array(),
+        Array(dtype="uint8", shape=(0,), stype="numpy.ndarray", data=b""),
+        Array(np.zeros(3, dtype=np.int64)),  # not bytes
+        Array(np.zeros((2, 2), dtype=np.uint8)),  # not 1-D
+        Array(dtype="uint8", shape=(3,), stype="torch.Tensor", data=b"abc"),
+    ):
+        blobs["x"] = bad
+        with pytest.raises(Exception, match="is not a byte array"):
+            w.blob(content, "x")
+    # a header that claims fewer bytes than follow
+    honest = Array(np.frombuffer(b"abcd", dtype=np.uint8).copy())
+    blobs["x"] = Array(dtype="uint8", shape=(4,), stype="numpy.ndarray", data=honest.data + b"!")
+    with pytest.raises(Exception, match="is not a byte array"):
+        w.blob(content, "x")
+    assert json.loads(json.dumps(list(w.blob(content, "ok"))))  # plain bytes

@@ -2,7 +2,8 @@
 
 Measures, in one run on this machine, for one float32 vector per client and a 3-of-5 threshold
 key, for every modexp backend available here (gmpy2 on threads; OpenSSL's libcrypto, constant-
-time for secrets): cold encryption, threshold partial decryption per decryptor (with its proof),
+time for secrets; fedlora's AVX-512 IFMA kernel, eight constant-time exponentiations at once,
+where the CPU runs it): cold encryption, threshold partial decryption per decryptor (with its proof),
 combination (verifying three proofs), the raw floor of that backend (its bare exponentiations for
 the same partial decryption) and the pipeline total. Then, side by side:
 
@@ -46,6 +47,7 @@ import phe
 from fedlora.crypto import (
     CodecParams,
     DjnObfuscator,
+    IfmaBackend,
     ModexpBackend,
     ObfuscatorPool,
     OpenSSLBackend,
@@ -62,6 +64,7 @@ from fedlora.crypto import (
     pack_records,
     partial_decrypt,
 )
+from fedlora.crypto._ifma import load_kernel
 from fedlora.crypto._openssl import load_libcrypto
 
 T = TypeVar("T")
@@ -122,8 +125,10 @@ def main() -> None:
     backends: dict[str, ModexpBackend] = {"gmpy2": ThreadsBackend()}
     if load_libcrypto() is not None:
         backends["openssl"] = OpenSSLBackend()
+    if load_kernel() is not None:
+        backends["ifma"] = IfmaBackend()
     default = default_backend()
-    default_name = "openssl" if default.name == "openssl" else "gmpy2"
+    default_name = default.name if default.name in backends else "gmpy2"
     workers = default.workers  # type: ignore[attr-defined]
     log = lambda msg: print(f"  … {msg}", flush=True)  # noqa: E731
 

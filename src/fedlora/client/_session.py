@@ -451,23 +451,37 @@ class Client:
             f"entry {receipt.log_index}, {time.monotonic() - started:.1f}s in all"
         )
 
-    def seal(self, fed: Federation, status: RoundStatus, bars: Any = None) -> SignedContribution:
+    def obfuscator_pool(self, fed: Federation) -> ObfuscatorPool | None:
+        """A started pool of one contribution's obfuscators (None without a threshold key)."""
+        if self.key is None:
+            return None
+        return ObfuscatorPool(
+            self.key.paillier,
+            capacity=fed.codec.ciphertexts_for(fed.info.num_parameters),
+            backend=self.backend,
+        ).start()
+
+    def seal(
+        self,
+        fed: Federation,
+        status: RoundStatus,
+        bars: Any = None,
+        *,
+        pool: ObfuscatorPool | None = None,
+    ) -> SignedContribution:
         """Train from the round's global version and seal the signed, encrypted delta.
 
-        Obfuscators are computed in the background while the model trains.
+        Obfuscators are computed in the background while the model trains: in a pool started
+        here, or in ``pool``, which a caller whose training runs before this call (Flower's)
+        started from :meth:`obfuscator_pool` before it; the pool is closed here.
         """
         started = time.monotonic()
         r, info = status.round, fed.info
         base = self.download_global(status.global_version, status.global_digest)
         self._trained_from[r] = (status.global_version, bytes(status.global_digest))
         self._save_trained_from()  # before the contribution can leave
-        pool = None
-        if self.key is not None:
-            pool = ObfuscatorPool(
-                self.key.paillier,
-                capacity=fed.codec.ciphertexts_for(info.num_parameters),
-                backend=self.backend,
-            ).start()
+        if pool is None:
+            pool = self.obfuscator_pool(fed)
         try:
             train = (
                 bars.bar(f"{self.config.id} round {r}: training", info.aggregation_frequency)

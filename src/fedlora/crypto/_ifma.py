@@ -8,8 +8,8 @@ fedlora's C kernel (``_mbexp.c``; almost-Montgomery multiplication after Gueron 
 multi-buffer layout of Gueron and Krasnov). Every lane follows the same exponent, so the lanes
 share one control flow; the fixed 5-bit window reads its table by scanning every entry with
 masks, and no step depends on a bit of the exponent or of a base: every call runs the same
-constant-time code, for secret and public operands alike. A secret exponent is padded to at
-least the modulus' width plus 64 bits, so its length says nothing beyond that public bound.
+constant-time code, for secret and public operands alike. Only a secret exponent's length in
+64-bit words shapes the loop, as in OpenSSL's constant-time exponentiation.
 
 Batches of fewer than :data:`MIN_BATCH` bases, one base with many exponents, even moduli and
 moduli wider than the kernel's 8,318 bits go to the ``fallback`` backend (OpenSSL's, where there
@@ -121,10 +121,11 @@ class IfmaBackend(ThreadsBackend):
             bases = [int(_invert(b, gmpy2.mpz(m), i)) for i, b in enumerate(bases)]
             e = -e
         ctx = self._context(m)
-        width = max(1, (e.bit_length() + 7) // 8)
-        if secret:  # the length of a secret exponent says no more than this public bound
-            width = max(-(-width // 8) * 8, ctx.width + 8)
-        exp = e.to_bytes(width, "big")
+        # A secret exponent's length shows only to the 64-bit word (as OpenSSL's constant-time
+        # code, which works in words); padding it further would cost an obfuscator, whose
+        # exponent n is public and half the modulus' length, twice the work.
+        width = -(-max(1, (e.bit_length() + 7) // 8) // 8) * 8 if secret else 0
+        exp = e.to_bytes(max(width, (e.bit_length() + 7) // 8, 1), "big")
         w = ctx.width
 
         def run_chunk(chunk: Sequence[int]) -> list[int]:

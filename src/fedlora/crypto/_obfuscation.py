@@ -178,6 +178,7 @@ class ObfuscatorPool(_NoPickle):
         self._ready: deque[tuple[int, int]] = deque()  # (r, rⁿ mod n²)
         self._cond = threading.Condition()
         self._reserved = 0  # obfuscators being computed right now by the filler
+        self._taking = 0  # takes computing a shortfall: the filler starts no batch meanwhile
         self._stop = False
         self._thread: threading.Thread | None = None
 
@@ -194,6 +195,7 @@ class ObfuscatorPool(_NoPickle):
         n, n2 = self.public_key.n, self.public_key.nsquare
         while True:
             with self._cond:
+                self._cond.wait_for(lambda: self._stop or not self._taking)
                 room = self.capacity - len(self._ready) - self._reserved
                 if self._stop or room <= 0:
                     return
@@ -252,14 +254,31 @@ class ObfuscatorPool(_NoPickle):
         count = require_int("count", count, low=0)
         with self._cond:
             got = [self._ready.popleft() for _ in range(min(count, len(self._ready)))]
-        missing = count - len(got)
-        if missing:
+            # The batch the filler is computing lands soon: wait for it rather than compute it
+            # twice, compute only the rest here, and let the filler start nothing meanwhile.
+            inflight = min(count - len(got), self._reserved)
+            self._taking += 1
+        try:
+            self._compute_into(got, count - len(got) - inflight)
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: self._stop or not self._reserved or len(self._ready) >= inflight
+                )
+                got.extend(self._ready.popleft() for _ in range(min(inflight, len(self._ready))))
+        finally:
+            with self._cond:
+                self._taking -= 1
+                self._cond.notify_all()
+        self._compute_into(got, count - len(got))  # what a closed pool's filler did not make
+        return [v for _, v in got], RootsWitness([r for r, _ in got], self.public_key.n)
+
+    def _compute_into(self, got: list[tuple[int, int]], missing: int) -> None:
+        if missing > 0:
             rs = self._draw_rs(missing)
             values = self._backend.powmod_bases_secret(
                 rs, self.public_key.n, self.public_key.nsquare
             )
             got.extend(zip(rs, values))
-        return [v for _, v in got], RootsWitness([r for r, _ in got], self.public_key.n)
 
     def close(self) -> None:
         """Stop the filler and drop every unused obfuscator."""

@@ -466,19 +466,24 @@ def _train(
             "round once"
         )
     _check_served_model(session, status, record)
-    reply = call_next(msg, context)  # the user's own training, unchanged
-    if reply.has_error():
-        return reply
-    updated = next(iter(reply.content.array_records.values()), None)
-    if updated is None:
-        raise ProtocolError("the ClientApp's train reply carries no arrays")
-    session.trainer.updated = flatten(updated)
-    if session.trainer.updated.size != received.size:
-        raise ProtocolError("the ClientApp's train reply changed the model's size")
-    metrics = next(iter(reply.content.metric_records.values()), None)
-    examples = metrics.get("num-examples") if metrics is not None else None
-    session.trainer.num_examples = int(examples) if isinstance(examples, int) else 1
-    sent = session.client.seal(fed, status)
+    pool = session.client.obfuscator_pool(fed)  # filled while the user's model trains
+    try:
+        reply = call_next(msg, context)  # the user's own training, unchanged
+        if reply.has_error():
+            return reply
+        updated = next(iter(reply.content.array_records.values()), None)
+        if updated is None:
+            raise ProtocolError("the ClientApp's train reply carries no arrays")
+        session.trainer.updated = flatten(updated)
+        if session.trainer.updated.size != received.size:
+            raise ProtocolError("the ClientApp's train reply changed the model's size")
+        metrics = next(iter(reply.content.metric_records.values()), None)
+        examples = metrics.get("num-examples") if metrics is not None else None
+        session.trainer.num_examples = int(examples) if isinstance(examples, int) else 1
+        sent = session.client.seal(fed, status, pool=pool)
+    finally:
+        if pool is not None:
+            pool.close()
     session.save_pending(sent)
     content = RecordDict()
     for key, rec in reply.content.metric_records.items():  # the user's metrics travel on

@@ -539,31 +539,47 @@ class FedloraStrategy(Strategy):
         )
 
     def _decrypt(self, round_number: int) -> None:
-        """Tickets, then partial decryptions, from the share holders; the round ends either way."""
-        engine, grid = self.engine, self.grid
-        assert engine is not None and grid is not None
+        """Tickets from every share holder; then partial decryptions from ``t`` of those that
+        signed, and from the other signers only if some of those ``t`` fail (each release costs
+        a holder one exponentiation per ciphertext, and ``t`` partials decrypt). The round ends
+        either way."""
+        engine = self.engine
+        assert engine is not None and engine.key is not None
         holders = self._holders()
-        for step in (w.DECRYPT, w.RELEASE):
-            try:
-                messages = [self._task(n, p, step, round_number) for n, p in holders]
-            except FedLoraError as exc:  # the engine moved on (e.g. its deadline passed)
-                self.refusals.append(f"coordinator: {exc}")
+        self._send_tasks(w.DECRYPT, holders, round_number)
+        released: set[int] = set()
+        while engine.stage is Stage.DECRYPTING and engine.round is not None:
+            signed = set(engine.round.ticket_signatures)
+            have = set(engine.round.partials)
+            ready = [(n, p) for n, p in holders if p.id in signed and n not in released]
+            needed = engine.key.threshold - len(have)
+            if not ready or needed <= 0:
                 break
-            for reply in grid.send_and_receive(messages, timeout=self.timeout):
-                node = reply.metadata.src_node_id
-                party = self.nodes.get(node)
-                if party is None:
-                    continue
-                if reply.has_error() or w.step_of(reply.content) not in ("signed", "released"):
-                    self._refused(node, reply)
-                    continue
-                self._accept(node, party, reply.content, round_number)
-            engine.tick()
-            if engine.stage is not Stage.DECRYPTING:
-                break
+            batch = ready[:needed]
+            released.update(n for n, _ in batch)
+            self._send_tasks(w.RELEASE, batch, round_number)
         if engine.stage in (Stage.TICKETING, Stage.DECRYPTING):
             reasons = _grouped(self.refusals) or "holders did not answer"
             engine.end_decryption(f"decryption ended on Flower without a result: {reasons}")
+
+    def _send_tasks(self, step: str, holders: list[tuple[int, Party]], round_number: int) -> None:
+        engine, grid = self.engine, self.grid
+        assert engine is not None and grid is not None
+        try:
+            messages = [self._task(n, p, step, round_number) for n, p in holders]
+        except FedLoraError as exc:  # the engine moved on (e.g. its deadline passed)
+            self.refusals.append(f"coordinator: {exc}")
+            return
+        for reply in grid.send_and_receive(messages, timeout=self.timeout):
+            node = reply.metadata.src_node_id
+            party = self.nodes.get(node)
+            if party is None:
+                continue
+            if reply.has_error() or w.step_of(reply.content) not in ("signed", "released"):
+                self._refused(node, reply)
+                continue
+            self._accept(node, party, reply.content, round_number)
+        engine.tick()
 
     def _accept(self, node: int, party: Party, content: RecordDict, round_number: int) -> None:
         engine = self.engine

@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import ssl
 import statistics
 import subprocess
@@ -43,6 +42,7 @@ from typing import Any, TypeVar
 import gmpy2
 import numpy as np
 import phe
+from _measure import peak_rss_mb  # benchmarks/, beside this script
 
 from fedlora.crypto import (
     CodecParams,
@@ -97,12 +97,66 @@ def aggregate_from_files(
 
     key = ThresholdPublicKey.from_json(Path(key_file).read_bytes())
     secure = secure_sum_for("homomorphic", key, CodecParams(**codec))
-    start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start_rss = peak_rss_mb()
     total = None
     for i in range(count):
         total = secure.add(total, Path(files[i % len(files)]).read_bytes(), 1)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     print(json.dumps({"start_mb": start_rss, "peak_mb": peak, "bytes": len(total or b"")}))
+
+
+def sum_memory(
+    key: Any, params: CodecParams, contributions: list[list[int]], count: int
+) -> tuple[dict[str, float], float]:
+    """Peak RSS of a fresh process that sums ``count`` of these contributions read from files
+    (cycled), as the coordinator engine does; and the seconds it took."""
+    pk = key.paillier
+    with tempfile.TemporaryDirectory() as tmp:
+        key_file = Path(tmp) / "key.json"
+        key_file.write_bytes(key.to_json())
+        files = []
+        for i, c in enumerate(contributions):
+            path = Path(tmp) / f"c{i}.bin"
+            path.write_bytes(pack_records(c, ciphertext_width(pk)))
+            files.append(str(path))
+        code = (
+            "import json, sys; sys.path.insert(0, sys.argv[1]); import crypto_bench as b; "
+            "b.aggregate_from_files(sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4]), int(sys.argv[5]))"
+        )
+        started = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(Path(__file__).parent), str(key_file),
+             json.dumps(params.to_dict()), json.dumps(files), str(count)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        seconds = time.perf_counter() - started
+    return json.loads(out.stdout.strip().splitlines()[-1]), seconds
+
+
+def memory_only(args: argparse.Namespace) -> None:
+    """``--memory-only``: the coordinator's peak RSS summing contributions, and nothing else."""
+    dealt = generate_threshold_key(args.bits, 3, PARTIES)
+    key = dealt.public_key
+    params = CodecParams(
+        clip=1.0, value_bits=args.value_bits, max_total_weight=args.contributions,
+        key_bits=args.bits,
+    )  # fmt: skip
+    rng = np.random.default_rng(7)
+    contributions = [
+        encrypt_batch(
+            key.paillier,
+            encode(rng.normal(0, 0.3, args.values).astype(np.float32), params, rng=rng),
+            obfuscators=DjnObfuscator(key.paillier),
+        )
+        for _ in range(args.contributions)
+    ]
+    rss, seconds = sum_memory(key, params, contributions, args.aggregate_count)
+    mb = len(contributions[0]) * ciphertext_width(key.paillier) / 1e6
+    print(
+        f"| coordinator summing {args.aggregate_count} contributions read from disk one at a "
+        f"time: peak RSS (interpreter and key alone: {rss['start_mb']:,.0f} MB) | "
+        f"{rss['peak_mb']:,.0f} MB in {seconds:,.1f} s (one contribution: {mb:,.1f} MB) |"
+    )
 
 
 def main() -> None:
@@ -121,7 +175,13 @@ def main() -> None:
     ap.add_argument(
         "--floor-sample", type=int, default=2048, help="ciphertexts for each backend's raw floor"
     )
+    ap.add_argument(
+        "--memory-only", action="store_true", help="only the coordinator's memory summing many"
+    )
     args = ap.parse_args()
+    if args.memory_only:
+        memory_only(args)
+        return
     backends: dict[str, ModexpBackend] = {"gmpy2": ThreadsBackend()}
     if load_libcrypto() is not None:
         backends["openssl"] = OpenSSLBackend()
@@ -230,26 +290,7 @@ def main() -> None:
 
     # ---- the coordinator's memory while summing many contributions ---------------------------
     log(f"summing {args.aggregate_count} contributions from files in a fresh process (peak RSS)")
-    with tempfile.TemporaryDirectory() as tmp:
-        key_file = Path(tmp) / "key.json"
-        key_file.write_bytes(key.to_json())
-        files = []
-        for i, c in enumerate(contributions):
-            path = Path(tmp) / f"c{i}.bin"
-            path.write_bytes(pack_records(c, ciphertext_width(pk)))
-            files.append(str(path))
-        code = (
-            "import json, sys; sys.path.insert(0, sys.argv[1]); import crypto_bench as b; "
-            "b.aggregate_from_files(sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4]), int(sys.argv[5]))"
-        )
-        started = time.perf_counter()
-        out = subprocess.run(
-            [sys.executable, "-c", code, str(Path(__file__).parent), str(key_file),
-             json.dumps(params.to_dict()), json.dumps(files), str(args.aggregate_count)],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        t_sum_many = time.perf_counter() - started
-        rss = json.loads(out.stdout.strip().splitlines()[-1])
+    rss, t_sum_many = sum_memory(key, params, contributions, args.aggregate_count)
     contribution_mb = n_ct * ciphertext_width(pk) / 1e6
 
     # ---- the gmpy2 path as it was: byte-aligned slots, so more ciphertexts -------------------

@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _measure import peak_rss_mb  # benchmarks/, beside this script
 
 PRESETS = {"full": (10, 1 << 20), "quick": (10, 1 << 16), "tiny": (5, 1 << 12)}
 
@@ -186,7 +186,7 @@ def run_setting(setting: str, clients: int, size: int, rounds: int, work: Path) 
         "seconds_per_round": timing.get("seconds", float("nan")) / rounds,
         # fedlora's decrypt/release replies and SecAgg+'s stages all count: everything a client sends.
         "bytes_per_client_per_round": sum(sizes) / (clients * rounds) if sizes else 0,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Error, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from fedlora._setup import Layout
@@ -51,24 +51,7 @@ def federation(root: Path, *, rounds: int = 2) -> Layout:
 
 def train(msg: Message, context: Context) -> Message:
     """The user's training: add the node's known delta to the arrays it was sent."""
-    partition = int(context.node_config["partition-id"])
-    arrays = msg.content["arrays"]
-    flat = np.concatenate([a.numpy().ravel() for a in arrays.values()])
-    updated = flat + apps.delta_for(partition)
-    out, offset = {}, 0
-    for key, array in arrays.items():
-        n = int(np.prod(array.shape))
-        out[key] = Array(updated[offset : offset + n].reshape(array.shape))
-        offset += n
-    return Message(
-        RecordDict(
-            {
-                "arrays": ArrayRecord(out),
-                "metrics": MetricRecord({"num-examples": apps.weight_for(partition)}),
-            }
-        ),
-        reply_to=msg,
-    )
+    return apps.train_reply(msg, int(context.node_config["partition-id"]))
 
 
 def _set_task_identity() -> None:

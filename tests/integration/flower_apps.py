@@ -45,25 +45,30 @@ def client_app(configs: Path) -> ClientApp:
         first_round = int(msg.content["config"]["server-round"]) == 1
         if failing is not None and partition == int(failing) and first_round:
             raise RuntimeError("this node's training failed")
-        arrays = msg.content["arrays"]
-        flat = np.concatenate([a.numpy().ravel() for a in arrays.values()])
-        updated = flat + delta_for(partition)
-        out, offset = {}, 0
-        for key, array in arrays.items():
-            n = int(np.prod(array.shape))
-            out[key] = Array(updated[offset : offset + n].reshape(array.shape))
-            offset += n
-        return Message(
-            RecordDict(
-                {
-                    "arrays": ArrayRecord(out),
-                    "metrics": MetricRecord({"num-examples": weight_for(partition)}),
-                }
-            ),
-            reply_to=msg,
-        )
+        return train_reply(msg, partition)
 
     return app
+
+
+def train_reply(msg: Message, partition: int) -> Message:
+    """Node ``partition``'s "training": its known delta added to the arrays it was sent."""
+    arrays = msg.content["arrays"]
+    flat = np.concatenate([a.numpy().ravel() for a in arrays.values()])
+    updated = flat + delta_for(partition)
+    out, offset = {}, 0
+    for key, array in arrays.items():
+        n = int(np.prod(array.shape))
+        out[key] = Array(updated[offset : offset + n].reshape(array.shape))
+        offset += n
+    return Message(
+        RecordDict(
+            {
+                "arrays": ArrayRecord(out),
+                "metrics": MetricRecord({"num-examples": weight_for(partition)}),
+            }
+        ),
+        reply_to=msg,
+    )
 
 
 def server_app(coordinator: Path, rounds: int, nodes: int, result: Path) -> ServerApp:

@@ -111,12 +111,19 @@ def validate_ciphertexts(
         ciphertexts = ciphertexts.to_ints()
     n, n2 = gmpy2.mpz(pk.n), pk.nsquare
     out = []
+    product = gmpy2.mpz(1)
     for index, c in enumerate(require_sequence("ciphertexts", ciphertexts)):
         if isinstance(c, bool) or not isinstance(c, int):
             raise CryptoError(f"ciphertext[{index}] must be an integer, got {type(c).__name__}")
-        if not 0 < c < n2 or gmpy2.gcd(c, n) != 1:
+        if not 0 < c < n2:
             raise CryptoError(f"ciphertext[{index}] is not in Z*_(n²)")
+        product = product * c % n
         out.append(c)
+    # Every c is a unit mod n exactly when their product is (a prime factor of n dividing one c
+    # divides the product): one gcd for the vector, and one per value only to name a bad one.
+    if gmpy2.gcd(product, n) != 1:
+        bad = next(i for i, c in enumerate(out) if gmpy2.gcd(c, n) != 1)
+        raise CryptoError(f"ciphertext[{bad}] is not in Z*_(n²)")
     return out
 
 

@@ -129,16 +129,44 @@ def test_twenty_simulated_clients_publish_the_weighted_mean_of_their_clipped_del
 def test_the_example_app_runs_with_flwr_run_on_twenty_simulated_supernodes(tmp_path) -> None:
     """`flwr run` of examples/flower-lora, as the README says: FFA-LoRA on the bank workload."""
     import os
-    import subprocess
     import sys
 
     # Arrange: the federation's files (a 1024-bit test key) and a private Flower home.
     root = Path(__file__).resolve().parents[2]
+    from fedlora._setup import free_port
+
     env = {
         **os.environ,
         "FLWR_HOME": str(tmp_path / "flwr-home"),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        # A local SuperLink of this test's own, not one another environment left running.
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
     }
+    try:
+        _flwr_run_and_check(root, env, tmp_path)
+    finally:
+        _stop_local_superlink(tmp_path / "flwr-home")
+
+
+def _stop_local_superlink(flwr_home: Path) -> None:
+    """Flower 1.42's `flwr run` leaves a managed local SuperLink running in the background (its
+    log under FLWR_HOME); stop the one this test started, so that nothing outlives the test."""
+    import os
+    import signal
+
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "flower-superlink" in cmdline and str(flwr_home) in cmdline:
+            os.kill(int(proc.name), signal.SIGTERM)
+
+
+def _flwr_run_and_check(root: Path, env: dict[str, str], tmp_path: Path) -> None:
+    import subprocess
+
     for attempt in ("fed", "fed-retry"):  # Ray's start-up is retried once (see above)
         fed = tmp_path / attempt
         prepared = subprocess.run(

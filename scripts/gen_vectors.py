@@ -170,13 +170,16 @@ def formats() -> dict:
         "round_number": 3,
         "party_id": "bank-a",
         "ticket": h("ticket"),
+        "first_record": 2048,
+        "ciphertexts_digest": h("chunk"),
         "values_digest": h("values"),
         "challenge": 2**255 + 1,
         "response": 3**300,
     }
     p_fields = [
         ("federation_id", "fed-1"), ("round", 3), ("party_id", "bank-a"), ("ticket", h("ticket")),
-        ("values", h("values")), ("challenge", 2**255 + 1), ("response", 3**300),
+        ("first_record", 2048), ("ciphertexts", h("chunk")), ("values", h("values")),
+        ("challenge", 2**255 + 1), ("response", 3**300),
     ]  # fmt: skip
     receipt = {
         "federation_id": "fed-1",
@@ -208,7 +211,7 @@ def formats() -> dict:
     for name, fn, kwargs, domain, fields in [
         ("contribution", contribution_digest, contribution, "contribution/v2", c_fields),
         ("ticket", ticket_digest, ticket, "decryption-ticket", t_fields),
-        ("partial", partial_statement_digest, partial, "partial-decryption", p_fields),
+        ("partial", partial_statement_digest, partial, "partial-decryption/v2", p_fields),
         ("receipt", receipt_digest, receipt, "receipt", r_fields),
         ("checkpoint", checkpoint_digest, checkpoint, "checkpoint", k_fields),
     ]:

@@ -164,6 +164,8 @@ class TicketQuorum(Event):
 
 @dataclass(frozen=True)
 class PartialAccepted(Event):
+    """One chunk of a holder's partial decryption (the records from ``first_record``)."""
+
     kind: ClassVar[str] = "partial_accepted"
     round: int
     party: str
@@ -171,6 +173,7 @@ class PartialAccepted(Event):
     response: str
     ticket: str = ""
     statement_signature: str = ""
+    first_record: int = 0
 
 
 @dataclass(frozen=True)

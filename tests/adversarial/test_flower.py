@@ -368,3 +368,37 @@ def test_blobs_are_bounded_and_read_strictly(tmp_path) -> None:
     with pytest.raises(Exception, match="is not a byte array"):
         w.blob(content, "x")
     assert json.loads(json.dumps(list(w.blob(content, "ok"))))  # plain bytes
+
+
+def test_holders_release_their_partials_in_chunks_through_flower(tmp_path, monkeypatch) -> None:
+    from fedlora.protocol import _decryptor
+
+    monkeypatch.setattr(_decryptor, "PARTIAL_CHUNK", 5)
+    layout, grid, strategy = _run(tmp_path)
+    _start(strategy, grid, 2)
+    assert g.outcomes(layout) == [("round_closed", 1), ("round_closed", 2)]
+    firsts = {e["first_record"] for e in g.events(layout) if e["event"] == "partial_accepted"}
+    assert len(firsts) >= 3 and sorted(firsts) == list(range(0, 5 * len(firsts), 5))
+
+
+def test_a_release_reply_with_more_chunks_than_the_aggregate_has_is_refused(
+    tmp_path, monkeypatch
+) -> None:
+    from fedlora.protocol import _decryptor
+
+    monkeypatch.setattr(_decryptor, "PARTIAL_CHUNK", 5)
+    layout, grid, strategy = _run(tmp_path)
+    flooder = g.FIRST_ID
+
+    def on_reply(node: int, reply: Message) -> Message:
+        if node == flooder and not reply.has_error() and w.step_of(reply.content) == "released":
+            blobs = reply.content.array_records[w.BLOBS]
+            for k in range(50):
+                blobs[f"{w.PARTIAL_HEADER}{1000 + k}"] = Array(np.zeros(8, dtype=np.uint8))
+        return reply
+
+    grid.on_reply = on_reply
+    _start(strategy, grid, 2)  # Act / Assert: refused; the others decrypt
+    assert g.outcomes(layout) == [("round_closed", 1), ("round_closed", 2)]
+    decrypted = [e for e in g.events(layout) if e["event"] == "decrypted"]
+    assert all("bank-00" not in e["decryptors"] for e in decrypted)

@@ -155,6 +155,8 @@ def test_a_huge_proof_response_is_refused_cheaply_rate_limited_and_counted(tmp_p
             round_number=1,
             party_id=ATTACKER,
             ticket=engine.round.ticket,  # type: ignore[union-attr]
+            first_record=0,  # the aggregate is one chunk here
+            ciphertexts_digest=partial.ciphertexts_digest,
             values_digest=ciphertext_vector_digest(key.paillier, partial.values),
             challenge=partial.proof.challenge,
             response=z,

@@ -264,3 +264,171 @@ def test_the_weight_cap_warning_only_when_a_cap_is_really_applied(
     text = console.export_text()
     assert "joined 'fedlora-demo'" in text  # the console did record the join
     assert ("caps a contribution's weight at 3" in text) is warned
+
+
+# --- the pipelined release: partial decryptions chunk by chunk ------------------------------------
+
+CHUNKED = 200  # parameters: several ciphertexts at 512 bits, released in chunks of 3
+
+
+def _chunked(tmp_path, monkeypatch, clock):  # type: ignore[no-untyped-def]
+    from fedlora.protocol import _decryptor
+
+    monkeypatch.setattr(_decryptor, "PARTIAL_CHUNK", 3)
+    layout = prepare_federation(
+        tmp_path,
+        bits=BITS,
+        rounds=1,
+        aggregation_frequency=1,
+        participant_threshold=5,
+        decryption_threshold=3,
+        round_timeout_s=60,
+        insecure=True,
+        model_kind="linear",
+    )
+    rng = np.random.default_rng(5)
+    deltas = {pid: rng.normal(0, 0.5, CHUNKED).astype(np.float32) for pid in WEIGHTS}
+    trainers = {
+        pid: GivenDelta(CHUNKED, num_examples=w, delta=deltas[pid]) for pid, w in WEIGHTS.items()
+    }
+    fed = InProcessFederation.from_configs(
+        layout.coordinator_config,
+        layout.client_configs,
+        trainers=trainers,
+        clock=clock,
+        num_parameters=CHUNKED,
+    )
+    return layout, fed, deltas
+
+
+def _contribute_and_sign(fed) -> None:  # type: ignore[no-untyped-def]
+    for pid in WEIGHTS:
+        client = fed.clients[pid]
+        client.contribute(fed.feds[pid], client.transport.round_status())
+    fed.engine.tick()
+    assert fed.engine.stage is Stage.TICKETING
+    # Four holders verify the aggregate and sign the ticket (the quorum): the fourth sees the
+    # quorum and releases its partial decryption at once.
+    for pid in ("bank-a", "bank-b", "hospital-c", "hospital-d"):
+        fed.clients[pid].decrypt(1)
+    fed.engine.tick()
+    assert fed.engine.stage is Stage.DECRYPTING
+
+
+def _starts(fed) -> list[int]:  # type: ignore[no-untyped-def]
+    from fedlora.protocol import chunk_ranges
+
+    starts = [first for first, _ in chunk_ranges(fed.engine.record_count)]
+    assert len(starts) >= 3  # the tests are about several chunks
+    return starts
+
+
+def test_holders_release_chunk_by_chunk_and_the_coordinator_combines_each_as_it_completes(
+    tmp_path, monkeypatch
+) -> None:
+    clock = Clock()
+    layout, fed, deltas = _chunked(tmp_path, monkeypatch, clock)
+    _contribute_and_sign(fed)
+    starts = _starts(fed)
+    # Act: two more holders release; each chunk is combined as its third partial arrives,
+    # before the engine's combining step.
+    for pid in ("bank-a", "bank-b"):
+        assert fed.clients[pid].decrypt(1)
+    r = fed.engine.round
+    assert r is not None and sorted(r.combined) == starts
+    fed.engine.tick()
+    # Assert: the weighted mean of the clipped deltas, every chunk proven and logged.
+    assert fed.engine.finished
+    moved = fed.global_vector().astype(np.float64)
+    total = sum(WEIGHTS.values())
+    expected = sum(WEIGHTS[p] * np.clip(d.astype(np.float64), -1, 1) for p, d in deltas.items())
+    assert np.max(np.abs(moved - expected / total)) <= fed.engine.codec.step + 1e-6
+    decryptors = ["bank-a", "bank-b", "hospital-d"]
+    accepted = [
+        (e["party"], e["first_record"]) for e in _events(layout) if e["event"] == "partial_accepted"
+    ]
+    assert sorted(accepted) == sorted((p, f) for p in decryptors for f in starts)
+    decrypted = next(e for e in _events(layout) if e["event"] == "decrypted")
+    assert decrypted["decryptors"] == decryptors
+
+
+def test_a_holder_that_sends_a_wrong_chunk_is_refused_for_it_and_the_round_closes(
+    tmp_path, monkeypatch
+) -> None:
+    """A malicious holder: a chunk with altered values (signed by it), a chunk that claims to
+    answer another chunk, one that starts where no chunk does; each is refused and logged, and
+    the honest holders' chunks still decrypt the round."""
+    import dataclasses
+
+    from fedlora.crypto import ciphertext_vector_digest, sign_digest
+    from fedlora.errors import RemoteError
+    from fedlora.protocol import partial_statement, unpack_records
+    from fedlora.protocol._records import pack_records
+
+    clock = Clock()
+    layout, fed, _ = _chunked(tmp_path, monkeypatch, clock)
+    _contribute_and_sign(fed)
+    starts = _starts(fed)
+    liar = fed.clients["bank-e"]
+    honest = liar.transport.submit_partial
+    sent = []
+    liar.transport.submit_partial = lambda h, v: sent.append((h, v))  # type: ignore[method-assign]
+    assert liar.decrypt(1)  # it computes every chunk; none reaches the coordinator yet
+    width, key = fed.engine.width, liar.holder.key  # type: ignore[union-attr]
+
+    def signed(header, values):  # type: ignore[no-untyped-def]
+        digest = ciphertext_vector_digest(key.paillier, unpack_records(values, width))
+        statement = partial_statement(liar.config.federation_id, "bank-e", header, digest)
+        return dataclasses.replace(
+            header, statement_signature=sign_digest(liar.signing_key, statement)
+        )
+
+    (h0, v0), (h1, v1) = sent[0], sent[1]
+    altered = list(unpack_records(v1, width))
+    altered[0] = altered[0] * 4 % key.nsquare  # another value: only the proof can tell
+    bad = pack_records(altered, width)
+    attacks = [
+        (signed(h1, bad), bad, "failed its proof of correct decryption"),
+        (signed(dataclasses.replace(h0, first_record=starts[1]), v0), v0, "different aggregate"),
+        (signed(dataclasses.replace(h0, first_record=1), v0), v0, "no chunk of the aggregate"),
+    ]
+    # Act / Assert
+    for header, values, why in attacks:
+        with pytest.raises(RemoteError, match=why):
+            honest(header, values)
+    rejected = [e for e in _events(layout) if e["event"] == "partial_rejected"]
+    assert len(rejected) == 3 and all(e["party"] == "bank-e" for e in rejected)
+    assert fed.engine.round.partials.get("bank-e", {}) == {}  # type: ignore[union-attr]
+    for pid in ("bank-a", "bank-b"):
+        assert fed.clients[pid].decrypt(1)
+    fed.engine.tick()
+    assert fed.engine.finished
+    decrypted = next(e for e in _events(layout) if e["event"] == "decrypted")
+    assert "bank-e" not in decrypted["decryptors"]
+
+
+def test_a_coordinator_restarted_mid_release_combines_the_chunks_it_holds_on_disk(
+    tmp_path, monkeypatch
+) -> None:
+    import dataclasses
+
+    from fedlora.config import load_coordinator_config
+    from fedlora.coordinator import build_engine
+
+    clock = Clock()
+    layout, fed, _ = _chunked(tmp_path, monkeypatch, clock)
+    _contribute_and_sign(fed)
+    for pid in ("bank-a", "bank-b"):
+        assert fed.clients[pid].decrypt(1)
+    # Act: the coordinator restarts before its combining step (what it combined was in memory).
+    config = load_coordinator_config(layout.coordinator_config)
+    config = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, num_parameters=CHUNKED)
+    )
+    engine = build_engine(config, clock=clock)
+    assert engine.stage is Stage.DECRYPTING and engine.round is not None
+    assert engine.round.combined == {} and len(engine.round.partials) == 3
+    engine.tick()
+    # Assert
+    assert engine.finished
+    assert [e["event"] for e in _events(layout)].count("round_closed") == 1

@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +63,7 @@ from fedlora.protocol import (
     HolderPolicy,
     JoinExpectations,
     JoinInfo,
+    PartialHeader,
     Receipt,
     RoundStatus,
     SecureSum,
@@ -72,7 +75,7 @@ from fedlora.protocol import (
     check_receipt,
     check_task,
     check_ticket_logged,
-    make_partial,
+    make_partials,
     manifest_ticket,
     secure_sum_for,
     valid_ticket_signatures,
@@ -557,6 +560,43 @@ class Client:
         """The rounds this client sealed a contribution for (recorded before it could leave)."""
         return set(self._trained_from)
 
+    def _release(self, holder: HolderPolicy, share: KeyShare, checked: CheckedAggregate) -> int:
+        """Send the proven partial decryption chunk by chunk: each chunk uploads (and the
+        coordinator checks and combines it) while this holder computes the next. Returns the
+        number of chunks sent.
+
+        Raises:
+            RemoteError, TransportError: the first upload that failed (no chunk after it is sent).
+        """
+        outbox: queue.Queue[tuple[PartialHeader, bytes] | None] = queue.Queue(maxsize=2)
+        failed: list[BaseException] = []
+
+        def upload() -> None:
+            while (item := outbox.get()) is not None:
+                if not failed:
+                    try:
+                        self.transport.submit_partial(*item)
+                    except BaseException as exc:  # raised on the caller's thread below
+                        failed.append(exc)
+
+        uploader = threading.Thread(target=upload, name="fedlora-partial-upload", daemon=True)
+        uploader.start()
+        sent = 0
+        try:
+            for item in make_partials(
+                holder, share, self.signing_key, checked, backend=self.backend
+            ):
+                if failed:
+                    break
+                outbox.put(item)
+                sent += 1
+        finally:
+            outbox.put(None)
+            uploader.join()
+        if failed:
+            raise failed[0]
+        return sent
+
     def _save_trained_from(self) -> None:
         newest = sorted(self._trained_from)[-KEEP_TRAINED_FROM:]
         self._trained_from = {r: self._trained_from[r] for r in newest}
@@ -637,11 +677,8 @@ class Client:
             self._verified[round_number] = checked
             return False
         self.ledger.record_release(round_number, ticket)
-        header, values = make_partial(
-            holder, share, self.signing_key, checked, backend=self.backend
-        )
         try:
-            self.transport.submit_partial(header, values)
+            chunks = self._release(holder, share, checked)
         except (RemoteError, TransportError) as exc:
             if isinstance(exc, RemoteError) and exc.reason is ProtocolError:
                 self.ui.info(  # enough partials arrived first, or the round ended: normal
@@ -657,6 +694,6 @@ class Client:
         self._verified.pop(round_number, None)
         self.ui.info(
             f"{self.config.id} round {round_number}: {len(signers)} holders signed the ticket; released a "
-            f"proven partial decryption ({time.monotonic() - started:.1f}s)"
+            f"proven partial decryption in {chunks} chunks ({time.monotonic() - started:.1f}s)"
         )
         return True

@@ -48,11 +48,12 @@ from fedlora.coordinator._state import Contribution, RoundState
 from fedlora.coordinator._store import Store
 from fedlora.crypto import (
     CodecParams,
+    DecryptionProof,
     ModexpBackend,
     PartialDecryption,
     ThresholdPublicKey,
     ciphertext_vector_digest,
-    combine_partial_decryptions,
+    combine_verified_partials,
     decode,
     ed25519_public_bytes,
     receipt_digest,
@@ -83,9 +84,9 @@ from fedlora.protocol import (
     canonical_spec,
     check_contribution_header,
     check_message,
-    check_partial_header,
     check_spec,
     check_transition,
+    chunk_ranges,
     contribution_statement,
     knowledge_context,
     parse_spec,
@@ -165,7 +166,8 @@ class Coordinator:
         self.stage = Stage.WAITING
         self.round: RoundState | None = None
         self.global_version = 0
-        self._aggregate_cache: tuple[int, list[int]] | None = None
+        self._aggregate_cache: tuple[int, list[int], dict[int, tuple[int, bytes]]] | None = None
+        self._combining: set[int] = set()  # chunks being combined right now
         if initial is not None and initial.shape != (self.num_parameters,):
             raise ConfigError(
                 f"the initial vector has {initial.size} values; the model has {self.num_parameters}"
@@ -372,7 +374,7 @@ class Coordinator:
         elif self.stage in (Stage.TICKETING, Stage.DECRYPTING):
             assert self.key is not None
             self._check_quorum()
-            if self.stage is Stage.DECRYPTING and len(r.partials) >= self.key.threshold:
+            if self.stage is Stage.DECRYPTING and self._chunks_ready(r):
                 check_transition(self.stage, Stage.COMBINING)
                 self.stage = Stage.COMBINING
                 self._job_running = True
@@ -381,7 +383,7 @@ class Coordinator:
                 what = (
                     f"{len(r.ticket_signatures)} ticket signatures, below the quorum {self.quorum}"
                     if self.stage is Stage.TICKETING
-                    else f"{len(r.partials)} partial decryptions, below the threshold {self.key.threshold}"
+                    else f"{self._complete_partials(r)} complete partial decryptions, below the threshold {self.key.threshold}"
                 )
                 self._fail_round(f"{what} at the decryption deadline; nothing was decrypted")
         return None
@@ -499,7 +501,7 @@ class Coordinator:
                 deadline_unix_s=(r.decrypt_deadline_ms if deciding else r.deadline_ms) / 1000,
                 contributions=len(r.contributions),
                 contributed=party.id in r.contributions,
-                partial_submitted=party.id in r.partials,
+                partial_submitted=len(r.partials.get(party.id, {})) == len(self._chunks(r)),
                 rounds_total=self.fl.rounds,
                 decryptor=bool(self.key and party.id in self.key.party_ids),
                 ticket_signed=party.id in r.ticket_signatures,
@@ -768,7 +770,7 @@ class Coordinator:
             )
             check_transition(self.stage, Stage.TICKETING)
             self.stage = Stage.TICKETING
-            self._aggregate_cache = (number, ciphertexts)
+            self._cache_aggregate(number, ciphertexts)
             self._wake.notify_all()
 
         return apply
@@ -803,9 +805,48 @@ class Coordinator:
         cache = self._aggregate_cache
         if cache is None or cache[0] != number:
             data = self.store.aggregate_path(number).read_bytes()
-            cache = (number, unpack_records(data, self.width))
-            self._aggregate_cache = cache
+            return self._cache_aggregate(number, unpack_records(data, self.width))
         return cache[1]
+
+    def _cache_aggregate(self, number: int, cts: list[int]) -> list[int]:
+        """Keep a round's aggregate in memory, with the digest of each of its chunks."""
+        assert self.key is not None
+        chunks = {
+            first: (stop, ciphertext_vector_digest(self.key.paillier, cts[first:stop]))
+            for first, stop in chunk_ranges(len(cts))
+        }
+        self._aggregate_cache = (number, cts, chunks)
+        return cts
+
+    def _chunk(self, number: int, first_record: int) -> tuple[list[int], bytes] | None:
+        """The aggregate's chunk that starts at ``first_record`` and its digest (None: none)."""
+        cts = self._aggregate_ciphertexts(number)
+        assert self._aggregate_cache is not None
+        found = self._aggregate_cache[2].get(first_record)
+        return None if found is None else (cts[first_record : found[0]], found[1])
+
+    def _chunks(self, r: RoundState) -> list[tuple[int, int]]:
+        return chunk_ranges(self.record_count) if r.ticket else []
+
+    def _chunks_ready(self, r: RoundState) -> bool:
+        """Every chunk of the aggregate has partial decryptions from ``t`` holders."""
+        assert self.key is not None
+        t = self.key.threshold
+        return all(
+            sum(first in chunks for chunks in r.partials.values()) >= t
+            for first, _ in self._chunks(r)
+        )
+
+    def _complete_partials(self, r: RoundState) -> int:
+        return sum(len(chunks) == len(self._chunks(r)) for chunks in r.partials.values())
+
+    def complete_partials(self) -> set[str]:
+        """The holders whose whole partial decryption of the round's aggregate is accepted."""
+        with self._lock:
+            r = self.round
+            if r is None:
+                return set()
+            return {p for p, chunks in r.partials.items() if len(chunks) == len(self._chunks(r))}
 
     # -- tickets -----------------------------------------------------------------------------
     def _holder(self, party: Party) -> ThresholdPublicKey:
@@ -965,16 +1006,20 @@ class Coordinator:
             key = self._holder(party)
             r = self.round
             assert r is not None
-            if party.id in r.partials:  # accepted already; the resent stream is not read
+            first = header.first_record
+            if first in r.partials.get(party.id, {}):  # accepted already; the resend is not read
                 return
-            cts, agg_digest, ticket = (
-                self._aggregate_ciphertexts(number),
-                r.aggregate_digest,
-                r.ticket,
-            )
+            found = self._chunk(number, first)
+            ticket = r.ticket
         try:
-            check_partial_header(header, key=key, ticket=ticket, aggregate_digest=agg_digest)
-            data = receive_bounded(chunks, len(cts) * self.width, "partial decryption")
+            if found is None:
+                raise VerificationError(
+                    f"partial decryption chunk from record {first}: no chunk of the aggregate "
+                    f"starts there ({len(chunk_ranges(self.record_count))} chunks, "
+                    f"{self.record_count} records)"
+                )
+            chunk, chunk_digest = found
+            data = receive_bounded(chunks, len(chunk) * self.width, "partial decryption")
             partial = verify_partial(
                 federation_id=self.config.federation_id,
                 key=key,
@@ -982,8 +1027,8 @@ class Coordinator:
                 signing_public_key=bytes.fromhex(party.signing_public_key),
                 header=header,
                 values=data,
-                ciphertexts=cts,
-                aggregate_digest=agg_digest,
+                ciphertexts=chunk,
+                chunk_digest=chunk_digest,
                 ticket=ticket,
             )
         except FedLoraError as exc:
@@ -997,9 +1042,10 @@ class Coordinator:
                 raise ProtocolError(
                     f"round {number} moved on while the partial decryption was uploading"
                 )
-            if party.id in self.round.partials:
+            held = self.round.partials.setdefault(party.id, {})
+            if first in held:
                 return
-            self.store.write_bytes(self.store.partial_path(number, party.id), data)
+            self.store.write_bytes(self.store.partial_path(number, party.id, first), data)
             self.audit.record(
                 ev.PartialAccepted(
                     round=number,
@@ -1008,10 +1054,59 @@ class Coordinator:
                     challenge=format(header.challenge, "x"),
                     response=format(header.response, "x"),
                     statement_signature=header.statement_signature.hex(),
+                    first_record=first,
                 )
             )
-            self.round.partials[party.id] = partial.proof
+            held[first] = partial.proof
+            ready = self._take_chunk(self.round, first)
             self._wake.notify_all()
+        if ready is not None:  # t holders answered this chunk: combine it now, outside the lock
+            self._combine_chunk(number, first, ready)
+
+    def _take_chunk(self, r: RoundState, first: int) -> list[str] | None:
+        """The ``t`` holders to combine chunk ``first`` from, once that many answered it and no
+        one combines it yet (under the lock); None otherwise."""
+        assert self.key is not None
+        if first in r.combined or first in self._combining:
+            return None
+        holders = sorted(p for p, chunks in r.partials.items() if first in chunks)
+        if len(holders) < self.key.threshold:
+            return None
+        self._combining.add(first)
+        return holders[: self.key.threshold]
+
+    def _combine_chunk(self, number: int, first: int, holders: list[str]) -> None:
+        """Combine one chunk from ``holders``' verified partials; a failure leaves it to the
+        COMBINING step, which tries again and fails the round if it fails there."""
+        key = self.key
+        assert key is not None
+        try:
+            found = self._chunk(number, first)
+            assert found is not None
+            chunk = found[0]
+            partials = [
+                PartialDecryption(
+                    pid,
+                    key.index_of(pid),
+                    key.fingerprint,
+                    b"",
+                    tuple(
+                        unpack_records(
+                            self.store.partial_path(number, pid, first).read_bytes(), self.width
+                        )
+                    ),
+                    DecryptionProof(0, 0),  # verified when accepted
+                )
+                for pid in holders
+            ]
+            plaintexts = combine_verified_partials(key, len(chunk), partials, backend=self.backend)
+        except (FedLoraError, OSError):
+            plaintexts = None
+        with self._lock:
+            self._combining.discard(first)
+            if plaintexts is not None and self.round is not None and self.round.number == number:
+                self.round.combined.setdefault(first, (plaintexts, tuple(holders)))
+                self._wake.notify_all()
 
     def _reject_partial(self, party: Party, number: int, error: FedLoraError) -> FedLoraError:
         self.admission.rejected(
@@ -1020,33 +1115,35 @@ class Coordinator:
         return error
 
     def _combine(self, number: int) -> Callable[[], None]:
-        """Combine the accepted partials and decode the mean (outside the lock)."""
+        """Combine the chunks not combined yet (after a restart, or while one was in flight) and
+        decode the mean (outside the lock)."""
         r, key = self.round, self.key
         assert r is not None and key is not None
-        cts = self._aggregate_ciphertexts(number)
-        partials = []
-        for pid, proof in sorted(r.partials.items()):
-            values = unpack_records(self.store.partial_path(number, pid).read_bytes(), self.width)
-            partials.append(
-                PartialDecryption(
-                    pid,
-                    key.index_of(pid),
-                    key.fingerprint,
-                    r.aggregate_digest,
-                    tuple(values),
-                    proof,
-                )
-            )
-        plaintexts = combine_partial_decryptions(key, cts, partials, backend=self.backend)
+        plaintexts: list[int] = []
+        decryptors: set[str] = set()
+        for first, _ in self._chunks(r):
+            with self._lock:
+                done = r.combined.get(first)
+                holders = sorted(p for p, chunks in r.partials.items() if first in chunks)
+            if done is None:
+                self._combine_chunk(number, first, holders[: key.threshold])
+                with self._lock:
+                    done = r.combined.get(first)
+                if done is None:
+                    raise VerificationError(
+                        f"the partial decryptions of the chunk from record {first} do not combine"
+                    )
+            plaintexts.extend(done[0])
+            decryptors.update(done[1])
         mean = decode(
             plaintexts, self.codec, length=self.num_parameters, total_weight=r.total_weight
         )
-        decryptors = [p.party_id for p in partials]
+        names = sorted(decryptors)
 
         def publish() -> None:
             assert self.round is not None
-            self.audit.record(ev.Decrypted(round=number, decryptors=decryptors))
-            self._publish(mean, self.round.participants, decryptors=decryptors)
+            self.audit.record(ev.Decrypted(round=number, decryptors=names))
+            self._publish(mean, self.round.participants, decryptors=names)
 
         return publish
 

@@ -86,7 +86,9 @@ def replay(entries: Iterable[dict[str, Any]]) -> Replayed:
             case ev.TicketQuorum():
                 s.stage = Stage.DECRYPTING
             case ev.PartialAccepted():
-                r.partials[e.party] = DecryptionProof(int(e.challenge, 16), int(e.response, 16))
+                r.partials.setdefault(e.party, {})[e.first_record] = DecryptionProof(
+                    int(e.challenge, 16), int(e.response, 16)
+                )
             case ev.RoundClosed() | ev.RoundFailed():
                 s.ended = True
     return s

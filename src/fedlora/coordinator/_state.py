@@ -37,4 +37,7 @@ class RoundState:
     total_weight: int = 0
     decrypt_deadline_ms: int = 0
     ticket_signatures: dict[str, bytes] = field(default_factory=dict)
-    partials: dict[str, DecryptionProof] = field(default_factory=dict)
+    # party -> first record of each chunk of its partial decryption accepted -> its proof
+    partials: dict[str, dict[int, DecryptionProof]] = field(default_factory=dict)
+    # first record -> the chunk's plaintexts and who decrypted it (in memory: redone on restart)
+    combined: dict[int, tuple[list[int], tuple[str, ...]]] = field(default_factory=dict)

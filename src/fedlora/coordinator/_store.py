@@ -3,7 +3,7 @@
     globals/v00000.f32                    global adapter of each version, float32 little-endian
     rounds/00001/contributions/ID.bin     one client's records (ciphertexts or float32 values)
     rounds/00001/aggregate.bin            the homomorphic sum
-    rounds/00001/partials/ID.bin          one decryptor's partial decryption values
+    rounds/00001/partials/ID.FIRST.bin    one chunk of one decryptor's partial decryption values
     audit/                                the audit log, which is also the event record
 
 A file is written to a temporary name, fsynced, renamed into place and its folder fsynced, so a
@@ -47,8 +47,8 @@ class Store:
     def aggregate_path(self, round_number: int) -> Path:
         return self.round_dir(round_number) / "aggregate.bin"
 
-    def partial_path(self, round_number: int, party_id: str) -> Path:
-        return self.round_dir(round_number) / "partials" / f"{party_id}.bin"
+    def partial_path(self, round_number: int, party_id: str, first_record: int) -> Path:
+        return self.round_dir(round_number) / "partials" / f"{party_id}.{first_record:010d}.bin"
 
     def global_path(self, version: int) -> Path:
         return self.root / "globals" / f"v{version:05d}.f32"

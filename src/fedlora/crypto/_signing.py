@@ -179,18 +179,24 @@ def partial_statement_digest(
     round_number: int,
     party_id: str,
     ticket: bytes,
+    first_record: int,
+    ciphertexts_digest: bytes,
     values_digest: bytes,
     challenge: int,
     response: int,
 ) -> bytes:
-    """What a share holder signs with its partial decryption: it answers this ticket's aggregate."""
+    """What a share holder signs with each chunk of its partial decryption: it answers the
+    ciphertexts from ``first_record`` of this ticket's aggregate (their digest) with these
+    values and this proof."""
     return canonical_digest(
-        "partial-decryption",
+        "partial-decryption/v2",
         [
             ("federation_id", federation_id),
             ("round", round_number),
             ("party_id", party_id),
             ("ticket", ticket),
+            ("first_record", first_record),
+            ("ciphertexts", ciphertexts_digest),
             ("values", values_digest),
             ("challenge", challenge),
             ("response", response),

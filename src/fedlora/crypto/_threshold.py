@@ -43,6 +43,7 @@ __all__ = [
     "DecryptionProof",
     "PartialDecryption",
     "combine_partial_decryptions",
+    "combine_verified_partials",
     "partial_decrypt",
     "proof_response_bound",
     "ticket_quorum",
@@ -310,6 +311,29 @@ def combine_partial_decryptions(
         verify_partial_decryption(key, cts, partial, ciphertexts_digest=digest)
     chosen = sorted(partials, key=lambda p: p.index)[: key.threshold]
     return _combine(key, chosen, resolve_backend(backend))
+
+
+def combine_verified_partials(
+    key: ThresholdPublicKey,
+    count: int,
+    partials: Sequence[PartialDecryption],
+    *,
+    backend: ModexpBackend | None = None,
+) -> list[int]:
+    """Combine ``t`` partial decryptions of one vector of ``count`` ciphertexts that the caller
+    has each checked with :func:`verify_partial_decryption` already (a coordinator verifies each
+    chunk as it arrives and combines it later). Nothing here re-checks a proof: the guarantee
+    that the plaintexts are right is the caller's verification.
+
+    Raises:
+        CryptoError: not exactly ``t`` distinct parties, values of the wrong count, or values
+            that do not combine (the shares disagree).
+    """
+    if len({p.party_id for p in partials}) != len(partials) or len(partials) != key.threshold:
+        raise CryptoError(f"need partial decryptions from exactly {key.threshold} distinct parties")
+    if count < 1 or any(len(p.values) != count for p in partials):
+        raise CryptoError(f"every partial decryption must have {count} values")
+    return _combine(key, sorted(partials, key=lambda p: p.index), resolve_backend(backend))
 
 
 def _combine(

@@ -71,7 +71,7 @@ def _progress_table(events: list[dict[str, Any]], rounds: int) -> Table:
             str(number),
             stage,
             str(kinds.count("contribution_accepted")),
-            str(kinds.count("partial_accepted")),
+            str(len({e["party"] for e in evs if e["event"] == "partial_accepted"})),
             closed.get("global_digest", "")[:16],
         )
     return table

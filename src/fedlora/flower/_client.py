@@ -138,8 +138,11 @@ class PushTransport:
         return TicketAck(int(w.scalar(self.content, "signatures") or 0) + 1, quorum)
 
     def submit_partial(self, header: PartialHeader, values: bytes) -> None:
-        self.outbox["partial_header"] = rpc.partial_header_to_proto(header).SerializeToString()
-        self.outbox["partial"] = values
+        """One chunk of the partial decryption; all of them travel in the reply."""
+        first = header.first_record
+        header_data = rpc.partial_header_to_proto(header).SerializeToString()
+        self.outbox[f"{w.PARTIAL_HEADER}{first}"] = header_data
+        self.outbox[f"{w.PARTIAL}{first}"] = values
 
     def checkpoint(self) -> SignedCheckpoint:
         return rpc.checkpoint_from_proto(

@@ -53,7 +53,7 @@ from fedlora.errors import ConfigError, FedLoraError, ProtocolError
 from fedlora.flower import _wire as w
 from fedlora.flower._client import flatten
 from fedlora.flower._identity import join_digest
-from fedlora.protocol import FLOWER_LAYOUT, Stage
+from fedlora.protocol import FLOWER_LAYOUT, Stage, chunk_ranges
 from fedlora.v1 import federation_pb2
 
 log = logging.getLogger("fedlora.flower")
@@ -550,7 +550,7 @@ class FedloraStrategy(Strategy):
         released: set[int] = set()
         while engine.stage is Stage.DECRYPTING and engine.round is not None:
             signed = set(engine.round.ticket_signatures)
-            have = set(engine.round.partials)
+            have = engine.complete_partials()
             ready = [(n, p) for n, p in holders if p.id in signed and n not in released]
             needed = engine.key.threshold - len(have)
             if not ready or needed <= 0:
@@ -595,17 +595,34 @@ class FedloraStrategy(Strategy):
                     ticket,
                     w.blob(content, "ticket_signature", max_bytes=w.SMALL),
                 )
-            header_data = w.blob(content, "partial_header", required=False, max_bytes=w.SMALL)
-            if header_data:
+            for name in self._partial_chunks(content):
                 header = rpc.partial_header_from_proto(
-                    w.parse(federation_pb2.PartialHeader(), header_data, "partial header")
+                    w.parse(
+                        federation_pb2.PartialHeader(),
+                        w.blob(content, name, max_bytes=w.SMALL),
+                        "partial header",
+                    )
                 )
-                partial = w.blob(content, "partial", max_bytes=self._vector_bytes())
+                first = name[len(w.PARTIAL_HEADER) :]
+                if str(header.first_record) != first:
+                    raise ProtocolError(f"the partial decryption chunk {first} names another")
+                partial = w.blob(content, f"{w.PARTIAL}{first}", max_bytes=self._vector_bytes())
                 engine.accept_partial(party, header, [partial])
         except FedLoraError as exc:
             self.refusals.append(f"{party.id}: {exc}")
         except Exception as exc:  # a reply no honest node sends: refused, the run goes on
             self.refusals.append(f"{party.id}: malformed reply ({type(exc).__name__})")
+
+    def _partial_chunks(self, content: RecordDict) -> list[str]:
+        """The partial decryption chunks' header blobs a reply carries, at most one per chunk of
+        the aggregate (a reply with more is refused before any is read)."""
+        engine = self.engine
+        assert engine is not None
+        blobs = content.array_records.get(w.BLOBS)
+        names = [n for n in (blobs or {}) if n.startswith(w.PARTIAL_HEADER)]
+        if len(names) > len(chunk_ranges(engine.record_count)):
+            raise ProtocolError(f"the reply carries {len(names)} partial decryption chunks")
+        return names
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -22,6 +22,7 @@ STEP = "fedlora.step"  # ConfigRecord: {"step": ..., and small scalars}
 BLOBS = "fedlora.blobs"  # ArrayRecord: name -> uint8 Array
 
 JOIN, TRAIN, DECRYPT, RELEASE, KEEP = "join", "train", "decrypt", "release", "keep"
+PARTIAL_HEADER, PARTIAL = "partial_header:", "partial:"  # + the chunk's first record
 
 
 def put(content: RecordDict, step: str, blobs: Mapping[str, bytes], **scalars: Any) -> RecordDict:

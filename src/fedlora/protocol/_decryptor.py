@@ -3,7 +3,7 @@ a partial decryption. Pure: the caller fetches the task, keeps the ledger and se
 
 A holder signs a round's ticket only after :func:`check_task` recomputed everything from the
 records themselves, and :func:`check_ticket_logged` found the ticket in the coordinator's
-anchored log; it releases :func:`make_partial` only once :func:`valid_ticket_signatures` counts
+anchored log; it releases :func:`make_partials` only once :func:`valid_ticket_signatures` counts
 a quorum.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -239,6 +239,56 @@ def valid_ticket_signatures(
     return valid
 
 
+PARTIAL_CHUNK = 1024
+"""Ciphertexts per chunk of a partial decryption. A holder releases its partial decryption chunk
+by chunk, each with its own batch proof and signed statement, so the coordinator verifies and
+combines chunk ``k`` while the holders compute chunk ``k + 1`` (a pipelined round), and holds
+only chunks in memory. Chunk ``k`` is the aggregate's ciphertexts ``k·PARTIAL_CHUNK`` up to the
+next multiple or the end."""
+
+
+def chunk_ranges(count: int, size: int | None = None) -> list[tuple[int, int]]:
+    """``(first, stop)`` of each chunk of a vector of ``count`` ciphertexts (chunks of ``size``;
+    ``None``: :data:`PARTIAL_CHUNK`)."""
+    size = PARTIAL_CHUNK if size is None else size
+    return [(first, min(count, first + size)) for first in range(0, count, size)]
+
+
+def make_partials(
+    policy: HolderPolicy,
+    share: KeyShare,
+    signing_key: Ed25519PrivateKey,
+    checked: CheckedAggregate,
+    *,
+    backend: ModexpBackend | None = None,
+    chunk: int | None = None,
+) -> Iterator[tuple[PartialHeader, bytes]]:
+    """This holder's proven partial decryption of a checked aggregate, chunk by chunk as each is
+    computed, each with its proof and signed statement (the exponentiations by the key share
+    run on ``backend``). Every chunk answers the holder's own verified aggregate."""
+    key = policy.key
+    width = ciphertext_width(key.paillier)
+    for first, stop in chunk_ranges(len(checked.ciphertexts), chunk):
+        partial = partial_decrypt(key, share, checked.ciphertexts[first:stop], backend=backend)
+        unsigned = PartialHeader(
+            round_number=checked.round_number,
+            ciphertexts_digest=partial.ciphertexts_digest,
+            challenge=partial.proof.challenge,
+            response=partial.proof.response,
+            record_count=len(partial.values),
+            ticket_digest=checked.ticket,
+            first_record=first,
+        )
+        statement = partial_statement(
+            policy.federation_id,
+            policy.party_id,
+            unsigned,
+            ciphertext_vector_digest(key.paillier, partial.values),
+        )
+        header = replace(unsigned, statement_signature=sign_digest(signing_key, statement))
+        yield header, pack_records(partial.values, width)
+
+
 def make_partial(
     policy: HolderPolicy,
     share: KeyShare,
@@ -247,27 +297,18 @@ def make_partial(
     *,
     backend: ModexpBackend | None = None,
 ) -> tuple[PartialHeader, bytes]:
-    """This holder's proven partial decryption of a checked aggregate, with its signed statement
-    (the exponentiations by the key share run on ``backend``)."""
-    key = policy.key
-    width = ciphertext_width(key.paillier)
-    partial = partial_decrypt(key, share, checked.ciphertexts, backend=backend)
-    unsigned = PartialHeader(
-        round_number=checked.round_number,
-        ciphertexts_digest=partial.ciphertexts_digest,
-        challenge=partial.proof.challenge,
-        response=partial.proof.response,
-        record_count=len(partial.values),
-        ticket_digest=checked.ticket,
+    """The whole partial decryption as one chunk (tests and tools; holders send
+    :func:`make_partials`)."""
+    return next(
+        make_partials(
+            policy,
+            share,
+            signing_key,
+            checked,
+            backend=backend,
+            chunk=max(1, len(checked.ciphertexts)),
+        )
     )
-    statement = partial_statement(
-        policy.federation_id,
-        policy.party_id,
-        unsigned,
-        ciphertext_vector_digest(key.paillier, partial.values),
-    )
-    header = replace(unsigned, statement_signature=sign_digest(signing_key, statement))
-    return header, pack_records(partial.values, width)
 
 
 def check_partial_header(
@@ -275,18 +316,30 @@ def check_partial_header(
     *,
     key: ThresholdPublicKey,
     ticket: bytes,
-    aggregate_digest: bytes,
+    chunk_digest: bytes,
+    chunk_length: int,
 ) -> None:
-    """The cheap checks of a partial decryption's header, before any of its records are read.
+    """The cheap checks of a partial decryption chunk's header, before any of its records are
+    read: the caller looked up the chunk that starts at ``header.first_record`` (its digest and
+    length) in the aggregate it holds.
 
     Raises:
-        VerificationError: another ticket or aggregate, a proof response above the public bound
-            (so no exponentiation is ever spent on it), or a malformed statement signature.
+        VerificationError: another ticket or other ciphertexts, the wrong length, a proof
+            response above the public bound (so no exponentiation is ever spent on it), or a
+            malformed statement signature.
     """
     if not hmac.compare_digest(header.ticket_digest, ticket):
         raise VerificationError("partial decryption answers a different ticket")
-    if not hmac.compare_digest(header.ciphertexts_digest, aggregate_digest):
-        raise VerificationError("partial decryption answers a different aggregate")
+    if not hmac.compare_digest(header.ciphertexts_digest, chunk_digest):
+        raise VerificationError(
+            f"partial decryption of the ciphertexts from {header.first_record} answers a "
+            "different aggregate"
+        )
+    if header.record_count != chunk_length:
+        raise VerificationError(
+            f"partial decryption chunk from {header.first_record} has {header.record_count} "
+            f"records, the chunk has {chunk_length}"
+        )
     bound = proof_response_bound(key)
     if not 0 <= header.response < bound:
         raise VerificationError(
@@ -306,19 +359,23 @@ def verify_partial(
     header: PartialHeader,
     values: bytes,
     ciphertexts: Sequence[int],
-    aggregate_digest: bytes,
+    chunk_digest: bytes,
     ticket: bytes,
 ) -> PartialDecryption:
-    """The coordinator's check of one holder's partial decryption (bounds before any modexp).
+    """The coordinator's check of one chunk of a holder's partial decryption: ``ciphertexts``
+    are the aggregate's chunk from ``header.first_record``, ``chunk_digest`` their digest
+    (bounds before any modexp).
 
     Raises:
         VerificationError: what :func:`check_partial_header` refuses, the wrong size, a
             statement not signed by the holder, or a failing proof (the party is named).
     """
-    check_partial_header(header, key=key, ticket=ticket, aggregate_digest=aggregate_digest)
+    check_partial_header(
+        header, key=key, ticket=ticket, chunk_digest=chunk_digest, chunk_length=len(ciphertexts)
+    )
     width = ciphertext_width(key.paillier)
     expected = len(ciphertexts) * width
-    if len(values) != expected or header.record_count != len(ciphertexts):
+    if len(values) != expected:
         raise VerificationError(f"partial decryption has {len(values)} bytes, expected {expected}")
     decrypted = tuple(unpack_records(values, width))
     statement = partial_statement(
@@ -329,9 +386,9 @@ def verify_partial(
         party_id,
         key.index_of(party_id),
         key.fingerprint,
-        aggregate_digest,
+        chunk_digest,
         decrypted,
         DecryptionProof(header.challenge, header.response),
     )
-    verify_partial_decryption(key, ciphertexts, partial, ciphertexts_digest=aggregate_digest)
+    verify_partial_decryption(key, ciphertexts, partial, ciphertexts_digest=chunk_digest)
     return partial

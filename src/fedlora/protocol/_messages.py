@@ -146,7 +146,9 @@ class TicketAck:
 
 @dataclass(frozen=True)
 class PartialHeader:
-    """What precedes a partial decryption's records: the batch proof and the signed statement."""
+    """What precedes one chunk of a partial decryption's records: which of the aggregate's
+    ciphertexts it answers (``record_count`` of them from ``first_record``, and their digest),
+    its batch proof and the signed statement."""
 
     round_number: int
     ciphertexts_digest: bytes
@@ -155,3 +157,4 @@ class PartialHeader:
     record_count: int
     ticket_digest: bytes = b""
     statement_signature: bytes = b""
+    first_record: int = 0

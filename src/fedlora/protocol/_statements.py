@@ -103,12 +103,15 @@ def round_ticket(
 def partial_statement(
     federation_id: str, party_id: str, header: PartialHeader, values_digest: bytes
 ) -> bytes:
-    """What a share holder signs with its partial decryption (over the values as received)."""
+    """What a share holder signs with a chunk of its partial decryption (over the values as
+    received)."""
     return partial_statement_digest(
         federation_id=federation_id,
         round_number=header.round_number,
         party_id=party_id,
         ticket=header.ticket_digest,
+        first_record=header.first_record,
+        ciphertexts_digest=header.ciphertexts_digest,
         values_digest=values_digest,
         challenge=header.challenge,
         response=header.response,

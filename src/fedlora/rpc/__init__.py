@@ -363,6 +363,7 @@ def partial_header_to_proto(h: PartialHeader) -> federation_pb2.PartialHeader:
         record_count=h.record_count,
         ticket_digest=h.ticket_digest,
         statement_signature=h.statement_signature,
+        first_record=h.first_record,
     )
 
 
@@ -375,4 +376,5 @@ def partial_header_from_proto(h: Any) -> PartialHeader:
         record_count=h.record_count,
         ticket_digest=h.ticket_digest,
         statement_signature=h.statement_signature,
+        first_record=h.first_record,
     )

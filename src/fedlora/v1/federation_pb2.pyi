@@ -587,6 +587,7 @@ class PartialHeader(_message.Message):
     RECORD_COUNT_FIELD_NUMBER: _builtins.int
     TICKET_DIGEST_FIELD_NUMBER: _builtins.int
     STATEMENT_SIGNATURE_FIELD_NUMBER: _builtins.int
+    FIRST_RECORD_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     ciphertexts_digest: _builtins.bytes
     proof_challenge: _builtins.bytes
@@ -595,6 +596,8 @@ class PartialHeader(_message.Message):
     ticket_digest: _builtins.bytes
     statement_signature: _builtins.bytes
     """Ed25519 over fedlora.crypto.partial_statement_digest(...)"""
+    first_record: _builtins.int
+    """the chunk answers the aggregate's records from this one"""
     def __init__(
         self,
         *,
@@ -605,10 +608,11 @@ class PartialHeader(_message.Message):
         record_count: _builtins.int = ...,
         ticket_digest: _builtins.bytes = ...,
         statement_signature: _builtins.bytes = ...,
+        first_record: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertexts_digest", b"ciphertexts_digest", "proof_challenge", b"proof_challenge", "proof_response", b"proof_response", "record_count", b"record_count", "round", b"round", "statement_signature", b"statement_signature", "ticket_digest", b"ticket_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertexts_digest", b"ciphertexts_digest", "first_record", b"first_record", "proof_challenge", b"proof_challenge", "proof_response", b"proof_response", "record_count", b"record_count", "round", b"round", "statement_signature", b"statement_signature", "ticket_digest", b"ticket_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

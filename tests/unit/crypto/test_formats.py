@@ -66,6 +66,8 @@ def test_signed_statements_keep_their_bytes() -> None:
             round_number=3,
             party_id="bank-a",
             ticket=h("ticket"),
+            first_record=2048,
+            ciphertexts_digest=h("chunk"),
             values_digest=h("values"),
             challenge=2**255 + 1,
             response=3**300,

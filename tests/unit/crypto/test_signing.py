@@ -147,12 +147,14 @@ def test_a_ticket_refuses_unsorted_repeated_or_empty_contributions(contributions
         ticket_digest(**{**TICKET, "contributions": contributions})
 
 
-def test_a_partial_statement_binds_round_ticket_values_and_proof() -> None:
+def test_a_partial_statement_binds_round_ticket_chunk_values_and_proof() -> None:
     base = dict(
         federation_id="fed-1",
         round_number=3,
         party_id="bank-a",
         ticket=b"t" * 32,
+        first_record=0,
+        ciphertexts_digest=b"c" * 32,
         values_digest=b"v" * 32,
         challenge=5,
         response=7,
@@ -163,9 +165,11 @@ def test_a_partial_statement_binds_round_ticket_values_and_proof() -> None:
             ("round_number", 4),
             ("party_id", "bank-b"),
             ("ticket", b"u" * 32),
+            ("first_record", 1024),
+            ("ciphertexts_digest", b"d" * 32),
             ("values_digest", b"w" * 32),
             ("challenge", 6),
             ("response", 8),
         ]
     }
-    assert len(digests) == 6 and partial_statement_digest(**base) not in digests
+    assert len(digests) == 8 and partial_statement_digest(**base) not in digests

@@ -151,7 +151,7 @@ def test_a_round_through_the_pure_protocol_decrypts_to_the_weighted_mean(
                 header=header,
                 values=values,
                 ciphertexts=c.ciphertexts,
-                aggregate_digest=task.manifest.aggregate_digest,
+                chunk_digest=task.manifest.aggregate_digest,  # one chunk: the whole vector
                 ticket=c.ticket,
             )
         )
@@ -228,7 +228,7 @@ def test_the_coordinator_refuses_a_partial_signed_by_another_holder_or_out_of_bo
         party_id=share.party_id,
         values=values,
         ciphertexts=checked.ciphertexts,
-        aggregate_digest=task.manifest.aggregate_digest,
+        chunk_digest=task.manifest.aggregate_digest,
         ticket=checked.ticket,
     )
     other = ed25519_public_bytes(signing["bank-e"])

@@ -43,9 +43,16 @@ def federation(tmp_path):
     running.stop(grace=1)
 
 
-@pytest.mark.parametrize("encryption", ["homomorphic", "none"])
-def test_a_full_federation_over_mtls(tmp_path, encryption) -> None:
-    # Arrange
+@pytest.mark.parametrize(
+    ("encryption", "chunk"), [("homomorphic", None), ("homomorphic", 2), ("none", None)]
+)
+def test_a_full_federation_over_mtls(tmp_path, monkeypatch, encryption, chunk) -> None:
+    # Arrange (chunk: partial decryptions released in chunks of that many ciphertexts, each
+    # its own SubmitPartialDecryption stream)
+    if chunk is not None:
+        from fedlora.protocol import _decryptor
+
+        monkeypatch.setattr(_decryptor, "PARTIAL_CHUNK", chunk)
     layout = prepare_federation(
         tmp_path,
         bits=BITS,
@@ -74,6 +81,9 @@ def test_a_full_federation_over_mtls(tmp_path, encryption) -> None:
     kinds = [e["event"] for e in summary.events]
     assert kinds.count("round_closed") == 2 and kinds[-1] == "federation_finished"
     assert all(len(e["participants"]) == 5 for e in summary.events if e["event"] == "round_closed")
+    if chunk is not None:
+        firsts = {e["first_record"] for e in summary.events if e["event"] == "partial_accepted"}
+        assert len(firsts) >= 2 and firsts == set(range(0, chunk * len(firsts), chunk))
     receipts = sorted((tmp_path / "clients" / "bank-a" / "receipts").glob("*.json"))
     assert len(receipts) == 2
     # Each published global minus the previous one is the weighted mean of the clients' clipped

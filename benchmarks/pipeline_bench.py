@@ -18,6 +18,7 @@ verification and combination behind the holders' exponentiation.
 
     .venv/bin/python benchmarks/pipeline_bench.py                  # 2^20 values
     .venv/bin/python benchmarks/pipeline_bench.py --values 65536   # a quick look
+    .venv/bin/python benchmarks/pipeline_bench.py --workers 1      # one core a side
 """
 
 from __future__ import annotations
@@ -32,14 +33,16 @@ import numpy as np
 from rich.console import Console
 
 from fedlora._setup import prepare_federation
-from fedlora.crypto import default_backend
+from fedlora.crypto import ModexpBackend, make_backend
 from fedlora.inprocess import GivenDelta, InProcessFederation
 from fedlora.protocol import Stage, _decryptor
 
 PARTIES = ["bank-a", "bank-b", "hospital-c", "hospital-d", "bank-e"]
 
 
-def release_seconds(root: Path, values: int, chunk: int | None) -> tuple[float, int, float]:
+def release_seconds(
+    root: Path, values: int, chunk: int | None, backend: ModexpBackend
+) -> tuple[float, int, float]:
     """Seconds for the last two holders' releases and the coordinator's work to the published
     round; chunks per holder; the error of the published mean against the plain one."""
     if chunk is not None:
@@ -64,6 +67,7 @@ def release_seconds(root: Path, values: int, chunk: int | None) -> tuple[float, 
         trainers={p: GivenDelta(values, num_examples=1, delta=deltas[p]) for p in PARTIES},
         num_parameters=values,
         console=Console(quiet=True),
+        backend=backend,
     )
     for p in PARTIES:
         client = fed.clients[p]
@@ -91,11 +95,19 @@ def release_seconds(root: Path, values: int, chunk: int | None) -> tuple[float, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--values", type=int, default=1 << 20)
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="threads per exponentiation batch (default: every core); 1 leaves one core to the "
+        "holder's exponentiation and one to the coordinator's checks, as on separate machines",
+    )
     args = ap.parse_args()
+    backend, line = make_backend("auto", workers=args.workers)
     default_chunk = _decryptor.PARTIAL_CHUNK
     print(
         f"# pipelined release — {platform.machine()}, Python {platform.python_version()}, "
-        f"modexp backend {default_backend().name}; 2048-bit 3-of-5 key, {args.values:,} values, "
+        f"{line}; 2048-bit 3-of-5 key, {args.values:,} values, "
         "5 contributions; timed: the last 2 of the 3 releases, one after another, to publication\n",
         flush=True,
     )
@@ -103,7 +115,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, chunk in (("whole", 1 << 40), ("pipelined", default_chunk)):
             print(f"  … {name}", flush=True)
-            rows.append((name, *release_seconds(Path(tmp) / name, args.values, chunk)))
+            rows.append((name, *release_seconds(Path(tmp) / name, args.values, chunk, backend)))
     print(
         "\n| release | chunks per holder | s: 2 holders release, coordinator verifies, combines, publishes |"
     )

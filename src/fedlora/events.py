@@ -174,6 +174,8 @@ class PartialAccepted(Event):
     ticket: str = ""
     statement_signature: str = ""
     first_record: int = 0
+    ciphertexts_digest: str = ""  # of the chunk answered; with values_digest, what was signed
+    values_digest: str = ""
 
 
 @dataclass(frozen=True)

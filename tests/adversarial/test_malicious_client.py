@@ -265,9 +265,10 @@ def _stalled_partial(layout, party: str, release: threading.Event, engine=None):
         header = federation_pb2.PartialHeader(
             round=1,
             ticket_digest=engine.round.ticket,
-            ciphertexts_digest=engine.round.aggregate_digest,
+            ciphertexts_digest=engine.round.aggregate_digest,  # the aggregate is one chunk
             proof_challenge=b"\x01",
             proof_response=b"\x01",
+            record_count=engine.record_count,
             statement_signature=b"\x00" * 64,
         )
 

@@ -432,3 +432,115 @@ def test_a_coordinator_restarted_mid_release_combines_the_chunks_it_holds_on_dis
     # Assert
     assert engine.finished
     assert [e["event"] for e in _events(layout)].count("round_closed") == 1
+
+
+def test_a_chunk_whose_early_combination_fails_is_combined_at_the_combining_step(
+    tmp_path, monkeypatch
+) -> None:
+    """Whatever goes wrong combining a chunk early is not the holder's fault: its release goes
+    on, and the engine's combining step combines the chunk again."""
+    from fedlora.coordinator import _engine
+
+    clock = Clock()
+    _, fed, _ = _chunked(tmp_path, monkeypatch, clock)
+    _contribute_and_sign(fed)
+    real, failures = _engine.combine_verified_partials, []
+
+    def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if not failures:
+            failures.append(1)
+            raise ValueError("a fault while combining")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_engine, "combine_verified_partials", flaky)
+    # Act
+    for pid in ("bank-a", "bank-b"):
+        assert fed.clients[pid].decrypt(1)
+    r = fed.engine.round
+    assert failures and r is not None and len(r.combined) == len(_starts(fed)) - 1
+    assert fed.engine.complete_partials() == {"bank-a", "bank-b", "hospital-d"}
+    fed.engine.tick()
+    # Assert
+    assert fed.engine.finished and not fed.engine._combining
+
+
+def test_a_release_cut_short_by_the_network_sends_only_the_missing_chunks_next_time(
+    tmp_path, monkeypatch
+) -> None:
+    from fedlora.errors import TransportError
+
+    clock = Clock()
+    _, fed, _ = _chunked(tmp_path, monkeypatch, clock)
+    _contribute_and_sign(fed)
+    client = fed.clients["bank-a"]
+    honest, sent = client.transport.submit_partial, []
+
+    def flaky(header, values):  # type: ignore[no-untyped-def]
+        sent.append(header.first_record)
+        if len(sent) == 2:
+            raise TransportError("the connection dropped")
+        honest(header, values)
+
+    client.transport.submit_partial = flaky  # type: ignore[method-assign]
+    starts = _starts(fed)
+    status = client.transport.round_status()
+    assert status.stage is Stage.DECRYPTING and not status.partial_submitted
+    # Act: the first try delivers one chunk; the next sends the rest, not that one again.
+    assert not client.decrypt(1)
+    assert not client.transport.round_status().partial_submitted
+    assert client.decrypt(1)
+    # Assert
+    assert sent == [starts[0], starts[1], *starts[1:]]
+    assert client.transport.round_status().partial_submitted
+    assert fed.clients["bank-b"].decrypt(1)
+    fed.engine.tick()
+    assert fed.engine.finished
+
+
+def test_a_chunk_with_a_wrong_header_is_refused_before_its_records_are_read(
+    tmp_path, monkeypatch
+) -> None:
+    import dataclasses
+
+    from fedlora.errors import VerificationError
+
+    clock = Clock()
+    _, fed, _ = _chunked(tmp_path, monkeypatch, clock)
+    _contribute_and_sign(fed)
+    status = fed.clients["bank-e"].transport.round_status()
+    assert not status.partial_submitted
+    header = dataclasses.replace(_some_header(fed), ticket_digest=b"\x00" * 32)
+    party = fed.engine.config.party("bank-a")
+    assert party is not None
+    read = []
+
+    def records():  # type: ignore[no-untyped-def]
+        read.append(1)
+        yield b""
+
+    with pytest.raises(VerificationError, match="different ticket"):
+        fed.engine.accept_partial(party, header, records())
+    assert read == []
+
+
+def _some_header(fed):  # type: ignore[no-untyped-def]
+    from fedlora.protocol import PartialHeader
+
+    r = fed.engine.round
+    return PartialHeader(
+        round_number=r.number,
+        ciphertexts_digest=b"\x01" * 32,
+        challenge=1,
+        response=1,
+        record_count=3,
+        ticket_digest=r.ticket,
+        statement_signature=b"\x00" * 64,
+        first_record=0,
+    )
+
+
+def test_no_partial_is_submitted_before_the_round_has_an_aggregate(tmp_path, monkeypatch) -> None:
+    clock = Clock()
+    _, fed, _ = _chunked(tmp_path, monkeypatch, clock)
+    status = fed.clients["bank-a"].transport.round_status()
+    assert status.stage is Stage.COLLECTING and not status.partial_submitted

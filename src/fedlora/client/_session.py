@@ -192,6 +192,7 @@ class Client:
         # only the manifest).
         self._trained_from = _load_trained_from(self.state_dir / TRAINED_FROM)
         self._verified: dict[int, CheckedAggregate] = {}
+        self._delivered: dict[int, set[int]] = {}  # round -> chunks of its partial delivered
 
     # -- joining ---------------------------------------------------------------------------------
     def open_keys(self) -> None:
@@ -570,12 +571,15 @@ class Client:
         """
         outbox: queue.Queue[tuple[PartialHeader, bytes] | None] = queue.Queue(maxsize=2)
         failed: list[BaseException] = []
+        # Chunks delivered in an earlier try of this round (a lost connection) are not redone.
+        delivered = self._delivered.setdefault(checked.round_number, set())
 
         def upload() -> None:
             while (item := outbox.get()) is not None:
                 if not failed:
                     try:
                         self.transport.submit_partial(*item)
+                        delivered.add(item[0].first_record)
                     except BaseException as exc:  # raised on the caller's thread below
                         failed.append(exc)
 
@@ -584,7 +588,7 @@ class Client:
         sent = 0
         try:
             for item in make_partials(
-                holder, share, self.signing_key, checked, backend=self.backend
+                holder, share, self.signing_key, checked, backend=self.backend, skip=delivered
             ):
                 if failed:
                     break
@@ -686,9 +690,15 @@ class Client:
                     f"partial decryption arrived ({exc})"
                 )
                 return True
-            what = "refused" if isinstance(exc, RemoteError) else "not delivered"
+            if isinstance(exc, TransportError):  # the next status poll sends the rest
+                self.ui.error(
+                    f"{self.config.id} round {round_number}: partial decryption not delivered "
+                    f"({exc}); the chunks the coordinator lacks go again at the next step"
+                )
+                self._verified[round_number] = checked
+                return False
             self.ui.error(
-                f"{self.config.id} round {round_number}: partial decryption {what}: {exc}"
+                f"{self.config.id} round {round_number}: partial decryption refused: {exc}"
             )
             return True
         self._verified.pop(round_number, None)

@@ -20,6 +20,7 @@ and only once ``ticket_quorum`` holders signed it do they release partial decryp
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -84,6 +85,7 @@ from fedlora.protocol import (
     canonical_spec,
     check_contribution_header,
     check_message,
+    check_partial_header,
     check_spec,
     check_transition,
     chunk_ranges,
@@ -167,7 +169,7 @@ class Coordinator:
         self.round: RoundState | None = None
         self.global_version = 0
         self._aggregate_cache: tuple[int, list[int], dict[int, tuple[int, bytes]]] | None = None
-        self._combining: set[int] = set()  # chunks being combined right now
+        self._combining: set[tuple[int, int]] = set()  # (round, first record) combining now
         if initial is not None and initial.shape != (self.num_parameters,):
             raise ConfigError(
                 f"the initial vector has {initial.size} values; the model has {self.num_parameters}"
@@ -501,7 +503,7 @@ class Coordinator:
                 deadline_unix_s=(r.decrypt_deadline_ms if deciding else r.deadline_ms) / 1000,
                 contributions=len(r.contributions),
                 contributed=party.id in r.contributions,
-                partial_submitted=len(r.partials.get(party.id, {})) == len(self._chunks(r)),
+                partial_submitted=party.id in self._complete(r),
                 rounds_total=self.fl.rounds,
                 decryptor=bool(self.key and party.id in self.key.party_ids),
                 ticket_signed=party.id in r.ticket_signatures,
@@ -802,27 +804,34 @@ class Coordinator:
         )
 
     def _aggregate_ciphertexts(self, number: int) -> list[int]:
+        return self._aggregate_of(number)[1]
+
+    def _aggregate_of(self, number: int) -> tuple[int, list[int], dict[int, tuple[int, bytes]]]:
+        """Round ``number``'s aggregate and its chunks (stop, digest) by first record: one
+        snapshot, so a caller never pairs one round's ciphertexts with another's digests."""
         cache = self._aggregate_cache
         if cache is None or cache[0] != number:
             data = self.store.aggregate_path(number).read_bytes()
-            return self._cache_aggregate(number, unpack_records(data, self.width))
-        return cache[1]
+            cache = self._cache_aggregate(number, unpack_records(data, self.width))
+        return cache
 
-    def _cache_aggregate(self, number: int, cts: list[int]) -> list[int]:
+    def _cache_aggregate(
+        self, number: int, cts: list[int]
+    ) -> tuple[int, list[int], dict[int, tuple[int, bytes]]]:
         """Keep a round's aggregate in memory, with the digest of each of its chunks."""
         assert self.key is not None
         chunks = {
             first: (stop, ciphertext_vector_digest(self.key.paillier, cts[first:stop]))
             for first, stop in chunk_ranges(len(cts))
         }
-        self._aggregate_cache = (number, cts, chunks)
-        return cts
+        cache = (number, cts, chunks)
+        self._aggregate_cache = cache  # one assignment: readers see the old or the new
+        return cache
 
     def _chunk(self, number: int, first_record: int) -> tuple[list[int], bytes] | None:
         """The aggregate's chunk that starts at ``first_record`` and its digest (None: none)."""
-        cts = self._aggregate_ciphertexts(number)
-        assert self._aggregate_cache is not None
-        found = self._aggregate_cache[2].get(first_record)
+        _, cts, chunks = self._aggregate_of(number)
+        found = chunks.get(first_record)
         return None if found is None else (cts[first_record : found[0]], found[1])
 
     def _chunks(self, r: RoundState) -> list[tuple[int, int]]:
@@ -837,16 +846,19 @@ class Coordinator:
             for first, _ in self._chunks(r)
         )
 
+    def _complete(self, r: RoundState) -> set[str]:
+        """The holders every chunk of whose partial decryption is accepted (none before the
+        round's aggregate exists)."""
+        count = len(self._chunks(r))
+        return {p for p, chunks in r.partials.items() if count and len(chunks) == count}
+
     def _complete_partials(self, r: RoundState) -> int:
-        return sum(len(chunks) == len(self._chunks(r)) for chunks in r.partials.values())
+        return len(self._complete(r))
 
     def complete_partials(self) -> set[str]:
         """The holders whose whole partial decryption of the round's aggregate is accepted."""
         with self._lock:
-            r = self.round
-            if r is None:
-                return set()
-            return {p for p, chunks in r.partials.items() if len(chunks) == len(self._chunks(r))}
+            return self._complete(self.round) if self.round is not None else set()
 
     # -- tickets -----------------------------------------------------------------------------
     def _holder(self, party: Party) -> ThresholdPublicKey:
@@ -1019,6 +1031,9 @@ class Coordinator:
                     f"{self.record_count} records)"
                 )
             chunk, chunk_digest = found
+            check_partial_header(  # the cheap checks, before a byte of the chunk is read
+                header, key=key, ticket=ticket, chunk_digest=chunk_digest, chunk_length=len(chunk)
+            )
             data = receive_bounded(chunks, len(chunk) * self.width, "partial decryption")
             partial = verify_partial(
                 federation_id=self.config.federation_id,
@@ -1055,6 +1070,8 @@ class Coordinator:
                     response=format(header.response, "x"),
                     statement_signature=header.statement_signature.hex(),
                     first_record=first,
+                    ciphertexts_digest=chunk_digest.hex(),
+                    values_digest=ciphertext_vector_digest(key.paillier, partial.values).hex(),
                 )
             )
             held[first] = partial.proof
@@ -1063,23 +1080,29 @@ class Coordinator:
         if ready is not None:  # t holders answered this chunk: combine it now, outside the lock
             self._combine_chunk(number, first, ready)
 
+    def _not_combining(self, number: int, first: int) -> bool:
+        return (number, first) not in self._combining
+
     def _take_chunk(self, r: RoundState, first: int) -> list[str] | None:
         """The ``t`` holders to combine chunk ``first`` from, once that many answered it and no
         one combines it yet (under the lock); None otherwise."""
         assert self.key is not None
-        if first in r.combined or first in self._combining:
+        if first in r.combined or (r.number, first) in self._combining:
             return None
         holders = sorted(p for p, chunks in r.partials.items() if first in chunks)
         if len(holders) < self.key.threshold:
             return None
-        self._combining.add(first)
+        self._combining.add((r.number, first))
         return holders[: self.key.threshold]
 
     def _combine_chunk(self, number: int, first: int, holders: list[str]) -> None:
-        """Combine one chunk from ``holders``' verified partials; a failure leaves it to the
-        COMBINING step, which tries again and fails the round if it fails there."""
+        """Combine one chunk from ``holders``' verified partials (the caller marked it as being
+        combined); any failure leaves it to the COMBINING step, which tries again and fails the
+        round if it fails there. Never raises: the holder whose chunk completed it must not see
+        another's fault."""
         key = self.key
         assert key is not None
+        plaintexts = None
         try:
             found = self._chunk(number, first)
             assert found is not None
@@ -1100,12 +1123,14 @@ class Coordinator:
                 for pid in holders
             ]
             plaintexts = combine_verified_partials(key, len(chunk), partials, backend=self.backend)
-        except (FedLoraError, OSError):
+        except Exception:  # the COMBINING step retries this chunk and names the failure
             plaintexts = None
-        with self._lock:
-            self._combining.discard(first)
-            if plaintexts is not None and self.round is not None and self.round.number == number:
-                self.round.combined.setdefault(first, (plaintexts, tuple(holders)))
+        finally:
+            with self._lock:
+                self._combining.discard((number, first))
+                r = self.round
+                if plaintexts is not None and r is not None and r.number == number:
+                    r.combined.setdefault(first, (plaintexts, tuple(holders)))
                 self._wake.notify_all()
 
     def _reject_partial(self, party: Party, number: int, error: FedLoraError) -> FedLoraError:
@@ -1122,9 +1147,12 @@ class Coordinator:
         plaintexts: list[int] = []
         decryptors: set[str] = set()
         for first, _ in self._chunks(r):
-            with self._lock:
+            with self._wake:  # a chunk still being combined by the upload that completed it
+                self._wake.wait_for(functools.partial(self._not_combining, number, first))
                 done = r.combined.get(first)
                 holders = sorted(p for p, chunks in r.partials.items() if first in chunks)
+                if done is None:
+                    self._combining.add((number, first))
             if done is None:
                 self._combine_chunk(number, first, holders[: key.threshold])
                 with self._lock:

@@ -503,6 +503,13 @@ class FedloraStrategy(Strategy):
         assert engine is not None
         return engine.record_count * engine.width
 
+    def _chunk_bytes(self) -> int:
+        """The size of the largest chunk of a partial decryption."""
+        engine = self.engine
+        assert engine is not None
+        first, stop = chunk_ranges(engine.record_count)[0]
+        return (stop - first) * engine.width
+
     def _holders(self) -> list[tuple[int, Party]]:
         engine = self.engine
         assert engine is not None and engine.key is not None
@@ -606,7 +613,7 @@ class FedloraStrategy(Strategy):
                 first = name[len(w.PARTIAL_HEADER) :]
                 if str(header.first_record) != first:
                     raise ProtocolError(f"the partial decryption chunk {first} names another")
-                partial = w.blob(content, f"{w.PARTIAL}{first}", max_bytes=self._vector_bytes())
+                partial = w.blob(content, f"{w.PARTIAL}{first}", max_bytes=self._chunk_bytes())
                 engine.accept_partial(party, header, [partial])
         except FedLoraError as exc:
             self.refusals.append(f"{party.id}: {exc}")

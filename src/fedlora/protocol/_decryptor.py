@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -262,13 +262,17 @@ def make_partials(
     *,
     backend: ModexpBackend | None = None,
     chunk: int | None = None,
+    skip: Container[int] = (),
 ) -> Iterator[tuple[PartialHeader, bytes]]:
     """This holder's proven partial decryption of a checked aggregate, chunk by chunk as each is
     computed, each with its proof and signed statement (the exponentiations by the key share
-    run on ``backend``). Every chunk answers the holder's own verified aggregate."""
+    run on ``backend``); chunks whose first record is in ``skip`` (delivered already) are
+    neither computed nor sent. Every chunk answers the holder's own verified aggregate."""
     key = policy.key
     width = ciphertext_width(key.paillier)
     for first, stop in chunk_ranges(len(checked.ciphertexts), chunk):
+        if first in skip:
+            continue
         partial = partial_decrypt(key, share, checked.ciphertexts[first:stop], backend=backend)
         unsigned = PartialHeader(
             round_number=checked.round_number,

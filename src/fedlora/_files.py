@@ -25,7 +25,8 @@ def _write_temp(path: Path, data: bytes, mode: int) -> Path:
     return tmp
 
 
-def _sync_folder(folder: Path) -> None:
+def sync_folder(folder: Path) -> None:
+    """Make a rename or new file in ``folder`` durable (fsync the directory)."""
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -50,7 +51,7 @@ def write_new_file(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         raise FedLoraError(f"{path} exists already; refusing to overwrite it") from None
     finally:
         tmp.unlink(missing_ok=True)
-    _sync_folder(path.parent)
+    sync_folder(path.parent)
 
 
 def replace_file(path: Path, data: bytes, *, mode: int = 0o644) -> None:
@@ -60,7 +61,7 @@ def replace_file(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _sync_folder(path.parent)
+    sync_folder(path.parent)
 
 
 def read_file(path: Path, what: str) -> bytes:

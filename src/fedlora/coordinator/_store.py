@@ -19,15 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedlora._files import sync_folder
 from fedlora.errors import NotFoundError
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Store:
@@ -62,7 +55,7 @@ class Store:
     def commit(temp: Path, final: Path) -> None:
         """Rename an fsynced temporary file into place and make the rename durable."""
         os.replace(temp, final)
-        _fsync_dir(final.parent)
+        sync_folder(final.parent)
 
     def write_bytes(self, final: Path, data: bytes) -> None:
         temp = self.temp_path(final)

@@ -132,6 +132,7 @@ class _Plan:
     aggregation: str
     workload: str
     min_clients: int | None = None
+    share_metrics: tuple[str, ...] = ()
 
     @property
     def ids(self) -> list[str]:
@@ -172,6 +173,7 @@ def prepare_federation(
     aggregation: str = "ffa",
     workload: str = "synthetic",
     min_clients: int | None = None,
+    share_metrics: Sequence[str] = (),
 ) -> Layout:
     """Write a whole federation under ``root`` (see the module docstring).
 
@@ -188,7 +190,7 @@ def prepare_federation(
         root, parties, bits, decryption_threshold, participant_threshold, rounds,
         aggregation_frequency, round_timeout_s, insecure, encryption_type, port, rows, seed,
         save_plaintext_deltas, "text" if workload == "clinical-notes" else model_kind,
-        aggregation, workload, min_clients,
+        aggregation, workload, min_clients, tuple(share_metrics),
     )  # fmt: skip
     for name, value in (
         ("participant_threshold", participant_threshold),
@@ -322,6 +324,8 @@ def _client_doc(
         },
         "debug": {"save_plaintext_deltas": plan.save_plaintext_deltas},
     }
+    if plan.share_metrics:  # on Flower: metrics this node may send in the clear
+        doc["flower"] = {"share_metrics": list(plan.share_metrics)}
     if plan.text:
         doc["model"] = {
             "kind": "text",

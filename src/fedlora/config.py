@@ -23,12 +23,14 @@ import yaml
 from fedlora.errors import ConfigError
 
 __all__ = [
+    "METRIC_NAME",
     "MIN_KEY_BITS",
     "ClientConfig",
     "ClientPolicy",
     "CodecConfig",
     "CoordinatorConfig",
     "FederatedLearning",
+    "FlowerOptions",
     "LoraSpec",
     "ModelSpec",
     "Party",
@@ -279,6 +281,26 @@ class ClientPolicy:
     allow_plaintext: bool = False
 
 
+METRIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class FlowerOptions:
+    """A member's settings on Flower (``fedlora.flower``).
+
+    ``share_metrics``: names of the metrics its ClientApp reports (``accuracy``,
+    ``num-examples``…) that this node may send to the ServerApp in the clear, in train and
+    evaluate replies. Default none: every message passes through Flower's SuperLink, and a
+    metric such as a local example count or a training loss says something about the node's
+    data. Unlisted metrics stay on the node (evaluation results in its state folder).
+    """
+
+    share_metrics: tuple[str, ...] = field(
+        default=(),
+        metadata=_range(pattern=METRIC_NAME, doc="a metric name (letters, digits, '.', '_', '-')"),
+    )
+
+
 @dataclass(frozen=True)
 class ClientDebug:
     save_plaintext_deltas: bool = False
@@ -300,6 +322,7 @@ class ClientConfig:
     retry: RetryConfig = RetryConfig()
     debug: ClientDebug = ClientDebug()
     crypto: CryptoConfig = CryptoConfig()
+    flower: FlowerOptions = FlowerOptions()
     testing: TestingOptions = TestingOptions()
 
 
@@ -334,7 +357,8 @@ def _convert(tp: Any, value: Any, path: str, base: Path, meta: dict[str, Any]) -
         if not isinstance(value, list):
             raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
         (item,) = typing.get_args(tp)[:1]
-        return tuple(_convert(item, v, f"{path}[{i}]", base, {}) for i, v in enumerate(value))
+        # A list's metadata (a pattern, a range) applies to each of its items.
+        return tuple(_convert(item, v, f"{path}[{i}]", base, meta) for i, v in enumerate(value))
     if dataclasses.is_dataclass(tp):
         return _build(typing.cast(type, tp), value, path, base)
     if tp is bool:

@@ -19,7 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Error, Message, RecordDict
+import yaml
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    Context,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp.strategy import FedAvg
 
 from fedlora._setup import Layout
@@ -34,7 +44,7 @@ NODES = 4
 FIRST_ID = 101
 
 
-def federation(root: Path, *, rounds: int = 2) -> Layout:
+def federation(root: Path, *, rounds: int = 2, min_clients: int = NODES) -> Layout:
     """Four banks, a 2-of-4 test key (ticket quorum 3), three contributions per aggregate."""
     return prepare_federation(
         root,
@@ -45,13 +55,23 @@ def federation(root: Path, *, rounds: int = 2) -> Layout:
         decryption_threshold=2,
         insecure=True,
         model_kind="linear",
-        min_clients=NODES,
+        min_clients=min_clients,
     )
 
 
 def train(msg: Message, context: Context) -> Message:
-    """The user's training: add the node's known delta to the arrays it was sent."""
-    return apps.train_reply(msg, int(context.node_config["partition-id"]))
+    """The user's training: add the node's known delta to the arrays it was sent, and report a
+    training loss besides its example count."""
+    reply = apps.train_reply(msg, int(context.node_config["partition-id"]))
+    reply.content["metrics"]["train-loss"] = 0.25
+    return reply
+
+
+def evaluate(msg: Message, context: Context) -> Message:
+    """The user's evaluation: an accuracy and an example count (no arrays)."""
+    partition = int(context.node_config["partition-id"])
+    metrics = {"accuracy": 0.5 + partition / 100, "num-examples": apps.weight_for(partition)}
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
 def _set_task_identity() -> None:
@@ -87,13 +107,21 @@ class Grid:
         self.tamper: Tamper | None = None
         self.on_reply: OnReply | None = None
         self.trained: dict[int, int] = {}  # node -> how often the user's training ran
+        self.evaluated: dict[int, int] = {}  # node -> how often the user's evaluation ran
+        self.given: list[tuple[int, str, RecordDict]] = []  # what the user's code was given
         self.seen: list[tuple[int, str | None, Message]] = []  # (node, step, reply)
 
     def get_node_ids(self) -> list[int]:
         return list(self.ids)
 
-    def _train(self, msg: Message, context: Context) -> Message:
-        self.trained[context.node_id] = self.trained.get(context.node_id, 0) + 1
+    def _user(self, msg: Message, context: Context) -> Message:
+        """The user's ClientApp behind the mod: its train and evaluate functions."""
+        node, kind = context.node_id, msg.metadata.message_type
+        self.given.append((node, kind, msg.content))
+        if kind == MessageType.EVALUATE:
+            self.evaluated[node] = self.evaluated.get(node, 0) + 1
+            return evaluate(msg, context)
+        self.trained[node] = self.trained.get(node, 0) + 1
         return train(msg, context)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):  # type: ignore[no-untyped-def]
@@ -110,13 +138,14 @@ class Grid:
                 delivered = self.tamper(node, delivered)
             if delivered is None:
                 continue
+            step = w.step_of(delivered.content)  # the mod gives the user's code other content
             try:
-                reply = self.mod(delivered, self.contexts[node], self._train)
+                reply = self.mod(delivered, self.contexts[node], self._user)
             except Exception as exc:  # as Flower turns a ClientApp's exception into an error
                 reply = Message(
                     Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=delivered
                 )
-            self.seen.append((node, w.step_of(delivered.content), reply))
+            self.seen.append((node, step, reply))
             if self.on_reply is not None:
                 reply = self.on_reply(node, reply)
             if reply is not None:
@@ -136,18 +165,33 @@ class Grid:
         return out
 
 
-def strategy(layout: Layout, **kw: Any) -> FedloraStrategy:
+def strategy(layout: Layout, *, evaluate: bool = False, **kw: Any) -> FedloraStrategy:
     return FedloraStrategy(
         FedAvg(
             fraction_train=1.0,
-            fraction_evaluate=0.0,
+            fraction_evaluate=1.0 if evaluate else 0.0,
             min_train_nodes=NODES,
+            min_evaluate_nodes=NODES,
             min_available_nodes=NODES,
         ),
         layout.coordinator_config,
         timeout=30,
         **kw,
     )
+
+
+def edit_client(layout: Layout, party: str, change: Callable[[dict[str, Any]], None]) -> None:
+    """Change one member's client YAML (``change`` edits the parsed document in place)."""
+    path = layout.client_configs[party]
+    doc = yaml.safe_load(path.read_text())
+    change(doc)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def share_metrics(layout: Layout, names: list[str]) -> None:
+    """Every member's YAML lets ``names`` go to the server in the clear."""
+    for party in layout.client_configs:
+        edit_client(layout, party, lambda doc: doc.update({"flower": {"share_metrics": names}}))
 
 
 def initial_arrays() -> ArrayRecord:

@@ -15,11 +15,13 @@ import pytest
 from flwr.app import Array, ArrayRecord, Message
 
 from fedlora.client._ledger import DecryptorLedger
-from fedlora.config import load_client_config
+from fedlora.config import load_client_config, load_coordinator_config
+from fedlora.errors import ConfigError
 from fedlora.flower import _server
 from fedlora.flower import _wire as w
 from fedlora.v1 import federation_pb2
 from tests.adversarial import flower_grid as g
+from tests.integration.helpers import prepare_federation
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -183,7 +185,9 @@ def test_malformed_byte_arrays_from_a_node_are_refused_not_a_crash(tmp_path) -> 
     assert "bank-03" not in _participants(layout, 1)
 
 
-def test_a_join_answer_that_is_not_a_byte_array_keeps_that_node_out(tmp_path) -> None:
+def test_a_node_whose_join_answers_never_verify_is_asked_a_bounded_number_of_times(
+    tmp_path,
+) -> None:
     layout, grid, strategy = _run(tmp_path)
     bad = g.FIRST_ID + 3
 
@@ -193,9 +197,39 @@ def test_a_join_answer_that_is_not_a_byte_array_keeps_that_node_out(tmp_path) ->
         return reply
 
     grid.on_reply = on_reply
-    _start(strategy, grid, 2)  # Act / Assert: no exception; the node is not admitted
+    _start(strategy, grid, 5)  # Act / Assert: no exception; the node is not admitted
     assert bad not in strategy.nodes and len(strategy.nodes) == 3
+    asked = [step for node, step, _ in grid.seen if node == bad]
+    assert (
+        asked == [w.JOIN] * _server.MAX_JOIN_FAILURES
+    )  # a fresh challenge each time, then no more
     assert g.outcomes(layout) == []  # min_clients 4: the federation waits for the fourth
+
+
+def test_a_node_whose_join_answer_was_refused_once_joins_with_a_fresh_challenge(
+    tmp_path,
+) -> None:
+    """Low: one bad join answer used to lock a node id out for the ServerApp's life."""
+    layout, grid, strategy = _run(tmp_path)
+    node, spoiled, nonces = g.FIRST_ID + 2, [], []
+
+    def tamper(n: int, message: Message) -> Message:
+        if n == node and w.step_of(message.content) == w.JOIN:
+            nonces.append(w.blob(message.content, "nonce"))
+        return message
+
+    def on_reply(n: int, reply: Message) -> Message:
+        if n == node and w.step_of(reply.content) == w.JOIN and not spoiled:
+            spoiled.append(n)
+            g.replace_blob(reply, "signature", bytes(64))  # a signature that does not verify
+        return reply
+
+    grid.tamper, grid.on_reply = tamper, on_reply
+    _start(strategy, grid, 3)  # Flower round 1 waits for it; rounds 2 and 3 are the federation's
+    assert node in strategy.nodes
+    assert len(nonces) == 2 and nonces[0] != nonces[1]
+    assert g.outcomes(layout) == [("round_closed", 1), ("round_closed", 2)]
+    assert "bank-02" in _participants(layout, 1)
 
 
 def test_a_node_whose_join_answer_was_lost_joins_at_the_next_round(tmp_path) -> None:
@@ -340,7 +374,7 @@ def test_evaluation_goes_to_admitted_members_only(tmp_path) -> None:
     assert stranger not in strategy.nodes
     # it is asked to join before each round (it may be configured later), and sent nothing else
     assert {step for node, step, _ in grid.seen if node == stranger} == {w.JOIN}
-    assert any(step is None for node, step, _ in grid.seen if node == g.FIRST_ID)  # evaluated
+    assert any(step == w.EVALUATE for node, step, _ in grid.seen if node == g.FIRST_ID)
     assert g.outcomes(layout) == [("round_closed", 1), ("round_closed", 2)]
 
 
@@ -402,3 +436,336 @@ def test_a_release_reply_with_more_chunks_than_the_aggregate_has_is_refused(
     assert g.outcomes(layout) == [("round_closed", 1), ("round_closed", 2)]
     decrypted = [e for e in g.events(layout) if e["event"] == "decrypted"]
     assert all("bank-00" not in e["decryptors"] for e in decrypted)
+
+
+# --- only fedlora's steps reach the user's code (issue 17) --------------------------------------
+
+
+def _plain(node: int, arrays: ArrayRecord, kind: str = "train", **content) -> Message:  # type: ignore[no-untyped-def]
+    """An ordinary Flower message, as FedAvg builds one: the arrays and a config record."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    records = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 3})})
+    for name, record in content.items():
+        records[name] = record
+    return Message(records, dst_node_id=node, message_type=kind)
+
+
+def _ledger_refusals(layout, node, what):  # type: ignore[no-untyped-def]
+    member = _member(layout, node)
+    ledger = DecryptorLedger(member.state_dir, member.federation_id)
+    return [r for r in ledger.refusals() if r["what"] == what]
+
+
+def test_a_plain_train_message_is_refused_and_never_reaches_the_users_training(tmp_path) -> None:
+    """Critical: a ServerApp (or a relay) sends an ordinary train message with the global model
+    after an honest round. The member must not train and reply with its update in the clear."""
+    layout, grid, strategy = _run(tmp_path)
+    _start(strategy, grid, 2)
+    trained = dict(grid.trained)
+    # Act: the attacker's plain train message to every member, with the published model.
+    replies = grid.send_and_receive([_plain(n, strategy.global_arrays()) for n in grid.ids])
+    # Assert: an error from each, nothing trained, no arrays or metrics back, a ledger entry.
+    assert len(replies) == g.NODES
+    for reply in replies:
+        assert reply.has_error(), reply.content
+        assert "is not one of fedlora's steps" in reply.error.reason
+    assert grid.trained == trained
+    for node in grid.ids:
+        (entry,) = _ledger_refusals(layout, node, "flower message")
+        assert "'train' message" in entry["reason"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "step"),
+    [
+        ("query", None),  # a message type the federation does not use
+        ("train.custom", None),  # an action of the user's the federation does not use
+        ("evaluate", None),  # evaluation without fedlora's checks
+        ("query", w.TRAIN),  # fedlora's train step in the wrong message type
+        ("evaluate", w.TRAIN),
+        ("train", "exfiltrate"),  # no such fedlora step
+    ],
+)
+def test_every_message_that_is_not_a_fedlora_step_is_refused(tmp_path, kind, step) -> None:
+    layout, grid, strategy = _run(tmp_path, rounds=1)
+    _start(strategy, grid, 1)
+    node = g.FIRST_ID + 1
+    message = _plain(node, strategy.global_arrays(), kind=kind)
+    if step is not None:
+        w.put(message.content, step, {})
+    before = (dict(grid.trained), dict(grid.evaluated))
+    # Act
+    (reply,) = grid.send_and_receive([message])
+    # Assert
+    assert reply.has_error() and "is not one of fedlora's steps" in reply.error.reason
+    assert (grid.trained, grid.evaluated) == before
+    assert len(_ledger_refusals(layout, node, "flower message")) == 1
+
+
+def test_a_flood_of_plain_messages_writes_one_ledger_entry_a_minute(tmp_path, monkeypatch) -> None:
+    from fedlora.flower import _client
+
+    layout, grid, strategy = _run(tmp_path, rounds=1)
+    _start(strategy, grid, 1)
+    node = g.FIRST_ID
+    # Act: 30 plain messages at once, then one more once the minute has passed.
+    replies = grid.send_and_receive([_plain(node, strategy.global_arrays()) for _ in range(30)])
+    monkeypatch.setattr(_client, "RECORD_EVERY_S", 0.0)
+    replies += grid.send_and_receive([_plain(node, strategy.global_arrays())])
+    # Assert: each refused; two entries, the second counting the 29 not written one by one.
+    assert all(r.has_error() for r in replies) and len(replies) == 31
+    entries = _ledger_refusals(layout, node, "flower message")
+    assert len(entries) == 2
+    assert "(29 more refused since the last entry)" in entries[1]["reason"]
+
+
+def test_a_train_message_with_two_models_is_refused_by_every_node(tmp_path) -> None:
+    """High: the honest global first under another name, a shifted model under "arrays" (the
+    record the user's code reads). The node checks and trains one model: exactly one."""
+    layout, grid, strategy = _run(tmp_path)
+
+    def tamper(node: int, message: Message) -> Message:
+        if w.step_of(message.content) == w.TRAIN:
+            from flwr.app import RecordDict
+
+            honest = message.content["arrays"]
+            shifted = ArrayRecord({k: Array(v.numpy() + 5.0) for k, v in honest.items()})
+            rest = {k: v for k, v in message.content.items() if k != "arrays"}
+            message.content = RecordDict({"honest": honest, "arrays": shifted, **rest})
+        return message
+
+    grid.tamper = tamper
+    _start(strategy, grid, 2)
+    # Assert: nobody trained; each node says why and records it; the rounds fail.
+    assert grid.trained == {}
+    for node in grid.ids:
+        assert any("carries 2 model array records" in r for r in grid.refusals(node))
+        assert _ledger_refusals(layout, node, "global model")
+    assert [o for o, _ in g.outcomes(layout)] == ["round_failed", "round_failed"]
+
+
+def test_the_users_code_is_given_the_verified_model_and_nothing_of_fedloras(tmp_path) -> None:
+    layout, grid, strategy = _run(tmp_path)
+    strategy = g.strategy(layout, evaluate=True)
+    _start(strategy, grid, 2)
+    assert g.outcomes(layout) == [("round_closed", 1), ("round_closed", 2)]
+    kinds = {kind for _, kind, _ in grid.given}
+    assert kinds == {"train", "evaluate"}
+    for _, _, content in grid.given:
+        assert list(content.array_records) == ["arrays"]
+        assert not any(name.startswith("fedlora.") for name in content)
+        assert list(content["arrays"].keys()) == ["a", "b"]
+
+
+def test_evaluation_runs_only_on_the_model_the_log_publishes(tmp_path) -> None:
+    layout, grid, strategy = _run(tmp_path)
+    strategy = g.strategy(layout, evaluate=True)
+    victim = g.FIRST_ID + 2
+
+    def tamper(node: int, message: Message) -> Message:
+        if node == victim and w.step_of(message.content) == w.EVALUATE:
+            arrays = message.content["arrays"]
+            message.content["arrays"] = ArrayRecord(
+                {k: Array(v.numpy() * 0.5) for k, v in arrays.items()}
+            )
+        return message
+
+    grid.tamper = tamper
+    _start(strategy, grid, 2)
+    # Assert: the victim never evaluated; the others did, each round; the rounds close.
+    assert grid.evaluated.get(victim, 0) == 0
+    assert all(grid.evaluated[n] == 2 for n in grid.ids if n != victim)
+    assert any("does not evaluate on it" in r for r in grid.refusals(victim))
+    assert _ledger_refusals(layout, victim, "global model")
+    assert g.outcomes(layout) == [("round_closed", 1), ("round_closed", 2)]
+
+
+def _user_metrics(reply: Message) -> dict[str, dict[str, object]]:
+    return {k: dict(r.items()) for k, r in reply.content.metric_records.items()}
+
+
+def test_user_metrics_stay_on_the_node_unless_its_yaml_shares_them(tmp_path) -> None:
+    """Medium: the user's train metrics (example counts, losses) and evaluation results went to
+    the server, through the SuperLink, in the clear."""
+    layout, grid, _ = _run(tmp_path)
+    strategy = g.strategy(layout, evaluate=True)
+    result = strategy.start(grid, g.initial_arrays(), num_rounds=2)
+    # Assert: no reply carried a metric of the user's; each member kept its evaluations.
+    for _, step, reply in grid.seen:
+        assert reply.has_error() or _user_metrics(reply) == {}, (step, _user_metrics(reply))
+    assert result.evaluate_metrics_clientapp == {}
+    for node in grid.ids:
+        kept = json.loads((_member(layout, node).state_dir / "flower-evaluations.json").read_text())
+        assert sorted(kept) == ["1", "2"]
+        assert kept["2"]["metrics"]["metrics"]["accuracy"] == 0.5 + (node - g.FIRST_ID) / 100
+
+
+def test_only_the_metrics_a_node_shares_are_sent_and_aggregated(tmp_path) -> None:
+    layout, grid, _ = _run(tmp_path)
+    g.share_metrics(layout, ["accuracy", "num-examples"])
+    strategy = g.strategy(layout, evaluate=True)
+    result = strategy.start(grid, g.initial_arrays(), num_rounds=2)
+    train_replies = [r for _, step, r in grid.seen if step == w.TRAIN]
+    assert train_replies and all(
+        _user_metrics(r) == {"metrics": {"num-examples": 1 + (n - g.FIRST_ID) % 4}}
+        for (n, step, r) in grid.seen
+        if step == w.TRAIN
+    )  # never train-loss
+    weights = [1 + i % 4 for i in range(g.NODES)]
+    expected = sum((0.5 + i / 100) * wt for i, wt in enumerate(weights)) / sum(weights)
+    assert result.evaluate_metrics_clientapp[2]["accuracy"] == pytest.approx(expected)
+    assert g.outcomes(layout) == [("round_closed", 1), ("round_closed", 2)]
+
+
+@pytest.mark.parametrize("spoil", ["second record", "other keys", "arrays", "not a number"])
+def test_a_malformed_evaluate_reply_is_that_nodes_refusal_not_a_crashed_serverapp(
+    tmp_path, spoil, caplog
+) -> None:
+    """Medium: a second MetricRecord in one reply reached FedAvg and ended the ServerApp."""
+    from flwr.app import ConfigRecord, MetricRecord
+
+    layout, grid, _ = _run(tmp_path)
+    g.share_metrics(layout, ["accuracy", "num-examples"])
+    strategy = g.strategy(layout, evaluate=True)
+    liar = g.FIRST_ID + 3
+
+    def on_reply(node: int, reply: Message) -> Message:
+        if node == liar and not reply.has_error() and w.step_of(reply.content) == "evaluated":
+            if spoil == "second record":
+                reply.content["more"] = MetricRecord({"accuracy": 1.0, "num-examples": 1})
+            elif spoil == "other keys":
+                reply.content["metrics"] = MetricRecord({"loss": 0.1})
+            elif spoil == "arrays":
+                reply.content["leak"] = ArrayRecord({"x": Array(np.zeros(3, np.float32))})
+                reply.content["cfg"] = ConfigRecord({"x": 1})
+            else:
+                reply.content["metrics"] = MetricRecord(
+                    {"accuracy": float("nan"), "num-examples": 1}
+                )
+        return reply
+
+    grid.on_reply = on_reply
+    # Act / Assert: no exception; the three honest members' evaluation is aggregated.
+    result = strategy.start(grid, g.initial_arrays(), num_rounds=2)
+    weights = [1 + i % 4 for i in range(3)]
+    expected = sum((0.5 + i / 100) * wt for i, wt in enumerate(weights)) / sum(weights)
+    assert result.evaluate_metrics_clientapp[2]["accuracy"] == pytest.approx(expected)
+    refused = [r.message for r in caplog.records if "evaluation replies refused" in r.message]
+    assert len(refused) == 2 and all(line.endswith("(bank-03)") for line in refused), refused
+
+
+# --- the federation spec on Flower (issue 17) ---------------------------------------------------
+
+
+def _announce_spec(layout, spec) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    path = layout.root / "federation-spec.json"
+    path.write_text(json.dumps(spec))
+    doc = yaml.safe_load(layout.coordinator_config.read_text())
+    doc["model"]["spec"] = str(path)
+    layout.coordinator_config.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def _join_refusals(layout, party):  # type: ignore[no-untyped-def]
+    return [e for e in g.events(layout) if e["event"] == "join_refused" and e["client"] == party]
+
+
+def test_a_node_with_another_class_count_is_refused_at_join_on_both_sides(tmp_path) -> None:
+    """Medium: the strategy built its engine with no spec, so a node of another model of the
+    same size was averaged in silently (the same node is refused on the gRPC path)."""
+    layout = g.federation(tmp_path, min_clients=3)
+    _announce_spec(
+        layout,
+        {"model.kind": "linear", "model.num_parameters": 300, "training.num_classes": 2},
+    )
+    g.edit_client(layout, "bank-03", lambda doc: doc["training"].update({"num_classes": 3}))
+    grid, strategy = g.Grid(tmp_path), g.strategy(layout)
+    # Act
+    _start(strategy, grid, 4)
+    # Assert: refused at each of its (bounded) joins, audited with the setting named; its own
+    # ledger says the same; the three others' rounds close without it.
+    odd = g.FIRST_ID + 3
+    assert odd not in strategy.nodes
+    refused = _join_refusals(layout, "bank-03")
+    assert len(refused) == _server.MAX_JOIN_FAILURES
+    assert "training.num_classes is 3 here, 2 in the federation" in refused[0]["reason"]
+    (entry,) = _ledger_refusals(layout, odd, "federation spec")
+    assert "training.num_classes is 3 here, 2 in the federation" in entry["reason"]
+    assert g.outcomes(layout) == [("round_closed", 1), ("round_closed", 2)]
+    assert "bank-03" not in _participants(layout, 1)
+
+
+def test_a_relay_cannot_swap_the_spec_a_node_signed(tmp_path) -> None:
+    layout = g.federation(tmp_path, min_clients=3)
+    spec = {"model.kind": "linear", "model.num_parameters": 300, "training.num_classes": 2}
+    _announce_spec(layout, spec)
+    g.edit_client(layout, "bank-03", lambda doc: doc["training"].update({"num_classes": 3}))
+    grid, strategy = g.Grid(tmp_path), g.strategy(layout)
+    odd = g.FIRST_ID + 3
+
+    def on_reply(node: int, reply: Message) -> Message:
+        if node == odd and w.step_of(reply.content) == w.JOIN:  # the federation's spec instead
+            g.replace_blob(
+                reply, "spec", json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()
+            )
+        return reply
+
+    grid.on_reply = on_reply
+    _start(strategy, grid, 2)
+    assert odd not in strategy.nodes
+    assert g.outcomes(layout) == [("round_closed", 1), ("round_closed", 2)]
+
+
+def _tabular(tmp_path):  # type: ignore[no-untyped-def]
+    """Six banks with a LoRA model on the tabular base (a 2-of-6 key, ticket quorum 4)."""
+    return prepare_federation(
+        tmp_path,
+        bits=512,
+        parties=[(f"bank-{i:02d}", "bank") for i in range(6)],
+        rounds=1,
+        participant_threshold=3,
+        decryption_threshold=2,
+        insecure=True,
+        model_kind="tabular",
+        workload="bank",
+        rows=40,
+        min_clients=4,
+    )
+
+
+def test_nodes_with_another_lora_seed_or_base_model_of_the_same_size_are_refused(
+    tmp_path,
+) -> None:
+    from fedlora._setup import _tabular_base
+
+    layout = _tabular(tmp_path)
+    g.edit_client(layout, "bank-04", lambda doc: doc["model"]["lora"].update({"seed": 7}))
+    other = tmp_path / "models" / "other-base"
+    _tabular_base(other, np.random.default_rng(3).normal(0, 1, (50, 8)), seed=5)
+    g.edit_client(layout, "bank-05", lambda doc: doc["model"].update({"base_model": str(other)}))
+    size = load_coordinator_config(layout.coordinator_config).model.num_parameters
+    grid = g.Grid(tmp_path, nodes=6)
+    strategy = g.strategy(layout)
+    # Act
+    strategy.start(grid, ArrayRecord({"adapter": Array(np.zeros(size, np.float32))}), num_rounds=1)
+    # Assert
+    assert sorted(p.id for p in strategy.nodes.values()) == [f"bank-0{i}" for i in range(4)]
+    assert (
+        "model.lora.seed is 7 here, 0 in the federation"
+        in _join_refusals(layout, "bank-04")[0]["reason"]
+    )
+    assert "model.base_model is " in _join_refusals(layout, "bank-05")[0]["reason"]
+    assert g.outcomes(layout) == [("round_closed", 1)]
+
+
+def test_a_serverapp_whose_arrays_are_not_the_spec_s_model_does_not_start(tmp_path) -> None:
+    layout = _tabular(tmp_path)
+    strategy = g.strategy(layout)
+    with pytest.raises(ConfigError, match="the size of the ServerApp's initial arrays"):
+        strategy.start(
+            g.Grid(tmp_path, nodes=6),
+            ArrayRecord({"adapter": Array(np.zeros(7, np.float32))}),
+            num_rounds=1,
+        )

@@ -21,9 +21,9 @@ from fedlora.flower import FedloraStrategy, make_fedlora_mod
 SIZE = 300  # float32 parameters in the test model (two arrays)
 
 
-def delta_for(partition: int) -> np.ndarray:
+def delta_for(partition: int, size: int = SIZE) -> np.ndarray:
     """Node ``partition``'s update: some values beyond the codec's clip (1.0)."""
-    return np.random.default_rng(1000 + partition).normal(0, 0.8, SIZE).astype(np.float32)
+    return np.random.default_rng(1000 + partition).normal(0, 0.8, size).astype(np.float32)
 
 
 def initial_vector() -> np.ndarray:
@@ -54,7 +54,7 @@ def train_reply(msg: Message, partition: int) -> Message:
     """Node ``partition``'s "training": its known delta added to the arrays it was sent."""
     arrays = msg.content["arrays"]
     flat = np.concatenate([a.numpy().ravel() for a in arrays.values()])
-    updated = flat + delta_for(partition)
+    updated = flat + delta_for(partition, flat.size)
     out, offset = {}, 0
     for key, array in arrays.items():
         n = int(np.prod(array.shape))

@@ -14,6 +14,7 @@ import pytest
 
 from fedlora.audit import read_log_files, verify_log
 from fedlora.cli import main
+from fedlora.client._ledger import DecryptorLedger
 from fedlora.client._models import verify_kept
 from fedlora.config import load_client_config, load_coordinator_config
 from tests.integration import flower_apps as apps
@@ -351,6 +352,13 @@ def test_the_example_app_runs_on_the_deployment_engine_with_tls_and_supernode_au
             "flwr", "run", str(root / "examples" / "flower-lora"), "deploy",
             "--run-config", f"fedlora-dir='{fed}'", "--stream", timeout=900,
         )  # fmt: skip
+        # ... then a lying ServerApp sends each SuperNode a plain train message with the final
+        # global model (issue 17: it used to come back trained, in the clear).
+        attack = tmp_path / "plain-train.json"
+        hostile = run(
+            "flwr", "run", str(Path(__file__).parent / "flower_plain_train"), "deploy",
+            "--run-config", f"fedlora-dir='{fed}' out='{attack}'", "--stream", timeout=600,
+        )  # fmt: skip
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -378,3 +386,15 @@ def test_the_example_app_runs_on_the_deployment_engine_with_tls_and_supernode_au
         member = load_client_config(fed / f"bank-{i}.yaml")
         kept = verify_kept(member.state_dir, member.federation_id, key, 2)
         assert kept.final
+    # The plain train message: each registered SuperNode answered with fedlora's refusal, an
+    # error with no arrays or metrics, and wrote it to its member's ledger.
+    assert hostile.returncode == 0, hostile.stdout[-3000:] + hostile.stderr[-3000:]
+    replies = json.loads(attack.read_text())
+    assert len(replies) == 3, replies
+    for reply in replies:
+        assert reply["arrays"] == [] and reply["metrics"] == []
+        assert "is not one of fedlora's steps" in (reply["error"] or ""), reply
+    for i in range(3):
+        member = load_client_config(fed / f"bank-{i}.yaml")
+        ledger = DecryptorLedger(member.state_dir, member.federation_id)
+        assert [r["what"] for r in ledger.refusals()] == ["flower message"]

@@ -45,6 +45,13 @@ def register(sub: Any) -> None:
         "--local-steps", type=int, default=20, help="local optimizer steps per round (default 20)"
     )
     prepare.add_argument(
+        "--share-metrics",
+        default="",
+        metavar="NAMES",
+        help="comma-separated metrics of the ClientApp every node may send to the ServerApp in "
+        "the clear (e.g. accuracy,num-examples); default none: they stay on the nodes",
+    )
+    prepare.add_argument(
         "--supernode-auth",
         action="store_true",
         help="also write a SuperNode authentication key pair per party (P-384, OpenSSH format) "
@@ -60,6 +67,14 @@ def _prepare(args: argparse.Namespace) -> int:
         raise FedLoraError("--clients: between 3 and 1000")
     if args.out.exists() and any(args.out.iterdir()):
         raise FedLoraError(f"{args.out} is not empty; give a new folder")
+    from fedlora.config import METRIC_NAME
+
+    metrics = [m.strip() for m in args.share_metrics.split(",") if m.strip()]
+    for name in metrics:
+        if not METRIC_NAME.match(name):
+            raise FedLoraError(
+                f"--share-metrics: {name!r} is not a metric name (letters, digits, '.', '_', '-')"
+            )
     width = len(str(args.clients - 1))
     parties = [(f"bank-{i:0{width}d}", "bank") for i in range(args.clients)]
     layout = prepare_federation(
@@ -75,6 +90,7 @@ def _prepare(args: argparse.Namespace) -> int:
         rows=200,
         save_plaintext_deltas=True,
         min_clients=args.clients,
+        share_metrics=metrics,
     )
     root = args.out.resolve()
     if args.supernode_auth:

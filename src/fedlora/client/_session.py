@@ -220,8 +220,14 @@ class Client:
                 raise ConfigError(f"keys.key_share: {path}: {exc}") from None
         self.key = key
 
-    def join(self) -> Federation:
-        spec = federation_spec(self.config, self.trainer)
+    def join(self, spec: dict[str, Any] | None = None) -> Federation:
+        """Join the federation: fetch its announcement and check it against this client's files.
+
+        ``spec``: this client's federation spec, where the caller computed it (on Flower, from
+        the client YAML's model section); by default from the trainer's model.
+        """
+        if spec is None:
+            spec = federation_spec(self.config, self.trainer)
         if not self.config.policy.allow_plaintext:
             self.open_keys()  # a wrong share file is refused before the coordinator hears of us
         info = self.transport.join(canonical_spec(spec))
@@ -262,9 +268,10 @@ class Client:
         )
         if not info.spec_json:
             self.ui.warn(
-                f"{self.config.id}: the federation publishes no model spec, so only the parameter "
+                f"{self.config.id}: the federation announces no model spec, so only the parameter "
                 "count is compared at join (a member with another base model or LoRA seed would "
-                "go unnoticed); its coordinator should set model.adapter_template"
+                "go unnoticed); its coordinator YAML should name one in model.spec (`fedlora model "
+                "template` and `fedlora flower prepare` write it)"
             )
         if info.homomorphic and info.ticket_quorum < joined.ticket_quorum:
             self.ui.warn(

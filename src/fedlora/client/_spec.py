@@ -71,14 +71,10 @@ def write_template(config: ClientConfig, folder: Path) -> dict[str, Any]:
     return write_model_template(config.model, config.training, folder)
 
 
-def write_model_template(
-    model: ModelSpec, training: TrainingConfig, folder: Path
-) -> dict[str, Any]:
-    """Write the adapter template and the federation spec for a ``model`` section; no data needed.
-
-    The adapter's seeded start does not depend on data, so the trainer is built on one blank
-    example (the organizer of a federation holds no client's data). Returns the template's
-    layout (``num_parameters`` among it).
+def blank_trainer(model: ModelSpec, training: TrainingConfig) -> Any:
+    """The LoRA trainer of a ``model`` section, built on one blank example: its seeded adapter,
+    layout and feature names do not depend on data (the organizer of a federation, and a Flower
+    node computing its spec, hold none of a client's rows).
 
     Raises:
         ConfigError: ``model.kind`` is linear (no adapter), or the base model cannot be loaded.
@@ -87,9 +83,8 @@ def write_model_template(
 
     import numpy as np
 
-    from fedlora.client._lora import LoraTrainer, tabular_features, write_adapter_template
+    from fedlora.client._lora import LoraTrainer, tabular_features
     from fedlora.errors import ConfigError
-    from fedlora.protocol import SPEC_FILE
 
     if model.kind == "linear" or model.base_model is None:
         raise ConfigError("model.kind linear has no adapter to template; use tabular or text")
@@ -107,6 +102,25 @@ def write_model_template(
         features = [""]
     trainer = LoraTrainer(model, training, features, labels)
     trainer.feature_names = names
+    return trainer
+
+
+def write_model_template(
+    model: ModelSpec, training: TrainingConfig, folder: Path
+) -> dict[str, Any]:
+    """Write the adapter template and the federation spec for a ``model`` section; no data needed.
+
+    Returns the template's layout (``num_parameters`` among it).
+
+    Raises:
+        ConfigError: ``model.kind`` is linear (no adapter), or the base model cannot be loaded.
+    """
+    import json
+
+    from fedlora.client._lora import write_adapter_template
+    from fedlora.protocol import SPEC_FILE
+
+    trainer = blank_trainer(model, training)
     layout = write_adapter_template(trainer, folder)
     spec = model_spec(model, training.num_classes, trainer)
     (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")

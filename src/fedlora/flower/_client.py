@@ -1,12 +1,18 @@
 """The client side on Flower: :func:`fedlora_mod`, a ClientApp mod.
 
-Added to a ``ClientApp`` (``ClientApp(mods=[fedlora_mod])``), it lets the user's ``@app.train()``
-run unchanged, then replaces the updated arrays in the reply by fedlora's contribution: the delta
-from the global model, clipped, quantized, packed, Paillier-encrypted under the federation's
-threshold key, proven and signed (:func:`fedlora.protocol.build_contribution`, through the same
-:class:`fedlora.client.Client` as the standalone product). As a share holder it checks the
-aggregate itself and releases a proven partial decryption only under the same rules (ledger,
-ticket quorum, ``min_participants``). Nothing in the user's arrays ever leaves the node in the clear.
+Added to a ``ClientApp`` (``ClientApp(mods=[fedlora_mod])``), it runs the user's ``@app.train()``
+on the global model it has verified against the anchored audit log, then replaces the updated
+arrays in the reply by fedlora's contribution: the delta from the global model, clipped,
+quantized, packed, Paillier-encrypted under the federation's threshold key, proven and signed
+(:func:`fedlora.protocol.build_contribution`, through the same :class:`fedlora.client.Client` as
+the standalone product). As a share holder it checks the aggregate itself and releases a proven
+partial decryption only under the same rules (ledger, ticket quorum, ``min_participants``).
+
+The mod is the node's gate: it answers fedlora's steps only. Any other message — a plain Flower
+train message, a query, an action the federation does not use — is refused (an error reply and
+an entry in the node's ledger) and never reaches the user's code, so the user's arrays leave the
+node only inside fedlora's contribution. Evaluation runs only on a global model the node has
+verified, and only the metrics the node's YAML lists in ``flower.share_metrics`` go back.
 
 Flower is push-style: every request arrives as a message and every answer is a reply. A
 :class:`PushTransport` serves the client's requests from the message at hand and keeps what it
@@ -24,18 +30,30 @@ import hmac
 import json
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    Context,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.constant import ErrorCode
 from rich.console import Console
 
 from fedlora import rpc
 from fedlora._files import StateLock, replace_file
 from fedlora.audit import SignedCheckpoint
 from fedlora.client import Client, Federation
+from fedlora.client._ledger import DecryptorLedger
 from fedlora.config import ClientConfig, load_client_config
 from fedlora.crypto import ciphertext_vector_digest, ciphertext_width, pack_records, sign_digest
 from fedlora.errors import (
@@ -47,6 +65,7 @@ from fedlora.errors import (
 )
 from fedlora.flower import _wire as w
 from fedlora.flower._identity import join_digest
+from fedlora.flower._spec import node_spec
 from fedlora.protocol import (
     CheckedAggregate,
     ContributionHeader,
@@ -57,6 +76,9 @@ from fedlora.protocol import (
     RoundStatus,
     SignedContribution,
     TicketAck,
+    canonical_spec,
+    check_spec,
+    parse_spec,
     unpack_records,
 )
 from fedlora.v1 import common_pb2, federation_pb2
@@ -285,7 +307,7 @@ class FlowerSession:
             info = self.transport.join()
             if self.trainer.num_parameters != info.num_parameters and self.trainer.updated is None:
                 self.trainer.num_parameters = info.num_parameters
-            self.fed = self.client.join()
+            self.fed = self.client.join(node_spec(self.client.config, info.num_parameters))
         return self.fed
 
     def _pending_path(self, round_number: int) -> Path:
@@ -367,33 +389,92 @@ def _refusal(msg: Message, reason: str, session: FlowerSession | None = None) ->
     return Message(content, reply_to=msg)
 
 
+# The fedlora steps each Flower message type may carry; any other message is refused.
+STEPS: dict[str, frozenset[str]] = {
+    MessageType.TRAIN: frozenset({w.JOIN, w.TRAIN, w.DECRYPT, w.RELEASE, w.KEEP}),
+    MessageType.EVALUATE: frozenset({w.EVALUATE}),
+}
+RECORD_EVERY_S = 60.0  # one ledger entry a minute per kind of refusal; the rest are counted
+REFUSALS = "flower-refusals.json"
+
+
+def _record_refusal(config: ClientConfig, round_number: int, what: str, reason: str) -> None:
+    """Write a refusal to the node's ledger, at most once a minute for each kind (``what``, a
+    name from this module): on Flower the server pushes, so a hostile one could send refused
+    messages without end; those within the minute are counted into the next entry."""
+    path = config.state_dir / REFUSALS
+    now_ms = int(time.time() * 1000)
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        doc = {}
+    doc = doc if isinstance(doc, dict) else {}
+    try:
+        last, unrecorded = int(doc[what]["recorded_ms"]), int(doc[what]["unrecorded"])
+    except (KeyError, TypeError, ValueError):
+        last, unrecorded = 0, 0
+    if not 0 <= now_ms - last < RECORD_EVERY_S * 1000:
+        more = f" ({unrecorded} more refused since the last entry)" if unrecorded else ""
+        DecryptorLedger(config.state_dir, config.federation_id).record_refusal(
+            round_number, what, reason + more
+        )
+        last, unrecorded = now_ms, 0
+    else:
+        unrecorded += 1
+    doc[what] = {"recorded_ms": last, "unrecorded": unrecorded}
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    replace_file(path, json.dumps(doc).encode())
+
+
+def _stray(config: ClientConfig, msg: Message, step: str | None) -> Message:
+    """Refuse a message that is not one of fedlora's steps: an error reply, and an entry in the
+    node's ledger."""
+    kind = str(msg.metadata.message_type)[:64]
+    what = f"a {kind!r} message" + ("" if step is None else f" with fedlora step {step[:64]!r}")
+    reason = (
+        f"{what} is not one of fedlora's steps: this node's model updates leave it only inside "
+        "fedlora's encrypted contribution (docs/flower.md)"
+    )
+    _record_refusal(config, 0, "flower message", reason)
+    print(f"{config.id}: refused {reason}", file=sys.stderr)
+    return _error(msg, f"fedlora refused {reason}")
+
+
+def _error(msg: Message, reason: str) -> Message:
+    return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
+
+
 def make_fedlora_mod(client_configs: str | Path | None = None) -> Any:
     """A :func:`fedlora_mod` that, on simulated nodes, takes its client YAML by ``partition-id``
     from ``client_configs`` (a folder) when the run config names none (``fedlora-dir``)."""
     configs = _client_configs(Path(client_configs)) if client_configs is not None else None
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        step = w.step_of(msg.content)
-        if step is None:
-            return call_next(msg, context)  # not fedlora's: e.g. evaluation
         session: FlowerSession | None = None
         lock: StateLock | None = None
         try:
+            step = w.step_of(msg.content) if msg.has_content() else None
             config = load_client_config(_config_path(context, configs).resolve())
             # One message at a time per node: Flower may hand two of a node's messages to two
             # processes (a retry after a timeout), and both would write its ledger and models.
             lock = StateLock(config.state_dir, "fedlora node", wait_s=LOCK_WAIT_S)
+            if step is None or step not in STEPS.get(msg.metadata.message_type, ()):
+                return _stray(config, msg, step)  # never the user's code
             session = FlowerSession(config)
             session.transport.load(msg.content)
             if step == w.JOIN:
                 return Message(_join(session, msg), reply_to=msg)
             if step == w.TRAIN:
                 return _train(session, msg, context, call_next)
+            if step == w.EVALUATE:
+                return _evaluate(session, msg, context, call_next)
             if step in (w.DECRYPT, w.RELEASE):
                 return Message(_decrypt(session, msg), reply_to=msg)
-            if step == w.KEEP:
-                return Message(_keep(session), reply_to=msg)
-            raise ProtocolError(f"unknown fedlora step {step!r}")
+            return Message(_keep(session), reply_to=msg)
+        except ConfigError as exc:
+            if session is None:  # no fedlora client here: an error, never the user's code
+                return _error(msg, f"fedlora: {exc}")
+            return _refusal(msg, str(exc), session)
         except FedLoraError as exc:
             return _refusal(msg, str(exc), session)
         except (ValueError, TypeError, KeyError, AttributeError, EOFError) as exc:
@@ -412,15 +493,34 @@ fedlora_mod = make_fedlora_mod()
 
 
 def _join(session: FlowerSession, msg: Message) -> RecordDict:
-    """Prove which enrolled party this node is: a signature over the server's fresh challenge."""
+    """Prove which enrolled party this node is: a signature over the server's fresh challenge
+    and this node's federation spec, which goes with it (the server compares it with the
+    federation's). A spec that differs from the one the message announces is also this node's
+    refusal, in its ledger and its log."""
     config = session.client.config
-    nonce = w.blob(msg.content, "nonce")
-    digest = join_digest(config.federation_id, msg.metadata.dst_node_id, nonce)
+    nonce = w.blob(msg.content, "nonce", max_bytes=w.SMALL)
+    size = w.scalar(msg.content, "num_parameters")
+    if type(size) is not int or size < 1:
+        raise ProtocolError("the join message names no model size")
+    spec = node_spec(config, size)
+    spec_json = canonical_spec(spec)
+    announced = w.blob(msg.content, "spec", required=False, max_bytes=w.SMALL)
+    if announced:
+        try:
+            check_spec(
+                parse_spec(announced.decode(errors="replace"), "the federation's spec"),
+                spec,
+                config.id,
+            )
+        except ConfigError as exc:
+            _record_refusal(config, 0, "federation spec", str(exc))
+            print(f"{config.id}: {exc}", file=sys.stderr)
+    digest = join_digest(config.federation_id, msg.metadata.dst_node_id, nonce, spec_json)
     content = RecordDict()
     w.put(
         content,
         w.JOIN,
-        {"signature": sign_digest(session.client.signing_key, digest)},
+        {"signature": sign_digest(session.client.signing_key, digest), "spec": spec_json.encode()},
         party=config.id,
         **session.marks(),
     )
@@ -448,13 +548,6 @@ def _receipt(session: FlowerSession) -> None:
 def _train(
     session: FlowerSession, msg: Message, context: Context, call_next: ClientAppCallable
 ) -> Message:
-    arrays_key = next((k for k in msg.content.array_records if k != w.BLOBS), None)
-    if arrays_key is None:
-        raise ProtocolError("the train message carries no model arrays")
-    record = msg.content.array_records[arrays_key]
-    received = _flatten_checked(record)
-    session.trainer.received, session.trainer.num_parameters = received, int(received.size)
-    session.trainer.updated = None
     session.ensure_joined()
     _receipt(session)
     status = session.transport.round_status()
@@ -468,30 +561,150 @@ def _train(
             f"this node sealed its contribution to round {status.round} already; it seals each "
             "round once"
         )
-    _check_served_model(session, status, record)
+    key, verified = _served_model(session, status, msg.content, "train")
+    received = flatten(verified)
+    session.trainer.received, session.trainer.num_parameters = received, int(received.size)
+    session.trainer.updated = None
     pool = session.client.obfuscator_pool(fed)  # filled while the user's model trains
     try:
-        reply = call_next(msg, context)  # the user's own training, unchanged
+        msg.content = _user_content(msg.content, key, verified)
+        reply = call_next(msg, context)  # the user's own training, on the verified model only
         if reply.has_error():
             return reply
-        updated = next(iter(reply.content.array_records.values()), None)
-        if updated is None:
-            raise ProtocolError("the ClientApp's train reply carries no arrays")
-        session.trainer.updated = flatten(updated)
-        if session.trainer.updated.size != received.size:
-            raise ProtocolError("the ClientApp's train reply changed the model's size")
-        metrics = next(iter(reply.content.metric_records.values()), None)
-        examples = metrics.get("num-examples") if metrics is not None else None
-        session.trainer.num_examples = int(examples) if isinstance(examples, int) else 1
+        session.trainer.updated = _updated_vector(reply.content, verified)
+        metrics = _user_metrics(reply.content, "train")
+        examples = next((m["num-examples"] for m in metrics.values() if "num-examples" in m), 1)
+        session.trainer.num_examples = examples if type(examples) is int else 1
         sent = session.client.seal(fed, status, pool=pool)
     finally:
         if pool is not None:
             pool.close()
     session.save_pending(sent)
-    content = RecordDict()
-    for key, rec in reply.content.metric_records.items():  # the user's metrics travel on
-        content[key] = rec
+    content = _shared_metrics(session.client.config, metrics)
     return Message(_contribution_reply(session, sent, content), reply_to=msg)
+
+
+def _evaluate(
+    session: FlowerSession, msg: Message, context: Context, call_next: ClientAppCallable
+) -> Message:
+    """The user's ``@app.evaluate()`` on the current global model, once this node has verified
+    it in the anchored log; only the metrics ``flower.share_metrics`` lists go back, and every
+    one is kept on the node (``flower-evaluations.json``, the newest per version)."""
+    session.ensure_joined()
+    _receipt(session)
+    status = session.transport.round_status()
+    _keep_models(session, status.round)
+    key, verified = _served_model(session, status, msg.content, "evaluate")
+    msg.content = _user_content(msg.content, key, verified)
+    reply = call_next(msg, context)
+    if reply.has_error():
+        return reply
+    if reply.content.array_records:
+        raise ProtocolError(
+            "the ClientApp's evaluate reply carries arrays; fedlora sends none back (a model "
+            "leaves this node only inside its encrypted contribution)"
+        )
+    metrics = _user_metrics(reply.content, "evaluate")
+    _keep_evaluation(session, status.global_version, metrics)
+    content = _shared_metrics(session.client.config, metrics)
+    w.put(content, "evaluated", {}, version=status.global_version, **session.marks())
+    return Message(content, reply_to=msg)
+
+
+EVALUATIONS = "flower-evaluations.json"
+MAX_METRICS = 64  # per record: what a node sends, and what the server reads
+
+
+def _keep_evaluation(
+    session: FlowerSession, version: int, metrics: dict[str, MetricRecord]
+) -> None:
+    path = session.client.state_dir / EVALUATIONS
+    try:
+        doc = json.loads(path.read_bytes())
+        if not isinstance(doc, dict):
+            doc = {}
+    except (OSError, ValueError):
+        doc = {}
+    doc[str(version)] = {
+        "time_ms": int(time.time() * 1000),
+        "metrics": {name: dict(record.items()) for name, record in metrics.items()},
+    }
+    replace_file(path, json.dumps(doc, sort_keys=True).encode())
+
+
+def _user_content(content: RecordDict, key: str, verified: ArrayRecord) -> RecordDict:
+    """What the user's function is given: the verified model under the name the server used,
+    and the server's config and metric records; none of fedlora's records."""
+    out = RecordDict()
+    out[key] = verified
+    for name, config in content.config_records.items():
+        if name != w.STEP:
+            out[name] = config
+    for name, record in content.metric_records.items():
+        out[name] = record
+    return out
+
+
+def _updated_vector(content: RecordDict, verified: ArrayRecord) -> np.ndarray:
+    """The user's trained model, flattened in the verified model's layout.
+
+    Raises:
+        ProtocolError: not exactly one array record, other names or shapes than the model's,
+            or values that are not finite.
+    """
+    records = list(content.array_records.values())
+    if len(records) != 1:
+        raise ProtocolError(
+            f"the ClientApp's train reply carries {len(records)} array records; fedlora takes "
+            "exactly one, the trained model"
+        )
+    updated = records[0]
+    if sorted(updated.keys()) != sorted(verified.keys()):
+        raise ProtocolError(
+            f"the ClientApp's train reply names the arrays {sorted(updated.keys())[:5]}, the "
+            f"model it was given {sorted(verified.keys())[:5]}"
+        )
+    parts = []
+    for name, given in verified.items():
+        array = np.asarray(updated[name].numpy())
+        if tuple(array.shape) != tuple(given.shape):
+            raise ProtocolError(
+                f"the ClientApp's train reply changed the shape of {name!r} from "
+                f"{tuple(given.shape)} to {tuple(array.shape)}"
+            )
+        parts.append(array.astype(np.float32).ravel())
+    vector = np.concatenate(parts).astype(np.float32)
+    if not np.isfinite(vector).all():
+        raise ProtocolError("the ClientApp's train reply has values that are not finite")
+    return vector
+
+
+def _user_metrics(content: RecordDict, what: str) -> dict[str, MetricRecord]:
+    """The metric records of the user's reply (bounded; kept on the node, shared only as the
+    node's YAML allows)."""
+    records = dict(content.metric_records.items())
+    if len(records) > 4 or any(len(r) > MAX_METRICS for r in records.values()):
+        raise ProtocolError(
+            f"the ClientApp's {what} reply carries more than 4 metric records or {MAX_METRICS} "
+            "metrics in one"
+        )
+    return records
+
+
+def _shared_metrics(config: ClientConfig, metrics: dict[str, MetricRecord]) -> RecordDict:
+    """The metrics this node may send in the clear (``flower.share_metrics``; finite numbers
+    only), nothing else."""
+    allowed = set(config.flower.share_metrics)
+    content = RecordDict()
+    for name, record in metrics.items():
+        shared = {
+            k: v
+            for k, v in record.items()
+            if k in allowed and type(v) in (int, float) and np.isfinite(v)
+        }
+        if shared:
+            content[name] = MetricRecord(shared)
+    return content
 
 
 def _contribution_reply(
@@ -508,24 +721,30 @@ def _contribution_reply(
     )
 
 
-def _flatten_checked(record: ArrayRecord) -> np.ndarray:
-    try:
-        return flatten(record)
-    except (ValueError, TypeError, EOFError, AttributeError):
-        raise ProtocolError("the train message's model arrays are malformed") from None
-
-
-def _check_served_model(session: FlowerSession, status: RoundStatus, record: ArrayRecord) -> None:
-    """The arrays the user is about to train from must be the round's global model, exactly as
-    the anchored log publishes it, cut by the layout the log names. Otherwise a server could
-    hand each node another model (a "dead" one to all but one node, say) while every node signs
-    that it trained from the published one.
+def _served_model(
+    session: FlowerSession, status: RoundStatus, content: RecordDict, what: str
+) -> tuple[str, ArrayRecord]:
+    """The one model the message carries, checked against the round's global model exactly as
+    the anchored log publishes it, cut by the layout the log names (names, order, shapes, dtypes
+    and every value). Returns its name and the verified model, built from this node's own
+    digest-checked copy: what the user's function is given. Otherwise a server could hand
+    each node another model (a "dead" one to all but one node, say) while every node signs
+    that it trained from the published one, or put the published model under one name and
+    another under the name the user's code reads.
 
     Raises:
-        VerificationError: a model that is not the log's (also written to the node's ledger).
+        VerificationError: not exactly one model record, or one that is not the log's (also
+            written to the node's ledger).
     """
     client, v = session.client, status.global_version
     try:
+        names = [k for k in content.array_records if k != w.BLOBS]
+        if len(names) != 1:
+            raise VerificationError(
+                f"the {what} message carries {len(names)} model array records "
+                f"({', '.join(repr(n[:40]) for n in names[:4])}); fedlora takes exactly one"
+            )
+        record = content.array_records[names[0]]
         published = client.models.published_digest(v)
         if published is None:
             raise VerificationError(
@@ -545,23 +764,29 @@ def _check_served_model(session: FlowerSession, status: RoundStatus, record: Arr
             )
         if list(record.keys()) != list(expected):
             raise VerificationError(
-                f"the train message's arrays are named {list(record.keys())[:5]}, the log's "
+                f"the {what} message's arrays are named {list(record.keys())[:5]}, the log's "
                 f"layout names {list(expected)[:5]}"
             )
         for key, want in expected.items():
-            got = record[key].numpy()
+            try:
+                got = record[key].numpy()
+            except (ValueError, TypeError, EOFError, AttributeError):
+                got = None
             if (
-                got.dtype != want.dtype
+                got is None
+                or got.dtype != want.dtype
                 or got.shape != want.shape
                 or got.tobytes() != want.tobytes()
             ):
                 raise VerificationError(
-                    f"the train message's array {key!r} is not global version {v} as the log "
+                    f"the {what} message's array {key!r} is not global version {v} as the log "
                     "publishes it"
                 )
     except VerificationError as exc:
-        client.ledger.record_refusal(status.round, "global model", str(exc))
-        raise VerificationError(f"{exc}; this node does not train on it") from None
+        _record_refusal(client.config, status.round, "global model", str(exc))
+        verb = "train" if what == "train" else "evaluate"
+        raise VerificationError(f"{exc}; this node does not {verb} on it") from None
+    return names[0], ArrayRecord({key: Array(array) for key, array in expected.items()})
 
 
 def _keep_models(session: FlowerSession, round_number: int) -> None:

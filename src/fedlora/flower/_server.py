@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -53,13 +54,15 @@ from fedlora.errors import ConfigError, FedLoraError, ProtocolError
 from fedlora.flower import _wire as w
 from fedlora.flower._client import flatten
 from fedlora.flower._identity import join_digest
-from fedlora.protocol import FLOWER_LAYOUT, Stage, chunk_ranges
+from fedlora.protocol import FLOWER_LAYOUT, SPEC_FILE, Stage, canonical_spec, chunk_ranges
 from fedlora.v1 import federation_pb2
 
 log = logging.getLogger("fedlora.flower")
 RUN_CONFIG_PREFIX = "fedlora."
 MODELS_PER_MESSAGE = 4  # kept versions a message carries for a member that is behind
 MAX_CANDIDATES = 8  # checkpoints a node may hold after lost replies, proofs sent for each
+MAX_JOIN_FAILURES = 3  # refused join answers from one node id before it is not asked again
+MAX_METRICS = 64  # metrics in a node's shared record
 
 
 class FedloraStrategy(Strategy):
@@ -108,7 +111,8 @@ class FedloraStrategy(Strategy):
         self.receipts: dict[int, bytes] = {}  # node -> its last receipt, sent until it replies
         self.receipt_sizes: dict[int, int] = {}  # node -> tree size of that receipt's checkpoint
         self.carrying: set[int] = set()  # nodes whose message in flight carries their receipt
-        self.refused_join: set[int] = set()  # nodes whose join answer did not verify
+        self.join_failures: dict[int, int] = {}  # node -> join answers that did not verify
+        self.specs: dict[int, str] = {}  # node -> the federation spec it signed at join
         self._lines: list[bytes] = []  # the audit log as read so far
         self._publications: list[tuple[int, int]] = []  # (entry index, version) published
         self._finished_at: int | None = None  # the newest federation_finished entry
@@ -121,12 +125,18 @@ class FedloraStrategy(Strategy):
         self.template = arrays
         self.base = flatten(arrays)
         # On Flower the model is the ServerApp's arrays: their size is the shared vector's, and
-        # the peft template and spec of a standalone federation do not apply.
+        # versions are published as arrays, not in the peft template's format. The federation
+        # spec (model.spec, else the template folder's, as `fedlora flower prepare` writes it)
+        # is announced and compared with every node's, as on the standalone transport.
+        spec = self.config.model.spec
+        template = self.config.model.adapter_template
+        if spec is None and template is not None and (template / SPEC_FILE).exists():
+            spec = template / SPEC_FILE
         model = dataclasses.replace(
             self.config.model,
             num_parameters=int(self.base.size),
             adapter_template=None,
-            spec=None,
+            spec=spec,
         )
         self.config = dataclasses.replace(self.config, model=model)
         # Version 0 is the initial arrays, so every published version is the whole model, and
@@ -134,18 +144,35 @@ class FedloraStrategy(Strategy):
         # The arrays' layout goes into the log's federation_started entry: members render the
         # versions they keep with the layout the log names, not one a message brings.
         layout = [[k, list(a.shape), str(a.dtype)] for k, a in arrays.items()]
-        self.engine = build_engine(
-            self.config,
-            backend=self.backend,
-            initial=self.base,
-            extra_settings={FLOWER_LAYOUT: layout},
-        )
+        try:
+            self.engine = build_engine(
+                self.config,
+                backend=self.backend,
+                initial=self.base,
+                extra_settings={FLOWER_LAYOUT: layout},
+            )
+        except ConfigError as exc:
+            if "describes a model of" in str(exc):
+                raise ConfigError(
+                    f"{exc}: on Flower, model.num_parameters is the size of the ServerApp's "
+                    f"initial arrays ({self.base.size}); start from arrays of the model the "
+                    "spec describes"
+                ) from None
+            raise
+        if self.engine.spec is None:
+            log.warning(
+                "the coordinator YAML names no federation spec (model.spec): nodes are compared "
+                "by model size only, so one with another base model or LoRA seed would be "
+                "averaged in; `fedlora flower prepare` and `fedlora model template` write one"
+            )
         return self.engine
 
     def _join(self, grid: Grid) -> None:
         """Identify every node not yet admitted as an enrolled party by a signed, fresh
-        challenge. Run before every round, so that a node that registered late, or whose answer
-        was lost, joins at the next round; a node whose answer did not verify is not asked
+        challenge, and compare the federation spec it signs with the federation's (a mismatch is
+        audited as ``join_refused``). Run before every round, so that a node that registered
+        late, or whose answer was lost or refused, joins at a later round with a fresh
+        challenge; a node whose answers were refused ``MAX_JOIN_FAILURES`` times is not asked
         again."""
         engine = self.engine
         assert engine is not None
@@ -156,14 +183,22 @@ class FedloraStrategy(Strategy):
                     break
                 time.sleep(0.5)
         nodes = [
-            n for n in grid.get_node_ids() if n not in self.nodes and n not in self.refused_join
+            n
+            for n in grid.get_node_ids()
+            if n not in self.nodes and self.join_failures.get(n, 0) < MAX_JOIN_FAILURES
         ]
         if not nodes:
             return
         challenges = {n: os.urandom(32) for n in nodes}
+        spec = canonical_spec(engine.spec).encode() if engine.spec is not None else b""
         messages = [
             Message(
-                w.put(RecordDict(), w.JOIN, {"nonce": challenges[n]}),
+                w.put(
+                    RecordDict(),
+                    w.JOIN,
+                    {"nonce": challenges[n], "spec": spec},
+                    num_parameters=engine.num_parameters,
+                ),
                 dst_node_id=n,
                 message_type=MessageType.TRAIN,  # mods wrap registered functions; as SecAgg+ does
             )
@@ -181,21 +216,24 @@ class FedloraStrategy(Strategy):
                 party = engine.config.party(str(w.scalar(reply.content, "party")))
                 if party is None:
                     raise ProtocolError(f"node {node} names no enrolled party")
+                spec_json = w.blob(reply.content, "spec", max_bytes=w.SMALL).decode()
                 verify_signature(
                     bytes.fromhex(party.signing_public_key),
-                    join_digest(self.config.federation_id, node, challenges[node]),
+                    join_digest(self.config.federation_id, node, challenges[node], spec_json),
                     w.blob(reply.content, "signature", max_bytes=w.SMALL),
                 )
                 if party in self.nodes.values():
                     raise ProtocolError(f"{party.id} answered from two nodes")
                 engine.authenticate(party.id, "Flower join")
-            except FedLoraError as exc:
-                log.warning(f"node {node} is not admitted: {exc}")
-                self.refused_join.add(node)
+                engine.join_info(party, spec_json)  # a spec that differs: join_refused
+            except (FedLoraError, UnicodeDecodeError) as exc:
+                failures = self.join_failures[node] = self.join_failures.get(node, 0) + 1
+                last = " (not asked again)" if failures >= MAX_JOIN_FAILURES else ""
+                log.warning(f"node {node} is not admitted{last}: {exc}")
                 continue
             self.nodes[node] = party
+            self.specs[node] = spec_json
             self._marks(node, reply.content)
-            engine.join_info(party)
             admitted += 1
         log.info(
             f"{admitted} of {len(nodes)} nodes joined as fedlora parties ({len(self.nodes)} in all)"
@@ -296,7 +334,9 @@ class FedloraStrategy(Strategy):
         assert engine is not None
         cp = engine.checkpoint()
         blobs = {
-            "join": rpc.join_to_proto(engine.join_info(party)).SerializeToString(),
+            "join": rpc.join_to_proto(
+                engine.join_info(party, self.specs.get(node, ""))
+            ).SerializeToString(),
             "status": rpc.status_to_proto(engine.status(party)).SerializeToString(),
             "checkpoint": rpc.checkpoint_to_proto(cp).SerializeToString(),
         }
@@ -453,6 +493,7 @@ class FedloraStrategy(Strategy):
         assert engine is not None
         self.refusals = []
         accepted = 0
+        shared = []
         for reply in replies:
             node = reply.metadata.src_node_id
             party = self.nodes.get(node)
@@ -464,6 +505,7 @@ class FedloraStrategy(Strategy):
             try:
                 self._marks(node, reply.content)
                 self._replied(node)
+                record = _shared_record(reply.content)
                 header = rpc.contribution_header_from_proto(
                     w.parse(
                         federation_pb2.ContributionHeader(),
@@ -482,6 +524,9 @@ class FedloraStrategy(Strategy):
             self.receipts[node] = rpc.receipt_to_proto(receipt).SerializeToString()
             self.receipt_sizes[node] = receipt.checkpoint.tree_size if receipt.checkpoint else 0
             accepted += 1
+            if record is not None:
+                shared.append((reply, record))
+        train_metrics = self._train_metrics(self._consistent(shared))
         before = engine.global_version
         # The push transport collected all it will get; a round that fails for want of
         # contributions records why the others did not contribute.
@@ -492,9 +537,26 @@ class FedloraStrategy(Strategy):
             self._decrypt(engine.round.number)
         closed = engine.global_version > before
         metrics = MetricRecord(
-            {"fedlora-contributions": accepted, "fedlora-round-closed": int(closed)}
+            {
+                **train_metrics,
+                "fedlora-contributions": accepted,
+                "fedlora-round-closed": int(closed),
+            }
         )
         return self.global_arrays(), metrics
+
+    def _train_metrics(self, replies: list[Message]) -> dict[str, Any]:
+        """The train metrics the nodes share, aggregated as the inner strategy would (its
+        ``train_metrics_aggr_fn``, e.g. FedAvg's weighted mean); {} when none are shared."""
+        aggregate = getattr(self.inner, "train_metrics_aggr_fn", None)
+        if not replies or aggregate is None:
+            return {}
+        try:
+            key = getattr(self.inner, "weighted_by_key", "num-examples")
+            return dict(aggregate([r.content for r in replies], key).items())
+        except Exception as exc:  # the inner strategy's own checks: never the run's end
+            log.warning(f"shared train metrics not aggregated: {type(exc).__name__}: {exc}")
+            return {}
 
     def _vector_bytes(self) -> int:
         """The size of a contribution, an aggregate or a partial decryption: nothing a node
@@ -634,21 +696,130 @@ class FedloraStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """The inner strategy's evaluation, sent to admitted members only: the model is the
-        federation's, not every SuperNode's."""
-        return [
-            m
-            for m in self.inner.configure_evaluate(server_round, arrays, config, grid)
-            if m.metadata.dst_node_id in self.nodes
-        ]
+        """The inner strategy's evaluation, sent to admitted members only (the model is the
+        federation's, not every SuperNode's), each with what it needs to verify the model in
+        the anchored log first: a node evaluates only a global version it has verified."""
+        if self.engine is None:
+            return []
+        messages = []
+        for message in self.inner.configure_evaluate(server_round, arrays, config, grid):
+            node = message.metadata.dst_node_id
+            party = self.nodes.get(node)
+            if party is None:
+                continue
+            message.content = RecordDict(dict(message.content.items()))  # one per node
+            w.put(
+                message.content,
+                w.EVALUATE,
+                self._common(node, party, models=True),
+                **self._scalars(node),
+            )
+            messages.append(message)
+        return messages
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)
+        """The metrics the nodes chose to share (``flower.share_metrics`` in their YAMLs),
+        checked before the inner strategy sees any: a reply that is not a fedlora evaluation
+        with one record of at most ``MAX_METRICS`` finite numbers is that node's refusal, and
+        so is one whose metrics differ in kind from the other nodes'. The inner strategy gets
+        only the user's metric records; if it still fails, the evaluation is logged as not
+        aggregated and the run goes on."""
+        self.refusals = []
+        checked = self._checked_metrics(replies, "evaluated")
+        if self.refusals:
+            log.warning(f"evaluation replies refused: {_grouped(self.refusals)}")
+        if not checked:
+            log.info(
+                "evaluation: no member shares its metrics (flower.share_metrics in its YAML); "
+                "each keeps its own in <state_dir>/flower-evaluations.json"
+            )
+            return None
+        try:
+            return self.inner.aggregate_evaluate(server_round, checked)
+        except Exception as exc:  # the inner strategy's own checks: never the run's end
+            log.warning(f"evaluation not aggregated: {type(exc).__name__}: {exc}")
+            return None
+
+    def _checked_metrics(self, replies: Iterable[Message], step: str) -> list[Message]:
+        """The replies of admitted nodes that share metrics, each reduced to the one metric
+        record of the user's it carries (see :meth:`_consistent`). A reply that is not
+        fedlora's ``step`` or carries anything else is that node's refusal."""
+        shared = []
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            party = self.nodes.get(node)
+            if party is None:
+                continue
+            if reply.has_error() or w.step_of(reply.content) != step:
+                self._refused(node, reply)
+                continue
+            try:
+                self._marks(node, reply.content)
+                self._replied(node)
+                record = _shared_record(reply.content)
+            except FedLoraError as exc:
+                self.refusals.append(f"{party.id}: {exc}")
+                continue
+            if record is not None:
+                shared.append((reply, record))
+        return self._consistent(shared)
+
+    def _consistent(self, shared: list[tuple[Message, tuple[str, MetricRecord]]]) -> list[Message]:
+        """Replies reduced to the metric record they share, keeping those whose record has the
+        name and keys that most have (an inner strategy such as FedAvg requires the same keys
+        in every reply); each other one is its node's refusal."""
+        if not shared:
+            return []
+        shapes = [(name, frozenset(record.keys())) for _, (name, record) in shared]
+        common = max(set(shapes), key=lambda shape: (shapes.count(shape), sorted(shape[1])))
+        out = []
+        for (reply, (name, record)), shape in zip(shared, shapes):
+            if shape == common:
+                reply.content = RecordDict({name: record})
+                out.append(reply)
+            else:
+                who = self.nodes[reply.metadata.src_node_id].id
+                self.refusals.append(
+                    f"{who}: its shared metrics {name}{sorted(shape[1])} differ from most "
+                    f"nodes' {common[0]}{sorted(common[1])}"
+                )
+        return out
 
 
 __all__ = ["FedloraStrategy"]
+
+
+def _shared_record(content: RecordDict) -> tuple[str, MetricRecord] | None:
+    """The metric record a node's reply shares besides fedlora's own records, or None.
+
+    Raises:
+        ProtocolError: other records, more than one, more than ``MAX_METRICS`` metrics, names
+            over 128 characters, or values that are not finite numbers.
+    """
+    own = [(k, r) for k, r in content.items() if k not in (w.STEP, w.BLOBS)]
+    if not own:
+        return None
+    name, record = own[0]
+    if len(own) != 1 or not isinstance(record, MetricRecord):
+        kinds = ", ".join(f"{type(r).__name__} {k[:40]!r}" for k, r in own[:4])
+        raise ProtocolError(
+            f"the reply carries {kinds} besides fedlora's records; a node shares at most one "
+            "MetricRecord"
+        )
+    if len(name) > 128 or len(record) > MAX_METRICS or any(len(k) > 128 for k in record):
+        raise ProtocolError(
+            f"the reply's metric record is over {MAX_METRICS} metrics or long names"
+        )
+    for key, value in record.items():
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+        ):
+            raise ProtocolError(f"the reply's metric {key[:40]!r} is not a finite number")
+    return name, record
 
 
 def _grouped(refusals: list[str]) -> str:

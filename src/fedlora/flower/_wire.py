@@ -22,6 +22,7 @@ STEP = "fedlora.step"  # ConfigRecord: {"step": ..., and small scalars}
 BLOBS = "fedlora.blobs"  # ArrayRecord: name -> uint8 Array
 
 JOIN, TRAIN, DECRYPT, RELEASE, KEEP = "join", "train", "decrypt", "release", "keep"
+EVALUATE = "evaluate"  # an evaluate message: the model to evaluate is the verified global
 PARTIAL_HEADER, PARTIAL = "partial_header:", "partial:"  # + the chunk's first record
 
 

@@ -1,0 +1,1 @@
+"""A hostile ServerApp and an ordinary fedlora ClientApp (see pyproject.toml)."""

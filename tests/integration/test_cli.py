@@ -257,3 +257,23 @@ def test_config_check_says_when_a_restart_would_be_refused(tmp_path) -> None:
     out = fedlora("config", "check", str(path), cwd=tmp_path)
     assert out.returncode == 2
     assert "codec.clip: 1.0 → 0.5" in out.stderr and "cannot change" in out.stderr
+
+
+def test_flower_prepare_writes_the_shared_metrics_and_refuses_a_bad_name(tmp_path) -> None:
+    from fedlora.config import load_client_config
+
+    bad = fedlora(
+        "flower", "prepare", "--out", "bad", "--clients", "3", "--bits", "512",
+        "--share-metrics", "accuracy,num examples", cwd=tmp_path,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert "--share-metrics: 'num examples' is not a metric name" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
+    ok = fedlora(
+        "flower", "prepare", "--out", "fl", "--clients", "3", "--bits", "512",
+        "--share-metrics", "accuracy, num-examples", cwd=tmp_path,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    for i in range(3):
+        member = load_client_config(tmp_path / "fl" / f"bank-{i}.yaml")
+        assert member.flower.share_metrics == ("accuracy", "num-examples")

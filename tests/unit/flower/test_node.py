@@ -115,3 +115,59 @@ def test_a_damaged_scan_file_is_forgotten_not_fatal(tmp_path) -> None:
     ):
         k = keeper(damaged)
         assert k.scanned == 0 and k.layout is None, damaged
+
+
+def _member(root, kind: str):  # type: ignore[no-untyped-def]
+    """One member's config of a small federation with a ``kind`` model (files on disk)."""
+    from fedlora.config import load_client_config
+    from tests.integration.helpers import prepare_federation
+
+    layout = prepare_federation(
+        root,
+        bits=512,
+        parties=[("bank-a", "bank"), ("bank-b", "bank")],
+        participant_threshold=2,
+        decryption_threshold=2,
+        insecure=True,
+        model_kind=kind,
+        workload="bank",
+        rows=20,
+    )
+    return layout, load_client_config(layout.client_configs["bank-a"])
+
+
+def test_a_linear_nodes_spec_is_its_kind_size_and_classes(tmp_path) -> None:
+    from fedlora.flower._spec import node_spec
+
+    _, config = _member(tmp_path, "linear")
+    assert node_spec(config, 300) == {
+        "model.kind": "linear",
+        "model.num_parameters": 300,
+        "training.num_classes": 2,
+    }
+
+
+def test_a_lora_nodes_spec_is_the_templates_and_is_computed_once_per_model(
+    tmp_path, monkeypatch
+) -> None:
+    from fedlora.client import _spec as client_spec
+    from fedlora.flower._spec import SPEC_CACHE, node_spec
+
+    layout, config = _member(tmp_path, "tabular")
+    federation = json.loads(
+        (layout.root / "models" / "adapter-template" / "federation-spec.json").read_text()
+    )
+    # Act / Assert: the node's spec is the one `flower prepare` announces, kept on its disk
+    assert node_spec(config, 1) == federation
+    assert (config.state_dir / SPEC_CACHE).exists()
+
+    def no_model(*args, **kw):  # type: ignore[no-untyped-def]
+        raise AssertionError("the model was built again")
+
+    monkeypatch.setattr(client_spec, "blank_trainer", no_model)
+    assert node_spec(config, 1) == federation  # from the file
+    # A base-model file that changes is noticed (its size and time are in the fingerprint).
+    weights = next(p for p in sorted(config.model.base_model.iterdir()) if p.is_file())
+    weights.write_bytes(weights.read_bytes() + b"\0")
+    with pytest.raises(AssertionError, match="built again"):
+        node_spec(config, 1)

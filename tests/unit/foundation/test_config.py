@@ -166,6 +166,28 @@ def test_client_policy_defaults_come_from_the_federation_and_the_key(tmp_path) -
     assert cfg.testing.insecure_small_keys is False
 
 
+def test_a_member_shares_no_metric_on_flower_unless_it_lists_it(tmp_path) -> None:
+    assert load_client_config(write(tmp_path, CLIENT)).flower.share_metrics == ()
+    cfg = load_client_config(
+        write(tmp_path, CLIENT + "flower: {share_metrics: [accuracy, num-examples]}\n")
+    )
+    assert cfg.flower.share_metrics == ("accuracy", "num-examples")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("[acc uracy]", r"flower\.share_metrics\[0\]: must be a metric name"),
+        ("[accuracy, '']", r"flower\.share_metrics\[1\]: expected a non-empty string"),
+        ("accuracy", r"flower\.share_metrics: expected a list"),
+        ("[1]", r"flower\.share_metrics\[0\]: expected a string"),
+    ],
+)
+def test_shared_metric_names_are_checked(tmp_path, value, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_client_config(write(tmp_path, CLIENT + f"flower: {{share_metrics: {value}}}\n"))
+
+
 def test_client_policy_pins_parse(tmp_path) -> None:
     # Arrange
     text = (

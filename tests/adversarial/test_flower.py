@@ -511,7 +511,7 @@ def test_a_flood_of_plain_messages_writes_one_ledger_entry_a_minute(tmp_path, mo
     node = g.FIRST_ID
     # Act: 30 plain messages at once, then one more once the minute has passed.
     replies = grid.send_and_receive([_plain(node, strategy.global_arrays()) for _ in range(30)])
-    monkeypatch.setattr(_client, "RECORD_EVERY_S", 0.0)
+    monkeypatch.setattr(_client, "RECORD_EVERY_S", 1e-6)
     replies += grid.send_and_receive([_plain(node, strategy.global_arrays())])
     # Assert: each refused; two entries, the second counting the 29 not written one by one.
     assert all(r.has_error() for r in replies) and len(replies) == 31
@@ -769,3 +769,199 @@ def test_a_serverapp_whose_arrays_are_not_the_spec_s_model_does_not_start(tmp_pa
             ArrayRecord({"adapter": Array(np.zeros(7, np.float32))}),
             num_rounds=1,
         )
+
+
+# --- found by review: the ServerApp, a node's disk and what the audit log carries -------------
+
+
+_LINEAR_SPEC = {"model.kind": "linear", "model.num_parameters": 300, "training.num_classes": 2}
+
+
+def test_a_member_that_spends_its_rejection_budget_does_not_stop_the_serverapp(tmp_path) -> None:
+    """With a spec, the per-message join info went through admission's throttle: a member whose
+    contributions and ticket signatures were refused 16 times made configure_train raise."""
+    layout = g.federation(tmp_path, rounds=12, min_clients=3)
+    _announce_spec(layout, _LINEAR_SPEC)
+    grid, strategy = g.Grid(tmp_path), g.strategy(layout)
+    liar, spoiled = g.FIRST_ID + 3, []
+
+    def on_reply(node: int, reply: Message) -> Message:
+        step = None if reply.has_error() else w.step_of(reply.content)
+        if node == liar and step in (w.TRAIN, "signed"):
+            name = "records" if step == w.TRAIN else "ticket_signature"
+            data = bytearray(w.blob(reply.content, name))
+            data[0] ^= 1
+            g.replace_blob(reply, name, bytes(data))
+            spoiled.append(step)
+        return reply
+
+    grid.on_reply = on_reply
+    _start(strategy, grid, 12)  # Act / Assert: no exception
+    assert len(spoiled) > 16
+    assert [o for o, _ in g.outcomes(layout)] == ["round_closed"] * 12
+    assert all("bank-03" not in _participants(layout, r) for r in range(1, 13))
+
+
+def test_a_relays_copies_of_a_reply_count_once(tmp_path) -> None:
+    layout, grid, strategy = _run(tmp_path, rounds=1)
+    copied = g.FIRST_ID + 1
+
+    class Copying(g.Grid):
+        def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def]
+            replies = super().send_and_receive(messages, timeout=timeout)
+            return replies + [r for r in replies if r.metadata.src_node_id == copied] * 5
+
+    grid = Copying(tmp_path)
+    result = strategy.start(grid, g.initial_arrays(), num_rounds=1)
+    assert result.train_metrics_clientapp[1]["fedlora-contributions"] == g.NODES
+    assert g.outcomes(layout) == [("round_closed", 1)]
+
+
+def test_a_nodes_ledger_grows_by_one_entry_a_minute_whatever_it_is_sent(
+    tmp_path, monkeypatch
+) -> None:
+    """Every kind of refusal on Flower, not only stray messages: here 50 keep messages with a
+    forged checkpoint signature (a relay flipping bits)."""
+    from flwr.app import RecordDict
+
+    from fedlora.flower import _client
+    from fedlora.v1 import common_pb2
+
+    layout, grid, strategy = _run(tmp_path, rounds=1)
+    _start(strategy, grid, 1)
+    node = g.FIRST_ID
+
+    def forged() -> Message:
+        party = strategy.nodes[node]
+        blobs = strategy._common(node, party, models=True)
+        cp = common_pb2.Checkpoint()
+        cp.ParseFromString(blobs["checkpoint"])
+        cp.signature = bytes(64)
+        blobs["checkpoint"] = cp.SerializeToString()
+        content = w.put(RecordDict(), w.KEEP, blobs, **strategy._scalars(node))
+        return Message(content, dst_node_id=node, message_type="train")
+
+    replies = grid.send_and_receive([forged() for _ in range(50)])
+    assert all(w.step_of(r.content) == "refused" for r in replies)
+    assert len(_ledger_refusals(layout, node, "audit checkpoint")) == 1
+    monkeypatch.setattr(_client, "RECORD_EVERY_S", 1e-6)
+    grid.send_and_receive([forged()])
+    (_, last) = _ledger_refusals(layout, node, "audit checkpoint")
+    assert "(49 more refused since the last entry)" in last["reason"]
+
+
+def _train_message(strategy, node: int, round_number: int) -> Message:  # type: ignore[no-untyped-def]
+    """A fedlora train message for ``node`` whose (unsigned) round status names another round."""
+    from flwr.app import RecordDict
+
+    party = strategy.nodes[node]
+    blobs = strategy._common(node, party, models=True)
+    status = federation_pb2.RoundStatus()
+    status.ParseFromString(blobs["status"])
+    status.round = round_number
+    blobs["status"] = status.SerializeToString()
+    content = RecordDict({"arrays": strategy.global_arrays()})
+    return Message(
+        w.put(content, w.TRAIN, blobs, **strategy._scalars(node)),
+        dst_node_id=node,
+        message_type="train",
+    )
+
+
+def test_a_node_trains_only_for_rounds_the_log_opens_and_never_an_older_one(tmp_path) -> None:
+    """The round status is not signed: rounds a server or relay made up made a node train and
+    seal again and again, and after 32 of them it sealed an old round a second time."""
+    layout, grid, strategy = _run(tmp_path, rounds=2)
+    _start(strategy, grid, 2)
+    node = g.FIRST_ID
+    trained = grid.trained[node]
+    # Act: rounds the log never opened; a round the node sealed; an older one that it no longer
+    # remembers sealing (it remembers the newest 32).
+    replies = grid.send_and_receive([_train_message(strategy, node, r) for r in range(1000, 1040)])
+    trained_from = _member(layout, node).state_dir / "trained-from.json"
+    remembered = json.loads(trained_from.read_text())
+    trained_from.write_text(json.dumps({"2": remembered["2"]}))
+    again = grid.send_and_receive(
+        [_train_message(strategy, node, 2), _train_message(strategy, node, 1)]
+    )
+    # Assert
+    assert grid.trained[node] == trained
+    assert all("does not open round" in w.scalar(r.content, "reason") for r in replies)
+    assert "sealed its contribution to round 2 already" in w.scalar(again[0].content, "reason")
+    assert "older than round 2" in w.scalar(again[1].content, "reason")
+    assert len(_ledger_refusals(layout, node, "round")) == 1  # throttled
+    pending = _member(layout, node).state_dir / "flower-pending"
+    assert len(list(pending.glob("*"))) <= 2 * _client_keep_pending()
+
+
+def _client_keep_pending() -> int:
+    from fedlora.flower import _client
+
+    return _client.KEEP_PENDING
+
+
+def test_what_the_users_code_raises_stays_on_the_node(tmp_path) -> None:
+    """An exception's text can carry local data; the server put it in round_failed, which every
+    member reads in the audit log."""
+    layout, _, strategy = _run(tmp_path, rounds=1)
+
+    class Leaky(g.Grid):
+        def _user(self, msg, context):  # type: ignore[no-untyped-def]
+            if context.node_id == g.FIRST_ID + 2:
+                raise RuntimeError("secret: loss=0.1234 on 812 rows")
+            return super()._user(msg, context)
+
+    grid = Leaky(tmp_path)
+    _start(strategy, grid, 1)
+    log = json.dumps(g.events(layout))
+    assert "secret" not in log and "812 rows" not in log
+    assert any("raised RuntimeError" in r for r in grid.refusals(g.FIRST_ID + 2))
+    assert g.outcomes(layout) == [("round_closed", 1)]
+
+
+@pytest.mark.parametrize("kind", ["zip", "huge header", "big-endian", "fortran"])
+def test_a_served_model_array_is_read_strictly_and_its_refusal_recorded(tmp_path, kind) -> None:
+    import io
+
+    layout, grid, strategy = _run(tmp_path, rounds=1)
+    strategy = g.strategy(layout, evaluate=True)
+    victim = g.FIRST_ID + 1
+
+    def bad_array() -> Array:
+        if kind == "zip":
+            return _zip_array()
+        header = io.BytesIO()
+        descr = {"huge header": "<f4", "big-endian": ">f4", "fortran": "<f4"}[kind]
+        shape = (10**12,) if kind == "huge header" else (10, 10)
+        np.lib.format.write_array_header_1_0(
+            header, {"descr": descr, "fortran_order": kind == "fortran", "shape": shape}
+        )
+        return Array(
+            dtype="float32", shape=(10, 10), stype="numpy.ndarray",
+            data=header.getvalue() + bytes(400),
+        )  # fmt: skip
+
+    def tamper(node: int, message: Message) -> Message:
+        if node == victim and w.step_of(message.content) in (w.TRAIN, w.EVALUATE):
+            message.content["arrays"]["a"] = bad_array()
+        return message
+
+    grid.tamper = tamper
+    _start(strategy, grid, 1)
+    assert grid.trained.get(victim, 0) == 0 and grid.evaluated.get(victim, 0) == 0
+    assert any("is not global version 0" in r for r in grid.refusals(victim))
+    assert _ledger_refusals(layout, victim, "global model")
+
+
+def test_a_supernode_that_never_answers_its_join_is_asked_a_bounded_number_of_times(
+    tmp_path,
+) -> None:
+    layout, grid, strategy = _run(tmp_path)
+    layout = g.federation(tmp_path / "b", min_clients=3)
+    grid, strategy = g.Grid(tmp_path / "b"), g.strategy(layout)
+    mute = g.FIRST_ID + 3
+    grid.on_reply = lambda node, reply: None if node == mute else reply
+    _start(strategy, grid, 5)
+    asked = [step for node, step, _ in grid.seen if node == mute]
+    assert asked == [w.JOIN] * _server.MAX_JOIN_FAILURES
+    assert [o for o, _ in g.outcomes(layout)] == ["round_closed"] * 2

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedlora._files import replace_file
 from fedlora.audit import (
     SignedCheckpoint,
     canonical_json,
@@ -30,6 +31,7 @@ from fedlora.audit import (
 from fedlora.errors import ConfigError, VerificationError
 
 LEDGER = "decryptor-ledger.jsonl"
+REFUSALS_WRITTEN = "ledger-refusals.json"  # when each kind of refusal was last written
 CHECKPOINT = "checkpoint.json"
 
 
@@ -47,9 +49,16 @@ def _append_durably(path: Path, record: dict[str, Any]) -> None:
 class DecryptorLedger:
     """A share holder's durable record of the tickets it signed and the partials it released."""
 
-    def __init__(self, state_dir: Path, federation_id: str) -> None:
+    def __init__(
+        self, state_dir: Path, federation_id: str, *, refusal_interval_s: float = 0.0
+    ) -> None:
+        """``refusal_interval_s``: write at most one refusal of each kind per that many seconds
+        and count the others into the next one (0: write each). A push transport (Flower)
+        sets it: there the server decides how many messages a node answers, and a hostile one
+        could otherwise grow the ledger, fsynced, without end."""
         self.path = state_dir / LEDGER
         self.federation_id = federation_id
+        self.refusal_interval_s = refusal_interval_s
         self.tickets: dict[int, dict[str, Any]] = {}
         self.released: dict[int, str] = {}
         data = self.path.read_bytes() if self.path.exists() else b""
@@ -154,7 +163,14 @@ class DecryptorLedger:
         self.released[round_number] = ticket.hex()
 
     def record_refusal(self, round_number: int, what: str, reason: str) -> None:
-        """The client's own audit entry for a refusal (the coordinator's log may lie)."""
+        """The client's own audit entry for a refusal (the coordinator's log may lie).
+
+        ``what`` names the kind of refusal (a fixed name such as ``"global model"``); with a
+        ``refusal_interval_s``, refusals of a kind within it of the last one written are only
+        counted, and the next one written says how many there were."""
+        more = self._throttled(what)
+        if more is None:
+            return
         _append_durably(
             self.path,
             {
@@ -162,10 +178,34 @@ class DecryptorLedger:
                 "federation_id": self.federation_id,
                 "round": round_number,
                 "what": what,
-                "reason": reason,
+                "reason": reason + (f" ({more} more refused since the last entry)" if more else ""),
                 "time_ms": int(time.time() * 1000),
             },
         )
+
+    def _throttled(self, what: str) -> int | None:
+        """How many refusals of this kind went unwritten since the last one written, or None
+        when this one is not to be written either (it is counted)."""
+        if self.refusal_interval_s <= 0:
+            return 0
+        path = self.path.parent / REFUSALS_WRITTEN
+        try:
+            doc = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            doc = {}
+        doc = doc if isinstance(doc, dict) else {}
+        try:
+            last, unwritten = int(doc[what]["written_ms"]), int(doc[what]["unwritten"])
+        except (KeyError, TypeError, ValueError):
+            last, unwritten = 0, 0
+        now_ms = int(time.time() * 1000)
+        due = not 0 <= now_ms - last < self.refusal_interval_s * 1000
+        doc[what] = {
+            "written_ms": now_ms if due else last,
+            "unwritten": 0 if due else unwritten + 1,
+        }
+        replace_file(path, json.dumps(doc).encode())
+        return unwritten if due else None
 
     def refusals(self) -> list[dict[str, Any]]:
         data = self.path.read_bytes() if self.path.exists() else b""

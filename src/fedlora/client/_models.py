@@ -182,6 +182,7 @@ class ModelKeeper:
         self._lines: dict[int, bytes] = {}  # index -> the entries that matter here
         self._published: dict[int, tuple[int, bytes, str]] = {}  # version -> (index, entry, digest)
         self._finished: tuple[int, bytes, int, str | None] | None = None  # the newest one
+        self._opened: dict[int, tuple[int, str]] = {}  # round -> (global version, digest)
         self.layout: list[list[Any]] | None = None  # a Flower federation's array layout, signed
         self._saved = 0
         self._load_scan()
@@ -199,7 +200,7 @@ class ModelKeeper:
         return self.state_dir / SCAN
 
     def _reset(self) -> None:
-        self._leaves, self._lines, self._published = [], {}, {}
+        self._leaves, self._lines, self._published, self._opened = [], {}, {}, {}
         self._finished, self.layout, self._saved = None, None, 0
 
     def _load_scan(self) -> None:
@@ -264,6 +265,18 @@ class ModelKeeper:
                 version,
                 _digest(named, index) if named is not None else None,
             )
+        elif event == "round_opened":
+            number = doc.get("round")
+            if type(number) is not int or not 0 < number <= MAX_VERSION:
+                raise VerificationError(f"audit entry {index} names an impossible round")
+            opened = (
+                _version(doc.get("global_version"), index),
+                _digest(doc.get("global_digest"), index),
+            )
+            if self._opened.setdefault(number, opened) != opened:
+                raise VerificationError(
+                    f"the log opens round {number} twice, from different global models"
+                )
         elif event == "federation_started":
             settings = doc.get("settings")
             layout = settings.get(FLOWER_LAYOUT) if isinstance(settings, dict) else None
@@ -276,6 +289,12 @@ class ModelKeeper:
         """The digest the authenticated log publishes for ``version``, or None if not read."""
         found = self._published.get(version)
         return bytes.fromhex(found[2]) if found is not None else None
+
+    def opened(self, round_number: int) -> tuple[int, bytes] | None:
+        """The global version and digest the authenticated log opens ``round_number`` from, or
+        None if this client has not read such an entry."""
+        found = self._opened.get(round_number)
+        return (found[0], bytes.fromhex(found[1])) if found is not None else None
 
     def kept_through(self) -> int:
         """The newest version ``v`` such that versions 1 … ``v`` are all kept here (0: none)."""

@@ -152,7 +152,9 @@ class Client:
         console: Console | None = None,
         transport: Transport | None = None,
         backend: ModexpBackend | None = None,
+        refusal_interval_s: float = 0.0,
     ) -> None:
+        """``refusal_interval_s``: see :class:`DecryptorLedger` (a push transport sets it)."""
         self.config = config
         if backend is None and config.crypto.backend != "auto":
             try:
@@ -182,7 +184,9 @@ class Client:
             transport = GrpcTransport(config, on_retry=self.ui.warn)
         self.transport = transport
         self.fed: Federation | None = None
-        self.ledger = DecryptorLedger(self.state_dir, config.federation_id)
+        self.ledger = DecryptorLedger(
+            self.state_dir, config.federation_id, refusal_interval_s=refusal_interval_s
+        )
         self.anchor = CheckpointAnchor(self.state_dir, config.federation_id, self.coordinator_key)
         self.models = ModelKeeper(self.state_dir, config.federation_id, self.coordinator_key)
         self._kept_version, self._kept_final = 0, False

@@ -535,6 +535,12 @@ class Coordinator:
                 error = ProtocolError(str(exc))
                 self.admission.rejected(party.id, ev.JoinRefused(client=party.id, reason=str(exc)))
                 raise error from None
+        return self.member_info(party)
+
+    def member_info(self, party: Party) -> JoinInfo:
+        """The federation's parameters for a party already admitted (its spec compared by
+        :meth:`join_info`): a push transport sends them with every message. Counts the party
+        as joined in the current round."""
         with self._lock:
             number = self.round.number if self.round else 0
             check_message(self.stage, Message.JOIN, number)

@@ -31,6 +31,7 @@ import json
 import re
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,7 @@ from fedlora.protocol import (
 from fedlora.v1 import common_pb2, federation_pb2
 
 LOCK_WAIT_S = 600.0  # a node's other message holds its state folder at most this long
+KEEP_PENDING = 4  # sealed contributions kept for receipts still to come
 
 
 def flatten(arrays: ArrayRecord) -> np.ndarray:
@@ -282,7 +284,11 @@ class FlowerSession:
         self.transport = PushTransport()
         self.trainer = FlowerTrainer(np.zeros(1, dtype=np.float32))
         self.client = Client(
-            config, trainer=self.trainer, console=Console(stderr=True), transport=self.transport
+            config,
+            trainer=self.trainer,
+            console=Console(stderr=True),
+            transport=self.transport,
+            refusal_interval_s=RECORD_EVERY_S,
         )
         self.trainer.keeper = self.client.models
         self.fed: Federation | None = None
@@ -323,6 +329,15 @@ class FlowerSession:
         replace_file(
             path, json.dumps({"header": header.hex(), "statement": sent.statement.hex()}).encode()
         )
+        # A receipt that never comes (a contribution the coordinator refused) leaves its round's
+        # files behind: only the newest few rounds' are kept.
+        rounds = sorted(
+            int(p.stem[len("round-") :])
+            for p in path.parent.glob("round-*.json")
+            if p.stem[len("round-") :].isdigit()
+        )
+        for old in rounds[:-KEEP_PENDING]:
+            self.drop_pending(old)
 
     def load_pending(
         self, round_number: int, *, records: bool = False
@@ -395,35 +410,15 @@ STEPS: dict[str, frozenset[str]] = {
     MessageType.EVALUATE: frozenset({w.EVALUATE}),
 }
 RECORD_EVERY_S = 60.0  # one ledger entry a minute per kind of refusal; the rest are counted
-REFUSALS = "flower-refusals.json"
 
 
-def _record_refusal(config: ClientConfig, round_number: int, what: str, reason: str) -> None:
-    """Write a refusal to the node's ledger, at most once a minute for each kind (``what``, a
-    name from this module): on Flower the server pushes, so a hostile one could send refused
-    messages without end; those within the minute are counted into the next entry."""
-    path = config.state_dir / REFUSALS
-    now_ms = int(time.time() * 1000)
-    try:
-        doc = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        doc = {}
-    doc = doc if isinstance(doc, dict) else {}
-    try:
-        last, unrecorded = int(doc[what]["recorded_ms"]), int(doc[what]["unrecorded"])
-    except (KeyError, TypeError, ValueError):
-        last, unrecorded = 0, 0
-    if not 0 <= now_ms - last < RECORD_EVERY_S * 1000:
-        more = f" ({unrecorded} more refused since the last entry)" if unrecorded else ""
-        DecryptorLedger(config.state_dir, config.federation_id).record_refusal(
-            round_number, what, reason + more
-        )
-        last, unrecorded = now_ms, 0
-    else:
-        unrecorded += 1
-    doc[what] = {"recorded_ms": last, "unrecorded": unrecorded}
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    replace_file(path, json.dumps(doc).encode())
+def _ledger(config: ClientConfig) -> DecryptorLedger:
+    """The node's ledger. On Flower the server pushes, so a hostile one could send refused
+    messages without end: each kind of refusal is written at most once a minute, the others
+    counted into the next entry."""
+    return DecryptorLedger(
+        config.state_dir, config.federation_id, refusal_interval_s=RECORD_EVERY_S
+    )
 
 
 def _stray(config: ClientConfig, msg: Message, step: str | None) -> Message:
@@ -435,7 +430,7 @@ def _stray(config: ClientConfig, msg: Message, step: str | None) -> Message:
         f"{what} is not one of fedlora's steps: this node's model updates leave it only inside "
         "fedlora's encrypted contribution (docs/flower.md)"
     )
-    _record_refusal(config, 0, "flower message", reason)
+    _ledger(config).record_refusal(0, "flower message", reason)
     print(f"{config.id}: refused {reason}", file=sys.stderr)
     return _error(msg, f"fedlora refused {reason}")
 
@@ -513,7 +508,7 @@ def _join(session: FlowerSession, msg: Message) -> RecordDict:
                 config.id,
             )
         except ConfigError as exc:
-            _record_refusal(config, 0, "federation spec", str(exc))
+            session.client.ledger.record_refusal(0, "federation spec", str(exc))
             print(f"{config.id}: {exc}", file=sys.stderr)
     digest = join_digest(config.federation_id, msg.metadata.dst_node_id, nonce, spec_json)
     content = RecordDict()
@@ -556,11 +551,7 @@ def _train(
     sealed = session.load_pending(status.round, records=True)
     if sealed is not None and sealed.records:
         return Message(_contribution_reply(session, sealed, RecordDict()), reply_to=msg)
-    if status.round in session.client.sealed_rounds():
-        raise ProtocolError(
-            f"this node sealed its contribution to round {status.round} already; it seals each "
-            "round once"
-        )
+    _check_round(session, status)
     key, verified = _served_model(session, status, msg.content, "train")
     received = flatten(verified)
     session.trainer.received, session.trainer.num_parameters = received, int(received.size)
@@ -568,9 +559,7 @@ def _train(
     pool = session.client.obfuscator_pool(fed)  # filled while the user's model trains
     try:
         msg.content = _user_content(msg.content, key, verified)
-        reply = call_next(msg, context)  # the user's own training, on the verified model only
-        if reply.has_error():
-            return reply
+        reply = _call_user(call_next, msg, context, "train")  # on the verified model only
         session.trainer.updated = _updated_vector(reply.content, verified)
         metrics = _user_metrics(reply.content, "train")
         examples = next((m["num-examples"] for m in metrics.values() if "num-examples" in m), 1)
@@ -596,9 +585,7 @@ def _evaluate(
     _keep_models(session, status.round)
     key, verified = _served_model(session, status, msg.content, "evaluate")
     msg.content = _user_content(msg.content, key, verified)
-    reply = call_next(msg, context)
-    if reply.has_error():
-        return reply
+    reply = _call_user(call_next, msg, context, "evaluate")
     if reply.content.array_records:
         raise ProtocolError(
             "the ClientApp's evaluate reply carries arrays; fedlora sends none back (a model "
@@ -609,6 +596,31 @@ def _evaluate(
     content = _shared_metrics(session.client.config, metrics)
     w.put(content, "evaluated", {}, version=status.global_version, **session.marks())
     return Message(content, reply_to=msg)
+
+
+def _call_user(call_next: ClientAppCallable, msg: Message, context: Context, what: str) -> Message:
+    """The user's function. What it raises or answers as an error stays on the node (in its
+    log): an exception's text can carry anything of the local data, and the server would put
+    it in the audit log every member reads. The server is told only that it failed, and how.
+
+    Raises:
+        ProtocolError: the user's function raised or answered an error.
+    """
+    try:
+        reply = call_next(msg, context)
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        raise ProtocolError(
+            f"the ClientApp's {what} raised {type(exc).__name__} (the message stays in this "
+            "node's log)"
+        ) from None
+    if reply.has_error():
+        print(f"the ClientApp's {what} answered an error: {reply.error.reason}", file=sys.stderr)
+        raise ProtocolError(
+            f"the ClientApp's {what} answered an error (code {reply.error.code}; the reason "
+            "stays in this node's log)"
+        )
+    return reply
 
 
 EVALUATIONS = "flower-evaluations.json"
@@ -693,10 +705,10 @@ def _user_metrics(content: RecordDict, what: str) -> dict[str, MetricRecord]:
 
 def _shared_metrics(config: ClientConfig, metrics: dict[str, MetricRecord]) -> RecordDict:
     """The metrics this node may send in the clear (``flower.share_metrics``; finite numbers
-    only), nothing else."""
+    only, from the user's first metric record), nothing else."""
     allowed = set(config.flower.share_metrics)
     content = RecordDict()
-    for name, record in metrics.items():
+    for name, record in list(metrics.items())[:1]:  # one record, as FedAvg expects
         shared = {
             k: v
             for k, v in record.items()
@@ -719,6 +731,38 @@ def _contribution_reply(
         },
         **session.marks(),
     )
+
+
+def _check_round(session: FlowerSession, status: RoundStatus) -> None:
+    """A node trains only for a round the anchored log opens, from the global model it opens
+    it from, and newer than every round it sealed: the round status a message carries is not
+    signed, and a server or relay that named rounds of its own could make it train, and
+    seal, again and again.
+
+    Raises:
+        ProtocolError: a round this node sealed already, or an older one.
+        VerificationError: a round the log does not open so (also written to the ledger).
+    """
+    client, r = session.client, status.round
+    sealed = client.sealed_rounds()
+    if r in sealed:
+        raise ProtocolError(
+            f"this node sealed its contribution to round {r} already; it seals each round once"
+        )
+    if sealed and r < max(sealed):
+        raise ProtocolError(
+            f"round {r} is older than round {max(sealed)}, which this node sealed already"
+        )
+    opened = client.models.opened(r)
+    if opened is None or opened != (status.global_version, bytes(status.global_digest)):
+        reason = (
+            f"the audit log this node has read does not open round {r}"
+            if opened is None
+            else f"the audit log opens round {r} from global version {opened[0]}, not "
+            f"{status.global_version}"
+        )
+        client.ledger.record_refusal(r, "round", reason)
+        raise VerificationError(f"{reason}; this node does not train for it")
 
 
 def _served_model(
@@ -768,22 +812,15 @@ def _served_model(
                 f"layout names {list(expected)[:5]}"
             )
         for key, want in expected.items():
-            try:
-                got = record[key].numpy()
-            except (ValueError, TypeError, EOFError, AttributeError):
-                got = None
-            if (
-                got is None
-                or got.dtype != want.dtype
-                or got.shape != want.shape
-                or got.tobytes() != want.tobytes()
-            ):
+            # Read strictly (never np.load): what the header claims is compared first.
+            got = w.npy_payload(record[key], want.dtype, want.shape)
+            if got is None or not hmac.compare_digest(got, want.tobytes()):
                 raise VerificationError(
                     f"the {what} message's array {key!r} is not global version {v} as the log "
                     "publishes it"
                 )
     except VerificationError as exc:
-        _record_refusal(client.config, status.round, "global model", str(exc))
+        client.ledger.record_refusal(status.round, "global model", str(exc))
         verb = "train" if what == "train" else "evaluate"
         raise VerificationError(f"{exc}; this node does not {verb} on it") from None
     return names[0], ArrayRecord({key: Array(array) for key, array in expected.items()})

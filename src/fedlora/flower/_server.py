@@ -112,7 +112,6 @@ class FedloraStrategy(Strategy):
         self.receipt_sizes: dict[int, int] = {}  # node -> tree size of that receipt's checkpoint
         self.carrying: set[int] = set()  # nodes whose message in flight carries their receipt
         self.join_failures: dict[int, int] = {}  # node -> join answers that did not verify
-        self.specs: dict[int, str] = {}  # node -> the federation spec it signed at join
         self._lines: list[bytes] = []  # the audit log as read so far
         self._publications: list[tuple[int, int]] = []  # (entry index, version) published
         self._finished_at: int | None = None  # the newest federation_finished entry
@@ -205,11 +204,14 @@ class FedloraStrategy(Strategy):
             for n in nodes
         ]
         admitted = 0
+        silent = set(challenges)
         for reply in grid.send_and_receive(messages, timeout=self.timeout):
             node = reply.metadata.src_node_id
-            if node not in challenges:
-                continue
+            if node not in silent:
+                continue  # not asked, or a second answer
+            silent.discard(node)
             if reply.has_error() or w.step_of(reply.content) != w.JOIN:
+                self.join_failures[node] = self.join_failures.get(node, 0) + 1
                 self._refused(node, reply)
                 continue
             try:
@@ -232,9 +234,10 @@ class FedloraStrategy(Strategy):
                 log.warning(f"node {node} is not admitted{last}: {exc}")
                 continue
             self.nodes[node] = party
-            self.specs[node] = spec_json
             self._marks(node, reply.content)
             admitted += 1
+        for node in silent:  # each join waits for every answer: a node that never gives one
+            self.join_failures[node] = self.join_failures.get(node, 0) + 1  # is asked 3 times
         log.info(
             f"{admitted} of {len(nodes)} nodes joined as fedlora parties ({len(self.nodes)} in all)"
         )
@@ -334,9 +337,7 @@ class FedloraStrategy(Strategy):
         assert engine is not None
         cp = engine.checkpoint()
         blobs = {
-            "join": rpc.join_to_proto(
-                engine.join_info(party, self.specs.get(node, ""))
-            ).SerializeToString(),
+            "join": rpc.join_to_proto(engine.member_info(party)).SerializeToString(),
             "status": rpc.status_to_proto(engine.status(party)).SerializeToString(),
             "checkpoint": rpc.checkpoint_to_proto(cp).SerializeToString(),
         }
@@ -365,6 +366,21 @@ class FedloraStrategy(Strategy):
         if models:
             blobs.update(self._models(node, cp.tree_size))
         return blobs
+
+    def _addressed(
+        self, node: int, party: Party, content: RecordDict, step: str
+    ) -> RecordDict | None:
+        """A copy of ``content`` with fedlora's ``step`` for ``node`` added (strategies such as
+        FedAvg give all their messages one RecordDict; fedlora's part differs per node: its
+        receipt, proofs, log entries), or None when the engine refuses to address it (that
+        node is left out of this step, not the others)."""
+        try:
+            blobs = self._common(node, party, models=True)
+        except FedLoraError as exc:
+            self.refusals.append(f"coordinator: {party.id}: {exc}")
+            log.warning(f"node {node} ({party.id}) is left out of the {step} step: {exc}")
+            return None
+        return w.put(RecordDict(dict(content.items())), step, blobs, **self._scalars(node))
 
     def _scalars(self, node: int) -> dict[str, Any]:
         engine = self.engine
@@ -416,15 +432,12 @@ class FedloraStrategy(Strategy):
         engine = self.engine
         if engine is None or not self.nodes:
             return
-        messages = [
-            Message(
-                w.put(RecordDict(), w.KEEP, self._common(n, p, models=True), **self._scalars(n)),
-                dst_node_id=n,
-                message_type=MessageType.TRAIN,
-            )
-            for n, p in self.nodes.items()
-        ]
         self.refusals = []
+        messages = [
+            Message(content, dst_node_id=n, message_type=MessageType.TRAIN)
+            for n, p in self.nodes.items()
+            if (content := self._addressed(n, p, RecordDict(), w.KEEP)) is not None
+        ]
         kept = 0
         for reply in grid.send_and_receive(messages, timeout=self.timeout):
             node = reply.metadata.src_node_id
@@ -474,16 +487,10 @@ class FedloraStrategy(Strategy):
             party = self.nodes.get(node)
             if party is None:
                 continue  # not an admitted fedlora party: it gets nothing to train
-            # Strategies such as FedAvg give all their messages one RecordDict; fedlora's part
-            # differs per node (its receipt, proofs, log entries), so each gets its own.
-            message.content = RecordDict(dict(message.content.items()))
-            w.put(
-                message.content,
-                w.TRAIN,
-                self._common(node, party, models=True),
-                **self._scalars(node),
-            )
-            messages.append(message)
+            content = self._addressed(node, party, message.content, w.TRAIN)
+            if content is not None:
+                message.content = content
+                messages.append(message)
         return messages
 
     def aggregate_train(
@@ -494,18 +501,20 @@ class FedloraStrategy(Strategy):
         self.refusals = []
         accepted = 0
         shared = []
+        answered: set[int] = set()
         for reply in replies:
             node = reply.metadata.src_node_id
             party = self.nodes.get(node)
-            if party is None:
-                continue
+            if party is None or node in answered:
+                continue  # not a member, or a second reply (a relay's copy): the first counts
+            answered.add(node)
             if reply.has_error() or w.step_of(reply.content) != w.TRAIN:
                 self._refused(node, reply)
                 continue
             try:
                 self._marks(node, reply.content)
                 self._replied(node)
-                record = _shared_record(reply.content)
+                record = _shared_record(reply.content, self._weight_key())
                 header = rpc.contribution_header_from_proto(
                     w.parse(
                         federation_pb2.ContributionHeader(),
@@ -545,6 +554,10 @@ class FedloraStrategy(Strategy):
         )
         return self.global_arrays(), metrics
 
+    def _weight_key(self) -> str:
+        """The metric the inner strategy weighs replies by (FedAvg's ``weighted_by_key``)."""
+        return str(getattr(self.inner, "weighted_by_key", "num-examples"))
+
     def _train_metrics(self, replies: list[Message]) -> dict[str, Any]:
         """The train metrics the nodes share, aggregated as the inner strategy would (its
         ``train_metrics_aggr_fn``, e.g. FedAvg's weighted mean); {} when none are shared."""
@@ -552,8 +565,7 @@ class FedloraStrategy(Strategy):
         if not replies or aggregate is None:
             return {}
         try:
-            key = getattr(self.inner, "weighted_by_key", "num-examples")
-            return dict(aggregate([r.content for r in replies], key).items())
+            return dict(aggregate([r.content for r in replies], self._weight_key()).items())
         except Exception as exc:  # the inner strategy's own checks: never the run's end
             log.warning(f"shared train metrics not aggregated: {type(exc).__name__}: {exc}")
             return {}
@@ -634,10 +646,13 @@ class FedloraStrategy(Strategy):
     def _send_tasks(self, step: str, holders: list[tuple[int, Party]], round_number: int) -> None:
         engine, grid = self.engine, self.grid
         assert engine is not None and grid is not None
-        try:
-            messages = [self._task(n, p, step, round_number) for n, p in holders]
-        except FedLoraError as exc:  # the engine moved on (e.g. its deadline passed)
-            self.refusals.append(f"coordinator: {exc}")
+        messages = []
+        for holder, member in holders:
+            try:
+                messages.append(self._task(holder, member, step, round_number))
+            except FedLoraError as exc:  # the engine moved on (its deadline passed, say)
+                self.refusals.append(f"coordinator: {member.id}: {exc}")
+        if not messages:
             return
         for reply in grid.send_and_receive(messages, timeout=self.timeout):
             node = reply.metadata.src_node_id
@@ -707,14 +722,10 @@ class FedloraStrategy(Strategy):
             party = self.nodes.get(node)
             if party is None:
                 continue
-            message.content = RecordDict(dict(message.content.items()))  # one per node
-            w.put(
-                message.content,
-                w.EVALUATE,
-                self._common(node, party, models=True),
-                **self._scalars(node),
-            )
-            messages.append(message)
+            content = self._addressed(node, party, message.content, w.EVALUATE)
+            if content is not None:
+                message.content = content
+                messages.append(message)
         return messages
 
     def aggregate_evaluate(
@@ -747,18 +758,20 @@ class FedloraStrategy(Strategy):
         record of the user's it carries (see :meth:`_consistent`). A reply that is not
         fedlora's ``step`` or carries anything else is that node's refusal."""
         shared = []
+        answered: set[int] = set()
         for reply in replies:
             node = reply.metadata.src_node_id
             party = self.nodes.get(node)
-            if party is None:
-                continue
+            if party is None or node in answered:
+                continue  # not a member, or a second reply (a relay's copy): the first counts
+            answered.add(node)
             if reply.has_error() or w.step_of(reply.content) != step:
                 self._refused(node, reply)
                 continue
             try:
                 self._marks(node, reply.content)
                 self._replied(node)
-                record = _shared_record(reply.content)
+                record = _shared_record(reply.content, self._weight_key())
             except FedLoraError as exc:
                 self.refusals.append(f"{party.id}: {exc}")
                 continue
@@ -791,12 +804,13 @@ class FedloraStrategy(Strategy):
 __all__ = ["FedloraStrategy"]
 
 
-def _shared_record(content: RecordDict) -> tuple[str, MetricRecord] | None:
+def _shared_record(content: RecordDict, weight_key: str) -> tuple[str, MetricRecord] | None:
     """The metric record a node's reply shares besides fedlora's own records, or None.
 
     Raises:
         ProtocolError: other records, more than one, more than ``MAX_METRICS`` metrics, names
-            over 128 characters, or values that are not finite numbers.
+            over 128 characters, values that are not finite numbers, or a weight
+            (``weight_key``) below 0 or above 2⁴⁰.
     """
     own = [(k, r) for k, r in content.items() if k not in (w.STEP, w.BLOBS)]
     if not own:
@@ -819,6 +833,9 @@ def _shared_record(content: RecordDict) -> tuple[str, MetricRecord] | None:
             or not math.isfinite(value)
         ):
             raise ProtocolError(f"the reply's metric {key[:40]!r} is not a finite number")
+    weight = record.get(weight_key)
+    if weight is not None and not 0 <= float(weight) <= 2**40:  # type: ignore[arg-type]
+        raise ProtocolError(f"the reply's weight {weight_key!r} is {weight}")
     return name, record
 
 

@@ -83,23 +83,37 @@ def blob(
             f"the fedlora message's {name!r} has {array.shape[0]:,} bytes; at most "
             f"{max_bytes:,} are allowed"
         )
-    data = array.data
+    payload = npy_payload(array, np.dtype(np.uint8), (array.shape[0],))
+    if payload is None:
+        raise bad
+    return payload
+
+
+def npy_payload(array: Any, dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes | None:
+    """The raw bytes of a Flower ``Array`` that is exactly a C-order ``.npy`` payload of
+    ``dtype`` and ``shape``, or None. The header is read strictly (never through ``np.load``,
+    which accepts other formats, such as a zip archive, and allocates what the header claims)
+    and compared before anything is copied."""
+    data = getattr(array, "data", None)
+    if getattr(array, "stype", None) != "numpy.ndarray" or not isinstance(data, bytes):
+        return None
     fh = io.BytesIO(data)
     try:
         version = np.lib.format.read_magic(fh)
         if version == (1, 0):
-            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            got_shape, fortran, got_dtype = np.lib.format.read_array_header_1_0(fh)
         elif version in ((2, 0), (3, 0)):
-            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            got_shape, fortran, got_dtype = np.lib.format.read_array_header_2_0(fh)
         else:
-            raise ValueError(version)
+            return None
     except (ValueError, TypeError, EOFError, SyntaxError):
-        raise bad from None
+        return None
     start = fh.tell()
-    if dtype != np.uint8 or len(shape) != 1 or shape[0] != len(data) - start:
-        raise bad
-    if tuple(shape) != tuple(array.shape):
-        raise bad
+    size = int(np.prod(shape)) if shape else 1
+    if got_dtype != dtype or tuple(got_shape) != tuple(shape) or (fortran and len(shape) > 1):
+        return None
+    if len(data) - start != size * dtype.itemsize:
+        return None
     return data[start:]
 
 

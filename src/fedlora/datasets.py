@@ -16,6 +16,27 @@
   ========================  ======================================================
 
   Banks differ (non-IID): customer profiles, fraud rates and dataset sizes.
+* ``fraud_cases`` — SYNTHETIC card-fraud case descriptions as instructions for a language model
+  (``{"prompt", "response"}``), one per transaction an analyst reviews. Each prompt states:
+
+  ========================  ======================================================
+  amount                    in EUR (fraud skews high)
+  merchant                  one of 12 kinds; electronics, gift cards, crypto exchanges and
+                            airline tickets are riskier
+  channel                   chip and PIN, contactless, online (card not present), phone order
+  location                  home country or a named foreign one, and the distance from home
+  local time                HH:MM (fraud skews to the night)
+  transactions_last_24h     earlier transactions on the card that day
+  account age               days, months or years
+  new device                for online payments: whether the device was seen before
+  ========================  ======================================================
+
+  and asks "Is this transaction fraudulent? Answer yes or no, and why." The response is
+  ``yes — <the two strongest signals>`` or ``no — <why it looks ordinary>``. Whether a case is
+  fraud follows one shared rule (a weighted sum of the signals plus noise, above a cut), so a
+  model can learn it from any bank; banks differ (non-IID) in customers (a travel bank, an
+  online bank, a retail bank…), so in how often each signal occurs, in their share of fraud
+  among reviewed cases (20 % to 45 %) and in size (500 to 1,000 cases).
 * ``breast_cancer_split`` — the real Wisconsin diagnostic breast-cancer data that scikit-learn
   ships offline (569 patients, 30 features; label 1 = malignant), split across hospitals with
   label skew.
@@ -143,6 +164,117 @@ def clinical_notes(hospitals: int, rows: int, seed: int) -> list[tuple[list[str]
             )
         out.append((texts, y))
     return out
+
+
+_MERCHANTS = (  # (kind, risk)
+    ("grocery store", 0.0),
+    ("fuel station", 0.1),
+    ("restaurant", 0.0),
+    ("pharmacy", 0.0),
+    ("clothing store", 0.2),
+    ("online marketplace", 0.5),
+    ("hotel", 0.3),
+    ("electronics store", 1.0),
+    ("gift card seller", 1.4),
+    ("crypto exchange", 1.4),
+    ("airline tickets", 0.8),
+    ("jewellery store", 0.9),
+)
+_CHANNELS = ("chip and PIN", "contactless", "online, card not present", "phone order")
+_ABROAD = ("Spain", "Brazil", "Thailand", "the United States", "Romania", "Nigeria", "Japan")
+FRAUD_QUESTION = "Is this transaction fraudulent? Answer yes or no, and why."
+FRAUD_CUT = 2.6  # a case whose score (a weighted sum of its signals, plus noise) is above is fraud
+
+
+def _age(days: int) -> str:
+    if days < 60:
+        return f"{days} days"
+    if days < 730:
+        return f"{days // 30} months"
+    return f"{days // 365} years"
+
+
+def _fraud_case(
+    rng: np.random.Generator, online: float, travel: float
+) -> tuple[float, dict[str, str]]:
+    """One reviewed transaction: its fraud score and its prompt and two possible responses."""
+    merchant, risk = _MERCHANTS[int(rng.integers(len(_MERCHANTS)))]
+    channel = int(rng.choice(4, p=[0.45 - online / 2, 0.35 - online / 2, online, 0.2]))
+    abroad = bool(rng.random() < travel)
+    hour, minute = int(rng.integers(0, 24)), int(rng.integers(60))
+    amount = float(np.exp(rng.normal(3.6, 1.1)))
+    velocity = int(rng.poisson(2))
+    age = int(rng.integers(3, 4000))
+    new_device = channel == 2 and bool(rng.random() < 0.3)
+    km = float(np.exp(rng.normal(6.8, 1.0) if abroad else rng.normal(1.5, 1.0)))
+    signals = [
+        (1.3 * (amount > 400) + 0.8 * (amount > 1500), f"a high amount (€{amount:,.2f})"),
+        (risk, f"a risky merchant ({merchant})"),
+        (1.0 * (channel in (2, 3)), "the card was not present"),
+        (1.1 * (hour < 6), f"the time of night ({hour:02d}:{minute:02d})"),
+        (0.9 * abroad, f"it happened abroad, {km:,.0f} km from home"),
+        (0.35 * max(0, velocity - 3), f"{velocity} transactions in 24 hours"),
+        (1.2 * (age < 90), f"a new account ({_age(age)})"),
+        (1.0 * new_device, "a device never seen before"),
+    ]
+    score = sum(w for w, _ in signals) + float(rng.normal(0, 0.6))
+    place = _ABROAD[int(rng.integers(len(_ABROAD)))] if abroad else "home country"
+    lines = [
+        "Card transaction to review.",
+        f"Amount: €{amount:,.2f}.",
+        f"Merchant: {merchant}.",
+        f"Channel: {_CHANNELS[channel]}.",
+        f"Location: {place}, {km:,.0f} km from the card holder's home.",
+        f"Local time: {hour:02d}:{minute:02d}.",
+        f"Transactions on this card in the last 24 hours: {velocity}.",
+        f"Account age: {_age(age)}.",
+    ]
+    if channel == 2:
+        lines.append(f"Device: {'never seen before' if new_device else 'used before'}.")
+    lines.append(FRAUD_QUESTION)
+    strongest = [text for w, text in sorted(signals, key=lambda s: -s[0]) if w > 0][:2]
+    ordinary = "in-store" if channel in (0, 1) else "remote"
+    return score, {
+        "prompt": " ".join(lines),
+        "yes": "yes — " + (" and ".join(strongest) or "an unusual pattern") + ".",
+        "no": f"no — an ordinary {ordinary} purchase of €{amount:,.2f} ({merchant}), in line "
+        "with the account.",
+    }
+
+
+def fraud_cases(banks: int, rows: int, seed: int) -> list[list[dict[str, str]]]:
+    """SYNTHETIC card-fraud cases per bank as ``{"prompt", "response"}`` instructions (see the
+    module doc). Bank ``b`` of ``banks`` has ``rows · (2 + 2b / (banks − 1)) / 3`` cases:
+    ``rows`` on average, 500 to 1,000 across the banks for ``rows`` 750."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for b in range(banks):
+        n = int(rows * (2 + 2 * b / max(1, banks - 1)) / 3)
+        share = 0.2 + 0.25 * b / max(1, banks - 1)  # fraud among reviewed cases: 20 % to 45 %
+        online = 0.2 + 0.5 * ((b + 1) % 3 == 0)  # an online bank sees more card-not-present
+        travel = 0.1 + 0.35 * (b % 2)  # a travel bank sees more foreign payments
+        # One rule for every bank (score above FRAUD_CUT); a bank's share of fraud among the
+        # cases it reviews is its own (label skew): it reviews that many of each.
+        wanted = {True: round(n * share), False: n - round(n * share)}
+        kept: list[tuple[int, dict[str, str]]] = []
+        while wanted[True] or wanted[False]:
+            score, case = _fraud_case(rng, online, travel)
+            fraud = score > FRAUD_CUT
+            if wanted[fraud]:
+                wanted[fraud] -= 1
+                response = case["yes"] if fraud else case["no"]
+                kept.append(
+                    (int(rng.integers(1 << 30)), {"prompt": case["prompt"], "response": response})
+                )
+        out.append([record for _, record in sorted(kept, key=lambda k: k[0])])
+    return out
+
+
+def write_instructions(path: Path, records: list[dict[str, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def write_tabular(

@@ -16,9 +16,10 @@ def register(sub: Any) -> None:
     )
     data.add_argument(
         "workload",
-        choices=["bank", "breast-cancer", "clinical-notes"],
+        choices=["bank", "breast-cancer", "clinical-notes", "fraud-cases"],
         help="bank: synthetic card transactions; breast-cancer: the Wisconsin data split by "
-        "hospital; clinical-notes: synthetic notes for a text model",
+        "hospital; clinical-notes: synthetic notes for a text model; fraud-cases: synthetic "
+        "card-fraud cases as instructions for a language model (JSONL prompt/response)",
     )
     data.add_argument(
         "--clients", type=int, default=3, help="number of banks or hospitals (default 3)"
@@ -41,7 +42,12 @@ def _data(args: argparse.Namespace) -> int:
 
     if args.clients < 1:
         raise FedLoraError("--clients must be at least 1")
-    if args.workload == "clinical-notes":
+    if args.workload == "fraud-cases":
+        for i, records in enumerate(
+            datasets.fraud_cases(args.clients, args.rows, args.seed), start=1
+        ):
+            datasets.write_instructions(args.out / f"client-{i}.jsonl", records)
+    elif args.workload == "clinical-notes":
         for i, (texts, y) in enumerate(
             datasets.clinical_notes(args.clients, args.rows, args.seed), start=1
         ):

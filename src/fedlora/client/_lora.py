@@ -29,11 +29,11 @@ from safetensors.torch import load_file, save_file
 
 from fedlora.adapter_layout import LAYOUT_FILE, LAYOUT_FORMAT
 from fedlora.client._training import pick_device
-from fedlora.config import ModelSpec, TrainingConfig
+from fedlora.config import LoraSpec, ModelSpec, TrainingConfig
 from fedlora.errors import ConfigError
 
 TABULAR_TYPE = "fedlora-tabular-mlp"
-_SEEDED = threading.Lock()
+SEEDED = threading.Lock()  # torch's seed is global: one adapter is built at a time
 
 
 class TabularNet(torch.nn.Module):
@@ -179,70 +179,58 @@ def _head_name(model: torch.nn.Module) -> str:
     raise ConfigError("model.base_model: no classification head named classifier, score or head")
 
 
-class LoraTrainer:
-    """peft LoRA on a frozen base model; implements the client's ``LocalTrainer`` interface."""
+def lora_model(base: torch.nn.Module, lora: LoraSpec, **extra: Any) -> Any:
+    """``base`` wrapped in a peft LoRA adapter whose A matrices start from the federation's seed
+    (call it with :data:`SEEDED` held, after seeding anything else the model draws).
 
-    def __init__(
-        self,
-        spec: ModelSpec,
-        training: TrainingConfig,
-        features: np.ndarray | list[str],
-        labels: np.ndarray,
-    ) -> None:
-        lora = spec.lora
-        self.device = pick_device(training.device)
-        self.mixed = self.device.type == "cuda"  # bfloat16 autocast on GPUs, full precision on CPU
-        # Seeding is global in torch: clients built concurrently in one process (threads, a
-        # simulation) must not interleave their draws, or their frozen A matrices would differ.
-        with _SEEDED:
-            torch.manual_seed(lora.seed)  # the task head starts identical at every client
-            base, self.tokenizer = load_base_model(spec, training.num_classes)
-            head = _head_name(base)
-            targets = list(lora.targets)
-            known = {
-                n.rsplit(".", 1)[-1]
-                for n, m in base.named_modules()
-                if isinstance(m, torch.nn.Linear)
-            }
-            missing = [t for t in targets if t not in known]
-            if missing:
-                raise ConfigError(
-                    f"model.lora.targets: {missing} are not linear layers of the base model (it has {sorted(known)})"
-                )
-            torch.manual_seed(lora.seed + 1)  # every A matrix starts identical at every client
-            self.model = get_peft_model(
-                base,
-                LoraConfig(
-                    r=lora.rank,
-                    lora_alpha=lora.alpha,
-                    target_modules=targets,
-                    lora_dropout=0.0,
-                    modules_to_save=[head],
-                ),
-            ).to(self.device)
-        self.ffa = lora.aggregation == "ffa"
+    Raises:
+        ConfigError: a target that is not a linear layer of the base model.
+    """
+    targets = list(lora.targets)
+    known = {
+        n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)
+    }
+    missing = [t for t in targets if t not in known]
+    if missing:
+        raise ConfigError(
+            f"model.lora.targets: {missing} are not linear layers of the base model (it has {sorted(known)})"
+        )
+    torch.manual_seed(lora.seed + 1)  # every A matrix starts identical at every client
+    return get_peft_model(
+        base,
+        LoraConfig(
+            r=lora.rank,
+            lora_alpha=lora.alpha,
+            target_modules=targets,
+            lora_dropout=0.0,
+            **extra,
+        ),
+    )
+
+
+class SharedAdapter:
+    """The vector a peft model shares: its trainable parameters minus their seeded start.
+
+    All clients initialise the adapter (and any task head) from the same seed, so averaging
+    these offsets is averaging the parameters, and version 0 of the global adapter is zero.
+    With ``ffa`` every A matrix is frozen at its seeded value (FFA-LoRA) and only B is shared.
+    """
+
+    model: Any
+    tokenizer: Any
+
+    def _share(self, ffa: bool) -> None:
+        self.ffa = ffa
         self.shared: list[tuple[str, torch.nn.Parameter]] = []
         for name, p in self.model.named_parameters():
-            if "lora_A" in name and self.ffa:
+            if "lora_A" in name and ffa:
                 p.requires_grad_(False)  # FFA-LoRA: A is frozen at its seeded value
             if p.requires_grad:
                 self.shared.append((name, p))
         self.init = self._flat()
         self.num_parameters = int(self.init.size)
-        self.feature_names: list[str] | None = None  # tabular: set by make_trainer
         self.layout = [(saved_key(n), list(p.shape)) for n, p in self.shared]
-        self.text = spec.kind == "text"
-        self.max_length = spec.max_length
-        self.features = features
-        self.labels = torch.as_tensor(labels, dtype=torch.long)
-        self.num_examples = len(labels)
-        self.batch_size = training.batch_size
-        self.lr = training.learning_rate
-        self.generator = torch.Generator().manual_seed(training.seed)
-        if not self.text:
-            self.x = torch.as_tensor(np.asarray(features, dtype=np.float32)).to(self.device)
 
-    # -- the shared vector ---------------------------------------------------------------------
     def _flat(self) -> np.ndarray:
         return (
             torch.cat([p.detach().float().flatten().cpu() for _, p in self.shared])
@@ -263,6 +251,72 @@ class LoraTrainer:
 
     def vector(self) -> np.ndarray:
         return (self._flat().astype(np.float64) - self.init.astype(np.float64)).astype(np.float32)
+
+    def save_adapter(self, vector: np.ndarray, folder: Path) -> None:
+        """Write the adapter in peft's own format (``PeftModel.from_pretrained`` loads it)."""
+        self.load_vector(vector)
+        self.model.save_pretrained(str(folder))
+
+    def vector_from_adapter(self, folder: Path) -> np.ndarray:
+        """The shared vector of a peft adapter folder (``save_adapter``'s, or an export's).
+
+        Raises:
+            ConfigError: not an adapter of this model (a missing tensor or another shape).
+        """
+        path = folder / "adapter_model.safetensors"
+        try:
+            tensors = load_file(str(path))
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ConfigError(f"{folder}: cannot read {path.name}: {exc}") from None
+        parts = []
+        for name, p in self.shared:
+            key = saved_key(name)
+            tensor = tensors.get(key)
+            if tensor is None or list(tensor.shape) != list(p.shape):
+                raise ConfigError(
+                    f"{folder} is not an adapter of this model: {key} is "
+                    + (
+                        "missing"
+                        if tensor is None
+                        else f"{list(tensor.shape)}, not {list(p.shape)}"
+                    )
+                )
+            parts.append(tensor.float().flatten().numpy())
+        flat = np.concatenate(parts).astype(np.float64)
+        return (flat - self.init.astype(np.float64)).astype(np.float32)
+
+
+class LoraTrainer(SharedAdapter):
+    """peft LoRA on a frozen base model; implements the client's ``LocalTrainer`` interface."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        training: TrainingConfig,
+        features: np.ndarray | list[str],
+        labels: np.ndarray,
+    ) -> None:
+        self.device = pick_device(training.device)
+        self.mixed = self.device.type == "cuda"  # bfloat16 autocast on GPUs, full precision on CPU
+        # Seeding is global in torch: clients built concurrently in one process (threads, a
+        # simulation) must not interleave their draws, or their frozen A matrices would differ.
+        with SEEDED:
+            torch.manual_seed(spec.lora.seed)  # the task head starts identical at every client
+            base, self.tokenizer = load_base_model(spec, training.num_classes)
+            head = _head_name(base)
+            self.model = lora_model(base, spec.lora, modules_to_save=[head]).to(self.device)
+        self._share(spec.lora.aggregation == "ffa")
+        self.feature_names: list[str] | None = None  # tabular: set by make_trainer
+        self.text = spec.kind == "text"
+        self.max_length = spec.max_length
+        self.features = features
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.num_examples = len(labels)
+        self.batch_size = training.batch_size
+        self.lr = training.learning_rate
+        self.generator = torch.Generator().manual_seed(training.seed)
+        if not self.text:
+            self.x = torch.as_tensor(np.asarray(features, dtype=np.float32)).to(self.device)
 
     # -- training --------------------------------------------------------------------------------
     def _batch(self, index: torch.Tensor) -> dict[str, torch.Tensor] | torch.Tensor:
@@ -337,18 +391,13 @@ class LoraTrainer:
         predictions = self.predict_proba(vector).argmax(axis=1)
         return float((predictions == self.labels.numpy()).mean())
 
-    def save_adapter(self, vector: np.ndarray, folder: Path) -> None:
-        """Write the adapter in peft's own format (``PeftModel.from_pretrained`` loads it)."""
-        self.load_vector(vector)
-        self.model.save_pretrained(str(folder))
-
 
 def saved_key(parameter_name: str) -> str:
     """The key peft's ``save_pretrained`` uses for a trainable parameter of adapter "default"."""
     return parameter_name.replace(".modules_to_save.default.", ".").replace(".default.", ".")
 
 
-def write_adapter_template(trainer: LoraTrainer, folder: Path) -> dict[str, Any]:
+def write_adapter_template(trainer: SharedAdapter, folder: Path) -> dict[str, Any]:
     """Save version 0 of the adapter in peft format plus the layout of the shared vector in it.
 
     The coordinator turns any global vector into a peft adapter with this template alone

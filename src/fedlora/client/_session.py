@@ -379,7 +379,8 @@ class Client:
                 )
                 self.ui.info(
                     f"{self.config.id}: federation finished after {status.rounds_total} rounds; global adapter "
-                    f"v{status.global_version} {status.global_digest.hex()[:16]}… {where}, local accuracy "
+                    f"v{status.global_version} {status.global_digest.hex()[:16]}… {where}, local "
+                    f"{getattr(self.trainer, 'metric_name', 'accuracy')} "
                     f"{self.trainer.evaluate(vector):.3f}"
                 )
                 return 0

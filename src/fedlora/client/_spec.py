@@ -61,8 +61,10 @@ def model_spec(model: ModelSpec, num_classes: int, trainer: Any) -> dict[str, An
                 ).hexdigest(),
             }
         )
-    if model.kind == "text":
+    if model.kind in ("text", "causal-lm"):
         spec["model.max_length"] = model.max_length
+    if model.quantization != "none":
+        spec["model.quantization"] = model.quantization
     return spec
 
 
@@ -87,7 +89,13 @@ def blank_trainer(model: ModelSpec, training: TrainingConfig) -> Any:
     from fedlora.errors import ConfigError
 
     if model.kind == "linear" or model.base_model is None:
-        raise ConfigError("model.kind linear has no adapter to template; use tabular or text")
+        raise ConfigError(
+            "model.kind linear has no adapter to template; use tabular, text or causal-lm"
+        )
+    if model.kind == "causal-lm":
+        from fedlora.client._causal import CausalLmTrainer, Instruction
+
+        return CausalLmTrainer(model, training, [Instruction("?", "?")], quiet=True)
     labels = np.zeros(1, dtype=np.int64)
     features: Any
     names = None

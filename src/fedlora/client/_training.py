@@ -232,6 +232,13 @@ def make_trainer(config: ClientConfig) -> LocalTrainer:
         trainer = LoraTrainer(config.model, config.training, x, y)
         trainer.feature_names = columns  # None: an older base model that names no columns
         return trainer
+    if kind == "causal-lm":
+        from fedlora.client._causal import CausalLmTrainer, load_instructions
+
+        records = load_instructions(
+            config.data.path, config.data.prompt_column, config.data.response_column
+        )
+        return CausalLmTrainer(config.model, config.training, records, source=str(config.data.path))
     texts, y = load_text(
         config.data.path,
         config.data.text_column,

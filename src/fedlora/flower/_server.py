@@ -29,7 +29,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +261,24 @@ class FedloraStrategy(Strategy):
         self.refusals.append(f"{party.id if party else node}: {reason}")
         log.warning(f"node {node} ({party.id if party else '?'}) refused: {reason}")
 
+    def _answers(
+        self, replies: Iterable[Message], steps: Iterable[str]
+    ) -> Iterator[tuple[int, Party, Message]]:
+        """Each admitted node's first reply that is one of fedlora's ``steps``, with its node id
+        and party; any other reply of a node is its refusal, and a second reply (a relay's
+        copy) is dropped."""
+        expected, answered = set(steps), set()
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            party = self.nodes.get(node)
+            if party is None or node in answered:
+                continue
+            answered.add(node)
+            if reply.has_error() or w.step_of(reply.content) not in expected:
+                self._refused(node, reply)
+                continue
+            yield node, party, reply
+
     def _marks(self, node: int, content: RecordDict) -> None:
         """What a node's reply says it holds: its anchored checkpoint, the log entries it read,
         the versions it keeps. A value beyond the log (a lying node, or a ServerApp restarted
@@ -439,13 +457,8 @@ class FedloraStrategy(Strategy):
             if (content := self._addressed(n, p, RecordDict(), w.KEEP)) is not None
         ]
         kept = 0
-        for reply in grid.send_and_receive(messages, timeout=self.timeout):
-            node = reply.metadata.src_node_id
-            if node not in self.nodes:
-                continue
-            if reply.has_error() or w.step_of(reply.content) != "kept":
-                self._refused(node, reply)
-                continue
+        replies = grid.send_and_receive(messages, timeout=self.timeout)
+        for node, _, reply in self._answers(replies, ("kept",)):
             self._marks(node, reply.content)
             self._replied(node)
             kept += 1
@@ -501,16 +514,7 @@ class FedloraStrategy(Strategy):
         self.refusals = []
         accepted = 0
         shared = []
-        answered: set[int] = set()
-        for reply in replies:
-            node = reply.metadata.src_node_id
-            party = self.nodes.get(node)
-            if party is None or node in answered:
-                continue  # not a member, or a second reply (a relay's copy): the first counts
-            answered.add(node)
-            if reply.has_error() or w.step_of(reply.content) != w.TRAIN:
-                self._refused(node, reply)
-                continue
+        for node, party, reply in self._answers(replies, (w.TRAIN,)):
             try:
                 self._marks(node, reply.content)
                 self._replied(node)
@@ -654,14 +658,8 @@ class FedloraStrategy(Strategy):
                 self.refusals.append(f"coordinator: {member.id}: {exc}")
         if not messages:
             return
-        for reply in grid.send_and_receive(messages, timeout=self.timeout):
-            node = reply.metadata.src_node_id
-            party = self.nodes.get(node)
-            if party is None:
-                continue
-            if reply.has_error() or w.step_of(reply.content) not in ("signed", "released"):
-                self._refused(node, reply)
-                continue
+        replies = grid.send_and_receive(messages, timeout=self.timeout)
+        for node, party, reply in self._answers(replies, ("signed", "released")):
             self._accept(node, party, reply.content, round_number)
         engine.tick()
 
@@ -758,16 +756,7 @@ class FedloraStrategy(Strategy):
         record of the user's it carries (see :meth:`_consistent`). A reply that is not
         fedlora's ``step`` or carries anything else is that node's refusal."""
         shared = []
-        answered: set[int] = set()
-        for reply in replies:
-            node = reply.metadata.src_node_id
-            party = self.nodes.get(node)
-            if party is None or node in answered:
-                continue  # not a member, or a second reply (a relay's copy): the first counts
-            answered.add(node)
-            if reply.has_error() or w.step_of(reply.content) != step:
-                self._refused(node, reply)
-                continue
+        for node, party, reply in self._answers(replies, (step,)):
             try:
                 self._marks(node, reply.content)
                 self._replied(node)

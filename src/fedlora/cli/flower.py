@@ -42,7 +42,30 @@ def register(sub: Any) -> None:
         help="threshold key modulus (default 2048; below it only for tests, and marked insecure)",
     )
     prepare.add_argument(
-        "--local-steps", type=int, default=20, help="local optimizer steps per round (default 20)"
+        "--local-steps",
+        type=int,
+        default=None,
+        help="local optimizer steps per round (default 60 for bank, 10 for fraud-cases)",
+    )
+    prepare.add_argument(
+        "--workload",
+        choices=["bank", "fraud-cases"],
+        default="bank",
+        help="bank: tabular FFA-LoRA on card transactions (examples/flower-lora, default); "
+        "fraud-cases: a causal language model answering card-fraud cases (examples/flower-llm)",
+    )
+    prepare.add_argument(
+        "--base-model",
+        type=Path,
+        default=None,
+        help="fraud-cases: the causal LM's folder (fedlora model causal-base); default a tiny "
+        "Llama built from the data",
+    )
+    prepare.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        help="records per client on average (default 200 for bank, 120 for fraud-cases)",
     )
     prepare.add_argument(
         "--share-metrics",
@@ -75,6 +98,17 @@ def _prepare(args: argparse.Namespace) -> int:
             raise FedLoraError(
                 f"--share-metrics: {name!r} is not a metric name (letters, digits, '.', '_', '-')"
             )
+    base = args.base_model.resolve() if args.base_model is not None else None
+    if base is not None and (
+        args.workload != "fraud-cases" or not (base / "config.json").is_file()
+    ):
+        raise FedLoraError(
+            "--base-model: a causal LM's folder, for --workload fraud-cases (make one with "
+            "`fedlora model causal-base --from smollm2 --out DIR`)"
+        )
+    rows = args.rows if args.rows is not None else (120 if args.workload == "fraud-cases" else 200)
+    if rows < 10:
+        raise FedLoraError("--rows: at least 10")
     width = len(str(args.clients - 1))
     parties = [(f"bank-{i:0{width}d}", "bank") for i in range(args.clients)]
     layout = prepare_federation(
@@ -84,15 +118,19 @@ def _prepare(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         participant_threshold=max(2, args.clients // 2),
         decryption_threshold=args.threshold,
-        aggregation_frequency=args.local_steps,
+        aggregation_frequency=args.local_steps
+        if args.local_steps is not None
+        else (10 if args.workload == "fraud-cases" else 60),
         insecure=True,  # Flower carries the messages; fedlora's own listener is not used
-        workload="bank",
-        rows=200,
+        workload=args.workload,
+        rows=rows,
         save_plaintext_deltas=True,
         min_clients=args.clients,
         share_metrics=metrics,
+        base_model=base,
     )
     root = args.out.resolve()
+    example = "flower-llm" if args.workload == "fraud-cases" else "flower-lora"
     if args.supernode_auth:
         folder = root / "supernode-auth"
         for pid, _ in parties:
@@ -106,7 +144,7 @@ def _prepare(args: argparse.Namespace) -> int:
     console.print(
         f"wrote a {args.clients}-party federation to {escape(str(root))} (coordinator.yaml and one "
         "client YAML per simulated SuperNode, by partition-id); run it with:\n"
-        f"  flwr run examples/flower-lora --run-config \"fedlora-dir='{root}'\" "
+        f"  flwr run examples/{example} --run-config \"fedlora-dir='{root}'\" "
         f"--federation-config num-supernodes={args.clients} --stream",
         soft_wrap=True,
     )

@@ -14,6 +14,7 @@ cut at the end; how many were cut is said once when the data is loaded.
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import warnings
@@ -32,7 +33,7 @@ from fedlora.errors import ConfigError
 
 IGNORE = -100  # the label of a token the loss does not count (torch's cross-entropy default)
 MAX_RECORDS = 1_000_000
-EVAL_RECORDS = 64  # examples :meth:`CausalLmTrainer.evaluate` answers (generation is slow)
+EVAL_RECORDS = 32  # examples :meth:`CausalLmTrainer.evaluate` answers (generation is slow)
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,9 @@ class CausalLmTrainer(SharedAdapter):
             if spec.quantization != "4bit":
                 self.model.to(self.device)
         self._share(spec.lora.aggregation == "ffa")
+        # Most causal LMs (Llama, Qwen, Mistral…) can project only the last positions.
+        forward = self.model.get_base_model().forward
+        self._keeps_logits = "logits_to_keep" in inspect.signature(forward).parameters
         self.max_length = spec.max_length
         self.records = list(records)
         self.examples, cut, dropped = encode(self.tokenizer, self.records, spec.max_length)
@@ -291,7 +295,13 @@ class CausalLmTrainer(SharedAdapter):
 
     # -- batches -----------------------------------------------------------------------------
     def _batch(self, examples: Sequence[Encoded]) -> dict[str, torch.Tensor]:
-        """Right-padded ids, attention mask and labels (``IGNORE`` on padding)."""
+        """Left-padded ids, attention mask, positions and labels (``IGNORE`` on padding).
+
+        Left padding puts every example's response at the end of its row, so the vocabulary
+        projection — the largest activation of a small LM (batch × tokens × vocabulary) — is
+        computed for the last few positions only (:meth:`_loss_sum`). Positions are counted
+        from each example's first real token, as generation counts them.
+        """
         width = max(len(e.input_ids) for e in examples)
         pad = int(self.tokenizer.pad_token_id)
         ids = torch.full((len(examples), width), pad, dtype=torch.long)
@@ -299,22 +309,32 @@ class CausalLmTrainer(SharedAdapter):
         mask = torch.zeros((len(examples), width), dtype=torch.long)
         for i, e in enumerate(examples):
             n = len(e.input_ids)
-            ids[i, :n] = torch.tensor(e.input_ids)
-            labels[i, :n] = torch.tensor(e.labels)
-            mask[i, :n] = 1
+            ids[i, width - n :] = torch.tensor(e.input_ids)
+            labels[i, width - n :] = torch.tensor(e.labels)
+            mask[i, width - n :] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         return {
             "input_ids": ids.to(self.device),
             "attention_mask": mask.to(self.device),
+            "position_ids": positions.to(self.device),
             "labels": labels.to(self.device),
         }
 
     def _loss_sum(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """The summed cross-entropy of the response tokens (next-token, shifted) and their count."""
+        """The summed cross-entropy of the response tokens (next-token, shifted) and their count.
+
+        Only the positions from the earliest response token on are projected onto the
+        vocabulary (``logits_to_keep``, where the model takes it)."""
+        labels = batch["labels"]
+        counted = (labels != IGNORE).any(dim=0).nonzero()
+        keep = labels.shape[1] - int(counted[0]) + 1 if len(counted) else 1
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+        if self._keeps_logits:
+            inputs["logits_to_keep"] = keep  # type: ignore[assignment]
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.mixed):
-            logits = self.model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits
-        targets = batch["labels"][:, 1:]
+            logits = self.model(**inputs).logits
+        logits = logits[:, -keep:]
+        targets = labels[:, -keep + 1 :] if keep > 1 else labels[:, :0]
         loss = torch.nn.functional.cross_entropy(
             logits[:, :-1].float().reshape(-1, logits.shape[-1]),
             targets.reshape(-1),
@@ -422,7 +442,7 @@ class CausalLmTrainer(SharedAdapter):
         return "answer accuracy" if yes_no else "eval loss"
 
     def evaluate(self, vector: np.ndarray) -> float:
-        """On (at most 64 of) this client's examples: the accuracy of the generated answers
+        """On (at most 32 of) this client's examples: the accuracy of the generated answers
         where the responses are yes/no answers, else the eval loss per response token."""
         if self.metric_name == "answer accuracy":
             return self.answer_scores(vector, self.records[:EVAL_RECORDS])["accuracy"]

@@ -282,7 +282,13 @@ def _report(layout: Layout, config, root: Path, started: float) -> int:  # type:
         f"  receipts     {root / 'clients'}/<id>/receipts/\n"
         f"  models       {root / 'clients'}/<id>/models/ (every global version each client kept, verified)\n"
         f"try:\n"
-        f"  fedlora export --config {layout.client_configs['bank-a']} --out {root / 'bank-a-model'}\n"
+        + (
+            f"  fedlora model eval --config {layout.client_configs['bank-a']} --data "
+            f"{root / 'data' / 'bank-b.jsonl'} --limit 40   (add --base for the base model alone)\n"
+            if "bank-b" in layout.client_configs and (root / "data" / "bank-b.jsonl").exists()
+            else ""
+        )
+        + f"  fedlora export --config {layout.client_configs['bank-a']} --out {root / 'bank-a-model'}\n"
         f"  fedlora audit verify {config.state_dir} --public-key {layout.coordinator_public_key} --receipts {clients / 'bank-a' / 'receipts'}\n"
         f"  fedlora audit show {config.state_dir} --public-key {layout.coordinator_public_key} --plot {root / 'rounds.png'}\n"
         f"  fedlora audit prove {clients / 'bank-a' / 'receipts' / 'round-00001.json'}\n"

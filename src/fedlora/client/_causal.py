@@ -268,6 +268,7 @@ class CausalLmTrainer(SharedAdapter):
         forward = self.model.get_base_model().forward
         self._keeps_logits = "logits_to_keep" in inspect.signature(forward).parameters
         self.max_length = spec.max_length
+        self._source: Sequence[Instruction] = records
         self.records = list(records)
         self.examples, cut, dropped = encode(self.tokenizer, self.records, spec.max_length)
         if (cut or dropped) and not quiet:
@@ -292,6 +293,15 @@ class CausalLmTrainer(SharedAdapter):
         self.lr = training.learning_rate
         self.generator = torch.Generator().manual_seed(training.seed)
         self.feature_names: list[str] | None = None
+
+    def use_data(self, records: Sequence[Instruction], generator: torch.Generator) -> None:
+        """Train on ``records`` with ``generator`` from now on: one model in memory serves
+        several simulated clients in turn (only their data and adapters differ)."""
+        if records is not self._source:
+            self._source, self.records = records, list(records)
+            self.examples = encode(self.tokenizer, self.records, self.max_length)[0]
+            self.num_examples = len(self.examples)
+        self.generator = generator
 
     # -- batches -----------------------------------------------------------------------------
     def _batch(self, examples: Sequence[Encoded]) -> dict[str, torch.Tensor]:
@@ -528,6 +538,9 @@ def write_tiny_llama(
     for tests and CI, where a real model would take minutes per step. Built in seconds."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

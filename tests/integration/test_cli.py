@@ -281,7 +281,7 @@ def test_flower_prepare_writes_the_shared_metrics_and_refuses_a_bad_name(tmp_pat
 
 def test_a_causal_lm_federation_from_the_command_line(tmp_path) -> None:
     """The language-model commands as a user runs them: instruction data, a base-model folder,
-    a federation of five banks (the demo, over gRPC), then evaluation, generation and export."""
+    a federation of three banks (the demo, over gRPC), then evaluation, generation and export."""
     data = fedlora(
         "data", "fraud-cases", "--clients", "2", "--rows", "40", "--out", "data", cwd=tmp_path
     )
@@ -296,7 +296,7 @@ def test_a_causal_lm_federation_from_the_command_line(tmp_path) -> None:
     again = fedlora(
         "model", "causal-base", "--tiny", "data/client-1.jsonl", "--out", "base", cwd=tmp_path
     )
-    assert again.returncode == 2 and "is not empty" in again.stderr
+    assert again.returncode == 2 and "is not an empty folder" in again.stderr
     demo = fedlora(
         "demo", "--workload", "fraud-cases", "--base-model", "base", "--bits", "512",
         "--rounds", "1", "--insecure", "--dir", "fed", cwd=tmp_path,

@@ -16,23 +16,28 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from fedlora.client import make_trainer
-from fedlora.client._causal import CausalLmTrainer
+from fedlora.client._causal import CausalLmTrainer, Instruction
 from fedlora.config import load_client_config
 from fedlora.flower import client_config_path, fedlora_mod
 
 app = ClientApp(mods=[fedlora_mod])
+HELD_OUT = 0.2  # the share of each bank's cases kept for evaluation, never trained on
 
 
 @cache
-def _trainer(path: Path) -> CausalLmTrainer:
-    trainer = make_trainer(load_client_config(path))  # the base model and this node's own data
+def _trainer(path: Path) -> tuple[CausalLmTrainer, list[Instruction]]:
+    """The base model, trained on this node's cases but a held-out share, and that share."""
+    trainer = make_trainer(load_client_config(path))
     assert isinstance(trainer, CausalLmTrainer), "the node's YAML must say model.kind: causal-lm"
-    return trainer
+    cases = trainer.records
+    keep = len(cases) - int(HELD_OUT * len(cases))
+    trainer.use_data(cases[:keep], trainer.generator)
+    return trainer, cases[keep:]
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    trainer = _trainer(client_config_path(context))
+    trainer, _ = _trainer(client_config_path(context))
     adapter = msg.content["arrays"]["adapter"].numpy()
     trained = trainer.train(adapter, int(msg.content["config"]["local-steps"]))
     return Message(
@@ -49,10 +54,10 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Eval loss on the answers, and the accuracy and F1 of the generated yes/no answers, on
-    this bank's own cases (the last `eval-records` of them)."""
-    trainer = _trainer(client_config_path(context))
+    this bank's held-out cases (at most `eval-records` of them)."""
+    trainer, held_out = _trainer(client_config_path(context))
     adapter = msg.content["arrays"]["adapter"].numpy()
-    records = trainer.records[-int(context.run_config["eval-records"]) :]
+    records = held_out[: int(context.run_config["eval-records"])]
     scores = trainer.answer_scores(adapter, records)
     metrics = {
         "eval-loss": trainer.eval_loss(adapter, records),

@@ -81,7 +81,9 @@ def register(sub: Any) -> None:
         nargs="+",
         metavar="JSONL",
         help="a tiny Llama-architecture model (two layers; for tests and trials) whose tokenizer "
-        "is trained on the prompts and responses of these instruction files",
+        "is trained on the prompts and responses of these instruction files: give public or "
+        "synthetic text, as the vocabulary (frequent words and pieces of it) travels with the "
+        "base model to every member",
     )
     causal.add_argument("--out", type=Path, required=True, help="a new folder for the base model")
     causal.set_defaults(handler=_causal_base)
@@ -101,7 +103,10 @@ def register(sub: Any) -> None:
     which.add_argument("--adapter", type=Path, help="an adapter `fedlora export` wrote")
     which.add_argument("--base", action="store_true", help="the base model, with no adapter")
     ev.add_argument(
-        "--data", type=Path, help="instructions (JSONL) to score; default the member's data.path"
+        "--data",
+        type=Path,
+        help="instructions (JSONL) to score; default the member's data.path (which it trained "
+        "on: give held-out cases to measure what the model learned)",
     )
     ev.add_argument(
         "--limit", type=int, default=200, help="score at most this many records (default 200)"
@@ -185,8 +190,8 @@ def _causal_base(args: argparse.Namespace) -> int:
     from fedlora.client._spec import folder_digest
 
     out: Path = args.out
-    if out.exists() and any(out.iterdir()):
-        raise FedLoraError(f"{out} is not empty; refusing to overwrite a base model")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FedLoraError(f"{out} is not an empty folder; refusing to overwrite a base model")
     if args.tiny:
         corpus = [
             text

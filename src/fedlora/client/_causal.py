@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -26,13 +27,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedlora.client._lora import SEEDED, SharedAdapter, lora_model
+from fedlora.client._lora import (
+    SEEDED,
+    SharedAdapter,
+    check_model_folder,
+    first_line,
+    lora_model,
+)
 from fedlora.client._training import pick_device
 from fedlora.config import ModelSpec, TrainingConfig
 from fedlora.errors import ConfigError
 
 IGNORE = -100  # the label of a token the loss does not count (torch's cross-entropy default)
 MAX_RECORDS = 1_000_000
+MAX_LINE = 1 << 20  # characters in one JSONL record
 EVAL_RECORDS = 32  # examples :meth:`CausalLmTrainer.evaluate` answers (generation is slow)
 
 
@@ -58,21 +66,40 @@ def load_instructions(path: Path, prompt_column: str, response_column: str) -> l
         )
     out = []
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:  # a byte-order mark is not data
             for number, line in enumerate(fh, start=1):
                 if not line.strip():
                     continue
+                if len(line) > MAX_LINE:
+                    raise ConfigError(
+                        f"{where} line {number} is over {MAX_LINE:,} characters; one record per "
+                        "line, each an instruction and its answer"
+                    )
                 try:
                     row = json.loads(line)
                 except (ValueError, RecursionError):
-                    raise ConfigError(f"{where} line {number} is not JSON") from None
+                    hint = (
+                        " (the file must be JSONL: one object per line, not one JSON array)"
+                        if number == 1 and line.lstrip().startswith("[")
+                        else ""
+                    )
+                    raise ConfigError(f"{where} line {number} is not JSON{hint}") from None
                 if not isinstance(row, dict):
-                    raise ConfigError(f"{where} line {number} is not a JSON object")
+                    hint = (
+                        " (the file must be JSONL: one object per line, not one JSON array)"
+                        if isinstance(row, list)
+                        else ""
+                    )
+                    raise ConfigError(f"{where} line {number} is not a JSON object{hint}")
                 fields = []
                 for name in (prompt_column, response_column):
                     value = row.get(name)
                     if name not in row:
-                        raise ConfigError(f"{where} line {number} lacks {name!r}")
+                        keys = ", ".join(repr(k) for k in list(row)[:6])
+                        raise ConfigError(
+                            f"{where} line {number} lacks {name!r} (it has {keys}; name the "
+                            "fields with data.prompt_column and data.response_column)"
+                        )
                     if not isinstance(value, str) or not value.strip():
                         raise ConfigError(
                             f"{where} line {number}: {name!r} is not a non-empty string"
@@ -102,11 +129,13 @@ def load_causal_lm(spec: ModelSpec, device: torch.device) -> tuple[Any, Any]:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     # peft asks transformers a question transformers has renamed; the warning is not the user's.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     folder = spec.base_model
     if folder is None or not folder.is_dir():
         raise ConfigError(f"model.base_model: {folder} is not a folder with a saved model")
+    check_model_folder(folder)
     if not (folder / "config.json").exists():
         gguf = sorted(folder.glob("*.gguf"))
         hint = (
@@ -117,9 +146,11 @@ def load_causal_lm(spec: ModelSpec, device: torch.device) -> tuple[Any, Any]:
         )
         raise ConfigError(f"model.base_model: {folder} has no config.json; {hint}")
     try:
-        config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"model.base_model: cannot read {folder}/config.json: {exc}") from None
+        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # one line, whatever transformers raises
+        raise ConfigError(
+            f"model.base_model: cannot read {folder}/config.json: {first_line(exc)}"
+        ) from None
     # The saved architecture must be a causal LM's (an encoder such as BERT also has a
     # causal-LM class in transformers, but a BERT classifier is not a language model).
     saved = [str(a) for a in (getattr(config, "architectures", None) or [])]
@@ -130,9 +161,21 @@ def load_causal_lm(spec: ModelSpec, device: torch.device) -> tuple[Any, Any]:
             f"({', '.join(saved) or 'no architecture named'}), not a causal language model; "
             "model.kind causal-lm needs one that AutoModelForCausalLM loads"
         )
+    if not list(folder.glob("*.safetensors")):
+        raise ConfigError(
+            f"model.base_model: {folder} has no .safetensors weights; fedlora loads weights only "
+            "from safetensors files, which hold no code (save the model with save_pretrained)"
+        )
+    if not any((folder / name).exists() for name in ("tokenizer.json", "tokenizer.model")):
+        raise ConfigError(
+            f"model.base_model: {folder} has no tokenizer (tokenizer.json or tokenizer.model); "
+            "save the model's tokenizer into the same folder"
+        )
     cuda = device.type == "cuda"
     kwargs: dict[str, Any] = {
         "local_files_only": True,
+        "trust_remote_code": False,
+        "use_safetensors": True,
         "dtype": torch.bfloat16 if cuda else torch.float32,
     }
     if spec.quantization == "4bit":
@@ -155,13 +198,15 @@ def load_causal_lm(spec: ModelSpec, device: torch.device) -> tuple[Any, Any]:
         )
         kwargs["device_map"] = {"": device.index or 0}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(
+            folder, local_files_only=True, trust_remote_code=False
+        )
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     except ImportError as exc:
-        raise ConfigError(f"model.quantization: {exc}") from None
-    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model.quantization: {first_line(exc)}") from None
+    except Exception as exc:  # a torn weights file, a tokenizer it cannot build…: one line
         raise ConfigError(
-            f"model.base_model: cannot load a causal LM from {folder}: {exc}"
+            f"model.base_model: cannot load a causal LM from {folder}: {first_line(exc)}"
         ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -201,26 +246,26 @@ def encode(
     prompt_ids = tokenizer(prompts, add_special_tokens=special)["input_ids"]
     response_ids = tokenizer([r.response for r in records], add_special_tokens=False)["input_ids"]
     for p, a in zip(prompt_ids, response_ids):
-        ids = list(p) + list(a) + ([eos] if eos is not None else [])
-        labels = [IGNORE] * len(p) + ids[len(p) :]
-        if len(ids) > max_length:
+        answer = list(a) + ([eos] if eos is not None else [])
+        prompt = list(p)
+        if len(prompt) + len(answer) > max_length:
+            # Keep the end of the prompt (the question, and the turn the answer follows) and
+            # as much of the answer as fits after at least a quarter of the room for it.
             cut += 1
-            ids, labels = ids[:max_length], labels[:max_length]
-        if all(label == IGNORE for label in labels):
+            room = max(max_length // 4, max_length - len(answer))
+            prompt = prompt[-room:] if room else []
+            answer = answer[: max_length - len(prompt)]
+        if not answer:
             dropped += 1
             continue
-        out.append(Encoded(tuple(ids), tuple(labels)))
+        out.append(Encoded(tuple(prompt + answer), tuple([IGNORE] * len(prompt) + answer)))
     return out, cut, dropped
 
 
 def answer_of(text: str) -> str | None:
     """``"yes"`` or ``"no"``: the first word of a generated answer, or None for anything else."""
-    word = (
-        "".join(c for c in text.strip().split(" ")[0].lower() if c.isalpha())
-        if text.strip()
-        else ""
-    )
-    return word if word in ("yes", "no") else None
+    found = re.match(r"\W*(yes|no)\b", text, re.IGNORECASE)
+    return found.group(1).lower() if found else None
 
 
 def yes_no_scores(predicted: Sequence[str | None], truth: Sequence[str]) -> dict[str, float]:
@@ -274,7 +319,8 @@ class CausalLmTrainer(SharedAdapter):
         if (cut or dropped) and not quiet:
             print(
                 f"fedlora: {cut} of {len(self.records)} examples in {source} are longer than "
-                f"model.max_length ({spec.max_length} tokens) and are cut at the end"
+                f"model.max_length ({spec.max_length} tokens) and are cut (the start of the "
+                "prompt first)"
                 + (
                     f"; {dropped} kept nothing of their response and are left out"
                     if dropped
@@ -298,8 +344,10 @@ class CausalLmTrainer(SharedAdapter):
         """Train on ``records`` with ``generator`` from now on: one model in memory serves
         several simulated clients in turn (only their data and adapters differ)."""
         if records is not self._source:
-            self._source, self.records = records, list(records)
-            self.examples = encode(self.tokenizer, self.records, self.max_length)[0]
+            examples = encode(self.tokenizer, records, self.max_length)[0]
+            if not examples:
+                raise ConfigError("no example keeps any of its response within model.max_length")
+            self._source, self.records, self.examples = records, list(records), examples
             self.num_examples = len(self.examples)
         self.generator = generator
 
@@ -490,15 +538,18 @@ def convert_gguf(gguf: Path, out: Path) -> dict[str, Any]:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, trust_remote_code=False
+        )
         model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False
         )
     except ImportError as exc:
         raise ConfigError(f"{gguf}: reading GGUF needs the gguf package ({exc})") from None
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{gguf}: transformers cannot read it as a causal LM: {first}") from None
+    except Exception as exc:  # whatever a foreign or torn file makes transformers raise
+        raise ConfigError(
+            f"{gguf}: transformers cannot read it as a causal LM: {first_line(exc)}"
+        ) from None
     # transformers marks a model read from GGUF as quantized and will not save it; its weights
     # are plain float32 by now, so a model built from the same config takes them as they are.
     config = model.config

@@ -17,7 +17,9 @@ knowledge of the model.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import threading
 from pathlib import Path
 from typing import Any, cast
@@ -147,6 +149,40 @@ def write_tabular_base(
     ).save_pretrained(folder)
 
 
+def check_model_folder(folder: Path) -> None:
+    """Refuse a Hugging Face model folder that could run code of its own when loaded: custom
+    classes named in its configs (``auto_map``, which transformers would import from the folder
+    or a hub with ``trust_remote_code``), or Python files in it. fedlora also never passes
+    ``trust_remote_code``; this says so in one line instead of transformers' prompt.
+
+    Raises:
+        ConfigError: such a folder.
+    """
+    for name in ("config.json", "tokenizer_config.json", "processor_config.json"):
+        path = folder / name
+        try:
+            doc = json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, ValueError):
+            continue  # the loader reports an unreadable config
+        if isinstance(doc, dict) and "auto_map" in doc:
+            raise ConfigError(
+                f"model.base_model: {path} names custom code (auto_map); fedlora loads only the "
+                "architectures transformers ships, never code from a model folder"
+            )
+    scripts = sorted(p.name for p in folder.glob("*.py"))
+    if scripts:
+        raise ConfigError(
+            f"model.base_model: {folder} holds Python files ({', '.join(scripts[:3])}); a base "
+            "model folder holds configs, tokenizer files and weights only"
+        )
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message in one line (the first), for a one-line refusal."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
 def load_base_model(spec: ModelSpec, num_classes: int) -> tuple[torch.nn.Module, Any]:
     """The frozen base model (and tokenizer for text) from a local folder; never the network."""
     folder = spec.base_model
@@ -159,14 +195,17 @@ def load_base_model(spec: ModelSpec, num_classes: int) -> tuple[torch.nn.Module,
 
     hf_logging.set_verbosity_error()  # the new task head is *meant* to be freshly initialised
     hf_logging.disable_progress_bar()
+    check_model_folder(folder)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            folder, num_labels=num_classes, local_files_only=True
+        tokenizer = AutoTokenizer.from_pretrained(
+            folder, local_files_only=True, trust_remote_code=False
         )
-    except (OSError, ValueError) as exc:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            folder, num_labels=num_classes, local_files_only=True, trust_remote_code=False
+        )
+    except Exception as exc:  # transformers raises many kinds; the member gets one line
         raise ConfigError(
-            f"model.base_model: cannot load a Hugging Face model from {folder}: {exc}"
+            f"model.base_model: cannot load a Hugging Face model from {folder}: {first_line(exc)}"
         ) from None
     return model, tokenizer
 
@@ -186,26 +225,64 @@ def lora_model(base: torch.nn.Module, lora: LoraSpec, **extra: Any) -> Any:
     Raises:
         ConfigError: a target that is not a linear layer of the base model.
     """
+    from transformers.pytorch_utils import Conv1D  # GPT-2's projections, which peft adapts too
+
     targets = list(lora.targets)
-    known = {
-        n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)
-    }
+    layers = (torch.nn.Linear, Conv1D)
+    known = {n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, layers)}
     missing = [t for t in targets if t not in known]
     if missing:
         raise ConfigError(
             f"model.lora.targets: {missing} are not linear layers of the base model (it has {sorted(known)})"
         )
-    torch.manual_seed(lora.seed + 1)  # every A matrix starts identical at every client
-    return get_peft_model(
-        base,
-        LoraConfig(
-            r=lora.rank,
-            lora_alpha=lora.alpha,
-            target_modules=targets,
-            lora_dropout=0.0,
-            **extra,
-        ),
-    )
+    try:
+        model = get_peft_model(
+            base,
+            LoraConfig(
+                r=lora.rank,
+                lora_alpha=lora.alpha,
+                target_modules=targets,
+                lora_dropout=0.0,
+                **extra,
+            ),
+        )
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ConfigError(
+            f"model.lora: peft cannot adapt this base model: {first_line(exc)}"
+        ) from None
+    seed_adapter(model, lora.seed + 1)
+    return model
+
+
+def seed_adapter(model: Any, seed: int) -> None:
+    """Every A matrix from ``seed`` (uniform in ±1/√fan_in, peft's Kaiming-uniform bound) and
+    every B zero, in float32 drawn on the CPU, in the modules' order: identical at every client
+    whatever its device or its base model's dtype (peft casts A to a bfloat16 base's dtype and
+    back, which rounds it differently from a float32 base's)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, module in model.named_modules():
+            adapters = getattr(module, "lora_A", None)
+            if not isinstance(adapters, torch.nn.ModuleDict) or "default" not in adapters:
+                continue
+            a = cast(torch.Tensor, adapters["default"].weight)
+            bound = 1.0 / math.sqrt(int(a.shape[1]))
+            values = torch.rand(tuple(a.shape), generator=generator, dtype=torch.float32)
+            a.data = ((values * 2 - 1) * bound).to(a.device)
+            b = cast(torch.Tensor, module.lora_B["default"].weight)
+            b.data = torch.zeros(tuple(b.shape), dtype=torch.float32, device=b.device)
+
+
+def adapter_init_digest(model: Any) -> str:
+    """SHA-256 of every LoRA matrix (and task head) a freshly seeded adapter starts from, in
+    float32: every client's must be the same, or their offsets do not add up (the federation
+    spec carries it, so a peft or torch that initialises differently is refused at join)."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        if "lora_" in name or "modules_to_save" in name:
+            h.update(name.encode() + b"\0")
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 class SharedAdapter:
@@ -228,6 +305,7 @@ class SharedAdapter:
             if p.requires_grad:
                 self.shared.append((name, p))
         self.init = self._flat()
+        self.init_digest = adapter_init_digest(self.model)  # the seeded start, for the spec
         self.num_parameters = int(self.init.size)
         self.layout = [(saved_key(n), list(p.shape)) for n, p in self.shared]
 
@@ -239,6 +317,18 @@ class SharedAdapter:
         )
 
     def load_vector(self, vector: np.ndarray) -> None:
+        """Set the shared parameters to their seeded start plus ``vector``.
+
+        Raises:
+            ConfigError: a vector of another length than this model shares (a global version of
+                a federation whose model settings differ from this configuration's).
+        """
+        if np.asarray(vector).size != self.num_parameters:
+            raise ConfigError(
+                f"a vector of {np.asarray(vector).size:,} values, but this model shares "
+                f"{self.num_parameters:,}: it is not an adapter of the model this configuration "
+                "describes (another rank, targets or base?)"
+            )
         values = torch.from_numpy(
             self.init.astype(np.float64) + np.asarray(vector, dtype=np.float64)
         )
@@ -261,13 +351,37 @@ class SharedAdapter:
         """The shared vector of a peft adapter folder (``save_adapter``'s, or an export's).
 
         Raises:
-            ConfigError: not an adapter of this model (a missing tensor or another shape).
+            ConfigError: not an adapter of this model: other LoRA settings in its
+                ``adapter_config.json``, a missing tensor or another shape, or (with FFA) frozen A
+                matrices that are not this configuration's seeded ones.
         """
         path = folder / "adapter_model.safetensors"
         try:
             tensors = load_file(str(path))
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ConfigError(f"{folder}: cannot read {path.name}: {exc}") from None
+            settings = json.loads((folder / "adapter_config.json").read_text())
+        except Exception as exc:  # a missing, torn or foreign file: one line
+            raise ConfigError(f"{folder}: not a peft adapter: {first_line(exc)}") from None
+        config = self.model.peft_config["default"]
+        for key, want in (
+            ("r", config.r),
+            ("lora_alpha", config.lora_alpha),
+            ("target_modules", sorted(config.target_modules)),
+        ):
+            got = settings.get(key)
+            got = sorted(got) if isinstance(got, list) else got
+            if got != want:
+                raise ConfigError(
+                    f"{folder} is an adapter with {key} {got}, this configuration's is {want}"
+                )
+        if self.ffa:  # A is not shared: the adapter's must be the seeded one this model has
+            for name, p in self.model.named_parameters():
+                if "lora_A" in name:
+                    saved = tensors.get(saved_key(name))
+                    if saved is None or not torch.equal(saved.float(), p.detach().float().cpu()):
+                        raise ConfigError(
+                            f"{folder} was trained from other frozen A matrices than this "
+                            "configuration's (another model.lora.seed?)"
+                        )
         parts = []
         for name, p in self.shared:
             key = saved_key(name)

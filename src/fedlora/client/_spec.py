@@ -59,6 +59,9 @@ def model_spec(model: ModelSpec, num_classes: int, trainer: Any) -> dict[str, An
                 "model.layout": hashlib.sha256(
                     repr(getattr(trainer, "layout", [])).encode()
                 ).hexdigest(),
+                # every LoRA matrix and head the adapter starts from (a peft or torch that
+                # seeds differently would make the offsets meaningless together)
+                "model.lora.init": getattr(trainer, "init_digest", ""),
             }
         )
     if model.kind in ("text", "causal-lm"):
@@ -93,9 +96,14 @@ def blank_trainer(model: ModelSpec, training: TrainingConfig) -> Any:
             "model.kind linear has no adapter to template; use tabular, text or causal-lm"
         )
     if model.kind == "causal-lm":
+        import dataclasses
+
         from fedlora.client._causal import CausalLmTrainer, Instruction
 
-        return CausalLmTrainer(model, training, [Instruction("?", "?")], quiet=True)
+        # The layout and the seeded start do not depend on a 4-bit base (an organizer without
+        # a GPU writes the template of a QLoRA federation); the spec still names it.
+        plain = dataclasses.replace(model, quantization="none")
+        return CausalLmTrainer(plain, training, [Instruction("?", "?")], quiet=True)
     labels = np.zeros(1, dtype=np.int64)
     features: Any
     names = None

@@ -43,7 +43,7 @@ def tiny_llama(tmp_path_factory, cases) -> Path:
 
 
 def _spec(base: Path, **kw) -> ModelSpec:  # type: ignore[no-untyped-def]
-    lora = LoraSpec(rank=4, alpha=8, targets=TARGETS, seed=0, **kw.pop("lora", {}))
+    lora = LoraSpec(**{"rank": 4, "alpha": 8, "targets": TARGETS, "seed": 0, **kw.pop("lora", {})})
     return ModelSpec(
         kind="causal-lm", base_model=base, max_length=kw.pop("max_length", 160), lora=lora, **kw
     )
@@ -226,3 +226,169 @@ def test_the_tiny_base_folder_is_the_same_whoever_builds_it(tmp_path, cases) -> 
     assert folder_digest(tmp_path / "a") == folder_digest(tmp_path / "b")
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     assert "transformers_version" not in config
+
+
+# --- found by review ------------------------------------------------------------------------
+
+
+def _copy_base(tiny_llama: Path, to: Path) -> Path:
+    import shutil
+
+    shutil.copytree(tiny_llama, to)
+    return to
+
+
+def test_a_base_folder_that_could_run_code_is_refused_before_anything_is_loaded(
+    tmp_path, tiny_llama, cases
+) -> None:
+    marker = tmp_path / "ran"
+    code = f"open({str(marker)!r}, 'w').write('x')\n"
+    remote = _copy_base(tiny_llama, tmp_path / "remote")
+    config = json.loads((remote / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "evil.Model"}
+    (remote / "config.json").write_text(json.dumps(config))
+    (remote / "evil.py").write_text(code)
+    with pytest.raises(ConfigError, match=r"names custom code \(auto_map\)"):
+        _trainer(remote, cases[0][:2])
+    scripts = _copy_base(tiny_llama, tmp_path / "scripts")
+    (scripts / "tokenization_evil.py").write_text(code)
+    with pytest.raises(ConfigError, match=r"holds Python files \(tokenization_evil\.py\)"):
+        _trainer(scripts, cases[0][:2])
+    tokenizer = _copy_base(tiny_llama, tmp_path / "tokenizer")
+    doc = json.loads((tokenizer / "tokenizer_config.json").read_text())
+    doc["auto_map"] = {"AutoTokenizer": ["evil.Tok", None]}
+    (tokenizer / "tokenizer_config.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="names custom code"):
+        _trainer(tokenizer, cases[0][:2])
+    assert not marker.exists()
+
+
+def test_broken_or_partial_base_folders_are_refused_in_one_line(
+    tmp_path, tiny_llama, cases
+) -> None:
+    torn = _copy_base(tiny_llama, tmp_path / "torn")
+    weights = torn / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    pickled = _copy_base(tiny_llama, tmp_path / "pickled")
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    untokenized = _copy_base(tiny_llama, tmp_path / "untokenized")
+    (untokenized / "tokenizer.json").unlink()
+    for folder, message in [
+        (torn, "cannot load a causal LM from"),
+        (pickled, "has no .safetensors weights"),
+        (untokenized, "has no tokenizer"),
+    ]:
+        with pytest.raises(ConfigError, match=message) as refused:
+            _trainer(folder, cases[0][:2])
+        assert "\n" not in str(refused.value)
+
+
+def test_the_frozen_a_matrices_do_not_depend_on_the_base_models_dtype(tiny_llama) -> None:
+    """A GPU member loads the base in bfloat16; its frozen A must be the CPU member's."""
+    from transformers import AutoModelForCausalLM
+
+    from fedlora.client._lora import adapter_init_digest, lora_model
+
+    spec = _spec(tiny_llama)
+    digests = []
+    for dtype in (torch.float32, torch.bfloat16):
+        base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=dtype)
+        digests.append(adapter_init_digest(lora_model(base, spec.lora, task_type="CAUSAL_LM")))
+    assert digests[0] == digests[1]
+
+
+def test_the_spec_names_the_seeded_start_and_a_4bit_template_needs_no_gpu(
+    tmp_path, tiny_llama
+) -> None:
+    import dataclasses
+
+    from fedlora.client._spec import blank_trainer, model_spec
+
+    training = TrainingConfig(device="cpu")
+    spec = _spec(tiny_llama)
+    one = model_spec(spec, 2, blank_trainer(spec, training))
+    other = dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, seed=5))
+    assert (
+        one["model.lora.init"]
+        != model_spec(other, 2, blank_trainer(other, training))["model.lora.init"]
+    )
+    quantized = dataclasses.replace(spec, quantization="4bit")
+    q = model_spec(quantized, 2, blank_trainer(quantized, training))  # on a CPU, for the organizer
+    assert q["model.quantization"] == "4bit" and q["model.layout"] == one["model.layout"]
+
+
+def test_an_adapter_of_another_model_or_seed_is_refused_and_a_vector_of_another_size_too(
+    tmp_path, tiny_llama, cases
+) -> None:
+    trainer = _trainer(tiny_llama, cases[0][:8])
+    vector = trainer.train(np.zeros(trainer.num_parameters, np.float32), 2)
+    trainer.save_adapter(vector, tmp_path / "adapter")
+    for kw, message in [
+        ({"lora": {"seed": 5}}, "other frozen A matrices"),
+        ({"lora": {"alpha": 64}}, "lora_alpha 8, this configuration's is 64"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            _trainer(tiny_llama, cases[0][:8], **kw).vector_from_adapter(tmp_path / "adapter")
+    with pytest.raises(ConfigError, match="not an adapter of the model this configuration"):
+        trainer.load_vector(np.zeros(trainer.num_parameters + 1, np.float32))
+
+
+def test_gpt2_style_projections_are_targets_too(tmp_path, tiny_llama, cases) -> None:
+    import shutil
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path / "gpt2"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        GPT2LMHeadModel(GPT2Config(vocab_size=600, n_embd=32, n_layer=1, n_head=2)).save_pretrained(
+            folder
+        )
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (tiny_llama / name).exists():
+            shutil.copy(tiny_llama / name, folder / name)
+    training = TrainingConfig(batch_size=2, device="cpu")
+    spec = ModelSpec(
+        kind="causal-lm",
+        base_model=folder,
+        max_length=160,
+        lora=LoraSpec(rank=2, targets=("c_attn",)),
+    )
+    trainer = CausalLmTrainer(spec, training, [Instruction(**r) for r in cases[0][:4]])
+    assert trainer.num_parameters > 0
+
+
+def test_instruction_files_are_read_with_the_fixes_named(tmp_path) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"prompt": "a", "response": "yes"}\n')  # a BOM
+    assert load_instructions(path, "prompt", "response")[0].prompt == "a"
+    path.write_text('[{"prompt": "a", "response": "b"}]\n')
+    with pytest.raises(ConfigError, match="one object per line, not one JSON array"):
+        load_instructions(path, "prompt", "response")
+    path.write_text('{"instruction": "a", "output": "b"}\n')
+    with pytest.raises(
+        ConfigError,
+        match=r"it has 'instruction', 'output'; name the fields with data\.prompt_column",
+    ):
+        load_instructions(path, "prompt", "response")
+    path.write_text(json.dumps({"prompt": "x" * (1 << 20), "response": "b"}) + "\n")
+    with pytest.raises(ConfigError, match="line 1 is over 1,048,576 characters"):
+        load_instructions(path, "prompt", "response")
+
+
+def test_a_long_prompt_loses_its_start_and_keeps_its_answer(tiny_llama, cases) -> None:
+    trainer = _trainer(tiny_llama, cases[0][:2])
+    record = Instruction("filler " * 300 + cases[0][0]["prompt"], cases[0][0]["response"])
+    (example,), cut, dropped = encode(trainer.tokenizer, [record], 120)
+    assert (cut, dropped) == (1, 0) and len(example.input_ids) == 120
+    learned = [t for t in example.labels if t != IGNORE]
+    assert trainer.tokenizer.decode(learned[:-1]) == record.response
+    assert trainer.tokenizer.decode(example.input_ids).endswith(
+        "<|im_start|>assistant\n" + record.response + "<|im_end|>"
+    )
+
+
+def test_answers_on_their_own_line_are_read() -> None:
+    assert answer_of("Yes\n\nThe amount is high.") == "yes"
+    assert answer_of("**No**, ordinary.") == "no"
+    assert answer_of("Nothing suspicious") is None

@@ -27,9 +27,13 @@ from fedlora.config import ClientConfig
 SPEC_CACHE = "flower-spec.json"
 
 
+SPEC_FORMAT = b"fedlora/flower-spec/v2"  # what a spec holds: a new field computes it afresh
+
+
 def _fingerprint(config: ClientConfig) -> str:
     model = dataclasses.asdict(config.model)
-    h = hashlib.sha256(json.dumps(model, sort_keys=True, default=str).encode())
+    h = hashlib.sha256(SPEC_FORMAT)
+    h.update(json.dumps(model, sort_keys=True, default=str).encode())
     h.update(str(config.training.num_classes).encode())
     base = config.model.base_model
     if base is not None and base.is_dir():

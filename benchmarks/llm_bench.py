@@ -90,7 +90,11 @@ def federate(
             deltas = [v.train(g.astype(np.float32), steps).astype(np.float64) - g for v in views]
             g = g + sum(w * d for w, d in zip(weights, deltas)) / sum(weights)
         else:
-            fed.run_round()
+            number = fed.run_round()
+            if fed.engine.global_version != number:  # a failed round: stop, do not score zeros
+                raise SystemExit(
+                    f"fedlora round {number} failed: see the audit log under --workdir"
+                )
             g = fed.global_vector().astype(np.float64)
         seconds.append(time.perf_counter() - start)
     return g.astype(np.float32), seconds
@@ -116,6 +120,8 @@ def encrypted_federation(
         insecure=True,
         model_kind="linear",
         rows=40,
+        # Five banks train one after another on one machine here: a round takes minutes.
+        round_timeout_s=24 * 3600.0,
     )
 
     def start(views: list[BankView]) -> InProcessFederation:

@@ -194,6 +194,10 @@ class CountingBackend:
         self._count("secret")
         return self.inner.powmod_bases_secret(bases, exponent, modulus)
 
+    def multi_powmods(self, jobs, modulus):  # type: ignore[no-untyped-def]
+        self._count("multi")
+        return self.inner.multi_powmods(jobs, modulus)
+
 
 def test_the_backend_chosen_outside_crypto_does_the_exponentiation(tmp_path) -> None:
     layout = prepare_federation(
@@ -214,6 +218,8 @@ def test_the_backend_chosen_outside_crypto_does_the_exponentiation(tmp_path) -> 
     assert fed.engine.finished
     # Partial decryption (by the key share) and the obfuscators' rⁿ are secret exponents.
     assert backend.calls.get("secret", 0) >= 3
+    # The proof checks' multi-exponentiations (intake, holders, decryption proofs) too.
+    assert backend.calls.get("multi", 0) >= 3
 
 
 def test_an_upload_that_cannot_be_delivered_is_retried_at_the_next_step_not_fatal(

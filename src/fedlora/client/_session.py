@@ -663,7 +663,11 @@ class Client:
         self.observe_checkpoint(manifest.checkpoint, round_number)
         if cached is None:
             checked = check_task(
-                holder, task, round_number, trained_from=self._trained_from.get(round_number)
+                holder,
+                task,
+                round_number,
+                trained_from=self._trained_from.get(round_number),
+                backend=self.backend,
             )
             self.ledger.check_ticket(round_number, checked.ticket)
         else:

@@ -1051,6 +1051,7 @@ class Coordinator:
                 ciphertexts=chunk,
                 chunk_digest=chunk_digest,
                 ticket=ticket,
+                backend=self.backend,
             )
         except FedLoraError as exc:
             raise self._reject_partial(party, number, exc) from None

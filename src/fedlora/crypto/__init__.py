@@ -12,19 +12,24 @@ from __future__ import annotations
 from fedlora.crypto._backend import (
     BACKEND_NAMES,
     ModexpBackend,
+    MultiExp,
     ThreadsBackend,
     default_backend,
     default_workers,
     make_backend,
+    multi_powmod,
+    multi_powmods,
     select_backend,
 )
 from fedlora.crypto._codec import CodecParams, decode, encode, pack_slots, unpack_slots
 from fedlora.crypto._dealer import deal_threshold_key, generate_threshold_key
 from fedlora.crypto._ifma import IfmaBackend
 from fedlora.crypto._knowledge import (
+    KnowledgeClaim,
     PlaintextProof,
     encrypt_and_prove,
     verify_plaintext_knowledge,
+    verify_plaintext_knowledge_batch,
 )
 from fedlora.crypto._merkle import (
     EMPTY_ROOT,
@@ -107,7 +112,9 @@ __all__ = [
     "EncryptionWitness",
     "IfmaBackend",
     "KeyShare",
+    "KnowledgeClaim",
     "ModexpBackend",
+    "MultiExp",
     "ObfuscatorPool",
     "ObfuscatorSource",
     "OpenSSLBackend",
@@ -154,6 +161,8 @@ __all__ = [
     "leaf_hash",
     "make_backend",
     "merkle_root",
+    "multi_powmod",
+    "multi_powmods",
     "node_hash",
     "open_key_share",
     "pack_records",
@@ -179,6 +188,7 @@ __all__ = [
     "verify_inclusion",
     "verify_partial_decryption",
     "verify_plaintext_knowledge",
+    "verify_plaintext_knowledge_batch",
     "verify_signature",
     "x25519_public_bytes",
 ]

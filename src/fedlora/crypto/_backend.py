@@ -33,17 +33,22 @@ from fedlora.errors import CryptoError
 __all__ = [
     "BACKEND_NAMES",
     "ModexpBackend",
+    "MultiExp",
     "ThreadsBackend",
     "default_backend",
     "default_workers",
     "make_backend",
     "multi_powmod",
+    "multi_powmods",
     "resolve_backend",
     "select_backend",
 ]
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+MultiExp = tuple[Sequence[int], Sequence[bytes]]
+"""One multi-exponentiation: bases, and as many exponents as big-endian bytes of one width."""
 
 _MIN_CHUNK = 16  # below this, thread start-up costs more than the work
 
@@ -76,6 +81,13 @@ class ModexpBackend(Protocol):
         ``p − 1`` in the exponent, ``p²`` as modulus) and obfuscators (the random ``r`` in the
         base) come here. A backend that offers constant-time code runs it for these calls.
         """
+        ...
+
+    def multi_powmods(self, jobs: Sequence[MultiExp], modulus: int) -> list[int]:
+        """``[∏ bases[i] ** exponents[i] % modulus for bases, exponents in jobs]``: the random
+        linear combinations of the proof checks, every operand public (see :func:`multi_powmod`
+        for the shape of a job). All jobs are one batch, so a backend can spread the whole
+        round's proof checks over its cores at once."""
         ...
 
 
@@ -172,6 +184,12 @@ class ThreadsBackend:
             return [int(x) for x in gmpy2.powmod_exp_list(b, list(chunk), m)]
 
         return self.map_chunks(run, exponents)
+
+    def multi_powmods(self, jobs: Sequence[MultiExp], modulus: int) -> list[int]:
+        """Pippenger's bucket method (:func:`pippenger`) per job, on the calling thread: gmpy2's
+        single multiplications hold the GIL, so threads would not run them in parallel."""
+        m = _require_modulus(modulus)
+        return [pippenger(bases, exponents, m) for bases, exponents in jobs]
 
 
 def _invert(value: int, modulus: gmpy2.mpz, index: int) -> gmpy2.mpz:
@@ -286,15 +304,48 @@ def resolve_backend(backend: ModexpBackend | None) -> ModexpBackend:
     return default_backend() if backend is None else backend
 
 
-def multi_powmod(bases: Sequence[int], exponents: Sequence[bytes], modulus: int) -> int:
-    """``∏ bases[j] ** exponents[j] mod modulus`` for short exponents given as big-endian bytes.
+def multi_powmod(
+    bases: Sequence[int],
+    exponents: Sequence[bytes],
+    modulus: int,
+    backend: ModexpBackend | None = None,
+) -> int:
+    """``∏ bases[j] ** exponents[j] mod modulus`` for short exponents given as big-endian bytes,
+    every operand public, on ``backend`` (``None``: the default backend).
+
+    Raises:
+        ValueError: bases and exponents differ in length, or the exponents in width.
+    """
+    return multi_powmods([(bases, exponents)], modulus, backend)[0]
+
+
+def multi_powmods(
+    jobs: Sequence[MultiExp], modulus: int, backend: ModexpBackend | None = None
+) -> list[int]:
+    """:func:`multi_powmod` for several jobs at once (one modulus), on ``backend``: how a round's
+    proof checks are batched across its contributions.
+
+    Raises:
+        ValueError: in a job, bases and exponents differ in length, or the exponents in width.
+    """
+    for bases, exponents in jobs:
+        if len(bases) != len(exponents):
+            raise ValueError("bases and exponents differ in length")
+        if exponents and any(len(e) != len(exponents[0]) for e in exponents):
+            raise ValueError("exponents differ in width")
+    return resolve_backend(backend).multi_powmods(jobs, modulus)
+
+
+def pippenger(bases: Sequence[int], exponents: Sequence[bytes], modulus: int) -> int:
+    """``∏ bases[j] ** exponents[j] mod modulus`` with gmpy2 on the calling thread.
 
     Pippenger's bucket method with 8-bit windows: for each byte position, bases are multiplied
     into one of 255 buckets by their digit and the buckets are summed with two running products.
     For N bases and k-byte exponents this costs about k·(N + 512) multiplications instead of the
     ~1.5·8k·N of N separate exponentiations — the batch proofs in threshold decryption need
-    this for vectors of tens of thousands of ciphertexts. It runs on the calling thread with
-    gmpy2, outside any backend: its cost is a small fraction of the exponentiations above.
+    this for vectors of tens of thousands of ciphertexts. It is the gmpy2 backend's
+    multi-exponentiation and the reference for the others (the IFMA kernel runs the same method
+    eight lanes at a time).
     """
     m = gmpy2.mpz(modulus)
     if len(bases) != len(exponents):

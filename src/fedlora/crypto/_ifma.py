@@ -26,7 +26,14 @@ from types import ModuleType
 
 import gmpy2
 
-from fedlora.crypto._backend import ModexpBackend, ThreadsBackend, _invert, _require_modulus
+from fedlora.crypto._backend import (
+    ModexpBackend,
+    MultiExp,
+    ThreadsBackend,
+    _invert,
+    _require_modulus,
+    pippenger,
+)
 from fedlora.crypto._util import require_int
 from fedlora.errors import CryptoError
 
@@ -34,6 +41,7 @@ __all__ = ["IfmaBackend", "load_kernel"]
 
 LANES = 8
 MIN_BATCH = 4  # below this, most lanes would idle: the fallback is faster
+MIN_MULTI = 2048  # a multi-exponentiation piece of fewer bases: gmpy2's bucket method is faster
 _MAX_LIMBS = 160  # the kernel's bound: moduli up to 52·160 − 2 bits
 _MAX_CONTEXTS = 64
 
@@ -161,3 +169,49 @@ class IfmaBackend(ThreadsBackend):
     def powmod_exponents(self, base: int, exponents: Sequence[int], modulus: int) -> list[int]:
         """One base, many exponents: the fallback's (lanes need one shared exponent)."""
         return self.fallback.powmod_exponents(base, exponents, modulus)
+
+    def multi_powmods(self, jobs: Sequence[MultiExp], modulus: int) -> list[int]:
+        """Each job's product on the kernel's multi-exponentiation (the bucket method, eight lanes
+        each summing an eighth of the bases, see ``run_multi`` in ``_mbexp.c``); the jobs of the
+        whole batch are cut into pieces of at least :data:`MIN_MULTI` bases that run on the
+        worker threads together, so that one round's proof checks keep every core busy. Jobs
+        too small for the kernel, and moduli it does not take, run gmpy2's bucket method.
+        Public operands only: which bucket a base joins follows its exponent's digits."""
+        m = int(_require_modulus(modulus))
+        usable = m % 2 == 1 and m > 1 and m.bit_length() + 2 <= 52 * _MAX_LIMBS
+        total = sum(len(bases) for bases, _ in jobs)
+        piece = max(MIN_MULTI, -(-total // self.workers))
+        results = [1] * len(jobs)
+        pieces: list[tuple[int, Sequence[int], Sequence[bytes]]] = []
+        for j, (bases, exponents) in enumerate(jobs):
+            if not usable or len(bases) < MIN_MULTI:
+                results[j] = pippenger(bases, exponents, m)
+                continue
+            count = -(-len(bases) // piece)
+            size = -(-len(bases) // count)
+            for i in range(0, len(bases), size):
+                pieces.append((j, bases[i : i + size], exponents[i : i + size]))
+        if not pieces:
+            return results
+        ctx = self._context(m)
+        w = ctx.width
+
+        def run(item: tuple[int, Sequence[int], Sequence[bytes]]) -> int:
+            _, bases, exponents = item
+            data = b"".join((b if 0 <= b < m else b % m).to_bytes(w, "big") for b in bases)
+            out = self.kernel.multiexp(
+                data, len(bases), b"".join(exponents), ctx.modulus, ctx.rr, ctx.k0, ctx.limbs
+            )
+            acc = gmpy2.mpz(1)
+            for i in range(0, len(out), w):
+                acc = acc * int.from_bytes(out[i : i + w], "big") % m
+            return int(acc)
+
+        if len(pieces) == 1:
+            parts = [run(pieces[0])]
+        else:
+            with ThreadPoolExecutor(max_workers=min(self.workers, len(pieces))) as pool:
+                parts = list(pool.map(run, pieces))
+        for (j, _, _), part in zip(pieces, parts):
+            results[j] = results[j] * part % m
+        return [int(r) for r in results]

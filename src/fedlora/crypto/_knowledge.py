@@ -27,14 +27,20 @@ from dataclasses import dataclass
 import gmpy2
 from phe import PaillierPublicKey
 
-from fedlora.crypto._backend import ModexpBackend, multi_powmod, resolve_backend
+from fedlora.crypto._backend import ModexpBackend, multi_powmod, multi_powmods, resolve_backend
 from fedlora.crypto._obfuscation import EncryptionWitness, ObfuscatorSource, RootsWitness
 from fedlora.crypto._paillier import ciphertext_vector_digest, validate_ciphertexts
 from fedlora.crypto._util import Rng, byte_length, require_bytes, system_rng
 from fedlora.crypto._vector import CiphertextVector, pack_records
 from fedlora.errors import CryptoError, VerificationError
 
-__all__ = ["PlaintextProof", "encrypt_and_prove", "verify_plaintext_knowledge"]
+__all__ = [
+    "KnowledgeClaim",
+    "PlaintextProof",
+    "encrypt_and_prove",
+    "verify_plaintext_knowledge",
+    "verify_plaintext_knowledge_batch",
+]
 
 _WEIGHT_BYTES = 16
 _CHALLENGE_BITS = 256
@@ -129,7 +135,7 @@ def encrypt_and_prove(
     cts = [int((1 + m * n) * gmpy2.mpz(r) % mn2) for m, r in zip(ms, rn)]
     digest = ciphertext_vector_digest(pk, cts)
     weights = _weights(context, digest, len(cts))
-    big_c = multi_powmod(cts, weights, n2)
+    big_c = multi_powmod(cts, weights, n2, engine)
     big_m = sum(int.from_bytes(w, "big") * m for w, m in zip(weights, ms)) % n
     big_r = witness.combined_root(weights)
     x = source.randrange(n)
@@ -150,6 +156,7 @@ def verify_plaintext_knowledge(
     proof: PlaintextProof,
     *,
     context: bytes,
+    backend: ModexpBackend | None = None,
 ) -> None:
     """Check that whoever made ``ciphertexts`` for ``context`` knows their plaintexts.
 
@@ -157,30 +164,69 @@ def verify_plaintext_knowledge(
     Fiat–Shamir weights being fixed *after* the vector, so a digest taken from anywhere else
     would let a sender pick its vector knowing the weights.
 
+    Args:
+        backend: runs the multi-exponentiation (``None``: the default backend).
+
     Raises:
         VerificationError: a malformed proof, or one that does not verify (for example a vector
             derived from someone else's ciphertexts, or a proof made for another context).
     """
+    failure = verify_plaintext_knowledge_batch(
+        public_key, [(ciphertexts, proof, context)], backend=backend
+    )[0]
+    if failure is not None:
+        raise failure
+
+
+KnowledgeClaim = tuple[Sequence[int] | CiphertextVector, PlaintextProof, bytes]
+"""One vector, its proof and its context (see :func:`verify_plaintext_knowledge`)."""
+
+
+def verify_plaintext_knowledge_batch(
+    public_key: PaillierPublicKey,
+    claims: Sequence[KnowledgeClaim],
+    *,
+    backend: ModexpBackend | None = None,
+) -> list[VerificationError | None]:
+    """Check many proofs at once (a round's contributions): each vector's random linear
+    combination is one job of a single :func:`~fedlora.crypto.multi_powmods` batch, so the
+    backend spreads them all over its cores. Each claim is judged alone.
+
+    Returns:
+        per claim, ``None`` when its proof verifies, else the :class:`VerificationError` that
+        :func:`verify_plaintext_knowledge` would raise for it.
+    """
     pk = public_key
     n, n2 = pk.n, pk.nsquare
-    if not isinstance(proof, PlaintextProof):
-        raise VerificationError(f"expected a PlaintextProof, got {type(proof).__name__}")
-    try:
-        cts = validate_ciphertexts(pk, ciphertexts)
-        validate_ciphertexts(pk, [proof.commitment])
-    except CryptoError as exc:
-        raise VerificationError(f"proof of plaintext knowledge: {exc}") from None
-    if not cts:
-        raise VerificationError("proof of plaintext knowledge for an empty vector")
-    z1, z2 = proof.response_m, proof.response_r
-    if not (0 <= z1 < n and 0 < z2 < n and gmpy2.gcd(z2, n) == 1):
-        raise VerificationError("proof of plaintext knowledge has responses out of range")
-    digest = ciphertext_vector_digest(pk, cts)
-    big_c = multi_powmod(cts, _weights(context, digest, len(cts)), n2)
-    e = _challenge(pk, context, digest, big_c, proof.commitment)
-    left = (1 + z1 * n) * gmpy2.powmod(z2, n, n2) % n2
-    right = proof.commitment * gmpy2.powmod(big_c, e, n2) % n2
-    if left != right:
-        raise VerificationError(
-            "proof of plaintext knowledge does not verify: the sender does not know what it encrypted"
-        )
+    outcome: list[VerificationError | None] = [None] * len(claims)
+    pending: list[tuple[int, list[int], PlaintextProof, bytes, bytes, list[bytes]]] = []
+    for i, (ciphertexts, proof, context) in enumerate(claims):
+        try:
+            if not isinstance(proof, PlaintextProof):
+                raise VerificationError(f"expected a PlaintextProof, got {type(proof).__name__}")
+            try:
+                cts = validate_ciphertexts(pk, ciphertexts)
+                validate_ciphertexts(pk, [proof.commitment])
+            except CryptoError as exc:
+                raise VerificationError(f"proof of plaintext knowledge: {exc}") from None
+            if not cts:
+                raise VerificationError("proof of plaintext knowledge for an empty vector")
+            z1, z2 = proof.response_m, proof.response_r
+            if not (0 <= z1 < n and 0 < z2 < n and gmpy2.gcd(z2, n) == 1):
+                raise VerificationError("proof of plaintext knowledge has responses out of range")
+            context = require_bytes("context", context)
+            digest = ciphertext_vector_digest(pk, cts)
+            pending.append((i, cts, proof, context, digest, _weights(context, digest, len(cts))))
+        except (VerificationError, CryptoError) as exc:
+            outcome[i] = exc if isinstance(exc, VerificationError) else VerificationError(str(exc))
+    combined = multi_powmods([(cts, weights) for _, cts, _, _, _, weights in pending], n2, backend)
+    for (i, _, proof, context, digest, _), big_c in zip(pending, combined):
+        e = _challenge(pk, context, digest, big_c, proof.commitment)
+        left = (1 + proof.response_m * n) * gmpy2.powmod(proof.response_r, n, n2) % n2
+        right = proof.commitment * gmpy2.powmod(big_c, e, n2) % n2
+        if left != right:
+            outcome[i] = VerificationError(
+                "proof of plaintext knowledge does not verify: the sender does not know what it "
+                "encrypted"
+            )
+    return outcome

@@ -25,6 +25,10 @@
  *       exponent: big-endian, any length; modulus: odd, big-endian; rr: R² mod N, as wide as the
  *       modulus; k0: -N⁻¹ mod 2^52; limbs: L, with 52·L ≥ bits(N) + 2.
  *       Returns count results of len(modulus) bytes: base^exponent mod N, each below N.
+ *   multiexp(bases, count, exponents, modulus, rr, k0, limbs) -> bytes
+ *       PUBLIC operands only (see run_multi): bases as for powmod, count >= 1; exponents: count
+ *       big-endian numbers of one width, concatenated. Returns eight numbers of len(modulus)
+ *       bytes, each below N, whose product mod N is ∏ bases[i]^exponents[i].
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -207,6 +211,110 @@ IFMA static int run(const Job *job)
     free(mem);
     return 0;
 }
+
+typedef struct {
+    const unsigned char *bases, *exps, *mod, *rr;
+    unsigned char *out;
+    Py_ssize_t count, exp_len, width;
+    uint64_t k0;
+    int L;
+} MultiJob;
+
+/* ∏ bases[i]^exps[i] mod N for PUBLIC operands (the proof checks' random linear combinations):
+ * Pippenger's bucket method with 8-bit digits. Lane l takes the l-th eighth of the bases and
+ * keeps its own 256 buckets; at each step every lane multiplies its next base into the bucket
+ * its digit names, read and written back with gather/scatter (digit 0 lands in bucket 0, which
+ * is never read). The memory addresses follow the exponents' digits, so this is for public
+ * exponents only; the arithmetic is the same almost-Montgomery multiplication. Writes eight
+ * partial products (one per lane, each below N) to out; returns 0, or -1 when out of memory. */
+IFMA static int run_multi(const MultiJob *job)
+{
+    const int L = job->L;
+    const Py_ssize_t per_lane = (job->count + LANES - 1) / LANES, k = job->exp_len;
+    const size_t vec = (size_t)L * sizeof(V);
+    V *buckets = aligned_alloc(64, vec * 256);
+    V *xs = aligned_alloc(64, vec * (size_t)(per_lane > 0 ? per_lane : 1));
+    V *mem = aligned_alloc(64, vec * 9);
+    if (buckets == NULL || xs == NULL || mem == NULL) {
+        free(buckets);
+        free(xs);
+        free(mem);
+        return -1;
+    }
+    V *n = mem, *rr = n + L, *one = rr + L, *one_r = one + L, *running = one_r + L,
+      *total = running + L, *acc = total + L, *g = acc + L, *t = g + L;
+    for (int lane = 0; lane < LANES; lane++) {
+        load_lane((uint64_t *)n, lane, job->mod, job->width, L);
+        load_lane((uint64_t *)rr, lane, job->rr, job->width, L);
+    }
+    memset(one, 0, vec);
+    for (int lane = 0; lane < LANES; lane++)
+        ((uint64_t *)one)[lane] = 1;
+    const V k0 = _mm512_set1_epi64((long long)job->k0);
+    amm(one_r, rr, one, n, k0, L, t); /* R mod N: one in Montgomery form */
+
+    /* every base into Montgomery form once, lane l holding bases l·per_lane .. */
+    for (Py_ssize_t s = 0; s < per_lane; s++) {
+        for (int lane = 0; lane < LANES; lane++) {
+            const Py_ssize_t i = (Py_ssize_t)lane * per_lane + s;
+            if (i < job->count)
+                load_lane((uint64_t *)g, lane, job->bases + i * job->width, job->width, L);
+            else
+                for (int j = 0; j < L; j++)
+                    ((uint64_t *)g)[(size_t)j * LANES + lane] = 0;
+        }
+        amm(xs + (size_t)s * L, g, rr, n, k0, L, t);
+    }
+
+    long long *cells = (long long *)buckets;
+    const V stride = _mm512_set1_epi64(LANES);
+    for (Py_ssize_t pos = 0; pos < k; pos++) {
+        for (int d = 0; d < 256; d++)
+            memcpy(buckets + (size_t)d * L, one_r, vec);
+        for (Py_ssize_t s = 0; s < per_lane; s++) {
+            long long idx[LANES];
+            for (int lane = 0; lane < LANES; lane++) {
+                const Py_ssize_t i = (Py_ssize_t)lane * per_lane + s;
+                const long long d = i < job->count ? job->exps[i * k + pos] : 0;
+                idx[lane] = (d * L) * LANES + lane;
+            }
+            V where = _mm512_loadu_si512(idx);
+            for (int j = 0; j < L; j++) {
+                g[j] = _mm512_i64gather_epi64(where, cells, 8);
+                where = _mm512_add_epi64(where, stride);
+            }
+            amm(g, g, xs + (size_t)s * L, n, k0, L, t);
+            where = _mm512_loadu_si512(idx);
+            for (int j = 0; j < L; j++) {
+                _mm512_i64scatter_epi64(cells, where, g[j], 8);
+                where = _mm512_add_epi64(where, stride);
+            }
+        }
+        /* Σ d·bucket[d] as products: running = ∏_{e ≥ d} bucket[e], total = ∏ running */
+        memcpy(running, one_r, vec);
+        memcpy(total, one_r, vec);
+        for (int d = 255; d >= 1; d--) {
+            amm(running, running, buckets + (size_t)d * L, n, k0, L, t);
+            amm(total, total, running, n, k0, L, t);
+        }
+        if (pos == 0) {
+            memcpy(acc, total, vec);
+        } else {
+            for (int b = 0; b < 8; b++)
+                amm(acc, acc, acc, n, k0, L, t);
+            amm(acc, acc, total, n, k0, L, t);
+        }
+    }
+    if (k == 0)
+        memcpy(acc, one_r, vec);
+    amm(acc, acc, one, n, k0, L, t); /* out of Montgomery form: ≤ N */
+    for (int lane = 0; lane < LANES; lane++)
+        store_lane(job->out + lane * job->width, (const uint64_t *)acc, lane, job->width, L);
+    free(buckets);
+    free(xs);
+    free(mem);
+    return 0;
+}
 #else
 #define HAVE_IFMA_CODE 0
 #endif
@@ -284,10 +392,65 @@ static PyObject *mb_powmod(PyObject *self, PyObject *args)
     return result;
 }
 
+static PyObject *mb_multiexp(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer bases, exps, mod, rr;
+    Py_ssize_t count;
+    unsigned long long k0;
+    int limbs;
+    if (!PyArg_ParseTuple(args, "y*ny*y*y*Ki", &bases, &count, &exps, &mod, &rr, &k0, &limbs))
+        return NULL;
+    PyObject *result = NULL;
+#if HAVE_IFMA_CODE
+    const Py_ssize_t width = mod.len;
+    if (!cpu_has_ifma()) {
+        PyErr_SetString(PyExc_RuntimeError, "this CPU does not run AVX-512 IFMA");
+    } else if (width < 1 || limbs < 2 || limbs > MAX_LIMBS ||
+               (Py_ssize_t)limbs * 52 < bit_length(mod.buf, width) + 2) {
+        PyErr_SetString(PyExc_ValueError, "limbs: need 2 <= limbs <= 160 and 52*limbs >= bits + 2");
+    } else if (count < 1 || bases.len != count * width || rr.len != width ||
+               exps.len % count != 0) {
+        PyErr_SetString(PyExc_ValueError, "bases, exponents or rr have the wrong length");
+    } else if ((((const unsigned char *)mod.buf)[width - 1] & 1) == 0) {
+        PyErr_SetString(PyExc_ValueError, "the modulus must be odd");
+    } else if (k0 > MASK52) {
+        PyErr_SetString(PyExc_ValueError, "k0 must be below 2^52");
+    } else {
+        result = PyBytes_FromStringAndSize(NULL, LANES * width);
+        if (result != NULL) {
+            MultiJob job = {bases.buf, exps.buf, mod.buf, rr.buf,
+                            (unsigned char *)PyBytes_AS_STRING(result),
+                            count, exps.len / count, width, (uint64_t)k0, limbs};
+            int rc;
+            Py_BEGIN_ALLOW_THREADS
+            rc = run_multi(&job);
+            Py_END_ALLOW_THREADS
+            if (rc != 0) {
+                Py_CLEAR(result);
+                PyErr_NoMemory();
+            }
+        }
+    }
+#else
+    (void)count;
+    (void)k0;
+    (void)limbs;
+    PyErr_SetString(PyExc_RuntimeError, "built without AVX-512 IFMA code");
+#endif
+    PyBuffer_Release(&bases);
+    PyBuffer_Release(&exps);
+    PyBuffer_Release(&mod);
+    PyBuffer_Release(&rr);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"available", mb_available, METH_NOARGS, "Whether this CPU and OS run AVX-512 IFMA."},
     {"powmod", mb_powmod, METH_VARARGS,
      "powmod(bases, count, exponent, modulus, rr, k0, limbs) -> bytes (see the module source)."},
+    {"multiexp", mb_multiexp, METH_VARARGS,
+     "multiexp(bases, count, exponents, modulus, rr, k0, limbs) -> bytes (see the module source)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -27,7 +27,7 @@ from typing import NoReturn, Protocol
 import gmpy2
 from phe import PaillierPublicKey
 
-from fedlora.crypto._backend import ModexpBackend, multi_powmod, resolve_backend
+from fedlora.crypto._backend import ModexpBackend, pippenger, resolve_backend
 from fedlora.crypto._util import Rng, require_int, system_rng
 from fedlora.errors import CryptoError
 
@@ -67,7 +67,7 @@ class RootsWitness(_NoPickle):
         self._roots, self._n = roots, n
 
     def combined_root(self, weights: Sequence[bytes]) -> int:
-        return multi_powmod(self._roots, weights, self._n)
+        return pippenger(self._roots, weights, self._n)  # secret bases: not the public kernel
 
 
 class DjnWitness(_NoPickle):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import gmpy2
 
-from fedlora.crypto._backend import ModexpBackend, multi_powmod, resolve_backend
+from fedlora.crypto._backend import ModexpBackend, multi_powmods, resolve_backend
 from fedlora.crypto._paillier import ciphertext_vector_digest, validate_ciphertexts
 from fedlora.crypto._shamir import integer_lagrange_at_zero
 from fedlora.crypto._threshold_keys import MAX_PARTIES, KeyShare, ThresholdPublicKey
@@ -115,12 +115,12 @@ def _batched_statement(
     cts: Sequence[int],
     cts_digest: bytes,
     values: Sequence[int],
+    backend: ModexpBackend | None,
 ) -> tuple[int, int]:
     """``(C⁴, Cᵢ²)`` for the random linear combination of the whole vector."""
     n2 = key.nsquare
     weights = _batch_weights(key, index, cts_digest, _values_digest(n2, values), len(cts))
-    big_c = multi_powmod(cts, weights, n2)
-    big_ci = multi_powmod(values, weights, n2)
+    big_c, big_ci = multi_powmods([(cts, weights), (values, weights)], n2, backend)
     return int(gmpy2.powmod(big_c, 4, n2)), int(gmpy2.powmod(big_ci, 2, n2))
 
 
@@ -201,7 +201,7 @@ def partial_decrypt(
     engine = resolve_backend(backend)
     values = engine.powmod_bases_secret(cts, 2 * secret, n2)
     cts_digest = ciphertext_vector_digest(key.paillier, cts)
-    c4, ci2 = _batched_statement(key, index, cts, cts_digest, values)
+    c4, ci2 = _batched_statement(key, index, cts, cts_digest, values, engine)
     r = system_rng(rng).getrandbits(_nonce_bits(key))
     a, b = engine.powmod_bases_secret([c4, key.v], r, n2)
     vk = key.verification_keys[index - 1]
@@ -223,11 +223,13 @@ def verify_partial_decryption(
     partial: PartialDecryption,
     *,
     ciphertexts_digest: bytes | None = None,
+    backend: ModexpBackend | None = None,
 ) -> None:
     """Check a party's partial decryption of ``ciphertexts``; return ``None`` or raise.
 
     Args:
         ciphertexts_digest: the vector's digest if already computed (saves a pass).
+        backend: runs the proof's multi-exponentiations (``None``: the default backend).
 
     Raises:
         VerificationError: wrong key, wrong vector, a value outside Z*_{n²} or a failing proof;
@@ -268,7 +270,7 @@ def verify_partial_decryption(
             f"{who}: proof response has {z.bit_length()} bits, above the bound of {_nonce_bits(key) + 1}"
         )
     n2 = key.nsquare
-    c4, ci2 = _batched_statement(key, index, list(ciphertexts), digest, values)
+    c4, ci2 = _batched_statement(key, index, list(ciphertexts), digest, values, backend)
     vk = key.verification_keys[index - 1]
     a = gmpy2.powmod(c4, z, n2) * gmpy2.powmod(ci2, -e, n2) % n2
     b = gmpy2.powmod(key.v, z, n2) * gmpy2.powmod(vk, -e, n2) % n2
@@ -307,10 +309,11 @@ def combine_partial_decryptions(
             f"need partial decryptions from {key.threshold} parties, got {len(partials)}"
         )
     digest = ciphertext_vector_digest(key.paillier, cts)
+    engine = resolve_backend(backend)
     for partial in partials:
-        verify_partial_decryption(key, cts, partial, ciphertexts_digest=digest)
+        verify_partial_decryption(key, cts, partial, ciphertexts_digest=digest, backend=engine)
     chosen = sorted(partials, key=lambda p: p.index)[: key.threshold]
-    return _combine(key, chosen, resolve_backend(backend))
+    return _combine(key, chosen, engine)
 
 
 def combine_verified_partials(

@@ -33,7 +33,7 @@ from fedlora.crypto import (
     sign_digest,
     validate_ciphertexts,
     verify_partial_decryption,
-    verify_plaintext_knowledge,
+    verify_plaintext_knowledge_batch,
     verify_signature,
 )
 from fedlora.errors import VerificationError
@@ -46,6 +46,9 @@ from fedlora.protocol._statements import (
     partial_statement,
     round_ticket,
 )
+
+PROOF_GROUP = 4
+"""Contributions whose proofs of plaintext knowledge a holder checks in one batch."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ def check_task(
     round_number: int,
     *,
     trained_from: tuple[int, bytes] | None = None,
+    backend: ModexpBackend | None = None,
 ) -> CheckedAggregate:
     """Check a decryption task in full before its ticket is signed.
 
@@ -84,6 +88,10 @@ def check_task(
     model this holder trained from, when it contributed); at least ``min_participants`` distinct
     pinned peers; every contribution's signature over the ciphertexts actually sent, with a valid
     proof of plaintext knowledge; the aggregate equal to their product.
+
+    The proofs are checked :data:`PROOF_GROUP` contributions at a time in one batch on
+    ``backend`` (``None``: the default), which spreads them over every core; at most that many
+    contributions are held unpacked at once.
 
     Raises:
         VerificationError: naming what is wrong.
@@ -119,6 +127,21 @@ def check_task(
         raise VerificationError("the contributions sent do not match the manifest")
     total: list[int] | None = None
     statements: list[tuple[str, bytes]] = []
+    group: list[tuple[str, list[int], PlaintextProof, bytes]] = []
+
+    def check_group() -> None:
+        nonlocal total
+        claims = [(cts, proof, context) for _, cts, proof, context in group]
+        outcome = verify_plaintext_knowledge_batch(pk, claims, backend=backend)
+        for (client_id, cts, _, _), failure in zip(group, outcome):
+            if failure is not None:  # a vector mauled from other contributions fails here
+                raise VerificationError(
+                    f"the contribution of {client_id!r} carries no valid proof that its sender "
+                    f"knows its plaintexts ({failure})"
+                )
+            total = cts if total is None else add_ciphertext_vectors(pk, total, cts)
+        group.clear()
+
     for entry in m.entries:
         if entry.client_id not in policy.peers:
             raise VerificationError(
@@ -136,22 +159,22 @@ def check_task(
                 f"the contribution of {entry.client_id!r} is not signed by that peer's key "
                 "(over these ciphertexts, this round and this global model)"
             ) from None
-        try:  # a vector mauled from other contributions cannot come with this proof
-            verify_plaintext_knowledge(
-                pk,
-                cts,
-                PlaintextProof.from_bytes(pk, entry.knowledge_proof),
-                context=knowledge_context(
-                    m.federation_id, m.round_number, entry.client_id, key.fingerprint
-                ),
-            )
+        try:
+            proof = PlaintextProof.from_bytes(pk, entry.knowledge_proof)
         except VerificationError as exc:
             raise VerificationError(
                 f"the contribution of {entry.client_id!r} carries no valid proof that its sender "
                 f"knows its plaintexts ({exc})"
             ) from None
+        context = knowledge_context(
+            m.federation_id, m.round_number, entry.client_id, key.fingerprint
+        )
+        group.append((entry.client_id, cts, proof, context))
         statements.append((entry.client_id, statement))
-        total = cts if total is None else add_ciphertext_vectors(pk, total, cts)
+        if len(group) == PROOF_GROUP:
+            check_group()
+    if group:
+        check_group()
     assert total is not None  # min_participants >= 2
     if len(task.aggregate) % width or unpack_records(task.aggregate, width) != total:
         raise VerificationError("the aggregate is not the product of the listed contributions")
@@ -365,6 +388,7 @@ def verify_partial(
     ciphertexts: Sequence[int],
     chunk_digest: bytes,
     ticket: bytes,
+    backend: ModexpBackend | None = None,
 ) -> PartialDecryption:
     """The coordinator's check of one chunk of a holder's partial decryption: ``ciphertexts``
     are the aggregate's chunk from ``header.first_record``, ``chunk_digest`` their digest
@@ -394,5 +418,7 @@ def verify_partial(
         decrypted,
         DecryptionProof(header.challenge, header.response),
     )
-    verify_partial_decryption(key, ciphertexts, partial, ciphertexts_digest=chunk_digest)
+    verify_partial_decryption(
+        key, ciphertexts, partial, ciphertexts_digest=chunk_digest, backend=backend
+    )
     return partial

@@ -174,6 +174,7 @@ class PaillierSum(SecureSum):
             unpack_records(records, self.width),
             PlaintextProof.from_bytes(pk, proof),
             context=context,
+            backend=self.backend,
         )
 
     def add(self, total: bytes | None, records: bytes, weight: int) -> bytes:

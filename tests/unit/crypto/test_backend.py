@@ -63,6 +63,11 @@ class CountingBackend:
         self.values["powmod_bases_secret"] += len(bases)
         return self.inner.powmod_bases_secret(bases, exponent, modulus)
 
+    def multi_powmods(self, jobs, modulus):  # type: ignore[no-untyped-def]
+        self.calls["multi_powmods"] += 1
+        self.values["multi_powmods"] += sum(len(b) for b, _ in jobs)
+        return self.inner.multi_powmods(jobs, modulus)
+
 
 # --- ThreadsBackend ---------------------------------------------------------------------------
 
@@ -361,6 +366,82 @@ def test_the_ifma_kernel_refuses_inputs_that_do_not_fit() -> None:
         kernel.powmod(base, 1, b"\x03", modulus, base, 1 << 52, 3)
 
 
+@needs_ifma
+@pytest.mark.parametrize("bits", [3, 104, 105, 521, 2048, 4096, 8190])
+def test_the_ifma_multi_exponentiation_equals_gmpy2s_bucket_method(bits) -> None:
+    # Arrange: the kernel itself (under the backend's size floor), counts that fill and do not
+    # fill the eight lanes, bases beyond the modulus, 0 and 1, zero digits, exponent widths.
+    from fedlora.crypto._backend import pippenger
+    from fedlora.crypto._ifma import _Modulus, load_kernel
+
+    kernel = load_kernel()
+    assert kernel is not None
+    rng = random.Random(bits)
+    modulus = rng.getrandbits(bits) | 1 | (1 << (bits - 1))
+    ctx = _Modulus(modulus)
+    for count in (1, 7, 8, 9, 17, 300):
+        for width in (1, 16, 33):
+            bases = [rng.getrandbits(bits) % modulus for _ in range(count)]
+            bases[0] = 0 if count > 8 else bases[0]
+            bases[-1] = 1 if count > 1 else bases[-1]
+            exps = [rng.getrandbits(8 * width).to_bytes(width, "big") for _ in range(count)]
+            exps[count // 2] = bytes(width)  # an all-zero exponent
+            # Act
+            out = kernel.multiexp(
+                b"".join(b.to_bytes(ctx.width, "big") for b in bases),
+                count,
+                b"".join(exps),
+                ctx.modulus,
+                ctx.rr,
+                ctx.k0,
+                ctx.limbs,
+            )
+            lanes = [
+                int.from_bytes(out[i : i + ctx.width], "big") for i in range(0, len(out), ctx.width)
+            ]
+            product = 1
+            for lane in lanes:
+                product = product * lane % modulus
+            # Assert
+            assert len(lanes) == 8 and all(x <= modulus for x in lanes)
+            assert product == pippenger(bases, exps, modulus), (count, width)
+    with pytest.raises(ValueError, match="wrong length"):
+        kernel.multiexp(
+            b"\x01" * 2 * ctx.width, 2, b"\x01\x02\x03", ctx.modulus, ctx.rr, ctx.k0, ctx.limbs
+        )
+    with pytest.raises(ValueError, match="odd"):
+        even = (2).to_bytes(ctx.width, "big")
+        kernel.multiexp(even, 1, b"\x01", even, even, 1, ctx.limbs)
+
+
+@needs_ifma
+@pytest.mark.parametrize("workers", [1, 3])
+def test_the_ifma_backend_batches_multi_exponentiations_across_jobs(workers) -> None:
+    # Arrange: jobs above and below the kernel's floor, one split into pieces across workers,
+    # an even modulus (gmpy2's method), bases beyond the modulus; against gmpy2 on one thread.
+    from fedlora.crypto import IfmaBackend, multi_powmods
+    from fedlora.crypto._ifma import MIN_MULTI
+
+    rng = random.Random(workers)
+    backend, reference = IfmaBackend(workers, ThreadsBackend(1)), ThreadsBackend(1)
+    modulus = rng.getrandbits(2048) | 1 | (1 << 2047)
+    sizes = (MIN_MULTI - 1, MIN_MULTI, 2 * MIN_MULTI + 5, 3)
+    jobs = []
+    for size in sizes:
+        bases = [rng.getrandbits(2060) for _ in range(size)]
+        jobs.append((bases, [rng.getrandbits(128).to_bytes(16, "big") for _ in range(size)]))
+    # Act / Assert
+    expected = reference.multi_powmods(jobs, modulus)
+    assert multi_powmods(jobs, modulus, backend) == expected
+    assert backend.multi_powmods(jobs[:1], modulus + 1) == reference.multi_powmods(
+        jobs[:1], modulus + 1
+    )
+    with pytest.raises(ValueError, match="differ in length"):
+        multi_powmods([([1, 2], [b"\x01"])], modulus, backend)
+    with pytest.raises(ValueError, match="differ in width"):
+        multi_powmods([([1, 2], [b"\x01", b"\x01\x02"])], modulus, backend)
+
+
 def test_the_ifma_backend_says_why_it_cannot_run(monkeypatch) -> None:
     from fedlora.crypto import IfmaBackend, _ifma
 
@@ -409,11 +490,15 @@ def test_threshold_decryption_routes_secret_and_public_work(dealt) -> None:
     plain = combine_partial_decryptions(key, cts, partials, backend=backend)
     # Assert
     assert plain == messages
-    # Each party: one call for c^(2Δsᵢ), one for the proof's nonce; never the public method.
-    assert secret_calls == Counter(powmod_bases_secret=6)
+    # Each party: one call for c^(2Δsᵢ), one for the proof's nonce; never the public method;
+    # and one batch of two multi-exponentiations (the proof's combination of cts and values).
+    assert secret_calls == Counter(powmod_bases_secret=6, multi_powmods=3)
     assert backend.values["powmod_bases_secret"] == 3 * (len(cts) + 2)
     # Combining raises public values to public Lagrange coefficients: one call per party.
     assert backend.calls["powmod_bases"] == key.threshold
+    # ... after checking each party's proof on the backend.
+    assert backend.calls["multi_powmods"] == 6
+    assert backend.values["multi_powmods"] == 6 * 2 * len(cts)
 
 
 def test_a_wrong_backend_is_caught_by_the_proof(dealt) -> None:

@@ -20,6 +20,7 @@ from fedlora.crypto import (
     encrypt_and_prove,
     encrypt_batch,
     verify_plaintext_knowledge,
+    verify_plaintext_knowledge_batch,
 )
 from fedlora.errors import CryptoError, VerificationError
 
@@ -72,6 +73,45 @@ def test_a_vector_that_cancels_someone_elses_cannot_be_proven(keypair) -> None:
     # A verbatim copy of the victim's vector cannot be passed off under another context either.
     with pytest.raises(VerificationError, match="does not know what it encrypted"):
         verify_plaintext_knowledge(public, victim, victim_proof, context=b"attacker")
+
+
+@pytest.mark.parametrize("backend", ["gmpy2", "ifma"])
+def test_a_batch_of_proofs_blames_exactly_the_bad_claims(keypair, backend) -> None:
+    # Arrange: a round's worth of claims on one backend batch: honest ones, a mauled vector
+    # with its sender's own proof, a proof moved to another context, a malformed proof and an
+    # empty vector. The ifma case runs vectors above the kernel's floor, so the kernel decides.
+    from fedlora.crypto import make_backend
+    from fedlora.crypto._ifma import MIN_MULTI, load_kernel
+
+    if backend == "ifma" and load_kernel() is None:
+        pytest.skip("the IFMA kernel is not built here, or this CPU does not run AVX-512 IFMA")
+    engine = make_backend(backend)[0]
+    public, _ = keypair
+    n2 = public.nsquare
+    size = MIN_MULTI + 3 if backend == "ifma" else 12
+    rng = deterministic_rng(b"batch")
+    honest = [
+        encrypt_and_prove(public, [i % 7] * size, context=b"c%d" % i, rng=rng) for i in range(3)
+    ]
+    zeros, own = encrypt_and_prove(public, [0] * size, context=b"mauler", rng=rng)
+    mauled = [int(gmpy2.invert(c, n2)) * z % n2 for c, z in zip(honest[0][0], zeros)]
+    claims = [
+        (honest[0][0], honest[0][1], b"c0"),
+        (mauled, own, b"mauler"),
+        (honest[1][0], honest[1][1], b"c1"),
+        (honest[2][0], honest[2][1], b"elsewhere"),
+        (honest[2][0], dataclasses.replace(honest[2][1], response_r=0), b"c2"),
+        ([], honest[2][1], b"c2"),
+        (honest[2][0], honest[2][1], b"c2"),
+    ]
+    # Act
+    outcome = verify_plaintext_knowledge_batch(public, claims, backend=engine)
+    # Assert
+    assert [o is None for o in outcome] == [True, False, True, False, False, False, True]
+    assert "does not know" in str(outcome[1]) and "does not know" in str(outcome[3])
+    assert "out of range" in str(outcome[4]) and "empty vector" in str(outcome[5])
+    with pytest.raises(VerificationError, match="does not know"):
+        verify_plaintext_knowledge(public, mauled, own, context=b"mauler", backend=engine)
 
 
 def test_one_altered_ciphertext_or_response_is_caught(keypair) -> None:

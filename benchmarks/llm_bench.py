@@ -153,6 +153,11 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=192)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=Path("build/llm_bench"))
+    ap.add_argument(
+        "--settings",
+        default="base,local,centralized,fedavg,fedlora",
+        help="which rows to run (comma-separated); the checks need fedavg, fedlora and local",
+    )
     args = ap.parse_args()
     if args.base is None and not args.tiny:
         ap.error(
@@ -207,47 +212,58 @@ def main() -> None:
 
     print("| setting | eval loss | perplexity | answer accuracy | answer F1 | notes |")
     print("|---|---:|---:|---:|---:|---|")
-    report("base model (zero-shot)", scores(model, zero, test))
+    chosen = set(args.settings.split(","))
+    if "base" in chosen:
+        report("base model (zero-shot)", scores(model, zero, test))
     local = []
-    for bank in banks:
-        view = BankView(model, bank)
-        local.append(scores(model, view.train(zero, total_steps), test))
-    report(
-        "local-only (mean of banks)",
-        {k: float(np.mean([s[k] for s in local])) for k in local[0]},
-        f"best bank F1 {max(s['f1'] for s in local):.3f}",
-    )
-    pooled = Bank([r for b in banks for r in b.train], args.seed)
-    report(
-        "centralized (pooled cases)",
-        scores(model, BankView(model, pooled).train(zero, total_steps * BANKS), test),
-    )
-    vector, seconds = federate(model, banks, args.rounds, args.steps, None)
-    fedavg = scores(model, vector, test)
-    report("FedAvg (plaintext)", fedavg, f"{np.mean(seconds):.0f} s / round")
-    factory = encrypted_federation(
-        Path(tempfile.mkdtemp(prefix="federation-", dir=args.workdir)),
-        args.rounds,
-        args.steps,
-        model.num_parameters,
-        max(len(b.train) for b in banks),
-    )
-    vector, seconds = federate(model, banks, args.rounds, args.steps, factory)
-    encrypted = scores(model, vector, test)
-    report("fedlora (encrypted)", encrypted, f"{np.mean(seconds):.0f} s / round")
+    if "local" in chosen:
+        for bank in banks:
+            view = BankView(model, bank)
+            local.append(scores(model, view.train(zero, total_steps), test))
+        report(
+            "local-only (mean of banks)",
+            {k: float(np.mean([s[k] for s in local])) for k in local[0]},
+            f"best bank F1 {max(s['f1'] for s in local):.3f}",
+        )
+    if "centralized" in chosen:
+        pooled = Bank([r for b in banks for r in b.train], args.seed)
+        report(
+            "centralized (pooled cases)",
+            scores(model, BankView(model, pooled).train(zero, total_steps * BANKS), test),
+        )
+    fedavg = encrypted = None
+    if "fedavg" in chosen:
+        vector, seconds = federate(model, banks, args.rounds, args.steps, None)
+        fedavg = scores(model, vector, test)
+        report("FedAvg (plaintext)", fedavg, f"{np.mean(seconds):.0f} s / round")
+    if "fedlora" in chosen:
+        factory = encrypted_federation(
+            Path(tempfile.mkdtemp(prefix="federation-", dir=args.workdir)),
+            args.rounds,
+            args.steps,
+            model.num_parameters,
+            max(len(b.train) for b in banks),
+        )
+        vector, seconds = federate(model, banks, args.rounds, args.steps, factory)
+        encrypted = scores(model, vector, test)
+        report("fedlora (encrypted)", encrypted, f"{np.mean(seconds):.0f} s / round")
     print()
-    f1_gap = 100 * abs(encrypted["f1"] - fedavg["f1"])
-    loss_gap = abs(encrypted["loss"] - fedavg["loss"]) / fedavg["loss"]
-    print(
-        f"fedlora vs FedAvg: F1 {f1_gap:.2f} pp ({'ok' if f1_gap <= 0.5 else 'OVER 0.5 pp'}), "
-        f"loss {100 * loss_gap:.2f} % ({'ok' if loss_gap <= 0.01 else 'OVER 1 %'})"
-    )
-    local_f1 = float(np.mean([s["f1"] for s in local]))
-    print(
-        f"fedlora vs local-only: F1 {encrypted['f1']:.3f} vs {local_f1:.3f} "
-        f"({'ok' if encrypted['f1'] > local_f1 else 'NOT BETTER'}), loss {encrypted['loss']:.4f} "
-        f"vs {float(np.mean([s['loss'] for s in local])):.4f}"
-    )
+    if fedavg is not None and encrypted is not None:
+        f1_gap = 100 * abs(encrypted["f1"] - fedavg["f1"])
+        loss_gap = abs(encrypted["loss"] - fedavg["loss"]) / fedavg["loss"]
+        print(
+            f"fedlora vs FedAvg: F1 {f1_gap:.2f} pp ({'ok' if f1_gap <= 0.5 else 'OVER 0.5 pp'}), "
+            f"loss {100 * loss_gap:.2f} % ({'ok' if loss_gap <= 0.01 else 'OVER 1 %'})"
+        )
+    if local and encrypted is not None:
+        local_f1 = float(np.mean([s["f1"] for s in local]))
+        local_loss = float(np.mean([s["loss"] for s in local]))
+        print(
+            f"fedlora vs local-only: F1 {encrypted['f1']:.3f} vs {local_f1:.3f} "
+            f"({'ok' if encrypted['f1'] > local_f1 else 'NOT BETTER'}), loss "
+            f"{encrypted['loss']:.4f} vs {local_loss:.4f} "
+            f"({'ok' if encrypted['loss'] < local_loss else 'NOT BETTER'})"
+        )
     print(f"wall time: {time.perf_counter() - started:.0f} s")
 
 

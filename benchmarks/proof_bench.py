@@ -57,7 +57,8 @@ def main() -> None:
         obfuscators=DjnObfuscator(pk),
         backend=backends[names[-1]],
     )
-    print(f"# one genuine contribution (random plaintexts) encrypted and proven in {time.perf_counter() - start:.1f} s")
+    took = time.perf_counter() - start
+    print(f"# one genuine contribution (random plaintexts) encrypted and proven in {took:.1f} s")
     weights = [rng.getrandbits(128).to_bytes(16, "big") for _ in range(args.ciphertexts)]
     jobs = [([c * (i + 2) % pk.nsquare for c in cts], weights) for i in range(PROOF_GROUP)]
     rows: dict[str, tuple[float, float]] = {}

@@ -159,6 +159,235 @@ def memory_only(args: argparse.Namespace) -> None:
     )
 
 
+# ---- seed scale: a language model's adapter, each party's step in its own process ----------
+
+SEED_VALUES = 4_884_480  # SmolLM2-135M, LoRA r = 16 on all seven linear layers of 30 blocks
+SEED_PARTIES = ("bank-a", "bank-b", "bank-c")  # a 2-of-3 key: two holders decrypt
+
+
+class _Replayed:
+    """BENCHMARK ONLY: the simulated clients 2..N seal with client 1's obfuscators (the product
+    never reuses one: it would leak differences of plaintexts). Their sealing is not what is
+    measured (client 1's, from a fresh pool, is); their contributions exist so that intake and
+    the holders check and sum N distinct vectors with valid proofs."""
+
+    def __init__(self, taken: tuple[list[int], Any]) -> None:
+        self.public_key = None
+        self._rn, self._witness = taken
+
+    def take(self, count: int) -> list[int]:
+        return self._rn[:count]
+
+    def take_with_witness(self, count: int) -> tuple[list[int], Any]:
+        return self._rn[:count], self._witness
+
+
+def _seed_setup(folder: Path) -> tuple[Any, CodecParams, dict[str, Any]]:
+    from fedlora.crypto import ThresholdPublicKey
+
+    doc = json.loads((folder / "setup.json").read_text())
+    key = ThresholdPublicKey.from_json((folder / "key.json").read_bytes())
+    return key, CodecParams(**doc["codec"]), doc
+
+
+def _seed_vector(client: int, values: int) -> np.ndarray:
+    """Client ``client``'s adapter delta: LoRA-sized values (the codec clips at 1)."""
+    return np.random.default_rng(1000 + client).normal(0, 0.02, values).astype(np.float32)
+
+
+def _seed_context(client: int) -> bytes:
+    return f"seed-scale bench, client {client}".encode()
+
+
+def _write_partial(path: Path, p: Any, width: int) -> None:
+    meta = {"party_id": p.party_id, "index": p.index, "fingerprint": p.key_fingerprint.hex(),
+            "digest": p.ciphertexts_digest.hex(), "e": hex(p.proof.challenge),
+            "z": hex(p.proof.response)}  # fmt: skip
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    path.write_bytes(pack_records(p.values, width))
+
+
+def _read_partial(path: Path, width: int) -> Any:
+    from fedlora.crypto import DecryptionProof, PartialDecryption, unpack_records
+
+    meta = json.loads(path.with_suffix(".json").read_text())
+    return PartialDecryption(
+        meta["party_id"], meta["index"], bytes.fromhex(meta["fingerprint"]),
+        bytes.fromhex(meta["digest"]), tuple(unpack_records(path.read_bytes(), width)),
+        DecryptionProof(int(meta["e"], 16), int(meta["z"], 16)),
+    )  # fmt: skip
+
+
+def seed_role(role: str, folder: Path, index: int) -> None:
+    """One party's step of a round in this (fresh) process; prints its timings and peak RSS."""
+    from fedlora.crypto import (
+        KeyShare,
+        partial_decrypt,
+        unpack_records,
+        validate_ciphertexts,
+        verify_plaintext_knowledge_batch,
+    )
+    from fedlora.protocol import secure_sum_for
+    from fedlora.protocol._decryptor import PROOF_GROUP
+
+    key, codec, doc = _seed_setup(folder)
+    pk, values, clients = key.paillier, doc["values"], doc["clients"]
+    secure = secure_sum_for("homomorphic", key, codec)
+    width = ciphertext_width(pk)
+    out: dict[str, float] = {"start_mb": peak_rss_mb()}
+    if role == "client":
+        delta = _seed_vector(0, values)
+        count = len(encode(delta, codec))
+        pool = ObfuscatorPool(pk, capacity=count)
+        _, out["pool_fill_s"] = timed(pool.fill)  # while the model trains
+
+        class Recording:
+            public_key = pk
+            taken: tuple[list[int], Any] | None = None
+
+            def take(self, k: int) -> list[int]:
+                return self.take_with_witness(k)[0]
+
+            def take_with_witness(self, k: int) -> tuple[list[int], Any]:
+                self.taken = pool.take_with_witness(k)
+                return self.taken
+
+        recording = Recording()
+        sealed, out["seal_s"] = timed(
+            lambda: secure.seal(delta, weight=1, context=_seed_context(0), obfuscators=recording)
+        )
+        (folder / "c0.bin").write_bytes(sealed.records)
+        (folder / "c0.proof").write_bytes(sealed.proof)
+        out["peak_mb"] = peak_rss_mb()  # one client: the pool, its vector, its contribution
+        out["records"] = sealed.count
+        assert recording.taken is not None
+        replay = _Replayed(recording.taken)
+        for c in range(1, clients):
+            s = secure.seal(
+                _seed_vector(c, values), weight=1, context=_seed_context(c), obfuscators=replay
+            )
+            (folder / f"c{c}.bin").write_bytes(s.records)
+            (folder / f"c{c}.proof").write_bytes(s.proof)
+    elif role == "coordinator":
+        total: bytes | None = None
+        start = time.perf_counter()
+        for c in range(clients):  # as they arrive: records checked, proof checked, summed
+            records = (folder / f"c{c}.bin").read_bytes()
+            secure.check_records(records, 0)
+            secure.check_proof(records, (folder / f"c{c}.proof").read_bytes(), _seed_context(c))
+            total = secure.add(total, records, 1)
+        out["intake_s"] = time.perf_counter() - start
+        assert total is not None
+        (folder / "aggregate.bin").write_bytes(total)
+        out["peak_mb"] = peak_rss_mb()
+    elif role == "holder":
+        from fedlora.crypto import PlaintextProof
+
+        share = KeyShare.from_bytes((folder / f"share{index}.bin").read_bytes())
+        # A decryption task carries every contribution's records (as check_task receives them).
+        task = {c: (folder / f"c{c}.bin").read_bytes() for c in range(clients)}
+        start = time.perf_counter()
+        summed: list[int] | None = None
+        for first in range(0, clients, PROOF_GROUP):  # as check_task: a group at a time
+            claims = []
+            for c in range(first, min(clients, first + PROOF_GROUP)):
+                cts = validate_ciphertexts(pk, unpack_records(task[c], width))
+                proof = PlaintextProof.from_bytes(pk, (folder / f"c{c}.proof").read_bytes())
+                claims.append((cts, proof, _seed_context(c)))
+            assert verify_plaintext_knowledge_batch(pk, claims) == [None] * len(claims)
+            for cts, _, _ in claims:
+                summed = list(cts) if summed is None else add_ciphertext_vectors(pk, summed, cts)
+            del claims
+        assert summed == unpack_records((folder / "aggregate.bin").read_bytes(), width)
+        out["check_s"] = time.perf_counter() - start
+        partial, out["partial_s"] = timed(lambda: partial_decrypt(key, share, summed))
+        _write_partial(folder / f"partial{index}.bin", partial, width)
+        out["peak_mb"] = peak_rss_mb()
+    elif role == "combiner":
+        aggregate = unpack_records((folder / "aggregate.bin").read_bytes(), width)
+        partials = [_read_partial(folder / f"partial{i}.bin", width) for i in range(key.threshold)]
+        plain, out["combine_s"] = timed(
+            lambda: combine_partial_decryptions(key, aggregate, partials)
+        )
+        mean, out["decode_s"] = timed(
+            lambda: decode(plain, codec, length=values, total_weight=clients)
+        )
+        out["peak_mb"] = peak_rss_mb()  # before the check below, which is the benchmark's own
+        expected = np.zeros(values)
+        for c in range(clients):
+            expected += np.clip(_seed_vector(c, values), -1, 1) / clients
+        out["error"] = float(np.max(np.abs(mean - expected)))
+        assert out["error"] <= codec.step, f"decoded mean off by {out['error']}"
+    print(json.dumps(out))
+
+
+def seed_scale(args: argparse.Namespace) -> None:
+    """``--seed-scale``: a round's critical path at the language-model scale, party by party."""
+    clients = args.contributions
+    backend = default_backend()
+    print(
+        f"# seed scale — {platform.machine()}, {len(os.sched_getaffinity(0))} cores, backend "
+        f"{backend.name}; {args.bits}-bit 2-of-3 key; {clients} clients × {args.values:,} "
+        f"float32 values ({args.value_bits}-bit values); each party's step in its own process\n",
+        flush=True,
+    )
+    dealt = generate_threshold_key(args.bits, 2, SEED_PARTIES)
+    codec = CodecParams(
+        clip=1.0, value_bits=args.value_bits, max_total_weight=clients, key_bits=args.bits
+    )
+    with tempfile.TemporaryDirectory(prefix="seed-scale-") as tmp:
+        folder = Path(tmp)
+        (folder / "key.json").write_bytes(dealt.public_key.to_json())
+        for i, share in enumerate(dealt.shares):
+            (folder / f"share{i}.bin").write_bytes(share.to_bytes())
+        (folder / "setup.json").write_text(
+            json.dumps({"codec": codec.to_dict(), "values": args.values, "clients": clients})
+        )
+
+        def run(role: str, index: int = 0) -> dict[str, float]:
+            print(f"  … {role}{f' {index}' if role == 'holder' else ''}", flush=True)
+            code = (
+                "import sys; sys.path.insert(0, sys.argv[1]); import crypto_bench as b; "
+                "b.seed_role(sys.argv[2], b.Path(sys.argv[3]), int(sys.argv[4]))"
+            )
+            done = subprocess.run(
+                [sys.executable, "-c", code, str(Path(__file__).parent), role, tmp, str(index)],
+                capture_output=True, text=True,
+            )  # fmt: skip
+            if done.returncode:
+                raise SystemExit(f"the {role} step failed:\n{done.stderr[-3000:]}")
+            return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+        client = run("client")
+        coordinator = run("coordinator")
+        holders = [run("holder", i) for i in range(dealt.public_key.threshold)]
+        combiner = run("combiner")
+    mb = client["records"] * ciphertext_width(dealt.public_key.paillier) / 1e6
+    holder = holders[0]
+    rows = [
+        ("client: fill the obfuscator pool (while training)", client["pool_fill_s"], None),
+        ("client: seal with the warm pool (encrypt + proof of knowledge)", client["seal_s"], client),
+        (f"coordinator: intake of {clients} (records, proof, sum)", coordinator["intake_s"], coordinator),
+        (f"holder: check {clients} contributions (batched proofs, re-sum)", holder["check_s"], None),
+        ("holder: partial decryption with its proof", holder["partial_s"], holder),
+        ("coordinator: combine 2 (verifies 2 proofs) + decode", combiner["combine_s"] + combiner["decode_s"], combiner),
+    ]  # fmt: skip
+    print(f"\n| step, {client['records']:,.0f} ciphertexts ({mb:,.1f} MB) per contribution | s | peak RSS of that process (MB) |")  # fmt: skip
+    print("|---|---:|---:|")
+    for label, seconds, party in rows:
+        rss = f"{party['peak_mb']:,.0f}" if party else ""
+        print(f"| {label} | {seconds:,.1f} | {rss} |")
+    critical = sum(s for label, s, _ in rows if "while training" not in label)
+    print(
+        f"| **critical path** (seal + intake + one holder's checks and partial + combine) | "
+        f"**{critical:,.1f}** |  |"
+    )
+    print(
+        f"\nmax abs error of the decrypted mean: {combiner['error']:.2e} (one step {codec.step:.2e})"
+    )
+    print(f"seed-scale critical path: {critical:.0f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -178,7 +407,16 @@ def main() -> None:
     ap.add_argument(
         "--memory-only", action="store_true", help="only the coordinator's memory summing many"
     )
+    ap.add_argument(
+        "--seed-scale", action="store_true",
+        help=f"a round's critical path at {SEED_VALUES:,} values, each party in its own process",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.seed_scale:
+        if args.values == 1 << 20:
+            args.values = SEED_VALUES
+        seed_scale(args)
+        return
     if args.memory_only:
         memory_only(args)
         return

@@ -16,6 +16,7 @@ process's peak RSS; then ``fedlora/secagg+ round time ratio: <R>x``.
 
     .venv/bin/python benchmarks/flower_secagg.py                      # 10 × 1,048,576 (long)
     .venv/bin/python benchmarks/flower_secagg.py --preset quick       # 10 × 65,536
+    .venv/bin/python benchmarks/flower_secagg.py --preset seed        # 10 × 4,884,480 (an LM's adapter)
     .venv/bin/python benchmarks/flower_secagg.py --clients 5 --params 4096 --rounds 1
 """
 
@@ -34,7 +35,13 @@ from pathlib import Path
 import numpy as np
 from _measure import peak_rss_mb  # benchmarks/, beside this script
 
-PRESETS = {"full": (10, 1 << 20), "quick": (10, 1 << 16), "tiny": (5, 1 << 12)}
+# "seed": the language-model scale, SmolLM2-135M's LoRA r = 16 on all linear layers.
+PRESETS = {
+    "full": (10, 1 << 20),
+    "seed": (10, 4_884_480),
+    "quick": (10, 1 << 16),
+    "tiny": (5, 1 << 12),
+}
 
 
 def _update(partition: int, size: int) -> np.ndarray:

@@ -62,6 +62,18 @@ def _count_bytes_mod(log: Path):  # type: ignore[no-untyped-def]
     return mod
 
 
+def _timeline(work: Path, start: float) -> list[tuple[str, int, float, float]]:
+    """What bounds fedlora's round: per event kind in the coordinator's audit log, how many
+    and the seconds (from the strategy's start) of the first and the last."""
+    seen: dict[str, list[float]] = {}
+    for path in work.glob("fed/**/audit/entries.log"):
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            seen.setdefault(entry["event"], []).append(entry["time_ms"] / 1000 - start)
+    rows = [(kind, len(t), min(t), max(t)) for kind, t in seen.items() if max(t) >= 0]
+    return sorted(rows, key=lambda row: row[2])
+
+
 def run_setting(setting: str, clients: int, size: int, rounds: int, work: Path) -> dict:  # type: ignore[type-arg]
     """One setting in this process; returns its measurements."""
     from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -178,6 +190,7 @@ def run_setting(setting: str, clients: int, size: int, rounds: int, work: Path) 
             else:
                 strategy = inner
             started = time.monotonic()
+            timing["wall_start"] = time.time()
             strategy.start(grid, initial, num_rounds=rounds, timeout=24 * 3600)
             timing["seconds"] = time.monotonic() - started
 
@@ -188,7 +201,9 @@ def run_setting(setting: str, clients: int, size: int, rounds: int, work: Path) 
         backend_config={"client_resources": {"num_cpus": 1}},
     )
     sizes = [int(line.split()[1]) for line in log.read_text().splitlines()] if log.exists() else []
+    timeline = _timeline(work, timing["wall_start"]) if setting == "fedlora" else []
     return {
+        "timeline": timeline,
         "setting": setting,
         "seconds_per_round": timing.get("seconds", float("nan")) / rounds,
         # fedlora's decrypt/release replies and SecAgg+'s stages all count: everything a client sends.
@@ -237,6 +252,11 @@ def main() -> int:
             f"| {name} | {r['seconds_per_round']:.2f} | {r['bytes_per_client_per_round']:,.0f} | "
             f"{r['peak_rss_mb']:,.0f} |"
         )
+    print("\nfedlora's round, from the coordinator's audit log (every party shares these cores):")
+    print("| event | count | first (s) | last (s) |")
+    print("|---|---:|---:|---:|")
+    for kind, count, first, last in results["fedlora"]["timeline"]:
+        print(f"| {kind} | {count} | {first:,.1f} | {last:,.1f} |")
     ratio = results["fedlora"]["seconds_per_round"] / results["secagg+"]["seconds_per_round"]
     print(f"fedlora/secagg+ round time ratio: {ratio:.1f}x")
     return 0

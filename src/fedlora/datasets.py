@@ -29,11 +29,15 @@
   transactions_last_24h     earlier transactions on the card that day
   account age               days, months or years
   new device                for online payments: whether the device was seen before
+  monitoring alerts         the count and names of the strong signals (amount, merchant,
+                            card not present, night, abroad, velocity, new account, new
+                            device), as a bank's rule engine would flag them
   ========================  ======================================================
 
-  and asks "Is this transaction fraudulent? Answer yes or no, and why." The response is
-  ``yes — <the two strongest signals>`` or ``no — <why it looks ordinary>``. Whether a case is
-  fraud follows one shared rule (a weighted sum of the signals plus noise, above a cut), so a
+  and asks "Is this transaction fraudulent? Answer yes or no, and why." The response reasons
+  first, then decides: ``alerts: <names> (<count>) — yes: <the two strongest signals>.`` or
+  ``alerts: <names> (<count>) — no: <why it looks ordinary>.``. Whether a case is fraud follows
+  one shared rule (a weighted sum of all signals, weak ones too, plus noise, above a cut), so a
   model can learn it from any bank; banks differ (non-IID) in customers (a travel bank, an
   online bank, a retail bank…), so in how often each signal occurs, in their share of fraud
   among reviewed cases (20 % to 45 %) and in size (500 to 1,000 cases).
@@ -183,7 +187,10 @@ _MERCHANTS = (  # (kind, risk)
 _CHANNELS = ("chip and PIN", "contactless", "online, card not present", "phone order")
 _ABROAD = ("Spain", "Brazil", "Thailand", "the United States", "Romania", "Nigeria", "Japan")
 FRAUD_QUESTION = "Is this transaction fraudulent? Answer yes or no, and why."
-FRAUD_CUT = 2.6  # a case whose score (a weighted sum of its signals, plus noise) is above is fraud
+FRAUD_CUT = 2.9  # a case whose score (a weighted sum of its signals, plus noise) is above is fraud
+FRAUD_NOISE = 0.4  # the standard deviation of the noise: what no description reveals
+ALERT_WEIGHT = 0.8  # a signal at least this strong raises a monitoring alert
+_COUNTS = ("none", "one", "two", "three", "four", "five", "six", "seven", "eight")
 
 
 def _age(days: int) -> str:
@@ -207,17 +214,18 @@ def _fraud_case(
     age = int(rng.integers(3, 4000))
     new_device = channel == 2 and bool(rng.random() < 0.3)
     km = float(np.exp(rng.normal(6.8, 1.0) if abroad else rng.normal(1.5, 1.0)))
-    signals = [
-        (1.3 * (amount > 400) + 0.8 * (amount > 1500), f"a high amount (€{amount:,.2f})"),
-        (risk, f"a risky merchant ({merchant})"),
-        (1.0 * (channel in (2, 3)), "the card was not present"),
-        (1.1 * (hour < 6), f"the time of night ({hour:02d}:{minute:02d})"),
-        (0.9 * abroad, f"it happened abroad, {km:,.0f} km from home"),
-        (0.35 * max(0, velocity - 3), f"{velocity} transactions in 24 hours"),
-        (1.2 * (age < 90), f"a new account ({_age(age)})"),
-        (1.0 * new_device, "a device never seen before"),
+    signals = [  # (weight, why, the alert it raises when strong)
+        (1.3 * (amount > 400) + 0.8 * (amount > 1500), f"a high amount (€{amount:,.2f})", "amount"),
+        (risk, f"a risky merchant ({merchant})", "merchant"),
+        (1.0 * (channel in (2, 3)), "the card was not present", "card not present"),
+        (1.1 * (hour < 6), f"the time of night ({hour:02d}:{minute:02d})", "night"),
+        (0.9 * abroad, f"it happened abroad, {km:,.0f} km from home", "abroad"),
+        (0.35 * max(0, velocity - 3), f"{velocity} transactions in 24 hours", "velocity"),
+        (1.2 * (age < 90), f"a new account ({_age(age)})", "new account"),
+        (1.0 * new_device, "a device never seen before", "new device"),
     ]
-    score = sum(w for w, _ in signals) + float(rng.normal(0, 0.6))
+    score = sum(w for w, _, _ in signals) + float(rng.normal(0, FRAUD_NOISE))
+    alerts = [name for w, _, name in signals if w >= ALERT_WEIGHT]
     place = _ABROAD[int(rng.integers(len(_ABROAD)))] if abroad else "home country"
     lines = [
         "Card transaction to review.",
@@ -231,14 +239,23 @@ def _fraud_case(
     ]
     if channel == 2:
         lines.append(f"Device: {'never seen before' if new_device else 'used before'}.")
+    lines.append(f"Monitoring alerts ({len(alerts)}): {', '.join(alerts) or 'none'}.")
     lines.append(FRAUD_QUESTION)
-    strongest = [text for w, text in sorted(signals, key=lambda s: -s[0]) if w > 0][:2]
+    # The reasoning comes first (the alerts and how many), the decision after it, then why: a
+    # small model decides far better from its own count than from the first word it writes.
+    reasoning = f"alerts: {', '.join(alerts) or 'none'} ({_COUNTS[len(alerts)]})"
+    strongest = [why for w, why, _ in sorted(signals, key=lambda s: -s[0]) if w > 0][:2]
     ordinary = "in-store" if channel in (0, 1) else "remote"
     return score, {
         "prompt": " ".join(lines),
-        "yes": "yes — " + (" and ".join(strongest) or "an unusual pattern") + ".",
-        "no": f"no — an ordinary {ordinary} purchase of €{amount:,.2f} ({merchant}), in line "
-        "with the account.",
+        "yes": f"{reasoning} — yes: " + (" and ".join(strongest) or "an unusual pattern") + ".",
+        "no": f"{reasoning} — no: "
+        + (
+            f"an ordinary {ordinary} purchase of €{amount:,.2f} ({merchant})"
+            if not alerts
+            else f"a {ordinary} purchase of €{amount:,.2f} ({merchant}) with too little against it"
+        )
+        + ", in line with the account.",
     }
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "PartialRejected",
     "PartyRevoked",
     "RejectionsRepeated",
+    "RevocationsLoaded",
     "RoundClosed",
     "RoundFailed",
     "RoundOpened",
@@ -250,6 +251,19 @@ class PartyRevoked(Event):
 
 
 @dataclass(frozen=True)
+class RevocationsLoaded(Event):
+    """The coordinator accepted a CA-signed revocation list: its serial and every party it names.
+
+    Replayed at start-up, so a restart cannot go back to an older list or to none.
+    """
+
+    kind: ClassVar[str] = "revocations_loaded"
+    serial: int
+    revoked: list[str]
+    issued_at: str
+
+
+@dataclass(frozen=True)
 class ConfigChanged(Event):
     """A restart with a changed configuration, accepted by the operator (``--accept-config-change``)."""
 
@@ -307,6 +321,7 @@ EVENTS: dict[str, type[Event]] = {
         ConfigChanged,
         JoinRefused,
         PartyRevoked,
+        RevocationsLoaded,
         AccessDenied,
         SubmissionThrottled,
         RejectionsRepeated,

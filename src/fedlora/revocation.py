@@ -6,7 +6,8 @@ the file: the coordinator keeps its last valid list when a new one does not veri
 carries a serial number that must not go back (an old list cannot be replayed to reinstate a
 party). The coordinator reads the (small) file on every authentication and reloads it when its
 contents changed; a revoked party's calls are refused from then on and the revocation is
-audited.
+audited. The audit log records every list accepted (``revocations_loaded``), and a restart starts
+from it: the coordinator refuses to start with an older list, or with none.
 """
 
 from __future__ import annotations
@@ -111,42 +112,91 @@ def read_revocations(
 
 
 class RevocationWatcher:
-    """The coordinator's view of the revocation list file, reloaded when it changes."""
+    """The coordinator's view of the revocation list file, reloaded when it changes.
+
+    What the audit log recorded (the highest serial and every party revoked) is the floor: a
+    list older than it, one that reinstates a party, or none at all is refused at start-up
+    (:meth:`start`), so a restart cannot undo a revocation; while running, a bad new file is
+    reported and the previous list kept.
+    """
 
     def __init__(self, path: Path | None, ca_cert: Path | None, federation_id: str) -> None:
         self.path, self.ca_cert, self.federation_id = path, ca_cert, federation_id
         self.current: RevocationList | None = None
         self._seen: bytes | None = None
 
+    @property
+    def revoked(self) -> frozenset[str]:
+        return self.current.revoked if self.current else frozenset()
+
+    def start(self, recorded: RevocationList | None) -> frozenset[str]:
+        """Load the configured list at start-up, no older than ``recorded`` (from the log).
+
+        Raises:
+            ConfigError: the log recorded a list and none is configured or the file is missing,
+                or the file is malformed, foreign, not the CA's, older than the recorded serial
+                or reinstates a recorded party.
+        """
+        self.current = recorded
+        if recorded is not None and (self.path is None or self.ca_cert is None):
+            raise ConfigError(
+                f"server.revocations is not set, but the audit log records revocation list "
+                f"serial {recorded.serial} (revoking {', '.join(sorted(recorded.revoked))}); "
+                "set it to that list or a newer one: a restart cannot undo a revocation"
+            )
+        if self.path is None or self.ca_cert is None:
+            return frozenset()
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            if recorded is None:
+                return frozenset()
+            raise ConfigError(
+                f"server.revocations: {self.path} is missing, but the audit log records "
+                f"revocation list serial {recorded.serial} (revoking "
+                f"{', '.join(sorted(recorded.revoked))}); restore the file, or sign a newer list "
+                "with fedlora provision revoke: a restart cannot undo a revocation"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"server.revocations: {self.path}: {exc.strerror}") from None
+        try:
+            self._accept(data)
+        except VerificationError as exc:
+            raise ConfigError(f"server.revocations: {exc}") from None
+        return self.revoked
+
     def poll(self) -> tuple[frozenset[str], str | None]:
         """The revoked ids now, and an error text when a changed file was refused (once)."""
         if self.path is None or self.ca_cert is None:
-            return frozenset(), None
+            return self.revoked, None
         try:
             data = self.path.read_bytes()  # small: read on every call, compared by content
         except FileNotFoundError:
-            return (self.current.revoked if self.current else frozenset()), None
+            return self.revoked, None
         except OSError as exc:
-            return (self.current.revoked if self.current else frozenset()), (
+            return self.revoked, (
                 f"revocation list {self.path}: {exc.strerror}; keeping the previous list"
             )
         if data == self._seen:
-            return (self.current.revoked if self.current else frozenset()), None
-        self._seen = data
-        error = None
+            return self.revoked, None
         try:
-            fresh = read_revocations(self.path, self.ca_cert, self.federation_id, data)
-            if self.current is not None and fresh.serial < self.current.serial:
-                raise VerificationError(
-                    f"revocation list {self.path} has serial {fresh.serial}, older than the "
-                    f"loaded {self.current.serial}"
-                )
-            if self.current is not None and not self.current.revoked <= fresh.revoked:
-                raise VerificationError(
-                    f"revocation list {self.path} reinstates "
-                    f"{sorted(self.current.revoked - fresh.revoked)}; revocation is final"
-                )
-            self.current = fresh
+            self._accept(data)
         except (VerificationError, ConfigError) as exc:
-            error = f"{exc}; keeping the previous list"
-        return (self.current.revoked if self.current else frozenset()), error
+            return self.revoked, f"{exc}; keeping the previous list"
+        return self.revoked, None
+
+    def _accept(self, data: bytes) -> None:
+        assert self.path is not None and self.ca_cert is not None
+        self._seen = data
+        fresh = read_revocations(self.path, self.ca_cert, self.federation_id, data)
+        if self.current is not None and fresh.serial < self.current.serial:
+            raise VerificationError(
+                f"revocation list {self.path} has serial {fresh.serial}, older than serial "
+                f"{self.current.serial} already in force"
+            )
+        if self.current is not None and not self.current.revoked <= fresh.revoked:
+            raise VerificationError(
+                f"revocation list {self.path} reinstates "
+                f"{sorted(self.current.revoked - fresh.revoked)}; revocation is final"
+            )
+        self.current = fresh

@@ -681,3 +681,171 @@ def test_a_ca_signed_revocation_is_reloaded_and_cannot_be_forged_or_undone(tmp_p
         e["event"] == "access_denied" and e["identity"] == "bank-b" and e["reason"] == "revoked"
         for e in events
     )
+
+
+def test_a_restart_cannot_undo_a_revocation(tmp_path) -> None:
+    """The attacker restarts the coordinator with an older list the CA really signed, with the
+    file deleted, with no list configured, or with a newer CA-signed list that leaves a party
+    out: every such start is refused in one line, before anything is written."""
+    import dataclasses
+
+    from fedlora.revocation import sign_revocations
+
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1)
+    config = load_coordinator_config(layout.coordinator_config)
+    revocations = tmp_path / "revocations.json"
+    config = dataclasses.replace(
+        config, server=dataclasses.replace(config.server, revocations=revocations)
+    )
+    ca, fed_id = layout.root / "ca", config.federation_id
+
+    def join(pid: str) -> grpc.StatusCode:
+        try:
+            h.stub(layout, pid).Join(h.join_request(layout, pid))
+        except grpc.RpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    first = sign_revocations(ca, fed_id, ["bank-b"], 1)
+    second = sign_revocations(ca, fed_id, ["bank-b", "hospital-c"], 2)
+    running = h.serve(layout, config)
+    try:
+        revocations.write_bytes(first)
+        assert join("bank-b") == grpc.StatusCode.PERMISSION_DENIED
+        revocations.write_bytes(second)
+        assert join("hospital-c") == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        running.stop(grace=1)
+    log_before = _events(config.state_dir)
+
+    def refused(match: str, cfg=config) -> None:  # type: ignore[no-untyped-def]
+        with pytest.raises(FedLoraError, match=match):
+            h.serve(layout, cfg).stop(grace=0)
+        assert _events(config.state_dir) == log_before  # nothing written
+
+    revocations.unlink()
+    refused(r"revocations\.json is missing, but the audit log records revocation list serial 2")
+    revocations.write_bytes(first)  # older, but really signed by the CA
+    refused(r"serial 1, older than serial 2 already in force")
+    revocations.write_bytes(sign_revocations(ca, fed_id, ["hospital-c"], 3))
+    refused(r"reinstates \['bank-b'\]; revocation is final")
+    unset = dataclasses.replace(config, server=dataclasses.replace(config.server, revocations=None))
+    refused(
+        r"server\.revocations is not set, but the audit log records revocation list serial 2", unset
+    )
+    # The list in force starts, and the revoked parties stay refused.
+    revocations.write_bytes(second)
+    running = h.serve(layout, config)
+    try:
+        assert join("bank-b") == grpc.StatusCode.PERMISSION_DENIED
+        assert join("hospital-c") == grpc.StatusCode.PERMISSION_DENIED
+        assert join("bank-a") == grpc.StatusCode.OK
+    finally:
+        running.stop(grace=1)
+    events = _events(config.state_dir)
+    loaded = [(e["serial"], e["revoked"]) for e in events if e["event"] == "revocations_loaded"]
+    assert loaded == [(1, ["bank-b"]), (2, ["bank-b", "hospital-c"])]  # not again at restart
+
+
+def test_revoking_share_holders_past_the_quorum_is_said_at_once(tmp_path, caplog) -> None:
+    """Five holders, t = 3, ticket quorum 4: two revoked holders leave three, and no round can
+    be decrypted; the coordinator says so in one line when the list loads and at start-up."""
+    import dataclasses
+    import logging
+
+    from fedlora.revocation import sign_revocations
+
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1)
+    config = load_coordinator_config(layout.coordinator_config)
+    revocations = tmp_path / "revocations.json"
+    config = dataclasses.replace(
+        config, server=dataclasses.replace(config.server, revocations=revocations)
+    )
+    revocations.write_bytes(
+        sign_revocations(layout.root / "ca", config.federation_id, ["bank-b"], 1)
+    )
+    caplog.set_level(logging.ERROR, logger="fedlora.coordinator")
+    running = h.serve(layout, config)
+    try:
+        assert running.engine.admission.blocked is None  # 4 holders left: the quorum holds
+        revocations.write_bytes(
+            sign_revocations(layout.root / "ca", config.federation_id, ["bank-b", "hospital-c"], 2)
+        )
+        h.stub(layout, "bank-a").Join(h.join_request(layout, "bank-a"))  # any call reloads
+        blocked = running.engine.admission.blocked
+    finally:
+        running.stop(grace=1)
+    assert blocked == (
+        "decryption cannot succeed until the threshold key is re-dealt: 2 of 5 share holders "
+        "are revoked (bank-b, hospital-c), 3 remain and every round needs 4 (ticket quorum 4, "
+        "threshold 3); see docs/operations.md#re-dealing-the-key"
+    )
+    assert [r.getMessage() for r in caplog.records].count(blocked) == 1
+    caplog.clear()
+    h.serve(layout, config).stop(grace=0)  # a restart says it again
+    assert [r.getMessage() for r in caplog.records].count(blocked) == 1
+
+
+def test_a_holder_revocation_that_stops_decryption_is_refused_then_shown(tmp_path) -> None:
+    """`provision revoke` refuses to revoke share holders past the ticket quorum unless forced;
+    then `config check` (exit 1), the coordinator's offline `status` and a member's live `status`
+    each say in one line that no round can be decrypted until the key is re-dealt."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1)
+    project = tmp_path / "project.yaml"
+    project.write_text(
+        yaml.safe_dump(
+            {
+                "federation_id": load_coordinator_config(layout.coordinator_config).federation_id,
+                "coordinator": {"address": "localhost:1"},
+                "parties": [{"id": p, "role": "bank"} for p in layout.client_configs],
+                "model": {"kind": "tabular", "base_model": "base-model"},
+                "training": {"num_classes": 2},
+                "federated_learning": {"participant_threshold": 3, "decryption_threshold": 3},
+            }
+        )
+    )
+    listed = tmp_path / "revocations.json"
+
+    def fedlora(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "fedlora", *args], capture_output=True, text=True, timeout=120
+        )
+
+    revoke = ("provision", "revoke", "--project", str(project), "--ca", str(layout.root / "ca"))
+    two = ("--party", "bank-b", "--party", "hospital-c", "--out", str(listed))
+    refused = fedlora(*revoke, *two)
+    assert refused.returncode != 0 and not listed.exists()
+    assert "refused: decryption cannot succeed until the threshold key is re-dealt" in (
+        refused.stderr
+    )
+    assert "Traceback" not in refused.stderr
+    forced = fedlora(*revoke, *two, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "warning: decryption cannot succeed" in " ".join((forced.stdout + forced.stderr).split())
+    text = layout.coordinator_config.read_text()
+    layout.coordinator_config.write_text(
+        text.replace("server:\n", f"server:\n  revocations: {listed}\n", 1)
+    )
+    assert load_coordinator_config(layout.coordinator_config).server.revocations == listed
+    blocked = (
+        "decryption cannot succeed until the threshold key is re-dealt: 2 of 5 share holders "
+        "are revoked (bank-b, hospital-c)"
+    )
+    check = fedlora("config", "check", str(layout.coordinator_config))
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert blocked in " ".join((check.stdout + check.stderr).split())
+    offline = fedlora("status", "--config", str(layout.coordinator_config), "--json")
+    assert json.loads(offline.stdout)["warning"].startswith(blocked)
+    running = h.serve(layout)
+    try:
+        live = fedlora("status", "--config", str(layout.client_configs["bank-a"]))
+    finally:
+        running.stop(grace=1)
+    assert live.returncode == 0, live.stderr
+    said = " ".join(live.stdout.split())
+    assert f"warning: {blocked}" in said

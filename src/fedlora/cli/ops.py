@@ -46,7 +46,8 @@ def register(sub: Any) -> None:
     check = config_sub.add_parser(
         "check",
         help="load and check every file the YAML names (keys, certificates, key share, base "
-        "model, data) as the service would at start; exit 0 if it would start",
+        "model, data) as the service would at start; exit 0 if it would start and can finish a "
+        "round, 1 if it would start but cannot (a warning says why)",
     )
     check.add_argument("file", type=Path, help="a coordinator or client YAML")
     check.add_argument("--json", action="store_true", help="print one JSON object instead")
@@ -109,17 +110,22 @@ def coordinator_status(config_path: Path) -> dict[str, Any]:
         "state_dir": str(config.state_dir),
     }
     if not log.exists():
-        return {**doc, "stage": "not started", "round": 0}
+        revoked = _revoked(config, None)
+        warning = _blocked(config, revoked) or ""
+        return {**doc, "stage": "not started", "round": 0, "warning": warning}
     state = replay(json.loads(line) for line in log.read_bytes().splitlines() if line)
     r = state.round
     settings = state.settings
+    revoked = _revoked(config, state.revocations)
     doc.update(
         {
             "stage": state.stage.value,
             "round": r.number if r else 0,
             "rounds": settings.get("federated_learning.rounds"),
             "global_version": state.global_version,
-            "joined": sorted(state.joined),
+            "joined": sorted(state.joined - revoked),
+            "revoked": sorted(revoked),
+            "warning": _blocked(config, revoked) or "",
             "min_clients": settings.get("federated_learning.min_clients"),
             "contributors": sorted(r.contributions) if r else [],
             "participant_threshold": settings.get("federated_learning.participant_threshold"),
@@ -129,6 +135,35 @@ def coordinator_status(config_path: Path) -> dict[str, Any]:
         }
     )
     return doc
+
+
+def _revoked(config: Any, recorded: Any) -> frozenset[str]:
+    """Who is revoked: the config's ``revoked: true``, what the log recorded, the list file."""
+    from fedlora.revocation import RevocationWatcher
+
+    tls = config.server.tls
+    watcher = RevocationWatcher(
+        config.server.revocations, tls.ca if tls else None, config.federation_id
+    )
+    watcher.current = recorded
+    listed, _ = watcher.poll()
+    return frozenset(p.id for p in config.parties if p.revoked) | listed
+
+
+def _blocked(config: Any, revoked: frozenset[str]) -> str | None:
+    """Why no round can be decrypted with these parties revoked (see decryption_blocked)."""
+    from fedlora._files import read_file
+    from fedlora.coordinator._settings import check_threshold_key
+    from fedlora.crypto import ThresholdPublicKey
+    from fedlora.protocol import decryption_blocked
+
+    if config.federated_learning.encryption_type != "homomorphic":
+        return None
+    key = ThresholdPublicKey.from_json(
+        read_file(config.keys.threshold_public_key, "keys.threshold_public_key")
+    )
+    quorum = check_threshold_key(config, key)
+    return decryption_blocked(key.party_ids, quorum, key.threshold, revoked)
 
 
 def client_status(config_path: Path) -> dict[str, Any]:
@@ -166,6 +201,7 @@ def client_status(config_path: Path) -> dict[str, Any]:
         "kept_versions": sorted(kept),
         "final_version": max(final) if final else None,
         "receipts": len(list(receipts.glob("*.json"))) if receipts.is_dir() else 0,
+        "warning": s.warning,
     }
 
 
@@ -208,6 +244,8 @@ def run_status(config_path: Path, *, as_json: bool = False) -> int:
         )
     for line in lines:
         console.print(escape(line), soft_wrap=True)
+    if doc.get("warning"):
+        console.print(f"[bold red]warning:[/] {escape(doc['warning'])}", soft_wrap=True)
     return 0
 
 
@@ -217,6 +255,7 @@ def run_status(config_path: Path, *, as_json: bool = False) -> int:
 class _Checks:
     def __init__(self) -> None:
         self.passed: list[str] = []
+        self.warnings: list[str] = []  # it would start, but cannot do its job (exit status 1)
 
     def run(self, what: str, check: Callable[[], str | None]) -> None:
         detail = check()
@@ -240,7 +279,7 @@ def _tls_check(checks: _Checks, prefix: str, tls: Any, name: str | None) -> None
     checks.run("TLS key", key)
 
 
-def check_coordinator(path: Path) -> list[str]:
+def check_coordinator(path: Path) -> _Checks:
     from fedlora.config import load_coordinator_config
     from fedlora.coordinator._adapter import AdapterTemplate
     from fedlora.coordinator._build import load_signing_key, read_file
@@ -295,7 +334,42 @@ def check_coordinator(path: Path) -> list[str]:
         ),
     )
     checks.passed.extend(_check_history(config, key, quorum, spec))
-    return checks.passed
+    _check_revocations(checks, config, key, quorum)
+    return checks
+
+
+def _check_revocations(checks: _Checks, config: Any, key: Any, quorum: int) -> None:
+    """The revocation list as the coordinator would load it at start-up (no older than what the
+    log recorded), and whether the share holders left can still decrypt a round."""
+    from fedlora.audit import ENTRIES
+    from fedlora.coordinator._replay import replay
+    from fedlora.protocol import decryption_blocked
+    from fedlora.revocation import RevocationWatcher
+
+    log = config.state_dir / "audit" / ENTRIES
+    recorded = (
+        replay(json.loads(line) for line in log.read_bytes().splitlines() if line).revocations
+        if log.exists()
+        else None
+    )
+    tls = config.server.tls
+    watcher = RevocationWatcher(
+        config.server.revocations, tls.ca if tls else None, config.federation_id
+    )
+    listed = watcher.start(recorded)  # raises as the coordinator's start would
+    revoked = frozenset(p.id for p in config.parties if p.revoked) | listed
+    current = watcher.current
+    checks.run(
+        "revocations",
+        lambda: (
+            (f"{config.server.revocations} serial {current.serial}; " if current else "")
+            + (f"revoked: {', '.join(sorted(revoked))}" if revoked else "nobody revoked")
+        ),
+    )
+    if key is not None:
+        blocked = decryption_blocked(key.party_ids, quorum, key.threshold, revoked)
+        if blocked:
+            checks.warnings.append(blocked)
 
 
 def _check_history(config: Any, key: Any, quorum: int, spec: Any) -> list[str]:
@@ -335,7 +409,7 @@ def _check_history(config: Any, key: Any, quorum: int, spec: Any) -> list[str]:
     return [f"{where}; the configuration matches the federation's"]
 
 
-def check_client(path: Path) -> list[str]:
+def check_client(path: Path) -> _Checks:
     from fedlora.cli._extras import require_client_extra
     from fedlora.config import load_client_config
 
@@ -374,22 +448,35 @@ def check_client(path: Path) -> list[str]:
         ),
     )
     client.transport.close()
-    return checks.passed
+    return checks
 
 
 def run_check(path: Path, *, as_json: bool = False) -> int:
+    """0: it would start and can work; 1: it would start, but cannot finish a round (a warning
+    says why); 2 (or a one-line error): it would not start."""
     kind = config_kind(path)
     try:
-        passed = check_coordinator(path) if kind == "coordinator" else check_client(path)
+        checks = check_coordinator(path) if kind == "coordinator" else check_client(path)
     except FedLoraError as exc:
         if as_json:
             print(json.dumps({"ok": False, "kind": kind, "error": str(exc)}))
             return 2
         raise
+    status = 1 if checks.warnings else 0
     if as_json:
-        print(json.dumps({"ok": True, "kind": kind, "checks": passed}, indent=2))
-        return 0
-    for line in passed:
+        doc = {"ok": True, "kind": kind, "checks": checks.passed, "warnings": checks.warnings}
+        print(json.dumps(doc, indent=2))
+        return status
+    for line in checks.passed:
         console.print(f"[green]ok[/] {escape(line)}", soft_wrap=True)
-    console.print(f"[green]{escape(str(path))}: this {kind} configuration would start[/]")
-    return 0
+    for line in checks.warnings:
+        console.print(f"[bold red]warning[/] {escape(line)}", soft_wrap=True)
+    if checks.warnings:
+        console.print(
+            f"[yellow]{escape(str(path))}: this {kind} configuration would start, but cannot "
+            "finish a round (see the warning)[/]",
+            soft_wrap=True,
+        )
+    else:
+        console.print(f"[green]{escape(str(path))}: this {kind} configuration would start[/]")
+    return status

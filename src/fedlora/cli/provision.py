@@ -75,6 +75,12 @@ def register(sub: Any) -> None:
         required=True,
         help="the list to write; an existing list is extended (revocation is final)",
     )
+    revoke.add_argument(
+        "--force",
+        action="store_true",
+        help="revoke even when the share holders left cannot decrypt a round (until a new key is "
+        "dealt, no round closes)",
+    )
     revoke.set_defaults(handler=_revoke)
 
 
@@ -137,6 +143,8 @@ def _install(args: argparse.Namespace) -> int:
 def _revoke(args: argparse.Namespace) -> int:
     from fedlora._files import write_new_file
     from fedlora.provision import load_project
+    from fedlora.crypto import ticket_quorum
+    from fedlora.protocol import decryption_blocked
     from fedlora.revocation import read_revocations, sign_revocations
 
     project = load_project(args.project)
@@ -148,6 +156,15 @@ def _revoke(args: argparse.Namespace) -> int:
         old = read_revocations(args.out, args.ca / "ca.pem", project.federation_id)
         revoked |= old.revoked
         serial = old.serial + 1
+    holders = [p.id for p in project.parties if p.holds_share]
+    fl = project.federated_learning
+    quorum = fl.ticket_quorum or ticket_quorum(len(holders), fl.decryption_threshold)
+    blocked = decryption_blocked(holders, quorum, fl.decryption_threshold, revoked)
+    if blocked and not args.force:
+        raise ConfigError(
+            f"refused: {blocked}. Deal a new key for the remaining holders first, or give --force "
+            "to revoke now and stop every round until then"
+        )
     data = sign_revocations(args.ca, project.federation_id, sorted(revoked), serial)
     tmp = args.out.with_name(f".{args.out.name}.new")
     tmp.unlink(missing_ok=True)
@@ -159,4 +176,6 @@ def _revoke(args: argparse.Namespace) -> int:
         f"{json.dumps('revocations.json')} (server.revocations): it is reloaded on the next call",
         soft_wrap=True,
     )
+    if blocked:
+        console.print(f"[bold red]warning:[/] {escape(blocked)}", soft_wrap=True)
     return 0

@@ -262,9 +262,16 @@ def encode(
     return out, cut, dropped
 
 
+ANSWER_TOKENS = 24  # generated per answer when scoring yes/no: room for a short reasoning first
+
+
 def answer_of(text: str) -> str | None:
-    """``"yes"`` or ``"no"``: the first word of a generated answer, or None for anything else."""
-    found = re.match(r"\W*(yes|no)\b", text, re.IGNORECASE)
+    """``"yes"`` or ``"no"``: the decision of an answer, or None for anything else. The decision is
+    the answer's first word, or the first word after its first dash (an answer that reasons
+    first: ``"alerts: night, abroad (two) — no: …"``)."""
+    found = re.match(r"\W*(yes|no)\b", text, re.IGNORECASE) or re.search(
+        r"[—–-]\W*(yes|no)\b", text, re.IGNORECASE
+    )
     return found.group(1).lower() if found else None
 
 
@@ -489,7 +496,8 @@ class CausalLmTrainer(SharedAdapter):
     ) -> dict[str, float]:
         """Accuracy and F1 of the generated yes/no answers against the responses' first word."""
         records = self.records if records is None else list(records)
-        answers = self.generate(vector, [r.prompt for r in records], max_new_tokens=4)
+        # Enough for an answer that reasons before it decides (see answer_of).
+        answers = self.generate(vector, [r.prompt for r in records], max_new_tokens=ANSWER_TOKENS)
         truth = [answer_of(r.response) or "" for r in records]
         return yes_no_scores([answer_of(a) for a in answers], truth)
 

@@ -18,7 +18,8 @@ from fedlora.audit import AuditLog
 from fedlora.config import CoordinatorConfig, Party
 from fedlora.coordinator._limits import RejectionLimiter
 from fedlora.errors import AuthenticationError, AuthorizationError, RateLimitError
-from fedlora.revocation import RevocationWatcher
+from fedlora.protocol import decryption_blocked
+from fedlora.revocation import RevocationList, RevocationWatcher
 
 log = logging.getLogger("fedlora.coordinator")
 
@@ -50,7 +51,33 @@ class Admission:
             config.server.revocations, tls.ca if tls else None, config.federation_id
         )
         self._revoked: frozenset[str] = frozenset()
-        self.reload_revocations()
+        self._serial = 0  # of the newest list the log records
+        self._holders: tuple[str, ...] = ()
+        self._quorum = self._threshold = 0
+        self.blocked: str | None = None  # why no round can be decrypted, when revocations say so
+        self._loaded: frozenset[str] = frozenset()
+
+    def start(
+        self,
+        recorded: RevocationList | None,
+        holders: tuple[str, ...] = (),
+        quorum: int = 0,
+        threshold: int = 0,
+    ) -> None:
+        """Load the revocation list at start-up, no older than what the log ``recorded``.
+
+        Raises:
+            ConfigError: the configured list is missing or older than the recorded one (see
+                :meth:`RevocationWatcher.start`); nothing is written then.
+        """
+        self._holders, self._quorum, self._threshold = holders, quorum, threshold
+        self._serial = recorded.serial if recorded else 0
+        self._revoked = recorded.revoked if recorded else frozenset()
+        self._loaded = self.revocations.start(recorded)
+
+    def announce(self) -> None:
+        """Audit what :meth:`start` loaded beyond the log, once the log may be written."""
+        self._update(self._loaded, None)
 
     @property
     def revoked(self) -> frozenset[str]:
@@ -60,15 +87,43 @@ class Admission:
 
     def reload_revocations(self) -> frozenset[str]:
         """Reload the CA-signed revocation list if its file changed; audit new revocations."""
-        revoked, error = self.revocations.poll()
+        return self._update(*self.revocations.poll())
+
+    def _update(self, revoked: frozenset[str], error: str | None) -> frozenset[str]:
+        current = self.revocations.current
         with self._lock:
             fresh = revoked - self._revoked
             self._revoked = revoked
+            newer = current is not None and current.serial > self._serial
+            if newer:
+                assert current is not None
+                self._serial = current.serial
         if error is not None:
             log.error(error)
-        current = self.revocations.current
+        if newer:
+            assert current is not None
+            self.audit.record(
+                ev.RevocationsLoaded(
+                    serial=current.serial,
+                    revoked=sorted(current.revoked),
+                    issued_at=current.issued_at,
+                )
+            )
+            log.warning(
+                "revocation list serial %d loaded: %s revoked",
+                current.serial,
+                ", ".join(sorted(current.revoked)) or "nobody",
+            )
         for pid in sorted(fresh):
             self.audit.record(ev.PartyRevoked(party=pid, serial=current.serial if current else 0))
+        if fresh or self.blocked is None:
+            static = {p.id for p in self.config.parties if p.revoked}
+            blocked = decryption_blocked(
+                self._holders, self._quorum, self._threshold, revoked | static
+            )
+            if blocked and blocked != self.blocked:
+                log.error(blocked)
+            self.blocked = blocked
         return revoked
 
     def authenticate(self, identity: str | None, method: str) -> Party:

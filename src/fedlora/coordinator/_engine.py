@@ -196,7 +196,9 @@ class Coordinator:
         is written, unless ``accept_config_change`` (then the change is audited).
         """
         events = [json.loads(line) for line in self.audit.entries()]
+        holders = (self.key.party_ids, self.quorum, self.key.threshold) if self.key else ()
         if not events:
+            self.admission.start(None, *holders)
             self.audit.record(
                 ev.FederationStarted(
                     federation_id=self.config.federation_id,
@@ -217,6 +219,7 @@ class Coordinator:
                 )
             )
             self._save_and_publish(0, self._initial)
+            self.admission.announce()
             return  # WAITING: round 1 opens once min_clients parties have joined
         state = replay(events)
         changes = differences(state.settings, self.settings)
@@ -226,6 +229,7 @@ class Coordinator:
             state_dir=str(self.config.state_dir),
             round_number=state.round.number if state.round else 0,
         )
+        self.admission.start(state.revocations, *holders)
         initial = hashlib.sha256(self._initial.astype("<f4").tobytes()).digest()
         if self.store.global_path(0).exists() and not hmac.compare_digest(
             initial, self.global_digest(0)
@@ -246,6 +250,7 @@ class Coordinator:
                 contributions=sorted(self.round.contributions) if self.round else [],
             )
         )
+        self.admission.announce()
         if state.ended and self.stage is not Stage.FINISHED:
             self._end_round()  # it crashed between ending a round and opening the next
         elif self.stage is Stage.FINISHED and self.round and self.round.number < self.fl.rounds:
@@ -489,8 +494,9 @@ class Coordinator:
                     decryptor=bool(self.key and party.id in self.key.party_ids),
                     ticket_signed=False,
                     ticket_signatures=0,
-                    joined=tuple(sorted(self.joined)),
+                    joined=tuple(sorted(self.joined - self.admission.revoked)),
                     min_clients=self.min_clients,
+                    warning=self.admission.blocked or "",
                 )
             finished = self.stage is Stage.FINISHED
             version = self.global_version if finished else r.global_version
@@ -509,8 +515,9 @@ class Coordinator:
                 ticket_signed=party.id in r.ticket_signatures,
                 ticket_signatures=len(r.ticket_signatures),
                 contributors=tuple(sorted(r.contributions)),
-                joined=tuple(sorted(self.joined)),
+                joined=tuple(sorted(self.joined - self.admission.revoked)),
                 min_clients=self.min_clients,
+                warning=self.admission.blocked or "",
             )
 
     def join_info(self, party: Party, spec_json: str = "") -> JoinInfo:

@@ -16,6 +16,7 @@ from fedlora.coordinator._settings import recorded_settings
 from fedlora.coordinator._state import Contribution, RoundState
 from fedlora.crypto import DecryptionProof
 from fedlora.protocol import Stage
+from fedlora.revocation import RevocationList
 
 
 @dataclass
@@ -26,6 +27,17 @@ class Replayed:
     ended: bool = False  # the open round closed or failed and no next round was opened
     settings: dict[str, Any] = field(default_factory=dict)  # as started, with accepted changes
     joined: set[str] = field(default_factory=set)  # parties that ever joined
+    revocations: RevocationList | None = None  # the newest list accepted, and every party revoked
+
+
+def _revoked(s: Replayed, e: ev.RevocationsLoaded | ev.PartyRevoked) -> RevocationList:
+    """The recorded floor: the highest serial and every party ever revoked (never fewer)."""
+    old = s.revocations or RevocationList(
+        str(s.settings.get("federation_id", "")), 0, frozenset(), ""
+    )
+    named = set(e.revoked) if isinstance(e, ev.RevocationsLoaded) else {e.party}
+    issued = e.issued_at if isinstance(e, ev.RevocationsLoaded) else old.issued_at
+    return RevocationList(old.federation_id, max(old.serial, e.serial), old.revoked | named, issued)
 
 
 def replay(entries: Iterable[dict[str, Any]]) -> Replayed:
@@ -58,6 +70,8 @@ def replay(entries: Iterable[dict[str, Any]]) -> Replayed:
                 s.global_version = e.version
             case ev.FederationFinished():
                 s.stage = Stage.FINISHED
+            case ev.RevocationsLoaded() | ev.PartyRevoked():
+                s.revocations = _revoked(s, e)
         if r is None or getattr(e, "round", None) != r.number:
             continue
         match e:

@@ -140,7 +140,10 @@ def create_server(
         engine = engine or build_engine(config, accept_config_change=accept_config_change)
     except BaseException:
         lock.release()
-        server.stop(None)
+        # A gRPC server that never started keeps its bound port until it is collected; starting
+        # it (nothing is registered: no call is served) lets stop() release it now.
+        server.start()
+        server.stop(None).wait()
         raise
     insecure = config.server.insecure
     federation_pb2_grpc.add_FederationServicer_to_server(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Container, Iterator, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -243,6 +243,28 @@ def check_ticket_logged(
         manifest.aggregated_index,
         list(manifest.aggregated_inclusion),
         manifest.checkpoint,
+    )
+
+
+def decryption_blocked(
+    holders: Sequence[str], quorum: int, threshold: int, revoked: Iterable[str]
+) -> str | None:
+    """Why no round can be decrypted with these share holders revoked, in one line, or None.
+
+    A round's aggregate is released to the holders only with ``quorum`` ticket signatures from
+    distinct holders, and decrypted with ``threshold`` partial decryptions; a revoked holder gives
+    neither, and only a new key (dealt for the remaining holders) brings them back.
+    """
+    gone = sorted(set(holders) & set(revoked))
+    left = len(holders) - len(gone)
+    need = max(quorum, threshold)
+    if left >= need:
+        return None
+    return (
+        f"decryption cannot succeed until the threshold key is re-dealt: {len(gone)} of "
+        f"{len(holders)} share holders are revoked ({', '.join(gone)}), {left} remain and every "
+        f"round needs {need} (ticket quorum {quorum}, threshold {threshold}); see "
+        "docs/operations.md#re-dealing-the-key"
     )
 
 

@@ -60,6 +60,7 @@ class RoundStatus:
     contributors: tuple[str, ...] = ()  # who has contributed to this round (also in the audit log)
     joined: tuple[str, ...] = ()  # enrolled parties that have joined the federation so far
     min_clients: int = 0  # parties that must join before round 1 opens
+    warning: str = ""  # one line when no round can succeed as things stand (revoked holders)
 
 
 @dataclass(frozen=True)

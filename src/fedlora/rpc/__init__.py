@@ -199,6 +199,7 @@ def status_to_proto(s: RoundStatus) -> federation_pb2.RoundStatus:
         joined=len(s.joined),
         joined_parties=list(s.joined),
         min_clients=s.min_clients,
+        warning=s.warning,
     )
 
 
@@ -223,6 +224,7 @@ def status_from_proto(s: Any) -> RoundStatus:
         contributors=tuple(s.contributors),
         joined=tuple(s.joined_parties),
         min_clients=s.min_clients,
+        warning=s.warning,
     )
 
 

@@ -145,6 +145,7 @@ class RoundStatus(_message.Message):
     JOINED_FIELD_NUMBER: _builtins.int
     MIN_CLIENTS_FIELD_NUMBER: _builtins.int
     JOINED_PARTIES_FIELD_NUMBER: _builtins.int
+    WARNING_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     stage: _common_pb2.RoundStage.ValueType
     global_version: _builtins.int
@@ -165,6 +166,8 @@ class RoundStatus(_message.Message):
     """enrolled parties that have joined so far"""
     min_clients: _builtins.int
     """parties that must join before round 1 opens"""
+    warning: _builtins.str
+    """one line when the federation cannot finish a round as configured"""
     @_builtins.property
     def contributors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """who has contributed to this round (also in the audit log)"""
@@ -190,10 +193,11 @@ class RoundStatus(_message.Message):
         joined: _builtins.int = ...,
         min_clients: _builtins.int = ...,
         joined_parties: _abc.Iterable[_builtins.str] | None = ...,
+        warning: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributed", b"contributed", "contributions", b"contributions", "contributors", b"contributors", "deadline_unix_s", b"deadline_unix_s", "decryptor", b"decryptor", "global_digest", b"global_digest", "global_version", b"global_version", "joined", b"joined", "joined_parties", b"joined_parties", "min_clients", b"min_clients", "partial_submitted", b"partial_submitted", "round", b"round", "rounds_total", b"rounds_total", "stage", b"stage", "ticket_signatures", b"ticket_signatures", "ticket_signed", b"ticket_signed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributed", b"contributed", "contributions", b"contributions", "contributors", b"contributors", "deadline_unix_s", b"deadline_unix_s", "decryptor", b"decryptor", "global_digest", b"global_digest", "global_version", b"global_version", "joined", b"joined", "joined_parties", b"joined_parties", "min_clients", b"min_clients", "partial_submitted", b"partial_submitted", "round", b"round", "rounds_total", b"rounds_total", "stage", b"stage", "ticket_signatures", b"ticket_signatures", "ticket_signed", b"ticket_signed", "warning", b"warning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -392,3 +392,28 @@ def test_answers_on_their_own_line_are_read() -> None:
     assert answer_of("Yes\n\nThe amount is high.") == "yes"
     assert answer_of("**No**, ordinary.") == "no"
     assert answer_of("Nothing suspicious") is None
+
+
+def test_an_answer_that_reasons_first_is_read_after_the_dash() -> None:
+    assert answer_of("alerts: night, abroad, merchant (three) — yes: a risky merchant.") == "yes"
+    assert answer_of("alerts: none (none) — no: an ordinary purchase.") == "no"
+    assert answer_of("alerts: night (one) — maybe") is None
+    assert answer_of("alerts: night, abroad (two)") is None  # cut off before deciding
+    assert answer_of("x-ray — no") == "no"  # a hyphen that starts no decision is passed over
+
+
+def test_fraud_cases_follow_the_documented_rule() -> None:
+    """The alerts a case shows decide most of it, not all (weak signals and noise count): the
+    workload rewards reading the case, and a model that only says "no" scores F1 0."""
+    import re
+
+    records = [r for bank in datasets.fraud_cases(5, 300, seed=3) for r in bank]
+    by_count: dict[int, list[bool]] = {}
+    for r in records:
+        shown = int(re.search(r"Monitoring alerts \((\d)\)", r["prompt"]).group(1))
+        said = re.match(r"alerts: .* \((\w+)\) — (yes|no): ", r["response"])
+        assert said, r["response"]
+        assert said.group(1) == datasets._COUNTS[shown]
+        by_count.setdefault(shown, []).append(said.group(2) == "yes")
+    assert np.mean(by_count[0]) == 0.0 and np.mean(by_count[4]) == 1.0
+    assert 0.05 < np.mean(by_count[2]) < 0.5 < np.mean(by_count[3]) < 0.95

@@ -24,6 +24,7 @@ def test_every_kind_round_trips_through_a_log_line() -> None:
         ev.SubmissionThrottled(reason="busy", round=1, party="bank-a", kind_of="contribution"),
         ev.GlobalPublished(version=3, global_digest="cd"),
         ev.ConfigChanged(changes={"federated_learning.rounds": [3, 5]}),
+        ev.RevocationsLoaded(serial=2, revoked=["bank-b"], issued_at="2026-12-05T12:00:00+00:00"),
     ]
     for event in samples:
         assert ev.parse_event(_line(event)) == event
@@ -31,7 +32,7 @@ def test_every_kind_round_trips_through_a_log_line() -> None:
     assert _line(samples[2])["kind"] == "contribution"
     # Optional fields left unset are not written at all.
     assert "party" not in _line(samples[1]) and "adapter_digest" not in _line(samples[3])
-    assert len(ev.EVENTS) == 23
+    assert len(ev.EVENTS) == 24
 
 
 def test_a_tampered_entry_is_refused_naming_its_index_kind_and_field() -> None:

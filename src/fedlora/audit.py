@@ -48,7 +48,7 @@ from fedlora.crypto import (
     verify_inclusion,
     verify_signature,
 )
-from fedlora.errors import FedLoraError, VerificationError
+from fedlora.errors import FedLoraError, NotFoundError, OutOfRangeError, VerificationError
 from fedlora.events import Event
 
 __all__ = [
@@ -703,7 +703,15 @@ class AuditLog:
             return index
 
     def entries(self, start: int = 0, limit: int = 0) -> list[bytes]:
+        """Entries ``start`` .. ``start + limit`` (``limit`` 0: to the end); ``start`` equal to the
+        log's size gives none (a reader that is up to date).
+
+        Raises:
+            OutOfRangeError: ``start`` past the end of the log.
+        """
         with self._lock:
+            if start > self.size:
+                raise OutOfRangeError(f"no entry {start}: the log holds {self.size} entries")
             lines = _lines(self._entries_path.read_bytes()) if self._entries_path.exists() else []
         end = len(lines) if limit == 0 else min(len(lines), start + limit)
         return lines[start:end]
@@ -712,7 +720,9 @@ class AuditLog:
         with self._lock:
             line = self._last_cp
         if line is None:
-            raise FedLoraError(f"the audit log in {self.folder} has no checkpoint yet (no entries)")
+            raise NotFoundError(
+                f"the audit log in {self.folder} has no checkpoint yet (no entries)"
+            )
         return line
 
     def latest_checkpoint(self) -> dict[str, Any]:
@@ -735,7 +745,7 @@ class AuditLog:
         """Leaf hash and RFC 6962 audit path of entry ``index`` in the tree of ``tree_size``."""
         with self._lock:
             if not 0 <= index < tree_size <= self.size:
-                raise FedLoraError(
+                raise OutOfRangeError(
                     f"no entry {index} in a tree of size {tree_size} (log size {self.size})"
                 )
             leaves = self._leaves[:tree_size]
@@ -757,7 +767,7 @@ class AuditLog:
                 and 0 <= old_size <= new_size <= self.size
             )
             if not valid:
-                raise FedLoraError(
+                raise OutOfRangeError(
                     f"no consistency proof from tree size {old_size!r} to {new_size!r} "
                     f"(need 0 <= old size <= new size <= log size {self.size})"
                 )

@@ -448,6 +448,36 @@ def _build(cls: type[T], data: Any, path: str, base: Path) -> T:
     return cls(**kwargs)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a key written twice in one mapping (plain YAML keeps the
+    last silently: `rounds: 3` below `rounds: 50` would win without a word)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _StrictLoader.construct_mapping
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML as every fedlora config loader does: safe, and no key twice in a mapping.
+
+    Raises:
+        yaml.YAMLError: malformed, or a duplicate key (its line in ``problem_mark``).
+    """
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_config(
     cls: type[T],
     text: str,
@@ -465,7 +495,7 @@ def parse_config(
         ConfigError: malformed YAML or any invalid key, naming the dotted path.
     """
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -560,6 +590,14 @@ def load_client_config(
         raise ConfigError(f"peers: must list this client ({cfg.id!r}) with its signing key")
     if len(set(ids)) != len(ids):
         raise ConfigError("peers: a peer is listed twice")
+    keys = [p.signing_public_key for p in cfg.peers]
+    if len(set(keys)) != len(keys):
+        # One party under two ids would count twice wherever distinct parties are counted (the
+        # ticket quorum, min_participants).
+        twice = sorted(p.id for p in cfg.peers if keys.count(p.signing_public_key) > 1)
+        raise ConfigError(
+            f"peers: {', '.join(twice)} share one signing_public_key; each party has its own key"
+        )
     for name in ("min_participants", "ticket_quorum"):
         value = getattr(cfg.policy, name)
         if value is not None and value > len(ids):

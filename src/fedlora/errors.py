@@ -53,6 +53,10 @@ class NotFoundError(FedLoraError):
     """The thing asked for does not exist (gRPC NOT_FOUND)."""
 
 
+class OutOfRangeError(FedLoraError):
+    """A position or size past what exists, e.g. an audit entry beyond the log (OUT_OF_RANGE)."""
+
+
 class RateLimitError(FedLoraError):
     """Too many rejected submissions from one identity; refused before any work (RESOURCE_EXHAUSTED)."""
 

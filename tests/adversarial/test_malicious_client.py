@@ -172,8 +172,25 @@ def test_a_huge_proof_response_is_refused_cheaply_rate_limited_and_counted(tmp_p
         )
         stub = h.stub(layout, ATTACKER)
         codes, slowest = [], 0.0
-        # Act: the attacker resends it again and again.
-        for _ in range(BURST + 4):
+        # Act: the attacker resends it again and again, each time a few bits longer (so each
+        # refusal's text differs: de-duplication must not key on values the sender chooses).
+        for i in range(BURST + 4):
+            z = partial.proof.response << ((1 << 20) + 8 * i)
+            header.proof_response = z.to_bytes((z.bit_length() + 7) // 8, "big")
+            header.statement_signature = sign_digest(
+                h.signing_key(layout, ATTACKER),
+                partial_statement_digest(
+                    federation_id=config.federation_id,
+                    round_number=1,
+                    party_id=ATTACKER,
+                    ticket=engine.round.ticket,  # type: ignore[union-attr]
+                    first_record=0,
+                    ciphertexts_digest=partial.ciphertexts_digest,
+                    values_digest=ciphertext_vector_digest(key.paillier, partial.values),
+                    challenge=partial.proof.challenge,
+                    response=z,
+                ),
+            )
             started = time.monotonic()
             try:
                 stub.SubmitPartialDecryption(
@@ -361,3 +378,37 @@ def test_a_restart_between_the_last_ticket_signature_and_the_quorum_entry_moves_
     # Assert: the quorum is recognised; holders can release their partials again.
     assert engine.stage.value == "decrypting"
     assert _events(config.state_dir)[-1]["event"] == "ticket_quorum"
+
+
+def test_audit_queries_out_of_range_are_refused_as_such(tmp_path) -> None:
+    """A member asking for entries, proofs or sizes past the log gets OUT_OF_RANGE (its own
+    mistake, said as one), never INTERNAL; the service goes on answering."""
+    from fedlora.v1 import audit_pb2, audit_pb2_grpc
+
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1)
+    running = h.serve(layout)
+    try:
+        h.stub(layout, "bank-a").Join(h.join_request(layout, "bank-a"))
+        audit = audit_pb2_grpc.AuditStub(h.channel(layout, "bank-a"))
+        size = running.engine.audit.size
+        asks = [
+            lambda: list(audit.GetEntries(audit_pb2.AuditQuery(start=size + 1))),
+            lambda: list(audit.GetEntries(audit_pb2.AuditQuery(start=(1 << 64) - 1, limit=5))),
+            lambda: audit.GetInclusionProof(
+                audit_pb2.InclusionQuery(index=10**12, tree_size=10**12 + 1)
+            ),
+            lambda: audit.GetInclusionProof(audit_pb2.InclusionQuery(index=3, tree_size=2)),
+            lambda: audit.GetConsistencyProof(audit_pb2.ConsistencyQuery(from_size=5, to_size=2)),
+            lambda: audit.GetConsistencyProof(
+                audit_pb2.ConsistencyQuery(from_size=0, to_size=(1 << 64) - 1)
+            ),
+        ]
+        for ask in asks:
+            with pytest.raises(grpc.RpcError) as caught:
+                ask()
+            assert caught.value.code() == grpc.StatusCode.OUT_OF_RANGE, caught.value.details()
+        # In range, all is served: the whole log, and the tail when a reader is up to date.
+        assert len(list(audit.GetEntries(audit_pb2.AuditQuery(start=0)))) == size
+        assert list(audit.GetEntries(audit_pb2.AuditQuery(start=size))) == []
+    finally:
+        running.stop(grace=1)

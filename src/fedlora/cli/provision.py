@@ -142,9 +142,9 @@ def _install(args: argparse.Namespace) -> int:
 
 def _revoke(args: argparse.Namespace) -> int:
     from fedlora._files import write_new_file
-    from fedlora.provision import load_project
     from fedlora.crypto import ticket_quorum
     from fedlora.protocol import decryption_blocked
+    from fedlora.provision import load_project
     from fedlora.revocation import read_revocations, sign_revocations
 
     project = load_project(args.project)

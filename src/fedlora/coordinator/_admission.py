@@ -22,6 +22,7 @@ from fedlora.protocol import decryption_blocked
 from fedlora.revocation import RevocationList, RevocationWatcher
 
 log = logging.getLogger("fedlora.coordinator")
+MAX_REASON = 400  # characters of a rejection's reason written to the log
 
 Rejection = (
     ev.AccessDenied
@@ -159,6 +160,8 @@ class Admission:
         """Write the first of identical rejections in a round; count the rest."""
         with self._lock:
             if self.limits.first(event.kind, who, event.reason):
+                if len(event.reason) > MAX_REASON:  # it may quote what the sender sent
+                    event = replace(event, reason=event.reason[: MAX_REASON - 1] + "…")
                 self.audit.record(event)
 
     def rejected(self, who: str, event: Rejection) -> None:

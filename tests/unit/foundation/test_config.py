@@ -138,6 +138,17 @@ def test_malformed_yaml_names_the_line(tmp_path) -> None:
         load_coordinator_config(tmp_path / "missing.yaml")
 
 
+def test_a_key_written_twice_is_refused_with_its_line(tmp_path) -> None:
+    """Plain YAML keeps the last of two equal keys without a word; a config file that says
+    `rounds` twice (or lists a party's fields twice) is ambiguous, and refused."""
+    twice = COORDINATOR.replace("state_dir: state\n", "state_dir: state\nstate_dir: elsewhere\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML at line 4.*'state_dir' appears twice"):
+        load_coordinator_config(write(tmp_path, twice))
+    nested = COORDINATOR.replace("rounds: 3}", "rounds: 3, rounds: 50}")
+    with pytest.raises(ConfigError, match="'rounds' appears twice"):
+        load_coordinator_config(write(tmp_path, nested))
+
+
 CLIENT = f"""
 id: bank-a
 role: bank
@@ -218,6 +229,20 @@ def test_client_policy_pins_parse(tmp_path) -> None:
 def test_client_policy_refusals_name_the_key(tmp_path, policy, message) -> None:
     with pytest.raises(ConfigError, match=message):
         load_client_config(write(tmp_path, CLIENT + f"policy: {policy}\n"))
+
+
+def test_one_key_pinned_under_two_peer_ids_is_refused(tmp_path) -> None:
+    """A party pinned under two ids would count twice towards the ticket quorum and
+    min_participants: the client refuses the file, as the coordinator and provisioning do."""
+    two = CLIENT.replace(
+        f'  - {{id: hospital-b, signing_public_key: "{KEY_B}"}}',
+        f'  - {{id: hospital-b, signing_public_key: "{KEY_B}"}}\n'
+        f'  - {{id: hospital-b2, signing_public_key: "{KEY_B}"}}',
+    )
+    with pytest.raises(
+        ConfigError, match="peers: hospital-b, hospital-b2 share one signing_public_key"
+    ):
+        load_client_config(write(tmp_path, two))
 
 
 def test_check_key_size_refuses_small_keys_unless_testing_allows_them() -> None:

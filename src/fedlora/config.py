@@ -448,7 +448,7 @@ def _build(cls: type[T], data: Any, path: str, base: Path) -> T:
     return cls(**kwargs)
 
 
-class _StrictLoader(yaml.SafeLoader):
+class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc]  # yaml ships no types
     """yaml's safe loader, refusing a key written twice in one mapping (plain YAML keeps the
     last silently: `rounds: 3` below `rounds: 50` would win without a word)."""
 
@@ -461,7 +461,7 @@ class _StrictLoader(yaml.SafeLoader):
                     None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
                 )
             seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+        return dict(super().construct_mapping(node, deep=deep))
 
 
 _StrictLoader.add_constructor(
@@ -475,7 +475,7 @@ def load_yaml(text: str) -> Any:
     Raises:
         yaml.YAMLError: malformed, or a duplicate key (its line in ``problem_mark``).
     """
-    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_StrictLoader)
 
 
 def parse_config(

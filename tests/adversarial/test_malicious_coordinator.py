@@ -135,6 +135,31 @@ def test_a_manifest_for_another_round_than_the_task_is_refused_before_signing(fi
     assert lying.ledger_kinds(layout, pids[0]) == ["refused"]
 
 
+def test_a_round_far_ahead_of_the_log_is_refused_and_honest_rounds_go_on(five) -> None:
+    """A task for round 4·10⁹ (logged by the attacker as its `aggregated` entry) would, once
+    signed, make the holder refuse every honest round as "old": it is refused first, on the
+    anchored log's size, and leaves the ledger's round where it was."""
+    from fedlora.protocol import check_round_in_log
+
+    layout, engine = five
+    pids = _collect_round_1(layout, engine)
+    far = 4_000_000_000  # near the top of the wire format's uint32
+    engine.views[("*", far)] = lying.view(engine, 1, pids, manifest_round=far)
+    holder = lying.client(layout, pids[0])
+    with pytest.raises(VerificationError, match=f"round {far} runs ahead of the coordinator's"):
+        holder.decrypt(far)
+    assert holder.ledger.highest_round == 0 and engine.signatures == {}
+    # Round 1 is still decrypted (the attacker's views keep every signature it is given).
+    engine.views[("*", 1)] = lying.view(engine, 1, pids)
+    holders = {pid: lying.client(layout, pid) for pid in pids}
+    assert [holders[pid].decrypt(1) for pid in pids[:4]][-1] is True
+    # The bound itself: a log of n entries holds rounds 1..n // 2, and never round 0.
+    check_round_in_log(3, 6)
+    for bad in ((4, 7), (0, 100)):
+        with pytest.raises(VerificationError, match="runs ahead"):
+            check_round_in_log(*bad)
+
+
 def test_a_colluding_contributor_cannot_cancel_the_others_out_of_the_aggregate(five) -> None:
     # Arrange: four honest uploads; the attacker gives the colluder bank-e three of them, and
     # bank-e uploads their inverse times E(0) — validly signed by bank-e, in Z*_(n²), bound to

@@ -73,6 +73,7 @@ from fedlora.protocol import (
     canonical_spec,
     check_join,
     check_receipt,
+    check_round_in_log,
     check_task,
     check_ticket_logged,
     make_partials,
@@ -661,6 +662,7 @@ class Client:
         task = self.transport.decryption_task(round_number, manifest_only=cached is not None)
         manifest = task.manifest
         self.observe_checkpoint(manifest.checkpoint, round_number)
+        check_round_in_log(round_number, manifest.checkpoint.tree_size)
         if cached is None:
             checked = check_task(
                 holder,

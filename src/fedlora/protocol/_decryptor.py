@@ -209,6 +209,22 @@ def manifest_ticket(policy: HolderPolicy, manifest: DecryptionManifest) -> bytes
     )
 
 
+def check_round_in_log(round_number: int, tree_size: int) -> None:
+    """A round number the anchored log could hold: every round takes at least two entries (opened,
+    then closed or failed) after the federation's first two, so a log of ``tree_size`` entries
+    holds rounds up to ``tree_size // 2``. A holder that signed a ticket for round 10¹² would
+    refuse every honest round after it as "old"; this refuses such a round first.
+
+    Raises:
+        VerificationError: ``round_number`` below 1 or ahead of what the log can hold.
+    """
+    if not 1 <= round_number <= tree_size // 2:
+        raise VerificationError(
+            f"round {round_number} runs ahead of the coordinator's audit log ({tree_size} entries "
+            f"hold at most round {tree_size // 2}): refusing a round the log cannot have opened"
+        )
+
+
 def check_ticket_logged(
     manifest: DecryptionManifest, round_number: int, ticket: bytes, participants: Sequence[str]
 ) -> None:
@@ -238,6 +254,7 @@ def check_ticket_logged(
         raise VerificationError(
             f"the audit entry sent for round {round_number}'s ticket does not record this ticket"
         )
+    check_round_in_log(round_number, manifest.aggregated_index)
     verify_entry_inclusion(
         manifest.aggregated_entry,
         manifest.aggregated_index,

@@ -79,7 +79,10 @@ def threshold() -> dict:
     # Independent checks of the dealt key, straight from the definitions.
     pp, qq = (p - 1) // 2, (q - 1) // 2
     shares = {s.index: s.secret for s in dealt.shares}
-    partials = {i: pow(c, 2 * delta * s, n2) for i, s in shares.items()}
+    # A partial is canonical: of x and n² − x (both pass the proof) the smaller one.
+    partials = {
+        i: min(x, n2 - x) for i, x in ((i, pow(c, 2 * delta * s, n2)) for i, s in shares.items())
+    }
     chosen = [1, 3, 5]
     u = 1
     for i in chosen:

@@ -199,7 +199,9 @@ def partial_decrypt(
     n2 = key.nsquare
     secret = key.delta * share.secret
     engine = resolve_backend(backend)
-    values = engine.powmod_bases_secret(cts, 2 * secret, n2)
+    # Canonical: of x and −x (x·(n² − 1), both pass the proof, which checks squares) the smaller;
+    # so one chunk has one valid answer, and a holder cannot sign two different ones.
+    values = [min(x, n2 - x) for x in engine.powmod_bases_secret(cts, 2 * secret, n2)]
     cts_digest = ciphertext_vector_digest(key.paillier, cts)
     c4, ci2 = _batched_statement(key, index, cts, cts_digest, values, engine)
     r = system_rng(rng).getrandbits(_nonce_bits(key))
@@ -261,6 +263,12 @@ def verify_partial_decryption(
         values = validate_ciphertexts(key.paillier, partial.values)
     except CryptoError as exc:
         raise VerificationError(f"{who}: {exc}".replace("ciphertext[", "value[")) from None
+    n2 = key.nsquare
+    high = next((i for i, x in enumerate(values) if x > n2 // 2), None)
+    if high is not None:
+        raise VerificationError(
+            f"{who}: value[{high}] is not canonical (above n²/2; the answer is its negation)"
+        )
     e = require_int(
         "proof.challenge", partial.proof.challenge, low=0, high=(1 << _CHALLENGE_BITS) - 1
     )
@@ -269,7 +277,6 @@ def verify_partial_decryption(
         raise VerificationError(
             f"{who}: proof response has {z.bit_length()} bits, above the bound of {_nonce_bits(key) + 1}"
         )
-    n2 = key.nsquare
     c4, ci2 = _batched_statement(key, index, list(ciphertexts), digest, values, backend)
     vk = key.verification_keys[index - 1]
     a = gmpy2.powmod(c4, z, n2) * gmpy2.powmod(ci2, -e, n2) % n2

@@ -158,6 +158,37 @@ def test_a_huge_proof_response_is_refused_before_any_exponentiation(dealt) -> No
         verify_partial_decryption(key, cts, huge)
 
 
+def test_a_negated_partial_with_a_fresh_valid_proof_is_refused(dealt) -> None:
+    """The proof checks squares, so x and −x = n² − x both pass it: a holder could sign two
+    different answers for one chunk. Partials are canonical (the smaller of the two), and the
+    other one is refused even with a proof that holds."""
+    from fedlora.crypto import _threshold as th
+
+    key = dealt.public_key
+    share = dealt.shares[1]
+    cts = _encrypt(dealt, [5, 6, 7])
+    good = partial_decrypt(key, share, cts)
+    n2 = key.nsquare
+    assert all(x <= n2 // 2 for x in good.values)
+    # The attacker negates one value and proves the result honestly with its own share.
+    values = [n2 - good.values[0], *good.values[1:]]
+    digest = th.ciphertext_vector_digest(key.paillier, cts)
+    c4, ci2 = th._batched_statement(key, good.index, cts, digest, values, None)
+    secret = key.delta * share.secret
+    r = random.Random(1).getrandbits(th._nonce_bits(key))
+    vk = key.verification_keys[good.index - 1]
+    e = th._challenge(key, good.index, key.v, c4, vk, ci2, pow(c4, r, n2), pow(key.v, r, n2))
+    z = r + e * secret
+    a = pow(c4, z, n2) * pow(ci2, -e, n2) % n2
+    b = pow(key.v, z, n2) * pow(vk, -e, n2) % n2
+    assert th._challenge(key, good.index, key.v, c4, vk, ci2, a, b) == e  # the proof holds
+    negated = dataclasses.replace(
+        good, values=tuple(values), proof=dataclasses.replace(good.proof, challenge=e, response=z)
+    )
+    with pytest.raises(VerificationError, match=r"value\[0\] is not canonical"):
+        verify_partial_decryption(key, cts, negated)
+
+
 def test_the_proof_nonce_is_sized_from_the_public_bound_not_the_share(dealt) -> None:
     # Arrange: every holder's share has a different bit length; |z| must not reveal it.
     key = dealt.public_key

@@ -197,6 +197,9 @@ class _Counting:
         self.counts.values += delta.size
         return local
 
+    def reseed(self, seed: int) -> None:
+        self.inner.reseed(seed)
+
     def evaluate(self, vector: np.ndarray) -> float:
         return self.inner.evaluate(vector)
 

@@ -65,6 +65,9 @@ class BankView:
         self.model.use_data(self.bank.train, self.generator)
         return self.model.train(global_vector, steps, on_step)
 
+    def reseed(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
     def evaluate(self, vector: np.ndarray) -> float:
         return float("nan")
 

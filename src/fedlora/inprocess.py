@@ -172,6 +172,9 @@ class GivenDelta:
     def evaluate(self, vector: np.ndarray) -> float:
         return float("nan")
 
+    def reseed(self, seed: int) -> None:
+        """The delta is given: nothing is drawn."""
+
 
 class InProcessFederation:
     """A real engine and real clients, driven in turn until each round ends."""

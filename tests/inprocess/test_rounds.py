@@ -392,6 +392,7 @@ def test_a_holder_that_sends_a_wrong_chunk_is_refused_for_it_and_the_round_close
     (h0, v0), (h1, v1) = sent[0], sent[1]
     altered = list(unpack_records(v1, width))
     altered[0] = altered[0] * 4 % key.nsquare  # another value: only the proof can tell
+    altered[0] = min(altered[0], key.nsquare - altered[0])  # (in canonical form)
     bad = pack_records(altered, width)
     attacks = [
         (signed(h1, bad), bad, "failed its proof of correct decryption"),

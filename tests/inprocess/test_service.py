@@ -419,3 +419,42 @@ def test_a_restart_from_other_initial_arrays_is_refused_before_anything_is_writt
     with pytest.raises(ConfigError, match="started from other initial arrays"):
         build_engine(config, clock=Clock(), initial=start + 1)
     assert build_engine(config, clock=Clock(), initial=start).audit.size == size + 1
+
+
+def test_a_replayed_global_model_never_gets_the_same_delta_twice(tmp_path) -> None:
+    """A coordinator that makes a client train again from the same global model (the same
+    round served twice, across a restart of the client, or a failed round's successor) could
+    difference aggregates of fixed deltas and solve for each client's. Every training run draws
+    its own batches, so the same client, model and round give a different delta each time."""
+    layout = _layout(tmp_path, save_plaintext_deltas=True)
+    engine = build_engine(load_coordinator_config(layout.coordinator_config), clock=Clock())
+    config = load_client_config(layout.client_configs["bank-a"])
+
+    def train_round_1() -> np.ndarray:  # a fresh process each time: only the disk remembers
+        client = Client(
+            config, console=Console(quiet=True), transport=InProcessTransport(engine, "bank-a")
+        )
+        fed = client.join()
+        status = client.transport.round_status()
+        assert status.round == 1 and status.global_version == 0
+        client.seal(fed, status)
+        return np.load(config.state_dir / "deltas" / "round-00001.npy")
+
+    for pid in ("bank-a", "bank-b", "hospital-c"):  # round 1 opens once three have joined
+        Client(
+            load_client_config(layout.client_configs[pid]),
+            console=Console(quiet=True),
+            transport=InProcessTransport(engine, pid),
+        ).join()
+    engine.tick()
+    first, again = train_round_1(), train_round_1()
+    assert np.abs(first).max() > 0
+    # The attacker's differencing leaves a residue as large as a delta, not zero.
+    assert np.linalg.norm(first - again) > 0.1 * np.linalg.norm(first)
+    # The seeds differ by run; a fresh state folder reproduces the first run (benchmarks pair
+    # their plaintext and encrypted federations on this).
+    from fedlora.client._session import sampler_seed
+
+    seeds = {sampler_seed(0, "f", 1, b"\0" * 32, run) for run in range(100)}
+    assert len(seeds) == 100 and all(0 <= s < 2**63 for s in seeds)
+    assert sampler_seed(0, "f", 1, b"\0" * 32, 0) == sampler_seed(0, "f", 1, b"\0" * 32, 0)

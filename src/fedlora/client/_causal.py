@@ -347,6 +347,9 @@ class CausalLmTrainer(SharedAdapter):
         self.generator = torch.Generator().manual_seed(training.seed)
         self.feature_names: list[str] | None = None
 
+    def reseed(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
     def use_data(self, records: Sequence[Instruction], generator: torch.Generator) -> None:
         """Train on ``records`` with ``generator`` from now on: one model in memory serves
         several simulated clients in turn (only their data and adapters differ)."""

@@ -433,6 +433,10 @@ class LoraTrainer(SharedAdapter):
             self.x = torch.as_tensor(np.asarray(features, dtype=np.float32)).to(self.device)
 
     # -- training --------------------------------------------------------------------------------
+
+    def reseed(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
     def _batch(self, index: torch.Tensor) -> dict[str, torch.Tensor] | torch.Tensor:
         if self.text:
             texts = [self.features[i] for i in index.tolist()]

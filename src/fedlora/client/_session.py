@@ -87,6 +87,25 @@ if TYPE_CHECKING:
 
 
 TRAINED_FROM = "trained-from.json"
+TRAINING_RUNS = "training-runs.json"  # how many times this client has trained, ever
+
+
+def sampler_seed(
+    seed: int, federation_id: str, round_number: int, global_digest: bytes, run: int
+) -> int:
+    """The seed of one training run's batch sampler: never the same twice for one client.
+
+    With one seed for every run, a client asked to train again from the same global model (a
+    failed round's next round, or a restart the coordinator answers with an old round) sends the
+    same delta bit for bit; a coordinator that collects several aggregates over different
+    subsets of such fixed deltas can solve for each one. ``run`` counts this client's training
+    runs on disk, so even the same round from the same global draws other batches. Reproducible
+    from a fresh state folder, as the benchmarks need.
+    """
+    material = json.dumps([seed, federation_id, round_number, global_digest.hex(), run]).encode()
+    return int.from_bytes(hashlib.sha256(b"fedlora-sampler\0" + material).digest()[:8], "big") >> 1
+
+
 KEEP_TRAINED_FROM = 32  # rounds: far more than can be decrypting at once
 
 
@@ -497,6 +516,15 @@ class Client:
         base = self.download_global(status.global_version, status.global_digest)
         self._trained_from[r] = (status.global_version, bytes(status.global_digest))
         self._save_trained_from()  # before the contribution can leave
+        self.trainer.reseed(
+            sampler_seed(
+                self.config.training.seed,
+                self.config.federation_id,
+                r,
+                bytes(status.global_digest),
+                self._next_training_run(),
+            )
+        )
         if pool is None:
             pool = self.obfuscator_pool(fed)
         try:
@@ -613,6 +641,16 @@ class Client:
         if failed:
             raise failed[0]
         return sent
+
+    def _next_training_run(self) -> int:
+        """This client's training-run counter, advanced on disk before the run starts."""
+        path = self.state_dir / TRAINING_RUNS
+        try:
+            run = int(json.loads(path.read_bytes())["runs"])
+        except (OSError, ValueError, TypeError, KeyError):
+            run = 0
+        replace_file(path, json.dumps({"runs": run + 1}).encode())
+        return run
 
     def _save_trained_from(self) -> None:
         newest = sorted(self._trained_from)[-KEEP_TRAINED_FROM:]

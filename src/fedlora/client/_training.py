@@ -29,6 +29,10 @@ class LocalTrainer(Protocol):
 
     def evaluate(self, vector: np.ndarray) -> float: ...
 
+    def reseed(self, seed: int) -> None:
+        """Draw the next training run's batches from ``seed`` (the session gives every run its
+        own: see :func:`fedlora.client._session.sampler_seed`)."""
+
 
 def csv_columns(path: Path, label_column: str) -> list[str]:
     """The feature column names of a CSV (its header without the label column), in file order."""
@@ -127,6 +131,9 @@ class LinearTrainer:
         self.batch_size = config.training.batch_size
         self.lr = config.training.learning_rate
         self.generator = torch.Generator().manual_seed(config.training.seed)
+
+    def reseed(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
 
     def _model(self, vector: np.ndarray) -> torch.nn.Linear:
         model = torch.nn.Linear(self.features, self.classes).to(self.device)

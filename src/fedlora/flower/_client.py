@@ -223,6 +223,9 @@ class FlowerTrainer:
     def evaluate(self, vector: np.ndarray) -> float:
         return float("nan")
 
+    def reseed(self, seed: int) -> None:
+        """The user's ``@app.train()`` draws its own batches (seed them per round there)."""
+
     def save_adapter(self, vector: np.ndarray, folder: Path) -> None:
         """A kept version in the ServerApp's layout, as the log's ``federation_started`` entry
         names it: ``arrays.npz``, one float array per key, in order. Nothing is written when the

@@ -62,15 +62,25 @@ def parse_spec(text: str, where: str) -> dict[str, Any]:
     return spec
 
 
+def _digest(value: Any) -> bool:
+    return (
+        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    )
+
+
 def _show(value: Any) -> str:
+    if _digest(value):
+        return value[:12] + "…"
     text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
     return text if len(text) <= 80 else text[:77] + "…"
 
 
 def spec_differences(federation: dict[str, Any], ours: dict[str, Any]) -> list[str]:
-    """One phrase per setting that differs: ``name is X here, Y in the federation``."""
+    """One phrase per setting that differs: ``name is X here, Y in the federation``; settings a
+    person reads (rank, targets, columns) first, digests (shortened) after them."""
     out = []
-    for name in sorted(set(federation) | set(ours)):
+    names = set(federation) | set(ours)
+    for name in sorted(names, key=lambda n: (_digest(ours.get(n, federation.get(n))), n)):
         if federation.get(name) != ours.get(name):
             here = _show(ours[name]) if name in ours else "(not set)"
             there = _show(federation[name]) if name in federation else "(not set)"

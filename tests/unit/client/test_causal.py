@@ -45,7 +45,7 @@ def tiny_llama(tmp_path_factory, cases) -> Path:
 def _spec(base: Path, **kw) -> ModelSpec:  # type: ignore[no-untyped-def]
     lora = LoraSpec(**{"rank": 4, "alpha": 8, "targets": TARGETS, "seed": 0, **kw.pop("lora", {})})
     return ModelSpec(
-        kind="causal-lm", base_model=base, max_length=kw.pop("max_length", 160), lora=lora, **kw
+        kind="causal-lm", base_model=base, max_length=kw.pop("max_length", 192), lora=lora, **kw
     )
 
 
@@ -351,7 +351,7 @@ def test_gpt2_style_projections_are_targets_too(tmp_path, tiny_llama, cases) -> 
     spec = ModelSpec(
         kind="causal-lm",
         base_model=folder,
-        max_length=160,
+        max_length=192,
         lora=LoraSpec(rank=2, targets=("c_attn",)),
     )
     trainer = CausalLmTrainer(spec, training, [Instruction(**r) for r in cases[0][:4]])

@@ -258,10 +258,19 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class RetryConfig:
+    """How a member rides out an unreachable or busy coordinator (docs/configuration.md).
+
+    Each call is tried up to ``max_attempts`` times, waiting ``initial_backoff_s``, doubling up
+    to ``max_backoff_s`` between tries (the defaults give up after about 4.5 minutes); a
+    certificate problem or an endpoint that is not a coordinator stops at once. ``call_timeout_s``
+    bounds each join and status call (a coordinator answers them in milliseconds).
+    """
+
     max_attempts: int = field(default=30, metadata=_range(1, 1_000_000))
     initial_backoff_s: float = field(default=0.5, metadata=_range(0.01, 3600))
     max_backoff_s: float = field(default=10.0, metadata=_range(0.01, 3600))
     poll_interval_s: float = field(default=0.5, metadata=_range(0.01, 3600))
+    call_timeout_s: float = field(default=5.0, metadata=_range(0.5, 3600))
 
 
 @dataclass(frozen=True)

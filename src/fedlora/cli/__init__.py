@@ -10,6 +10,7 @@ imported by the handlers that need them, never to build the parser.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # gRPC's C core logs handshake failures and the like to stderr; fedlora says what went wrong
+    # in one line of its own. Its lines show only with --debug (set before grpc is imported).
+    os.environ.setdefault("GRPC_VERBOSITY", "DEBUG" if args.debug else "NONE")
     try:
         return int(args.handler(args))
     except FedLoraError as exc:

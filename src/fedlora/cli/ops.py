@@ -75,6 +75,9 @@ def config_kind(path: Path) -> str:
 # -- status --------------------------------------------------------------------------------------
 
 
+STATUS_BUDGET_S = 8.0  # `fedlora status` retries an unreachable coordinator this long at most
+
+
 def _in(deadline_ms: float) -> str:
     left = deadline_ms / 1000 - time.time()
     return f"in {left:.0f}s" if left >= 0 else f"{-left:.0f}s ago"
@@ -171,21 +174,30 @@ def client_status(config_path: Path) -> dict[str, Any]:
     from fedlora.client import GrpcTransport
     from fedlora.client._models import ModelKeeper
     from fedlora.config import load_client_config
+    from fedlora.errors import TransportError
 
     config = load_client_config(config_path)
-    transport = GrpcTransport(config)
-    try:
-        s = transport.round_status()
-    finally:
-        transport.close()
     key = bytes.fromhex(config.keys.coordinator_signing_public_key)
     kept = ModelKeeper(config.state_dir, config.federation_id, key).kept()
     final = [v for v, folder in kept.items() if (folder / "final.json").exists()]
     receipts = config.state_dir / "receipts"
-    return {
+    local = {
         "federation_id": config.federation_id,
         "client": config.id,
         "coordinator": config.coordinator.address,
+        "kept_versions": sorted(kept),
+        "final_version": max(final) if final else None,
+        "receipts": len(list(receipts.glob("*.json"))) if receipts.is_dir() else 0,
+    }
+    transport = GrpcTransport(config, budget_s=STATUS_BUDGET_S)
+    try:
+        s = transport.round_status()
+    except TransportError as exc:  # say what this member keeps, and why there is no more
+        return {**local, "stage": "unknown", "unreachable": str(exc)}
+    finally:
+        transport.close()
+    return {
+        **local,
         "stage": s.stage.value,
         "round": s.round,
         "rounds": s.rounds_total,
@@ -198,9 +210,6 @@ def client_status(config_path: Path) -> dict[str, Any]:
         "decryptor": s.decryptor,
         "ticket_signatures": s.ticket_signatures,
         "deadline_ms": s.deadline_unix_s * 1000 if s.deadline_unix_s else None,
-        "kept_versions": sorted(kept),
-        "final_version": max(final) if final else None,
-        "receipts": len(list(receipts.glob("*.json"))) if receipts.is_dir() else 0,
         "warning": s.warning,
     }
 
@@ -210,7 +219,7 @@ def run_status(config_path: Path, *, as_json: bool = False) -> int:
     doc = coordinator_status(config_path) if kind == "coordinator" else client_status(config_path)
     if as_json:
         print(json.dumps(doc, indent=2))
-        return 0
+        return 2 if doc.get("unreachable") else 0
     lines = [f"federation {doc['federation_id']!r}: {doc['stage']}"]
     if doc.get("round"):
         lines[0] += f", round {doc['round']} of {doc.get('rounds') or '?'}"
@@ -234,7 +243,8 @@ def run_status(config_path: Path, *, as_json: bool = False) -> int:
         )
         if live and doc.get("deadline_ms"):
             lines.append(f"{doc['stage']} deadline: {_in(doc['deadline_ms'])}")
-    lines.append(f"global version: {doc.get('global_version', 0)}")
+    if "global_version" in doc:
+        lines.append(f"global version: {doc['global_version']}")
     if kind == "client":
         final = doc["final_version"]
         lines.append(
@@ -246,6 +256,11 @@ def run_status(config_path: Path, *, as_json: bool = False) -> int:
         console.print(escape(line), soft_wrap=True)
     if doc.get("warning"):
         console.print(f"[bold red]warning:[/] {escape(doc['warning'])}", soft_wrap=True)
+    if doc.get("unreachable"):
+        console.print(
+            f"[bold red]coordinator not reached:[/] {escape(doc['unreachable'])}", soft_wrap=True
+        )
+        return 2
     return 0
 
 

@@ -19,6 +19,7 @@ from cryptography import x509
 
 from fedlora.config import CoordinatorEndpoint
 
+HANDSHAKE_S = 3.0  # a coordinator answers a TLS handshake in milliseconds
 # OpenSSL's X509_V_ERR codes that name a certificate problem precisely.
 _UNKNOWN_CA = {2, 7, 18, 19, 20, 21}  # 7: a CA of the same name signed it
 _EXPIRED, _NOT_YET_VALID, _NAME_MISMATCH = 10, 9, 62
@@ -70,12 +71,25 @@ def _names(cert: x509.Certificate) -> list[str]:
     ]
 
 
+def _speaks_http(host: str, port: int) -> bool:
+    """Whether what listens at ``host:port`` answers a plain HTTP request as HTTP."""
+    try:
+        with socket.create_connection((host, port), timeout=HANDSHAKE_S) as sock:
+            sock.settimeout(HANDSHAKE_S)
+            sock.sendall(b"HEAD / HTTP/1.0\r\n\r\n")
+            return sock.recv(5) == b"HTTP/"
+    except OSError:
+        return False
+
+
 def diagnose(endpoint: CoordinatorEndpoint) -> Diagnosis:
     """Repeat the TLS handshake the client makes and say what is wrong with it."""
     address = endpoint.address
     host, port = _split(address)
+    connected = False
     try:
-        with socket.create_connection((host, port), timeout=5) as sock:
+        with socket.create_connection((host, port), timeout=HANDSHAKE_S) as sock:
+            connected = True
             if endpoint.insecure or endpoint.tls is None:
                 return Diagnosis(f"{address} accepts connections, but gRPC calls fail there", False)
             tls = endpoint.tls
@@ -103,6 +117,17 @@ def diagnose(endpoint: CoordinatorEndpoint) -> Diagnosis:
         return _verification(exc, endpoint, host, port)
     except ssl.SSLError as exc:
         reason = (getattr(exc, "reason", None) or str(exc)).lower().replace("_", " ")
+        if any(w in reason for w in ("wrong version number", "record layer", "http request")):
+            what = (
+                "an HTTP server"
+                if _speaks_http(host, port)
+                else "a service that does not speak TLS"
+            )
+            return Diagnosis(
+                f"{address} is {what}, not a fedlora coordinator (it answered the TLS handshake "
+                "with something else): check coordinator.address and its port",
+                True,
+            )
         if "alert" in reason and any(w in reason for w in _CERTIFICATE_ALERTS):
             return Diagnosis(
                 f"the coordinator at {address} refused this client's certificate ({reason}): "
@@ -122,6 +147,13 @@ def diagnose(endpoint: CoordinatorEndpoint) -> Diagnosis:
         # An EOF or a reset: a coordinator restarting, or the network; worth retrying.
         return Diagnosis(f"TLS with {address} was cut off ({reason})", False)
     except TimeoutError:
+        if connected:
+            return Diagnosis(
+                f"{address} accepts TCP connections but never answers the TLS handshake (no reply "
+                f"in {HANDSHAKE_S:.0f} s): it is not a fedlora coordinator; check "
+                "coordinator.address and its port",
+                True,
+            )
         return Diagnosis(
             f"{address} does not answer (timed out): a firewall, or a wrong host?", False
         )

@@ -90,8 +90,12 @@ class GrpcTransport:
         *,
         on_retry: Callable[[str], None] | None = None,
         channel: grpc.Channel | None = None,
+        budget_s: float | None = None,
     ) -> None:
+        """``budget_s``: give up retrying once this much time has passed (``fedlora status``
+        answers within it); None: ``retry.max_attempts`` alone decides."""
         self.config = config
+        self.budget_s = budget_s
         self.address = config.coordinator.address
         self.channel = channel or channel_for(config)
         self.stub = federation_pb2_grpc.FederationStub(self.channel)
@@ -111,20 +115,28 @@ class GrpcTransport:
         r = self.config.retry
         delay = r.initial_backoff_s
         cause = ""
+        started = time.monotonic()
         for attempt in range(1, r.max_attempts + 1):
             try:
                 return call()
             except grpc.RpcError as exc:
                 code = exc.code()
-                if code == grpc.StatusCode.UNAVAILABLE and attempt == 1:
+                unreachable = code in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
+                if unreachable and attempt == 1:
                     # gRPC says only "unavailable"; find out why, and stop at once when
                     # retrying cannot help (a certificate problem).
                     found = diagnose(self.config.coordinator)
                     if found.permanent:
                         raise TransportError(f"{what}: {found.message}") from None
                     cause = f": {found.message}"
-                if code not in rpc.RETRYABLE or attempt == r.max_attempts:
-                    if code == grpc.StatusCode.UNAVAILABLE and cause:
+                spent = self.budget_s is not None and (
+                    time.monotonic() - started + delay > self.budget_s
+                )
+                if code not in rpc.RETRYABLE or attempt == r.max_attempts or spent:
+                    if unreachable and cause:
                         raise TransportError(
                             f"{what}: coordinator {self.address} unavailable after "
                             f"{attempt} attempts{cause}"
@@ -140,7 +152,10 @@ class GrpcTransport:
 
     def join(self, spec_json: str = "") -> JoinInfo:
         request = federation_pb2.JoinRequest(client_id=self.config.id, spec_json=spec_json)
-        response = self._retry("join", lambda: self.stub.Join(request, metadata=self.metadata))
+        timeout = self.config.retry.call_timeout_s
+        response = self._retry(
+            "join", lambda: self.stub.Join(request, metadata=self.metadata, timeout=timeout)
+        )
         info = rpc.join_from_proto(response)
         self.chunk_bytes = info.chunk_bytes
         return info
@@ -148,7 +163,11 @@ class GrpcTransport:
     def round_status(self) -> RoundStatus:
         status = self._retry(
             "round status",
-            lambda: self.stub.GetRound(federation_pb2.RoundQuery(), metadata=self.metadata),
+            lambda: self.stub.GetRound(
+                federation_pb2.RoundQuery(),
+                metadata=self.metadata,
+                timeout=self.config.retry.call_timeout_s,
+            ),
         )
         return rpc.status_from_proto(status)
 

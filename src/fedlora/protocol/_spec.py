@@ -70,7 +70,7 @@ def _digest(value: Any) -> bool:
 
 def _show(value: Any) -> str:
     if _digest(value):
-        return value[:12] + "…"
+        return str(value)[:12] + "…"
     text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
     return text if len(text) <= 80 else text[:77] + "…"
 

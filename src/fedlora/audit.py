@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -625,6 +626,7 @@ class AuditLog:
         self._entries_path, self._cp_path = folder / ENTRIES, folder / CHECKPOINTS
         self._leaves: list[bytes] = []
         self._range = CompactRange()
+        self.observers: list[Callable[[str, int, dict[str, Any]], None]] = []
         self._recover()
 
     def _recover(self) -> None:
@@ -689,7 +691,9 @@ class AuditLog:
         return self.append(event.kind, **event.fields())
 
     def append(self, event: str, **fields: Any) -> int:
-        """Append one event, fsync it and its checkpoint; return its index."""
+        """Append one event, fsync it and its checkpoint; return its index. Then tell each of
+        :attr:`observers` (logging, metrics): ``observer(event, index, fields)``; an observer
+        that fails is logged, never the append."""
         with self._lock:
             index = self.size
             self._last_time = max(int(time.time() * 1000), self._last_time)
@@ -700,7 +704,12 @@ class AuditLog:
             self._leaves.append(leaf_hash(line))
             self._range.append(self._leaves[-1])
             self._checkpoint()
-            return index
+        for observe in self.observers:
+            try:
+                observe(event, index, fields)
+            except Exception:
+                logging.getLogger("fedlora.audit").exception("an audit observer failed")
+        return index
 
     def entries(self, start: int = 0, limit: int = 0) -> list[bytes]:
         """Entries ``start`` .. ``start + limit`` (``limit`` 0: to the end); ``start`` equal to the

@@ -47,6 +47,7 @@ MIN_KEY_BITS = 2048
 T = TypeVar("T")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _HEX32 = re.compile(r"^[0-9a-f]{64}$")
+_HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}$")
 
 
 def _range(
@@ -132,6 +133,8 @@ class ServerConfig:
     # A revocation list signed by the CA (`fedlora provision revoke`); reloaded when it changes.
     revocations: Path | None = None
     chunk_bytes: int = field(default=1 << 20, metadata=_range(4096, 4 << 20))
+    # Prometheus metrics over plain HTTP on this HOST:PORT (opt-in; keep it on a private network).
+    metrics: str | None = field(default=None, metadata=_range(pattern=_HOSTPORT, doc="HOST:PORT"))
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,13 @@ def register(sub: Any) -> None:
         help="exit a few seconds after the last round instead of serving the audit log and the "
         "global adapters until stopped",
     )
+    coord.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text (default): one readable line per event; json: one JSON object per line "
+        "(time, level, logger, message, and the audit entry's kind and index)",
+    )
     _backend_option(coord)
     coord.set_defaults(handler=_coordinator)
     client = sub.add_parser(
@@ -65,6 +72,7 @@ def _coordinator(args: argparse.Namespace) -> int:
         config,
         exit_when_finished=args.exit_when_finished,
         accept_config_change=args.accept_config_change,
+        log_format=args.log_format,
     )
 
 

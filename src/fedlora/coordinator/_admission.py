@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -57,6 +58,7 @@ class Admission:
         self._quorum = self._threshold = 0
         self.blocked: str | None = None  # why no round can be decrypted, when revocations say so
         self._loaded: frozenset[str] = frozenset()
+        self.last_seen: dict[str, float] = {}  # party -> time.monotonic() of its last call
 
     def start(
         self,
@@ -142,6 +144,8 @@ class Admission:
                 "no client identity: present a certificate issued by the federation CA"
             )
         party = self.config.party(identity)
+        if party is not None:
+            self.last_seen[party.id] = time.monotonic()
         revoked = self.reload_revocations()
         if party is not None and party.id in revoked:
             party = replace(party, revoked=True)

@@ -38,6 +38,7 @@ from fedlora.config import CoordinatorConfig, Party
 from fedlora.coordinator._adapter import AdapterTemplate
 from fedlora.coordinator._admission import Admission
 from fedlora.coordinator._intake import receive_bounded, receive_contribution
+from fedlora.coordinator._observe import EventLog
 from fedlora.coordinator._replay import replay
 from fedlora.coordinator._settings import (
     check_changes,
@@ -149,6 +150,7 @@ class Coordinator:
         self.template = AdapterTemplate(template, self.num_parameters) if template else None
         self.spec = _load_spec(config)
         self.audit = AuditLog(config.state_dir / "audit", config.federation_id, signing_key)
+        self.audit.observers.append(EventLog())  # one log line per audited event
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self.admission = Admission(config, self.audit, clock, self._lock)

@@ -20,6 +20,7 @@ from fedlora.config import CoordinatorConfig
 from fedlora.coordinator._build import build_engine, read_file
 from fedlora.coordinator._driver import Driver
 from fedlora.coordinator._engine import Coordinator
+from fedlora.coordinator._observe import JsonFormatter, Metrics
 from fedlora.coordinator._servicer import AuditServicer, FederationServicer
 from fedlora.crypto import select_backend
 from fedlora.errors import ConfigError
@@ -40,11 +41,14 @@ class Running:
     engine: Coordinator
     driver: Driver
     lock: StateLock
+    metrics: Metrics | None = None  # the Prometheus endpoint, when server.metrics is set
 
     def stop(self, grace: float = 10.0) -> None:
         """Refuse new calls, let in-flight ones finish for ``grace`` seconds, then stop."""
         self.driver.stop()
         self.server.stop(grace).wait()
+        if self.metrics is not None:
+            self.metrics.close()
         self.lock.release()
 
 
@@ -157,8 +161,20 @@ def create_server(
     reflection.enable_server_reflection(
         (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
+    metrics = None
+    if config.server.metrics:
+        try:
+            metrics = Metrics(engine, config.server.metrics)
+        except OSError as exc:
+            lock.release()
+            server.start()
+            server.stop(None).wait()
+            raise ConfigError(
+                f"server.metrics: cannot serve metrics on {config.server.metrics}: {exc.strerror}"
+            ) from None
+        engine.audit.observers.append(metrics)
     server.start()
-    return Running(server, bound, engine, Driver(engine).start(), lock)
+    return Running(server, bound, engine, Driver(engine).start(), lock, metrics)
 
 
 def serve(
@@ -166,6 +182,7 @@ def serve(
     *,
     exit_when_finished: bool = False,
     accept_config_change: bool = False,
+    log_format: str = "text",
 ) -> int:
     """Serve until SIGTERM/SIGINT; shut down gracefully.
 
@@ -173,9 +190,13 @@ def serve(
     serving the audit log and the global adapters, so participants can fetch the final model and
     prove their receipts. ``exit_when_finished`` stops it a few seconds after the end (batch jobs).
     """
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     # Handlers first: a SIGTERM that arrives while the server starts is a graceful stop too.
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

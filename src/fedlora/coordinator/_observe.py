@@ -1,0 +1,235 @@
+"""What an operator watches: one log line per audited event, JSON logs, Prometheus metrics.
+
+Every state change the coordinator makes is an audit entry, so the audit log's observers see all
+of them in one place: :class:`EventLog` writes each as one log line (joins, contributions
+accepted or refused, tickets, partials, failed rounds with their reason, configuration changes,
+revocations, restarts), and :class:`Metrics` (opt-in, ``server.metrics``) counts them for
+Prometheus, with the round, stage, quorum health and the share holders heard from recently.
+Nothing here decides anything: the observers only read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+log = logging.getLogger("fedlora.coordinator")
+
+# Refusals: counted by kind in the metrics, logged as warnings.
+REFUSALS = (
+    "access_denied",
+    "contribution_rejected",
+    "join_refused",
+    "partial_rejected",
+    "submission_throttled",
+    "ticket_rejected",
+)
+HOLDER_FRESH_S = 120.0  # a share holder heard from this recently counts as reachable
+
+
+def _mb(n: Any) -> str:
+    return f"{n / 1e6:.2f} MB" if isinstance(n, int) else "?"
+
+
+def describe(kind: str, f: Mapping[str, Any]) -> str:
+    """One line for an audit entry, for a person reading the coordinator's log."""
+    r = f"round {f['round']}: " if "round" in f else ""
+    who = f.get("client") or f.get("party") or f.get("identity") or ""
+    match kind:
+        case "federation_started":
+            return (
+                f"federation {f.get('federation_id')!r} started: {f.get('rounds')} rounds, "
+                f"{len(f.get('parties', []))} parties, encryption {f.get('encryption_type')}"
+            )
+        case "client_joined":
+            return f"{who} joined"
+        case "round_opened":
+            return f"{r}opened from global version {f.get('global_version')}"
+        case "contribution_accepted":
+            return f"{r}contribution from {who} accepted (weight {f.get('weight')})"
+        case "aggregated":
+            return f"{r}aggregated {len(f.get('participants', []))} contributions; ticketing"
+        case "ticket_signed":
+            return f"{r}ticket signed by {who}"
+        case "ticket_quorum":
+            return f"{r}ticket quorum reached ({len(f.get('signers', []))} signatures); decrypting"
+        case "partial_accepted":
+            return (
+                f"{r}partial decryption from {who} accepted (from record {f.get('first_record')})"
+            )
+        case "decrypted":
+            return f"{r}aggregate decrypted"
+        case "global_published":
+            return f"global version {f.get('version')} published"
+        case "round_closed":
+            return f"{r}closed with {len(f.get('participants', []))} contributions"
+        case "round_failed":
+            return f"{r}FAILED at {f.get('stage')}: {f.get('reason')}"
+        case "federation_finished":
+            return "federation finished"
+        case "coordinator_restarted":
+            return f"restarted in round {f.get('round')} ({f.get('stage')})"
+        case "config_changed":
+            changes = f.get("changes", {})
+            return "configuration changed: " + ", ".join(
+                f"{k} {v[0]!r} → {v[1]!r}" for k, v in sorted(changes.items())
+            )
+        case "party_revoked":
+            return f"{who} revoked (revocation list serial {f.get('serial')})"
+        case "revocations_loaded":
+            return f"revocation list serial {f.get('serial')} loaded"
+        case "rejections_repeated":
+            return (
+                f"{r}{f.get('count')} more {f.get('rejected_event')} from {who} ({f.get('reason')})"
+            )
+        case _ if kind in REFUSALS:
+            return f"{r}{kind.replace('_', ' ')}: {who}: {f.get('reason')}"
+    return f"{r}{kind}"
+
+
+class EventLog:
+    """An audit-log observer: each entry becomes one log line (warnings for refusals and
+    failures), carrying the entry's fields for the JSON log format."""
+
+    def __call__(self, kind: str, index: int, fields: Mapping[str, Any]) -> None:
+        level = logging.INFO
+        if kind in REFUSALS or kind == "rejections_repeated":
+            level = logging.WARNING
+        elif kind == "round_failed":
+            level = logging.ERROR
+        log.log(level, describe(kind, fields), extra={"event": kind, "index": index})
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, and the audit
+    entry's kind and index where the line reports one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("event", "index"):
+            if hasattr(record, key):
+                doc[key] = getattr(record, key)
+        if record.exc_info:
+            doc["error"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)
+
+
+class Metrics:
+    """Prometheus metrics for one coordinator, served on ``address`` (HOST:PORT).
+
+    Counters follow the audit log (so they restart from zero with the process, as Prometheus
+    expects); gauges are read from the engine when scraped.
+    """
+
+    def __init__(self, engine: Any, address: str) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client.exposition import start_http_server
+
+        self.engine = engine
+        reg = self.registry = CollectorRegistry()
+        self.events = Counter(
+            "fedlora_audit_events", "Audit entries written, by kind", ["kind"], registry=reg
+        )
+        self.refusals = Counter(
+            "fedlora_refusals", "Refused calls and submissions, by kind", ["kind"], registry=reg
+        )
+        self.contributions = Counter(
+            "fedlora_contributions_accepted", "Contributions accepted", registry=reg
+        )
+        self.contribution_bytes = Counter(
+            "fedlora_contribution_bytes", "Bytes of accepted contributions", registry=reg
+        )
+        self.rounds = Counter(
+            "fedlora_rounds_ended", "Rounds ended, by outcome", ["outcome"], registry=reg
+        )
+        self.steps = Histogram(
+            "fedlora_step_seconds",
+            "Time from one stage of a round to the next",
+            ["step"],
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=reg,
+        )
+        gauge: Callable[..., Any] = Gauge
+        gauge("fedlora_round", "The open round", registry=reg).set_function(
+            lambda: engine.round.number if engine.round else 0
+        )
+        stage = gauge("fedlora_stage", "1 for the stage the round is in", ["stage"], registry=reg)
+        from fedlora.protocol import Stage
+
+        for s in Stage:
+            stage.labels(s.value).set_function(lambda s=s: float(engine.stage is s))
+        gauge(
+            "fedlora_round_contributions", "Contributions stored for the open round", registry=reg
+        ).set_function(lambda: len(engine.round.contributions) if engine.round else 0)
+        gauge(
+            "fedlora_quorum_reachable",
+            "1 while the share holders not revoked can still reach the ticket quorum",
+            registry=reg,
+        ).set_function(lambda: float(engine.admission.blocked is None))
+        gauge(
+            "fedlora_holders_reachable",
+            f"Share holders (not revoked) heard from in the last {HOLDER_FRESH_S:.0f} s",
+            registry=reg,
+        ).set_function(self._holders_reachable)
+        self._last: tuple[int, str, float] | None = None  # (round, event, time) of the last step
+        self._lock = threading.Lock()
+        host, _, port = address.rpartition(":")
+        self.server, self.thread = start_http_server(
+            int(port), addr=host.strip("[]") or "127.0.0.1", registry=reg
+        )
+        self.port = int(self.server.server_address[1])
+
+    def _holders_reachable(self) -> float:
+        key = self.engine.key
+        if key is None:
+            return 0.0
+        now = time.monotonic()
+        seen = self.engine.admission.last_seen
+        revoked = self.engine.admission.revoked
+        return float(
+            sum(
+                1
+                for p in key.party_ids
+                if p not in revoked and now - seen.get(p, -1e18) <= HOLDER_FRESH_S
+            )
+        )
+
+    def __call__(self, kind: str, index: int, fields: Mapping[str, Any]) -> None:
+        self.events.labels(kind).inc()
+        if kind in REFUSALS:
+            self.refusals.labels(kind).inc()
+        elif kind == "rejections_repeated":
+            self.refusals.labels(str(fields.get("rejected_event"))).inc(int(fields.get("count", 0)))
+        elif kind == "contribution_accepted":
+            self.contributions.inc()
+            records = fields.get("record_count")
+            if isinstance(records, int):
+                self.contribution_bytes.inc(records * self.engine.width)
+        elif kind in ("round_closed", "round_failed"):
+            self.rounds.labels("closed" if kind == "round_closed" else "failed").inc()
+        if kind in _STEPS and "round" in fields:
+            now = time.monotonic()
+            with self._lock:
+                last, self._last = self._last, (int(fields["round"]), kind, now)
+            if last is not None and last[0] == fields["round"]:
+                self.steps.labels(f"{last[1]} → {kind}").observe(now - last[2])
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# The entries that mark a round's progress: the time between two of them is a step.
+_STEPS = frozenset(
+    {"round_opened", "aggregated", "ticket_quorum", "decrypted", "round_closed", "round_failed"}
+)

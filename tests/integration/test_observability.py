@@ -1,0 +1,128 @@
+"""What an operator watches, on a real federation: the metrics endpoint scraped while rounds
+run, and every line of the coordinator's JSON log parsed.
+
+Real gRPC over mTLS, real clients, real keys; the coordinator of the JSON test is the
+`fedlora coordinator` command in its own process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+from fedlora._setup import free_port
+from fedlora.config import load_coordinator_config
+from tests.integration import helpers as h
+from tests.integration.helpers import prepare_federation
+
+BITS = 512
+
+
+def _scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def test_the_metrics_endpoint_follows_a_real_round(tmp_path) -> None:
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=2, aggregation_frequency=5)
+    config = load_coordinator_config(layout.coordinator_config)
+    config = dataclasses.replace(
+        config, server=dataclasses.replace(config.server, metrics="127.0.0.1:0")
+    )
+    running = h.serve(layout, config)
+    assert running.metrics is not None
+    port = running.metrics.port
+    scrapes: list[dict[str, float]] = []
+    done = threading.Event()
+
+    def scraper() -> None:
+        while not done.is_set():
+            scrapes.append(_scrape(port))
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=scraper, daemon=True)
+    try:
+        thread.start()
+        results = h.run_clients(layout)
+        done.set()
+        thread.join(10)
+        final = _scrape(port)
+    finally:
+        running.stop(grace=1)
+    assert results == {pid: 0 for pid in layout.client_configs}
+    # While the rounds ran, the endpoint showed them: a round open, collecting, then deciding.
+    assert any(s.get('fedlora_stage{stage="collecting"}') == 1 for s in scrapes)
+    assert any(s.get("fedlora_round") == 1 for s in scrapes)
+    assert any(
+        s.get('fedlora_stage{stage="ticketing"}') == 1 or s.get('fedlora_stage{stage="decrypting"}')
+        for s in scrapes
+    )
+    # At the end: every contribution, its bytes, both rounds closed, each step timed.
+    n = len(layout.client_configs)
+    assert final["fedlora_contributions_accepted_total"] == 2 * n
+    assert final["fedlora_contribution_bytes_total"] > 0
+    assert final['fedlora_rounds_ended_total{outcome="closed"}'] == 2
+    assert final['fedlora_stage{stage="finished"}'] == 1
+    assert final['fedlora_audit_events_total{kind="partial_accepted"}'] >= 2 * 3
+    assert final['fedlora_step_seconds_count{step="round_opened → aggregated"}'] == 2
+    assert final["fedlora_quorum_reachable"] == 1
+    assert final["fedlora_holders_reachable"] == n
+
+
+def test_every_line_of_the_json_log_parses_and_names_each_event(tmp_path) -> None:
+    port = free_port()
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1, aggregation_frequency=5, port=port)
+    coordinator = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fedlora",
+            "coordinator",
+            "--config",
+            str(layout.coordinator_config),
+            "--log-format",
+            "json",
+            "--exit-when-finished",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "coordinator-state" / ".lock").exists():
+            assert time.monotonic() < deadline and coordinator.poll() is None
+            time.sleep(0.1)
+        time.sleep(1.0)
+        results = h.run_clients(layout)
+        out, err = coordinator.communicate(timeout=120)
+    finally:
+        coordinator.kill()
+    assert results == {pid: 0 for pid in layout.client_configs}
+    assert coordinator.returncode == 0, err[-3000:]
+    lines = [json.loads(line) for line in (out + err).splitlines() if line.strip()]
+    assert lines and all({"time", "level", "logger", "message"} <= set(doc) for doc in lines)
+    kinds = {doc.get("event") for doc in lines}
+    for kind in (
+        "federation_started",
+        "client_joined",
+        "contribution_accepted",
+        "aggregated",
+        "ticket_signed",
+        "partial_accepted",
+        "round_closed",
+        "federation_finished",
+    ):
+        assert kind in kinds, kind
+    joined = [doc for doc in lines if doc.get("event") == "client_joined"]
+    assert {doc["message"].split()[0] for doc in joined} == set(layout.client_configs)

@@ -9,6 +9,7 @@ older logs still parse. ``index`` and ``time_ms`` are the log's own and live on 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -16,6 +17,7 @@ from fedlora.errors import VerificationError
 
 __all__ = [
     "EVENTS",
+    "REFUSALS",
     "AccessDenied",
     "Aggregated",
     "ClientJoined",
@@ -41,6 +43,7 @@ __all__ = [
     "TicketQuorum",
     "TicketRejected",
     "TicketSigned",
+    "describe",
     "parse_event",
 ]
 
@@ -365,3 +368,70 @@ def parse_event(entry: dict[str, Any]) -> Event | None:
             raise VerificationError(f"{where} has a {key!r} of the wrong type")
         values[f.name] = entry[key]
     return cls(**values)
+
+
+# Refusals: counted by kind in the metrics, logged as warnings.
+REFUSALS = (
+    "access_denied",
+    "contribution_rejected",
+    "join_refused",
+    "partial_rejected",
+    "submission_throttled",
+    "ticket_rejected",
+)
+
+
+def describe(kind: str, f: Mapping[str, Any]) -> str:
+    """One line for an audit entry, for a person reading the coordinator's log."""
+    r = f"round {f['round']}: " if "round" in f else ""
+    who = f.get("client") or f.get("party") or f.get("identity") or ""
+    match kind:
+        case "federation_started":
+            return (
+                f"federation {f.get('federation_id')!r} started: {f.get('rounds')} rounds, "
+                f"{len(f.get('parties', []))} parties, encryption {f.get('encryption_type')}"
+            )
+        case "client_joined":
+            return f"{who} joined"
+        case "round_opened":
+            return f"{r}opened from global version {f.get('global_version')}"
+        case "contribution_accepted":
+            return f"{r}contribution from {who} accepted (weight {f.get('weight')})"
+        case "aggregated":
+            return f"{r}aggregated {len(f.get('participants', []))} contributions; ticketing"
+        case "ticket_signed":
+            return f"{r}ticket signed by {who}"
+        case "ticket_quorum":
+            return f"{r}ticket quorum reached ({len(f.get('signers', []))} signatures); decrypting"
+        case "partial_accepted":
+            return (
+                f"{r}partial decryption from {who} accepted (from record {f.get('first_record')})"
+            )
+        case "decrypted":
+            return f"{r}aggregate decrypted"
+        case "global_published":
+            return f"global version {f.get('version')} published"
+        case "round_closed":
+            return f"{r}closed with {len(f.get('participants', []))} contributions"
+        case "round_failed":
+            return f"{r}FAILED at {f.get('stage')}: {f.get('reason')}"
+        case "federation_finished":
+            return "federation finished"
+        case "coordinator_restarted":
+            return f"restarted in round {f.get('round')} ({f.get('stage')})"
+        case "config_changed":
+            changes = f.get("changes", {})
+            return "configuration changed: " + ", ".join(
+                f"{k} {v[0]!r} → {v[1]!r}" for k, v in sorted(changes.items())
+            )
+        case "party_revoked":
+            return f"{who} revoked (revocation list serial {f.get('serial')})"
+        case "revocations_loaded":
+            return f"revocation list serial {f.get('serial')} loaded"
+        case "rejections_repeated":
+            return (
+                f"{r}{f.get('count')} more {f.get('rejected_event')} from {who} ({f.get('reason')})"
+            )
+        case _ if kind in REFUSALS:
+            return f"{r}{kind.replace('_', ' ')}: {who}: {f.get('reason')}"
+    return f"{r}{kind}"

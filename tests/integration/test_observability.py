@@ -126,3 +126,115 @@ def test_every_line_of_the_json_log_parses_and_names_each_event(tmp_path) -> Non
         assert kind in kinds, kind
     joined = [doc for doc in lines if doc.get("event") == "client_joined"]
     assert {doc["message"].split()[0] for doc in joined} == set(layout.client_configs)
+
+
+def test_audit_show_covers_every_event_with_times_failures_and_restarts(tmp_path) -> None:
+    """A federation whose round 1 runs out of time (one contribution of three), restarted, then
+    refused an unknown identity: `audit show` lists each with its UTC time, the failure with its
+    stage and reason (table, JSON and plot), and counts every kind."""
+    from rich.console import Console
+
+    from fedlora.client import Client
+    from fedlora.config import load_client_config
+    from fedlora.coordinator import build_engine
+    from fedlora.errors import AuthorizationError
+    from fedlora.inprocess import GivenDelta, InProcessTransport
+
+    class Clock:
+        now = 1_800_000_000.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    layout = prepare_federation(
+        tmp_path,
+        bits=BITS,
+        rounds=2,
+        participant_threshold=3,
+        decryption_threshold=3,
+        round_timeout_s=60,
+        insecure=True,
+        model_kind="linear",
+        min_clients=3,
+    )
+    config = load_coordinator_config(layout.coordinator_config)
+    clock = Clock()
+    engine = build_engine(config, clock=clock)
+    clients = {
+        pid: Client(
+            load_client_config(layout.client_configs[pid]),
+            trainer=GivenDelta(18, delta=__import__("numpy").full(18, 0.01)),
+            console=Console(quiet=True),
+            transport=InProcessTransport(engine, pid),
+        )
+        for pid in ("bank-a", "bank-b", "hospital-c")
+    }
+    feds = {pid: c.join() for pid, c in clients.items()}
+    engine.tick()
+    clients["bank-a"].contribute(feds["bank-a"], clients["bank-a"].transport.round_status())
+    clock.now += 120  # the others never send: round 1 runs out of time
+    engine.tick()
+    engine = build_engine(config, clock=clock)  # a restart
+    try:
+        engine.authenticate("mallory", "Join")
+    except AuthorizationError:
+        pass
+    plot = tmp_path / "rounds.png"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedlora",
+            "audit",
+            "show",
+            str(config.state_dir),
+            "--public-key",
+            layout.coordinator_public_key,
+            "--json",
+            "--plot",
+            str(plot),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    failed = doc["rounds"][0]
+    assert failed["status"] == "failed" and failed["failed_at"] == "collecting"
+    assert "1 contribution at the deadline, below participant_threshold 3" in failed["reason"]
+    import re
+
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", failed["opened"])
+    kinds = [e["event"] for e in doc["events"]]
+    for kind in (
+        "federation_started",
+        "client_joined",
+        "round_failed",
+        "coordinator_restarted",
+        "access_denied",
+    ):
+        assert kind in kinds, kinds
+    assert all(e["time"] for e in doc["events"])
+    denied = next(e for e in doc["events"] if e["event"] == "access_denied")
+    assert "mallory" in denied["detail"] and "not enrolled" in denied["detail"]
+    assert doc["entries_by_kind"]["contribution_accepted"] == 1
+    assert sum(doc["entries_by_kind"].values()) == doc["entries"]
+    assert plot.stat().st_size > 10_000
+    table = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedlora",
+            "audit",
+            "show",
+            str(config.state_dir),
+            "--public-key",
+            layout.coordinator_public_key,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    said = " ".join(table.stdout.split())
+    assert "at collecting:" in said and "coordinator_restarted" in said and "access_denied" in said

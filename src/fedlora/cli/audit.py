@@ -6,7 +6,9 @@ Offline commands import neither grpc nor torch; ``prove --config`` asks the coor
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from fedlora.audit import (
 )
 from fedlora.crypto import leaf_hash, verify_inclusion
 from fedlora.errors import FedLoraError, VerificationError
+from fedlora.events import describe
 
 console = Console()
 
@@ -268,36 +271,82 @@ def _rows(summary: AuditSummary) -> list[dict[str, Any]]:
                 "opened_ms": opened,
                 "global": (closed or {}).get("global_digest", "")[:12],
                 "reason": (failed or {}).get("reason", ""),
+                "failed_at": (failed or {}).get("stage", ""),
             }
         )
     return rows
 
 
+# What the rounds table already shows, entry by entry; every other kind is listed as an event.
+_ROUND_FLOW = frozenset(
+    {
+        "round_opened",
+        "contribution_accepted",
+        "aggregated",
+        "ticket_signed",
+        "ticket_quorum",
+        "partial_accepted",
+        "decrypted",
+        "global_published",
+        "round_closed",
+    }
+)
+
+
+def _events(summary: AuditSummary) -> list[dict[str, Any]]:
+    """Every entry the rounds table does not show: the federation's start and end, joins,
+    refusals, failures with their reason, restarts, configuration changes, revocations."""
+    return [
+        {
+            "index": e["index"],
+            "time": _when(e["time_ms"]),
+            "time_ms": e["time_ms"],
+            "round": e.get("round"),
+            "event": e["event"],
+            "detail": describe(e["event"], e),
+        }
+        for e in summary.events
+        if e["event"] not in _ROUND_FLOW
+    ]
+
+
+def _when(time_ms: int | None) -> str:
+    if not time_ms:
+        return ""
+    return dt.datetime.fromtimestamp(time_ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def run_show(path: Path, public_key: str | None, plot: Path | None, as_json: bool = False) -> int:
     summary = verify(path, public_key)
     rows = _rows(summary)
+    events = _events(summary)
+    counts = dict(sorted(Counter(e["event"] for e in summary.events).items()))
     if as_json:
-        print(
-            json.dumps(
-                {"log_id": summary.log_id, "entries": summary.entries, "rounds": rows}, indent=2
-            )
-        )
+        doc = {
+            "log_id": summary.log_id,
+            "entries": summary.entries,
+            "rounds": [{**r, "opened": _when(r["opened_ms"])} for r in rows],
+            "events": events,
+            "entries_by_kind": counts,
+        }
+        print(json.dumps(doc, indent=2))
         if plot is not None:
-            _plot(rows, plot, summary.log_id)
+            _plot(rows, events, plot, summary.log_id)
         return 0
     table = Table(title=f"audit log {summary.log_id!r}: {summary.entries} entries, verified")
     columns = (
         "round",
+        "opened (UTC)",
         "status",
         "contributions: client digest",
         "rejected",
         "decryptors",
         "collect s",
         "decrypt s",
-        "global",
+        "global / why it failed",
     )
     for col in columns:  # digests are short already: never break a word across lines
-        table.add_column(col, no_wrap=col != "global", overflow="fold")
+        table.add_column(col, no_wrap=col != "global / why it failed", overflow="fold")
 
     def fmt(v: float | None) -> str:
         return "" if v is None else f"{v:.1f}"
@@ -305,24 +354,34 @@ def run_show(path: Path, public_key: str | None, plot: Path | None, as_json: boo
     for r in rows:
         table.add_row(
             str(r["round"]),
+            _when(r["opened_ms"]),
             r["status"],
             "\n".join(f"{p} {d}" for p, d in zip(r["participants"], r["digests"])),
             str(r["rejected"]),
             "\n".join(r["decryptors"]),
             fmt(r["collect_s"]),
             fmt(r["decrypt_s"]),
-            r["global"] or r["reason"],
+            r["global"] or (f"at {r['failed_at']}: {r['reason']}" if r["reason"] else ""),
         )
     if not console.is_terminal:
         console.width = max(console.width, 160)  # a pipe or a file: rich would assume 80 columns
     console.print(table)
+    others = Table(title="everything else in the log")
+    for col in ("entry", "time (UTC)", "event", "what happened"):
+        others.add_column(col, overflow="fold", no_wrap=col != "what happened")
+    for e in events:
+        others.add_row(str(e["index"]), e["time"], e["event"], e["detail"])
+    console.print(others)
+    console.print(
+        "entries by kind: " + ", ".join(f"{k} {n}" for k, n in counts.items()), soft_wrap=True
+    )
     if plot is not None:
-        _plot(rows, plot, summary.log_id)
+        _plot(rows, events, plot, summary.log_id)
         console.print(f"plot written to {plot}")
     return 0
 
 
-def _plot(rows: list[dict[str, Any]], out: Path, log_id: str) -> None:
+def _plot(rows: list[dict[str, Any]], events: list[dict[str, Any]], out: Path, log_id: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -341,8 +400,24 @@ def _plot(rows: list[dict[str, Any]], out: Path, log_id: str) -> None:
                 r["round"], r["decrypt_s"], left=t0 + collect, color="#dd8452", label="decrypting"
             )
         if r["status"] == "failed":
-            ax.text(t0 + collect, r["round"], "  failed", va="center", color="#c44e52")
+            why = r["reason"] if len(r["reason"]) <= 60 else r["reason"][:57] + "…"
+            ax.text(
+                t0 + collect,
+                r["round"],
+                f"  failed: {why}",
+                va="center",
+                color="#c44e52",
+                fontsize=7,
+            )
         ax.text(t0, r["round"] + 0.32, f"{len(r['participants'])} clients", fontsize=7)
+    marks = {"coordinator_restarted": "restart", "config_changed": "config change"}
+    marks |= {"revocations_loaded": "revocation"}
+    for e in events:  # the federation's own events, as vertical lines at their time
+        label = marks.get(e["event"])
+        if label and e["time_ms"] and e["time_ms"] >= start:
+            x = (e["time_ms"] - start) / 1000
+            ax.axvline(x, color="#8c8c8c", linestyle="--", linewidth=0.8, label=label)
+            ax.text(x, ax.get_ylim()[1], f" {label}", fontsize=7, color="#555555", va="bottom")
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(  # outside the axes, so it never covers a bar
         dict(zip(labels, handles)).values(),

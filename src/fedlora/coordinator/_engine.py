@@ -375,7 +375,7 @@ class Coordinator:
             if now >= r.deadline_ms:
                 why = f" ({self._why_missing})" if self._why_missing else ""
                 self._fail_round(
-                    f"{count} contributions at the deadline, below participant_threshold "
+                    f"{count} contribution{'s' * (count != 1)} at the deadline, below participant_threshold "
                     f"{self.fl.participant_threshold}; nothing was decrypted{why}"
                 )
         elif self.stage in (Stage.AGGREGATING, Stage.COMBINING) and not self._job_running:

@@ -412,3 +412,29 @@ def test_audit_queries_out_of_range_are_refused_as_such(tmp_path) -> None:
         assert list(audit.GetEntries(audit_pb2.AuditQuery(start=size))) == []
     finally:
         running.stop(grace=1)
+
+
+def test_undecodable_messages_make_one_log_line_not_tracebacks(tmp_path, caplog) -> None:
+    """A client sending bytes that are not protobuf, fifty times: gRPC refuses each, and the
+    coordinator's log gets one line naming the message type, not fifty tracebacks."""
+    import logging
+
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1)
+    running = h.serve(layout)
+    caplog.set_level(logging.INFO)
+    try:
+        channel = h.channel(layout, "bank-a")
+        join = channel.unary_unary("/fedlora.v1.Federation/Join")
+        for _ in range(50):
+            with pytest.raises(grpc.RpcError):
+                join(b"\xff\xff\xff\x07not protobuf")
+        # The service is unharmed.
+        assert h.stub(layout, "bank-a").Join(h.join_request(layout, "bank-a")).federation_id
+    finally:
+        running.stop(grace=1)
+    lines = [r for r in caplog.records if "undecodable" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert lines[0].getMessage() == (
+        "refused an undecodable fedlora.v1.JoinRequest from a client (not valid protobuf)"
+    )
+    assert not any(r.exc_info for r in caplog.records)

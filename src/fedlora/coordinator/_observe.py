@@ -166,3 +166,43 @@ class Metrics:
 _STEPS = frozenset(
     {"round_opened", "aggregated", "ticket_quorum", "decrypted", "round_closed", "round_failed"}
 )
+
+
+class UndecodableMessages(logging.Filter):
+    """gRPC logs a message it cannot parse with a multi-line traceback, once per message; a
+    hostile client could fill the log with them. This turns each into one line naming the
+    message type, and writes the same line at most once a minute (with a count of the rest)."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or "deserializ" not in record.getMessage():
+            return True
+        error = record.exc_info[1]
+        what = str(error).split("type ", 1)[-1].strip("'") if error else "a message"
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(what, -1e18) < self.every_s:
+                self._skipped[what] = self._skipped.get(what, 0) + 1
+                return False
+            self._last[what] = now
+            skipped = self._skipped.pop(what, 0)
+        record.name = "fedlora.coordinator"
+        record.msg = "refused an undecodable %s from a client (not valid protobuf)%s"
+        more = f"; {skipped} more since the last such line" if skipped else ""
+        record.args = (what, more)
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_grpc_tracebacks() -> None:
+    """Install :class:`UndecodableMessages` on gRPC's logger (once per process)."""
+    logger = logging.getLogger("grpc._common")
+    if not any(isinstance(f, UndecodableMessages) for f in logger.filters):
+        logger.addFilter(UndecodableMessages())

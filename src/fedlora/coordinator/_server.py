@@ -20,7 +20,7 @@ from fedlora.config import CoordinatorConfig
 from fedlora.coordinator._build import build_engine, read_file
 from fedlora.coordinator._driver import Driver
 from fedlora.coordinator._engine import Coordinator
-from fedlora.coordinator._observe import JsonFormatter, Metrics
+from fedlora.coordinator._observe import JsonFormatter, Metrics, quiet_grpc_tracebacks
 from fedlora.coordinator._servicer import AuditServicer, FederationServicer
 from fedlora.crypto import select_backend
 from fedlora.errors import ConfigError
@@ -112,6 +112,7 @@ def create_server(
     ``federation_started`` or opened round behind. ``port=0`` (or a listen address ending in :0)
     picks a free port. The state folder is locked while the server runs.
     """
+    quiet_grpc_tracebacks()
     # Each party may hold at most one upload of each kind open at a time (the engine refuses a
     # second), so two threads per party plus headroom are never all taken by slow streams.
     workers = max(32, 2 * len(config.parties) + 16)

@@ -31,6 +31,7 @@ import argparse
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,17 +80,28 @@ def scores(model: CausalLmTrainer, vector: np.ndarray, test: list[Instruction]) 
 
 
 def federate(
-    model: CausalLmTrainer, banks: list[Bank], rounds: int, steps: int, encrypted: Any
+    model: CausalLmTrainer,
+    banks: list[Bank],
+    rounds: int,
+    steps: int,
+    encrypted: Any,
+    seeds: Callable[[int], list[int]],
 ) -> tuple[np.ndarray, list[float]]:
-    """Rounds of local training and weighted averaging: float64 FedAvg here, or the product."""
+    """Rounds of local training and weighted averaging: float64 FedAvg here, or the product.
+
+    The plaintext rounds reseed each bank with ``seeds(round)``, the seeds fedlora's clients
+    derive for themselves (``sampler_seed``), so both federations draw the same batches and
+    differ only by the codec's quantization."""
     views = [BankView(model, b) for b in banks]
     weights = [v.num_examples for v in views]
     g = np.zeros(model.num_parameters, dtype=np.float64)
     seconds = []
     fed = encrypted(views) if encrypted is not None else None
-    for _ in range(rounds):
+    for number in range(1, rounds + 1):
         start = time.perf_counter()
         if fed is None:
+            for view, seed in zip(views, seeds(number)):
+                view.reseed(seed)
             deltas = [v.train(g.astype(np.float32), steps).astype(np.float64) - g for v in views]
             g = g + sum(w * d for w, d in zip(weights, deltas)) / sum(weights)
         else:
@@ -106,9 +118,11 @@ def federate(
 def encrypted_federation(
     workdir: Path, rounds: int, steps: int, num_parameters: int, max_weight: int
 ):  # type: ignore[no-untyped-def]
-    """A factory: the real engine and five real clients (2048-bit 2-of-5 key) over given views."""
+    """A factory: the real engine and five real clients (2048-bit 2-of-5 key) over given views,
+    and the sampler seeds those clients use in each round (their first runs: a fresh state)."""
     from fedlora._setup import prepare_federation
-    from fedlora.config import CodecConfig
+    from fedlora.client._session import sampler_seed
+    from fedlora.config import CodecConfig, load_client_config
     from fedlora.inprocess import InProcessFederation
 
     ids = [f"bank-{i}" for i in range(BANKS)]
@@ -136,7 +150,15 @@ def encrypted_federation(
             codec=CodecConfig(clip=1.0, value_bits=16, max_weight=max_weight),
         )
 
-    return start
+    configs = [load_client_config(layout.client_configs[pid]) for pid in ids]
+
+    def seeds(number: int) -> list[int]:
+        return [
+            sampler_seed(c.training.seed, c.federation_id, c.id, number, number - 1)
+            for c in configs
+        ]
+
+    return start, seeds
 
 
 def main() -> None:
@@ -235,19 +257,19 @@ def main() -> None:
             scores(model, BankView(model, pooled).train(zero, total_steps * BANKS), test),
         )
     fedavg = encrypted = None
+    factory, seeds = encrypted_federation(
+        Path(tempfile.mkdtemp(prefix="federation-", dir=args.workdir)),
+        args.rounds,
+        args.steps,
+        model.num_parameters,
+        max(len(b.train) for b in banks),
+    )
     if "fedavg" in chosen:
-        vector, seconds = federate(model, banks, args.rounds, args.steps, None)
+        vector, seconds = federate(model, banks, args.rounds, args.steps, None, seeds)
         fedavg = scores(model, vector, test)
         report("FedAvg (plaintext)", fedavg, f"{np.mean(seconds):.0f} s / round")
     if "fedlora" in chosen:
-        factory = encrypted_federation(
-            Path(tempfile.mkdtemp(prefix="federation-", dir=args.workdir)),
-            args.rounds,
-            args.steps,
-            model.num_parameters,
-            max(len(b.train) for b in banks),
-        )
-        vector, seconds = federate(model, banks, args.rounds, args.steps, factory)
+        vector, seconds = federate(model, banks, args.rounds, args.steps, factory, seeds)
         encrypted = scores(model, vector, test)
         report("fedlora (encrypted)", encrypted, f"{np.mean(seconds):.0f} s / round")
     print()

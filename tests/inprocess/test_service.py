@@ -455,6 +455,7 @@ def test_a_replayed_global_model_never_gets_the_same_delta_twice(tmp_path) -> No
     # their plaintext and encrypted federations on this).
     from fedlora.client._session import sampler_seed
 
-    seeds = {sampler_seed(0, "f", 1, b"\0" * 32, run) for run in range(100)}
+    seeds = {sampler_seed(0, "f", "bank-a", 1, run) for run in range(100)}
     assert len(seeds) == 100 and all(0 <= s < 2**63 for s in seeds)
-    assert sampler_seed(0, "f", 1, b"\0" * 32, 0) == sampler_seed(0, "f", 1, b"\0" * 32, 0)
+    assert sampler_seed(0, "f", "bank-a", 1, 0) == sampler_seed(0, "f", "bank-a", 1, 0)
+    assert sampler_seed(0, "f", "bank-a", 1, 0) != sampler_seed(0, "f", "bank-b", 1, 0)

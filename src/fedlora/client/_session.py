@@ -90,9 +90,7 @@ TRAINED_FROM = "trained-from.json"
 TRAINING_RUNS = "training-runs.json"  # how many times this client has trained, ever
 
 
-def sampler_seed(
-    seed: int, federation_id: str, round_number: int, global_digest: bytes, run: int
-) -> int:
+def sampler_seed(seed: int, federation_id: str, client_id: str, round_number: int, run: int) -> int:
     """The seed of one training run's batch sampler: never the same twice for one client.
 
     With one seed for every run, a client asked to train again from the same global model (a
@@ -100,9 +98,10 @@ def sampler_seed(
     same delta bit for bit; a coordinator that collects several aggregates over different
     subsets of such fixed deltas can solve for each one. ``run`` counts this client's training
     runs on disk, so even the same round from the same global draws other batches. Reproducible
-    from a fresh state folder, as the benchmarks need.
+    from a fresh state folder (run ``r − 1`` in round ``r``), as the benchmarks need to pair a
+    plaintext FedAvg with the encrypted federation batch for batch.
     """
-    material = json.dumps([seed, federation_id, round_number, global_digest.hex(), run]).encode()
+    material = json.dumps([seed, federation_id, client_id, round_number, run]).encode()
     return int.from_bytes(hashlib.sha256(b"fedlora-sampler\0" + material).digest()[:8], "big") >> 1
 
 
@@ -520,8 +519,8 @@ class Client:
             sampler_seed(
                 self.config.training.seed,
                 self.config.federation_id,
+                self.config.id,
                 r,
-                bytes(status.global_digest),
                 self._next_training_run(),
             )
         )

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.x509.oid import NameOID
 
-from fedlora._files import check_private, read_file, write_new_file
+from fedlora._files import check_private, read_file, replace_file, write_new_file
 from fedlora.certs import create_ca, sign_request
 from fedlora.config import (
     CodecConfig,
@@ -483,6 +483,65 @@ def _checklist(project: Project, project_path: Path, out: Path) -> str:
 
 
 # -- 3. a site installs its kit ------------------------------------------------------------------
+
+
+def renew_certificate(project: Project, request: Path, ca: Path, out: Path) -> tuple[str, str]:
+    """At the organizer: a new certificate for a site's TLS key, from the site's own request.
+
+    The request (``<id>.request.json`` from ``provision init``) holds a certificate request
+    signed by the site's TLS key; signing it again gives a fresh certificate for the same key,
+    valid ``keys.certificate_days`` from now, so no private key moves and no other key changes.
+    Returns the site id and the new expiry date.
+
+    Raises:
+        ConfigError: the request is not this federation's, or ``out`` exists already.
+    """
+    req = read_request(request, project)
+    hosts = _hosts(project) if req.site == COORDINATOR else []
+    pem = sign_request(
+        ca, req.csr, req.site, server_hosts=hosts, valid_days=project.keys.certificate_days
+    )
+    try:
+        write_new_file(out, pem)
+    except FedLoraError as exc:
+        raise ConfigError(f"--out: {exc}") from None
+    cert = x509.load_pem_x509_certificate(pem)
+    return req.site, str(cert.not_valid_after_utc.date())
+
+
+def install_certificate(site: Path, cert: Path) -> str:
+    """At a site: put a renewed certificate in place of ``SITE/tls.pem``, after checking it is
+    the federation CA's, for this site's id, valid now and for this site's own TLS key. The old
+    one is kept as ``tls.pem.old``. Returns what was checked.
+
+    Raises:
+        ConfigError: not a site folder, or the certificate fails a check (nothing is replaced).
+    """
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from fedlora.certs import check_certificate
+
+    requests = sorted(site.glob("*.request.json"))
+    if len(requests) != 1 or not (site / TLS_KEY).exists():
+        raise ConfigError(f"{site} is not a site folder (run `fedlora provision init` there)")
+    site_id = requests[0].name.removesuffix(".request.json")
+    checked = check_certificate(
+        cert, site / CA_FILE, str(cert), name=None if site_id == COORDINATOR else site_id
+    )
+    key = load_pem_private_key(read_file(site / TLS_KEY, "TLS key"), None)
+    if checked.public_key().public_numbers() != key.public_key().public_numbers():  # type: ignore[union-attr]
+        raise ConfigError(
+            f"{cert} is not a certificate for {site / TLS_KEY}: it certifies another key"
+        )
+    if site_id == COORDINATOR:
+        names = [a.value for a in checked.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if names != [COORDINATOR]:
+            raise ConfigError(f"{cert} is issued to {names}, not {COORDINATOR!r}")
+    current = site / CERT_FILE
+    if current.exists():
+        replace_file(site / f"{CERT_FILE}.old", current.read_bytes())
+    replace_file(current, read_file(cert, "certificate"))
+    return f"{site_id}'s certificate replaced: valid until {checked.not_valid_after_utc.date()}"
 
 
 def install_kit(kit: Path, site: Path) -> tuple[str, list[str]]:

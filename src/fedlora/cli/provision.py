@@ -82,6 +82,26 @@ def register(sub: Any) -> None:
         "dealt, no round closes)",
     )
     revoke.set_defaults(handler=_revoke)
+    renew = prov_sub.add_parser(
+        "renew",
+        help="at the organizer: a fresh certificate for a site's TLS key, from its request (no "
+        "private key moves)",
+    )
+    renew.add_argument("--project", type=Path, required=True, help="the federation's project YAML")
+    renew.add_argument("--ca", type=Path, required=True, help="the federation CA's folder")
+    renew.add_argument(
+        "--request", type=Path, required=True, help="the site's <id>.request.json (provision init)"
+    )
+    renew.add_argument("--out", type=Path, required=True, help="the new certificate (PEM) to write")
+    renew.set_defaults(handler=_renew)
+    cert = prov_sub.add_parser(
+        "install-cert",
+        help="at a site: check a renewed certificate against the site's key and the CA, and put "
+        "it in place (the old one is kept as tls.pem.old)",
+    )
+    cert.add_argument("--site", type=Path, required=True, help="the site folder")
+    cert.add_argument("--cert", type=Path, required=True, help="the certificate the organizer sent")
+    cert.set_defaults(handler=_install_cert)
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -137,6 +157,26 @@ def _install(args: argparse.Namespace) -> int:
         f"installed; check with: fedlora config check {escape(str(config))}; then {escape(nxt)}",
         soft_wrap=True,
     )
+    return 0
+
+
+def _renew(args: argparse.Namespace) -> int:
+    from fedlora.provision import load_project, renew_certificate
+
+    site, until = renew_certificate(load_project(args.project), args.request, args.ca, args.out)
+    console.print(
+        f"signed a new certificate for {escape(site)}'s TLS key, valid until {until}: send "
+        f"{escape(str(args.out))} to the site, which runs `fedlora provision install-cert`",
+        soft_wrap=True,
+    )
+    return 0
+
+
+def _install_cert(args: argparse.Namespace) -> int:
+    from fedlora.provision import install_certificate
+
+    said = install_certificate(args.site, args.cert)
+    console.print(f"{escape(said)}; restart the site's service to use it", soft_wrap=True)
     return 0
 
 

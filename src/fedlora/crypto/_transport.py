@@ -136,8 +136,9 @@ def open_key_share(
     fingerprint = _hexfield(doc, "key_fingerprint", 32)
     if not hmac.compare_digest(fingerprint, public_key.fingerprint):
         raise CryptoError(
-            f"share file belongs to threshold key {fingerprint.hex()[:16]}…, "
-            f"not {public_key.fingerprint.hex()[:16]}…"
+            "share file belongs to another threshold key than the one given (its key "
+            f"{fingerprint.hex()[:16]}…, given {public_key.fingerprint.hex()[:16]}…): the key share "
+            "and the threshold public key must come from the same dealing"
         )
     recipient_raw = _hexfield(doc, "recipient", 32)
     own_raw = x25519_public_bytes(recipient)

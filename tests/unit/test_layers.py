@@ -16,10 +16,20 @@ import fedlora
 
 SRC = Path(fedlora.__file__).parent
 HEAVY = ("torch", "peft", "transformers")
-GRPC = ("grpc", "grpc_health", "grpc_reflection", "fedlora.v1")
+# fedlora.rpc converts to and from the generated messages: importing it loads grpc and protobuf.
+GRPC = ("grpc", "grpc_health", "grpc_reflection", "fedlora.v1", "fedlora.rpc")
+
+
+def _names() -> list[str]:
+    return sorted(
+        ".".join(p.relative_to(SRC.parent).with_suffix("").parts).removesuffix(".__init__")
+        for p in SRC.rglob("*.py")
+    )
 
 
 def _modules() -> dict[str, set[str]]:
+    """Each module and what it imports; ``from fedlora import rpc`` counts as ``fedlora.rpc``."""
+    known = set(_names())
     out = {}
     for path in sorted(SRC.rglob("*.py")):
         rel = path.relative_to(SRC.parent).with_suffix("")
@@ -30,7 +40,10 @@ def _modules() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 names |= {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                names.add(node.module)
+                subs = {f"{node.module}.{a.name}" for a in node.names}
+                names |= (subs & known) or {node.module}
+                if not subs <= known:
+                    names.add(node.module)
         out[".".join(rel.parts).removesuffix(".__init__")] = names
     return out
 
@@ -146,3 +159,75 @@ print("ok")
     )
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
     assert "pip install 'fedlora[client]'" in out.stderr and "Traceback" not in out.stderr
+
+
+# The roles decide; the adapters carry their messages (gRPC, Flower, in process); the composition
+# roots wire one to the other. A role never reaches for an adapter.
+ROLES = [
+    m
+    for m in MODULES
+    if (_in(m, "fedlora.coordinator") or _in(m, "fedlora.client"))
+    and m
+    not in {
+        "fedlora.coordinator",  # the package: exports the server for its users
+        "fedlora.coordinator._server",
+        "fedlora.coordinator._servicer",
+        "fedlora.client",  # the package: exports GrpcTransport lazily
+        "fedlora.client._grpc",
+        "fedlora.client._connect",  # the one place a networked client gets gRPC
+    }
+]
+ADAPTERS = (
+    "fedlora.rpc",
+    "fedlora.coordinator._server",
+    "fedlora.coordinator._servicer",
+    "fedlora.client._grpc",
+    "fedlora.flower",
+    "fedlora.inprocess",
+)
+
+
+@pytest.mark.parametrize("module", ROLES)
+def test_a_role_never_imports_an_adapter(module) -> None:
+    assert not _uses(MODULES[module], ADAPTERS + GRPC), (module, _uses(MODULES[module], ADAPTERS))
+
+
+def test_the_flower_server_uses_no_client_transport() -> None:
+    assert not _uses(MODULES["fedlora.flower._server"], ("fedlora.client",))
+
+
+def test_crypto_modules_form_no_import_cycle() -> None:
+    """A cycle among crypto's modules (the factory and the backends it chooses, once) means an
+    import order that works by accident; the graph is read from the source, as above."""
+    crypto = {m for m in MODULES if _in(m, "fedlora.crypto") and m != "fedlora.crypto"}
+    graph = {m: {n for n in MODULES[m] if n in crypto} for m in crypto}
+    done: set[str] = set()
+
+    def visit(m: str, path: tuple[str, ...]) -> None:
+        assert m not in path, " → ".join((*path[path.index(m) :], m))
+        if m in done:
+            return
+        for n in sorted(graph[m]):
+            visit(n, (*path, m))
+        done.add(m)
+
+    for m in sorted(crypto):
+        visit(m, ())
+    assert graph["fedlora.crypto._factory"]  # the rule sees the factory's imports: not vacuous
+
+
+def test_importing_the_client_loads_no_grpc() -> None:
+    """A member on Flower, or a test in process, imports fedlora.client without gRPC."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, fedlora.client\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] == 'grpc' or m == 'fedlora.rpc']\n"
+        "assert not loaded, loaded\n"
+        "from fedlora.client import GrpcTransport  # still there, on first use\n"
+        "assert 'grpc' in sys.modules\n"
+        "print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "ok", out.stdout + out.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.cli._extras import require_client_extra
-from fedlora.crypto._backend import BACKEND_NAMES
+from fedlora.crypto._factory import BACKEND_NAMES
 
 
 def register(sub: Any) -> None:

@@ -198,9 +198,9 @@ class Client:
         self.state_dir = config.state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if transport is None:
-            from fedlora.client._grpc import GrpcTransport  # grpc only when networked
+            from fedlora.client._connect import connect  # grpc only when networked
 
-            transport = GrpcTransport(config, on_retry=self.ui.warn)
+            transport = connect(config, self.ui.warn)
         self.transport = transport
         self.fed: Federation | None = None
         self.ledger = DecryptorLedger(

@@ -9,20 +9,17 @@ threads by default), and ciphertext vectors have one fixed-width layout (``Ciphe
 
 from __future__ import annotations
 
-from fedlora.crypto._backend import (
+from fedlora.crypto._backend import ModexpBackend, MultiExp, ThreadsBackend, default_workers
+from fedlora.crypto._codec import CodecParams, decode, encode, pack_slots, unpack_slots
+from fedlora.crypto._dealer import deal_threshold_key, generate_threshold_key
+from fedlora.crypto._factory import (
     BACKEND_NAMES,
-    ModexpBackend,
-    MultiExp,
-    ThreadsBackend,
     default_backend,
-    default_workers,
     make_backend,
     multi_powmod,
     multi_powmods,
     select_backend,
 )
-from fedlora.crypto._codec import CodecParams, decode, encode, pack_slots, unpack_slots
-from fedlora.crypto._dealer import deal_threshold_key, generate_threshold_key
 from fedlora.crypto._ifma import IfmaBackend
 from fedlora.crypto._knowledge import (
     KnowledgeClaim,

@@ -4,7 +4,10 @@ Nearly all of fedlora's cost is exponentiation over long vectors: ``rⁿ mod n²
 obfuscator, ``c^(2Δsᵢ) mod n²`` for every partial decryption, ``c^(2λᵢ)`` when combining. Each
 batch function in :mod:`fedlora.crypto` takes a ``backend`` — any object with the methods of
 :class:`ModexpBackend` — chosen at the edge of the program (STYLE.md §16, pyca's pattern) and
-handed in; ``None`` means :func:`default_backend`. crypto itself never imports a GPU library.
+handed in; ``None`` means :func:`fedlora.crypto._factory.default_backend`. crypto itself never
+imports a GPU library. This module holds the interface and the reference backend; choosing one
+(and the front doors that use the default) is :mod:`fedlora.crypto._factory`, so the backends
+it chooses among import this module and nothing imports back.
 
 Calls in which any operand is secret (a key share or prime in the exponent or modulus, the
 randomness ``r`` of an obfuscator in the base) go to :meth:`ModexpBackend.powmod_bases_secret`,
@@ -22,7 +25,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import gmpy2
@@ -30,19 +32,7 @@ import gmpy2
 from fedlora.crypto._util import require_int
 from fedlora.errors import CryptoError
 
-__all__ = [
-    "BACKEND_NAMES",
-    "ModexpBackend",
-    "MultiExp",
-    "ThreadsBackend",
-    "default_backend",
-    "default_workers",
-    "make_backend",
-    "multi_powmod",
-    "multi_powmods",
-    "resolve_backend",
-    "select_backend",
-]
+__all__ = ["ModexpBackend", "MultiExp", "ThreadsBackend", "default_workers", "pippenger"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -205,135 +195,6 @@ def _invert(value: int, modulus: gmpy2.mpz, index: int) -> gmpy2.mpz:
 
 if TYPE_CHECKING:
     _CHECK: ModexpBackend = ThreadsBackend()  # mypy proves the default meets the protocol
-
-
-BACKEND_NAMES = ("auto", "ifma", "openssl", "gmpy2")
-
-
-def make_backend(name: str = "auto", workers: int | None = None) -> tuple[ModexpBackend, str]:
-    """The backend ``name`` names, and one line saying which runs and why.
-
-    ``auto`` takes the fastest that works here, each only after it agrees with gmpy2 on a known
-    answer: fedlora's AVX-512 IFMA kernel (:class:`~fedlora.crypto.IfmaBackend`: eight
-    constant-time exponentiations at once) where it was built and the CPU runs it; else
-    OpenSSL's libcrypto (:class:`~fedlora.crypto.OpenSSLBackend`: constant-time for secrets);
-    else gmpy2, and the line says so. ``ifma`` and ``openssl`` insist on theirs; ``gmpy2`` is
-    the reference backend.
-
-    Raises:
-        CryptoError: an unknown name, or ``ifma`` / ``openssl`` where it cannot run here.
-    """
-    from fedlora.crypto._ifma import IfmaBackend, load_kernel
-    from fedlora.crypto._openssl import OpenSSLBackend, load_libcrypto
-
-    if name not in BACKEND_NAMES:
-        raise CryptoError(f"modexp backend {name!r}: one of {', '.join(BACKEND_NAMES)}")
-    if name == "gmpy2":
-        threads = ThreadsBackend(workers)
-        return threads, f"modexp backend: gmpy2 on {threads.workers} threads (not constant-time)"
-    lib = load_libcrypto()
-    openssl = OpenSSLBackend(workers, lib) if lib is not None else None
-    if openssl is not None and not _agrees(openssl):
-        openssl = None
-    if name in ("auto", "ifma") and load_kernel() is not None:
-        fallback: ModexpBackend = openssl if openssl is not None else ThreadsBackend(workers)
-        ifma = IfmaBackend(workers, fallback)
-        if _agrees(ifma):
-            return ifma, (
-                f"modexp backend: AVX-512 IFMA, 8 lanes on {ifma.workers} threads (constant-"
-                f"time), {'OpenSSL' if openssl is not None else 'gmpy2'} for small batches"
-            )
-    if name == "ifma":
-        raise CryptoError(
-            "modexp backend ifma: fedlora's AVX-512 IFMA kernel is not available here (it needs "
-            "an x86-64 CPU with AVX-512 IFMA and a C compiler when fedlora is installed); choose "
-            "backend auto"
-        )
-    if openssl is not None:
-        return openssl, (
-            f"modexp backend: OpenSSL libcrypto on {openssl.workers} threads "
-            "(constant-time for secret exponents)"
-        )
-    if name == "openssl":
-        raise CryptoError(
-            "modexp backend openssl: no working libcrypto (OpenSSL ≥ 1.1) was found; install "
-            "OpenSSL's libcrypto (e.g. the libssl3 package) or choose backend gmpy2"
-        )
-    threads = ThreadsBackend(workers)
-    return threads, (
-        "modexp backend: gmpy2 (no working OpenSSL libcrypto found; gmpy2 is slower and not "
-        "constant-time)"
-    )
-
-
-def _agrees(backend: ModexpBackend) -> bool:
-    """A known answer from ``backend`` and gmpy2 (a broken or odd build is not used): nine
-    bases, so that a multi-buffer backend runs a full group of lanes and a partial one."""
-    modulus = (1 << 521) - 1  # a Mersenne prime: odd, as Montgomery needs
-    bases = [3, 5, (1 << 400) + 7, *(modulus - k for k in range(1, 7))]
-    exponent = (1 << 300) + 12345
-    expected = [int(gmpy2.powmod(b, exponent, modulus)) for b in bases]
-    try:
-        return (
-            backend.powmod_bases(bases, exponent, modulus) == expected
-            and backend.powmod_bases_secret(bases, exponent, modulus) == expected
-        )
-    except (CryptoError, OSError, MemoryError, ValueError, RuntimeError):
-        return False
-
-
-@lru_cache(maxsize=1)
-def _auto() -> tuple[ModexpBackend, str]:
-    return make_backend("auto")
-
-
-def default_backend() -> ModexpBackend:
-    """The shared backend :func:`make_backend` picks (``auto``), used wherever ``backend`` is
-    ``None``: the IFMA kernel, else OpenSSL, else gmpy2 — the first that works here."""
-    return _auto()[0]
-
-
-def select_backend(name: str) -> tuple[ModexpBackend, str]:
-    """A configuration's ``crypto.backend``: the shared default for ``auto``, else a new one;
-    with the line saying which runs (see :func:`make_backend`)."""
-    return _auto() if name == "auto" else make_backend(name)
-
-
-def resolve_backend(backend: ModexpBackend | None) -> ModexpBackend:
-    """``backend``, or :func:`default_backend` when it is ``None``."""
-    return default_backend() if backend is None else backend
-
-
-def multi_powmod(
-    bases: Sequence[int],
-    exponents: Sequence[bytes],
-    modulus: int,
-    backend: ModexpBackend | None = None,
-) -> int:
-    """``∏ bases[j] ** exponents[j] mod modulus`` for short exponents given as big-endian bytes,
-    every operand public, on ``backend`` (``None``: the default backend).
-
-    Raises:
-        ValueError: bases and exponents differ in length, or the exponents in width.
-    """
-    return multi_powmods([(bases, exponents)], modulus, backend)[0]
-
-
-def multi_powmods(
-    jobs: Sequence[MultiExp], modulus: int, backend: ModexpBackend | None = None
-) -> list[int]:
-    """:func:`multi_powmod` for several jobs at once (one modulus), on ``backend``: how a round's
-    proof checks are batched across its contributions.
-
-    Raises:
-        ValueError: in a job, bases and exponents differ in length, or the exponents in width.
-    """
-    for bases, exponents in jobs:
-        if len(bases) != len(exponents):
-            raise ValueError("bases and exponents differ in length")
-        if exponents and any(len(e) != len(exponents[0]) for e in exponents):
-            raise ValueError("exponents differ in width")
-    return resolve_backend(backend).multi_powmods(jobs, modulus)
 
 
 def pippenger(bases: Sequence[int], exponents: Sequence[bytes], modulus: int) -> int:

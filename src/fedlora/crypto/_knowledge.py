@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import gmpy2
 from phe import PaillierPublicKey
 
-from fedlora.crypto._backend import ModexpBackend, multi_powmod, multi_powmods, resolve_backend
+from fedlora.crypto._backend import ModexpBackend
+from fedlora.crypto._factory import multi_powmod, multi_powmods, resolve_backend
 from fedlora.crypto._obfuscation import EncryptionWitness, ObfuscatorSource, RootsWitness
 from fedlora.crypto._paillier import ciphertext_vector_digest, validate_ciphertexts
 from fedlora.crypto._util import Rng, byte_length, require_bytes, system_rng

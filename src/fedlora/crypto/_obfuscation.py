@@ -27,7 +27,8 @@ from typing import NoReturn, Protocol
 import gmpy2
 from phe import PaillierPublicKey
 
-from fedlora.crypto._backend import ModexpBackend, pippenger, resolve_backend
+from fedlora.crypto._backend import ModexpBackend, pippenger
+from fedlora.crypto._factory import resolve_backend
 from fedlora.crypto._util import Rng, require_int, system_rng
 from fedlora.errors import CryptoError
 

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 import gmpy2
 from phe import PaillierPrivateKey, PaillierPublicKey
 
-from fedlora.crypto._backend import ModexpBackend, resolve_backend
+from fedlora.crypto._backend import ModexpBackend
+from fedlora.crypto._factory import resolve_backend
 from fedlora.crypto._util import Rng, byte_length, require_int, require_sequence, system_rng
 from fedlora.crypto._vector import CiphertextVector
 from fedlora.errors import CryptoError

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 import gmpy2
 
-from fedlora.crypto._backend import ModexpBackend, multi_powmods, resolve_backend
+from fedlora.crypto._backend import ModexpBackend
+from fedlora.crypto._factory import multi_powmods, resolve_backend
 from fedlora.crypto._paillier import ciphertext_vector_digest, validate_ciphertexts
 from fedlora.crypto._shamir import integer_lagrange_at_zero
 from fedlora.crypto._threshold_keys import MAX_PARTIES, KeyShare, ThresholdPublicKey

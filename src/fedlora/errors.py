@@ -22,7 +22,15 @@ __all__ = [
 
 
 class FedLoraError(Exception):
-    """Root of every error fedlora raises on purpose."""
+    """Root of every error fedlora raises on purpose.
+
+    ``party``: the federation party the error blames, where one is to blame (a share holder whose
+    partial decryption failed its proof); a failed round names it in the audit log.
+    """
+
+    def __init__(self, *args: object, party: str | None = None) -> None:
+        super().__init__(*args)
+        self.party = party
 
 
 class ConfigError(FedLoraError):

@@ -419,8 +419,11 @@ class Coordinator:
         if self.round is None or self.round.number != number or self.stage is not stage:
             return
         reason = str(exc) if isinstance(exc, FedLoraError) else type(exc).__name__
-        party = _blamed_party(exc, self.key.party_ids if self.key else ())
-        self._fail_round(f"{stage.value} failed: {reason}", party=party or None)
+        party = getattr(exc, "party", None)
+        holders = self.key.party_ids if self.key else ()
+        self._fail_round(
+            f"{stage.value} failed: {reason}", party=party if party in holders else None
+        )
 
     # -- push-style drivers (Flower) ------------------------------------------------------------
     def close_collection(self, why_missing: str = "") -> None:
@@ -1258,9 +1261,3 @@ def _load_spec(config: CoordinatorConfig) -> dict[str, Any] | None:
             f"{config.model.num_parameters}"
         )
     return spec
-
-
-def _blamed_party(exc: BaseException, holders: Iterable[str]) -> str:
-    """The share holder a verification error names, if any (a failing proof names its party)."""
-    text = str(exc)
-    return next((h for h in holders if f"party {h!r}" in text), "")

@@ -238,36 +238,39 @@ def verify_partial_decryption(
         VerificationError: wrong key, wrong vector, a value outside Z*_{n²} or a failing proof;
             the message names the party.
     """
-    who = f"partial decryption from party {getattr(partial, 'party_id', '?')!r}"
+    pid = getattr(partial, "party_id", None)
+    who = f"partial decryption from party {pid if pid is not None else '?'!r}"
+
+    def blamed(message: str) -> VerificationError:
+        return VerificationError(message, party=pid if isinstance(pid, str) else None)
+
     if not isinstance(partial, PartialDecryption):
         raise VerificationError(f"expected a PartialDecryption, got {type(partial).__name__}")
     if not hmac.compare_digest(partial.key_fingerprint, key.fingerprint):
-        raise VerificationError(f"{who} was made for another key")
+        raise blamed(f"{who} was made for another key")
     try:
         index = key.index_of(partial.party_id)
     except CryptoError as exc:
-        raise VerificationError(f"{who}: {exc}") from None
+        raise blamed(f"{who}: {exc}") from None
     if index != partial.index:
-        raise VerificationError(f"{who} claims index {partial.index}, the key says {index}")
+        raise blamed(f"{who} claims index {partial.index}, the key says {index}")
     digest = (
         ciphertext_vector_digest(key.paillier, ciphertexts)
         if ciphertexts_digest is None
         else ciphertexts_digest
     )
     if not hmac.compare_digest(partial.ciphertexts_digest, digest):
-        raise VerificationError(f"{who} answers a different ciphertext vector")
+        raise blamed(f"{who} answers a different ciphertext vector")
     if len(partial.values) != len(ciphertexts):
-        raise VerificationError(
-            f"{who} has {len(partial.values)} values for {len(ciphertexts)} ciphertexts"
-        )
+        raise blamed(f"{who} has {len(partial.values)} values for {len(ciphertexts)} ciphertexts")
     try:
         values = validate_ciphertexts(key.paillier, partial.values)
     except CryptoError as exc:
-        raise VerificationError(f"{who}: {exc}".replace("ciphertext[", "value[")) from None
+        raise blamed(f"{who}: {exc}".replace("ciphertext[", "value[")) from None
     n2 = key.nsquare
     high = next((i for i, x in enumerate(values) if x > n2 // 2), None)
     if high is not None:
-        raise VerificationError(
+        raise blamed(
             f"{who}: value[{high}] is not canonical (above n²/2; the answer is its negation)"
         )
     e = require_int(
@@ -275,7 +278,7 @@ def verify_partial_decryption(
     )
     z = require_int("proof.response", partial.proof.response, low=0)
     if z >= proof_response_bound(key):
-        raise VerificationError(
+        raise blamed(
             f"{who}: proof response has {z.bit_length()} bits, above the bound of {_nonce_bits(key) + 1}"
         )
     c4, ci2 = _batched_statement(key, index, list(ciphertexts), digest, values, backend)
@@ -283,7 +286,7 @@ def verify_partial_decryption(
     a = gmpy2.powmod(c4, z, n2) * gmpy2.powmod(ci2, -e, n2) % n2
     b = gmpy2.powmod(key.v, z, n2) * gmpy2.powmod(vk, -e, n2) % n2
     if _challenge(key, index, key.v, c4, vk, ci2, a, b) != e:
-        raise VerificationError(f"{who} failed its proof of correct decryption")
+        raise blamed(f"{who} failed its proof of correct decryption")
 
 
 def combine_partial_decryptions(
@@ -310,7 +313,7 @@ def combine_partial_decryptions(
     for partial in require_sequence("partials", partials):
         pid = getattr(partial, "party_id", None)
         if pid in seen:
-            raise CryptoError(f"duplicate partial decryption from party {pid!r}")
+            raise CryptoError(f"duplicate partial decryption from party {pid!r}", party=pid)
         seen.add(pid)  # type: ignore[arg-type]
     if len(partials) < key.threshold:
         raise CryptoError(

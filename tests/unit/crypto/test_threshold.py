@@ -185,8 +185,9 @@ def test_a_negated_partial_with_a_fresh_valid_proof_is_refused(dealt) -> None:
     negated = dataclasses.replace(
         good, values=tuple(values), proof=dataclasses.replace(good.proof, challenge=e, response=z)
     )
-    with pytest.raises(VerificationError, match=r"value\[0\] is not canonical"):
+    with pytest.raises(VerificationError, match=r"value\[0\] is not canonical") as caught:
         verify_partial_decryption(key, cts, negated)
+    assert caught.value.party == share.party_id  # the blame travels on the error, not its text
 
 
 def test_the_proof_nonce_is_sized_from_the_public_bound_not_the_share(dealt) -> None:

@@ -501,14 +501,13 @@ def verify_log(
     for j, line in enumerate(cp_lines):
         where = f"checkpoint {j}"
         try:
-            cp = json.loads(line)
-            log_id = cp["log_id"]
-            size, root = cp["tree_size"], bytes.fromhex(cp["root"])
-            stamp, signature = cp["timestamp_ms"], bytes.fromhex(cp["signature"])
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+            parsed = SignedCheckpoint.from_dict(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError):
             raise VerificationError(f"{where} is malformed") from None
-        if not isinstance(size, int) or not isinstance(stamp, int) or not isinstance(log_id, str):
-            raise VerificationError(f"{where} has fields of the wrong type")
+        except VerificationError as exc:
+            raise VerificationError(f"{where}: {exc}") from None
+        log_id, size, root = parsed.log_id, parsed.tree_size, parsed.root
+        stamp, signature = parsed.timestamp_ms, parsed.signature
         try:
             digest = checkpoint_digest(
                 log_id=log_id, tree_size=size, root_hash=root, timestamp_ms=stamp

@@ -15,9 +15,10 @@ import json
 from typing import Any
 
 from fedlora import events as ev
-from fedlora.config import CoordinatorConfig, check_key_size
-from fedlora.crypto import CodecParams, ThresholdPublicKey, ticket_quorum
+from fedlora.config import CoordinatorConfig
+from fedlora.crypto import CodecParams, ThresholdPublicKey
 from fedlora.errors import ConfigError
+from fedlora.protocol import check_key_safety
 
 RISE_ONLY = ("federated_learning.participant_threshold", "federated_learning.ticket_quorum")
 
@@ -176,26 +177,14 @@ def check_threshold_key(config: CoordinatorConfig, key: ThresholdPublicKey | Non
         raise ConfigError(
             "keys.threshold_public_key is required when encryption_type is homomorphic"
         )
-    check_key_size(key.n.bit_length(), config.testing, "keys.threshold_public_key")
     if key.threshold != fl.decryption_threshold:
         raise ConfigError(
             f"federated_learning.decryption_threshold is {fl.decryption_threshold} but the "
             f"threshold key needs {key.threshold} partial decryptions"
         )
-    if key.threshold < 2:
-        raise ConfigError(
-            "keys.threshold_public_key: a 1-of-n key lets any single holder decrypt every "
-            "contribution; deal a key with threshold >= 2"
-        )
     unknown = [p for p in key.party_ids if config.party(p) is None]
     if unknown:
         raise ConfigError(f"threshold key share holders {unknown} are not enrolled in parties")
-    safe = ticket_quorum(key.parties, key.threshold)
-    quorum = fl.ticket_quorum or safe
-    if not safe <= quorum <= key.parties:
-        raise ConfigError(
-            f"federated_learning.ticket_quorum: {quorum} is outside {safe}..{key.parties}; below "
-            f"⌈(holders + t)/2⌉ = {safe} two different aggregates of one round could both be "
-            "decrypted (a split view)"
-        )
-    return quorum
+    return check_key_safety(
+        key, config.testing, fl.ticket_quorum, "federated_learning.ticket_quorum"
+    )

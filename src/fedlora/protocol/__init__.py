@@ -31,7 +31,7 @@ from fedlora.protocol._decryptor import (
     valid_ticket_signatures,
     verify_partial,
 )
-from fedlora.protocol._joining import Joined, JoinExpectations, check_join
+from fedlora.protocol._joining import Joined, JoinExpectations, check_join, check_key_safety
 from fedlora.protocol._messages import (
     PLAINTEXT_FINGERPRINT,
     ContributionHeader,
@@ -115,6 +115,7 @@ __all__ = [
     "canonical_spec",
     "check_contribution_header",
     "check_join",
+    "check_key_safety",
     "check_message",
     "check_partial_header",
     "check_receipt",

@@ -88,26 +88,42 @@ def check_join(info: JoinInfo, expect: JoinExpectations, key: ThresholdPublicKey
     return Joined(info, min_participants, quorum)
 
 
-def _check_key(info: JoinInfo, expect: JoinExpectations, key: ThresholdPublicKey) -> int:
-    """Refuse unsafe keys and a codec that does not fit the pinned key; return the quorum."""
-    bits = key.n.bit_length()
-    check_key_size(bits, expect.testing, "keys.threshold_public_key")
+def check_key_safety(
+    key: ThresholdPublicKey, testing: TestingOptions, quorum: int | None, quorum_key: str
+) -> int:
+    """The rules every party applies to a threshold key, in one place: at least 2048 bits (unless
+    ``testing`` allows small keys), ``t ≥ 2``, and a ticket quorum (``quorum``, or the safe
+    default when None) within ``⌈(ℓ + t)/2⌉..ℓ``. Returns the quorum.
+
+    Raises:
+        ConfigError: naming ``keys.threshold_public_key`` or ``quorum_key``, and the fix.
+    """
+    check_key_size(key.n.bit_length(), testing, "keys.threshold_public_key")
     if key.threshold < 2:
         raise ConfigError(
             "keys.threshold_public_key: a 1-of-n key lets any single holder decrypt every "
-            "contribution; the federation must deal a key with threshold >= 2"
+            "contribution; deal a key with threshold >= 2"
         )
+    safe = ticket_quorum(key.parties, key.threshold)
+    chosen = quorum or safe
+    if not safe <= chosen <= key.parties:
+        raise ConfigError(
+            f"{quorum_key}: {chosen} is outside {safe}..{key.parties}; below "
+            f"⌈(holders + t)/2⌉ = {safe} two different aggregates of one round could both be "
+            "decrypted (a split view)"
+        )
+    return chosen
+
+
+def _check_key(info: JoinInfo, expect: JoinExpectations, key: ThresholdPublicKey) -> int:
+    """Refuse unsafe keys and a codec that does not fit the pinned key; return the quorum."""
+    quorum = check_key_safety(
+        key, expect.testing, expect.policy.ticket_quorum, "policy.ticket_quorum"
+    )
+    bits = key.n.bit_length()
     if info.codec.key_bits != bits:
         raise VerificationError(
             f"the coordinator announces a codec for {info.codec.key_bits}-bit keys, but the pinned "
             f"threshold key has {bits} bits"
-        )
-    safe = ticket_quorum(key.parties, key.threshold)
-    quorum = expect.policy.ticket_quorum or safe
-    if not safe <= quorum <= key.parties:
-        raise ConfigError(
-            f"policy.ticket_quorum: {quorum} is outside {safe}..{key.parties}; below "
-            f"⌈(holders + t)/2⌉ = {safe} a coordinator could get two different aggregates of one "
-            "round decrypted (a split view)"
         )
     return quorum

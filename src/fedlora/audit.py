@@ -617,9 +617,18 @@ def read_log_files(path: Path) -> tuple[bytes, bytes, Path]:
 class AuditLog:
     """Append-only writer; thread-safe. Every append is durable before it returns."""
 
-    def __init__(self, folder: Path, log_id: str, signing_key: Ed25519PrivateKey) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        log_id: str,
+        signing_key: Ed25519PrivateKey,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``clock``: seconds since the epoch for every entry's and checkpoint's time; the
+        coordinator gives its own, so the times it signs elsewhere (receipts) are the log's."""
         folder.mkdir(parents=True, exist_ok=True)
         self.folder, self.log_id, self._key = folder, log_id, signing_key
+        self._clock = clock
         self.public_key = ed25519_public_bytes(signing_key)
         self._lock = threading.Lock()
         self._entries_path, self._cp_path = folder / ENTRIES, folder / CHECKPOINTS
@@ -669,7 +678,7 @@ class AuditLog:
 
     def _checkpoint(self) -> None:
         # Checkpoint times never go backwards, even when the wall clock does (verify_log checks).
-        stamp = max(int(time.time() * 1000), self._last_time, self._last_stamp)
+        stamp = max(int(self._clock() * 1000), self._last_time, self._last_stamp)
         root = self._range.root()
         digest = checkpoint_digest(
             log_id=self.log_id, tree_size=self.size, root_hash=root, timestamp_ms=stamp
@@ -689,16 +698,22 @@ class AuditLog:
         """Append one typed event (:mod:`fedlora.events`); return its index."""
         return self.append(event.kind, **event.fields())
 
+    def record_timed(self, event: Event) -> tuple[int, int]:
+        """:meth:`record`, returning the entry's index and its ``time_ms`` (what a replay of the
+        log will read back, so a receipt signs the same time before and after a restart)."""
+        return self._append(event.kind, event.fields())
+
     def append(self, event: str, **fields: Any) -> int:
         """Append one event, fsync it and its checkpoint; return its index. Then tell each of
         :attr:`observers` (logging, metrics): ``observer(event, index, fields)``; an observer
         that fails is logged, never the append."""
+        return self._append(event, fields)[0]
+
+    def _append(self, event: str, fields: dict[str, Any]) -> tuple[int, int]:
         with self._lock:
             index = self.size
-            self._last_time = max(int(time.time() * 1000), self._last_time)
-            line = canonical_json(
-                {"event": event, "index": index, "time_ms": self._last_time, **fields}
-            )
+            self._last_time = stamp = max(int(self._clock() * 1000), self._last_time)
+            line = canonical_json({"event": event, "index": index, "time_ms": stamp, **fields})
             self._append_line(self._entries_path, line)
             self._leaves.append(leaf_hash(line))
             self._range.append(self._leaves[-1])
@@ -708,7 +723,7 @@ class AuditLog:
                 observe(event, index, fields)
             except Exception:
                 logging.getLogger("fedlora.audit").exception("an audit observer failed")
-        return index
+        return index, stamp
 
     def entries(self, start: int = 0, limit: int = 0) -> list[bytes]:
         """Entries ``start`` .. ``start + limit`` (``limit`` 0: to the end); ``start`` equal to the

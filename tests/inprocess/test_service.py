@@ -459,3 +459,27 @@ def test_a_replayed_global_model_never_gets_the_same_delta_twice(tmp_path) -> No
     assert len(seeds) == 100 and all(0 <= s < 2**63 for s in seeds)
     assert sampler_seed(0, "f", "bank-a", 1, 0) == sampler_seed(0, "f", "bank-a", 1, 0)
     assert sampler_seed(0, "f", "bank-a", 1, 0) != sampler_seed(0, "f", "bank-b", 1, 0)
+
+
+def test_a_receipt_issued_again_after_a_restart_signs_the_same_time(tmp_path) -> None:
+    """One clock: the engine's. The audit log stamps entries with it, and a receipt re-issued by
+    a restarted coordinator (rebuilt from the log) signs what the original signed."""
+    layout = _layout(tmp_path)
+    clock = Clock()
+    config = load_coordinator_config(layout.coordinator_config)
+    engine = build_engine(config, clock=clock)
+    clients = {pid: _client(layout, engine, pid) for pid in ("bank-a", "bank-b", "hospital-c")}
+    feds = {pid: c.join() for pid, c in clients.items()}
+    engine.tick()
+    client = clients["bank-a"]
+    sent = client.seal(feds["bank-a"], client.transport.round_status())
+    first = client.transport.upload_contribution(sent.header, sent.records, None)
+    entry = json.loads(engine.audit.entries(first.log_index, 1)[0])
+    assert entry["time_ms"] == int(clock.now * 1000) == first.received_at_ms
+    clock.now += 30
+    restarted = build_engine(config, clock=clock)
+    again = InProcessTransport(restarted, "bank-a").upload_contribution(
+        sent.header, sent.records, None
+    )
+    assert again.duplicate and again.received_at_ms == first.received_at_ms
+    assert again.signature == first.signature and again.log_index == first.log_index

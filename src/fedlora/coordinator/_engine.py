@@ -149,7 +149,9 @@ class Coordinator:
         template = config.model.adapter_template
         self.template = AdapterTemplate(template, self.num_parameters) if template else None
         self.spec = _load_spec(config)
-        self.audit = AuditLog(config.state_dir / "audit", config.federation_id, signing_key)
+        self.audit = AuditLog(
+            config.state_dir / "audit", config.federation_id, signing_key, clock=clock
+        )
         self.audit.observers.append(EventLog())  # one log line per audited event
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
@@ -687,8 +689,7 @@ class Coordinator:
                 temp.unlink(missing_ok=True)
                 raise self._reject(party, number, exc) from None
             self.store.commit(temp, final)
-            now = self._now_ms()
-            index = self.audit.record(
+            index, now = self.audit.record_timed(
                 ev.ContributionAccepted(
                     round=number,
                     client=party.id,

@@ -388,36 +388,44 @@ def _plot(rows: list[dict[str, Any]], events: list[dict[str, Any]], out: Path, l
     import matplotlib.pyplot as plt
 
     start = min((r["opened_ms"] for r in rows if r["opened_ms"]), default=0)
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.5 * len(rows)))
+    fig, ax = plt.subplots(figsize=(9, 1.4 + 0.7 * len(rows)))
+    end = 0.0
     for r in rows:
         if r["opened_ms"] is None:
             continue
         t0 = (r["opened_ms"] - start) / 1000
         collect = r["collect_s"] if r["collect_s"] is not None else (r["total_s"] or 0)
-        ax.barh(r["round"], collect, left=t0, color="#4c72b0", label="collecting")
+        bar = {"height": 0.4, "left": t0}
+        ax.barh(r["round"], collect, color="#4c72b0", label="collecting", **bar)
         if r["decrypt_s"] is not None:
             ax.barh(
-                r["round"], r["decrypt_s"], left=t0 + collect, color="#dd8452", label="decrypting"
-            )
-        if r["status"] == "failed":
-            why = r["reason"] if len(r["reason"]) <= 60 else r["reason"][:57] + "…"
-            ax.text(
-                t0 + collect,
                 r["round"],
-                f"  failed: {why}",
-                va="center",
-                color="#c44e52",
-                fontsize=7,
+                r["decrypt_s"],
+                height=0.4,
+                left=t0 + collect,
+                color="#dd8452",
+                label="decrypting",
             )
-        ax.text(t0, r["round"] + 0.32, f"{len(r['participants'])} clients", fontsize=7)
+        end = max(end, t0 + (r["total_s"] or collect))
+        if r["status"] == "failed":  # above the bar, from its start: never off the axes
+            why = r["reason"] if len(r["reason"]) <= 90 else r["reason"][:87] + "…"
+            ax.text(t0, r["round"] - 0.24, f"failed: {why}", color="#c44e52", fontsize=7)
+        ax.text(
+            t0,
+            r["round"] + 0.38,
+            f"{len(r['participants'])} client{'s' * (len(r['participants']) != 1)}",
+            fontsize=7,
+        )
     marks = {"coordinator_restarted": "restart", "config_changed": "config change"}
     marks |= {"revocations_loaded": "revocation"}
     for e in events:  # the federation's own events, as vertical lines at their time
         label = marks.get(e["event"])
         if label and e["time_ms"] and e["time_ms"] >= start:
             x = (e["time_ms"] - start) / 1000
+            end = max(end, x)
             ax.axvline(x, color="#8c8c8c", linestyle="--", linewidth=0.8, label=label)
-            ax.text(x, ax.get_ylim()[1], f" {label}", fontsize=7, color="#555555", va="bottom")
+            top = ax.get_xaxis_transform()  # y in axes units: the top, however y is oriented
+            ax.text(x, 1.0, f" {label}", fontsize=7, color="#555555", va="bottom", transform=top)
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(  # outside the axes, so it never covers a bar
         dict(zip(labels, handles)).values(),
@@ -425,10 +433,12 @@ def _plot(rows: list[dict[str, Any]], events: list[dict[str, Any]], out: Path, l
         loc="upper left",
         bbox_to_anchor=(1.01, 1.0),
     )
+    ax.set_xlim(0, end * 1.08 + 1)  # room for a mark at the last moment
     ax.set_xlabel("seconds since the first round opened")
     ax.set_ylabel("round")
-    ax.set_yticks([r["round"] for r in rows])
-    ax.invert_yaxis()
+    ticks = [r["round"] for r in rows]
+    ax.set_yticks(ticks)
+    ax.set_ylim(max(ticks, default=1) + 0.7, min(ticks, default=1) - 0.7)  # round 1 on top
     ax.set_title(f"fedlora rounds over time — {log_id}")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

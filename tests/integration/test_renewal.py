@@ -88,7 +88,9 @@ def test_a_site_renews_its_certificate_without_moving_a_key(federation: Path) ->
         str(root / "bank-a-new.pem"),
     )
     assert installed.returncode == 0, installed.stderr
-    assert "bank-a's certificate replaced: valid until" in " ".join((installed.stdout + installed.stderr).split())
+    assert "bank-a's certificate replaced: valid until" in " ".join(
+        (installed.stdout + installed.stderr).split()
+    )
     assert (root / "bank-a" / "tls.pem").read_bytes() == (root / "bank-a-new.pem").read_bytes()
     assert (root / "bank-a" / "tls.pem.old").read_text() == "the expiring certificate\n"
     # Every key file is as it was; the organizer never saw one.

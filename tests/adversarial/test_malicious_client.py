@@ -390,6 +390,10 @@ def test_audit_queries_out_of_range_are_refused_as_such(tmp_path) -> None:
     try:
         h.stub(layout, "bank-a").Join(h.join_request(layout, "bank-a"))
         audit = audit_pb2_grpc.AuditStub(h.channel(layout, "bank-a"))
+        deadline = time.monotonic() + 10  # the round opens on the engine's tick: let it settle
+        while b'"round_opened"' not in b"".join(running.engine.audit.entries()):
+            assert time.monotonic() < deadline, "round 1 never opened"
+            time.sleep(0.05)
         size = running.engine.audit.size
         asks = [
             lambda: list(audit.GetEntries(audit_pb2.AuditQuery(start=size + 1))),

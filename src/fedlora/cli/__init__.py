@@ -43,8 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # gRPC's C core logs handshake failures and the like to stderr; fedlora says what went wrong
-    # in one line of its own. Its lines show only with --debug (set before grpc is imported).
-    os.environ.setdefault("GRPC_VERBOSITY", "DEBUG" if args.debug else "NONE")
+    # in one line of its own. Its lines show only with --debug (set before grpc is imported);
+    # without it, a GRPC_VERBOSITY the operator exported is respected.
+    if args.debug:
+        os.environ["GRPC_VERBOSITY"] = "DEBUG"
+    else:
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         return int(args.handler(args))
     except FedLoraError as exc:

@@ -11,6 +11,7 @@ coordinator with history, whether a restart would be refused for a changed confi
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -256,10 +257,8 @@ def run_status(config_path: Path, *, as_json: bool = False) -> int:
         console.print(escape(line), soft_wrap=True)
     if doc.get("warning"):
         console.print(f"[bold red]warning:[/] {escape(doc['warning'])}", soft_wrap=True)
-    if doc.get("unreachable"):
-        console.print(
-            f"[bold red]coordinator not reached:[/] {escape(doc['unreachable'])}", soft_wrap=True
-        )
+    if doc.get("unreachable"):  # what is kept went to stdout; the failure, as every error does
+        print(f"fedlora: error: {doc['unreachable']}", file=sys.stderr)
         return 2
     return 0
 

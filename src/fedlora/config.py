@@ -119,6 +119,17 @@ class CryptoConfig:
 
 
 @dataclass(frozen=True)
+class ClientCryptoConfig(CryptoConfig):
+    """A member's ``crypto``: the backend, and ``obfuscators_ahead`` (default true): once a
+    contribution is sealed, compute the next round's obfuscators (``rⁿ mod n²``, each used once)
+    in the background while the round is aggregated and decrypted, so the next sealing starts
+    warm; it holds one contribution's worth in memory (about 0.8 KB per ciphertext with a
+    2048-bit key) and uses a core between rounds. Off: they are computed during training."""
+
+    obfuscators_ahead: bool = True
+
+
+@dataclass(frozen=True)
 class TlsFiles:
     ca: Path
     cert: Path
@@ -344,7 +355,7 @@ class ClientConfig:
     training: TrainingConfig = TrainingConfig()
     retry: RetryConfig = RetryConfig()
     debug: ClientDebug = ClientDebug()
-    crypto: CryptoConfig = CryptoConfig()
+    crypto: ClientCryptoConfig = ClientCryptoConfig()
     flower: FlowerOptions = FlowerOptions()
     testing: TestingOptions = TestingOptions()
 

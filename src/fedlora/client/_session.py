@@ -216,6 +216,8 @@ class Client:
         self._trained_from = _load_trained_from(self.state_dir / TRAINED_FROM)
         self._verified: dict[int, CheckedAggregate] = {}
         self._delivered: dict[int, set[int]] = {}  # round -> chunks of its partial delivered
+        # The next round's obfuscators, computing between rounds (crypto.obfuscators_ahead).
+        self._next_pool: ObfuscatorPool | None = None
 
     # -- joining ---------------------------------------------------------------------------------
     def open_keys(self) -> None:
@@ -350,6 +352,7 @@ class Client:
         try:
             return self._run()
         finally:
+            self.close()
             lock.release()
 
     def keep_models(self, round_number: int, rounds_total: int | None = None) -> None:
@@ -487,14 +490,23 @@ class Client:
         )
 
     def obfuscator_pool(self, fed: Federation) -> ObfuscatorPool | None:
-        """A started pool of one contribution's obfuscators (None without a threshold key)."""
+        """A started pool of one contribution's obfuscators (None without a threshold key): the
+        one the last contribution started for this round, when it is for this key and size."""
         if self.key is None:
             return None
-        return ObfuscatorPool(
-            self.key.paillier,
-            capacity=fed.codec.ciphertexts_for(fed.info.num_parameters),
-            backend=self.backend,
-        ).start()
+        capacity = fed.codec.ciphertexts_for(fed.info.num_parameters)
+        ahead, self._next_pool = self._next_pool, None
+        if ahead is not None:
+            if ahead.public_key == self.key.paillier and ahead.capacity == capacity:
+                return ahead
+            ahead.close()
+        return ObfuscatorPool(self.key.paillier, capacity=capacity, backend=self.backend).start()
+
+    def close(self) -> None:
+        """Stop computing obfuscators for a round that will not come (idempotent)."""
+        ahead, self._next_pool = self._next_pool, None
+        if ahead is not None:
+            ahead.close()
 
     def seal(
         self,
@@ -564,6 +576,10 @@ class Client:
         finally:
             if pool is not None:
                 pool.close()
+        if pool is not None and self.config.crypto.obfuscators_ahead and r < status.rounds_total:
+            # Each obfuscator is used once; the next round's are computed while this round is
+            # aggregated and decrypted, so its sealing starts warm even when training is short.
+            self._next_pool = self.obfuscator_pool(fed)
         what = "ciphertexts" if fed.homomorphic else "values"
         self.ui.info(
             f"{self.config.id} round {r}: trained {info.aggregation_frequency} steps in "

@@ -127,6 +127,17 @@ class ContributionRejected(Event):
 
 
 @dataclass(frozen=True)
+class CollectionClosed(Event):
+    """A push transport (Flower) collected every contribution it will get before the deadline:
+    the round aggregates now, or fails as it would at the deadline; ``note`` says what the
+    parties that did not contribute answered."""
+
+    kind: ClassVar[str] = "collection_closed"
+    round: int
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Aggregated(Event):
     kind: ClassVar[str] = "aggregated"
     round: int
@@ -310,6 +321,7 @@ EVENTS: dict[str, type[Event]] = {
         ClientJoined,
         ContributionAccepted,
         ContributionRejected,
+        CollectionClosed,
         Aggregated,
         TicketSigned,
         TicketRejected,
@@ -397,6 +409,10 @@ def describe(kind: str, f: Mapping[str, Any]) -> str:
             return f"{r}opened from global version {f.get('global_version')}"
         case "contribution_accepted":
             return f"{r}contribution from {who} accepted (weight {f.get('weight')})"
+        case "collection_closed":
+            return f"{r}collection closed by the push transport" + (
+                f" ({f['note']})" if f.get("note") else ""
+            )
         case "aggregated":
             return f"{r}aggregated {len(f.get('participants', []))} contributions; ticketing"
         case "ticket_signed":

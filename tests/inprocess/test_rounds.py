@@ -7,6 +7,7 @@ Deadlines move because the test moves the clock, never because it sleeps; every 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -341,7 +342,7 @@ def test_holders_release_chunk_by_chunk_and_the_coordinator_combines_each_as_it_
     for pid in ("bank-a", "bank-b"):
         assert fed.clients[pid].decrypt(1)
     r = fed.engine.round
-    assert r is not None and sorted(r.combined) == starts
+    assert r is not None and sorted(f for n, f in fed.engine._combined if n == r.number) == starts
     fed.engine.tick()
     # Assert: the weighted mean of the clipped deltas, every chunk proven and logged.
     assert fed.engine.finished
@@ -434,7 +435,7 @@ def test_a_coordinator_restarted_mid_release_combines_the_chunks_it_holds_on_dis
     )
     engine = build_engine(config, clock=clock)
     assert engine.stage is Stage.DECRYPTING and engine.round is not None
-    assert engine.round.combined == {} and len(engine.round.partials) == 3
+    assert engine._combined == {} and len(engine.round.partials) == 3
     engine.tick()
     # Assert
     assert engine.finished
@@ -464,7 +465,7 @@ def test_a_chunk_whose_early_combination_fails_is_combined_at_the_combining_step
     for pid in ("bank-a", "bank-b"):
         assert fed.clients[pid].decrypt(1)
     r = fed.engine.round
-    assert failures and r is not None and len(r.combined) == len(_starts(fed)) - 1
+    assert failures and r is not None and len(fed.engine._combined) == len(_starts(fed)) - 1
     assert fed.engine.complete_partials() == {"bank-a", "bank-b", "hospital-d"}
     fed.engine.tick()
     # Assert
@@ -551,3 +552,60 @@ def test_no_partial_is_submitted_before_the_round_has_an_aggregate(tmp_path, mon
     _, fed, _ = _chunked(tmp_path, monkeypatch, clock)
     status = fed.clients["bank-a"].transport.round_status()
     assert status.stage is Stage.COLLECTING and not status.partial_submitted
+
+
+def _spy_takes(pool, taken: list[int]) -> None:  # type: ignore[no-untyped-def]
+    real = pool.take_with_witness
+
+    def take_with_witness(count: int):  # type: ignore[no-untyped-def]
+        values, witness = real(count)
+        taken.extend(values)
+        return values, witness
+
+    pool.take_with_witness = take_with_witness
+
+
+def test_the_next_rounds_obfuscators_are_computed_between_rounds_and_used_once(tmp_path) -> None:
+    """After sealing round 1 a member computes round 2's obfuscators in the background; round 2
+    seals with exactly those, none is used twice, and after the last round none is computed."""
+    clock = Clock()
+    layout, fed, trainers = _federation(tmp_path, clock, rounds=2)
+    for pid, t in trainers.items():
+        t.delta = _deltas(1)[pid]
+    client = fed.clients["bank-a"]
+    first: list[int] = []
+    real_pool = client.obfuscator_pool
+
+    def spied(f):  # type: ignore[no-untyped-def]
+        pool = real_pool(f)
+        _spy_takes(pool, first if fed.round_number == 1 else [])
+        return pool
+
+    client.obfuscator_pool = spied
+    fed.step(["bank-a"])
+    client.obfuscator_pool = real_pool
+    ahead = client._next_pool
+    assert ahead is not None and ahead.public_key == client.key.paillier
+    ahead.fill()  # what the background would finish while the round is decrypted
+    ready = {v for _, v in ahead._ready}
+    assert len(ready) == ahead.capacity == len(first) and not ready & set(first)
+    second: list[int] = []
+    _spy_takes(ahead, second)
+    assert fed.run_round() == 1
+    assert fed.run_round() == 2
+    assert set(second) == ready and len(second) == len(ready)  # sealed warm, each value once
+    assert len(ahead) == 0  # handed over and closed: nothing kept for reuse
+    assert client._next_pool is None  # the last round: nothing computed ahead
+
+
+def test_without_obfuscators_ahead_nothing_is_computed_between_rounds(tmp_path) -> None:
+    clock = Clock()
+    layout, fed, trainers = _federation(tmp_path, clock, rounds=2)
+    for pid, t in trainers.items():
+        t.delta = _deltas(1)[pid]
+    client = fed.clients["bank-a"]
+    client.config = replace(
+        client.config, crypto=replace(client.config.crypto, obfuscators_ahead=False)
+    )
+    fed.step(["bank-a"])
+    assert client._next_pool is None

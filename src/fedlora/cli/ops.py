@@ -91,7 +91,7 @@ def coordinator_status(config_path: Path) -> dict[str, Any]:
 
     from fedlora.audit import ENTRIES
     from fedlora.config import load_coordinator_config
-    from fedlora.coordinator._replay import replay
+    from fedlora.coordinator._state import replay
 
     config = load_coordinator_config(config_path)
     log = config.state_dir / "audit" / ENTRIES
@@ -356,7 +356,7 @@ def _check_revocations(checks: _Checks, config: Any, key: Any, quorum: int) -> N
     """The revocation list as the coordinator would load it at start-up (no older than what the
     log recorded), and whether the share holders left can still decrypt a round."""
     from fedlora.audit import ENTRIES
-    from fedlora.coordinator._replay import replay
+    from fedlora.coordinator._state import replay
     from fedlora.protocol import decryption_blocked
     from fedlora.revocation import RevocationWatcher
 
@@ -389,8 +389,8 @@ def _check_revocations(checks: _Checks, config: Any, key: Any, quorum: int) -> N
 def _check_history(config: Any, key: Any, quorum: int, spec: Any) -> list[str]:
     """Whether a restart on the state folder would be refused for a changed configuration."""
     from fedlora.audit import ENTRIES
-    from fedlora.coordinator._replay import replay
     from fedlora.coordinator._settings import check_changes, differences, settings_of
+    from fedlora.coordinator._state import replay
     from fedlora.crypto import CodecParams
     from fedlora.protocol import spec_digest
 

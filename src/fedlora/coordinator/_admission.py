@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 from fedlora import events as ev
-from fedlora.audit import AuditLog
 from fedlora.config import CoordinatorConfig, Party
 from fedlora.coordinator._limits import RejectionLimiter
 from fedlora.errors import AuthenticationError, AuthorizationError, RateLimitError
@@ -39,12 +38,12 @@ class Admission:
     def __init__(
         self,
         config: CoordinatorConfig,
-        audit: AuditLog,
+        record: Callable[[ev.Event], object],
         clock: Callable[[], float],
         lock: threading.RLock,
     ) -> None:
         self.config = config
-        self.audit = audit
+        self._record = record  # appends an event to the audit log (and applies it)
         self.limits = RejectionLimiter(clock)
         self._lock = lock
         self._in_flight: set[tuple[str, str]] = set()  # (identity, kind) being examined now
@@ -105,7 +104,7 @@ class Admission:
             log.error(error)
         if newer:
             assert current is not None
-            self.audit.record(
+            self._record(
                 ev.RevocationsLoaded(
                     serial=current.serial,
                     revoked=sorted(current.revoked),
@@ -118,7 +117,7 @@ class Admission:
                 ", ".join(sorted(current.revoked)) or "nobody",
             )
         for pid in sorted(fresh):
-            self.audit.record(ev.PartyRevoked(party=pid, serial=current.serial if current else 0))
+            self._record(ev.PartyRevoked(party=pid, serial=current.serial if current else 0))
         if fresh or self.blocked is None:
             static = {p.id for p in self.config.parties if p.revoked}
             blocked = decryption_blocked(
@@ -166,7 +165,7 @@ class Admission:
             if self.limits.first(event.kind, who, event.reason):
                 if len(event.reason) > MAX_REASON:  # it may quote what the sender sent
                     event = replace(event, reason=event.reason[: MAX_REASON - 1] + "…")
-                self.audit.record(event)
+                self._record(event)
 
     def rejected(self, who: str, event: Rejection) -> None:
         """A submission was examined and refused: it costs the identity budget, and is audited."""

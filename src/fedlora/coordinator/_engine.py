@@ -39,14 +39,20 @@ from fedlora.coordinator._adapter import AdapterTemplate
 from fedlora.coordinator._admission import Admission
 from fedlora.coordinator._intake import receive_bounded, receive_contribution
 from fedlora.coordinator._observe import EventLog
-from fedlora.coordinator._replay import replay
 from fedlora.coordinator._settings import (
     check_changes,
     check_threshold_key,
     differences,
     settings_of,
 )
-from fedlora.coordinator._state import Contribution, RoundState
+from fedlora.coordinator._state import (
+    Began,
+    Contribution,
+    FederationState,
+    RoundState,
+    apply,
+    replay,
+)
 from fedlora.coordinator._store import Store
 from fedlora.crypto import (
     CodecParams,
@@ -155,9 +161,11 @@ class Coordinator:
         self.audit.observers.append(EventLog())  # one log line per audited event
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
-        self.admission = Admission(config, self.audit, clock, self._lock)
+        # Every change of state is an event: appended to the log, then applied (_record).
+        self.state = FederationState()
+        self.admission = Admission(config, self._record, clock, self._lock)
         self._joined: set[tuple[str, int]] = set()  # (identity, round) already audited
-        self.joined: set[str] = set()  # enrolled parties that have joined the federation
+        self._enrolled = frozenset(p.id for p in config.parties)
         self.min_clients = self.fl.min_clients or self.fl.participant_threshold
         self.settings = settings_of(
             config,
@@ -168,12 +176,11 @@ class Coordinator:
         )
         self.settings.update(extra_settings or {})
         self._job_running = False
-        self._why_missing = ""  # a push transport's account of the parties that did not contribute
-        self.stage = Stage.WAITING
-        self.round: RoundState | None = None
-        self.global_version = 0
         self._aggregate_cache: tuple[int, list[int], dict[int, tuple[int, bytes]]] | None = None
         self._combining: set[tuple[int, int]] = set()  # (round, first record) combining now
+        # (round, first record) -> the chunk's plaintexts and who decrypted it (a cache of the
+        # stored partials' combination: redone after a restart)
+        self._combined: dict[tuple[int, int], tuple[list[int], tuple[str, ...]]] = {}
         if initial is not None and initial.shape != (self.num_parameters,):
             raise ConfigError(
                 f"the initial vector has {initial.size} values; the model has {self.num_parameters}"
@@ -184,6 +191,44 @@ class Coordinator:
             else np.ascontiguousarray(initial, dtype=np.float32)
         )
         self._restore(accept_config_change)
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def stage(self) -> Stage:
+        return self.state.stage or Stage.WAITING
+
+    @property
+    def round(self) -> RoundState | None:
+        return self.state.round
+
+    @property
+    def global_version(self) -> int:
+        return self.state.global_version
+
+    @property
+    def joined(self) -> set[str]:
+        """Enrolled parties that have joined the federation."""
+        return self.state.joined & self._enrolled
+
+    def _record(self, event: ev.Event) -> tuple[int, int]:
+        """Append ``event`` to the audit log, then apply it to the state (the same
+        :func:`~fedlora.coordinator._state.apply` a restart folds over the log); returns the
+        entry's index and time."""
+        with self._lock:
+            index, time_ms = self.audit.record_timed(event)
+            apply(self.state, event, index, time_ms)
+            self._wake.notify_all()
+            return index, time_ms
+
+    def _enter(self, stage: Stage, event: ev.Event | None = None) -> None:
+        """Move to ``stage``: refused before anything is written when the transition table
+        does not allow it; then by recording ``event`` (whose application enters the stage), or,
+        for the coordinator's own work (AGGREGATING, COMBINING), by applying :class:`Began`."""
+        check_transition(self.stage, stage)
+        if event is None:
+            apply(self.state, Began(stage))
+        else:
+            self._record(event)
 
     # -- start-up ----------------------------------------------------------------------------
     def _check_key(self) -> int:
@@ -203,7 +248,7 @@ class Coordinator:
         holders = (self.key.party_ids, self.quorum, self.key.threshold) if self.key else ()
         if not events:
             self.admission.start(None, *holders)
-            self.audit.record(
+            self._record(
                 ev.FederationStarted(
                     federation_id=self.config.federation_id,
                     encryption_type=self.fl.encryption_type,
@@ -243,11 +288,10 @@ class Coordinator:
                 "arrays (global version 0 differs); give the same initial model, or a new "
                 "state folder for a new federation"
             )
-        self.round, self.stage, self.global_version = state.round, state.stage, state.global_version
-        self.joined = state.joined & {p.id for p in self.config.parties}
+        self.state = state
         if changes:
-            self.audit.record(ev.ConfigChanged(changes=changes))
-        self.audit.record(
+            self._record(ev.ConfigChanged(changes=changes))
+        self._record(
             ev.CoordinatorRestarted(
                 round=self.round.number if self.round else 0,
                 stage=self.stage.value,
@@ -258,8 +302,7 @@ class Coordinator:
         if state.ended and self.stage is not Stage.FINISHED:
             self._end_round()  # it crashed between ending a round and opening the next
         elif self.stage is Stage.FINISHED and self.round and self.round.number < self.fl.rounds:
-            check_transition(self.stage, Stage.COLLECTING)  # more rounds, accepted above
-            self._open_round(self.round.number + 1)
+            self._open_round(self.round.number + 1)  # more rounds, accepted above
 
     # -- identity ----------------------------------------------------------------------------
     def authenticate(self, identity: str | None, method: str) -> Party:
@@ -277,26 +320,24 @@ class Coordinator:
 
     # -- rounds ------------------------------------------------------------------------------
     def _open_round(self, number: int) -> None:
-        self._why_missing = ""
-        now = self._now_ms()
-        deadline = now + int(self.fl.round_timeout_s * 1000)
+        deadline = self._now_ms() + int(self.fl.round_timeout_s * 1000)
         digest = self.global_digest(self.global_version)
-        self.audit.record(
+        self._enter(
+            Stage.COLLECTING,
             ev.RoundOpened(
                 round=number,
                 global_version=self.global_version,
                 global_digest=digest.hex(),
                 deadline_ms=deadline,
-            )
+            ),
         )
-        self.round = RoundState(number, self.global_version, deadline, now, digest)
-        self.stage = Stage.COLLECTING
         self._aggregate_cache = None
+        self._combined.clear()
 
     def _end_round(self) -> None:
         assert self.round is not None
         for event, identity, reason, count in self.admission.limits.drain():
-            self.audit.record(
+            self._record(
                 ev.RejectionsRepeated(
                     round=self.round.number,
                     rejected_event=event,
@@ -306,23 +347,20 @@ class Coordinator:
                 )
             )
         if self.round.number >= self.fl.rounds:
-            check_transition(self.stage, Stage.FINISHED)
-            self.audit.record(
+            self._enter(
+                Stage.FINISHED,
                 ev.FederationFinished(
                     rounds=self.fl.rounds,
                     global_version=self.global_version,
                     global_digest=self.global_digest(self.global_version).hex(),
-                )
+                ),
             )
-            self.stage = Stage.FINISHED
         else:
-            check_transition(self.stage, Stage.COLLECTING)
             self._open_round(self.round.number + 1)
-        self._wake.notify_all()
 
     def _fail_round(self, reason: str, *, party: str | None = None) -> None:
         assert self.round is not None
-        self.audit.record(
+        self._record(
             ev.RoundFailed(
                 round=self.round.number,
                 stage=self.stage.value,
@@ -352,9 +390,7 @@ class Coordinator:
     def _decide(self) -> Callable[[], None] | None:
         if self.stage is Stage.WAITING:
             if len(self.joined) >= self.min_clients:
-                check_transition(self.stage, Stage.COLLECTING)
                 self._open_round(1)
-                self._wake.notify_all()
             return None
         if self.round is None or self.stage is Stage.FINISHED:
             return None
@@ -369,13 +405,12 @@ class Coordinator:
             if count >= self.fl.participant_threshold and (
                 expected <= set(r.contributions) or now >= r.deadline_ms
             ):
-                check_transition(self.stage, Stage.AGGREGATING)
-                self.stage = Stage.AGGREGATING
+                self._enter(Stage.AGGREGATING)
                 participants = tuple(sorted(r.contributions))
                 self._job_running = True
                 return lambda: self._run(r.number, Stage.AGGREGATING, participants)
             if now >= r.deadline_ms:
-                why = f" ({self._why_missing})" if self._why_missing else ""
+                why = f" ({r.collection_note})" if r.collection_note else ""
                 self._fail_round(
                     f"{count} contribution{'s' * (count != 1)} at the deadline, below participant_threshold "
                     f"{self.fl.participant_threshold}; nothing was decrypted{why}"
@@ -386,8 +421,7 @@ class Coordinator:
             assert self.key is not None
             self._check_quorum()
             if self.stage is Stage.DECRYPTING and self._chunks_ready(r):
-                check_transition(self.stage, Stage.COMBINING)
-                self.stage = Stage.COMBINING
+                self._enter(Stage.COMBINING)
                 self._job_running = True
                 return lambda: self._run(r.number, Stage.COMBINING, r.participants)
             if now >= r.decrypt_deadline_ms:
@@ -436,9 +470,9 @@ class Coordinator:
         transport heard from the parties that did not contribute) then goes into the reason.
         """
         with self._lock:
-            if self.round is not None and self.stage is Stage.COLLECTING:
-                self.round.deadline_ms = min(self.round.deadline_ms, self._now_ms())
-                self._why_missing = why_missing[:2000]
+            r = self.round
+            if r is not None and self.stage is Stage.COLLECTING and r.deadline_ms > self._now_ms():
+                self._record(ev.CollectionClosed(round=r.number, note=why_missing[:2000]))
 
     def end_decryption(self, reason: str) -> None:
         """Fail the round being decrypted now, with ``reason`` (e.g. the holders' refusals).
@@ -558,12 +592,9 @@ class Coordinator:
         with self._lock:
             number = self.round.number if self.round else 0
             check_message(self.stage, Message.JOIN, number)
-            first = (party.id, number) not in self._joined
-            self._joined.add((party.id, number))
-            self.joined.add(party.id)
-            self._wake.notify_all()
-        if first:  # once per identity and round: joining again and again cannot grow the log
-            self.audit.record(ev.ClientJoined(client=party.id, role=party.role))
+            if (party.id, number) not in self._joined:  # joining again cannot grow the log
+                self._joined.add((party.id, number))
+                self._record(ev.ClientJoined(client=party.id, role=party.role))
         return JoinInfo(
             federation_id=self.config.federation_id,
             role=party.role,
@@ -689,7 +720,7 @@ class Coordinator:
                 temp.unlink(missing_ok=True)
                 raise self._reject(party, number, exc) from None
             self.store.commit(temp, final)
-            index, now = self.audit.record_timed(
+            self._record(
                 ev.ContributionAccepted(
                     round=number,
                     client=party.id,
@@ -701,20 +732,7 @@ class Coordinator:
                     knowledge_proof=header.knowledge_proof.hex(),
                 )
             )
-            contribution = Contribution(
-                party.id,
-                header.weight,
-                header.record_count,
-                received.digest,
-                statement,
-                header.signature,
-                index,
-                now,
-                header.knowledge_proof,
-            )
-            self.round.contributions[party.id] = contribution
-            self.joined.add(party.id)
-            self._wake.notify_all()
+            contribution = self.round.contributions[party.id]
         return self._receipt(number, contribution)
 
     def _receipt(self, number: int, c: Contribution, *, duplicate: bool = False) -> Receipt:
@@ -780,21 +798,12 @@ class Coordinator:
             statements=[(p, contributions[p].contribution_digest) for p in participants],
         )
 
-        def apply() -> None:
-            assert self.round is not None
-            self.round.participants, self.round.total_weight = participants, total_weight
-            self.round.aggregate_digest, self.round.ticket = aggregate_digest, ticket
+        def ticketing() -> None:
             deadline = self._now_ms() + int(self.fl.decryption_timeout_s * 1000)
-            self.round.decrypt_deadline_ms = deadline
-            self.round.aggregated_index = self._log_aggregated(
-                participants, total_weight, aggregate_digest, ticket, deadline
-            )
-            check_transition(self.stage, Stage.TICKETING)
-            self.stage = Stage.TICKETING
+            self._log_aggregated(participants, total_weight, aggregate_digest, ticket, deadline)
             self._cache_aggregate(number, ciphertexts)
-            self._wake.notify_all()
 
-        return apply
+        return ticketing
 
     def _log_aggregated(
         self,
@@ -803,24 +812,26 @@ class Coordinator:
         aggregate_digest: bytes,
         ticket: bytes,
         decrypt_deadline_ms: int,
-    ) -> int:
+    ) -> None:
         r = self.round
         assert r is not None
-        return self.audit.record(
-            ev.Aggregated(
-                round=r.number,
-                participants=list(participants),
-                total_weight=total_weight,
-                contribution_digests=[
-                    r.contributions[p].ciphertexts_digest.hex() for p in participants
-                ],
-                aggregate_digest=aggregate_digest.hex(),
-                ticket=ticket.hex(),
-                ticket_quorum=self.quorum,
-                decrypt_deadline_ms=decrypt_deadline_ms,
-                encryption=self.fl.encryption_type,
-            )
+        event = ev.Aggregated(
+            round=r.number,
+            participants=list(participants),
+            total_weight=total_weight,
+            contribution_digests=[
+                r.contributions[p].ciphertexts_digest.hex() for p in participants
+            ],
+            aggregate_digest=aggregate_digest.hex(),
+            ticket=ticket.hex(),
+            ticket_quorum=self.quorum,
+            decrypt_deadline_ms=decrypt_deadline_ms,
+            encryption=self.fl.encryption_type,
         )
+        if ticket:  # encrypted: the holders sign the ticket next
+            self._enter(Stage.TICKETING, event)
+        else:  # plaintext: the mean is published at once
+            self._record(event)
 
     def _aggregate_ciphertexts(self, number: int) -> list[int]:
         return self._aggregate_of(number)[1]
@@ -985,14 +996,12 @@ class Coordinator:
                     party.id, ev.TicketRejected(reason=str(exc), round=number, party=party.id)
                 )
                 raise
-            self.audit.record(
+            self._record(
                 ev.TicketSigned(
                     round=number, party=party.id, ticket=ticket.hex(), signature=signature.hex()
                 )
             )
-            r.ticket_signatures[party.id] = signature
             self._check_quorum()
-            self._wake.notify_all()
             return len(r.ticket_signatures), self.quorum
 
     def _check_quorum(self) -> None:
@@ -1000,16 +1009,15 @@ class Coordinator:
         r = self.round
         if r is None or self.stage is not Stage.TICKETING or len(r.ticket_signatures) < self.quorum:
             return
-        self.audit.record(
+        self._enter(
+            Stage.DECRYPTING,
             ev.TicketQuorum(
                 round=r.number,
                 ticket=r.ticket.hex(),
                 signers=sorted(r.ticket_signatures),
                 quorum=self.quorum,
-            )
+            ),
         )
-        check_transition(self.stage, Stage.DECRYPTING)
-        self.stage = Stage.DECRYPTING
 
     # -- decryption --------------------------------------------------------------------------
     def accept_partial(self, party: Party, header: PartialHeader, chunks: Iterable[bytes]) -> None:
@@ -1077,11 +1085,10 @@ class Coordinator:
                 raise ProtocolError(
                     f"round {number} moved on while the partial decryption was uploading"
                 )
-            held = self.round.partials.setdefault(party.id, {})
-            if first in held:
+            if first in self.round.partials.get(party.id, {}):
                 return
             self.store.write_bytes(self.store.partial_path(number, party.id, first), data)
-            self.audit.record(
+            self._record(
                 ev.PartialAccepted(
                     round=number,
                     party=party.id,
@@ -1094,9 +1101,7 @@ class Coordinator:
                     values_digest=ciphertext_vector_digest(key.paillier, partial.values).hex(),
                 )
             )
-            held[first] = partial.proof
             ready = self._take_chunk(self.round, first)
-            self._wake.notify_all()
         if ready is not None:  # t holders answered this chunk: combine it now, outside the lock
             self._combine_chunk(number, first, ready)
 
@@ -1107,7 +1112,7 @@ class Coordinator:
         """The ``t`` holders to combine chunk ``first`` from, once that many answered it and no
         one combines it yet (under the lock); None otherwise."""
         assert self.key is not None
-        if first in r.combined or (r.number, first) in self._combining:
+        if (r.number, first) in self._combined or (r.number, first) in self._combining:
             return None
         holders = sorted(p for p, chunks in r.partials.items() if first in chunks)
         if len(holders) < self.key.threshold:
@@ -1150,7 +1155,7 @@ class Coordinator:
                 self._combining.discard((number, first))
                 r = self.round
                 if plaintexts is not None and r is not None and r.number == number:
-                    r.combined.setdefault(first, (plaintexts, tuple(holders)))
+                    self._combined.setdefault((number, first), (plaintexts, tuple(holders)))
                 self._wake.notify_all()
 
     def _reject_partial(self, party: Party, number: int, error: FedLoraError) -> FedLoraError:
@@ -1169,14 +1174,14 @@ class Coordinator:
         for first, _ in self._chunks(r):
             with self._wake:  # a chunk still being combined by the upload that completed it
                 self._wake.wait_for(functools.partial(self._not_combining, number, first))
-                done = r.combined.get(first)
+                done = self._combined.get((number, first))
                 holders = sorted(p for p, chunks in r.partials.items() if first in chunks)
                 if done is None:
                     self._combining.add((number, first))
             if done is None:
                 self._combine_chunk(number, first, holders[: key.threshold])
                 with self._lock:
-                    done = r.combined.get(first)
+                    done = self._combined.get((number, first))
                 if done is None:
                     raise VerificationError(
                         f"the partial decryptions of the chunk from record {first} do not combine"
@@ -1190,7 +1195,7 @@ class Coordinator:
 
         def publish() -> None:
             assert self.round is not None
-            self.audit.record(ev.Decrypted(round=number, decryptors=names))
+            self._record(ev.Decrypted(round=number, decryptors=names))
             self._publish(mean, self.round.participants, decryptors=names)
 
         return publish
@@ -1204,7 +1209,7 @@ class Coordinator:
         new_version = r.number
         updated = self.secure_sum.rule.update(current, mean_delta)
         digest = self._save_and_publish(new_version, updated.astype(np.float32))
-        self.audit.record(
+        self._record(
             ev.RoundClosed(
                 round=r.number,
                 global_version=new_version,
@@ -1226,8 +1231,7 @@ class Coordinator:
                 vector, self.store.global_path(version).with_suffix(".adapter")
             )
             adapter = written.hex()
-        self.global_version = version
-        self.audit.record(
+        self._record(
             ev.GlobalPublished(version=version, global_digest=digest.hex(), adapter_digest=adapter)
         )
         return digest

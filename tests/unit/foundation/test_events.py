@@ -32,7 +32,7 @@ def test_every_kind_round_trips_through_a_log_line() -> None:
     assert _line(samples[2])["kind"] == "contribution"
     # Optional fields left unset are not written at all.
     assert "party" not in _line(samples[1]) and "adapter_digest" not in _line(samples[3])
-    assert len(ev.EVENTS) == 24
+    assert len(ev.EVENTS) == 25
 
 
 def test_a_tampered_entry_is_refused_naming_its_index_kind_and_field() -> None:

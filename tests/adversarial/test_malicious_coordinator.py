@@ -23,6 +23,7 @@ import yaml
 from fedlora.client._ledger import AnchorError
 from fedlora.config import load_coordinator_config
 from fedlora.coordinator import Coordinator, build_engine
+from fedlora.coordinator._collecting import Collecting
 from fedlora.crypto import encrypt_batch, receipt_digest, sign_digest
 from fedlora.errors import ConfigError, VerificationError
 from fedlora.protocol import Receipt, unpack_records
@@ -330,7 +331,7 @@ def test_the_coordinator_refuses_a_quorum_below_the_safe_bound(tmp_path) -> None
         build_engine(load_coordinator_config(layout.coordinator_config))
 
 
-class ReceiptForger(Coordinator):
+class ReceiptForger(Collecting):
     """Stores the victim's contribution but hands it a receipt that is not its own."""
 
     forge = "other-client"
@@ -340,7 +341,7 @@ class ReceiptForger(Coordinator):
         if c.client_id != VICTIM:
             return real
         if self.forge == "other-client":  # a genuine receipt, but of another client's upload
-            other = next(x for p, x in self.round.contributions.items() if p != VICTIM)  # type: ignore[union-attr]
+            other = next(x for p, x in self.e.round.contributions.items() if p != VICTIM)  # type: ignore[union-attr]
             return super()._receipt(number, other)
         fields = dict(
             federation_id="another-federation",
@@ -357,7 +358,7 @@ class ReceiptForger(Coordinator):
             c.contribution_digest,
             c.log_index,
             c.received_at_ms,
-            sign_digest(self.signing_key, receipt_digest(**fields)),
+            sign_digest(self.e.signing_key, receipt_digest(**fields)),
             False,
             real.entry,
             real.checkpoint,
@@ -369,9 +370,9 @@ class ReceiptForger(Coordinator):
 def test_a_receipt_that_is_not_the_clients_own_is_refused(tmp_path, forge) -> None:
     layout = prepare_federation(tmp_path, bits=BITS, rounds=1, aggregation_frequency=2)
     config = load_coordinator_config(layout.coordinator_config)
-    real = build_engine(config)
-    engine = ReceiptForger(config, real.key, real.signing_key)
-    engine.forge = forge
+    engine = build_engine(config)
+    engine.collecting = forger = ReceiptForger(engine)
+    forger.forge = forge
     running = h.serve(layout, config, engine)
     try:
         h.upload(layout, "bank-a", *h.contribution(layout, "bank-a", 1))  # someone to point at

@@ -342,7 +342,10 @@ def test_holders_release_chunk_by_chunk_and_the_coordinator_combines_each_as_it_
     for pid in ("bank-a", "bank-b"):
         assert fed.clients[pid].decrypt(1)
     r = fed.engine.round
-    assert r is not None and sorted(f for n, f in fed.engine._combined if n == r.number) == starts
+    assert (
+        r is not None
+        and sorted(f for n, f in fed.engine.opening.combined if n == r.number) == starts
+    )
     fed.engine.tick()
     # Assert: the weighted mean of the clipped deltas, every chunk proven and logged.
     assert fed.engine.finished
@@ -435,7 +438,7 @@ def test_a_coordinator_restarted_mid_release_combines_the_chunks_it_holds_on_dis
     )
     engine = build_engine(config, clock=clock)
     assert engine.stage is Stage.DECRYPTING and engine.round is not None
-    assert engine._combined == {} and len(engine.round.partials) == 3
+    assert engine.opening.combined == {} and len(engine.round.partials) == 3
     engine.tick()
     # Assert
     assert engine.finished
@@ -447,12 +450,12 @@ def test_a_chunk_whose_early_combination_fails_is_combined_at_the_combining_step
 ) -> None:
     """Whatever goes wrong combining a chunk early is not the holder's fault: its release goes
     on, and the engine's combining step combines the chunk again."""
-    from fedlora.coordinator import _engine
+    from fedlora.coordinator import _opening
 
     clock = Clock()
     _, fed, _ = _chunked(tmp_path, monkeypatch, clock)
     _contribute_and_sign(fed)
-    real, failures = _engine.combine_verified_partials, []
+    real, failures = _opening.combine_verified_partials, []
 
     def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
         if not failures:
@@ -460,16 +463,16 @@ def test_a_chunk_whose_early_combination_fails_is_combined_at_the_combining_step
             raise ValueError("a fault while combining")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_engine, "combine_verified_partials", flaky)
+    monkeypatch.setattr(_opening, "combine_verified_partials", flaky)
     # Act
     for pid in ("bank-a", "bank-b"):
         assert fed.clients[pid].decrypt(1)
     r = fed.engine.round
-    assert failures and r is not None and len(fed.engine._combined) == len(_starts(fed)) - 1
+    assert failures and r is not None and len(fed.engine.opening.combined) == len(_starts(fed)) - 1
     assert fed.engine.complete_partials() == {"bank-a", "bank-b", "hospital-d"}
     fed.engine.tick()
     # Assert
-    assert fed.engine.finished and not fed.engine._combining
+    assert fed.engine.finished and not fed.engine.opening._combining
 
 
 def test_a_release_cut_short_by_the_network_sends_only_the_missing_chunks_next_time(
@@ -569,7 +572,7 @@ def test_the_next_rounds_obfuscators_are_computed_between_rounds_and_used_once(t
     """After sealing round 1 a member computes round 2's obfuscators in the background; round 2
     seals with exactly those, none is used twice, and after the last round none is computed."""
     clock = Clock()
-    layout, fed, trainers = _federation(tmp_path, clock, rounds=2)
+    _layout, fed, trainers = _federation(tmp_path, clock, rounds=2)
     for pid, t in trainers.items():
         t.delta = _deltas(1)[pid]
     client = fed.clients["bank-a"]
@@ -600,7 +603,7 @@ def test_the_next_rounds_obfuscators_are_computed_between_rounds_and_used_once(t
 
 def test_without_obfuscators_ahead_nothing_is_computed_between_rounds(tmp_path) -> None:
     clock = Clock()
-    layout, fed, trainers = _federation(tmp_path, clock, rounds=2)
+    _layout, fed, trainers = _federation(tmp_path, clock, rounds=2)
     for pid, t in trainers.items():
         t.delta = _deltas(1)[pid]
     client = fed.clients["bank-a"]

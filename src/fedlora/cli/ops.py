@@ -123,7 +123,7 @@ def coordinator_status(config_path: Path) -> dict[str, Any]:
     revoked = _revoked(config, state.revocations)
     doc.update(
         {
-            "stage": state.stage.value,
+            "stage": state.stage.value if state.stage else "not started",
             "round": r.number if r else 0,
             "rounds": settings.get("federated_learning.rounds"),
             "global_version": state.global_version,
@@ -297,7 +297,7 @@ def check_coordinator(path: Path) -> _Checks:
     from fedlora.config import load_coordinator_config
     from fedlora.coordinator._adapter import AdapterTemplate
     from fedlora.coordinator._build import load_signing_key, read_file
-    from fedlora.coordinator._engine import _load_spec
+    from fedlora.coordinator._startup import load_spec as _load_spec
     from fedlora.crypto import ThresholdPublicKey
 
     checks = _Checks()
@@ -414,7 +414,8 @@ def _check_history(config: Any, key: Any, quorum: int, spec: Any) -> list[str]:
     changes = differences(state.settings, current)
     number = state.round.number if state.round else 0
     check_changes(changes, accept=True, state_dir=str(config.state_dir), round_number=number)
-    where = f"state folder: {config.state_dir} (round {number}, {state.stage.value})"
+    stage = state.stage.value if state.stage else "not started"
+    where = f"state folder: {config.state_dir} (round {number}, {stage})"
     if changes:
         return [
             f"{where}; the configuration changed ({', '.join(changes)}): start with "

@@ -137,7 +137,7 @@ def test_a_waiting_federation_takes_joins_and_questions_only(tmp_path) -> None:
 
 
 def test_every_round_stage_takes_its_messages_and_refuses_the_rest(tmp_path, monkeypatch) -> None:
-    from fedlora.coordinator import _engine
+    from fedlora.coordinator import _opening
 
     layout = _layout(tmp_path)
     rng = np.random.default_rng(1)
@@ -159,6 +159,6 @@ def test_every_round_stage_takes_its_messages_and_refuses_the_rest(tmp_path, mon
     _check_every_message(engine, Stage.DECRYPTING)
     while engine.stage is Stage.DECRYPTING and len(engine.complete_partials()) < 2:
         fed.step(list(PARTIES), tick=False)
-    with _held(engine, monkeypatch, _engine, "decode"):
+    with _held(engine, monkeypatch, _opening, "decode"):
         _check_every_message(engine, Stage.COMBINING)
     _check_every_message(engine, Stage.FINISHED)

@@ -1,0 +1,111 @@
+"""Start-up: a new federation's first entries, or a restart's replay of the log.
+
+A restart whose configuration differs from the federation's is refused before anything is
+written, unless accepted (then the change is audited); so is one whose revocation list is
+missing or older than the log's, and one given other initial arrays. The slot for a key
+ceremony before round 1 (docs/architecture.md) is here, between ``federation_started`` and
+WAITING.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import TYPE_CHECKING, Any
+
+from fedlora import events as ev
+from fedlora.config import CoordinatorConfig
+from fedlora.coordinator import _rounds
+from fedlora.coordinator._settings import check_changes, differences
+from fedlora.coordinator._state import replay
+from fedlora.errors import ConfigError
+from fedlora.protocol import SPEC_FILE, Stage, parse_spec
+
+if TYPE_CHECKING:
+    from fedlora.coordinator._engine import Coordinator
+
+
+def start(e: Coordinator, accept_config_change: bool) -> None:
+    """Rebuild ``e``'s state from its audit log; start the federation if the log is empty."""
+    events = [json.loads(line) for line in e.audit.entries()]
+    holders = (e.key.party_ids, e.quorum, e.key.threshold) if e.key else ()
+    if not events:
+        e.admission.start(None, *holders)
+        e.record(
+            ev.FederationStarted(
+                federation_id=e.config.federation_id,
+                encryption_type=e.fl.encryption_type,
+                key_fingerprint=e.fingerprint.hex(),
+                codec=e.codec.to_dict(),
+                participant_threshold=e.fl.participant_threshold,
+                decryption_threshold=e.fl.decryption_threshold,
+                ticket_quorum=e.quorum,
+                rounds=e.fl.rounds,
+                aggregation_frequency=e.fl.aggregation_frequency,
+                num_parameters=e.num_parameters,
+                parties=[
+                    {"id": p.id, "role": p.role, "signing_public_key": p.signing_public_key}
+                    for p in e.config.parties
+                ],
+                settings=e.settings,
+            )
+        )
+        _rounds.save_and_publish(e, 0, e.initial)
+        e.admission.announce()
+        return  # WAITING: round 1 opens once min_clients parties have joined
+    state = replay(events)
+    changes = differences(state.settings, e.settings)
+    check_changes(
+        changes,
+        accept=accept_config_change,
+        state_dir=str(e.config.state_dir),
+        round_number=state.round.number if state.round else 0,
+    )
+    e.admission.start(state.revocations, *holders)
+    initial = hashlib.sha256(e.initial.astype("<f4").tobytes()).digest()
+    if e.store.global_path(0).exists() and not hmac.compare_digest(initial, e.global_digest(0)):
+        raise ConfigError(
+            f"{e.config.state_dir} holds a federation that started from other initial arrays "
+            "(global version 0 differs); give the same initial model, or a new state folder "
+            "for a new federation"
+        )
+    e.state = state
+    if changes:
+        e.record(ev.ConfigChanged(changes=changes))
+    r = e.round
+    e.record(
+        ev.CoordinatorRestarted(
+            round=r.number if r else 0,
+            stage=e.stage.value,
+            contributions=sorted(r.contributions) if r else [],
+        )
+    )
+    e.admission.announce()
+    if state.ended and e.stage is not Stage.FINISHED:
+        _rounds.end_round(e)  # it crashed between ending a round and opening the next
+    elif e.stage is Stage.FINISHED and r and r.number < e.fl.rounds:
+        _rounds.open_round(e, r.number + 1)  # more rounds, accepted above
+
+
+def load_spec(config: CoordinatorConfig) -> dict[str, Any] | None:
+    """The federation spec: ``model.spec``, else the template folder's, else none."""
+    path, where = config.model.spec, "model.spec"
+    if path is None and config.model.adapter_template is not None:
+        path, where = config.model.adapter_template / SPEC_FILE, "model.adapter_template"
+        if not path.exists():
+            return None  # a template written before specs existed
+    if path is None:
+        return None
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
+    spec = parse_spec(text, f"{where}: {path}")
+    count = spec.get("model.num_parameters")
+    if count is not None and count != config.model.num_parameters:
+        raise ConfigError(
+            f"{where}: {path} describes a model of {count} parameters, model.num_parameters is "
+            f"{config.model.num_parameters}"
+        )
+    return spec

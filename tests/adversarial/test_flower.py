@@ -17,7 +17,7 @@ from flwr.app import Array, ArrayRecord, Message
 from fedlora.client._ledger import DecryptorLedger
 from fedlora.config import load_client_config, load_coordinator_config
 from fedlora.errors import ConfigError
-from fedlora.flower import _server
+from fedlora.flower import _client, _server
 from fedlora.flower import _wire as w
 from fedlora.v1 import federation_pb2
 from tests.adversarial import flower_grid as g
@@ -273,6 +273,44 @@ def test_a_train_message_run_twice_gets_the_same_contribution_and_the_round_clos
     assert grid.refusals(node) == []
     assert g.outcomes(layout) == [("round_closed", 1), ("round_closed", 2)]
     assert "bank-01" in _participants(layout, 1) and "bank-01" in _participants(layout, 2)
+
+
+def test_a_nodes_next_round_obfuscators_outlive_its_message_and_are_each_used_once(
+    tmp_path, monkeypatch
+) -> None:
+    """A session lasts one message: the pool a node starts after sealing round 1 is kept in its
+    process, round 2 seals with exactly those obfuscators, none twice, and none is kept after
+    the last round (it would be computed for nothing)."""
+    monkeypatch.setattr(_client, "_AHEAD", {})
+    _layout, grid, strategy = _run(tmp_path)
+    real, ready, used = grid.mod, {}, {}
+
+    def watching(msg, context, call_next):  # type: ignore[no-untyped-def]
+        reply = real(msg, context, call_next)
+        for pid, pool in list(_client._AHEAD.items()):
+            if pid in ready:
+                continue
+            pool.fill()  # what the background finishes while the round is decrypted
+            ready[pid] = {v for _, v in pool._ready}
+            assert len(ready[pid]) == pool.capacity
+            taken: list[int] = []
+            take = pool.take_with_witness
+
+            def spied(count, take=take, taken=taken):  # type: ignore[no-untyped-def]
+                values, witness = take(count)
+                taken.extend(values)
+                return values, witness
+
+            pool.take_with_witness = spied
+            used[pid] = taken
+        return reply
+
+    grid.mod = watching
+    _start(strategy, grid, 2)
+    assert sorted(ready) == [f"bank-{i:02d}" for i in range(g.NODES)]
+    for pid, values in ready.items():
+        assert sorted(used[pid]) == sorted(values)  # round 2 sealed warm, each value once
+    assert _client._AHEAD == {}  # the last round computed nothing ahead
 
 
 def test_consistency_proofs_for_a_node_that_never_answers_stay_bounded(tmp_path) -> None:

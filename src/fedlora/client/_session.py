@@ -504,8 +504,19 @@ class Client:
 
     def close(self) -> None:
         """Stop computing obfuscators for a round that will not come (idempotent)."""
+        self.keep_pool_ahead(None)
+
+    def pool_ahead(self) -> ObfuscatorPool | None:
+        """Hand over the next round's pool (started by :meth:`seal`), for a caller whose
+        ``Client`` lasts one message but whose process lasts longer (the Flower mod)."""
         ahead, self._next_pool = self._next_pool, None
-        if ahead is not None:
+        return ahead
+
+    def keep_pool_ahead(self, pool: ObfuscatorPool | None) -> None:
+        """Use ``pool`` for the next round when its key and size match (see
+        :meth:`obfuscator_pool`); a pool kept before is closed."""
+        ahead, self._next_pool = self._next_pool, pool
+        if ahead is not None and ahead is not pool:
             ahead.close()
 
     def seal(

@@ -30,6 +30,7 @@ import hmac
 import json
 import re
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -56,7 +57,13 @@ from fedlora.audit import SignedCheckpoint
 from fedlora.client import Client, Federation
 from fedlora.client._ledger import DecryptorLedger
 from fedlora.config import ClientConfig, load_client_config
-from fedlora.crypto import ciphertext_vector_digest, ciphertext_width, pack_records, sign_digest
+from fedlora.crypto import (
+    ObfuscatorPool,
+    ciphertext_vector_digest,
+    ciphertext_width,
+    pack_records,
+    sign_digest,
+)
 from fedlora.errors import (
     ConfigError,
     FedLoraError,
@@ -84,6 +91,11 @@ from fedlora.protocol import (
 )
 from fedlora.v1 import common_pb2, federation_pb2
 
+# The next round's obfuscators, computed between rounds, by node id: the only thing a node keeps
+# in memory across messages (a session lasts one message). In memory only, handed out once; when
+# Flower runs the node's next message in another process, that process computes its own.
+_AHEAD: dict[str, ObfuscatorPool] = {}
+_AHEAD_LOCK = threading.Lock()
 LOCK_WAIT_S = 600.0  # a node's other message holds its state folder at most this long
 KEEP_PENDING = 4  # sealed contributions kept for receipts still to come
 
@@ -559,6 +571,8 @@ def _train(
     received = flatten(verified)
     session.trainer.received, session.trainer.num_parameters = received, int(received.size)
     session.trainer.updated = None
+    with _AHEAD_LOCK:  # the pool this process computed between rounds for this node, if any
+        session.client.keep_pool_ahead(_AHEAD.pop(session.client.config.id, None))
     pool = session.client.obfuscator_pool(fed)  # filled while the user's model trains
     try:
         msg.content = _user_content(msg.content, key, verified)
@@ -571,6 +585,13 @@ def _train(
     finally:
         if pool is not None:
             pool.close()
+    ahead = session.client.pool_ahead()
+    if ahead is not None:
+        with _AHEAD_LOCK:
+            stale = _AHEAD.pop(session.client.config.id, None)
+            _AHEAD[session.client.config.id] = ahead
+        if stale is not None:
+            stale.close()
     session.save_pending(sent)
     content = _shared_metrics(session.client.config, metrics)
     return Message(_contribution_reply(session, sent, content), reply_to=msg)

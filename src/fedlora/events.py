@@ -2,8 +2,9 @@
 
 The coordinator writes :class:`Event` objects (:meth:`fedlora.audit.AuditLog.record`); replay, the
 share holders' ticket check and the auditors read them back with :func:`parse_event`, which checks
-every field's type and names the entry that is wrong. Fields added over time have defaults, so
-older logs still parse. ``index`` and ``time_ms`` are the log's own and live on every entry.
+every field's type and names the entry that is wrong; a field with a default may be absent from
+an entry (an empty note, no party to blame). ``index`` and ``time_ms`` are the log's own and live
+on every entry.
 """
 
 from __future__ import annotations
@@ -76,9 +77,9 @@ class FederationStarted(Event):
     aggregation_frequency: int
     num_parameters: int
     parties: list[dict[str, Any]]
-    ticket_quorum: int = 0
+    ticket_quorum: int
     # Every setting a restart must match (dotted YAML names; fedlora.coordinator._settings).
-    settings: dict[str, Any] | None = None
+    settings: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,7 @@ class FederationFinished(Event):
     kind: ClassVar[str] = "federation_finished"
     rounds: int
     global_version: int
-    global_digest: str | None = None  # the final version's digest (logs before 0.9: absent)
+    global_digest: str  # the final version's digest
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ crypto demo, the accuracy benchmark and the tests use it instead of re-implement
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -32,6 +32,7 @@ from fedlora.protocol import (
     Receipt,
     RoundStatus,
     TicketAck,
+    assemble_task,
 )
 
 Vector = npt.NDArray[np.float32]
@@ -99,18 +100,16 @@ class InProcessTransport:
             manifest, stream = self.engine.decryption_task(
                 self._party("GetDecryptionTask"), round_number, manifest_only=manifest_only
             )
-            contributions: dict[str, bytearray] = {}
-            aggregate = bytearray()
-            for client_id, chunk in stream:
-                if client_id:
-                    contributions.setdefault(client_id, bytearray()).extend(chunk)
-                else:
-                    aggregate.extend(chunk)
         except FedLoraError as exc:
             raise _remote(exc) from None
-        return DecryptionTask(
-            manifest, {k: bytes(v) for k, v in contributions.items()}, bytes(aggregate)
-        )
+
+        def parts() -> Iterator[tuple[str, bytes]]:
+            try:
+                yield from stream
+            except FedLoraError as exc:  # the engine's, not the assembler's own refusals
+                raise _remote(exc) from None
+
+        return assemble_task(manifest, parts())
 
     def submit_ticket(self, round_number: int, ticket: bytes, signature: bytes) -> TicketAck:
         try:

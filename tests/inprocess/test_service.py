@@ -315,6 +315,12 @@ def test_two_digests_for_one_version_or_a_malformed_entry_stop_the_client_cleanl
     fed.engine.audit.append("global_published", version=2, global_digest="zz")
     with pytest.raises(VerificationError, match="has no valid global digest"):
         fed.clients["bank-a"].keep_models(1)
+    # A signed end of the federation that names no final digest: refused, nothing marked final.
+    _, fed = _finished_federation(tmp_path / "unnamed")
+    fed.engine.audit.append("federation_finished", rounds=1, global_version=1)
+    client = fed.clients["bank-a"]
+    with pytest.raises(VerificationError, match="has no valid global digest"):
+        client.keep_models(1)
 
 
 def test_only_the_newest_end_of_a_federation_is_final(tmp_path) -> None:

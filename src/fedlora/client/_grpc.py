@@ -23,13 +23,13 @@ from fedlora.config import ClientConfig
 from fedlora.errors import ConfigError, FedLoraError, RemoteError, TransportError, VerificationError
 from fedlora.protocol import (
     ContributionHeader,
-    DecryptionManifest,
     DecryptionTask,
     JoinInfo,
     PartialHeader,
     Receipt,
     RoundStatus,
     TicketAck,
+    assemble_task,
 )
 from fedlora.v1 import audit_pb2, audit_pb2_grpc, federation_pb2, federation_pb2_grpc
 
@@ -210,29 +210,29 @@ class GrpcTransport:
 
     def decryption_task(self, round_number: int, *, manifest_only: bool) -> DecryptionTask:
         def fetch() -> DecryptionTask:
-            manifest: DecryptionManifest | None = None
-            contributions: dict[str, bytearray] = {}
-            aggregate = bytearray()
-            for chunk in self.stub.GetDecryptionTask(
-                federation_pb2.DecryptionTaskRequest(
-                    round=round_number, manifest_only=manifest_only
-                ),
-                metadata=self.metadata,
-            ):
-                part = chunk.WhichOneof("part")
-                if part == "manifest":
-                    manifest = rpc.manifest_from_proto(chunk.manifest)
-                elif part == "contribution":
-                    contributions.setdefault(chunk.contribution.client_id, bytearray()).extend(
-                        chunk.contribution.data
-                    )
-                else:
-                    aggregate.extend(chunk.aggregate)
-            if manifest is None:
-                raise VerificationError("the decryption task has no manifest")
-            return DecryptionTask(
-                manifest, {k: bytes(v) for k, v in contributions.items()}, bytes(aggregate)
+            stream = iter(
+                self.stub.GetDecryptionTask(
+                    federation_pb2.DecryptionTaskRequest(
+                        round=round_number, manifest_only=manifest_only
+                    ),
+                    metadata=self.metadata,
+                )
             )
+            first = next(stream, None)
+            if first is None or first.WhichOneof("part") != "manifest":
+                raise VerificationError("the decryption task does not start with its manifest")
+
+            def parts() -> Iterator[tuple[str, bytes]]:
+                for chunk in stream:
+                    part = chunk.WhichOneof("part")
+                    if part == "manifest":
+                        raise VerificationError("the decryption task sends a second manifest")
+                    if part == "contribution":
+                        yield chunk.contribution.client_id, chunk.contribution.data
+                    else:
+                        yield "", chunk.aggregate
+
+            return assemble_task(rpc.manifest_from_proto(first.manifest), parts())
 
         return self._retry("decryption task", fetch)
 

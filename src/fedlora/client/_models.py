@@ -181,7 +181,7 @@ class ModelKeeper:
         self._leaves: list[bytes] = []  # leaf hashes of the entries read so far
         self._lines: dict[int, bytes] = {}  # index -> the entries that matter here
         self._published: dict[int, tuple[int, bytes, str]] = {}  # version -> (index, entry, digest)
-        self._finished: tuple[int, bytes, int, str | None] | None = None  # the newest one
+        self._finished: tuple[int, bytes, int, str] | None = None  # the newest one
         self._opened: dict[int, tuple[int, str]] = {}  # round -> (global version, digest)
         self.layout: list[list[Any]] | None = None  # a Flower federation's array layout, signed
         self._saved = 0
@@ -258,13 +258,7 @@ class ModelKeeper:
             self._published.setdefault(version, (index, line, digest))
         elif event == "federation_finished":
             version = _version(doc.get("global_version"), index)
-            named = doc.get("global_digest")
-            self._finished = (
-                index,
-                line,
-                version,
-                _digest(named, index) if named is not None else None,
-            )
+            self._finished = (index, line, version, _digest(doc.get("global_digest"), index))
         elif event == "round_opened":
             number = doc.get("round")
             if type(number) is not int or not 0 < number <= MAX_VERSION:
@@ -378,7 +372,7 @@ class ModelKeeper:
             index, entry, version, named = self._finished
             folder = version_folder(self.state_dir, version)
             published = self._published.get(version)
-            if named is not None and published is not None and published[2] != named:
+            if published is not None and published[2] != named:
                 raise VerificationError(
                     f"the log's federation_finished entry {index} names another digest for "
                     f"version {version} than its global_published entry"

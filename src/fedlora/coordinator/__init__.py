@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from fedlora.coordinator._build import build_engine, load_signing_key
 from fedlora.coordinator._driver import Driver
 from fedlora.coordinator._engine import Coordinator
+from fedlora.coordinator._startup import spec_source
 
 if TYPE_CHECKING:
     from fedlora.coordinator._server import Running, create_server, serve
@@ -24,6 +25,7 @@ __all__ = [
     "create_server",
     "load_signing_key",
     "serve",
+    "spec_source",
 ]
 
 _SERVER = {"Running", "create_server", "serve"}

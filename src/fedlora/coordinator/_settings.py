@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fedlora import events as ev
 from fedlora.config import CoordinatorConfig
 from fedlora.crypto import CodecParams, ThresholdPublicKey
 from fedlora.errors import ConfigError
@@ -70,37 +69,11 @@ def settings_of(
     return out
 
 
-def recorded_settings(started: ev.FederationStarted) -> dict[str, Any]:
-    """The settings a ``federation_started`` entry records (older logs: the fields it has)."""
-    if started.settings is not None:
-        return dict(started.settings)
-    out: dict[str, Any] = {
-        "federation_id": started.federation_id,
-        "federated_learning.encryption_type": started.encryption_type,
-        "keys.threshold_public_key": started.key_fingerprint,
-        "federated_learning.participant_threshold": started.participant_threshold,
-        "federated_learning.decryption_threshold": started.decryption_threshold,
-        "federated_learning.rounds": started.rounds,
-        "federated_learning.aggregation_frequency": started.aggregation_frequency,
-        "model.num_parameters": started.num_parameters,
-    }
-    for name in ("clip", "value_bits", "max_total_weight"):
-        if name in started.codec:
-            out[f"codec.{name}"] = started.codec[name]
-    for p in started.parties:
-        out[f"parties.{p['id']}"] = {
-            "role": p.get("role"),
-            "signing_public_key": p.get("signing_public_key"),
-            "revoked": False,
-        }
-    return out
-
-
 def differences(recorded: dict[str, Any], current: dict[str, Any]) -> dict[str, list[Any]]:
     """``{name: [recorded, current]}`` for every setting that differs or was not recorded.
 
-    A setting an older log did not record counts as a difference (``None`` → value): it takes
-    ``--accept-config-change`` once, which records it.
+    A setting the federation did not record (one a newer fedlora added) counts as a difference
+    (``None`` → value): it takes ``--accept-config-change`` once, which records it.
     """
     names = set(recorded) | set(current)
     return {
@@ -134,7 +107,7 @@ def check_changes(
     if not changes:
         return
     listed = "; ".join(f"{n}: {_show(a)} → {_show(b)}" for n, (a, b) in changes.items())
-    # An immutable setting may not change; one an older log never recorded may be recorded now.
+    # An immutable setting may not change; one the federation never recorded may be recorded now.
     fixed = [n for n, (old, _) in changes.items() if n.startswith(IMMUTABLE) and old is not None]
     if fixed:
         raise ConfigError(

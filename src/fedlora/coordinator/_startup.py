@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedlora import events as ev
@@ -88,15 +89,33 @@ def start(e: Coordinator, accept_config_change: bool) -> None:
         _rounds.open_round(e, r.number + 1)  # more rounds, accepted above
 
 
-def load_spec(config: CoordinatorConfig) -> dict[str, Any] | None:
-    """The federation spec: ``model.spec``, else the template folder's, else none."""
-    path, where = config.model.spec, "model.spec"
-    if path is None and config.model.adapter_template is not None:
-        path, where = config.model.adapter_template / SPEC_FILE, "model.adapter_template"
-        if not path.exists():
-            return None  # a template written before specs existed
-    if path is None:
+def spec_source(config: CoordinatorConfig) -> tuple[Path, str] | None:
+    """Where the federation spec is, and the setting that names it: ``model.spec``, else the
+    adapter template folder's (``fedlora model template`` writes both), else none.
+
+    Raises:
+        ConfigError: a template folder without its spec.
+    """
+    if config.model.spec is not None:
+        return config.model.spec, "model.spec"
+    template = config.model.adapter_template
+    if template is None:
         return None
+    path = template / SPEC_FILE
+    if not path.exists():
+        raise ConfigError(
+            f"model.adapter_template: {template} has no {SPEC_FILE}; write the template and its "
+            "spec again with `fedlora model template`, or name the spec with model.spec"
+        )
+    return path, "model.adapter_template"
+
+
+def load_spec(config: CoordinatorConfig) -> dict[str, Any] | None:
+    """The federation spec (see :func:`spec_source`), checked against the model's size."""
+    source = spec_source(config)
+    if source is None:
+        return None
+    path, where = source
     try:
         text = path.read_text()
     except OSError as exc:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedlora import events as ev
-from fedlora.coordinator._settings import recorded_settings
 from fedlora.crypto import DecryptionProof
 from fedlora.errors import ProtocolError
 from fedlora.protocol import Stage, check_transition
@@ -120,7 +119,7 @@ def apply(s: FederationState, e: ev.Event | Began, index: int = -1, time_ms: int
             enter(s, e.stage)
         case ev.FederationStarted():
             enter(s, Stage.WAITING)
-            s.settings = recorded_settings(e)
+            s.settings = dict(e.settings)
         case ev.ConfigChanged():
             s.settings.update({name: new for name, (_, new) in e.changes.items()})
         case ev.ClientJoined():

@@ -84,6 +84,7 @@ from fedlora.protocol import (
     RoundStatus,
     SignedContribution,
     TicketAck,
+    assemble_task,
     canonical_spec,
     check_spec,
     parse_spec,
@@ -160,13 +161,12 @@ class PushTransport:
         manifest = rpc.manifest_from_proto(
             w.parse(federation_pb2.DecryptionManifest(), self._blob("manifest"), "manifest")
         )
-        contributions = {
-            e.client_id: w.blob(self.content, f"c:{e.client_id}", required=False)
+        parts = [
+            (e.client_id, w.blob(self.content, f"c:{e.client_id}", required=False))
             for e in manifest.entries
-        }
-        return DecryptionTask(
-            manifest, contributions, w.blob(self.content, "aggregate", required=False)
-        )
+        ]
+        parts.append(("", w.blob(self.content, "aggregate", required=False)))
+        return assemble_task(manifest, parts)
 
     def submit_ticket(self, round_number: int, ticket: bytes, signature: bytes) -> TicketAck:
         self.outbox["ticket"], self.outbox["ticket_signature"] = ticket, signature

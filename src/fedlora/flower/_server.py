@@ -48,13 +48,13 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from fedlora import rpc
 from fedlora.config import CoordinatorConfig, Party, load_coordinator_config
-from fedlora.coordinator import Coordinator, build_engine
+from fedlora.coordinator import Coordinator, build_engine, spec_source
 from fedlora.crypto import ModexpBackend, verify_signature
 from fedlora.errors import ConfigError, FedLoraError, ProtocolError
 from fedlora.flower import _wire as w
 from fedlora.flower._client import flatten
 from fedlora.flower._identity import join_digest
-from fedlora.protocol import FLOWER_LAYOUT, SPEC_FILE, Stage, canonical_spec, chunk_ranges
+from fedlora.protocol import FLOWER_LAYOUT, Stage, assemble_task, canonical_spec, chunk_ranges
 from fedlora.v1 import federation_pb2
 
 log = logging.getLogger("fedlora.flower")
@@ -127,10 +127,8 @@ class FedloraStrategy(Strategy):
         # versions are published as arrays, not in the peft template's format. The federation
         # spec (model.spec, else the template folder's, as `fedlora flower prepare` writes it)
         # is announced and compared with every node's, as on the standalone transport.
-        spec = self.config.model.spec
-        template = self.config.model.adapter_template
-        if spec is None and template is not None and (template / SPEC_FILE).exists():
-            spec = template / SPEC_FILE
+        source = spec_source(self.config)
+        spec = source[0] if source else None
         model = dataclasses.replace(
             self.config.model,
             num_parameters=int(self.base.size),
@@ -603,12 +601,10 @@ class FedloraStrategy(Strategy):
         manifest, stream = engine.decryption_task(party, round_number, manifest_only=manifest_only)
         blobs = self._common(node, party)
         blobs["manifest"] = rpc.manifest_to_proto(manifest).SerializeToString()
-        parts: dict[str, bytearray] = {}
-        for client_id, chunk in stream:
-            parts.setdefault(f"c:{client_id}" if client_id else "aggregate", bytearray()).extend(
-                chunk
-            )
-        blobs.update({k: bytes(v) for k, v in parts.items()})
+        task = assemble_task(manifest, stream)
+        blobs.update({f"c:{k}": v for k, v in task.contributions.items()})
+        if task.aggregate:
+            blobs["aggregate"] = task.aggregate
         return Message(
             w.put(
                 RecordDict(),

@@ -74,6 +74,43 @@ class CheckedAggregate:
     participants: tuple[str, ...]
 
 
+def assemble_task(
+    manifest: DecryptionManifest, parts: Iterable[tuple[str, bytes]]
+) -> DecryptionTask:
+    """A decryption task from the parts it streams in: ``(client id, bytes)`` of each
+    contribution, then ``("", bytes)`` of the aggregate — every transport's one assembler.
+
+    Bounded as it reads: a part for a contributor the manifest does not name, or more bytes than
+    the manifest's records can hold (ciphertexts of its key size), stops it; what the bytes are
+    is for :func:`check_task`, which also holds the manifest's sizes to the holder's own.
+
+    Raises:
+        VerificationError: naming the part that is not the manifest's.
+    """
+    width = (2 * manifest.codec.key_bits + 7) // 8  # at most the bytes of one ciphertext mod n²
+    limit = manifest.record_count * width
+    named = {e.client_id for e in manifest.entries}
+    contributions: dict[str, bytearray] = {}
+    aggregate = bytearray()
+    for client_id, data in parts:
+        if client_id and client_id not in named:
+            raise VerificationError(
+                f"the decryption task sends records of {client_id!r}, whom its manifest does not "
+                "name"
+            )
+        buffer = contributions.setdefault(client_id, bytearray()) if client_id else aggregate
+        if len(buffer) + len(data) > limit:
+            whose = f"the contribution of {client_id!r}" if client_id else "the aggregate"
+            raise VerificationError(
+                f"the decryption task sends more of {whose} than the manifest's "
+                f"{manifest.record_count} records hold"
+            )
+        buffer.extend(data)
+    return DecryptionTask(
+        manifest, {k: bytes(v) for k, v in contributions.items()}, bytes(aggregate)
+    )
+
+
 def check_task(
     policy: HolderPolicy,
     task: DecryptionTask,

@@ -39,6 +39,7 @@ from fedlora.protocol import (
     PaillierSum,
     PlaintextSum,
     RecordSplitter,
+    assemble_task,
     build_contribution,
     check_join,
     check_task,
@@ -159,6 +160,28 @@ def test_a_round_through_the_pure_protocol_decrypts_to_the_weighted_mean(
     mean = decode(plain, codec, length=N, total_weight=sum(WEIGHTS.values()))
     expected = sum(WEIGHTS[p] * np.clip(deltas[p], -1, 1) for p in WEIGHTS) / sum(WEIGHTS.values())
     assert np.max(np.abs(mean - expected)) <= codec.step
+
+
+def test_a_streamed_task_is_assembled_however_it_is_cut_and_bounded_as_it_arrives(
+    round1,
+) -> None:
+    _, _, _, task = round1
+    m = task.manifest
+
+    def cut(data: bytes, size: int) -> list[bytes]:
+        return [data[i : i + size] for i in range(0, len(data), size)]
+
+    parts = [(p, c) for p, data in sorted(task.contributions.items()) for c in cut(data, 7)]
+    parts += [("", c) for c in cut(task.aggregate, 13)]
+    assert assemble_task(m, parts) == task
+    # A hostile stream: records of someone the manifest does not name, or more than it holds.
+    with pytest.raises(VerificationError, match="'mallory', whom its manifest does not name"):
+        assemble_task(m, [("mallory", b"x")])
+    limit = m.record_count * ((2 * m.codec.key_bits + 7) // 8)
+    with pytest.raises(VerificationError, match="more of the contribution of 'bank-a' than"):
+        assemble_task(m, [("bank-a", b"\0" * limit), ("bank-a", b"\0")])
+    with pytest.raises(VerificationError, match="more of the aggregate than"):
+        assemble_task(m, iter([("", b"\0" * (limit + 1))]))
 
 
 def test_a_holder_refuses_an_aggregate_that_is_not_the_product(

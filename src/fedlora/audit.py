@@ -227,32 +227,54 @@ def _field(doc: Mapping[str, Any], key: str, kind: str, length: int = 0) -> Any:
 
 @dataclass(frozen=True)
 class Receipt:
-    """A client's receipt for one accepted contribution (``<client state>/receipts/*.json``).
+    """The coordinator's signed receipt for one accepted contribution: the message it answers an
+    upload with, and the document a client keeps (``<client state>/receipts/*.json``).
 
     The coordinator signs (federation, round, client, contribution digest, log index, receive
-    time) with its Ed25519 key (:func:`fedlora.crypto.receipt_digest`). Receipts written since the
-    log became anchored also carry the ``contribution_accepted`` audit line itself (``entry``), a
-    signed checkpoint whose tree holds it (``checkpoint``) and its RFC 6962 audit path
-    (``inclusion``), so the receipt alone proves the entry is in the log; older receipts have
-    ``entry``, ``inclusion`` and ``checkpoint`` set to ``None``.
+    time) with its Ed25519 key (:func:`fedlora.crypto.receipt_digest`); the receipt also carries
+    the ``contribution_accepted`` audit line itself (``entry``), a signed checkpoint whose tree
+    holds it (``checkpoint``) and its RFC 6962 audit path (``inclusion``), so the receipt alone
+    proves the entry is in the log. ``ciphertexts_digest`` is the client's own (what it sent),
+    added when it keeps the receipt; ``duplicate`` (on the wire only) says the upload had been
+    accepted before.
     """
 
     federation_id: str
-    round: int
+    round_number: int
     client_id: str
     contribution_digest: bytes
     log_index: int
     received_at_ms: int
     signature: bytes
+    entry: bytes
+    inclusion: tuple[bytes, ...]
+    checkpoint: SignedCheckpoint
     ciphertexts_digest: bytes | None = None
-    entry: bytes | None = None
-    inclusion: tuple[bytes, ...] | None = None
-    checkpoint: SignedCheckpoint | None = None
+    duplicate: bool = False
 
     @property
     def name(self) -> str:
         """How errors name the receipt: its round and client."""
-        return f"receipt (round {self.round}, client {self.client_id})"
+        return f"receipt (round {self.round_number}, client {self.client_id})"
+
+    def to_dict(self, coordinator_key: bytes) -> dict[str, Any]:
+        """The document a client keeps (hex strings for bytes), naming the coordinator's key."""
+        doc: dict[str, Any] = {
+            "federation_id": self.federation_id,
+            "round": self.round_number,
+            "client_id": self.client_id,
+            "contribution_digest": self.contribution_digest.hex(),
+            "log_index": self.log_index,
+            "received_at_ms": self.received_at_ms,
+            "signature": self.signature.hex(),
+            "coordinator_signing_public_key": coordinator_key.hex(),
+            "entry": self.entry.decode("ascii", errors="replace"),
+            "inclusion": [h.hex() for h in self.inclusion],
+            "checkpoint": self.checkpoint.to_dict(),
+        }
+        if self.ciphertexts_digest is not None:
+            doc["ciphertexts_digest"] = self.ciphertexts_digest.hex()
+        return doc
 
     @classmethod
     def from_dict(cls, doc: Any) -> Receipt:
@@ -267,41 +289,36 @@ class Receipt:
             name = f"receipt (round {doc.get('round')!r}, client {doc['client_id']})"
         if not isinstance(doc, Mapping):
             raise VerificationError(f"{name} is malformed: it is not a JSON object")
-        anchored = [doc.get(k) is not None for k in ("entry", "inclusion", "checkpoint")]
-        if any(anchored) and not all(anchored):
-            raise VerificationError(
-                f"{name} is malformed: it must carry all of entry, inclusion and checkpoint, or none"
-            )
         try:
             fields: dict[str, Any] = {
                 "federation_id": _field(doc, "federation_id", "str"),
-                "round": _field(doc, "round", "count"),
+                "round_number": _field(doc, "round", "count"),
                 "client_id": _field(doc, "client_id", "str"),
                 "contribution_digest": _field(doc, "contribution_digest", "hex", 32),
                 "log_index": _field(doc, "log_index", "count"),
                 "received_at_ms": _field(doc, "received_at_ms", "count"),
                 "signature": _field(doc, "signature", "hex", 64),
             }
+            entry = _field(doc, "entry", "str")
+            if not entry.isascii():
+                raise _Malformed("field 'entry' must be ASCII (canonical JSON)")
+            fields["entry"] = entry.encode("ascii")
+            proof = doc.get("inclusion")
+            if not isinstance(proof, list):
+                raise _Malformed("field 'inclusion' must be a list of hex hashes")
+            fields["inclusion"] = tuple(
+                _field({"inclusion": h}, "inclusion", "hex", 32) for h in proof
+            )
             if doc.get("ciphertexts_digest") is not None:
                 fields["ciphertexts_digest"] = _field(doc, "ciphertexts_digest", "hex", 32)
-            if all(anchored):
-                entry = _field(doc, "entry", "str")
-                if not entry.isascii():
-                    raise _Malformed("field 'entry' must be ASCII (canonical JSON)")
-                proof = doc["inclusion"]
-                if not isinstance(proof, list):
-                    raise _Malformed("field 'inclusion' must be a list of hex hashes")
-                fields["entry"] = entry.encode("ascii")
-                fields["inclusion"] = tuple(
-                    _field({"inclusion": h}, "inclusion", "hex", 32) for h in proof
-                )
+            if "checkpoint" not in doc:
+                raise _Malformed("field 'checkpoint' is missing")
         except _Malformed as exc:
             raise VerificationError(f"{name} is malformed: {exc}") from None
-        if all(anchored):
-            try:
-                fields["checkpoint"] = SignedCheckpoint.from_dict(doc["checkpoint"])
-            except VerificationError as exc:
-                raise VerificationError(f"{name} is malformed: its {exc}") from None
+        try:
+            fields["checkpoint"] = SignedCheckpoint.from_dict(doc["checkpoint"])
+        except VerificationError as exc:
+            raise VerificationError(f"{name} is malformed: its {exc}") from None
         return cls(**fields)
 
 
@@ -312,7 +329,7 @@ def _check_contribution_entry(obj: Any, receipt: Receipt, where: str) -> None:
     expected: dict[str, Any] = {
         "event": CONTRIBUTION_ACCEPTED,
         "index": receipt.log_index,
-        "round": receipt.round,
+        "round": receipt.round_number,
         "client": receipt.client_id,
     }
     for key, value in expected.items():
@@ -339,8 +356,7 @@ def _check_contribution_entry(obj: Any, receipt: Receipt, where: str) -> None:
 def verify_receipt(receipt: Receipt, public_key: bytes) -> None:
     """Check a receipt on its own, offline; return ``None`` or raise.
 
-    Checks the coordinator's signature over the receipt and, when the receipt carries them, that
-    its checkpoint is signed by ``public_key`` for the receipt's federation, that its entry is
+    Checks the coordinator's signature over the receipt, that its checkpoint is signed by ``public_key`` for the receipt's federation, that its entry is
     entry ``log_index`` of that checkpoint's tree (RFC 6962 inclusion) and that the entry is the
     canonical ``contribution_accepted`` line for the receipt's round, client and digests. This proves the coordinator committed to the entry in a signed tree head. It does not show
     that the log an auditor holds still contains it: pass the receipt to :func:`verify_log` for
@@ -355,7 +371,7 @@ def verify_receipt(receipt: Receipt, public_key: bytes) -> None:
     try:
         digest = receipt_digest(
             federation_id=receipt.federation_id,
-            round_number=receipt.round,
+            round_number=receipt.round_number,
             client_id=receipt.client_id,
             contribution=receipt.contribution_digest,
             log_index=receipt.log_index,
@@ -367,8 +383,6 @@ def verify_receipt(receipt: Receipt, public_key: bytes) -> None:
             f"{receipt.name} is not signed by the coordinator's key: it was altered, or another "
             "coordinator signed it"
         ) from None
-    if receipt.checkpoint is None or receipt.entry is None or receipt.inclusion is None:
-        return
     try:
         verify_checkpoint(receipt.checkpoint, public_key, log_id=receipt.federation_id)
     except VerificationError as exc:
@@ -571,15 +585,9 @@ def verify_log(
                 f"{anchor_id!r}"
             )
         verify_receipt(receipt, public_key)
-        if receipt.checkpoint is not None:
-            _check_anchor(
-                receipt.checkpoint,
-                public_key,
-                anchor_id,
-                root_at,
-                receipt.name,
-                "receipt's checkpoint",
-            )
+        _check_anchor(
+            receipt.checkpoint, public_key, anchor_id, root_at, receipt.name, "receipt's checkpoint"
+        )
         if receipt.log_index >= len(entry_lines):
             raise VerificationError(
                 f"{receipt.name}: the log holds {len(entry_lines)} entries but the receipt is for "

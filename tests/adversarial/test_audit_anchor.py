@@ -612,20 +612,22 @@ def test_the_prove_command_proves_a_receipt_offline(
     assert out.count("\n") == 2 and "receipt INVALID: receipt (round 2, client bank-b)" in out
 
 
-def test_the_prove_command_still_takes_an_old_receipt_with_the_log(
+def test_a_receipt_stripped_of_its_proof_is_refused_and_a_cut_log_is_caught(
     fed: Federation, tmp_path: Path, capsys
 ) -> None:
-    # Arrange: a receipt from before the log was anchored carries no entry, proof or checkpoint.
-    doc = dict(fed.receipts["bank-a"][0])
+    # Arrange: a receipt whose entry, inclusion proof or checkpoint was removed.
+    full = dict(fed.receipts["bank-a"][0])
     for key in ("entry", "inclusion", "checkpoint"):
-        del doc[key]
+        doc = {k: v for k, v in full.items() if k != key}
+        receipt = tmp_path / f"without-{key}.json"
+        receipt.write_text(json.dumps(doc))
+        # Act / Assert: one line naming the missing field, with or without the log.
+        assert main(["audit", "prove", str(receipt), "--log", str(fed.audit.folder.parent)]) == 2
+        err = capsys.readouterr().err
+        assert "is not a fedlora receipt" in err and key in err
     receipt = tmp_path / "round-00001.json"
-    receipt.write_text(json.dumps(doc))
-    # Act / Assert
+    receipt.write_text(json.dumps(full))
     assert main(["audit", "prove", str(receipt), "--log", str(fed.audit.folder.parent)]) == 0
-    assert "receipt OK" in capsys.readouterr().out
-    assert main(["audit", "prove", str(receipt)]) == 2
-    assert "carries no inclusion proof" in capsys.readouterr().err
-    cut_short(fed, fed.audit.size - doc["log_index"])
+    cut_short(fed, fed.audit.size - full["log_index"])
     assert main(["audit", "prove", str(receipt), "--log", str(fed.audit.folder.parent)]) == 1
     assert "entries were removed" in capsys.readouterr().out

@@ -26,7 +26,7 @@ from fedlora.coordinator import Coordinator, build_engine
 from fedlora.coordinator._collecting import Collecting
 from fedlora.crypto import encrypt_batch, receipt_digest, sign_digest
 from fedlora.errors import ConfigError, VerificationError
-from fedlora.protocol import Receipt, unpack_records
+from fedlora.protocol import unpack_records
 from tests.adversarial import lying
 from tests.integration import helpers as h
 from tests.integration.helpers import prepare_federation
@@ -351,18 +351,10 @@ class ReceiptForger(Collecting):
             log_index=c.log_index,
             received_at_ms=c.received_at_ms,
         )
-        return Receipt(
-            "another-federation",
-            number,
-            c.client_id,
-            c.contribution_digest,
-            c.log_index,
-            c.received_at_ms,
-            sign_digest(self.e.signing_key, receipt_digest(**fields)),
-            False,
-            real.entry,
-            real.checkpoint,
-            real.inclusion,
+        return dataclasses.replace(
+            real,
+            federation_id="another-federation",
+            signature=sign_digest(self.e.signing_key, receipt_digest(**fields)),
         )
 
 

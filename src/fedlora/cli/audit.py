@@ -453,7 +453,7 @@ def run_prove(
 
     A receipt that carries its entry, inclusion proof and signed checkpoint proves itself offline;
     ``--log`` then also checks that the log holds it (not cut short, not rewritten) and ``--config``
-    asks the live coordinator as before. An older receipt needs ``--log`` or ``--config``.
+    asks the live coordinator.
     """
     doc = _read_json(receipt_path, "receipt", "give a file from a client's <state_dir>/receipts/")
     try:
@@ -470,10 +470,10 @@ def run_prove(
         raise FedLoraError(f"{receipt_path} is not a fedlora receipt: {exc}") from None
     try:
         verify_receipt(receipt, coordinator_key)
-        if receipt.checkpoint is not None and log is None and config is None:
+        if log is None and config is None:
             cp = receipt.checkpoint
             console.print(
-                f"[green]receipt OK[/]: round {receipt.round} contribution of "
+                f"[green]receipt OK[/]: round {receipt.round_number} contribution of "
                 f"{escape(receipt.client_id)} is entry {receipt.log_index} of the coordinator's "
                 f"signed checkpoint (log {escape(repr(cp.log_id))}, tree size {cp.tree_size}, "
                 f"root {cp.root.hex()[:16]}…), proved offline from the receipt alone",
@@ -498,7 +498,7 @@ def run_prove(
                 logged = None
             expected = {
                 "event": "contribution_accepted",
-                "round": receipt.round,
+                "round": receipt.round_number,
                 "client": receipt.client_id,
                 "contribution_digest": receipt.contribution_digest.hex(),
             }
@@ -507,15 +507,10 @@ def run_prove(
                     f"audit entry {receipt.log_index} is not this receipt's contribution"
                 )
             where = "the coordinator's latest signed checkpoint"
-        else:
-            raise FedLoraError(
-                f"{receipt_path} carries no inclusion proof (an older receipt): give --log (a "
-                "coordinator state folder) or --config (a client config to ask the coordinator)"
-            )
     except VerificationError as exc:
         return _invalid("receipt", exc)
     console.print(
-        f"[green]receipt OK[/]: round {receipt.round} contribution of {escape(receipt.client_id)} "
+        f"[green]receipt OK[/]: round {receipt.round_number} contribution of {escape(receipt.client_id)} "
         f"is entry {receipt.log_index} of {escape(where)} (tree size {size}, root "
         f"{root.hex()[:16]}…), signed by the coordinator",
         soft_wrap=True,

@@ -347,7 +347,7 @@ def check_coordinator(path: Path) -> _Checks:
             "compared by parameter count only; `fedlora model template` writes one)"
         ),
     )
-    checks.passed.extend(_check_history(config, key, quorum, spec))
+    checks.passed.extend(_check_history(config, key, spec))
     _check_revocations(checks, config, key, quorum)
     return checks
 
@@ -386,31 +386,17 @@ def _check_revocations(checks: _Checks, config: Any, key: Any, quorum: int) -> N
             checks.warnings.append(blocked)
 
 
-def _check_history(config: Any, key: Any, quorum: int, spec: Any) -> list[str]:
+def _check_history(config: Any, key: Any, spec: Any) -> list[str]:
     """Whether a restart on the state folder would be refused for a changed configuration."""
     from fedlora.audit import ENTRIES
-    from fedlora.coordinator._settings import check_changes, differences, settings_of
+    from fedlora.coordinator._settings import check_changes, differences, federation_parameters
     from fedlora.coordinator._state import replay
-    from fedlora.crypto import CodecParams
-    from fedlora.protocol import spec_digest
 
     log = config.state_dir / "audit" / ENTRIES
     if not log.exists():
         return [f"state folder: {config.state_dir} (new federation)"]
     state = replay(json.loads(line) for line in log.read_bytes().splitlines() if line)
-    codec = CodecParams(
-        clip=config.codec.clip,
-        value_bits=config.codec.value_bits,
-        max_total_weight=config.codec.max_weight * len(config.parties),
-        key_bits=key.n.bit_length() if key else 2048,
-    )
-    current = settings_of(
-        config,
-        key_fingerprint=key.fingerprint if key else b"\0" * 32,
-        codec=codec,
-        ticket_quorum=quorum,
-        spec_digest=spec_digest(spec) if spec else "",
-    )
+    current = federation_parameters(config, key, spec).settings
     changes = differences(state.settings, current)
     number = state.round.number if state.round else 0
     check_changes(changes, accept=True, state_dir=str(config.state_dir), round_number=number)

@@ -616,7 +616,6 @@ class Client:
         except VerificationError as exc:
             self.ledger.record_refusal(r, "receipt", str(exc))
             raise
-        assert parsed.checkpoint is not None
         self.observe_checkpoint(parsed.checkpoint, r)
         folder = self.state_dir / "receipts"
         folder.mkdir(exist_ok=True)

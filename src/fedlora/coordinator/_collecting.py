@@ -183,15 +183,15 @@ class Collecting:
         checkpoint = e.checkpoint()
         _, path = e.audit.inclusion(c.log_index, checkpoint.tree_size)
         return Receipt(
-            e.config.federation_id,
-            number,
-            c.client_id,
-            c.contribution_digest,
-            c.log_index,
-            c.received_at_ms,
-            sign_digest(e.signing_key, digest),
-            duplicate,
-            e.audit.entries(c.log_index, 1)[0],
-            checkpoint,
-            tuple(path),
+            federation_id=e.config.federation_id,
+            round_number=number,
+            client_id=c.client_id,
+            contribution_digest=c.contribution_digest,
+            log_index=c.log_index,
+            received_at_ms=c.received_at_ms,
+            signature=sign_digest(e.signing_key, digest),
+            entry=e.audit.entries(c.log_index, 1)[0],
+            inclusion=tuple(path),
+            checkpoint=checkpoint,
+            duplicate=duplicate,
         )

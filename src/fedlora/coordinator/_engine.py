@@ -40,10 +40,10 @@ from fedlora.coordinator._admission import Admission
 from fedlora.coordinator._collecting import Collecting
 from fedlora.coordinator._observe import EventLog
 from fedlora.coordinator._opening import Opening
-from fedlora.coordinator._settings import check_threshold_key, settings_of
+from fedlora.coordinator._settings import federation_parameters
 from fedlora.coordinator._state import Began, FederationState, RoundState, apply
 from fedlora.coordinator._store import Store
-from fedlora.crypto import CodecParams, ModexpBackend, ThresholdPublicKey, ed25519_public_bytes
+from fedlora.crypto import ModexpBackend, ThresholdPublicKey, ed25519_public_bytes
 from fedlora.errors import ConfigError, FedLoraError, NotFoundError, VerificationError
 from fedlora.protocol import (
     AggregationRule,
@@ -57,7 +57,6 @@ from fedlora.protocol import (
     Stage,
     check_transition,
     secure_sum_for,
-    spec_digest,
 )
 
 # A job: the stage it runs in, its round, and the work (outside the lock) that returns what to
@@ -90,17 +89,18 @@ class Coordinator:
         self.config = config
         self.fl = config.federated_learning
         self.key = threshold_key
-        self.quorum = check_threshold_key(config, threshold_key)
+        self.spec = _startup.load_spec(config)
+        params = federation_parameters(config, threshold_key, self.spec, extra_settings)
+        self.quorum, self.codec, self.min_clients = (
+            params.ticket_quorum,
+            params.codec,
+            params.min_clients,
+        )
+        self.settings = params.settings
         self.signing_key = signing_key
         self.public_key = ed25519_public_bytes(signing_key)
         self.clock = clock
         self.num_parameters = config.model.num_parameters
-        self.codec = CodecParams(
-            clip=config.codec.clip,
-            value_bits=config.codec.value_bits,
-            max_total_weight=config.codec.max_weight * len(config.parties),
-            key_bits=threshold_key.n.bit_length() if threshold_key else 2048,
-        )
         self.backend = backend
         self.secure_sum = secure_sum_for(
             self.fl.encryption_type, threshold_key, self.codec, rule, backend
@@ -112,7 +112,6 @@ class Coordinator:
         self._digests: dict[int, bytes] = {}
         template = config.model.adapter_template
         self.template = AdapterTemplate(template, self.num_parameters) if template else None
-        self.spec = _startup.load_spec(config)
         self.audit = AuditLog(
             config.state_dir / "audit", config.federation_id, signing_key, clock=clock
         )
@@ -123,15 +122,6 @@ class Coordinator:
         self.admission = Admission(config, self.record, clock, self.lock)
         self._joined: set[tuple[str, int]] = set()  # (identity, round) already audited
         self._enrolled = frozenset(p.id for p in config.parties)
-        self.min_clients = self.fl.min_clients or self.fl.participant_threshold
-        self.settings = settings_of(
-            config,
-            key_fingerprint=self.fingerprint,
-            codec=self.codec,
-            ticket_quorum=self.quorum,
-            spec_digest=spec_digest(self.spec) if self.spec is not None else "",
-        )
-        self.settings.update(extra_settings or {})
         self._job_running = False
         self.collecting = Collecting(self)
         self.opening = Opening(self)

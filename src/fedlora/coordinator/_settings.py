@@ -12,12 +12,15 @@ disagree (federation id, encryption, key, codec, model) are refused even then.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from fedlora.config import CoordinatorConfig
 from fedlora.crypto import CodecParams, ThresholdPublicKey
 from fedlora.errors import ConfigError
-from fedlora.protocol import check_key_safety
+from fedlora.protocol import PARTIAL_CHUNK, PLAINTEXT_FINGERPRINT, check_key_safety
+from fedlora.protocol import spec_digest as protocol_spec_digest
 
 RISE_ONLY = ("federated_learning.participant_threshold", "federated_learning.ticket_quorum")
 
@@ -28,7 +31,61 @@ IMMUTABLE = (
     "codec.",
     "model.",
     "flower.",  # a Flower run's array layout: the versions members keep are read with it
+    "protocol.",  # how holders cut their partial decryptions; the coordinator combines by it
 )
+
+
+@dataclass(frozen=True)
+class FederationParameters:
+    """What a coordinator derives from its configuration, threshold key and federation spec —
+    once, here, for the engine and for ``config check`` alike: the codec, the ticket quorum,
+    ``min_clients``, the key fingerprint contributions name, the spec's digest, and the settings
+    ``federation_started`` records (and a restart must match). Members are told them in
+    ``JoinInfo`` and check them against their own pins."""
+
+    codec: CodecParams
+    ticket_quorum: int
+    min_clients: int
+    key_fingerprint: bytes
+    spec_digest: str
+    settings: dict[str, Any]
+
+
+def federation_parameters(
+    config: CoordinatorConfig,
+    key: ThresholdPublicKey | None,
+    spec: dict[str, Any] | None,
+    extra_settings: Mapping[str, Any] | None = None,
+) -> FederationParameters:
+    """Derive :class:`FederationParameters`; ``extra_settings`` are recorded besides (Flower's
+    array layout).
+
+    Raises:
+        ConfigError: a threshold key that does not fit the configuration (see
+            :func:`check_threshold_key`).
+    """
+    fl = config.federated_learning
+    quorum = check_threshold_key(config, key)
+    codec = CodecParams(
+        clip=config.codec.clip,
+        value_bits=config.codec.value_bits,
+        max_total_weight=config.codec.max_weight * len(config.parties),
+        key_bits=key.n.bit_length() if key else 2048,
+    )
+    homomorphic = fl.encryption_type == "homomorphic" and key is not None
+    fingerprint = key.fingerprint if homomorphic and key else PLAINTEXT_FINGERPRINT
+    digest = protocol_spec_digest(spec) if spec is not None else ""
+    min_clients = fl.min_clients or fl.participant_threshold
+    settings = settings_of(
+        config,
+        key_fingerprint=fingerprint,
+        codec=codec,
+        ticket_quorum=quorum,
+        min_clients=min_clients,
+        spec_digest=digest,
+    )
+    settings.update(extra_settings or {})
+    return FederationParameters(codec, quorum, min_clients, fingerprint, digest, settings)
 
 
 def settings_of(
@@ -37,6 +94,7 @@ def settings_of(
     key_fingerprint: bytes,
     codec: CodecParams,
     ticket_quorum: int,
+    min_clients: int,
     spec_digest: str = "",
 ) -> dict[str, Any]:
     """The settings a restart must match, by dotted YAML name (JSON values)."""
@@ -52,13 +110,14 @@ def settings_of(
         "federated_learning.participant_threshold": fl.participant_threshold,
         "federated_learning.decryption_threshold": fl.decryption_threshold,
         "federated_learning.ticket_quorum": ticket_quorum,
-        "federated_learning.min_clients": fl.min_clients or fl.participant_threshold,
+        "federated_learning.min_clients": min_clients,
         "federated_learning.rounds": fl.rounds,
         "federated_learning.aggregation_frequency": fl.aggregation_frequency,
         "federated_learning.round_timeout_s": fl.round_timeout_s,
         "federated_learning.decryption_timeout_s": fl.decryption_timeout_s,
         "model.num_parameters": config.model.num_parameters,
         "model.spec": spec_digest,  # the federation spec every client's model must match
+        "protocol.partial_chunk": PARTIAL_CHUNK,  # ciphertexts per partial decryption chunk
     }
     for p in config.parties:
         out[f"parties.{p.id}"] = {

@@ -9,6 +9,7 @@ protobuf, sockets, files or torch here.
 
 from __future__ import annotations
 
+from fedlora.audit import Receipt
 from fedlora.protocol._contributor import (
     ContributionRules,
     SignedContribution,
@@ -41,7 +42,6 @@ from fedlora.protocol._messages import (
     JoinInfo,
     ManifestEntry,
     PartialHeader,
-    Receipt,
     RoundStatus,
     TicketAck,
 )

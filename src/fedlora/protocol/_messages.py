@@ -81,23 +81,6 @@ class ContributionHeader:
 
 
 @dataclass(frozen=True)
-class Receipt:
-    """The coordinator's signed acknowledgement of one stored contribution, anchored in its log."""
-
-    federation_id: str
-    round_number: int
-    client_id: str
-    contribution_digest: bytes
-    log_index: int
-    received_at_ms: int
-    signature: bytes
-    duplicate: bool = False
-    entry: bytes = b""
-    checkpoint: SignedCheckpoint | None = None
-    inclusion: tuple[bytes, ...] = ()
-
-
-@dataclass(frozen=True)
 class ManifestEntry:
     """One contribution of the aggregate, as a share holder needs it to re-check the signature."""
 

@@ -7,13 +7,12 @@ offline auditor (:func:`fedlora.audit.verify_receipt`) reads the same document.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
-from fedlora.audit import Receipt as ReceiptDocument
-from fedlora.audit import verify_receipt
+from fedlora.audit import Receipt, verify_receipt
 from fedlora.errors import VerificationError
 from fedlora.protocol._contributor import SignedContribution
-from fedlora.protocol._messages import Receipt
 
 
 def check_receipt(
@@ -23,7 +22,7 @@ def check_receipt(
     client_id: str,
     sent: SignedContribution,
     coordinator_key: bytes,
-) -> tuple[ReceiptDocument, dict[str, Any]]:
+) -> tuple[Receipt, dict[str, Any]]:
     """Check a receipt field by field against the upload; return it parsed and as a document.
 
     Raises:
@@ -42,23 +41,10 @@ def check_receipt(
                 f"the receipt's {name} is not this upload's: the coordinator acknowledged "
                 "something else"
             )
-    if receipt.checkpoint is None:
-        raise VerificationError("the receipt carries no signed audit checkpoint")
-    doc = {
-        "federation_id": receipt.federation_id,
-        "round": receipt.round_number,
-        "client_id": receipt.client_id,
-        "contribution_digest": receipt.contribution_digest.hex(),
-        "log_index": receipt.log_index,
-        "received_at_ms": receipt.received_at_ms,
-        "signature": receipt.signature.hex(),
-        "ciphertexts_digest": sent.header.ciphertexts_digest.hex(),
-        "coordinator_signing_public_key": coordinator_key.hex(),
-        "entry": receipt.entry.decode("ascii", errors="replace"),
-        "inclusion": [h.hex() for h in receipt.inclusion],
-        "checkpoint": receipt.checkpoint.to_dict(),
-    }
-    parsed = ReceiptDocument.from_dict(doc)
+    doc = replace(receipt, ciphertexts_digest=sent.header.ciphertexts_digest).to_dict(
+        coordinator_key
+    )
+    parsed = Receipt.from_dict(doc)  # what is kept must read back as it was checked
     # Signature, checkpoint, inclusion, canonical entry for this round/client/digests.
     verify_receipt(parsed, coordinator_key)
     entry = json.loads(receipt.entry)

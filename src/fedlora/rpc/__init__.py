@@ -273,12 +273,15 @@ def receipt_to_proto(r: Receipt) -> common_pb2.Receipt:
         signature=r.signature,
         duplicate=r.duplicate,
         entry=r.entry,
-        checkpoint=checkpoint_to_proto(r.checkpoint) if r.checkpoint else None,
+        checkpoint=checkpoint_to_proto(r.checkpoint),
         inclusion=list(r.inclusion),
     )
 
 
 def receipt_from_proto(r: Any) -> Receipt:
+    """Raises VerificationError: a receipt without its signed checkpoint."""
+    if not r.HasField("checkpoint"):
+        raise VerificationError("the receipt carries no signed audit checkpoint")
     return Receipt(
         federation_id=r.federation_id,
         round_number=r.round,
@@ -287,10 +290,10 @@ def receipt_from_proto(r: Any) -> Receipt:
         log_index=r.log_index,
         received_at_ms=r.received_at_ms,
         signature=r.signature,
-        duplicate=r.duplicate,
         entry=r.entry,
-        checkpoint=checkpoint_from_proto(r.checkpoint) if r.HasField("checkpoint") else None,
         inclusion=tuple(r.inclusion),
+        checkpoint=checkpoint_from_proto(r.checkpoint),
+        duplicate=r.duplicate,
     )
 
 

@@ -202,13 +202,18 @@ def test_a_malformed_receipt_is_named_with_its_field(log) -> None:
         "log_index": 1,
         "received_at_ms": 5,
         "signature": "00" * 64,
+        "entry": "{}",
+        "inclusion": [],
+        "checkpoint": json.loads(checkpoints.splitlines()[-1]),
     }
     for change, says in (
         ({"log_index": None}, "field 'log_index' must be an integer >= 0"),
         ({"round": True}, "field 'round' must be an integer >= 0"),
         ({"signature": "zz"}, "field 'signature' is not hex"),
         ({"contribution_digest": "cd"}, "field 'contribution_digest' must be 32 bytes"),
-        ({"entry": "{}"}, "all of entry, inclusion and checkpoint, or none"),
+        ({"inclusion": "ab"}, "field 'inclusion' must be a list of hex hashes"),
+        ({"entry": None}, "field 'entry' must be a string"),
+        ({"checkpoint": {"tree_size": 1}}, "its checkpoint"),
     ):
         doc = {**base, **change}
         with pytest.raises(
@@ -217,10 +222,11 @@ def test_a_malformed_receipt_is_named_with_its_field(log) -> None:
             verify_log(entries, checkpoints, public, receipts=[doc])
         with pytest.raises(VerificationError, match=says):
             Receipt.from_dict(doc)
-    missing = dict(base)
-    del missing["received_at_ms"]
-    with pytest.raises(VerificationError, match="field 'received_at_ms' is missing"):
-        Receipt.from_dict(missing)
+    for name in ("received_at_ms", "entry", "checkpoint"):
+        missing = dict(base)
+        del missing[name]
+        with pytest.raises(VerificationError, match=f"field '{name}' is missing"):
+            Receipt.from_dict(missing)
 
 
 def test_reopening_a_log_under_another_id_is_refused(log) -> None:

@@ -257,6 +257,17 @@ class Receipt:
         """How errors name the receipt: its round and client."""
         return f"receipt (round {self.round_number}, client {self.client_id})"
 
+    def digest(self) -> bytes:
+        """What the coordinator signs (:func:`fedlora.crypto.receipt_digest`)."""
+        return receipt_digest(
+            federation_id=self.federation_id,
+            round_number=self.round_number,
+            client_id=self.client_id,
+            contribution=self.contribution_digest,
+            log_index=self.log_index,
+            received_at_ms=self.received_at_ms,
+        )
+
     def to_dict(self, coordinator_key: bytes) -> dict[str, Any]:
         """The document a client keeps (hex strings for bytes), naming the coordinator's key."""
         doc: dict[str, Any] = {
@@ -369,15 +380,7 @@ def verify_receipt(receipt: Receipt, public_key: bytes) -> None:
             contribution.
     """
     try:
-        digest = receipt_digest(
-            federation_id=receipt.federation_id,
-            round_number=receipt.round_number,
-            client_id=receipt.client_id,
-            contribution=receipt.contribution_digest,
-            log_index=receipt.log_index,
-            received_at_ms=receipt.received_at_ms,
-        )
-        verify_signature(public_key, digest, receipt.signature)
+        verify_signature(public_key, receipt.digest(), receipt.signature)
     except FedLoraError:
         raise VerificationError(
             f"{receipt.name} is not signed by the coordinator's key: it was altered, or another "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from fedlora import events as ev
@@ -17,7 +18,7 @@ from fedlora.coordinator import _rounds
 from fedlora.coordinator._aggregating import aggregate
 from fedlora.coordinator._intake import receive_contribution
 from fedlora.coordinator._state import Contribution
-from fedlora.crypto import receipt_digest, sign_digest, verify_signature
+from fedlora.crypto import sign_digest, verify_signature
 from fedlora.errors import FedLoraError, ProtocolError
 from fedlora.protocol import (
     ContributionHeader,
@@ -172,26 +173,19 @@ class Collecting:
     def _receipt(self, number: int, c: Contribution, *, duplicate: bool = False) -> Receipt:
         """A signed receipt that carries its audit entry, a checkpoint and the inclusion proof."""
         e = self.e
-        digest = receipt_digest(
-            federation_id=e.config.federation_id,
-            round_number=number,
-            client_id=c.client_id,
-            contribution=c.contribution_digest,
-            log_index=c.log_index,
-            received_at_ms=c.received_at_ms,
-        )
         checkpoint = e.checkpoint()
         _, path = e.audit.inclusion(c.log_index, checkpoint.tree_size)
-        return Receipt(
+        unsigned = Receipt(
             federation_id=e.config.federation_id,
             round_number=number,
             client_id=c.client_id,
             contribution_digest=c.contribution_digest,
             log_index=c.log_index,
             received_at_ms=c.received_at_ms,
-            signature=sign_digest(e.signing_key, digest),
+            signature=b"",
             entry=e.audit.entries(c.log_index, 1)[0],
             inclusion=tuple(path),
             checkpoint=checkpoint,
             duplicate=duplicate,
         )
+        return replace(unsigned, signature=sign_digest(e.signing_key, unsigned.digest()))

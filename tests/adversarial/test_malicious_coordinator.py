@@ -439,3 +439,47 @@ def test_a_coordinator_cannot_switch_clients_to_plaintext(tmp_path) -> None:
     finally:
         running.stop(grace=1)
     assert not any(e["event"] == "contribution_accepted" for e in events)
+
+
+@pytest.mark.parametrize("attack", ["records-before-manifest", "second-manifest"])
+def test_a_task_stream_out_of_order_is_refused_before_anything_is_signed(
+    tmp_path, monkeypatch, attack
+) -> None:
+    """The coordinator's gRPC stream, not its engine, lies: a task whose records come before
+    the manifest that bounds them, or a second manifest swapped in mid-stream."""
+    from fedlora.coordinator._servicer import FederationServicer
+
+    honest = FederationServicer.GetDecryptionTask
+    served: list[int] = []
+
+    def hostile(self, request, context):  # type: ignore[no-untyped-def]
+        chunks = list(honest(self, request, context))
+        manifest, data = chunks[0], chunks[1:]
+        served.append(len(chunks))
+        if attack == "records-before-manifest":
+            yield from [data[0], manifest, *data[1:]]
+        else:
+            yield from [manifest, data[0], manifest, *data[1:]]
+
+    # gRPC binds the servicer's methods when the server starts: patch before.
+    monkeypatch.setattr(FederationServicer, "GetDecryptionTask", hostile)
+    layout = prepare_federation(
+        tmp_path, bits=BITS, rounds=1, participant_threshold=4, decryption_threshold=3
+    )
+    engine, running = lying.start(layout)
+    try:
+        _collect_round_1(layout, engine)
+        holder = lying.client(layout, "bank-a")
+        expected = (
+            "does not start with its manifest"
+            if attack == "records-before-manifest"
+            else "sends a second manifest"
+        )
+        with pytest.raises(VerificationError, match=expected):
+            holder.decrypt(1)
+    finally:
+        running.stop(grace=1)
+    assert served and served[0] > 2  # the honest task had records to reorder
+    assert engine.signatures == {} and engine.partials == []
+    assert lying.ledger_kinds(layout, "bank-a") == ["refused"]
+    assert expected in holder.ledger.refusals()[0]["reason"]

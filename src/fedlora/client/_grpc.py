@@ -210,20 +210,15 @@ class GrpcTransport:
 
     def decryption_task(self, round_number: int, *, manifest_only: bool) -> DecryptionTask:
         def fetch() -> DecryptionTask:
-            stream = iter(
-                self.stub.GetDecryptionTask(
-                    federation_pb2.DecryptionTaskRequest(
-                        round=round_number, manifest_only=manifest_only
-                    ),
-                    metadata=self.metadata,
-                )
+            call = self.stub.GetDecryptionTask(
+                federation_pb2.DecryptionTaskRequest(
+                    round=round_number, manifest_only=manifest_only
+                ),
+                metadata=self.metadata,
             )
-            first = next(stream, None)
-            if first is None or first.WhichOneof("part") != "manifest":
-                raise VerificationError("the decryption task does not start with its manifest")
 
             def parts() -> Iterator[tuple[str, bytes]]:
-                for chunk in stream:
+                for chunk in call:
                     part = chunk.WhichOneof("part")
                     if part == "manifest":
                         raise VerificationError("the decryption task sends a second manifest")
@@ -232,7 +227,14 @@ class GrpcTransport:
                     else:
                         yield "", chunk.aggregate
 
-            return assemble_task(rpc.manifest_from_proto(first.manifest), parts())
+            try:
+                first = next(call, None)
+                if first is None or first.WhichOneof("part") != "manifest":
+                    raise VerificationError("the decryption task does not start with its manifest")
+                return assemble_task(rpc.manifest_from_proto(first.manifest), parts())
+            except VerificationError:
+                call.cancel()  # nothing more of a refused stream is read
+                raise
 
         return self._retry("decryption task", fetch)
 

@@ -121,7 +121,7 @@ def encrypted_federation(
     """A factory: the real engine and five real clients (2048-bit 2-of-5 key) over given views,
     and the sampler seeds those clients use in each round (their first runs: a fresh state)."""
     from fedlora._setup import prepare_federation
-    from fedlora.client._session import sampler_seed
+    from fedlora.client._contributor import sampler_seed
     from fedlora.config import CodecConfig, load_client_config
     from fedlora.inprocess import InProcessFederation
 

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from fedlora._setup import Layout
 from fedlora.client import Client
+from fedlora.client._holder import Holder
 from fedlora.config import Party, load_client_config, load_coordinator_config
 from fedlora.coordinator import Coordinator, build_engine
 from fedlora.crypto import (
@@ -175,6 +176,13 @@ def client(layout: Layout, pid: str) -> Client:
     c = Client(load_client_config(layout.client_configs[pid]), console=Console(quiet=True))
     c.join()
     return c
+
+
+def holder(layout: Layout, pid: str) -> Holder:
+    """A real share holder (its client joined; its key share opened, its ledger loaded)."""
+    h = client(layout, pid).holder
+    assert h is not None, f"{pid} holds no key share"
+    return h
 
 
 def ledger_kinds(layout: Layout, pid: str) -> list[str]:

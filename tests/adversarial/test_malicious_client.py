@@ -55,7 +55,7 @@ def _overflowing(layout, engine) -> tuple:  # type: ignore[no-untyped-def]
 
 def _decrypt_round(layout, pids, round_number: int) -> None:  # type: ignore[no-untyped-def]
     """Real holders check the task, sign the ticket and release partials once the quorum shows."""
-    holders = [lying.client(layout, pid) for pid in pids]
+    holders = [lying.holder(layout, pid) for pid in pids]
     pending = [c for c in holders if not c.decrypt(round_number)]
     assert len(pending) == len(holders) - 1  # the last signer completed the quorum and released
     for c in pending[:2]:  # with it, t = 3 partials
@@ -140,14 +140,14 @@ def test_a_huge_proof_response_is_refused_cheaply_rate_limited_and_counted(tmp_p
         for pid in layout.client_configs:
             h.upload(layout, pid, *h.contribution(layout, pid, 1))
         _wait(lambda: engine.stage.value == "ticketing")
-        honest = [lying.client(layout, pid) for pid in ("bank-a", "bank-b", "hospital-c")]
+        honest = [lying.holder(layout, pid) for pid in ("bank-a", "bank-b", "hospital-c")]
         assert not any(c.decrypt(1) for c in honest)
-        assert lying.client(layout, "hospital-d").decrypt(1)  # 4th signature: quorum, 1 partial
-        attacker = lying.client(layout, ATTACKER)
-        assert attacker.key is not None and attacker.share is not None
-        key, width = attacker.key, ciphertext_width(attacker.key.paillier)
+        assert lying.holder(layout, "hospital-d").decrypt(1)  # 4th signature: quorum, 1 partial
+        attacker = lying.holder(layout, ATTACKER)
+        assert attacker.member.key is not None and attacker.member.share is not None
+        key, width = attacker.member.key, ciphertext_width(attacker.member.key.paillier)
         aggregate = unpack_records(engine.store.aggregate_path(1).read_bytes(), width)
-        partial = partial_decrypt(key, attacker.share, aggregate)
+        partial = partial_decrypt(key, attacker.member.share, aggregate)
         z = partial.proof.response << (1 << 20)  # a 1 Mibit response
         values = b"".join(v.to_bytes(width, "big") for v in partial.values)
         statement = partial_statement_digest(
@@ -268,9 +268,9 @@ def _decrypting(tmp_path):  # type: ignore[no-untyped-def]
     for pid in layout.client_configs:
         h.upload(layout, pid, *h.contribution(layout, pid, 1))
     _wait(lambda: running.engine.stage.value == "ticketing")
-    waiting = [lying.client(layout, pid) for pid in ("bank-a", "bank-b", "hospital-c")]
+    waiting = [lying.holder(layout, pid) for pid in ("bank-a", "bank-b", "hospital-c")]
     assert not any(c.decrypt(1) for c in waiting)
-    assert lying.client(layout, "hospital-d").decrypt(1)
+    assert lying.holder(layout, "hospital-d").decrypt(1)
     return layout, config, running, waiting
 
 

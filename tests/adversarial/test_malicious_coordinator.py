@@ -20,8 +20,8 @@ import grpc
 import pytest
 import yaml
 
-from fedlora.client._ledger import AnchorError
-from fedlora.config import load_coordinator_config
+from fedlora.client._ledger import AnchorError, CheckpointAnchor
+from fedlora.config import load_client_config, load_coordinator_config
 from fedlora.coordinator import Coordinator, build_engine
 from fedlora.coordinator._collecting import Collecting
 from fedlora.crypto import encrypt_batch, receipt_digest, sign_digest
@@ -72,7 +72,7 @@ def test_the_same_round_twice_with_a_subset_is_refused_even_after_a_restart(five
     layout, engine = five
     pids = _collect_round_1(layout, engine)
     engine.views[("*", 1)] = lying.view(engine, 1, pids)
-    holders = {pid: lying.client(layout, pid) for pid in pids}
+    holders = {pid: lying.holder(layout, pid) for pid in pids}
     done = {pid: holders[pid].decrypt(1) for pid in pids[:4]}
     assert done == {pids[0]: False, pids[1]: False, pids[2]: False, pids[3]: True}
     assert all(holders[pid].decrypt(1) for pid in pids[:3])  # the quorum is now visible
@@ -83,14 +83,14 @@ def test_the_same_round_twice_with_a_subset_is_refused_even_after_a_restart(five
     without_victim = [p for p in pids if p != VICTIM]
     engine.views[("*", 1)] = lying.view(engine, 1, without_victim)
     for pid in pids[:4]:
-        restarted = lying.client(layout, pid)
+        restarted = lying.holder(layout, pid)
         # Assert: each refuses, and says so in its own ledger.
         with pytest.raises(VerificationError, match="already signed a different decryption ticket"):
             restarted.decrypt(1)
-        assert restarted.ledger.refusals()[-1]["round"] == 1
+        assert restarted.member.ledger.refusals()[-1]["round"] == 1
     # The one holder that never signed round 1 signs the subset's ticket, but alone with the
     # attacker it is far from the quorum: it releases nothing.
-    assert lying.client(layout, pids[4]).decrypt(1) is False
+    assert lying.holder(layout, pids[4]).decrypt(1) is False
     assert len(engine.partials) == 4 and {p.ticket_digest for _, p in engine.partials} == {t1}
     assert "partial_released" not in lying.ledger_kinds(layout, pids[4])
 
@@ -100,7 +100,7 @@ def test_an_old_round_relabelled_as_new_is_refused(five) -> None:
     layout, engine = five
     pids = _collect_round_1(layout, engine)
     engine.views[("*", 1)] = lying.view(engine, 1, pids)
-    holders = {pid: lying.client(layout, pid) for pid in pids}
+    holders = {pid: lying.holder(layout, pid) for pid in pids}
     for pid in pids[:4]:
         holders[pid].decrypt(1)
     without_victim = [p for p in pids if p != VICTIM]
@@ -121,7 +121,7 @@ def test_an_old_round_relabelled_as_new_is_refused(five) -> None:
     # Nobody signed anything for round 2, and the only partials are round 1's.
     assert len(engine.signatures) == 1
     assert all(p.round_number == 1 for _, p in engine.partials)
-    refusals = holders[pids[0]].ledger.refusals()
+    refusals = holders[pids[0]].member.ledger.refusals()
     assert [r["round"] for r in refusals] == [2, 2]
 
 
@@ -129,7 +129,7 @@ def test_a_manifest_for_another_round_than_the_task_is_refused_before_signing(fi
     layout, engine = five
     pids = _collect_round_1(layout, engine)
     engine.views[("*", 3)] = lying.view(engine, 1, pids)  # a task for round 3, manifest round 1
-    holder = lying.client(layout, pids[0])
+    holder = lying.holder(layout, pids[0])
     with pytest.raises(VerificationError, match="manifest is for round 1, but the task is round 3"):
         holder.decrypt(3)
     assert engine.signatures == {} and engine.partials == []
@@ -146,13 +146,13 @@ def test_a_round_far_ahead_of_the_log_is_refused_and_honest_rounds_go_on(five) -
     pids = _collect_round_1(layout, engine)
     far = 4_000_000_000  # near the top of the wire format's uint32
     engine.views[("*", far)] = lying.view(engine, 1, pids, manifest_round=far)
-    holder = lying.client(layout, pids[0])
+    holder = lying.holder(layout, pids[0])
     with pytest.raises(VerificationError, match=f"round {far} runs ahead of the coordinator's"):
         holder.decrypt(far)
-    assert holder.ledger.highest_round == 0 and engine.signatures == {}
+    assert holder.member.ledger.highest_round == 0 and engine.signatures == {}
     # Round 1 is still decrypted (the attacker's views keep every signature it is given).
     engine.views[("*", 1)] = lying.view(engine, 1, pids)
-    holders = {pid: lying.client(layout, pid) for pid in pids}
+    holders = {pid: lying.holder(layout, pid) for pid in pids}
     assert [holders[pid].decrypt(1) for pid in pids[:4]][-1] is True
     # The bound itself: a log of n entries holds rounds 1..n // 2, and never round 0.
     check_round_in_log(3, 6)
@@ -191,7 +191,7 @@ def test_a_colluding_contributor_cannot_cancel_the_others_out_of_the_aggregate(f
     # Act / Assert: every honest holder refuses before signing anything.
     for pid in honest:
         with pytest.raises(VerificationError, match="'bank-e' carries no valid proof"):
-            lying.client(layout, pid).decrypt(1)
+            lying.holder(layout, pid).decrypt(1)
         assert lying.ledger_kinds(layout, pid) == ["refused"]
     assert engine.signatures == {} and engine.partials == []
 
@@ -246,7 +246,7 @@ def test_a_split_view_with_2t_le_n_holders_releases_nothing(tmp_path) -> None:
             engine.views[(pid, 1)] = full
         for pid in group_b + colluders:
             engine.views[(pid, 1)] = without_victim
-        holders = {pid: lying.client(layout, pid) for pid in group_a + group_b}
+        holders = {pid: lying.holder(layout, pid) for pid in group_a + group_b}
         # Act: each honest group checks its aggregate and signs its ticket...
         assert not any(holders[pid].decrypt(1) for pid in group_a + group_b)
         ticket_a, ticket_b = (
@@ -277,7 +277,7 @@ def test_a_split_view_with_2t_le_n_holders_releases_nothing(tmp_path) -> None:
         # Showing group B the other ticket with every signature gathered is refused outright.
         engine.views[(group_b[0], 1)] = full
         with pytest.raises(VerificationError, match="already signed a different decryption ticket"):
-            lying.client(layout, group_b[0]).decrypt(1)
+            lying.holder(layout, group_b[0]).decrypt(1)
         # Control, beyond the threat model: with t = 3 colluders the quorum is reached (the
         # signatures above were counted; the bound of t - 1 colluders is tight).
         full.extra_signatures[group_b[1]] = lying.sign_digest(
@@ -295,7 +295,7 @@ def test_a_ticket_that_is_not_in_the_log_is_not_signed(five) -> None:
     layout, engine = five
     pids = _collect_round_1(layout, engine)
     engine.views[("*", 1)] = lying.view(engine, 1, [p for p in pids if p != VICTIM], log=False)
-    holder = lying.client(layout, pids[0])
+    holder = lying.holder(layout, pids[0])
     with pytest.raises(VerificationError, match="does not record this ticket"):
         holder.decrypt(1)
     assert engine.signatures == {} and lying.ledger_kinds(layout, pids[0]) == ["refused"]
@@ -375,7 +375,7 @@ def test_a_receipt_that_is_not_the_clients_own_is_refused(tmp_path, forge) -> No
             victim.contribute(victim.fed, status)
     finally:
         running.stop(grace=1)
-    refusal = victim.ledger.refusals()[-1]
+    refusal = victim.member.ledger.refusals()[-1]
     assert refusal["what"] == "receipt" and refusal["round"] == 1
     assert not (layout.root / "clients" / VICTIM / "receipts" / "round-00001.json").exists()
 
@@ -393,7 +393,7 @@ def test_a_forked_audit_log_stops_the_client(tmp_path) -> None:
         status = honest.transport.round_status()
         assert honest.fed is not None
         honest.contribute(honest.fed, status)
-        kept = honest.anchor.current
+        kept = honest.member.anchor.current
         assert kept is not None
     finally:
         running.stop(grace=1)
@@ -405,16 +405,22 @@ def test_a_forked_audit_log_stops_the_client(tmp_path) -> None:
         h.join_all(layout)  # bank-a is in the federation: the round waits for its upload
         for pid in ("bank-b", "hospital-c", "hospital-d"):  # grow the forked log past the kept one
             h.upload(layout, pid, *h.contribution(layout, pid, 1))
-        client = lying.client(layout, "bank-a")  # a restart: the kept checkpoint is on disk
-        status = client.transport.round_status()
-        assert client.fed is not None
-        # Assert: the receipt's checkpoint does not extend the kept one — the client stops.
+        # Assert: a restarted bank-a (the kept checkpoint is on disk) reads the log at join,
+        # before it contributes: the checkpoint does not extend the kept one — it stops.
         with pytest.raises(AnchorError, match=r"forked|cannot prove|shrank"):
-            client.contribute(client.fed, status)
+            lying.client(layout, "bank-a")
     finally:
         running.stop(grace=1)
-    assert client.ledger.refusals()[-1]["what"] == "audit checkpoint"
-    assert client.anchor.current == kept  # the fork did not replace the anchor
+    state = layout.root / "clients" / "bank-a"
+    ledger = [json.loads(x) for x in (state / "decryptor-ledger.jsonl").open()]
+    assert ledger[-1]["what"] == "audit checkpoint"
+    key = bytes.fromhex(
+        load_client_config(layout.client_configs["bank-a"]).keys.coordinator_signing_public_key
+    )
+    anchor = CheckpointAnchor(state, config.federation_id, key)
+    assert anchor.current == kept  # the fork did not replace the anchor
+    events = [json.loads(x) for x in (config.state_dir / "audit" / "entries.log").open()]
+    assert not [e for e in events if e.get("client") == "bank-a" and "contribution" in e["event"]]
 
 
 class Downgrader(Coordinator):
@@ -439,6 +445,42 @@ def test_a_coordinator_cannot_switch_clients_to_plaintext(tmp_path) -> None:
     finally:
         running.stop(grace=1)
     assert not any(e["event"] == "contribution_accepted" for e in events)
+
+
+class Misannouncer(Coordinator):
+    """Tells one member another codec and round size than its signed log records (a wider
+    clip, another minimum of contributors), hoping it contributes under them."""
+
+    def join_info(self, party, spec_json=""):  # type: ignore[no-untyped-def]
+        info = super().join_info(party, spec_json)
+        codec = dataclasses.replace(info.codec, clip=info.codec.clip * 4)
+        return dataclasses.replace(info, codec=codec, min_clients=info.min_clients + 5)
+
+
+def test_a_coordinator_announcing_other_settings_than_it_logged_is_refused_at_join(
+    tmp_path,
+) -> None:
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=1)
+    config = load_coordinator_config(layout.coordinator_config)
+    real = build_engine(config)
+    running = h.serve(layout, config, Misannouncer(config, real.key, real.signing_key))
+    try:
+        with pytest.raises(VerificationError, match="announced other settings than its audit") as e:
+            lying.client(layout, "bank-a")
+    finally:
+        running.stop(grace=1)
+    clip = config.codec.clip
+    assert f"codec.clip {clip * 4!r} (logged {clip!r})" in str(e.value)
+    logged = (
+        config.federated_learning.min_clients or config.federated_learning.participant_threshold
+    )
+    assert f"federated_learning.min_clients {logged + 5} (logged {logged})" in str(e.value)
+    ledger = layout.root / "clients" / "bank-a" / "decryptor-ledger.jsonl"
+    assert [json.loads(x)["what"] for x in ledger.read_text().splitlines()] == [
+        "federation settings"
+    ]
+    events = [json.loads(x)["event"] for x in (config.state_dir / "audit" / "entries.log").open()]
+    assert "contribution_accepted" not in events
 
 
 @pytest.mark.parametrize("attack", ["records-before-manifest", "second-manifest"])
@@ -469,7 +511,7 @@ def test_a_task_stream_out_of_order_is_refused_before_anything_is_signed(
     engine, running = lying.start(layout)
     try:
         _collect_round_1(layout, engine)
-        holder = lying.client(layout, "bank-a")
+        holder = lying.holder(layout, "bank-a")
         expected = (
             "does not start with its manifest"
             if attack == "records-before-manifest"
@@ -482,4 +524,4 @@ def test_a_task_stream_out_of_order_is_refused_before_anything_is_signed(
     assert served and served[0] > 2  # the honest task had records to reorder
     assert engine.signatures == {} and engine.partials == []
     assert lying.ledger_kinds(layout, "bank-a") == ["refused"]
-    assert expected in holder.ledger.refusals()[0]["reason"]
+    assert expected in holder.member.ledger.refusals()[0]["reason"]

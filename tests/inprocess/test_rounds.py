@@ -317,7 +317,7 @@ def _contribute_and_sign(fed) -> None:  # type: ignore[no-untyped-def]
     # Four holders verify the aggregate and sign the ticket (the quorum): the fourth sees the
     # quorum and releases its partial decryption at once.
     for pid in ("bank-a", "bank-b", "hospital-c", "hospital-d"):
-        fed.clients[pid].decrypt(1)
+        fed.clients[pid].holder.decrypt(1)
     fed.engine.tick()
     assert fed.engine.stage is Stage.DECRYPTING
 
@@ -340,7 +340,7 @@ def test_holders_release_chunk_by_chunk_and_the_coordinator_combines_each_as_it_
     # Act: two more holders release; each chunk is combined as its third partial arrives,
     # before the engine's combining step.
     for pid in ("bank-a", "bank-b"):
-        assert fed.clients[pid].decrypt(1)
+        assert fed.clients[pid].holder.decrypt(1)
     r = fed.engine.round
     assert (
         r is not None
@@ -383,14 +383,14 @@ def test_a_holder_that_sends_a_wrong_chunk_is_refused_for_it_and_the_round_close
     honest = liar.transport.submit_partial
     sent = []
     liar.transport.submit_partial = lambda h, v: sent.append((h, v))  # type: ignore[method-assign]
-    assert liar.decrypt(1)  # it computes every chunk; none reaches the coordinator yet
-    width, key = fed.engine.width, liar.holder.key  # type: ignore[union-attr]
+    assert liar.holder.decrypt(1)  # it computes every chunk; none reaches the coordinator yet
+    width, key = fed.engine.width, liar.holder.policy.key  # type: ignore[union-attr]
 
     def signed(header, values):  # type: ignore[no-untyped-def]
         digest = ciphertext_vector_digest(key.paillier, unpack_records(values, width))
         statement = partial_statement(liar.config.federation_id, "bank-e", header, digest)
         return dataclasses.replace(
-            header, statement_signature=sign_digest(liar.signing_key, statement)
+            header, statement_signature=sign_digest(liar.member.signing_key, statement)
         )
 
     (h0, v0), (h1, v1) = sent[0], sent[1]
@@ -411,7 +411,7 @@ def test_a_holder_that_sends_a_wrong_chunk_is_refused_for_it_and_the_round_close
     assert len(rejected) == 3 and all(e["party"] == "bank-e" for e in rejected)
     assert fed.engine.round.partials.get("bank-e", {}) == {}  # type: ignore[union-attr]
     for pid in ("bank-a", "bank-b"):
-        assert fed.clients[pid].decrypt(1)
+        assert fed.clients[pid].holder.decrypt(1)
     fed.engine.tick()
     assert fed.engine.finished
     decrypted = next(e for e in _events(layout) if e["event"] == "decrypted")
@@ -430,7 +430,7 @@ def test_a_coordinator_restarted_mid_release_combines_the_chunks_it_holds_on_dis
     layout, fed, _ = _chunked(tmp_path, monkeypatch, clock)
     _contribute_and_sign(fed)
     for pid in ("bank-a", "bank-b"):
-        assert fed.clients[pid].decrypt(1)
+        assert fed.clients[pid].holder.decrypt(1)
     # Act: the coordinator restarts before its combining step (what it combined was in memory).
     config = load_coordinator_config(layout.coordinator_config)
     config = dataclasses.replace(
@@ -466,7 +466,7 @@ def test_a_chunk_whose_early_combination_fails_is_combined_at_the_combining_step
     monkeypatch.setattr(_opening, "combine_verified_partials", flaky)
     # Act
     for pid in ("bank-a", "bank-b"):
-        assert fed.clients[pid].decrypt(1)
+        assert fed.clients[pid].holder.decrypt(1)
     r = fed.engine.round
     assert failures and r is not None and len(fed.engine.opening.combined) == len(_starts(fed)) - 1
     assert fed.engine.complete_partials() == {"bank-a", "bank-b", "hospital-d"}
@@ -497,13 +497,13 @@ def test_a_release_cut_short_by_the_network_sends_only_the_missing_chunks_next_t
     status = client.transport.round_status()
     assert status.stage is Stage.DECRYPTING and not status.partial_submitted
     # Act: the first try delivers one chunk; the next sends the rest, not that one again.
-    assert not client.decrypt(1)
+    assert not client.holder.decrypt(1)
     assert not client.transport.round_status().partial_submitted
-    assert client.decrypt(1)
+    assert client.holder.decrypt(1)
     # Assert
     assert sent == [starts[0], starts[1], *starts[1:]]
     assert client.transport.round_status().partial_submitted
-    assert fed.clients["bank-b"].decrypt(1)
+    assert fed.clients["bank-b"].holder.decrypt(1)
     fed.engine.tick()
     assert fed.engine.finished
 
@@ -577,18 +577,19 @@ def test_the_next_rounds_obfuscators_are_computed_between_rounds_and_used_once(t
         t.delta = _deltas(1)[pid]
     client = fed.clients["bank-a"]
     first: list[int] = []
-    real_pool = client.obfuscator_pool
+    contributor = client.contributor
+    real_pool = contributor.obfuscator_pool
 
-    def spied(f):  # type: ignore[no-untyped-def]
-        pool = real_pool(f)
+    def spied():  # type: ignore[no-untyped-def]
+        pool = real_pool()
         _spy_takes(pool, first if fed.round_number == 1 else [])
         return pool
 
-    client.obfuscator_pool = spied
+    contributor.obfuscator_pool = spied
     fed.step(["bank-a"])
-    client.obfuscator_pool = real_pool
-    ahead = client._next_pool
-    assert ahead is not None and ahead.public_key == client.key.paillier
+    contributor.obfuscator_pool = real_pool
+    ahead = contributor._next_pool
+    assert ahead is not None and ahead.public_key == client.member.key.paillier
     ahead.fill()  # what the background would finish while the round is decrypted
     ready = {v for _, v in ahead._ready}
     assert len(ready) == ahead.capacity == len(first) and not ready & set(first)
@@ -598,7 +599,7 @@ def test_the_next_rounds_obfuscators_are_computed_between_rounds_and_used_once(t
     assert fed.run_round() == 2
     assert set(second) == ready and len(second) == len(ready)  # sealed warm, each value once
     assert len(ahead) == 0  # handed over and closed: nothing kept for reuse
-    assert client._next_pool is None  # the last round: nothing computed ahead
+    assert contributor._next_pool is None  # the last round: nothing computed ahead
 
 
 def test_without_obfuscators_ahead_nothing_is_computed_between_rounds(tmp_path) -> None:
@@ -607,8 +608,9 @@ def test_without_obfuscators_ahead_nothing_is_computed_between_rounds(tmp_path) 
     for pid, t in trainers.items():
         t.delta = _deltas(1)[pid]
     client = fed.clients["bank-a"]
-    client.config = replace(
-        client.config, crypto=replace(client.config.crypto, obfuscators_ahead=False)
+    member = client.member
+    member.config = replace(
+        member.config, crypto=replace(member.config.crypto, obfuscators_ahead=False)
     )
     fed.step(["bank-a"])
-    assert client._next_pool is None
+    assert client.contributor._next_pool is None

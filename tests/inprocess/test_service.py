@@ -237,8 +237,8 @@ def test_a_coordinator_serving_another_global_than_its_log_names_is_refused(tmp_
 
     shutil.rmtree(client.state_dir / "models")
     (client.state_dir / "log-scan.json").unlink(missing_ok=True)  # what it had read
-    client.models = ModelKeeper(
-        client.state_dir, client.config.federation_id, client.coordinator_key
+    client.member.models = ModelKeeper(
+        client.state_dir, client.config.federation_id, client.member.coordinator_key
     )
     honest = fed.engine.global_chunks
 
@@ -262,8 +262,8 @@ def _fresh_keeper(client: Client) -> None:
 
     shutil.rmtree(client.state_dir / "models")
     (client.state_dir / "log-scan.json").unlink(missing_ok=True)  # what it had read
-    client.models = ModelKeeper(
-        client.state_dir, client.config.federation_id, client.coordinator_key
+    client.member.models = ModelKeeper(
+        client.state_dir, client.config.federation_id, client.member.coordinator_key
     )
 
 
@@ -309,7 +309,7 @@ def test_two_digests_for_one_version_or_a_malformed_entry_stop_the_client_cleanl
     # Act / Assert: the client that already kept v1 refuses the contradiction (and records it).
     with pytest.raises(VerificationError, match="two different global adapters as version 1"):
         client.keep_models(1)
-    assert client.ledger.refusals()[-1]["what"] == "global adapter"
+    assert client.member.ledger.refusals()[-1]["what"] == "global adapter"
     # A malformed digest in a signed entry: a one-line refusal, not a crash.
     _, fed = _finished_federation(tmp_path / "again")
     fed.engine.audit.append("global_published", version=2, global_digest="zz")
@@ -336,7 +336,7 @@ def test_only_the_newest_end_of_a_federation_is_final(tmp_path) -> None:
     assert engine.finished
     # Assert: v2 is final, v1 no longer is.
     for client in clients.values():
-        key = client.coordinator_key
+        key = client.member.coordinator_key
         assert verify_kept(client.state_dir, client.config.federation_id, key, 2).final
         assert not verify_kept(client.state_dir, client.config.federation_id, key, 1).final
 
@@ -369,13 +369,12 @@ def test_a_restarted_client_reads_only_the_log_entries_it_has_not_read(tmp_path)
     from fedlora.client._models import ModelKeeper
 
     layout, first = _finished_federation(tmp_path)
-    read = first.clients["bank-a"].models.scanned
+    read = first.clients["bank-a"].member.models.scanned
     assert read > 0
     engine = _restart(layout, accept=True, federated_learning={"rounds": 2})
     clients = {pid: _client(layout, engine, pid) for pid in layout.client_configs}
-    fed = InProcessFederation(engine, clients)
     client = clients["bank-a"]
-    assert client.models.scanned == read  # kept in log-scan.json
+    assert client.member.models.scanned == read  # kept in log-scan.json
     asked: list[int] = []
     honest = client.transport.audit_entries
 
@@ -384,12 +383,13 @@ def test_a_restarted_client_reads_only_the_log_entries_it_has_not_read(tmp_path)
         return honest(start, limit)
 
     client.transport.audit_entries = counting  # type: ignore[method-assign]
-    # Act
+    # Act: it joins (and reads the log before anything is sent), then round 2 runs.
+    fed = InProcessFederation(engine, clients)
     fed.run_round()
     # Assert: it read on from where it was, and kept v2 as final.
     assert asked and min(asked) == read
     assert verify_kept(
-        client.state_dir, client.config.federation_id, client.coordinator_key, 2
+        client.state_dir, client.config.federation_id, client.member.coordinator_key, 2
     ).final
     # A scan file that is not this log's (here: a leaf altered) is forgotten and the log is read
     # again from its start; nothing is blamed on the coordinator.
@@ -400,8 +400,8 @@ def test_a_restarted_client_reads_only_the_log_entries_it_has_not_read(tmp_path)
     leaves[32 * plain : 32 * plain + 32] = b"\x00" * 32  # a leaf no kept entry vouches for
     doc["leaves"] = leaves.hex()
     scan.write_text(json.dumps(doc))
-    client.models = ModelKeeper(
-        client.state_dir, client.config.federation_id, client.coordinator_key
+    client.member.models = ModelKeeper(
+        client.state_dir, client.config.federation_id, client.member.coordinator_key
     )
     engine.audit.append("note", text="one more entry")  # something new to read
     asked.clear()
@@ -440,10 +440,10 @@ def test_a_replayed_global_model_never_gets_the_same_delta_twice(tmp_path) -> No
         client = Client(
             config, console=Console(quiet=True), transport=InProcessTransport(engine, "bank-a")
         )
-        fed = client.join()
+        client.join()
         status = client.transport.round_status()
         assert status.round == 1 and status.global_version == 0
-        client.seal(fed, status)
+        client.seal(status)
         return np.load(config.state_dir / "deltas" / "round-00001.npy")
 
     for pid in ("bank-a", "bank-b", "hospital-c"):  # round 1 opens once three have joined
@@ -459,7 +459,7 @@ def test_a_replayed_global_model_never_gets_the_same_delta_twice(tmp_path) -> No
     assert np.linalg.norm(first - again) > 0.1 * np.linalg.norm(first)
     # The seeds differ by run; a fresh state folder reproduces the first run (benchmarks pair
     # their plaintext and encrypted federations on this).
-    from fedlora.client._session import sampler_seed
+    from fedlora.client._contributor import sampler_seed
 
     seeds = {sampler_seed(0, "f", "bank-a", 1, run) for run in range(100)}
     assert len(seeds) == 100 and all(0 <= s < 2**63 for s in seeds)
@@ -475,10 +475,11 @@ def test_a_receipt_issued_again_after_a_restart_signs_the_same_time(tmp_path) ->
     config = load_coordinator_config(layout.coordinator_config)
     engine = build_engine(config, clock=clock)
     clients = {pid: _client(layout, engine, pid) for pid in ("bank-a", "bank-b", "hospital-c")}
-    feds = {pid: c.join() for pid, c in clients.items()}
+    for c in clients.values():
+        c.join()
     engine.tick()
     client = clients["bank-a"]
-    sent = client.seal(feds["bank-a"], client.transport.round_status())
+    sent = client.seal(client.transport.round_status())
     first = client.transport.upload_contribution(sent.header, sent.records, None)
     entry = json.loads(engine.audit.entries(first.log_index, 1)[0])
     assert entry["time_ms"] == int(clock.now * 1000) == first.received_at_ms

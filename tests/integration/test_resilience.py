@@ -236,6 +236,7 @@ def test_a_client_refuses_to_decrypt_anything_but_a_verified_aggregate(tmp_path)
                 )
                 for p in pids
             )
+            checkpoint = client.transport.checkpoint()
             manifest = DecryptionManifest(
                 federation_id="fedlora-demo",
                 round_number=1,
@@ -248,7 +249,8 @@ def test_a_client_refuses_to_decrypt_anything_but_a_verified_aggregate(tmp_path)
                 global_digest=status.global_digest,
                 entries=entries,
                 ticket_signatures=(),
-                checkpoint=client.transport.checkpoint(),
+                checkpoint=checkpoint,
+                aggregated_index=checkpoint.tree_size - 1,  # where the attacker would log it
             )
             return DecryptionTask(
                 manifest, {p: bytes(d) for p, d in data.items()}, blob(aggregate_cts)
@@ -259,20 +261,20 @@ def test_a_client_refuses_to_decrypt_anything_but_a_verified_aggregate(tmp_path)
         assert client.holder is not None
         # Act / Assert: the honest aggregate of three verified contributions is accepted...
         status = client.transport.round_status()
-        checked = check_task(client.holder, task(list(parts), product, data), 1)
+        checked = check_task(client.holder.policy, task(list(parts), product, data), 1)
         assert checked.ciphertexts == product and len(checked.ticket) == 32
         # ...a single contribution passed off as an aggregate is not (policy.min_participants)...
         single = {"bank-b": data["bank-b"]}
         with pytest.raises(VerificationError, match=r"policy\.min_participants requires"):
-            check_task(client.holder, task(["bank-b"], cts["bank-b"], single), 1)
+            check_task(client.holder.policy, task(["bank-b"], cts["bank-b"], single), 1)
         # ...nor an "aggregate" that is not the product of the listed contributions...
         other = encrypt_batch(key.paillier, [5] * len(product))
         with pytest.raises(VerificationError, match="not the product"):
-            check_task(client.holder, task(list(parts), other, data), 1)
+            check_task(client.holder.policy, task(list(parts), other, data), 1)
         # ...nor one with a contribution whose ciphertexts differ from what its owner signed.
         forged = dict(data, **{"hospital-d": blob(other)})
         with pytest.raises(VerificationError, match="not signed by that peer's key"):
-            check_task(client.holder, task(list(parts), product, forged), 1)
+            check_task(client.holder.policy, task(list(parts), product, forged), 1)
     finally:
         running.stop(grace=1)
 

@@ -434,10 +434,14 @@ def check_client(path: Path) -> _Checks:
     client = Client(config, console=_Console(quiet=True))  # loads the keys, data and model
     checks.run("signing and transport keys", lambda: None)
     if not config.policy.allow_plaintext:
-        client.open_keys()
+        client.member.open_keys()
         checks.run(
             "key share",
-            lambda: "opened; this client is a decryptor" if client.share else "not a share holder",
+            lambda: (
+                "opened; this client is a decryptor"
+                if client.member.share
+                else "not a share holder"
+            ),
         )
     trainer = client.trainer
     spec = federation_spec(config, trainer)

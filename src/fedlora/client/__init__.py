@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fedlora.client._session import Client, Federation
+from fedlora.client._member import Federation
+from fedlora.client._session import Client
 from fedlora.client._transport import Transport
 
 if TYPE_CHECKING:

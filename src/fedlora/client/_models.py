@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from fedlora.audit import SignedCheckpoint, verify_checkpoint, verify_entry_inclusion
-from fedlora.client._transport import Transport
+from fedlora.client._transport import MemberTransport
 from fedlora.crypto import leaf_hash, merkle_root
 from fedlora.errors import ConfigError, VerificationError
 from fedlora.protocol import FLOWER_LAYOUT
@@ -202,6 +202,7 @@ class ModelKeeper:
     def _reset(self) -> None:
         self._leaves, self._lines, self._published, self._opened = [], {}, {}, {}
         self._finished, self.layout, self._saved = None, None, 0
+        self.settings: dict[str, Any] | None = None  # as federation_started records them
 
     def _load_scan(self) -> None:
         try:
@@ -273,8 +274,19 @@ class ModelKeeper:
                 )
         elif event == "federation_started":
             settings = doc.get("settings")
-            layout = settings.get(FLOWER_LAYOUT) if isinstance(settings, dict) else None
+            if not isinstance(settings, dict):
+                raise VerificationError(f"audit entry {index} starts a federation without settings")
+            layout = settings.get(FLOWER_LAYOUT)
             self.layout = layout if isinstance(layout, list) else None
+            self.settings = dict(settings)
+        elif event == "config_changed":  # a restart the operator accepted: name -> [old, new]
+            changes = doc.get("changes")
+            if self.settings is None or not isinstance(changes, dict):
+                raise VerificationError(f"audit entry {index} changes settings it cannot")
+            for name, change in changes.items():
+                if not (isinstance(change, list) and len(change) == 2):
+                    raise VerificationError(f"audit entry {index} changes {name!r} malformed")
+                self.settings[name] = change[1]
         else:
             return
         self._lines[index] = line
@@ -307,7 +319,7 @@ class ModelKeeper:
                 out[int(path.name[1:])] = path
         return out
 
-    def _scan(self, transport: Transport, checkpoint: SignedCheckpoint) -> None:
+    def _scan(self, transport: MemberTransport, checkpoint: SignedCheckpoint) -> None:
         """Read the entries up to the checkpoint and check them against its root."""
         start, size = len(self._leaves), checkpoint.tree_size
         if size <= start:
@@ -335,7 +347,7 @@ class ModelKeeper:
 
     def sync(
         self,
-        transport: Transport,
+        transport: MemberTransport,
         checkpoint: SignedCheckpoint,
         write_adapter: WriteAdapter | None,
         *,
@@ -390,7 +402,7 @@ class ModelKeeper:
 
     def _keep(
         self,
-        transport: Transport,
+        transport: MemberTransport,
         checkpoint: SignedCheckpoint,
         version: int,
         index: int,

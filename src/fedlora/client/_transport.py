@@ -26,7 +26,10 @@ from fedlora.protocol import (
 Progress = Callable[[int], None]  # called with the bytes sent so far
 
 
-class Transport(Protocol):
+class MemberTransport(Protocol):
+    """What every member needs of its coordinator, whichever way the messages travel: pulled
+    (gRPC, in-process) or pushed, one message and its reply at a time (Flower)."""
+
     def join(self, spec_json: str = "") -> JoinInfo:
         """Join; ``spec_json`` is this client's federation spec (canonical JSON)."""
         ...
@@ -38,10 +41,6 @@ class Transport(Protocol):
 
         Raises VerificationError as soon as more than ``max_bytes`` arrive."""
         ...
-
-    def upload_contribution(
-        self, header: ContributionHeader, records: bytes, on_progress: Progress | None = None
-    ) -> Receipt: ...
 
     def decryption_task(self, round_number: int, *, manifest_only: bool) -> DecryptionTask: ...
 
@@ -58,5 +57,14 @@ class Transport(Protocol):
         ...
 
     def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]: ...
+
+
+class Transport(MemberTransport, Protocol):
+    """A transport the client drives: it polls, uploads its contribution and closes the line.
+    (On Flower the contribution is the train message's reply, so there is no upload.)"""
+
+    def upload_contribution(
+        self, header: ContributionHeader, records: bytes, on_progress: Progress | None = None
+    ) -> Receipt: ...
 
     def close(self) -> None: ...

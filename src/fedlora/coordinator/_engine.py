@@ -91,6 +91,7 @@ class Coordinator:
         self.key = threshold_key
         self.spec = _startup.load_spec(config)
         params = federation_parameters(config, threshold_key, self.spec, extra_settings)
+        self.params = params
         self.quorum, self.codec, self.min_clients = (
             params.ticket_quorum,
             params.codec,
@@ -352,3 +353,9 @@ class Coordinator:
 
     def complete_partials(self) -> set[str]:
         return self.opening.complete_partials()
+
+    def ticket_signers(self) -> set[str]:
+        """The holders whose signature on the open round's ticket the coordinator holds."""
+        with self.lock:
+            r = self.state.round
+            return set(r.ticket_signatures) if r is not None else set()

@@ -39,13 +39,14 @@ IMMUTABLE = (
 class FederationParameters:
     """What a coordinator derives from its configuration, threshold key and federation spec —
     once, here, for the engine and for ``config check`` alike: the codec, the ticket quorum,
-    ``min_clients``, the key fingerprint contributions name, the spec's digest, and the settings
+    ``min_clients``, the partial-decryption chunk size, the key fingerprint contributions name, the spec's digest, and the settings
     ``federation_started`` records (and a restart must match). Members are told them in
     ``JoinInfo`` and check them against their own pins."""
 
     codec: CodecParams
     ticket_quorum: int
     min_clients: int
+    partial_chunk: int  # ciphertexts per partial decryption chunk (protocol.PARTIAL_CHUNK)
     key_fingerprint: bytes
     spec_digest: str
     settings: dict[str, Any]
@@ -85,7 +86,9 @@ def federation_parameters(
         spec_digest=digest,
     )
     settings.update(extra_settings or {})
-    return FederationParameters(codec, quorum, min_clients, fingerprint, digest, settings)
+    return FederationParameters(
+        codec, quorum, min_clients, PARTIAL_CHUNK, fingerprint, digest, settings
+    )
 
 
 def settings_of(

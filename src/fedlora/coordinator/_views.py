@@ -128,5 +128,7 @@ def member_info(e: Coordinator, party: Party) -> JoinInfo:
         chunk_bytes=e.config.server.chunk_bytes,
         max_weight=e.config.codec.max_weight,
         ticket_quorum=e.quorum,
+        min_clients=e.min_clients,
+        partial_chunk=e.params.partial_chunk,
         spec_json=canonical_spec(e.spec) if e.spec is not None else "",
     )

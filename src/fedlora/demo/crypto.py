@@ -89,7 +89,7 @@ def run_crypto_demo(*, bits: int, values: int, seed: int) -> int:
     t0 = time.monotonic()
     engine.tick()
     timings.append(("coordinator: homomorphic sum, ticket logged", time.monotonic() - t0))
-    holders = [pid for pid in ids if fed.clients[pid].share is not None]
+    holders = [pid for pid in ids if fed.clients[pid].holder is not None]
     for phase in (
         "share holders: check every contribution and the aggregate, sign the ticket",
         "share holders: quorum seen, release proven partial decryptions",

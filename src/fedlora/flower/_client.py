@@ -4,9 +4,11 @@ Added to a ``ClientApp`` (``ClientApp(mods=[fedlora_mod])``), it runs the user's
 on the global model it has verified against the anchored audit log, then replaces the updated
 arrays in the reply by fedlora's contribution: the delta from the global model, clipped,
 quantized, packed, Paillier-encrypted under the federation's threshold key, proven and signed
-(:func:`fedlora.protocol.build_contribution`, through the same :class:`fedlora.client.Client` as
-the standalone product). As a share holder it checks the aggregate itself and releases a proven
-partial decryption only under the same rules (ledger, ticket quorum, ``min_participants``).
+(:func:`fedlora.protocol.build_contribution`), by the same contributor role the standalone
+client drives (:class:`fedlora.client._contributor.Contributor`). As a share holder it checks
+the aggregate itself and releases a proven partial decryption by the same holder role
+(:class:`fedlora.client._holder.Holder`): the same ledger, ticket quorum and
+``min_participants``.
 
 The mod is the node's gate: it answers fedlora's steps only. Any other message — a plain Flower
 train message, a query, an action the federation does not use — is refused (an error reply and
@@ -15,8 +17,8 @@ node only inside fedlora's contribution. Evaluation runs only on a global model 
 verified, and only the metrics the node's YAML lists in ``flower.share_metrics`` go back.
 
 Flower is push-style: every request arrives as a message and every answer is a reply. A
-:class:`PushTransport` serves the client's requests from the message at hand and keeps what it
-sends for the reply; the fedlora ``Client`` cannot tell the difference.
+:class:`PushTransport` serves the member's requests from the message at hand and keeps what it
+sends for the reply.
 
 Which fedlora client a SuperNode is: ``fedlora-config`` in its node config (the path of its client
 YAML), or, in a simulation, the ``fedlora-dir`` folder in the run config, whose YAML
@@ -54,14 +56,13 @@ from rich.console import Console
 from fedlora import rpc
 from fedlora._files import StateLock, replace_file
 from fedlora.audit import SignedCheckpoint
-from fedlora.client import Client, Federation
+from fedlora.client._contributor import Contributor
+from fedlora.client._holder import Holder
 from fedlora.client._ledger import DecryptorLedger
+from fedlora.client._member import Federation, Member
 from fedlora.config import ClientConfig, load_client_config
 from fedlora.crypto import (
     ObfuscatorPool,
-    ciphertext_vector_digest,
-    ciphertext_width,
-    pack_records,
     sign_digest,
 )
 from fedlora.errors import (
@@ -75,12 +76,9 @@ from fedlora.flower import _wire as w
 from fedlora.flower._identity import join_digest
 from fedlora.flower._spec import node_spec
 from fedlora.protocol import (
-    CheckedAggregate,
-    ContributionHeader,
     DecryptionTask,
     JoinInfo,
     PartialHeader,
-    Receipt,
     RoundStatus,
     SignedContribution,
     TicketAck,
@@ -88,7 +86,6 @@ from fedlora.protocol import (
     canonical_spec,
     check_spec,
     parse_spec,
-    unpack_records,
 )
 from fedlora.v1 import common_pb2, federation_pb2
 
@@ -109,7 +106,9 @@ def flatten(arrays: ArrayRecord) -> np.ndarray:
 
 
 class PushTransport:
-    """:class:`fedlora.client.Transport` over one Flower message and its reply."""
+    """:class:`fedlora.client._transport.MemberTransport` over one Flower message and its
+    reply: requests are answered from the message at hand, what is sent is kept for the reply.
+    (The contribution is the train step's reply itself, so there is no upload.)"""
 
     def __init__(self) -> None:
         self.content = RecordDict()
@@ -145,11 +144,6 @@ class PushTransport:
         if max_bytes is not None and len(data) > max_bytes:
             raise RemoteError(f"global version {version} is larger than the model", ProtocolError)
         return data, hashlib.sha256(data).digest()
-
-    def upload_contribution(
-        self, header: ContributionHeader, records: bytes, on_progress: Any = None
-    ) -> Receipt:
-        raise RemoteError("on Flower a contribution is a reply, not an upload", ProtocolError)
 
     def decryption_task(self, round_number: int, *, manifest_only: bool) -> DecryptionTask:
         if not manifest_only and w.scalar(self.content, "manifest_only"):
@@ -213,45 +207,21 @@ class PushTransport:
         data = self._blob(f"inclusion:{index}:{tree_size}")
         return [data[i : i + 32] for i in range(0, len(data), 32)]
 
-    def close(self) -> None:
-        return None
 
+def _save_arrays(layout: Any, vector: np.ndarray, folder: Path) -> None:
+    """A kept version in the ServerApp's layout, as the log's ``federation_started`` entry
+    names it: ``arrays.npz``, one float array per key, in order. Nothing is written when the
+    log names no layout or one that does not describe this vector."""
+    arrays = _split(vector, layout)
+    if arrays is None:
+        return
+    import zipfile
 
-class FlowerTrainer:
-    """The user's ``@app.train()`` as a fedlora trainer: its update, as an offset from the global."""
-
-    def __init__(self, received: np.ndarray) -> None:
-        self.received = received
-        self.num_parameters = int(received.size)
-        self.num_examples = 1
-        self.updated: np.ndarray | None = None
-        self.keeper: Any = None  # the session's ModelKeeper: the layout the log names
-
-    def train(self, global_vector: np.ndarray, steps: int, on_step: object = None) -> np.ndarray:
-        assert self.updated is not None, "the user's training runs before sealing"
-        update = self.updated.astype(np.float64) - self.received.astype(np.float64)
-        return (global_vector.astype(np.float64) + update).astype(np.float32)
-
-    def evaluate(self, vector: np.ndarray) -> float:
-        return float("nan")
-
-    def reseed(self, seed: int) -> None:
-        """The user's ``@app.train()`` draws its own batches (seed them per round there)."""
-
-    def save_adapter(self, vector: np.ndarray, folder: Path) -> None:
-        """A kept version in the ServerApp's layout, as the log's ``federation_started`` entry
-        names it: ``arrays.npz``, one float array per key, in order. Nothing is written when the
-        log names no layout or one that does not describe this vector."""
-        arrays = _split(vector, self.keeper.layout if self.keeper is not None else None)
-        if arrays is None:
-            return
-        import zipfile
-
-        folder.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(folder / "arrays.npz", "w") as archive:
-            for key, array in arrays.items():
-                with archive.open(f"{key}.npy", "w") as fh:
-                    np.lib.format.write_array(fh, array, allow_pickle=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(folder / "arrays.npz", "w") as archive:
+        for key, array in arrays.items():
+            with archive.open(f"{key}.npy", "w") as fh:
+                np.lib.format.write_array(fh, array, allow_pickle=False)
 
 
 _KEY = re.compile(r"^[A-Za-z0-9_.:/-]{1,200}$")
@@ -297,19 +267,18 @@ class FlowerSession:
 
     def __init__(self, config: ClientConfig) -> None:
         self.transport = PushTransport()
-        self.trainer = FlowerTrainer(np.zeros(1, dtype=np.float32))
-        self.client = Client(
+        self.member = Member(
             config,
-            trainer=self.trainer,
+            self.transport,
             console=Console(stderr=True),
-            transport=self.transport,
             refusal_interval_s=RECORD_EVERY_S,
         )
-        self.trainer.keeper = self.client.models
         self.fed: Federation | None = None
+        self.contributor: Contributor | None = None
+        self.holder: Holder | None = None
 
     def anchor_size(self) -> int:
-        current = self.client.anchor.current
+        current = self.member.anchor.current
         return current.tree_size if current else 0
 
     def marks(self) -> dict[str, int]:
@@ -317,22 +286,37 @@ class FlowerSession:
         log entries it has read (so the next message carries only what is new to it)."""
         return {
             "anchor": self.anchor_size(),
-            "scanned": self.client.models.scanned,
-            "kept": self.client.models.kept_through(),
+            "scanned": self.member.models.scanned,
+            "kept": self.member.models.kept_through(),
         }
 
     def ensure_joined(self) -> Federation:
         """Join from the message's join info (a simulation may run each message in another
-        process, so nothing but the client's files is assumed to survive between messages)."""
+        process, so nothing but the client's files is assumed to survive between messages):
+        this node's spec and the model size the message announces, whose every value the train
+        and evaluate steps then check against the anchored log."""
         if self.fed is None:
-            info = self.transport.join()
-            if self.trainer.num_parameters != info.num_parameters and self.trainer.updated is None:
-                self.trainer.num_parameters = info.num_parameters
-            self.fed = self.client.join(node_spec(self.client.config, info.num_parameters))
+            size = self.transport.join().num_parameters
+            fed = self.member.join(node_spec(self.member.config, size), size)
+            self.fed, self.contributor = fed, Contributor(self.member, fed)
+            if fed.policy is not None:
+                self.holder = Holder(self.member, fed, keep_on_disk=True)
         return self.fed
 
+    def keep_models(self, round_number: int) -> None:
+        """Keep every version published since this node last read the log (see
+        :meth:`fedlora.client._member.Member.keep_models`), in the ServerApp's array layout."""
+        fed = self.ensure_joined()
+        models = self.member.models
+        self.member.keep_models(
+            round_number,
+            num_parameters=fed.info.num_parameters,
+            max_version=max(fed.info.rounds, round_number),
+            save=lambda vector, folder: _save_arrays(models.layout, vector, folder),
+        )
+
     def _pending_path(self, round_number: int) -> Path:
-        return self.client.state_dir / "flower-pending" / f"round-{round_number:05d}.json"
+        return self.member.state_dir / "flower-pending" / f"round-{round_number:05d}.json"
 
     def save_pending(self, sent: SignedContribution) -> None:
         """The sealed contribution, kept on disk until its receipt arrives: what the receipt is
@@ -507,7 +491,7 @@ def _join(session: FlowerSession, msg: Message) -> RecordDict:
     and this node's federation spec, which goes with it (the server compares it with the
     federation's). A spec that differs from the one the message announces is also this node's
     refusal, in its ledger and its log."""
-    config = session.client.config
+    config = session.member.config
     nonce = w.blob(msg.content, "nonce", max_bytes=w.SMALL)
     size = w.scalar(msg.content, "num_parameters")
     if type(size) is not int or size < 1:
@@ -523,14 +507,14 @@ def _join(session: FlowerSession, msg: Message) -> RecordDict:
                 config.id,
             )
         except ConfigError as exc:
-            session.client.ledger.record_refusal(0, "federation spec", str(exc))
+            session.member.ledger.record_refusal(0, "federation spec", str(exc))
             print(f"{config.id}: {exc}", file=sys.stderr)
     digest = join_digest(config.federation_id, msg.metadata.dst_node_id, nonce, spec_json)
     content = RecordDict()
     w.put(
         content,
         w.JOIN,
-        {"signature": sign_digest(session.client.signing_key, digest), "spec": spec_json.encode()},
+        {"signature": sign_digest(session.member.signing_key, digest), "spec": spec_json.encode()},
         party=config.id,
         **session.marks(),
     )
@@ -545,13 +529,15 @@ def _receipt(session: FlowerSession) -> None:
     receipt = rpc.receipt_from_proto(w.parse(common_pb2.Receipt(), data, "receipt"))
     sent = session.load_pending(receipt.round_number)
     if sent is None:
-        kept = session.client.state_dir / "receipts" / f"round-{receipt.round_number:05d}.json"
+        kept = session.member.state_dir / "receipts" / f"round-{receipt.round_number:05d}.json"
         if kept.exists():
             return  # checked and kept already: the server sends it until the node confirms
         raise ProtocolError(
             f"a receipt for round {receipt.round_number}, for which this client kept no contribution"
         )
-    session.client.accept_receipt(session.fed, sent, receipt)
+    contributor = session.contributor
+    assert contributor is not None
+    contributor.accept_receipt(sent, receipt)
     session.drop_pending(receipt.round_number)
 
 
@@ -562,38 +548,40 @@ def _train(
     _receipt(session)
     status = session.transport.round_status()
     _keep_models(session, status.round)
-    fed = session.ensure_joined()
     sealed = session.load_pending(status.round, records=True)
     if sealed is not None and sealed.records:
         return Message(_contribution_reply(session, sealed, RecordDict()), reply_to=msg)
     _check_round(session, status)
     key, verified = _served_model(session, status, msg.content, "train")
     received = flatten(verified)
-    session.trainer.received, session.trainer.num_parameters = received, int(received.size)
-    session.trainer.updated = None
+    contributor = session.contributor
+    assert contributor is not None
+    node = session.member.id
     with _AHEAD_LOCK:  # the pool this process computed between rounds for this node, if any
-        session.client.keep_pool_ahead(_AHEAD.pop(session.client.config.id, None))
-    pool = session.client.obfuscator_pool(fed)  # filled while the user's model trains
+        contributor.keep_pool_ahead(_AHEAD.pop(node, None))
+    pool = contributor.obfuscator_pool()  # filled while the user's model trains
     try:
         msg.content = _user_content(msg.content, key, verified)
         reply = _call_user(call_next, msg, context, "train")  # on the verified model only
-        session.trainer.updated = _updated_vector(reply.content, verified)
+        updated = _updated_vector(reply.content, verified)
         metrics = _user_metrics(reply.content, "train")
         examples = next((m["num-examples"] for m in metrics.values() if "num-examples" in m), 1)
-        session.trainer.num_examples = examples if type(examples) is int else 1
-        sent = session.client.seal(fed, status, pool=pool)
+        contributor.begin(status)  # the user's @app.train() draws its own batches
+        sent = contributor.seal(
+            status, received, updated, examples if type(examples) is int else 1, pool=pool
+        )
     finally:
         if pool is not None:
             pool.close()
-    ahead = session.client.pool_ahead()
+    ahead = contributor.pool_ahead()
     if ahead is not None:
         with _AHEAD_LOCK:
-            stale = _AHEAD.pop(session.client.config.id, None)
-            _AHEAD[session.client.config.id] = ahead
+            stale = _AHEAD.pop(node, None)
+            _AHEAD[node] = ahead
         if stale is not None:
             stale.close()
     session.save_pending(sent)
-    content = _shared_metrics(session.client.config, metrics)
+    content = _shared_metrics(session.member.config, metrics)
     return Message(_contribution_reply(session, sent, content), reply_to=msg)
 
 
@@ -617,7 +605,7 @@ def _evaluate(
         )
     metrics = _user_metrics(reply.content, "evaluate")
     _keep_evaluation(session, status.global_version, metrics)
-    content = _shared_metrics(session.client.config, metrics)
+    content = _shared_metrics(session.member.config, metrics)
     w.put(content, "evaluated", {}, version=status.global_version, **session.marks())
     return Message(content, reply_to=msg)
 
@@ -654,7 +642,7 @@ MAX_METRICS = 64  # per record: what a node sends, and what the server reads
 def _keep_evaluation(
     session: FlowerSession, version: int, metrics: dict[str, MetricRecord]
 ) -> None:
-    path = session.client.state_dir / EVALUATIONS
+    path = session.member.state_dir / EVALUATIONS
     try:
         doc = json.loads(path.read_bytes())
         if not isinstance(doc, dict):
@@ -767,8 +755,9 @@ def _check_round(session: FlowerSession, status: RoundStatus) -> None:
         ProtocolError: a round this node sealed already, or an older one.
         VerificationError: a round the log does not open so (also written to the ledger).
     """
-    client, r = session.client, status.round
-    sealed = client.sealed_rounds()
+    member, r = session.member, status.round
+    assert session.contributor is not None
+    sealed = session.contributor.sealed_rounds()
     if r in sealed:
         raise ProtocolError(
             f"this node sealed its contribution to round {r} already; it seals each round once"
@@ -777,7 +766,7 @@ def _check_round(session: FlowerSession, status: RoundStatus) -> None:
         raise ProtocolError(
             f"round {r} is older than round {max(sealed)}, which this node sealed already"
         )
-    opened = client.models.opened(r)
+    opened = member.models.opened(r)
     if opened is None or opened != (status.global_version, bytes(status.global_digest)):
         reason = (
             f"the audit log this node has read does not open round {r}"
@@ -785,7 +774,7 @@ def _check_round(session: FlowerSession, status: RoundStatus) -> None:
             else f"the audit log opens round {r} from global version {opened[0]}, not "
             f"{status.global_version}"
         )
-        client.ledger.record_refusal(r, "round", reason)
+        member.ledger.record_refusal(r, "round", reason)
         raise VerificationError(f"{reason}; this node does not train for it")
 
 
@@ -804,7 +793,7 @@ def _served_model(
         VerificationError: not exactly one model record, or one that is not the log's (also
             written to the node's ledger).
     """
-    client, v = session.client, status.global_version
+    member, v = session.member, status.global_version
     try:
         names = [k for k in content.array_records if k != w.BLOBS]
         if len(names) != 1:
@@ -813,7 +802,7 @@ def _served_model(
                 f"({', '.join(repr(n[:40]) for n in names[:4])}); fedlora takes exactly one"
             )
         record = content.array_records[names[0]]
-        published = client.models.published_digest(v)
+        published = member.models.published_digest(v)
         if published is None:
             raise VerificationError(
                 f"this node has not read global version {v}'s publication in the audit log (the "
@@ -824,8 +813,8 @@ def _served_model(
                 f"round {status.round}'s global model is not the one the audit log publishes as "
                 f"version {v}"
             )
-        vector = client.download_global(v, status.global_digest)
-        expected = _split(vector, client.models.layout)
+        vector = member.download_global(v, status.global_digest)
+        expected = _split(vector, member.models.layout)
         if expected is None:
             raise VerificationError(
                 "the audit log names no array layout that fits the global model"
@@ -844,7 +833,7 @@ def _served_model(
                     "publishes it"
                 )
     except VerificationError as exc:
-        client.ledger.record_refusal(status.round, "global model", str(exc))
+        member.ledger.record_refusal(status.round, "global model", str(exc))
         verb = "train" if what == "train" else "evaluate"
         raise VerificationError(f"{exc}; this node does not {verb} on it") from None
     return names[0], ArrayRecord({key: Array(array) for key, array in expected.items()})
@@ -855,11 +844,10 @@ def _keep_models(session: FlowerSession, round_number: int) -> None:
     client does. A log or a download that is not what the server signed is refused, as there
     (VerificationError); a message that lacks what is needed (after a lost reply, say) is
     only reported, and training goes on."""
-    fed = session.ensure_joined()
     try:
-        session.client.keep_models(round_number, fed.info.rounds)
+        session.keep_models(round_number)
     except (RemoteError, OSError) as exc:
-        print(f"{session.client.config.id}: global versions not kept now: {exc}", file=sys.stderr)
+        print(f"{session.member.config.id}: global versions not kept now: {exc}", file=sys.stderr)
 
 
 def _keep(session: FlowerSession) -> RecordDict:
@@ -867,72 +855,21 @@ def _keep(session: FlowerSession) -> RecordDict:
     session.ensure_joined()
     _receipt(session)
     _keep_models(session, session.transport.round_status().round)
-    kept = session.client.models.kept()
+    kept = session.member.models.kept()
     content = RecordDict()
     w.put(content, "kept", {}, newest=max(kept) if kept else 0, **session.marks())
     return content
 
 
-def _verified_path(session: FlowerSession, round_number: int) -> Path:
-    return session.client.state_dir / "flower-verified" / f"round-{round_number:05d}.json"
-
-
-def _load_verified(session: FlowerSession, round_number: int) -> None:
-    """The aggregate this holder verified in full at the decrypt step, so the release step
-    carries only the manifest (the client re-checks the ticket and the aggregate's digest)."""
-    path = _verified_path(session, round_number)
-    holder = session.client.holder
-    if holder is None or not path.exists():
-        return
-    try:
-        doc = json.loads(path.read_text())
-        checked = CheckedAggregate(
-            round_number,
-            bytes.fromhex(doc["ticket"]),
-            unpack_records(bytes.fromhex(doc["aggregate"]), ciphertext_width(holder.key.paillier)),
-            tuple(doc["participants"]),
-        )
-    except (OSError, ValueError, KeyError, TypeError, FedLoraError):
-        return  # the full task is asked for instead
-    if not hmac.compare_digest(
-        ciphertext_vector_digest(holder.key.paillier, checked.ciphertexts),
-        bytes.fromhex(str(doc.get("digest", ""))),
-    ):
-        return
-    session.client.restore_checked_aggregate(checked)
-
-
-def _save_verified(session: FlowerSession, round_number: int) -> None:
-    checked = session.client.checked_aggregate(round_number)
-    holder = session.client.holder
-    if checked is None or holder is None:
-        return
-    path = _verified_path(session, round_number)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    width = ciphertext_width(holder.key.paillier)
-    doc = {
-        "ticket": checked.ticket.hex(),
-        "aggregate": pack_records(checked.ciphertexts, width).hex(),
-        "digest": ciphertext_vector_digest(holder.key.paillier, checked.ciphertexts).hex(),
-        "participants": list(checked.participants),
-    }
-    path.write_text(json.dumps(doc))
-
-
 def _decrypt(session: FlowerSession, msg: Message) -> RecordDict:
     session.ensure_joined()
-    if session.client.holder is None:
+    if session.holder is None:
         raise ProtocolError("this node holds no key share")
     _receipt(session)
     round_number = w.scalar(msg.content, "round")
     if type(round_number) is not int or round_number < 1:
         raise ProtocolError("the decrypt message names no round")
-    _load_verified(session, round_number)
-    done = session.client.decrypt(round_number)
-    if done:
-        _verified_path(session, round_number).unlink(missing_ok=True)
-    else:
-        _save_verified(session, round_number)
+    done = session.holder.decrypt(round_number)
     out = dict(session.transport.outbox)
     content = RecordDict()
     w.put(content, "released" if done else "signed", out, **session.marks())

@@ -343,8 +343,8 @@ class FedloraStrategy(Strategy):
             )
         for _, version in wanted[:MODELS_PER_MESSAGE]:
             if version != engine.global_version:
-                blobs[f"global:{version}"] = engine.store.global_path(version).read_bytes()
-        blobs["global"] = engine.store.global_path(engine.global_version).read_bytes()
+                blobs[f"global:{version}"] = b"".join(engine.global_chunks(version)[1])
+        blobs["global"] = b"".join(engine.global_chunks(engine.global_version)[1])
         return blobs
 
     # -- what every fedlora message to a node carries ------------------------------------------
@@ -407,7 +407,8 @@ class FedloraStrategy(Strategy):
         """The current global model (the published version, in the initial arrays' layout)."""
         engine, template, base = self.engine, self.template, self.base
         assert engine is not None and template is not None and base is not None
-        vector = engine.store.load_global(engine.global_version)
+        data = b"".join(engine.global_chunks(engine.global_version)[1])
+        vector = np.frombuffer(data, dtype="<f4")
         out, offset = {}, 0
         for key, array in template.items():
             shape = array.shape
@@ -479,12 +480,12 @@ class FedloraStrategy(Strategy):
         engine = self.engine or self._start(arrays)
         self._join(grid)  # nodes not admitted yet (late, or whose answer was lost)
         engine.tick()  # round 1 opens once min_clients parties have joined
-        if engine.stage in (Stage.TICKETING, Stage.DECRYPTING) and engine.round is not None:
+        if engine.stage in (Stage.TICKETING, Stage.DECRYPTING):
             # A ServerApp restarted while a round was being decrypted: finish (or end) that
             # decryption first. Flower counts its rounds afresh; the engine's round is the one.
-            log.warning(f"round {engine.round.number} was being decrypted; resuming it")
+            log.warning(f"round {engine.round_number} was being decrypted; resuming it")
             self.refusals = []
-            self._decrypt(engine.round.number)
+            self._decrypt(engine.round_number)
             engine.tick()
         if engine.stage is not Stage.COLLECTING:
             log.warning(
@@ -543,9 +544,9 @@ class FedloraStrategy(Strategy):
         # contributions records why the others did not contribute.
         engine.close_collection(_grouped(self.refusals))
         engine.tick()  # aggregates (or fails the round below participant_threshold)
-        if engine.stage is Stage.TICKETING and engine.round is not None:
+        if engine.stage is Stage.TICKETING:
             self.refusals = []
-            self._decrypt(engine.round.number)
+            self._decrypt(engine.round_number)
         closed = engine.global_version > before
         metrics = MetricRecord(
             {
@@ -629,8 +630,8 @@ class FedloraStrategy(Strategy):
         holders = self._holders()
         self._send_tasks(w.DECRYPT, holders, round_number)
         released: set[int] = set()
-        while engine.stage is Stage.DECRYPTING and engine.round is not None:
-            signed = set(engine.round.ticket_signatures)
+        while engine.stage is Stage.DECRYPTING:
+            signed = engine.ticket_signers()
             have = engine.complete_partials()
             ready = [(n, p) for n, p in holders if p.id in signed and n not in released]
             needed = engine.key.threshold - len(have)

@@ -24,6 +24,7 @@ from fedlora.protocol._decryptor import (
     check_partial_header,
     check_round_in_log,
     check_task,
+    check_task_round,
     check_ticket_logged,
     chunk_ranges,
     decryption_blocked,
@@ -33,7 +34,13 @@ from fedlora.protocol._decryptor import (
     valid_ticket_signatures,
     verify_partial,
 )
-from fedlora.protocol._joining import Joined, JoinExpectations, check_join, check_key_safety
+from fedlora.protocol._joining import (
+    Joined,
+    JoinExpectations,
+    check_announced,
+    check_join,
+    check_key_safety,
+)
 from fedlora.protocol._messages import (
     PLAINTEXT_FINGERPRINT,
     ContributionHeader,
@@ -115,6 +122,7 @@ __all__ = [
     "assemble_task",
     "build_contribution",
     "canonical_spec",
+    "check_announced",
     "check_contribution_header",
     "check_join",
     "check_key_safety",
@@ -124,6 +132,7 @@ __all__ = [
     "check_round_in_log",
     "check_spec",
     "check_task",
+    "check_task_round",
     "check_ticket_logged",
     "check_transition",
     "chunk_ranges",

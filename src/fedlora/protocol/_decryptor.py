@@ -135,10 +135,7 @@ def check_task(
     """
     m, key = task.manifest, policy.key
     pk, width = key.paillier, ciphertext_width(key.paillier)
-    if m.round_number != round_number:
-        raise VerificationError(
-            f"the manifest is for round {m.round_number}, but the task is round {round_number}"
-        )
+    check_task_round(m, round_number)
     if m.federation_id != policy.federation_id:
         raise VerificationError(
             f"the manifest is for federation {m.federation_id!r}, not {policy.federation_id!r}"
@@ -262,6 +259,24 @@ def check_round_in_log(round_number: int, tree_size: int) -> None:
         )
 
 
+def check_task_round(manifest: DecryptionManifest, round_number: int) -> None:
+    """Every check a holder makes of a task's round number, in one place: the manifest is for
+    the round asked, and the round is one the anchored log can hold, both in the checkpoint and
+    before the round's ``aggregated`` entry (see :func:`check_round_in_log`).
+
+    Raises:
+        VerificationError: naming the round and what it contradicts.
+    """
+    if manifest.round_number != round_number:
+        raise VerificationError(
+            f"the manifest is for round {manifest.round_number}, but the task is round "
+            f"{round_number}"
+        )
+    check_round_in_log(
+        round_number, min(manifest.checkpoint.tree_size, max(0, manifest.aggregated_index))
+    )
+
+
 def check_ticket_logged(
     manifest: DecryptionManifest, round_number: int, ticket: bytes, participants: Sequence[str]
 ) -> None:
@@ -291,7 +306,6 @@ def check_ticket_logged(
         raise VerificationError(
             f"the audit entry sent for round {round_number}'s ticket does not record this ticket"
         )
-    check_round_in_log(round_number, manifest.aggregated_index)
     verify_entry_inclusion(
         manifest.aggregated_entry,
         manifest.aggregated_index,

@@ -9,14 +9,16 @@ rounds will need, or refuses.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fedlora.config import ClientPolicy, TestingOptions, check_key_size
 from fedlora.crypto import ThresholdPublicKey, ticket_quorum
 from fedlora.errors import ConfigError, ProtocolError, VerificationError
+from fedlora.protocol._decryptor import PARTIAL_CHUNK
 from fedlora.protocol._messages import JoinInfo
-from fedlora.protocol._spec import check_spec, parse_spec
+from fedlora.protocol._spec import check_spec, parse_spec, spec_digest
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ def check_join(info: JoinInfo, expect: JoinExpectations, key: ThresholdPublicKey
         ProtocolError: another federation.
         VerificationError: another coordinator key or threshold key, plaintext without
             ``policy.allow_plaintext``, a codec for another modulus size.
+            A partial-decryption chunk size other than this client's.
         ConfigError: a small key without the testing option, t < 2, a ticket quorum outside
             ⌈(n + t)/2⌉..n, or a model of another size.
     """
@@ -76,6 +79,12 @@ def check_join(info: JoinInfo, expect: JoinExpectations, key: ThresholdPublicKey
                 "the coordinator uses a different threshold key than keys.threshold_public_key"
             )
         quorum = _check_key(info, expect, key)
+        if info.partial_chunk != PARTIAL_CHUNK:
+            raise VerificationError(
+                f"the coordinator announces partial decryptions in chunks of {info.partial_chunk} "
+                f"ciphertexts, this client's fedlora sends chunks of {PARTIAL_CHUNK}: run the "
+                "coordinator's fedlora version"
+            )
     if info.spec_json and expect.spec is not None:
         check_spec(
             parse_spec(info.spec_json, "the federation's spec"), expect.spec, expect.client_id
@@ -86,6 +95,47 @@ def check_join(info: JoinInfo, expect: JoinExpectations, key: ThresholdPublicKey
         )
     min_participants = expect.policy.min_participants or max(2, info.participant_threshold)
     return Joined(info, min_participants, quorum)
+
+
+def check_announced(info: JoinInfo, settings: Mapping[str, Any]) -> None:
+    """What the coordinator announced at join must be what it recorded in its signed log's
+    ``federation_started`` entry (the settings every restart must match): the codec, the
+    thresholds, the ticket quorum, ``min_clients``, the partial-decryption chunk size, the model
+    size and spec. A coordinator that tells one member other parameters than it logged (another
+    codec, say, or another model spec) is caught by the member itself.
+
+    Raises:
+        VerificationError: naming each announced setting that differs from the log's.
+    """
+    spec = (
+        spec_digest(parse_spec(info.spec_json, "the federation's spec")) if info.spec_json else ""
+    )
+    announced: dict[str, Any] = {
+        "federation_id": info.federation_id,
+        "federated_learning.encryption_type": info.encryption_type,
+        "keys.threshold_public_key": info.key_fingerprint.hex(),
+        "codec.clip": info.codec.clip,
+        "codec.value_bits": info.codec.value_bits,
+        "codec.max_total_weight": info.codec.max_total_weight,
+        "codec.max_weight": info.max_weight,
+        "federated_learning.participant_threshold": info.participant_threshold,
+        "federated_learning.decryption_threshold": info.decryption_threshold,
+        "federated_learning.ticket_quorum": info.ticket_quorum,
+        "federated_learning.min_clients": info.min_clients,
+        "federated_learning.rounds": info.rounds,
+        "federated_learning.aggregation_frequency": info.aggregation_frequency,
+        "model.num_parameters": info.num_parameters,
+        "model.spec": spec,
+        "protocol.partial_chunk": info.partial_chunk,
+    }
+    differ = [name for name, value in announced.items() if settings.get(name) != value]
+    if differ:
+        shown = ", ".join(
+            f"{name} {announced[name]!r} (logged {settings.get(name)!r})" for name in differ[:4]
+        )
+        raise VerificationError(
+            f"the coordinator announced other settings than its audit log records: {shown}"
+        )
 
 
 def check_key_safety(

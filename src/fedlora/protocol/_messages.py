@@ -34,6 +34,8 @@ class JoinInfo:
     chunk_bytes: int
     max_weight: int
     ticket_quorum: int
+    min_clients: int  # contributions a round waits for before it closes
+    partial_chunk: int  # ciphertexts per partial decryption chunk (protocol.partial_chunk)
     spec_json: str = ""  # the federation spec (canonical JSON) every client must match; "": none
 
     @property

@@ -160,6 +160,8 @@ def join_to_proto(info: JoinInfo) -> federation_pb2.JoinResponse:
         max_weight=info.max_weight,
         ticket_quorum=info.ticket_quorum,
         spec_json=info.spec_json,
+        min_clients=info.min_clients,
+        partial_chunk=info.partial_chunk,
     )
 
 
@@ -180,6 +182,8 @@ def join_from_proto(r: Any) -> JoinInfo:
         max_weight=r.max_weight or 1,
         ticket_quorum=r.ticket_quorum,
         spec_json=r.spec_json,
+        min_clients=r.min_clients,
+        partial_chunk=r.partial_chunk,
     )
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fedlora.v1 import common_pb2 as fedlora_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65\x64lora/v1/federation.proto\x12\nfedlora.v1\x1a\x17\x66\x65\x64lora/v1/common.proto\"3\n\x0bJoinRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x11\n\tspec_json\x18\x02 \x01(\t\"\x85\x03\n\x0cJoinResponse\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x17\n\x0fkey_fingerprint\x18\x03 \x01(\x0c\x12&\n\x05\x63odec\x18\x04 \x01(\x0b\x32\x17.fedlora.v1.CodecParams\x12\x17\n\x0f\x65ncryption_type\x18\x05 \x01(\t\x12\x1d\n\x15\x61ggregation_frequency\x18\x06 \x01(\r\x12\x1d\n\x15participant_threshold\x18\x07 \x01(\r\x12\x1c\n\x14\x64\x65\x63ryption_threshold\x18\x08 \x01(\r\x12\x0e\n\x06rounds\x18\t \x01(\r\x12\x16\n\x0enum_parameters\x18\n \x01(\x04\x12\x1f\n\x17\x63oordinator_signing_key\x18\x0b \x01(\x0c\x12\x13\n\x0b\x63hunk_bytes\x18\x0c \x01(\r\x12\x12\n\nmax_weight\x18\r \x01(\x04\x12\x15\n\rticket_quorum\x18\x0e \x01(\r\x12\x11\n\tspec_json\x18\x0f \x01(\t\"\x0c\n\nRoundQuery\"\x91\x03\n\x0bRoundStatus\x12\r\n\x05round\x18\x01 \x01(\r\x12%\n\x05stage\x18\x02 \x01(\x0e\x32\x16.fedlora.v1.RoundStage\x12\x16\n\x0eglobal_version\x18\x03 \x01(\r\x12\x15\n\rglobal_digest\x18\x04 \x01(\x0c\x12\x17\n\x0f\x64\x65\x61\x64line_unix_s\x18\x05 \x01(\x01\x12\x15\n\rcontributions\x18\x06 \x01(\r\x12\x13\n\x0b\x63ontributed\x18\x07 \x01(\x08\x12\x19\n\x11partial_submitted\x18\x08 \x01(\x08\x12\x14\n\x0crounds_total\x18\t \x01(\r\x12\x11\n\tdecryptor\x18\n \x01(\x08\x12\x15\n\rticket_signed\x18\x0b \x01(\x08\x12\x19\n\x11ticket_signatures\x18\x0c \x01(\r\x12\x14\n\x0c\x63ontributors\x18\r \x03(\t\x12\x0e\n\x06joined\x18\x0e \x01(\r\x12\x13\n\x0bmin_clients\x18\x0f \x01(\r\x12\x16\n\x0ejoined_parties\x18\x10 \x03(\t\x12\x0f\n\x07warning\x18\x11 \x01(\t\" \n\rGlobalRequest\x12\x0f\n\x07version\x18\x01 \x01(\r\"T\n\x0bGlobalChunk\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x12\x16\n\x0enum_parameters\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x84\x02\n\x12\x43ontributionHeader\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0e\n\x06weight\x18\x02 \x01(\x04\x12\x13\n\x0bvalue_count\x18\x03 \x01(\x04\x12\x14\n\x0crecord_count\x18\x04 \x01(\x04\x12\x1a\n\x12\x63iphertexts_digest\x18\x05 \x01(\x0c\x12\x17\n\x0fkey_fingerprint\x18\x06 \x01(\x0c\x12\x14\n\x0c\x63odec_digest\x18\x07 \x01(\x0c\x12\x11\n\tsignature\x18\x08 \x01(\x0c\x12\x16\n\x0eglobal_version\x18\t \x01(\r\x12\x15\n\rglobal_digest\x18\n \x01(\x0c\x12\x17\n\x0fknowledge_proof\x18\x0b \x01(\x0c\"]\n\x11\x43ontributionChunk\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.fedlora.v1.ContributionHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"=\n\x15\x44\x65\x63ryptionTaskRequest\x12\r\n\x05round\x18\x01 \x01(\r\x12\x15\n\rmanifest_only\x18\x02 \x01(\x08\"\x90\x01\n\rManifestEntry\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x04\x12\x14\n\x0crecord_count\x18\x03 \x01(\x04\x12\x1a\n\x12\x63iphertexts_digest\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\x17\n\x0fknowledge_proof\x18\x06 \x01(\x0c\"\xd1\x03\n\x12\x44\x65\x63ryptionManifest\x12\r\n\x05round\x18\x01 \x01(\r\x12\x13\n\x0bvalue_count\x18\x02 \x01(\x04\x12&\n\x05\x63odec\x18\x03 \x01(\x0b\x32\x17.fedlora.v1.CodecParams\x12\x17\n\x0fkey_fingerprint\x18\x04 \x01(\x0c\x12*\n\x07\x65ntries\x18\x05 \x03(\x0b\x32\x19.fedlora.v1.ManifestEntry\x12\x18\n\x10\x61ggregate_digest\x18\x06 \x01(\x0c\x12\x14\n\x0crecord_count\x18\x07 \x01(\x04\x12\x15\n\rfederation_id\x18\x08 \x01(\t\x12\x16\n\x0eglobal_version\x18\t \x01(\r\x12\x15\n\rglobal_digest\x18\n \x01(\x0c\x12\x36\n\x11ticket_signatures\x18\x0b \x03(\x0b\x32\x1b.fedlora.v1.TicketSignature\x12*\n\ncheckpoint\x18\x0c \x01(\x0b\x32\x16.fedlora.v1.Checkpoint\x12\x18\n\x10\x61ggregated_entry\x18\r \x01(\x0c\x12\x18\n\x10\x61ggregated_index\x18\x0e \x01(\x04\x12\x1c\n\x14\x61ggregated_inclusion\x18\x0f \x03(\x0c\"6\n\x0fTicketSignature\x12\x10\n\x08party_id\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"K\n\x10TicketSubmission\x12\r\n\x05round\x18\x01 \x01(\r\x12\x15\n\rticket_digest\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"/\n\tTicketAck\x12\x12\n\nsignatures\x18\x01 \x01(\r\x12\x0e\n\x06quorum\x18\x02 \x01(\r\"3\n\x10\x43ontributionData\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x9c\x01\n\x13\x44\x65\x63ryptionTaskChunk\x12\x32\n\x08manifest\x18\x01 \x01(\x0b\x32\x1e.fedlora.v1.DecryptionManifestH\x00\x12\x34\n\x0c\x63ontribution\x18\x02 \x01(\x0b\x32\x1c.fedlora.v1.ContributionDataH\x00\x12\x13\n\taggregate\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04part\"\xcb\x01\n\rPartialHeader\x12\r\n\x05round\x18\x01 \x01(\r\x12\x1a\n\x12\x63iphertexts_digest\x18\x02 \x01(\x0c\x12\x17\n\x0fproof_challenge\x18\x03 \x01(\x0c\x12\x16\n\x0eproof_response\x18\x04 \x01(\x0c\x12\x14\n\x0crecord_count\x18\x05 \x01(\x04\x12\x15\n\rticket_digest\x18\x06 \x01(\x0c\x12\x1b\n\x13statement_signature\x18\x07 \x01(\x0c\x12\x14\n\x0c\x66irst_record\x18\x08 \x01(\x04\"S\n\x0cPartialChunk\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.fedlora.v1.PartialHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"/\n\nPartialAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t2\x87\x04\n\nFederation\x12\x39\n\x04Join\x12\x17.fedlora.v1.JoinRequest\x1a\x18.fedlora.v1.JoinResponse\x12;\n\x08GetRound\x12\x16.fedlora.v1.RoundQuery\x1a\x17.fedlora.v1.RoundStatus\x12\x46\n\x0e\x44ownloadGlobal\x12\x19.fedlora.v1.GlobalRequest\x1a\x17.fedlora.v1.GlobalChunk0\x01\x12J\n\x12UploadContribution\x12\x1d.fedlora.v1.ContributionChunk\x1a\x13.fedlora.v1.Receipt(\x01\x12Y\n\x11GetDecryptionTask\x12!.fedlora.v1.DecryptionTaskRequest\x1a\x1f.fedlora.v1.DecryptionTaskChunk0\x01\x12\x43\n\x0cSubmitTicket\x12\x1c.fedlora.v1.TicketSubmission\x1a\x15.fedlora.v1.TicketAck\x12M\n\x17SubmitPartialDecryption\x12\x18.fedlora.v1.PartialChunk\x1a\x16.fedlora.v1.PartialAck(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65\x64lora/v1/federation.proto\x12\nfedlora.v1\x1a\x17\x66\x65\x64lora/v1/common.proto\"3\n\x0bJoinRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x11\n\tspec_json\x18\x02 \x01(\t\"\xb1\x03\n\x0cJoinResponse\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x17\n\x0fkey_fingerprint\x18\x03 \x01(\x0c\x12&\n\x05\x63odec\x18\x04 \x01(\x0b\x32\x17.fedlora.v1.CodecParams\x12\x17\n\x0f\x65ncryption_type\x18\x05 \x01(\t\x12\x1d\n\x15\x61ggregation_frequency\x18\x06 \x01(\r\x12\x1d\n\x15participant_threshold\x18\x07 \x01(\r\x12\x1c\n\x14\x64\x65\x63ryption_threshold\x18\x08 \x01(\r\x12\x0e\n\x06rounds\x18\t \x01(\r\x12\x16\n\x0enum_parameters\x18\n \x01(\x04\x12\x1f\n\x17\x63oordinator_signing_key\x18\x0b \x01(\x0c\x12\x13\n\x0b\x63hunk_bytes\x18\x0c \x01(\r\x12\x12\n\nmax_weight\x18\r \x01(\x04\x12\x15\n\rticket_quorum\x18\x0e \x01(\r\x12\x11\n\tspec_json\x18\x0f \x01(\t\x12\x13\n\x0bmin_clients\x18\x10 \x01(\r\x12\x15\n\rpartial_chunk\x18\x11 \x01(\r\"\x0c\n\nRoundQuery\"\x91\x03\n\x0bRoundStatus\x12\r\n\x05round\x18\x01 \x01(\r\x12%\n\x05stage\x18\x02 \x01(\x0e\x32\x16.fedlora.v1.RoundStage\x12\x16\n\x0eglobal_version\x18\x03 \x01(\r\x12\x15\n\rglobal_digest\x18\x04 \x01(\x0c\x12\x17\n\x0f\x64\x65\x61\x64line_unix_s\x18\x05 \x01(\x01\x12\x15\n\rcontributions\x18\x06 \x01(\r\x12\x13\n\x0b\x63ontributed\x18\x07 \x01(\x08\x12\x19\n\x11partial_submitted\x18\x08 \x01(\x08\x12\x14\n\x0crounds_total\x18\t \x01(\r\x12\x11\n\tdecryptor\x18\n \x01(\x08\x12\x15\n\rticket_signed\x18\x0b \x01(\x08\x12\x19\n\x11ticket_signatures\x18\x0c \x01(\r\x12\x14\n\x0c\x63ontributors\x18\r \x03(\t\x12\x0e\n\x06joined\x18\x0e \x01(\r\x12\x13\n\x0bmin_clients\x18\x0f \x01(\r\x12\x16\n\x0ejoined_parties\x18\x10 \x03(\t\x12\x0f\n\x07warning\x18\x11 \x01(\t\" \n\rGlobalRequest\x12\x0f\n\x07version\x18\x01 \x01(\r\"T\n\x0bGlobalChunk\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x12\x16\n\x0enum_parameters\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x84\x02\n\x12\x43ontributionHeader\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0e\n\x06weight\x18\x02 \x01(\x04\x12\x13\n\x0bvalue_count\x18\x03 \x01(\x04\x12\x14\n\x0crecord_count\x18\x04 \x01(\x04\x12\x1a\n\x12\x63iphertexts_digest\x18\x05 \x01(\x0c\x12\x17\n\x0fkey_fingerprint\x18\x06 \x01(\x0c\x12\x14\n\x0c\x63odec_digest\x18\x07 \x01(\x0c\x12\x11\n\tsignature\x18\x08 \x01(\x0c\x12\x16\n\x0eglobal_version\x18\t \x01(\r\x12\x15\n\rglobal_digest\x18\n \x01(\x0c\x12\x17\n\x0fknowledge_proof\x18\x0b \x01(\x0c\"]\n\x11\x43ontributionChunk\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.fedlora.v1.ContributionHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"=\n\x15\x44\x65\x63ryptionTaskRequest\x12\r\n\x05round\x18\x01 \x01(\r\x12\x15\n\rmanifest_only\x18\x02 \x01(\x08\"\x90\x01\n\rManifestEntry\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x04\x12\x14\n\x0crecord_count\x18\x03 \x01(\x04\x12\x1a\n\x12\x63iphertexts_digest\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\x17\n\x0fknowledge_proof\x18\x06 \x01(\x0c\"\xd1\x03\n\x12\x44\x65\x63ryptionManifest\x12\r\n\x05round\x18\x01 \x01(\r\x12\x13\n\x0bvalue_count\x18\x02 \x01(\x04\x12&\n\x05\x63odec\x18\x03 \x01(\x0b\x32\x17.fedlora.v1.CodecParams\x12\x17\n\x0fkey_fingerprint\x18\x04 \x01(\x0c\x12*\n\x07\x65ntries\x18\x05 \x03(\x0b\x32\x19.fedlora.v1.ManifestEntry\x12\x18\n\x10\x61ggregate_digest\x18\x06 \x01(\x0c\x12\x14\n\x0crecord_count\x18\x07 \x01(\x04\x12\x15\n\rfederation_id\x18\x08 \x01(\t\x12\x16\n\x0eglobal_version\x18\t \x01(\r\x12\x15\n\rglobal_digest\x18\n \x01(\x0c\x12\x36\n\x11ticket_signatures\x18\x0b \x03(\x0b\x32\x1b.fedlora.v1.TicketSignature\x12*\n\ncheckpoint\x18\x0c \x01(\x0b\x32\x16.fedlora.v1.Checkpoint\x12\x18\n\x10\x61ggregated_entry\x18\r \x01(\x0c\x12\x18\n\x10\x61ggregated_index\x18\x0e \x01(\x04\x12\x1c\n\x14\x61ggregated_inclusion\x18\x0f \x03(\x0c\"6\n\x0fTicketSignature\x12\x10\n\x08party_id\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"K\n\x10TicketSubmission\x12\r\n\x05round\x18\x01 \x01(\r\x12\x15\n\rticket_digest\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"/\n\tTicketAck\x12\x12\n\nsignatures\x18\x01 \x01(\r\x12\x0e\n\x06quorum\x18\x02 \x01(\r\"3\n\x10\x43ontributionData\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x9c\x01\n\x13\x44\x65\x63ryptionTaskChunk\x12\x32\n\x08manifest\x18\x01 \x01(\x0b\x32\x1e.fedlora.v1.DecryptionManifestH\x00\x12\x34\n\x0c\x63ontribution\x18\x02 \x01(\x0b\x32\x1c.fedlora.v1.ContributionDataH\x00\x12\x13\n\taggregate\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04part\"\xcb\x01\n\rPartialHeader\x12\r\n\x05round\x18\x01 \x01(\r\x12\x1a\n\x12\x63iphertexts_digest\x18\x02 \x01(\x0c\x12\x17\n\x0fproof_challenge\x18\x03 \x01(\x0c\x12\x16\n\x0eproof_response\x18\x04 \x01(\x0c\x12\x14\n\x0crecord_count\x18\x05 \x01(\x04\x12\x15\n\rticket_digest\x18\x06 \x01(\x0c\x12\x1b\n\x13statement_signature\x18\x07 \x01(\x0c\x12\x14\n\x0c\x66irst_record\x18\x08 \x01(\x04\"S\n\x0cPartialChunk\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.fedlora.v1.PartialHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"/\n\nPartialAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t2\x87\x04\n\nFederation\x12\x39\n\x04Join\x12\x17.fedlora.v1.JoinRequest\x1a\x18.fedlora.v1.JoinResponse\x12;\n\x08GetRound\x12\x16.fedlora.v1.RoundQuery\x1a\x17.fedlora.v1.RoundStatus\x12\x46\n\x0e\x44ownloadGlobal\x12\x19.fedlora.v1.GlobalRequest\x1a\x17.fedlora.v1.GlobalChunk0\x01\x12J\n\x12UploadContribution\x12\x1d.fedlora.v1.ContributionChunk\x1a\x13.fedlora.v1.Receipt(\x01\x12Y\n\x11GetDecryptionTask\x12!.fedlora.v1.DecryptionTaskRequest\x1a\x1f.fedlora.v1.DecryptionTaskChunk0\x01\x12\x43\n\x0cSubmitTicket\x12\x1c.fedlora.v1.TicketSubmission\x1a\x15.fedlora.v1.TicketAck\x12M\n\x17SubmitPartialDecryption\x12\x18.fedlora.v1.PartialChunk\x1a\x16.fedlora.v1.PartialAck(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,41 +35,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOINREQUEST']._serialized_start=68
   _globals['_JOINREQUEST']._serialized_end=119
   _globals['_JOINRESPONSE']._serialized_start=122
-  _globals['_JOINRESPONSE']._serialized_end=511
-  _globals['_ROUNDQUERY']._serialized_start=513
-  _globals['_ROUNDQUERY']._serialized_end=525
-  _globals['_ROUNDSTATUS']._serialized_start=528
-  _globals['_ROUNDSTATUS']._serialized_end=929
-  _globals['_GLOBALREQUEST']._serialized_start=931
-  _globals['_GLOBALREQUEST']._serialized_end=963
-  _globals['_GLOBALCHUNK']._serialized_start=965
-  _globals['_GLOBALCHUNK']._serialized_end=1049
-  _globals['_CONTRIBUTIONHEADER']._serialized_start=1052
-  _globals['_CONTRIBUTIONHEADER']._serialized_end=1312
-  _globals['_CONTRIBUTIONCHUNK']._serialized_start=1314
-  _globals['_CONTRIBUTIONCHUNK']._serialized_end=1407
-  _globals['_DECRYPTIONTASKREQUEST']._serialized_start=1409
-  _globals['_DECRYPTIONTASKREQUEST']._serialized_end=1470
-  _globals['_MANIFESTENTRY']._serialized_start=1473
-  _globals['_MANIFESTENTRY']._serialized_end=1617
-  _globals['_DECRYPTIONMANIFEST']._serialized_start=1620
-  _globals['_DECRYPTIONMANIFEST']._serialized_end=2085
-  _globals['_TICKETSIGNATURE']._serialized_start=2087
-  _globals['_TICKETSIGNATURE']._serialized_end=2141
-  _globals['_TICKETSUBMISSION']._serialized_start=2143
-  _globals['_TICKETSUBMISSION']._serialized_end=2218
-  _globals['_TICKETACK']._serialized_start=2220
-  _globals['_TICKETACK']._serialized_end=2267
-  _globals['_CONTRIBUTIONDATA']._serialized_start=2269
-  _globals['_CONTRIBUTIONDATA']._serialized_end=2320
-  _globals['_DECRYPTIONTASKCHUNK']._serialized_start=2323
-  _globals['_DECRYPTIONTASKCHUNK']._serialized_end=2479
-  _globals['_PARTIALHEADER']._serialized_start=2482
-  _globals['_PARTIALHEADER']._serialized_end=2685
-  _globals['_PARTIALCHUNK']._serialized_start=2687
-  _globals['_PARTIALCHUNK']._serialized_end=2770
-  _globals['_PARTIALACK']._serialized_start=2772
-  _globals['_PARTIALACK']._serialized_end=2819
-  _globals['_FEDERATION']._serialized_start=2822
-  _globals['_FEDERATION']._serialized_end=3341
+  _globals['_JOINRESPONSE']._serialized_end=555
+  _globals['_ROUNDQUERY']._serialized_start=557
+  _globals['_ROUNDQUERY']._serialized_end=569
+  _globals['_ROUNDSTATUS']._serialized_start=572
+  _globals['_ROUNDSTATUS']._serialized_end=973
+  _globals['_GLOBALREQUEST']._serialized_start=975
+  _globals['_GLOBALREQUEST']._serialized_end=1007
+  _globals['_GLOBALCHUNK']._serialized_start=1009
+  _globals['_GLOBALCHUNK']._serialized_end=1093
+  _globals['_CONTRIBUTIONHEADER']._serialized_start=1096
+  _globals['_CONTRIBUTIONHEADER']._serialized_end=1356
+  _globals['_CONTRIBUTIONCHUNK']._serialized_start=1358
+  _globals['_CONTRIBUTIONCHUNK']._serialized_end=1451
+  _globals['_DECRYPTIONTASKREQUEST']._serialized_start=1453
+  _globals['_DECRYPTIONTASKREQUEST']._serialized_end=1514
+  _globals['_MANIFESTENTRY']._serialized_start=1517
+  _globals['_MANIFESTENTRY']._serialized_end=1661
+  _globals['_DECRYPTIONMANIFEST']._serialized_start=1664
+  _globals['_DECRYPTIONMANIFEST']._serialized_end=2129
+  _globals['_TICKETSIGNATURE']._serialized_start=2131
+  _globals['_TICKETSIGNATURE']._serialized_end=2185
+  _globals['_TICKETSUBMISSION']._serialized_start=2187
+  _globals['_TICKETSUBMISSION']._serialized_end=2262
+  _globals['_TICKETACK']._serialized_start=2264
+  _globals['_TICKETACK']._serialized_end=2311
+  _globals['_CONTRIBUTIONDATA']._serialized_start=2313
+  _globals['_CONTRIBUTIONDATA']._serialized_end=2364
+  _globals['_DECRYPTIONTASKCHUNK']._serialized_start=2367
+  _globals['_DECRYPTIONTASKCHUNK']._serialized_end=2523
+  _globals['_PARTIALHEADER']._serialized_start=2526
+  _globals['_PARTIALHEADER']._serialized_end=2729
+  _globals['_PARTIALCHUNK']._serialized_start=2731
+  _globals['_PARTIALCHUNK']._serialized_end=2814
+  _globals['_PARTIALACK']._serialized_start=2816
+  _globals['_PARTIALACK']._serialized_end=2863
+  _globals['_FEDERATION']._serialized_start=2866
+  _globals['_FEDERATION']._serialized_end=3385
 # @@protoc_insertion_point(module_scope)

@@ -64,6 +64,8 @@ class JoinResponse(_message.Message):
     MAX_WEIGHT_FIELD_NUMBER: _builtins.int
     TICKET_QUORUM_FIELD_NUMBER: _builtins.int
     SPEC_JSON_FIELD_NUMBER: _builtins.int
+    MIN_CLIENTS_FIELD_NUMBER: _builtins.int
+    PARTIAL_CHUNK_FIELD_NUMBER: _builtins.int
     federation_id: _builtins.str
     role: _builtins.str
     key_fingerprint: _builtins.bytes
@@ -81,6 +83,10 @@ class JoinResponse(_message.Message):
     """ticket signatures the coordinator waits for"""
     spec_json: _builtins.str
     """the federation spec every client must match (canonical JSON)"""
+    min_clients: _builtins.int
+    """contributions a round waits for before it closes"""
+    partial_chunk: _builtins.int
+    """ciphertexts per partial decryption chunk (recorded, immutable)"""
     @_builtins.property
     def codec(self) -> _common_pb2.CodecParams: ...
     def __init__(
@@ -101,10 +107,12 @@ class JoinResponse(_message.Message):
         max_weight: _builtins.int = ...,
         ticket_quorum: _builtins.int = ...,
         spec_json: _builtins.str = ...,
+        min_clients: _builtins.int = ...,
+        partial_chunk: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["codec", b"codec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregation_frequency", b"aggregation_frequency", "chunk_bytes", b"chunk_bytes", "codec", b"codec", "coordinator_signing_key", b"coordinator_signing_key", "decryption_threshold", b"decryption_threshold", "encryption_type", b"encryption_type", "federation_id", b"federation_id", "key_fingerprint", b"key_fingerprint", "max_weight", b"max_weight", "num_parameters", b"num_parameters", "participant_threshold", b"participant_threshold", "role", b"role", "rounds", b"rounds", "spec_json", b"spec_json", "ticket_quorum", b"ticket_quorum"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregation_frequency", b"aggregation_frequency", "chunk_bytes", b"chunk_bytes", "codec", b"codec", "coordinator_signing_key", b"coordinator_signing_key", "decryption_threshold", b"decryption_threshold", "encryption_type", b"encryption_type", "federation_id", b"federation_id", "key_fingerprint", b"key_fingerprint", "max_weight", b"max_weight", "min_clients", b"min_clients", "num_parameters", b"num_parameters", "partial_chunk", b"partial_chunk", "participant_threshold", b"participant_threshold", "role", b"role", "rounds", b"rounds", "spec_json", b"spec_json", "ticket_quorum", b"ticket_quorum"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

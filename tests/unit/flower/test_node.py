@@ -14,20 +14,13 @@ from flwr.app import RecordDict
 
 from fedlora.errors import ProtocolError, RemoteError
 from fedlora.flower import _wire as w
-from fedlora.flower._client import FlowerTrainer, PushTransport, _split
-
-
-class _Keeper:
-    def __init__(self, layout) -> None:  # type: ignore[no-untyped-def]
-        self.layout = layout
+from fedlora.flower._client import PushTransport, _save_arrays, _split
 
 
 def test_kept_versions_are_rendered_only_with_a_layout_that_adds_up(tmp_path) -> None:
     vector = np.arange(10, dtype=np.float32)
     good = [["a", [2, 3], "float32"], ["file", [4], "float64"]]  # "file": np.savez's own name
-    trainer = FlowerTrainer(np.zeros(1, dtype=np.float32))
-    trainer.keeper = _Keeper(good)
-    trainer.save_adapter(vector, tmp_path / "ok")
+    _save_arrays(good, vector, tmp_path / "ok")
     with np.load(tmp_path / "ok" / "arrays.npz", allow_pickle=False) as arrays:
         assert list(arrays.keys()) == ["a", "file"]
         assert np.array_equal(arrays["a"], vector[:6].reshape(2, 3))
@@ -48,8 +41,7 @@ def test_kept_versions_are_rendered_only_with_a_layout_that_adds_up(tmp_path) ->
         {"a": [10]},
     ]
     for i, layout in enumerate(hostile):
-        trainer.keeper = _Keeper(layout)
-        trainer.save_adapter(vector, tmp_path / f"bad-{i}")
+        _save_arrays(layout, vector, tmp_path / f"bad-{i}")
         assert not (tmp_path / f"bad-{i}").exists(), layout
         assert _split(vector, layout) is None
 

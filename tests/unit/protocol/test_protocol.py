@@ -28,6 +28,7 @@ from fedlora.crypto import (
 )
 from fedlora.errors import ConfigError, CryptoError, ProtocolError, VerificationError
 from fedlora.protocol import (
+    PARTIAL_CHUNK,
     AggregationRule,
     DecryptionManifest,
     DecryptionTask,
@@ -113,7 +114,9 @@ def round1(dealt: DealtKey, codec: CodecParams, signing):  # type: ignore[no-unt
             for pid, c in sorted(sent.items())
         ),
         ticket_signatures=(),
-        checkpoint=SignedCheckpoint("log", 1, b"\x00" * 32, 0, b"\x00" * 64),
+        # A log that holds round 1: the federation's two entries, round_opened, aggregated.
+        checkpoint=SignedCheckpoint("log", 4, b"\x00" * 32, 0, b"\x00" * 64),
+        aggregated_index=3,
     )
     task = DecryptionTask(manifest, {p: c.records for p, c in sent.items()}, total)
     return s, deltas, sent, task
@@ -215,9 +218,22 @@ def test_a_holder_refuses_a_task_relabelled_as_another_round(dealt, codec, signi
         VerificationError, match="the manifest is for round 2, but the task is round 1"
     ):
         check_task(_policy(dealt, codec, signing, "bank-a"), relabelled, 1)
-    # Relabelled consistently, the contributors' signatures (bound to round 1) no longer verify.
-    with pytest.raises(VerificationError, match="not signed by that peer's key"):
+    # A round 2 that the log cannot hold yet is refused on the log's size.
+    with pytest.raises(VerificationError, match="round 2 runs ahead of the coordinator's audit"):
         check_task(_policy(dealt, codec, signing, "bank-a"), relabelled, 2)
+    # Relabelled consistently, in a log long enough, the contributors' signatures (bound to
+    # round 1) no longer verify.
+    longer = dataclasses.replace(
+        relabelled.manifest,
+        checkpoint=dataclasses.replace(relabelled.manifest.checkpoint, tree_size=6),
+        aggregated_index=5,
+    )
+    with pytest.raises(VerificationError, match="not signed by that peer's key"):
+        check_task(
+            _policy(dealt, codec, signing, "bank-a"),
+            dataclasses.replace(relabelled, manifest=longer),
+            2,
+        )
 
 
 def test_a_holder_refuses_a_model_other_than_the_one_it_trained_from(
@@ -335,6 +351,8 @@ def _join_info(dealt: DealtKey, base_codec: CodecParams, **changes) -> JoinInfo:
         chunk_bytes=1 << 20,
         max_weight=10,
         ticket_quorum=4,
+        min_clients=3,
+        partial_chunk=PARTIAL_CHUNK,
     )
     return dataclasses.replace(info, **changes)
 
@@ -364,6 +382,11 @@ def test_joining_accepts_only_the_pinned_federation_keys_and_safe_quorums(dealt,
             "codec for 2048-bit keys",
         ),
         (dict(num_parameters=N + 1), ConfigError, f"has {N + 1} parameters"),
+        (
+            dict(partial_chunk=PARTIAL_CHUNK // 2),
+            VerificationError,
+            f"chunks of {PARTIAL_CHUNK // 2} ciphertexts, this client's fedlora sends chunks of",
+        ),
     ]
     for changes, error, message in lies:
         with pytest.raises(error, match=message):

@@ -17,7 +17,7 @@ from flwr.app import Array, ArrayRecord, Message
 from fedlora.client._ledger import DecryptorLedger
 from fedlora.config import load_client_config, load_coordinator_config
 from fedlora.errors import ConfigError
-from fedlora.flower import _client, _server
+from fedlora.flower import _client, _nodes, _server
 from fedlora.flower import _wire as w
 from fedlora.v1 import federation_pb2
 from tests.adversarial import flower_grid as g
@@ -336,7 +336,7 @@ def test_consistency_proofs_for_a_node_that_never_answers_stay_bounded(tmp_path)
     grid.tamper, grid.on_reply = tamper, on_reply
     _start(strategy, grid, 6)
     assert [o for o, _ in g.outcomes(layout)] == ["round_closed"] * 6
-    assert max(counts) <= 2 * _server.MAX_CANDIDATES + 1, counts
+    assert max(counts) <= 2 * _nodes.MAX_CANDIDATES + 1, counts
     assert len(counts) > 2 * 6  # it was sent the train and decrypt steps of every round
 
 
@@ -362,7 +362,7 @@ def test_a_node_that_claims_to_have_kept_nothing_gets_a_few_versions_per_message
     grid.tamper, grid.on_reply = tamper, on_reply
     _start(strategy, grid, 6)
     assert [o for o, _ in g.outcomes(layout)] == ["round_closed"] * 6
-    assert 0 < max(versions) <= _server.MODELS_PER_MESSAGE
+    assert 0 < max(versions) <= _nodes.MODELS_PER_MESSAGE
     # the honest members keep all six versions
     for node in (g.FIRST_ID, g.FIRST_ID + 1, g.FIRST_ID + 3):
         models = _member(layout, node).state_dir / "models"
@@ -871,12 +871,12 @@ def test_a_nodes_ledger_grows_by_one_entry_a_minute_whatever_it_is_sent(
 
     def forged() -> Message:
         party = strategy.nodes[node]
-        blobs = strategy._common(node, party, models=True)
+        blobs = strategy.members.carry(node, party, models=True)
         cp = common_pb2.Checkpoint()
         cp.ParseFromString(blobs["checkpoint"])
         cp.signature = bytes(64)
         blobs["checkpoint"] = cp.SerializeToString()
-        content = w.put(RecordDict(), w.KEEP, blobs, **strategy._scalars(node))
+        content = w.put(RecordDict(), w.KEEP, blobs, **strategy.members.scalars(node))
         return Message(content, dst_node_id=node, message_type="train")
 
     replies = grid.send_and_receive([forged() for _ in range(50)])
@@ -893,14 +893,14 @@ def _train_message(strategy, node: int, round_number: int) -> Message:  # type: 
     from flwr.app import RecordDict
 
     party = strategy.nodes[node]
-    blobs = strategy._common(node, party, models=True)
+    blobs = strategy.members.carry(node, party, models=True)
     status = federation_pb2.RoundStatus()
     status.ParseFromString(blobs["status"])
     status.round = round_number
     blobs["status"] = status.SerializeToString()
     content = RecordDict({"arrays": strategy.global_arrays()})
     return Message(
-        w.put(content, w.TRAIN, blobs, **strategy._scalars(node)),
+        w.put(content, w.TRAIN, blobs, **strategy.members.scalars(node)),
         dst_node_id=node,
         message_type="train",
     )

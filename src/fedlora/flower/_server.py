@@ -23,13 +23,11 @@ starts. Nodes are identified as fedlora parties by a signed challenge
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
-import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,14 +51,14 @@ from fedlora.crypto import ModexpBackend, verify_signature
 from fedlora.errors import ConfigError, FedLoraError, ProtocolError
 from fedlora.flower import _wire as w
 from fedlora.flower._client import flatten
+from fedlora.flower._decrypting import Decryption
 from fedlora.flower._identity import join_digest
-from fedlora.protocol import FLOWER_LAYOUT, Stage, assemble_task, canonical_spec, chunk_ranges
+from fedlora.flower._nodes import Nodes, grouped
+from fedlora.protocol import FLOWER_LAYOUT, Stage, canonical_spec
 from fedlora.v1 import federation_pb2
 
 log = logging.getLogger("fedlora.flower")
 RUN_CONFIG_PREFIX = "fedlora."
-MODELS_PER_MESSAGE = 4  # kept versions a message carries for a member that is behind
-MAX_CANDIDATES = 8  # checkpoints a node may hold after lost replies, proofs sent for each
 MAX_JOIN_FAILURES = 3  # refused join answers from one node id before it is not asked again
 MAX_METRICS = 64  # metrics in a node's shared record
 
@@ -103,23 +101,26 @@ class FedloraStrategy(Strategy):
         self.backend = backend
         self.engine: Coordinator | None = None
         self.grid: Grid | None = None
-        self.nodes: dict[int, Party] = {}  # Flower node id -> fedlora party
-        self.anchors: dict[int, int] = {}  # node -> tree size of the checkpoint it keeps
-        self.scanned: dict[int, int] = {}  # node -> audit entries it has read (keeping models)
-        self.kept: dict[int, int] = {}  # node -> v: it keeps versions 1 … v
-        self.sent: dict[int, set[int]] = {}  # node -> checkpoint sizes sent since its anchor
-        self.receipts: dict[int, bytes] = {}  # node -> its last receipt, sent until it replies
-        self.receipt_sizes: dict[int, int] = {}  # node -> tree size of that receipt's checkpoint
-        self.carrying: set[int] = set()  # nodes whose message in flight carries their receipt
+        self.members = Nodes()  # the admitted nodes, what each holds, what messages carry
         self.join_failures: dict[int, int] = {}  # node -> join answers that did not verify
-        self._lines: list[bytes] = []  # the audit log as read so far
-        self._publications: list[tuple[int, int]] = []  # (entry index, version) published
-        self._finished_at: int | None = None  # the newest federation_finished entry
         self.template: ArrayRecord | None = None
         self.base: np.ndarray | None = None  # the initial arrays, flattened
-        self.refusals: list[str] = []
 
     # -- set-up ------------------------------------------------------------------------------
+    @property
+    def nodes(self) -> dict[int, Party]:
+        """Flower node id -> the fedlora party it proved to be."""
+        return self.members.nodes
+
+    @property
+    def refusals(self) -> list[str]:
+        """The refusals gathered in the step at hand (``who: why``)."""
+        return self.members.refusals
+
+    @refusals.setter
+    def refusals(self, value: list[str]) -> None:
+        self.members.refusals = value
+
     def _start(self, arrays: ArrayRecord) -> Coordinator:
         self.template = arrays
         self.base = flatten(arrays)
@@ -162,6 +163,7 @@ class FedloraStrategy(Strategy):
                 "by model size only, so one with another base model or LoRA seed would be "
                 "averaged in; `fedlora flower prepare` and `fedlora model template` write one"
             )
+        self.members.engine = self.engine
         return self.engine
 
     def _join(self, grid: Grid) -> None:
@@ -210,7 +212,7 @@ class FedloraStrategy(Strategy):
             silent.discard(node)
             if reply.has_error() or w.step_of(reply.content) != w.JOIN:
                 self.join_failures[node] = self.join_failures.get(node, 0) + 1
-                self._refused(node, reply)
+                self.members.refused(node, reply)
                 continue
             try:
                 party = engine.config.party(str(w.scalar(reply.content, "party")))
@@ -232,7 +234,7 @@ class FedloraStrategy(Strategy):
                 log.warning(f"node {node} is not admitted{last}: {exc}")
                 continue
             self.nodes[node] = party
-            self._marks(node, reply.content)
+            self.members.marks(node, reply.content)
             admitted += 1
         for node in silent:  # each join waits for every answer: a node that never gives one
             self.join_failures[node] = self.join_failures.get(node, 0) + 1  # is asked 3 times
@@ -240,169 +242,7 @@ class FedloraStrategy(Strategy):
             f"{admitted} of {len(nodes)} nodes joined as fedlora parties ({len(self.nodes)} in all)"
         )
 
-    def _refused(self, node: int, reply: Message) -> None:
-        raw = ""
-        try:
-            raw = (
-                str(reply.error.reason or "")
-                if reply.has_error()
-                else str(w.scalar(reply.content, "reason") or "")
-            )
-            if not reply.has_error():
-                self._marks(node, reply.content)  # a refusal still says what the node holds
-        except Exception:  # a reply that is not even a readable refusal
-            raw = raw or "an unreadable reply"
-        # One short line per node: a ClientApp's traceback belongs in its own log, not ours.
-        lines = re.sub(r"\x1b\[[0-9;]*m", "", raw).strip().splitlines()
-        reason = lines[0][:300] if lines else "no reason"
-        party = self.nodes.get(node)
-        self.refusals.append(f"{party.id if party else node}: {reason}")
-        log.warning(f"node {node} ({party.id if party else '?'}) refused: {reason}")
-
-    def _answers(
-        self, replies: Iterable[Message], steps: Iterable[str]
-    ) -> Iterator[tuple[int, Party, Message]]:
-        """Each admitted node's first reply that is one of fedlora's ``steps``, with its node id
-        and party; any other reply of a node is its refusal, and a second reply (a relay's
-        copy) is dropped."""
-        expected, answered = set(steps), set()
-        for reply in replies:
-            node = reply.metadata.src_node_id
-            party = self.nodes.get(node)
-            if party is None or node in answered:
-                continue
-            answered.add(node)
-            if reply.has_error() or w.step_of(reply.content) not in expected:
-                self._refused(node, reply)
-                continue
-            yield node, party, reply
-
-    def _marks(self, node: int, content: RecordDict) -> None:
-        """What a node's reply says it holds: its anchored checkpoint, the log entries it read,
-        the versions it keeps. A value beyond the log (a lying node, or a ServerApp restarted
-        with a fresh state folder) is taken as nothing held, so no proof is asked of the log
-        that it cannot give."""
-        if w.STEP not in content.config_records:
-            return
-        engine = self.engine
-        assert engine is not None
-        size = engine.audit.size
-        bounds = {"anchor": size, "scanned": size, "kept": engine.global_version}
-        for into, name in (
-            (self.anchors, "anchor"),
-            (self.scanned, "scanned"),
-            (self.kept, "kept"),
-        ):
-            value = w.scalar(content, name)
-            ok = type(value) is int and 0 <= value <= bounds[name]
-            into[node] = value if ok else 0
-        anchor = self.anchors[node]
-        self.sent[node] = {size for size in self.sent.get(node, set()) if size >= anchor}
-
-    def _replied(self, node: int) -> None:
-        """A node answered a message it could read: the receipt that message carried is its."""
-        if node in self.carrying:
-            self.carrying.discard(node)
-            self.receipts.pop(node, None)
-            self.receipt_sizes.pop(node, None)
-
-    def _read_log(self, tree_size: int) -> None:
-        """Read the audit entries up to ``tree_size`` not read yet; note the publications."""
-        engine = self.engine
-        assert engine is not None
-        start = len(self._lines)
-        if tree_size <= start:
-            return
-        for offset, line in enumerate(engine.audit.entries(start, tree_size - start)):
-            self._lines.append(line)
-            doc = json.loads(line)
-            event = doc.get("event")
-            if event == "global_published" and isinstance(doc.get("version"), int):
-                self._publications.append((start + offset, doc["version"]))
-            elif event == "federation_finished":
-                self._finished_at = start + offset
-
-    def _models(self, node: int, tree_size: int) -> dict[str, bytes]:
-        """What a member needs to keep every published version: the log entries since it last
-        read the log, and for the (at most ``MODELS_PER_MESSAGE``) oldest versions it does not
-        keep yet, their inclusion proofs and bytes (it catches up over several messages); the
-        newest ``federation_finished`` entry's proof."""
-        engine = self.engine
-        assert engine is not None
-        self._read_log(tree_size)
-        start = min(self.scanned.get(node, 0), tree_size)
-        blobs = {"entries": w.pack_lines(self._lines[start:tree_size])}
-        kept = self.kept.get(node, 0)
-        wanted = [(i, v) for i, v in self._publications if v > kept and i < tree_size]
-        indices = [i for i, _ in wanted[:MODELS_PER_MESSAGE]]
-        if self._finished_at is not None and self._finished_at < tree_size:
-            indices.append(self._finished_at)
-        for index in indices:
-            blobs[f"inclusion:{index}:{tree_size}"] = b"".join(
-                engine.audit.inclusion(index, tree_size)[1]
-            )
-        for _, version in wanted[:MODELS_PER_MESSAGE]:
-            if version != engine.global_version:
-                blobs[f"global:{version}"] = b"".join(engine.global_chunks(version)[1])
-        blobs["global"] = b"".join(engine.global_chunks(engine.global_version)[1])
-        return blobs
-
     # -- what every fedlora message to a node carries ------------------------------------------
-    def _common(self, node: int, party: Party, *, models: bool = False) -> dict[str, bytes]:
-        engine = self.engine
-        assert engine is not None
-        cp = engine.checkpoint()
-        blobs = {
-            "join": rpc.join_to_proto(engine.member_info(party)).SerializeToString(),
-            "status": rpc.status_to_proto(engine.status(party)).SerializeToString(),
-            "checkpoint": rpc.checkpoint_to_proto(cp).SerializeToString(),
-        }
-        # Consistency proofs the node will ask for: from the checkpoint it keeps to its
-        # receipt's and to the current one, and from its receipt's to the current one. The
-        # checkpoint it keeps is the one it last reported, or one sent since whose reply was
-        # lost (a node that anchored it and then failed): one proof per candidate, not per pair.
-        sent = set(sorted(self.sent.get(node, set()))[-(MAX_CANDIDATES - 1) :])
-        self.sent[node] = sent
-        receipt_size = self.receipt_sizes.get(node, 0)
-        candidates = {self.anchors.get(node, 0), *sent}
-        pairs = {(old, new) for old in candidates for new in (receipt_size, cp.tree_size)}
-        pairs.add((receipt_size, cp.tree_size))
-        sent.add(cp.tree_size)
-        for old, new in sorted(pairs):
-            old, new = min(old, new), max(old, new)
-            if 0 < old < new:
-                try:
-                    blobs[f"consistency:{old}:{new}"] = b"".join(engine.audit.consistency(old, new))
-                except FedLoraError:
-                    continue  # a size the log never had: the node's check fails cleanly
-        receipt = self.receipts.get(node)  # sent until the node answers a message with it
-        if receipt is not None:
-            blobs["receipt"] = receipt
-            self.carrying.add(node)
-        if models:
-            blobs.update(self._models(node, cp.tree_size))
-        return blobs
-
-    def _addressed(
-        self, node: int, party: Party, content: RecordDict, step: str
-    ) -> RecordDict | None:
-        """A copy of ``content`` with fedlora's ``step`` for ``node`` added (strategies such as
-        FedAvg give all their messages one RecordDict; fedlora's part differs per node: its
-        receipt, proofs, log entries), or None when the engine refuses to address it (that
-        node is left out of this step, not the others)."""
-        try:
-            blobs = self._common(node, party, models=True)
-        except FedLoraError as exc:
-            self.refusals.append(f"coordinator: {party.id}: {exc}")
-            log.warning(f"node {node} ({party.id}) is left out of the {step} step: {exc}")
-            return None
-        return w.put(RecordDict(dict(content.items())), step, blobs, **self._scalars(node))
-
-    def _scalars(self, node: int) -> dict[str, Any]:
-        engine = self.engine
-        assert engine is not None
-        return {"global_version": engine.global_version, "entries_start": self.scanned.get(node, 0)}
-
     def global_arrays(self) -> ArrayRecord:
         """The current global model (the published version, in the initial arrays' layout)."""
         engine, template, base = self.engine, self.template, self.base
@@ -453,17 +293,17 @@ class FedloraStrategy(Strategy):
         messages = [
             Message(content, dst_node_id=n, message_type=MessageType.TRAIN)
             for n, p in self.nodes.items()
-            if (content := self._addressed(n, p, RecordDict(), w.KEEP)) is not None
+            if (content := self.members.addressed(n, p, RecordDict(), w.KEEP)) is not None
         ]
         kept = 0
         replies = grid.send_and_receive(messages, timeout=self.timeout)
-        for node, _, reply in self._answers(replies, ("kept",)):
-            self._marks(node, reply.content)
-            self._replied(node)
+        for node, _, reply in self.members.answers(replies, ("kept",)):
+            self.members.marks(node, reply.content)
+            self.members.replied(node)
             kept += 1
         log.info(
             f"{kept} of {len(self.nodes)} members keep global version {engine.global_version}"
-            + (f"; {_grouped(self.refusals)}" if self.refusals else "")
+            + (f"; {grouped(self.refusals)}" if self.refusals else "")
         )
 
     def summary(self) -> None:
@@ -499,7 +339,7 @@ class FedloraStrategy(Strategy):
             party = self.nodes.get(node)
             if party is None:
                 continue  # not an admitted fedlora party: it gets nothing to train
-            content = self._addressed(node, party, message.content, w.TRAIN)
+            content = self.members.addressed(node, party, message.content, w.TRAIN)
             if content is not None:
                 message.content = content
                 messages.append(message)
@@ -513,10 +353,10 @@ class FedloraStrategy(Strategy):
         self.refusals = []
         accepted = 0
         shared = []
-        for node, party, reply in self._answers(replies, (w.TRAIN,)):
+        for node, party, reply in self.members.answers(replies, (w.TRAIN,)):
             try:
-                self._marks(node, reply.content)
-                self._replied(node)
+                self.members.marks(node, reply.content)
+                self.members.replied(node)
                 record = _shared_record(reply.content, self._weight_key())
                 header = rpc.contribution_header_from_proto(
                     w.parse(
@@ -533,8 +373,7 @@ class FedloraStrategy(Strategy):
             except Exception as exc:  # a reply no honest node sends: refused, the run goes on
                 self.refusals.append(f"{party.id}: malformed reply ({type(exc).__name__})")
                 continue
-            self.receipts[node] = rpc.receipt_to_proto(receipt).SerializeToString()
-            self.receipt_sizes[node] = receipt.checkpoint.tree_size if receipt.checkpoint else 0
+            self.members.keep_receipt(node, receipt)
             accepted += 1
             if record is not None:
                 shared.append((reply, record))
@@ -542,7 +381,7 @@ class FedloraStrategy(Strategy):
         before = engine.global_version
         # The push transport collected all it will get; a round that fails for want of
         # contributions records why the others did not contribute.
-        engine.close_collection(_grouped(self.refusals))
+        engine.close_collection(grouped(self.refusals))
         engine.tick()  # aggregates (or fails the round below participant_threshold)
         if engine.stage is Stage.TICKETING:
             self.refusals = []
@@ -580,128 +419,10 @@ class FedloraStrategy(Strategy):
         assert engine is not None
         return engine.record_count * engine.width
 
-    def _chunk_bytes(self) -> int:
-        """The size of the largest chunk of a partial decryption."""
-        engine = self.engine
-        assert engine is not None
-        first, stop = chunk_ranges(engine.record_count)[0]
-        return (stop - first) * engine.width
-
-    def _holders(self) -> list[tuple[int, Party]]:
-        engine = self.engine
-        assert engine is not None and engine.key is not None
-        holders = set(engine.key.party_ids)
-        return [(n, p) for n, p in self.nodes.items() if p.id in holders]
-
-    def _task(self, node: int, party: Party, step: str, round_number: int) -> Message:
-        """A holder's decrypt message (the whole task) or release message (the manifest with
-        the ticket signatures only: the holder kept the aggregate it verified)."""
-        engine = self.engine
-        assert engine is not None
-        manifest_only = step == w.RELEASE
-        manifest, stream = engine.decryption_task(party, round_number, manifest_only=manifest_only)
-        blobs = self._common(node, party)
-        blobs["manifest"] = rpc.manifest_to_proto(manifest).SerializeToString()
-        task = assemble_task(manifest, stream)
-        blobs.update({f"c:{k}": v for k, v in task.contributions.items()})
-        if task.aggregate:
-            blobs["aggregate"] = task.aggregate
-        return Message(
-            w.put(
-                RecordDict(),
-                step,
-                blobs,
-                round=round_number,
-                signatures=len(manifest.ticket_signatures),
-                quorum=engine.quorum,
-                manifest_only=manifest_only,
-            ),
-            dst_node_id=node,
-            message_type=MessageType.TRAIN,  # mods wrap registered functions; as SecAgg+ does
-        )
-
     def _decrypt(self, round_number: int) -> None:
-        """Tickets from every share holder; then partial decryptions from ``t`` of those that
-        signed, and from the other signers only if some of those ``t`` fail (each release costs
-        a holder one exponentiation per ciphertext, and ``t`` partials decrypt). The round ends
-        either way."""
-        engine = self.engine
-        assert engine is not None and engine.key is not None
-        holders = self._holders()
-        self._send_tasks(w.DECRYPT, holders, round_number)
-        released: set[int] = set()
-        while engine.stage is Stage.DECRYPTING:
-            signed = engine.ticket_signers()
-            have = engine.complete_partials()
-            ready = [(n, p) for n, p in holders if p.id in signed and n not in released]
-            needed = engine.key.threshold - len(have)
-            if not ready or needed <= 0:
-                break
-            batch = ready[:needed]
-            released.update(n for n, _ in batch)
-            self._send_tasks(w.RELEASE, batch, round_number)
-        if engine.stage in (Stage.TICKETING, Stage.DECRYPTING):
-            reasons = _grouped(self.refusals) or "holders did not answer"
-            engine.end_decryption(f"decryption ended on Flower without a result: {reasons}")
-
-    def _send_tasks(self, step: str, holders: list[tuple[int, Party]], round_number: int) -> None:
         engine, grid = self.engine, self.grid
         assert engine is not None and grid is not None
-        messages = []
-        for holder, member in holders:
-            try:
-                messages.append(self._task(holder, member, step, round_number))
-            except FedLoraError as exc:  # the engine moved on (its deadline passed, say)
-                self.refusals.append(f"coordinator: {member.id}: {exc}")
-        if not messages:
-            return
-        replies = grid.send_and_receive(messages, timeout=self.timeout)
-        for node, party, reply in self._answers(replies, ("signed", "released")):
-            self._accept(node, party, reply.content, round_number)
-        engine.tick()
-
-    def _accept(self, node: int, party: Party, content: RecordDict, round_number: int) -> None:
-        engine = self.engine
-        assert engine is not None
-        try:
-            self._marks(node, content)
-            self._replied(node)
-            ticket = w.blob(content, "ticket", required=False, max_bytes=w.SMALL)
-            if ticket:
-                engine.accept_ticket(
-                    party,
-                    round_number,
-                    ticket,
-                    w.blob(content, "ticket_signature", max_bytes=w.SMALL),
-                )
-            for name in self._partial_chunks(content):
-                header = rpc.partial_header_from_proto(
-                    w.parse(
-                        federation_pb2.PartialHeader(),
-                        w.blob(content, name, max_bytes=w.SMALL),
-                        "partial header",
-                    )
-                )
-                first = name[len(w.PARTIAL_HEADER) :]
-                if str(header.first_record) != first:
-                    raise ProtocolError(f"the partial decryption chunk {first} names another")
-                partial = w.blob(content, f"{w.PARTIAL}{first}", max_bytes=self._chunk_bytes())
-                engine.accept_partial(party, header, [partial])
-        except FedLoraError as exc:
-            self.refusals.append(f"{party.id}: {exc}")
-        except Exception as exc:  # a reply no honest node sends: refused, the run goes on
-            self.refusals.append(f"{party.id}: malformed reply ({type(exc).__name__})")
-
-    def _partial_chunks(self, content: RecordDict) -> list[str]:
-        """The partial decryption chunks' header blobs a reply carries, at most one per chunk of
-        the aggregate (a reply with more is refused before any is read)."""
-        engine = self.engine
-        assert engine is not None
-        blobs = content.array_records.get(w.BLOBS)
-        names = [n for n in (blobs or {}) if n.startswith(w.PARTIAL_HEADER)]
-        if len(names) > len(chunk_ranges(engine.record_count)):
-            raise ProtocolError(f"the reply carries {len(names)} partial decryption chunks")
-        return names
+        Decryption(engine, self.members, grid, self.timeout).run(round_number)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -717,7 +438,7 @@ class FedloraStrategy(Strategy):
             party = self.nodes.get(node)
             if party is None:
                 continue
-            content = self._addressed(node, party, message.content, w.EVALUATE)
+            content = self.members.addressed(node, party, message.content, w.EVALUATE)
             if content is not None:
                 message.content = content
                 messages.append(message)
@@ -735,7 +456,7 @@ class FedloraStrategy(Strategy):
         self.refusals = []
         checked = self._checked_metrics(replies, "evaluated")
         if self.refusals:
-            log.warning(f"evaluation replies refused: {_grouped(self.refusals)}")
+            log.warning(f"evaluation replies refused: {grouped(self.refusals)}")
         if not checked:
             log.info(
                 "evaluation: no member shares its metrics (flower.share_metrics in its YAML); "
@@ -753,10 +474,10 @@ class FedloraStrategy(Strategy):
         record of the user's it carries (see :meth:`_consistent`). A reply that is not
         fedlora's ``step`` or carries anything else is that node's refusal."""
         shared = []
-        for node, party, reply in self._answers(replies, (step,)):
+        for node, party, reply in self.members.answers(replies, (step,)):
             try:
-                self._marks(node, reply.content)
-                self._replied(node)
+                self.members.marks(node, reply.content)
+                self.members.replied(node)
                 record = _shared_record(reply.content, self._weight_key())
             except FedLoraError as exc:
                 self.refusals.append(f"{party.id}: {exc}")
@@ -823,12 +544,3 @@ def _shared_record(content: RecordDict, weight_key: str) -> tuple[str, MetricRec
     if weight is not None and not 0 <= float(weight) <= 2**40:  # type: ignore[arg-type]
         raise ProtocolError(f"the reply's weight {weight_key!r} is {weight}")
     return name, record
-
-
-def _grouped(refusals: list[str]) -> str:
-    """``"who: why"`` lines grouped by reason: ``"why (a, b, c); other (d)"``."""
-    by: dict[str, list[str]] = {}
-    for line in refusals:
-        who, _, why = line.partition(": ")
-        by.setdefault(why, []).append(who)
-    return "; ".join(f"{why} ({', '.join(who)})" for why, who in by.items())

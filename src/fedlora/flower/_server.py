@@ -332,18 +332,25 @@ class FedloraStrategy(Strategy):
                 f"round {server_round}: the federation is {engine.stage.value}; no training"
             )
             return []
-        messages = []
         current = self.global_arrays()
-        for message in self.inner.configure_train(server_round, current, config, grid):
+        return self._to_members(
+            self.inner.configure_train(server_round, current, config, grid), w.TRAIN
+        )
+
+    def _to_members(self, messages: Iterable[Message], step: str) -> list[Message]:
+        """The inner strategy's messages to admitted members (a node that is not one gets
+        nothing), each with fedlora's ``step`` for that node added."""
+        out = []
+        for message in messages:
             node = message.metadata.dst_node_id
             party = self.nodes.get(node)
             if party is None:
-                continue  # not an admitted fedlora party: it gets nothing to train
-            content = self.members.addressed(node, party, message.content, w.TRAIN)
+                continue
+            content = self.members.addressed(node, party, message.content, step)
             if content is not None:
                 message.content = content
-                messages.append(message)
-        return messages
+                out.append(message)
+        return out
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -432,17 +439,9 @@ class FedloraStrategy(Strategy):
         the anchored log first: a node evaluates only a global version it has verified."""
         if self.engine is None:
             return []
-        messages = []
-        for message in self.inner.configure_evaluate(server_round, arrays, config, grid):
-            node = message.metadata.dst_node_id
-            party = self.nodes.get(node)
-            if party is None:
-                continue
-            content = self.members.addressed(node, party, message.content, w.EVALUATE)
-            if content is not None:
-                message.content = content
-                messages.append(message)
-        return messages
+        return self._to_members(
+            self.inner.configure_evaluate(server_round, arrays, config, grid), w.EVALUATE
+        )
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

@@ -10,8 +10,10 @@ are public, ``Δ = ℓ!`` for ``ℓ`` parties.
 Partial decryption. ``cᵢ = c^(2Δ·sᵢ) mod n²``.
 
 Combination. For any set ``S`` of ``t`` parties, with Shoup's integer Lagrange coefficients
-``λᵢ = Δ·∏_{j∈S∖i} j/(j−i)``:  ``∏ cᵢ^(2λᵢ) = c^(4Δ²·d) = (1+n)^(4Δ²·M)``, so
-``M = L(∏ cᵢ^(2λᵢ)) · (4Δ²)⁻¹ mod n`` with ``L(u) = (u−1)/n``.
+``λᵢ = Δ·∏_{j∈S∖i} j/(j−i)``:  ``∏ cᵢ^(2λᵢ) = c^(4Δ²·d) = (1+n)^(4Δ²·θ·M)`` with ``θ = d mod n``
+(1 here), so ``M = L(∏ cᵢ^(2λᵢ)) · (4Δ²θ)⁻¹ mod n`` with ``L(u) = (u−1)/n``. A key generated
+without a dealer (:mod:`fedlora.crypto._keygen`) shares another multiple of the group order,
+with a public ``θ ≠ 1`` and integer shares that may be negative.
 
 Proof of correct partial decryption. Party ``i`` proves ``log_{c⁴}(cᵢ²) = log_v(vᵢ)`` (= Δ·sᵢ)
 with the Chaum–Pedersen-style protocol of Shoup §2.3, made non-interactive with Fiat–Shamir over
@@ -128,11 +130,13 @@ def _batched_statement(
 def _nonce_bits(key: ThresholdPublicKey) -> int:
     """Bits of the proof nonce, from the *public* bound on the secret exponent.
 
-    The exponent is ``Δ·sᵢ`` with ``sᵢ < n·m < n²``, so ``Δ·n²`` bounds it for every party. Sizing
-    the nonce from the party's own ``sᵢ`` would make ``|z|`` reveal ``|sᵢ|``; with the public bound
-    every party's ``z`` has the same distribution up to a statistical distance of 2⁻¹²⁸.
+    The exponent is ``Δ·sᵢ`` with ``|sᵢ|`` below the key's public bound (``n·m < n²`` for a dealt
+    key), so ``Δ·2^share_bits`` bounds it for every party. Sizing the nonce from the party's own
+    ``sᵢ`` would make ``|z|`` reveal ``|sᵢ|``; with the public bound every party's ``z`` has the
+    same distribution up to a statistical distance of 2⁻¹²⁸ (and is positive but with that
+    probability, also for a negative share).
     """
-    return key.delta.bit_length() + 2 * key.n.bit_length() + _CHALLENGE_BITS + _STATISTICAL_BITS
+    return key.delta.bit_length() + key.share_bound_bits + _CHALLENGE_BITS + _STATISTICAL_BITS
 
 
 def proof_response_bound(key: ThresholdPublicKey) -> int:
@@ -202,7 +206,9 @@ def partial_decrypt(
     engine = resolve_backend(backend)
     # Canonical: of x and −x (x·(n² − 1), both pass the proof, which checks squares) the smaller;
     # so one chunk has one valid answer, and a holder cannot sign two different ones.
-    values = [min(x, n2 - x) for x in engine.powmod_bases_secret(cts, 2 * secret, n2)]
+    # A generated key's share may be negative: raise the inverses to its magnitude.
+    bases = cts if secret >= 0 else [int(gmpy2.invert(c, n2)) for c in cts]
+    values = [min(x, n2 - x) for x in engine.powmod_bases_secret(bases, 2 * abs(secret), n2)]
     cts_digest = ciphertext_vector_digest(key.paillier, cts)
     c4, ci2 = _batched_statement(key, index, cts, cts_digest, values, engine)
     r = system_rng(rng).getrandbits(_nonce_bits(key))
@@ -364,7 +370,7 @@ def _combine(
         else:
             acc = [a * x % n2 for a, x in zip(acc, powered)]
     assert acc is not None
-    inv = gmpy2.invert(4 * key.delta * key.delta, n)
+    inv = gmpy2.invert(4 * key.delta * key.delta * key.theta, n)
     out = []
     for j, u in enumerate(acc):
         quotient, remainder = gmpy2.f_divmod(u - 1, n)

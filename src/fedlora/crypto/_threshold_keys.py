@@ -52,6 +52,11 @@ class ThresholdPublicKey:
         party_ids: party ``party_ids[i-1]`` holds share index ``i``.
         v: a random square generating the squares of Z*_{n²} (with overwhelming probability).
         verification_keys: ``vᵢ = v^(Δ·sᵢ) mod n²`` in party order.
+        theta: ``θ = D mod n`` for the shared exponent ``D`` (``D ≡ 0`` modulo the order of
+            every ``rⁿ``): the combination divides by ``4Δ²θ``. A dealt key shares ``d ≡ 1
+            (mod n)``, so ``θ = 1``; a generated key (:mod:`fedlora.crypto._keygen`) another.
+        share_bits: a public bound on ``|sᵢ|`` in bits (0: ``2·|n|``, a dealt key's), which
+            sizes the proofs' nonces so that a response does not reveal a share's size.
     """
 
     n: int
@@ -59,6 +64,8 @@ class ThresholdPublicKey:
     party_ids: tuple[str, ...]
     v: int
     verification_keys: tuple[int, ...]
+    theta: int = 1
+    share_bits: int = 0
 
     def __post_init__(self) -> None:
         n = require_int("n", self.n, low=3)
@@ -81,6 +88,15 @@ class ThresholdPublicKey:
                 f"verification_keys must number {len(ids)} (one per party), got {len(self.verification_keys)}"
             )
         object.__setattr__(self, "verification_keys", tuple(int(x) for x in self.verification_keys))
+        theta = require_int("theta", self.theta, low=1, high=n - 1)
+        if gmpy2.gcd(theta, n) != 1:
+            raise CryptoError("theta must be invertible modulo n")
+        require_int("share_bits", self.share_bits, low=0, high=1 << 16)
+
+    @property
+    def share_bound_bits(self) -> int:
+        """Bits that bound every share's absolute value (see ``share_bits``)."""
+        return self.share_bits or 2 * self.n.bit_length()
 
     @property
     def parties(self) -> int:
@@ -119,6 +135,8 @@ class ThresholdPublicKey:
             parts += [len(raw).to_bytes(2, "big"), raw]
         parts.append(self.v.to_bytes(w, "big"))
         parts += [x.to_bytes(w, "big") for x in self.verification_keys]
+        if self.theta != 1 or self.share_bits:  # a dealt key's encoding is unchanged
+            parts += [b"theta", self.theta.to_bytes(w, "big"), self.share_bits.to_bytes(4, "big")]
         return b"".join(parts)
 
     def index_of(self, party_id: str) -> int:
@@ -143,6 +161,8 @@ class ThresholdPublicKey:
             "v": format(self.v, "x"),
             "verification_keys": [format(x, "x") for x in self.verification_keys],
         }
+        if self.theta != 1 or self.share_bits:
+            doc["theta"], doc["share_bits"] = format(self.theta, "x"), self.share_bits
         return (json.dumps(doc, indent=2) + "\n").encode()
 
     @classmethod
@@ -170,6 +190,8 @@ class ThresholdPublicKey:
                 verification_keys=tuple(
                     _hex(x, "verification_keys") for x in doc["verification_keys"]
                 ),
+                theta=_hex_int(doc, "theta") if "theta" in doc else 1,
+                share_bits=doc.get("share_bits", 0),
             )
         except KeyError as exc:
             raise CryptoError(f"public key file lacks field {exc.args[0]!r}") from None
@@ -204,12 +226,14 @@ class KeyShare:
         return f"KeyShare(party_id={self.party_id!r}, index={self.index}, secret=<hidden>)"
 
     def to_bytes(self) -> bytes:
-        """Plaintext serialization, only ever stored encrypted (see :func:`seal_key_share`)."""
+        """Plaintext serialization, only ever stored encrypted (see :func:`seal_key_share`).
+        A generated key's share may be negative (``FLKSN``: the magnitude follows)."""
         pid = self.party_id.encode()
-        secret = self.secret.to_bytes(byte_length(self.secret) or 1, "big")
+        magnitude = abs(self.secret)
+        secret = magnitude.to_bytes(byte_length(magnitude) or 1, "big")
         return b"".join(
             [
-                b"FLKS1",
+                b"FLKS1" if self.secret >= 0 else b"FLKSN",
                 len(pid).to_bytes(2, "big"),
                 pid,
                 self.index.to_bytes(4, "big"),
@@ -228,8 +252,9 @@ class KeyShare:
         """
         data = require_bytes("key share", data)
         try:
-            if data[:5] != b"FLKS1":
+            if data[:5] not in (b"FLKS1", b"FLKSN"):
                 raise ValueError
+            sign = -1 if data[:5] == b"FLKSN" else 1
             pos = 5
             plen = int.from_bytes(data[pos : pos + 2], "big")
             pos += 2
@@ -246,7 +271,7 @@ class KeyShare:
                 raise ValueError
         except (ValueError, UnicodeDecodeError):
             raise CryptoError("key share bytes are truncated or malformed") from None
-        return cls(pid, index, int.from_bytes(secret, "big"), fp)
+        return cls(pid, index, sign * int.from_bytes(secret, "big"), fp)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,551 @@
+"""Threshold Paillier key generation without a dealer: the parties' arithmetic (no I/O).
+
+ℓ holders generate ``N = p·q`` and integer Shamir shares of a decryption exponent so that no
+party — and no coalition of up to ``t − 1`` of them — ever holds ``p``, ``q`` or ``φ(N)``. The
+construction follows Boneh and Franklin ("Efficient generation of shared RSA keys", CRYPTO 1997;
+J. ACM 2001) with the BGW multiplication of Ben-Or, Goldwasser and Wigderson, the distributed
+sieving idea of Malkin, Wu and Boneh (NDSS 1999), and the Paillier key shares of Veugen, Attema
+and Spini (2019; the ``θ = D mod N`` device); it needs ``ℓ ≥ 2t − 1`` (a product of two
+degree-(t−1) sharings is a degree-(2t−2) sharing that 2t − 1 parties open).
+
+Steps, each a pure function of a party's state and the messages it received:
+
+1. **Sieved candidates.** For every small prime ``r`` in ``(ℓ, B]`` each party picks
+   ``a_{i,r} ∈ F_r*`` and Shamir-shares it over ``F_r``; the parties multiply the ℓ sharings
+   (BGW, a tree of ⌈log₂ ℓ⌉ rounds) and turn the product into additive shares
+   ``b_{i,r}``: ``Σᵢ b_{i,r} ≡ ∏ⱼ a_{j,r} ≢ 0 (mod r)``. By CRT each party builds
+   ``pᵢ = bᵢ + M·ρᵢ`` (``M = 4·∏ r``; party 1 ≡ 3, the others ≡ 0 mod 4), so ``p = Σ pᵢ`` has no
+   prime factor ≤ B and ``p ≡ 3 (mod 4)`` — without anyone learning ``p mod r``. Likewise ``q``.
+2. **The modulus.** Each party Shamir-shares ``pᵢ``, ``qᵢ`` (degree t−1) and a zero (degree
+   2t−2) over a prime field ``F_P`` with ``P > N``; each multiplies its shares of ``p`` and
+   ``q``, adds its share of zero and publishes the result; ``N`` is interpolated (from every
+   party: with ℓ > 2t − 1 the extra points check the others).
+3. **Trial division** of ``N`` by the primes up to ``B₂`` (public).
+4. **Biprimality** (Boneh–Franklin): for public ``g`` of Jacobi symbol 1 derived from ``N`` and
+   the session, party 1 publishes ``g^((N+1−p₁−q₁)/4)``, party i > 1 ``g^(−(pᵢ+qᵢ)/4) mod N``;
+   ``N`` passes a round when the product is ±1. For ``N = p·q`` with ``p ≡ q ≡ 3 (mod 4)``
+   primes it always passes; otherwise each round fails with probability ≥ ½.
+5. **The key.** With ``φ = N + 1 − p − q`` additively shared (``φ₁ = N + 1 − p₁ − q₁``,
+   ``φᵢ = −pᵢ − qᵢ``) and a random ``β = Σ βᵢ``, the parties share ``φ`` and ``β`` with integer
+   Shamir polynomials of degree t−1, multiply locally (degree 2t−2) and reshare each product
+   with degree t−1; party m's key share is ``s_m = Σ_{j∈S} λ_j^Δ·K_j(m)`` (``S`` the first
+   2t − 1 parties, ``λ^Δ`` Shoup's integer Lagrange coefficients), a degree-(t−1) integer
+   sharing of ``D = Δ·β·φ``. Each party publishes ``s_m mod N``; ``θ = D mod N`` is
+   interpolated from them and is public (``β`` uniform mod N makes it uniform: it reveals
+   nothing of ``φ``). Decryption is Shoup's, with ``M = L(c^(4Δ²D))·(4Δ²θ)⁻¹ mod N``
+   (:mod:`fedlora.crypto._threshold`; a dealt key has ``θ = 1``).
+
+What each step reveals: the opened ``N`` of every candidate, its biprimality answers (a
+rejected candidate's, harmless), and ``θ``; everything else travels as Shamir shares of degree
+t − 1 or masked by a random sharing of zero. This module is the arithmetic only; the ceremony
+(signed, end-to-end encrypted messages relayed by the coordinator, commitments before the
+biprimality answers, blame) is built on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import gmpy2
+import numpy as np
+
+from fedlora.crypto._shamir import integer_lagrange_at_zero
+from fedlora.crypto._threshold_keys import KeyShare, ThresholdPublicKey
+from fedlora.errors import CryptoError
+
+__all__ = [
+    "GeneratedKey",
+    "KeygenParams",
+    "KeygenParty",
+    "biprimality_generators",
+    "field_lagrange_at_zero",
+    "generate_in_process",
+    "small_primes",
+]
+
+STATISTICAL_BITS = 128  # integer sharings hide a value of b bits with polynomials of b + 128 bits
+
+
+def small_primes(low: int, high: int) -> list[int]:
+    """The primes ``low < r ≤ high``."""
+    sieve = np.ones(high + 1, dtype=bool)
+    sieve[:2] = False
+    for k in range(2, math.isqrt(high) + 1):
+        if sieve[k]:
+            sieve[k * k :: k] = False
+    return [int(r) for r in np.nonzero(sieve)[0] if r > low]
+
+
+@dataclass(frozen=True)
+class KeygenParams:
+    """The public parameters of one key generation.
+
+    Attributes:
+        parties: the holders, in share order (party ``parties[i-1]`` has index ``i``).
+        threshold: ``t``: any ``t`` shares decrypt, ``t − 1`` learn nothing.
+        bits: the modulus size (``N`` has exactly this many bits).
+        batch: candidate pairs ``(p, q)`` tried per pass.
+        sieve_bound: ``B``: ``p`` and ``q`` have no prime factor up to it (above ℓ).
+        trial_bound: ``B₂``: the primes up to it are divided out of ``N`` in public.
+        biprimality_rounds: rounds of the Boneh–Franklin test (error ≤ 2^−rounds).
+        session: binds every derived value to this generation.
+    """
+
+    parties: tuple[str, ...]
+    threshold: int
+    bits: int
+    batch: int = 1024
+    sieve_bound: int = 0  # 0: the largest that keeps M well below p
+    trial_bound: int = 1 << 16
+    biprimality_rounds: int = 64
+    session: bytes = b""
+    sieve_primes: tuple[int, ...] = field(init=False, repr=False)
+    field_prime: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        ell, t = len(self.parties), self.threshold
+        if len(set(self.parties)) != ell or ell < 2:
+            raise CryptoError("key generation needs at least two distinct parties")
+        if not t >= 2 or 2 * t - 1 > ell:
+            raise CryptoError(
+                f"a {t}-of-{ell} key cannot be generated without a dealer: the construction "
+                f"needs 2 ≤ t and ℓ ≥ 2t − 1 (here 2t − 1 = {2 * t - 1})"
+            )
+        if self.bits < 256 or self.bits % 2:
+            raise CryptoError("the modulus must have an even number of bits, at least 256")
+        half = self.bits // 2
+        bound = self.sieve_bound
+        primes: list[int] = []
+        if bound == 0:  # M = 4·∏ r must leave p at least 64 + log₂ ℓ random bits above it
+            budget = half - 70 - ell.bit_length()
+            logm = 2.0
+            for r in small_primes(ell, 1 << 14):
+                if logm + math.log2(r) > budget:
+                    break
+                primes.append(r)
+                logm += math.log2(r)
+        else:
+            primes = small_primes(ell, bound)
+        object.__setattr__(self, "sieve_primes", tuple(primes))
+        # F_P: N < 2^bits, so any prime above 2^(bits+1) holds the product exactly.
+        object.__setattr__(self, "field_prime", int(gmpy2.next_prime(1 << (self.bits + 1))))
+
+    @property
+    def ell(self) -> int:
+        return len(self.parties)
+
+    @property
+    def sieve_modulus(self) -> int:
+        """``M = 4·∏ r`` over the sieving primes."""
+        return 4 * math.prod(self.sieve_primes)
+
+    @property
+    def delta(self) -> int:
+        return math.factorial(self.ell)
+
+
+def field_lagrange_at_zero(xs: Sequence[int], modulus: int) -> list[int]:
+    """Lagrange coefficients at 0 for the points ``xs`` over the prime field ``F_modulus``."""
+    out = []
+    for i in xs:
+        num, den = 1, 1
+        for j in xs:
+            if j != i:
+                num = num * j % modulus
+                den = den * (j - i) % modulus
+        out.append(num * pow(den, -1, modulus) % modulus)
+    return out
+
+
+def _share_small(values: np.ndarray, primes: np.ndarray, degree: int, ell: int) -> np.ndarray:
+    """Shamir shares over ``F_r`` for each column's prime: ``values`` (…, R) → (ℓ, …, R)."""
+    rng = np.random.default_rng(secrets.randbits(128))
+    coeffs = [values] + [
+        rng.integers(0, primes, size=values.shape, dtype=np.int64) for _ in range(degree)
+    ]
+    out = np.empty((ell, *values.shape), dtype=np.int64)
+    for x in range(1, ell + 1):
+        acc = np.zeros(values.shape, dtype=np.int64)
+        for c in reversed(coeffs):
+            acc = (acc * x + c) % primes
+        out[x - 1] = acc
+    return out
+
+
+def _share_field(value: int, degree: int, ell: int, modulus: int) -> list[int]:
+    coeffs = [value % modulus] + [secrets.randbelow(modulus) for _ in range(degree)]
+    out = []
+    for x in range(1, ell + 1):
+        acc = 0
+        for c in reversed(coeffs):
+            acc = (acc * x + c) % modulus
+        out.append(acc)
+    return out
+
+
+def _share_integer(value: int, degree: int, ell: int, bits: int) -> list[int]:
+    """Integer Shamir shares of ``value``: coefficients of ``bits + 128`` random bits."""
+    coeffs = [value] + [secrets.randbits(bits + STATISTICAL_BITS) for _ in range(degree)]
+    out = []
+    for x in range(1, ell + 1):
+        acc = 0
+        for c in reversed(coeffs):
+            acc = acc * x + c
+        out.append(acc)
+    return out
+
+
+def biprimality_generators(n: int, session: bytes, rounds: int) -> list[int]:
+    """Public ``g₁ … g_k`` of Jacobi symbol 1 modulo ``n``, derived from ``n`` and the session."""
+    out: list[int] = []
+    counter = 0
+    width = (n.bit_length() + 7) // 8 + 16
+    while len(out) < rounds:
+        counter += 1
+        seed = hashlib.sha256(b"fedlora/keygen/g\0" + session + n.to_bytes(width, "big"))
+        seed.update(counter.to_bytes(8, "big"))
+        stream = hashlib.shake_256(seed.digest()).digest(width)
+        g = int.from_bytes(stream, "big") % n
+        if g > 1 and gmpy2.jacobi(g, n) == 1:
+            out.append(g)
+    return out
+
+
+@dataclass
+class _Candidates:
+    p: list[int]  # this party's additive shares of the batch's p's
+    q: list[int]
+
+
+class KeygenParty:
+    """One holder's side of the arithmetic. Messages are ``{recipient index: payload}``;
+    indices are 1-based share indices. Nothing here sends, signs or encrypts."""
+
+    def __init__(self, params: KeygenParams, index: int) -> None:
+        if not 1 <= index <= params.ell:
+            raise CryptoError(f"party index {index} is outside 1..{params.ell}")
+        self.params, self.index = params, index
+        self._primes = np.array(params.sieve_primes, dtype=np.int64)
+        self._shares: np.ndarray | None = None  # (parties, 2, batch, R): shares of every a_{j,r}
+        self._candidates: _Candidates | None = None
+        self._field_shares: tuple[list[int], list[int], list[int]] | None = None
+        self.modulus = 0
+        self._p = self._q = 0  # this party's additive shares of the chosen p and q
+        self._beta = 0
+        self._products: list[int] = []
+        self.key_share = 0
+
+    # -- 1. sieved candidates -----------------------------------------------------------------
+    def sieve_start(self) -> dict[int, np.ndarray]:
+        """Shamir shares over each ``F_r`` of this party's ``a_{i,r}`` for p and q, per candidate."""
+        prm = self.params
+        rng = np.random.default_rng(secrets.randbits(128))
+        shape = (2, prm.batch, len(self._primes))
+        mine = rng.integers(1, self._primes, size=shape, dtype=np.int64)
+        shares = _share_small(mine, self._primes, prm.threshold - 1, prm.ell)
+        return {j: shares[j - 1] for j in range(1, prm.ell + 1)}
+
+    def sieve_received(self, received: Mapping[int, np.ndarray]) -> None:
+        """Keep the shares of every party's ``a_{j,r}`` (indexed by sender)."""
+        self._shares = np.stack([received[j] for j in range(1, self.params.ell + 1)])
+
+    def sieve_multiply(self) -> dict[int, np.ndarray] | None:
+        """One level of the product tree: for each pair of sharings, this party's product share
+        (degree 2t−2), reshared with degree t−1. None when one sharing is left."""
+        assert self._shares is not None
+        if len(self._shares) == 1:
+            return None
+        pairs = len(self._shares) // 2
+        left, right = self._shares[0 : 2 * pairs : 2], self._shares[1 : 2 * pairs : 2]
+        products = left * right % self._primes
+        self._carry = self._shares[2 * pairs :]  # an odd one out waits for the next level
+        shares = _share_small(products, self._primes, self.params.threshold - 1, self.params.ell)
+        return {j: shares[j - 1] for j in range(1, self.params.ell + 1)}
+
+    def sieve_reduced(self, received: Mapping[int, np.ndarray]) -> None:
+        """Degree reduction: this party's share of each product is the Lagrange combination
+        (over the first 2t − 1 parties) of the reshared product shares."""
+        t = self.params.threshold
+        xs = list(range(1, 2 * t))
+        lam = np.array(
+            [[field_lagrange_at_zero(xs, int(r))[k] for r in self._primes] for k in range(len(xs))],
+            dtype=np.int64,
+        )
+        acc = np.zeros_like(received[1])
+        for k, j in enumerate(xs):
+            acc = (acc + received[j] * lam[k]) % self._primes
+        self._shares = np.concatenate([acc, self._carry]) if len(self._carry) else acc
+
+    def sieve_finish(self) -> None:
+        """Additive shares of ``∏ⱼ a_{j,r}`` for every r, then ``pᵢ``, ``qᵢ`` by CRT."""
+        assert self._shares is not None and len(self._shares) == 1
+        prm = self.params
+        lam = np.array(
+            [
+                field_lagrange_at_zero(list(range(1, prm.ell + 1)), int(r))[self.index - 1]
+                for r in self._primes
+            ],
+            dtype=np.int64,
+        )
+        additive = self._shares[0] * lam % self._primes  # (2, batch, R)
+        m = prm.sieve_modulus
+        crt = [m // 4 // int(r) * pow(m // 4 // int(r), -1, int(r)) for r in self._primes]
+        # p = Σ pᵢ: party 1 adds the first multiple of M above 3·2^(h−2) and is ≡ 3 mod 4, the
+        # others ≡ 0 mod 4; every random part is below 2^(h−2)/ℓ, so p ∈ [3·2^(h−2), 2^h) and N
+        # has exactly `bits` bits.
+        half = prm.bits // 2
+        spread = max(1, ((1 << (half - 2)) // prm.ell - m) // m)
+        out: list[list[int]] = [[], []]
+        for which in (0, 1):
+            for k in range(prm.batch):
+                residue = sum(int(a) * c for a, c in zip(additive[which, k], crt)) % (m // 4)
+                # the residue mod 4: 3 for party 1, 0 for the others, by CRT with m // 4 (odd)
+                want = 3 if self.index == 1 else 0
+                fix = (want - residue) * pow(m // 4, -1, 4) % 4
+                value = residue + fix * (m // 4) + m * secrets.randbelow(spread)
+                if self.index == 1:  # a multiple of M: the residues stay as sieved
+                    value += ((3 << (half - 2)) // m + 1) * m
+                out[which].append(value)
+        self._candidates = _Candidates(out[0], out[1])
+
+    # -- 2. the modulus -------------------------------------------------------------------------
+    def modulus_shares(self) -> dict[int, tuple[list[int], list[int], list[int]]]:
+        """Field shares of this party's ``pᵢ``, ``qᵢ`` (degree t−1) and of zero (degree 2t−2)."""
+        assert self._candidates is not None
+        prm, big = self.params, self.params.field_prime
+        t, ell = prm.threshold, prm.ell
+        per: dict[int, tuple[list[int], list[int], list[int]]] = {
+            j: ([], [], []) for j in range(1, ell + 1)
+        }
+        for k in range(prm.batch):
+            for slot, value, degree in (
+                (0, self._candidates.p[k], t - 1),
+                (1, self._candidates.q[k], t - 1),
+                (2, 0, 2 * t - 2),
+            ):
+                for j, share in enumerate(_share_field(value, degree, ell, big), start=1):
+                    per[j][slot].append(share)
+        return per
+
+    def modulus_products(
+        self, received: Mapping[int, tuple[list[int], list[int], list[int]]]
+    ) -> list[int]:
+        """This party's share of each ``N = p·q`` (masked by the zero sharing): to publish."""
+        big = self.params.field_prime
+        out = []
+        for k in range(self.params.batch):
+            p = sum(received[j][0][k] for j in received) % big
+            q = sum(received[j][1][k] for j in received) % big
+            z = sum(received[j][2][k] for j in received) % big
+            out.append((p * q + z) % big)
+        return out
+
+    # -- 4. biprimality -------------------------------------------------------------------------
+    def biprimality_answers(self, candidate: int, n: int, rounds: range) -> list[int]:
+        """``g^(±…/4) mod n`` for the public ``g`` of each of ``rounds`` (see the module
+        docstring, step 4). Most candidates fail the first round, so it is asked alone."""
+        assert self._candidates is not None
+        prm = self.params
+        p, q = self._candidates.p[candidate], self._candidates.q[candidate]
+        exponent = (n + 1 - p - q) if self.index == 1 else -(p + q)
+        if exponent % 4:
+            raise CryptoError("the shares of p and q do not have the residues mod 4 the test needs")
+        e = exponent // 4
+        gs = biprimality_generators(n, prm.session, rounds.stop)
+        return [int(gmpy2.powmod(gs[r], e, n)) for r in rounds]
+
+    def choose(self, candidate: int, n: int) -> None:
+        """Keep candidate ``candidate`` (its modulus ``n`` passed every test); forget the rest."""
+        assert self._candidates is not None
+        self._p, self._q = self._candidates.p[candidate], self._candidates.q[candidate]
+        self._candidates, self._shares, self.modulus = None, None, n
+
+    # -- 5. the key -----------------------------------------------------------------------------
+    def key_shares(self) -> dict[int, tuple[int, int]]:
+        """Integer shares (degree t−1) of this party's ``βᵢ`` and ``φᵢ``."""
+        prm, n = self.params, self.modulus
+        phi = (n + 1 - self._p - self._q) if self.index == 1 else -(self._p + self._q)
+        self._beta = secrets.randbelow(n)
+        bits = n.bit_length() + 2
+        betas = _share_integer(self._beta, prm.threshold - 1, prm.ell, bits)
+        phis = _share_integer(phi, prm.threshold - 1, prm.ell, bits)
+        return {j: (betas[j - 1], phis[j - 1]) for j in range(1, prm.ell + 1)}
+
+    def key_reshare(self, received: Mapping[int, tuple[int, int]]) -> dict[int, int] | None:
+        """The product of this party's shares of β and φ, reshared with degree t−1 (only the
+        first 2t − 1 parties reshare; None for the others)."""
+        prm = self.params
+        beta = sum(received[j][0] for j in received)
+        phi = sum(received[j][1] for j in received)
+        if self.index > 2 * prm.threshold - 1:
+            return None
+        product = beta * phi
+        bits = max(1, abs(product).bit_length())
+        shares = _share_integer(product, prm.threshold - 1, prm.ell, bits)
+        return {j: shares[j - 1] for j in range(1, prm.ell + 1)}
+
+    def key_finish(self, received: Mapping[int, int]) -> int:
+        """This party's key share ``s_m`` (a share of ``D = Δ·β·φ``); returns ``s_m mod N``,
+        which it publishes so that everyone computes ``θ``."""
+        prm = self.params
+        lam = integer_lagrange_at_zero(list(range(1, 2 * prm.threshold)), prm.ell)
+        self.key_share = sum(lam[j] * received[j] for j in range(1, 2 * prm.threshold))
+        return self.key_share % self.modulus
+
+
+def interpolate_field(points: Mapping[int, int], modulus: int) -> int:
+    """The value at 0 of the polynomial through ``points`` over ``F_modulus``."""
+    xs = sorted(points)
+    lam = field_lagrange_at_zero(xs, modulus)
+    return sum(c * points[x] for c, x in zip(lam, xs)) % modulus
+
+
+def theta_from_residues(residues: Mapping[int, int], n: int, threshold: int, ell: int) -> int:
+    """``θ = D mod N`` from every party's published ``s_m mod N`` (any t of them determine it;
+    all of them are checked to lie on one polynomial of degree t−1).
+
+    Raises:
+        CryptoError: the residues do not lie on one polynomial of degree t − 1.
+    """
+    xs = sorted(residues)
+    delta = math.factorial(ell)
+    inv = pow(delta, -1, n)
+    values = set()
+    for start in range(len(xs) - threshold + 1):
+        subset = xs[start : start + threshold]
+        lam = integer_lagrange_at_zero(subset, ell)
+        values.add(sum(lam[x] * residues[x] for x in subset) * inv % n)
+    if len(values) != 1:
+        raise CryptoError("the published key residues do not agree: a party's share is wrong")
+    return values.pop()
+
+
+def square_from_transcript(n: int, session: bytes) -> int:
+    """The verification base ``v``: a square of ``Z*_{n²}`` derived from ``n`` and the session
+    (a public coin nobody chooses)."""
+    n2 = n * n
+    width = (n2.bit_length() + 7) // 8 + 16
+    counter = 0
+    while True:
+        counter += 1
+        seed = (
+            b"fedlora/keygen/v\0" + session + n.to_bytes(width, "big") + counter.to_bytes(8, "big")
+        )
+        r = int.from_bytes(hashlib.shake_256(seed).digest(width), "big") % n2
+        if r > 1 and gmpy2.gcd(r, n) == 1:
+            return int(gmpy2.powmod(r, 2, n2))
+
+
+def verification_key(n: int, v: int, delta: int, share: int) -> int:
+    """``v^(Δ·s) mod n²`` for a share that may be negative."""
+    return int(gmpy2.powmod(v, delta * share, n * n))
+
+
+def share_bound_bits(params: KeygenParams) -> int:
+    """A public bound on ``|s_m|`` in bits for a generated key: a share is
+    ``Σ_{j∈S} λ_j^Δ·K_j(m)`` with ``K_j`` of degree t − 1 whose coefficients (and constant, a
+    product of two shares of ``bits + 2``-bit values) fit in ``2·(bits + 2 + 128 + t·log₂ ℓ)
+    + 128`` bits; ``|λ_j^Δ| ≤ Δ²`` and ``m^k ≤ ℓ^(t−1)``."""
+    t, ell = params.threshold, params.ell
+    one = params.bits + 2 + STATISTICAL_BITS + t * ell.bit_length() + ell.bit_length()
+    product = 2 * one + STATISTICAL_BITS
+    return product + 2 * params.delta.bit_length() + t * ell.bit_length() + 2 * ell.bit_length()
+
+
+@dataclass(frozen=True)
+class GeneratedKey:
+    """The outcome: the public key, every party's share, and how much work it took."""
+
+    public_key: ThresholdPublicKey
+    shares: tuple[KeyShare, ...]
+    candidates: int  # candidate pairs whose N was opened
+    biprimality_tests: int  # candidates that reached the biprimality test
+    passes: int  # batches of candidates
+
+
+def generate_in_process(params: KeygenParams, *, max_passes: int = 64) -> GeneratedKey:
+    """Run every party's arithmetic in this process, passing the messages directly (tests and
+    measurements; the ceremony runs each party on its own machine).
+
+    Raises:
+        CryptoError: no modulus within ``max_passes`` batches.
+    """
+    parties = {i: KeygenParty(params, i) for i in range(1, params.ell + 1)}
+    trial = math.prod(small_primes(1, params.trial_bound))
+    opened = tested = 0
+    for passes in range(1, max_passes + 1):
+        # 1. sieved candidates
+        out = {i: parties[i].sieve_start() for i in parties}
+        for j in parties:
+            parties[j].sieve_received({i: out[i][j] for i in parties})
+        while True:
+            sent = {i: parties[i].sieve_multiply() for i in parties}
+            if sent[1] is None:
+                break
+            for j in parties:
+                parties[j].sieve_reduced({i: sent[i][j] for i in parties})  # type: ignore[index]
+        for party in parties.values():
+            party.sieve_finish()
+        # 2. the moduli
+        shares = {i: parties[i].modulus_shares() for i in parties}
+        products = {
+            j: parties[j].modulus_products({i: shares[i][j] for i in parties}) for j in parties
+        }
+        opened += params.batch
+        for k in range(params.batch):
+            points = {j: products[j][k] for j in parties}
+            n = interpolate_field(points, params.field_prime)
+            # 3. trial division, 4. biprimality
+            if n.bit_length() != params.bits or gmpy2.gcd(n, trial) != 1:
+                continue
+            tested += 1
+            if all(
+                _passes(n, [parties[i].biprimality_answers(k, n, rounds) for i in parties])
+                for rounds in (range(1), range(1, params.biprimality_rounds))
+            ):
+                for party in parties.values():
+                    party.choose(k, n)
+                return _finish(params, parties, n, opened, tested, passes)
+    raise CryptoError(f"no biprime modulus in {max_passes} batches of {params.batch} candidates")
+
+
+def _passes(n: int, answers: Sequence[Sequence[int]]) -> bool:
+    """Every round's product of the parties' answers is ±1 modulo ``n``."""
+    return all(math.prod(column) % n in (1, n - 1) for column in zip(*answers, strict=True))
+
+
+def _finish(
+    params: KeygenParams,
+    parties: Mapping[int, KeygenParty],
+    n: int,
+    opened: int,
+    tested: int,
+    passes: int,
+) -> GeneratedKey:
+    sent = {i: parties[i].key_shares() for i in parties}
+    reshared = {j: parties[j].key_reshare({i: sent[i][j] for i in parties}) for j in parties}
+    residues = {
+        m: parties[m].key_finish({j: r[m] for j, r in reshared.items() if r is not None})
+        for m in parties
+    }
+    theta = theta_from_residues(residues, n, params.threshold, params.ell)
+    v = square_from_transcript(n, params.session)
+    vks = tuple(verification_key(n, v, params.delta, parties[i].key_share) for i in sorted(parties))
+    public = ThresholdPublicKey(
+        n=n,
+        threshold=params.threshold,
+        party_ids=params.parties,
+        v=v,
+        verification_keys=vks,
+        theta=theta,
+        share_bits=share_bound_bits(params),
+    )
+    shares = tuple(
+        KeyShare(pid, i, parties[i].key_share, public.fingerprint)
+        for i, pid in enumerate(params.parties, start=1)
+    )
+    return GeneratedKey(public, shares, opened, tested, passes)

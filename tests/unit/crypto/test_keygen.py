@@ -1,0 +1,183 @@
+"""Key generation without a dealer: the arithmetic every holder runs (fedlora.crypto._keygen).
+
+All parties run in this process on real numbers; no step is mocked. A generated key must pass
+what a dealt key passes (proven partial decryptions, any t combine, t − 1 do not), and each
+step's guarantee is checked against a party that lies in it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import gmpy2
+import pytest
+
+from fedlora.crypto import (
+    KeyShare,
+    ThresholdPublicKey,
+    combine_partial_decryptions,
+    encrypt_batch,
+    partial_decrypt,
+    select_backend,
+    verify_partial_decryption,
+)
+from fedlora.crypto._keygen import (
+    KeygenParams,
+    KeygenParty,
+    _passes,
+    generate_in_process,
+    interpolate_field,
+    small_primes,
+    theta_from_residues,
+)
+from fedlora.crypto._threshold import _combine
+from fedlora.errors import CryptoError, VerificationError
+
+PARTIES = ("bank-a", "bank-b", "hospital-c", "hospital-d", "bank-e")
+
+
+@pytest.fixture(scope="module")
+def generated():  # type: ignore[no-untyped-def]
+    return generate_in_process(
+        KeygenParams(parties=PARTIES, threshold=3, bits=512, batch=256, session=b"test")
+    )
+
+
+def _sieved(params: KeygenParams) -> dict[int, KeygenParty]:
+    parties = {i: KeygenParty(params, i) for i in range(1, params.ell + 1)}
+    out = {i: parties[i].sieve_start() for i in parties}
+    for j in parties:
+        parties[j].sieve_received({i: out[i][j] for i in parties})
+    while (sent := {i: parties[i].sieve_multiply() for i in parties})[1] is not None:
+        for j in parties:
+            parties[j].sieve_reduced({i: sent[i][j] for i in parties})  # type: ignore[index]
+    for party in parties.values():
+        party.sieve_finish()
+    return parties
+
+
+def test_a_generated_key_decrypts_with_any_t_shares_and_not_with_fewer(generated) -> None:
+    key = generated.public_key
+    assert key.n.bit_length() == 512 and key.theta != 1 and key.threshold == 3
+    assert not gmpy2.is_prime(key.n)  # nobody here knows its factors; it is not prime
+    values = [0, 1, 987654321, key.n - 1]
+    cts = encrypt_batch(key.paillier, values)
+    partials = [partial_decrypt(key, s, cts) for s in generated.shares]
+    for p in partials:
+        verify_partial_decryption(key, cts, p)  # each proof checks against its vᵢ
+    for subset in itertools.combinations(partials, 3):
+        assert combine_partial_decryptions(key, cts, list(subset)) == values
+    with pytest.raises(CryptoError, match="the shares disagree"):
+        _combine(key, partials[:2], select_backend("gmpy2")[0])
+
+
+def test_a_wrong_partial_from_a_generated_share_is_blamed(generated) -> None:
+    key = generated.public_key
+    cts = encrypt_batch(key.paillier, [42])
+    honest = partial_decrypt(key, generated.shares[1], cts)
+    value = honest.values[0] * 4 % key.nsquare
+    forged = dataclasses.replace(honest, values=(min(value, key.nsquare - value),))
+    with pytest.raises(VerificationError, match="'bank-b' failed its proof") as exc:
+        verify_partial_decryption(key, cts, forged)
+    assert exc.value.party == "bank-b"
+
+
+def test_generated_shares_and_keys_round_trip_and_theta_is_bound_by_the_fingerprint(
+    generated,
+) -> None:
+    key = generated.public_key
+    assert ThresholdPublicKey.from_json(key.to_json()) == key
+    for share in generated.shares:  # negative shares included
+        assert KeyShare.from_bytes(share.to_bytes()) == share
+        assert abs(share.secret).bit_length() <= key.share_bound_bits
+    tampered = key.to_json().replace(
+        f'"theta": "{key.theta:x}"'.encode(), f'"theta": "{key.theta + 1:x}"'.encode()
+    )
+    assert tampered != key.to_json()
+    with pytest.raises(CryptoError, match="fingerprint does not match"):
+        ThresholdPublicKey.from_json(tampered)
+
+
+def test_sieved_candidates_have_no_small_factor_and_the_residues_the_test_needs() -> None:
+    params = KeygenParams(parties=PARTIES, threshold=3, bits=512, batch=64, session=b"sieve")
+    parties = _sieved(params)
+    for k in range(params.batch):
+        for which in ("p", "q"):
+            value = sum(getattr(parties[i]._candidates, which)[k] for i in parties)
+            assert value % 4 == 3 and 3 << 254 <= value < 1 << 256
+            assert all(value % r for r in params.sieve_primes)
+    # Each party's own share is uniform-looking: it does not carry the sieved residues itself.
+    own = [parties[2]._candidates.p[k] % params.sieve_primes[-1] for k in range(params.batch)]
+    assert 0 in own or len(set(own)) > params.batch // 4
+
+
+def test_the_opened_modulus_is_the_product_and_a_lying_share_changes_it() -> None:
+    params = KeygenParams(parties=PARTIES, threshold=3, bits=512, batch=4, session=b"n")
+    parties = _sieved(params)
+    shares = {i: parties[i].modulus_shares() for i in parties}
+    products = {j: parties[j].modulus_products({i: shares[i][j] for i in parties}) for j in parties}
+    p = sum(parties[i]._candidates.p[0] for i in parties)
+    q = sum(parties[i]._candidates.q[0] for i in parties)
+    points = {j: products[j][0] for j in parties}
+    assert interpolate_field(points, params.field_prime) == p * q
+    # With 2t − 1 = ℓ every point is needed; a lying party's point gives another (wrong) N,
+    # which then fails the biprimality test against the honest additive shares.
+    points[3] = (points[3] + 1) % params.field_prime
+    assert interpolate_field(points, params.field_prime) != p * q
+
+
+def test_biprimality_accepts_p_times_q_and_refuses_a_wrong_answer_or_a_non_biprime() -> None:
+    params = KeygenParams(parties=PARTIES, threshold=3, bits=512, batch=1, session=b"b")
+    parties = {i: KeygenParty(params, i) for i in range(1, 6)}
+    p, q = _prime_3_mod_4(256, 11), _prime_3_mod_4(256, 23)
+    _give_shares(parties, p, q)
+    n = p * q
+    answers = [parties[i].biprimality_answers(0, n, range(16)) for i in parties]
+    assert _passes(n, answers)
+    lying = [list(a) for a in answers]
+    lying[2][5] = lying[2][5] * 2 % n  # one party's answer in one round
+    assert not _passes(n, lying)
+    # Three primes, shared as if two: N = p·(q·r) with "q" = q·r ≡ 3 (mod 4) (r ≡ 1 mod 4).
+    r = int(gmpy2.next_prime(1 << 63))
+    while r % 4 != 1:
+        r = int(gmpy2.next_prime(r))
+    fake = q * r
+    _give_shares(parties, p, fake)
+    bad = p * fake
+    answers = [
+        parties[i].biprimality_answers(0, bad, range(params.biprimality_rounds)) for i in parties
+    ]
+    assert not _passes(bad, answers)
+
+
+def test_the_key_residues_must_agree_and_the_bound_on_holders_is_enforced(generated) -> None:
+    with pytest.raises(CryptoError, match=r"needs 2 ≤ t and ℓ ≥ 2t − 1 \(here 2t − 1 = 5\)"):
+        KeygenParams(parties=PARTIES[:4], threshold=3, bits=512)
+    residues = {1: 5, 2: 7, 3: 11, 4: 13, 5: 17}
+    with pytest.raises(CryptoError, match="residues do not agree"):
+        theta_from_residues(residues, generated.public_key.n, 3, 5)
+    assert small_primes(5, 30) == [7, 11, 13, 17, 19, 23, 29]
+    assert math.prod(small_primes(1, 10)) == 210
+
+
+def _prime_3_mod_4(bits: int, seed: int) -> int:
+    x = gmpy2.next_prime((1 << (bits - 1)) + seed * 1_000_003)
+    while x % 4 != 3:
+        x = gmpy2.next_prime(x)
+    return int(x)
+
+
+def _give_shares(parties: dict[int, KeygenParty], p: int, q: int) -> None:
+    """Additive shares with the residues mod 4 the test needs (party 1 ≡ 3, others ≡ 0)."""
+    from fedlora.crypto._keygen import _Candidates
+
+    rest_p = [4 * (k + 1) * 1009 for k in range(len(parties) - 1)]
+    rest_q = [4 * (k + 1) * 2003 for k in range(len(parties) - 1)]
+    firsts = (p - sum(rest_p), q - sum(rest_q))
+    for i, party in parties.items():
+        if i == 1:
+            party._candidates = _Candidates([firsts[0]], [firsts[1]])
+        else:
+            party._candidates = _Candidates([rest_p[i - 2]], [rest_q[i - 2]])

@@ -47,8 +47,10 @@ from __future__ import annotations
 import hashlib
 import math
 import secrets
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import gmpy2
 import numpy as np
@@ -61,13 +63,17 @@ __all__ = [
     "GeneratedKey",
     "KeygenParams",
     "KeygenParty",
+    "PartyResult",
+    "ThreadExchange",
     "biprimality_generators",
     "field_lagrange_at_zero",
     "generate_in_process",
+    "run_party",
     "small_primes",
 ]
 
 STATISTICAL_BITS = 128  # integer sharings hide a value of b bits with polynomials of b + 128 bits
+_WIRE = np.uint16  # residues modulo a sieving prime (< 2^14) travel in two bytes
 
 
 def small_primes(low: int, high: int) -> list[int]:
@@ -123,12 +129,16 @@ class KeygenParams:
         if bound == 0:  # M = 4·∏ r must leave p at least 64 + log₂ ℓ random bits above it
             budget = half - 70 - ell.bit_length()
             logm = 2.0
-            for r in small_primes(ell, 1 << 14):
+            for r in small_primes(ell, (1 << 14) - 1):
                 if logm + math.log2(r) > budget:
                     break
                 primes.append(r)
                 logm += math.log2(r)
         else:
+            if bound >= 1 << 14:
+                raise CryptoError(
+                    "the sieve bound must stay below 2^14 (residues travel in 2 bytes)"
+                )
             primes = small_primes(ell, bound)
         object.__setattr__(self, "sieve_primes", tuple(primes))
         # F_P: N < 2^bits, so any prime above 2^(bits+1) holds the product exactly.
@@ -247,11 +257,13 @@ class KeygenParty:
         shape = (2, prm.batch, len(self._primes))
         mine = rng.integers(1, self._primes, size=shape, dtype=np.int64)
         shares = _share_small(mine, self._primes, prm.threshold - 1, prm.ell)
-        return {j: shares[j - 1] for j in range(1, prm.ell + 1)}
+        return {j: shares[j - 1].astype(_WIRE) for j in range(1, prm.ell + 1)}
 
     def sieve_received(self, received: Mapping[int, np.ndarray]) -> None:
         """Keep the shares of every party's ``a_{j,r}`` (indexed by sender)."""
-        self._shares = np.stack([received[j] for j in range(1, self.params.ell + 1)])
+        self._shares = np.stack([received[j] for j in range(1, self.params.ell + 1)]).astype(
+            np.int64
+        )
 
     def sieve_multiply(self) -> dict[int, np.ndarray] | None:
         """One level of the product tree: for each pair of sharings, this party's product share
@@ -264,7 +276,7 @@ class KeygenParty:
         products = left * right % self._primes
         self._carry = self._shares[2 * pairs :]  # an odd one out waits for the next level
         shares = _share_small(products, self._primes, self.params.threshold - 1, self.params.ell)
-        return {j: shares[j - 1] for j in range(1, self.params.ell + 1)}
+        return {j: shares[j - 1].astype(_WIRE) for j in range(1, self.params.ell + 1)}
 
     def sieve_reduced(self, received: Mapping[int, np.ndarray]) -> None:
         """Degree reduction: this party's share of each product is the Lagrange combination
@@ -275,7 +287,7 @@ class KeygenParty:
             [[field_lagrange_at_zero(xs, int(r))[k] for r in self._primes] for k in range(len(xs))],
             dtype=np.int64,
         )
-        acc = np.zeros_like(received[1])
+        acc = np.zeros(received[1].shape, dtype=np.int64)
         for k, j in enumerate(xs):
             acc = (acc + received[j] * lam[k]) % self._primes
         self._shares = np.concatenate([acc, self._carry]) if len(self._carry) else acc
@@ -404,24 +416,41 @@ def interpolate_field(points: Mapping[int, int], modulus: int) -> int:
     return sum(c * points[x] for c, x in zip(lam, xs)) % modulus
 
 
-def theta_from_residues(residues: Mapping[int, int], n: int, threshold: int, ell: int) -> int:
-    """``θ = D mod N`` from every party's published ``s_m mod N`` (any t of them determine it;
-    all of them are checked to lie on one polynomial of degree t−1).
+def theta_from_residues(
+    residues: Mapping[int, int], n: int, threshold: int, parties: Sequence[str]
+) -> int:
+    """``θ = D mod N`` from every holder's published ``s_m mod N``: they must lie on one
+    polynomial of degree t − 1 (any t of them determine ``θ``).
 
     Raises:
-        CryptoError: the residues do not lie on one polynomial of degree t − 1.
+        CryptoError: they do not; when leaving out one holder makes the others agree (ℓ ≥ t + 2
+            holders), that holder is named (``party``).
     """
-    xs = sorted(residues)
+    ell = len(parties)
     delta = math.factorial(ell)
     inv = pow(delta, -1, n)
-    values = set()
-    for start in range(len(xs) - threshold + 1):
-        subset = xs[start : start + threshold]
-        lam = integer_lagrange_at_zero(subset, ell)
-        values.add(sum(lam[x] * residues[x] for x in subset) * inv % n)
-    if len(values) != 1:
-        raise CryptoError("the published key residues do not agree: a party's share is wrong")
-    return values.pop()
+
+    def thetas(points: Sequence[int]) -> set[int]:
+        out = set()
+        for start in range(len(points) - threshold + 1):
+            subset = points[start : start + threshold]
+            lam = integer_lagrange_at_zero(subset, ell)
+            out.add(sum(lam[x] * residues[x] for x in subset) * inv % n)
+        return out
+
+    xs = sorted(residues)
+    found = thetas(xs)
+    if len(found) == 1:
+        return found.pop()
+    if len(xs) >= threshold + 2:
+        for x in xs:
+            if len(thetas([y for y in xs if y != x])) == 1:
+                raise CryptoError(
+                    f"holder {parties[x - 1]!r} published a key residue off the others' "
+                    "polynomial: its share is wrong",
+                    party=parties[x - 1],
+                )
+    raise CryptoError("the published key residues do not agree: a holder's share is wrong")
 
 
 def square_from_transcript(n: int, session: bytes) -> int:
@@ -456,96 +485,181 @@ def share_bound_bits(params: KeygenParams) -> int:
     return product + 2 * params.delta.bit_length() + t * ell.bit_length() + 2 * ell.bit_length()
 
 
+Exchange = Callable[[Mapping[int, Any]], dict[int, Any]]
+"""One round of messages: this party's ``{recipient index: payload}`` in (every party sends in
+every round, possibly to itself), ``{sender index: payload}`` out. The ceremony's relay, a
+process pool's pipes or threads in one process implement it; the protocol is only here."""
+
+
 @dataclass(frozen=True)
-class GeneratedKey:
-    """The outcome: the public key, every party's share, and how much work it took."""
+class PartyResult:
+    """One holder's outcome: the public key (the same for every holder) and its own share."""
 
     public_key: ThresholdPublicKey
-    shares: tuple[KeyShare, ...]
+    share: KeyShare
     candidates: int  # candidate pairs whose N was opened
     biprimality_tests: int  # candidates that reached the biprimality test
     passes: int  # batches of candidates
 
 
-def generate_in_process(params: KeygenParams, *, max_passes: int = 64) -> GeneratedKey:
-    """Run every party's arithmetic in this process, passing the messages directly (tests and
-    measurements; the ceremony runs each party on its own machine).
+def _passes(n: int, answers: Sequence[Sequence[int]]) -> bool:
+    """Every round's product of the holders' answers is ±1 modulo ``n``."""
+    return all(math.prod(column) % n in (1, n - 1) for column in zip(*answers, strict=True))
+
+
+def _broadcast(params: KeygenParams, payload: Any) -> dict[int, Any]:
+    return {j: payload for j in range(1, params.ell + 1)}
+
+
+def run_party(
+    params: KeygenParams, index: int, exchange: Exchange, *, max_passes: int = 64
+) -> PartyResult:
+    """Holder ``index``'s whole key generation, every message through ``exchange``. Every holder
+    takes the same branches: each decision is on values all of them received.
 
     Raises:
-        CryptoError: no modulus within ``max_passes`` batches.
+        CryptoError: no modulus within ``max_passes`` batches, or residues that disagree.
     """
-    parties = {i: KeygenParty(params, i) for i in range(1, params.ell + 1)}
+    party = KeygenParty(params, index)
     trial = math.prod(small_primes(1, params.trial_bound))
     opened = tested = 0
     for passes in range(1, max_passes + 1):
         # 1. sieved candidates
-        out = {i: parties[i].sieve_start() for i in parties}
-        for j in parties:
-            parties[j].sieve_received({i: out[i][j] for i in parties})
-        while True:
-            sent = {i: parties[i].sieve_multiply() for i in parties}
-            if sent[1] is None:
-                break
-            for j in parties:
-                parties[j].sieve_reduced({i: sent[i][j] for i in parties})  # type: ignore[index]
-        for party in parties.values():
-            party.sieve_finish()
-        # 2. the moduli
-        shares = {i: parties[i].modulus_shares() for i in parties}
-        products = {
-            j: parties[j].modulus_products({i: shares[i][j] for i in parties}) for j in parties
-        }
+        party.sieve_received(exchange(party.sieve_start()))
+        while (sent := party.sieve_multiply()) is not None:
+            party.sieve_reduced(exchange(sent))
+        party.sieve_finish()
+        # 2. the moduli, 3. trial division
+        products = exchange(
+            _broadcast(params, party.modulus_products(exchange(party.modulus_shares())))
+        )
         opened += params.batch
+        moduli = {}
         for k in range(params.batch):
-            points = {j: products[j][k] for j in parties}
-            n = interpolate_field(points, params.field_prime)
-            # 3. trial division, 4. biprimality
-            if n.bit_length() != params.bits or gmpy2.gcd(n, trial) != 1:
+            n = interpolate_field({j: products[j][k] for j in products}, params.field_prime)
+            if n.bit_length() == params.bits and gmpy2.gcd(n, trial) == 1:
+                moduli[k] = n
+        tested += len(moduli)
+        # 4. biprimality: the first round for every survivor at once, the rest one by one
+        first = exchange(
+            _broadcast(
+                params, {k: party.biprimality_answers(k, n, range(1)) for k, n in moduli.items()}
+            )
+        )
+        for k, n in moduli.items():
+            if not _passes(n, [first[j][k] for j in sorted(first)]):
                 continue
-            tested += 1
-            if all(
-                _passes(n, [parties[i].biprimality_answers(k, n, rounds) for i in parties])
-                for rounds in (range(1), range(1, params.biprimality_rounds))
-            ):
-                for party in parties.values():
-                    party.choose(k, n)
-                return _finish(params, parties, n, opened, tested, passes)
+            rest = exchange(
+                _broadcast(
+                    params, party.biprimality_answers(k, n, range(1, params.biprimality_rounds))
+                )
+            )
+            if _passes(n, [rest[j] for j in sorted(rest)]):
+                party.choose(k, n)
+                return _key(params, party, exchange, opened, tested, passes)
     raise CryptoError(f"no biprime modulus in {max_passes} batches of {params.batch} candidates")
 
 
-def _passes(n: int, answers: Sequence[Sequence[int]]) -> bool:
-    """Every round's product of the parties' answers is ±1 modulo ``n``."""
-    return all(math.prod(column) % n in (1, n - 1) for column in zip(*answers, strict=True))
-
-
-def _finish(
+def _key(
     params: KeygenParams,
-    parties: Mapping[int, KeygenParty],
-    n: int,
+    party: KeygenParty,
+    exchange: Exchange,
     opened: int,
     tested: int,
     passes: int,
-) -> GeneratedKey:
-    sent = {i: parties[i].key_shares() for i in parties}
-    reshared = {j: parties[j].key_reshare({i: sent[i][j] for i in parties}) for j in parties}
-    residues = {
-        m: parties[m].key_finish({j: r[m] for j, r in reshared.items() if r is not None})
-        for m in parties
-    }
-    theta = theta_from_residues(residues, n, params.threshold, params.ell)
+) -> PartyResult:
+    n = party.modulus
+    reshared = exchange(party.key_reshare(exchange(party.key_shares())) or {})
+    residue = party.key_finish(reshared)
+    residues = exchange(_broadcast(params, residue))
+    theta = theta_from_residues(residues, n, params.threshold, params.parties)
     v = square_from_transcript(n, params.session)
-    vks = tuple(verification_key(n, v, params.delta, parties[i].key_share) for i in sorted(parties))
+    mine = verification_key(n, v, params.delta, party.key_share)
+    vks = exchange(_broadcast(params, mine))
     public = ThresholdPublicKey(
         n=n,
         threshold=params.threshold,
         party_ids=params.parties,
         v=v,
-        verification_keys=vks,
+        verification_keys=tuple(vks[j] for j in sorted(vks)),
         theta=theta,
         share_bits=share_bound_bits(params),
     )
-    shares = tuple(
-        KeyShare(pid, i, parties[i].key_share, public.fingerprint)
-        for i, pid in enumerate(params.parties, start=1)
+    share = KeyShare(
+        params.parties[party.index - 1], party.index, party.key_share, public.fingerprint
     )
-    return GeneratedKey(public, shares, opened, tested, passes)
+    return PartyResult(public, share, opened, tested, passes)
+
+
+@dataclass(frozen=True)
+class GeneratedKey:
+    """The outcome of :func:`generate_in_process`: the public key and every party's share."""
+
+    public_key: ThresholdPublicKey
+    shares: tuple[KeyShare, ...]
+    candidates: int
+    biprimality_tests: int
+    passes: int
+
+
+class ThreadExchange:
+    """:data:`Exchange` for ℓ threads in one process: a barrier per round."""
+
+    def __init__(self, ell: int) -> None:
+        self.ell = ell
+        self._outboxes: dict[int, Mapping[int, Any]] = {}
+        self._lock = threading.Lock()
+        self._barrier = threading.Barrier(ell)
+
+    def for_party(self, index: int) -> Exchange:
+        def exchange(outgoing: Mapping[int, Any]) -> dict[int, Any]:
+            with self._lock:
+                self._outboxes[index] = outgoing
+            self._barrier.wait()
+            incoming = {j: box[index] for j, box in sorted(self._outboxes.items()) if index in box}
+            self._barrier.wait()  # everyone has read this round before the next one is written
+            return incoming
+
+        return exchange
+
+    def abort(self) -> None:
+        self._barrier.abort()
+
+
+def generate_in_process(params: KeygenParams, *, max_passes: int = 64) -> GeneratedKey:
+    """Run every holder in a thread of this process, the messages passed in memory (tests and
+    measurements; the ceremony runs each holder on its own machine).
+
+    Raises:
+        CryptoError: no modulus within ``max_passes`` batches (or a holder's failure).
+    """
+    hub = ThreadExchange(params.ell)
+    results: dict[int, PartyResult] = {}
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            results[index] = run_party(params, index, hub.for_party(index), max_passes=max_passes)
+        except BaseException as exc:  # the first failure ends every holder's wait
+            errors.append(exc)
+            hub.abort()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(1, params.ell + 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
+    if real or errors:
+        raise (real or errors)[0]
+    keys = {r.public_key for r in results.values()}
+    if len(keys) != 1:
+        raise CryptoError("the holders computed different public keys")
+    first = results[1]
+    return GeneratedKey(
+        first.public_key,
+        tuple(results[i].share for i in sorted(results)),
+        first.candidates,
+        first.biprimality_tests,
+        first.passes,
+    )

@@ -155,9 +155,9 @@ def test_biprimality_accepts_p_times_q_and_refuses_a_wrong_answer_or_a_non_bipri
 def test_the_key_residues_must_agree_and_the_bound_on_holders_is_enforced(generated) -> None:
     with pytest.raises(CryptoError, match=r"needs 2 ≤ t and ℓ ≥ 2t − 1 \(here 2t − 1 = 5\)"):
         KeygenParams(parties=PARTIES[:4], threshold=3, bits=512)
-    residues = {1: 5, 2: 7, 3: 11, 4: 13, 5: 17}
+    residues = {1: 5, 2: 7, 3: 11, 4: 19, 5: 2}  # no 4 of them on one quadratic
     with pytest.raises(CryptoError, match="residues do not agree"):
-        theta_from_residues(residues, generated.public_key.n, 3, 5)
+        theta_from_residues(residues, generated.public_key.n, 3, PARTIES)
     assert small_primes(5, 30) == [7, 11, 13, 17, 19, 23, 29]
     assert math.prod(small_primes(1, 10)) == 210
 
@@ -181,3 +181,28 @@ def _give_shares(parties: dict[int, KeygenParty], p: int, q: int) -> None:
             party._candidates = _Candidates([firsts[0]], [firsts[1]])
         else:
             party._candidates = _Candidates([rest_p[i - 2]], [rest_q[i - 2]])
+
+
+def test_a_holder_that_fails_or_lies_about_its_residue_leaves_no_key(monkeypatch) -> None:
+    """The whole generation through run_party's rounds (threads passing the messages): a holder
+    that stops ends it for everyone, and one that publishes a wrong share residue makes every
+    holder refuse θ — no key, nothing partial, in either case."""
+    params = KeygenParams(parties=PARTIES, threshold=3, bits=512, batch=128, session=b"abort")
+    real_finish = KeygenParty.key_finish
+
+    def lying_finish(self, received):  # type: ignore[no-untyped-def]
+        residue = real_finish(self, received)
+        return residue + 1 if self.index == 4 else residue
+
+    monkeypatch.setattr(KeygenParty, "key_finish", lying_finish)
+    with pytest.raises(CryptoError, match="'hospital-d' published a key residue off") as exc:
+        generate_in_process(params)
+    assert exc.value.party == "hospital-d"
+    monkeypatch.setattr(KeygenParty, "key_finish", real_finish)
+
+    def stalled(self):  # type: ignore[no-untyped-def]
+        raise CryptoError(f"holder {self.index} stopped")
+
+    monkeypatch.setattr(KeygenParty, "modulus_shares", stalled)
+    with pytest.raises(CryptoError, match=r"holder \d stopped"):
+        generate_in_process(params)

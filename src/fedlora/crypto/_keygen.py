@@ -10,10 +10,11 @@ degree-(t−1) sharings is a degree-(2t−2) sharing that 2t − 1 parties open)
 
 Steps, each a pure function of a party's state and the messages it received:
 
-1. **Sieved candidates.** For every small prime ``r`` in ``(ℓ, B]`` each party picks
-   ``a_{i,r} ∈ F_r*`` and Shamir-shares it over ``F_r``; the parties multiply the ℓ sharings
-   (BGW, a tree of ⌈log₂ ℓ⌉ rounds) and turn the product into additive shares
-   ``b_{i,r}``: ``Σᵢ b_{i,r} ≡ ∏ⱼ a_{j,r} ≢ 0 (mod r)``. By CRT each party builds
+1. **Sieved candidates.** For every odd prime ``r ≤ B`` with ``r² > ℓ`` each party picks
+   ``a_{i,r} ∈ F_r*`` and Shamir-shares it over ``GF(r²)`` (so that 3 and 5 have enough
+   evaluation points for ℓ holders); the parties multiply the ℓ sharings (BGW, a tree of
+   ⌈log₂ ℓ⌉ rounds) and turn the product into additive shares ``b_{i,r}`` (the ``F_r`` parts:
+   the others cancel): ``Σᵢ b_{i,r} ≡ ∏ⱼ a_{j,r} ≢ 0 (mod r)``. By CRT each party builds
    ``pᵢ = bᵢ + M·ρᵢ`` (``M = 4·∏ r``; party 1 ≡ 3, the others ≡ 0 mod 4), so ``p = Σ pᵢ`` has no
    prime factor ≤ B and ``p ≡ 3 (mod 4)`` — without anyone learning ``p mod r``. Likewise ``q``.
 2. **The modulus.** Each party Shamir-shares ``pᵢ``, ``qᵢ`` (degree t−1) and a zero (degree
@@ -95,7 +96,7 @@ class KeygenParams:
         threshold: ``t``: any ``t`` shares decrypt, ``t − 1`` learn nothing.
         bits: the modulus size (``N`` has exactly this many bits).
         batch: candidate pairs ``(p, q)`` tried per pass.
-        sieve_bound: ``B``: ``p`` and ``q`` have no prime factor up to it (above ℓ).
+        sieve_bound: ``B``: ``p`` and ``q`` have no odd prime factor ``r ≤ B`` with ``r² > ℓ``.
         trial_bound: ``B₂``: the primes up to it are divided out of ``N`` in public.
         biprimality_rounds: rounds of the Boneh–Franklin test (error ≤ 2^−rounds).
         session: binds every derived value to this generation.
@@ -129,7 +130,9 @@ class KeygenParams:
         if bound == 0:  # M = 4·∏ r must leave p at least 64 + log₂ ℓ random bits above it
             budget = half - 70 - ell.bit_length()
             logm = 2.0
-            for r in small_primes(ell, (1 << 14) - 1):
+            for r in small_primes(2, (1 << 14) - 1):
+                if r * r - 1 < ell:  # GF(r²) has too few points for ℓ holders
+                    continue
                 if logm + math.log2(r) > budget:
                     break
                 primes.append(r)
@@ -139,7 +142,7 @@ class KeygenParams:
                 raise CryptoError(
                     "the sieve bound must stay below 2^14 (residues travel in 2 bytes)"
                 )
-            primes = small_primes(ell, bound)
+            primes = [r for r in small_primes(2, bound) if r * r - 1 >= ell]
         object.__setattr__(self, "sieve_primes", tuple(primes))
         # F_P: N < 2^bits, so any prime above 2^(bits+1) holds the product exactly.
         object.__setattr__(self, "field_prime", int(gmpy2.next_prime(1 << (self.bits + 1))))
@@ -171,19 +174,70 @@ def field_lagrange_at_zero(xs: Sequence[int], modulus: int) -> list[int]:
     return out
 
 
-def _share_small(values: np.ndarray, primes: np.ndarray, degree: int, ell: int) -> np.ndarray:
-    """Shamir shares over ``F_r`` for each column's prime: ``values`` (…, R) → (ℓ, …, R)."""
-    rng = np.random.default_rng(secrets.randbits(128))
-    coeffs = [values] + [
-        rng.integers(0, primes, size=values.shape, dtype=np.int64) for _ in range(degree)
-    ]
-    out = np.empty((ell, *values.shape), dtype=np.int64)
-    for x in range(1, ell + 1):
-        acc = np.zeros(values.shape, dtype=np.int64)
-        for c in reversed(coeffs):
-            acc = (acc * x + c) % primes
-        out[x - 1] = acc
-    return out
+class _Gf2:
+    """``GF(r²) = F_r[α]/(α² − k)`` for each sieving prime ``r`` (``k`` a non-residue), vectorized:
+    an element array has a last axis of 2 (``a + b·α``) and the axis before it runs over the
+    primes. Small primes (3, 5, …) have fewer than ℓ nonzero points in ``F_r``; ``GF(r²)`` has
+    ``r² − 1``, so every prime with ``r² > ℓ`` can be sieved. Party ``i``'s point is
+    ``(i mod r) + (i div r)·α``."""
+
+    def __init__(self, primes: Sequence[int], ell: int) -> None:
+        self.r = np.array(primes, dtype=np.int64)
+        self.k = np.array([_non_residue(r) for r in primes], dtype=np.int64)
+        self.points = np.array(
+            [[[i % r, i // r] for r in primes] for i in range(1, ell + 1)], dtype=np.int64
+        )  # (ℓ, R, 2)
+
+    def mul(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        r, k = self.r, self.k
+        a, b, c, d = x[..., 0], x[..., 1], y[..., 0], y[..., 1]
+        return np.stack([(a * c + k * (b * d % r)) % r, (a * d + b * c) % r], axis=-1)
+
+    def share(self, values: np.ndarray, degree: int) -> np.ndarray:
+        """Shamir shares of ``values`` (…, R, 2): (ℓ, …, R, 2)."""
+        rng = np.random.default_rng(secrets.randbits(128))
+        high = np.stack([self.r, self.r], axis=-1)
+        coeffs = [values] + [
+            rng.integers(0, high, size=values.shape, dtype=np.int64) for _ in range(degree)
+        ]
+        out = np.empty((len(self.points), *values.shape), dtype=np.int64)
+        for i, point in enumerate(self.points):
+            acc = np.zeros(values.shape, dtype=np.int64)
+            for c in reversed(coeffs):
+                acc = (self.mul(acc, np.broadcast_to(point, values.shape)) + c) % np.stack(
+                    [self.r, self.r], axis=-1
+                )
+            out[i] = acc
+        return out
+
+    def lagrange_at_zero(self, indices: Sequence[int]) -> np.ndarray:
+        """Lagrange coefficients at 0 for the holders ``indices`` (1-based): (len, R, 2)."""
+        out = np.zeros((len(indices), len(self.r), 2), dtype=np.int64)
+        for col, (r, k) in enumerate(zip(self.r.tolist(), self.k.tolist())):
+            pts = [
+                (int(self.points[i - 1, col, 0]), int(self.points[i - 1, col, 1])) for i in indices
+            ]
+            for row, xi in enumerate(pts):
+                num, den = (1, 0), (1, 0)
+                for xj in pts:
+                    if xj != xi:
+                        num = _gf_mul(num, xj, r, k)
+                        den = _gf_mul(den, ((xj[0] - xi[0]) % r, (xj[1] - xi[1]) % r), r, k)
+                out[row, col] = _gf_mul(num, _gf_inv(den, r, k), r, k)
+        return out
+
+
+def _non_residue(r: int) -> int:
+    return next(k for k in range(2, r) if pow(k, (r - 1) // 2, r) == r - 1)
+
+
+def _gf_mul(x: tuple[int, int], y: tuple[int, int], r: int, k: int) -> tuple[int, int]:
+    return ((x[0] * y[0] + k * x[1] * y[1]) % r, (x[0] * y[1] + x[1] * y[0]) % r)
+
+
+def _gf_inv(x: tuple[int, int], r: int, k: int) -> tuple[int, int]:
+    norm = pow((x[0] * x[0] - k * x[1] * x[1]) % r, -1, r)
+    return (x[0] * norm % r, -x[1] * norm % r)
 
 
 def _share_field(value: int, degree: int, ell: int, modulus: int) -> list[int]:
@@ -239,7 +293,7 @@ class KeygenParty:
         if not 1 <= index <= params.ell:
             raise CryptoError(f"party index {index} is outside 1..{params.ell}")
         self.params, self.index = params, index
-        self._primes = np.array(params.sieve_primes, dtype=np.int64)
+        self._gf = _Gf2(params.sieve_primes, params.ell)
         self._shares: np.ndarray | None = None  # (parties, 2, batch, R): shares of every a_{j,r}
         self._candidates: _Candidates | None = None
         self._field_shares: tuple[list[int], list[int], list[int]] | None = None
@@ -251,12 +305,14 @@ class KeygenParty:
 
     # -- 1. sieved candidates -----------------------------------------------------------------
     def sieve_start(self) -> dict[int, np.ndarray]:
-        """Shamir shares over each ``F_r`` of this party's ``a_{i,r}`` for p and q, per candidate."""
+        """Shamir shares over each ``GF(r²)`` of this party's ``a_{i,r} ∈ F_r*`` for p and q, per
+        candidate."""
         prm = self.params
         rng = np.random.default_rng(secrets.randbits(128))
-        shape = (2, prm.batch, len(self._primes))
-        mine = rng.integers(1, self._primes, size=shape, dtype=np.int64)
-        shares = _share_small(mine, self._primes, prm.threshold - 1, prm.ell)
+        shape = (2, prm.batch, len(self._gf.r))
+        mine = rng.integers(1, self._gf.r, size=shape, dtype=np.int64)
+        embedded = np.stack([mine, np.zeros_like(mine)], axis=-1)
+        shares = self._gf.share(embedded, prm.threshold - 1)
         return {j: shares[j - 1].astype(_WIRE) for j in range(1, prm.ell + 1)}
 
     def sieve_received(self, received: Mapping[int, np.ndarray]) -> None:
@@ -273,39 +329,35 @@ class KeygenParty:
             return None
         pairs = len(self._shares) // 2
         left, right = self._shares[0 : 2 * pairs : 2], self._shares[1 : 2 * pairs : 2]
-        products = left * right % self._primes
+        products = self._gf.mul(left, right)
         self._carry = self._shares[2 * pairs :]  # an odd one out waits for the next level
-        shares = _share_small(products, self._primes, self.params.threshold - 1, self.params.ell)
+        shares = self._gf.share(products, self.params.threshold - 1)
         return {j: shares[j - 1].astype(_WIRE) for j in range(1, self.params.ell + 1)}
 
     def sieve_reduced(self, received: Mapping[int, np.ndarray]) -> None:
         """Degree reduction: this party's share of each product is the Lagrange combination
         (over the first 2t − 1 parties) of the reshared product shares."""
-        t = self.params.threshold
-        xs = list(range(1, 2 * t))
-        lam = np.array(
-            [[field_lagrange_at_zero(xs, int(r))[k] for r in self._primes] for k in range(len(xs))],
-            dtype=np.int64,
-        )
+        xs = list(range(1, 2 * self.params.threshold))
+        lam = self._gf.lagrange_at_zero(xs)
         acc = np.zeros(received[1].shape, dtype=np.int64)
         for k, j in enumerate(xs):
-            acc = (acc + received[j] * lam[k]) % self._primes
+            acc = acc + self._gf.mul(
+                received[j].astype(np.int64), np.broadcast_to(lam[k], acc.shape)
+            )
+        acc %= np.stack([self._gf.r, self._gf.r], axis=-1)
         self._shares = np.concatenate([acc, self._carry]) if len(self._carry) else acc
 
     def sieve_finish(self) -> None:
         """Additive shares of ``∏ⱼ a_{j,r}`` for every r, then ``pᵢ``, ``qᵢ`` by CRT."""
         assert self._shares is not None and len(self._shares) == 1
         prm = self.params
-        lam = np.array(
-            [
-                field_lagrange_at_zero(list(range(1, prm.ell + 1)), int(r))[self.index - 1]
-                for r in self._primes
-            ],
-            dtype=np.int64,
-        )
-        additive = self._shares[0] * lam % self._primes  # (2, batch, R)
+        lam = self._gf.lagrange_at_zero(list(range(1, prm.ell + 1)))[self.index - 1]
+        # The product lies in F_r: the α parts of the additive shares cancel; keep the F_r part.
+        additive = self._gf.mul(self._shares[0], np.broadcast_to(lam, self._shares[0].shape))[
+            ..., 0
+        ]
         m = prm.sieve_modulus
-        crt = [m // 4 // int(r) * pow(m // 4 // int(r), -1, int(r)) for r in self._primes]
+        crt = [m // 4 // r * pow(m // 4 // r, -1, r) for r in prm.sieve_primes]
         # p = Σ pᵢ: party 1 adds the first multiple of M above 3·2^(h−2) and is ≡ 3 mod 4, the
         # others ≡ 0 mod 4; every random part is below 2^(h−2)/ℓ, so p ∈ [3·2^(h−2), 2^h) and N
         # has exactly `bits` bits.

@@ -25,3 +25,16 @@ def test_the_seed_scale_critical_path_runs_every_party_and_decrypts_the_mean() -
     step = float(out.split("(one step ")[1].split(")")[0])
     assert 0 <= error <= step
     assert out.strip().splitlines()[-1].startswith("seed-scale critical path: ")
+
+
+def test_the_keygen_benchmark_generates_checked_keys_in_separate_processes() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "keygen_bench.py"),
+         "--bits", "512", "--runs", "2", "--batch", "256"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert sum(line.startswith("run ") for line in lines) == 2  # each key decrypted (checked)
+    median = next(line for line in lines if line.startswith("keygen median: "))
+    assert float(median.split()[2].rstrip("s")) > 0

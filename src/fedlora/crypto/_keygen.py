@@ -621,7 +621,9 @@ def _key(
     passes: int,
 ) -> PartyResult:
     n = party.modulus
-    reshared = exchange(party.key_reshare(exchange(party.key_shares())) or {})
+    # Every holder sends to every holder in every round (the others' reshare is empty), so a
+    # missing message is always a fault the exchange can name.
+    reshared = exchange(party.key_reshare(exchange(party.key_shares())) or _broadcast(params, None))
     residue = party.key_finish(reshared)
     residues = exchange(_broadcast(params, residue))
     theta = theta_from_residues(residues, n, params.threshold, params.parties)
@@ -678,32 +680,43 @@ class ThreadExchange:
         self._barrier.abort()
 
 
-def generate_in_process(params: KeygenParams, *, max_passes: int = 64) -> GeneratedKey:
-    """Run every holder in a thread of this process, the messages passed in memory (tests and
-    measurements; the ceremony runs each holder on its own machine).
+def generate_in_process(
+    params: KeygenParams,
+    *,
+    max_passes: int = 64,
+    exchange_for: Callable[[int], Exchange] | None = None,
+    abort: Callable[[], None] | None = None,
+) -> GeneratedKey:
+    """Run every holder in a thread of this process (tests and measurements; the ceremony runs
+    each holder on its own machine). The messages pass in memory, or through
+    ``exchange_for(index)`` (the ceremony's secure exchange over a test relay, say), with
+    ``abort`` releasing every waiting holder when one fails.
 
     Raises:
-        CryptoError: no modulus within ``max_passes`` batches (or a holder's failure).
+        CryptoError: no modulus within ``max_passes`` batches (or the first holder's failure).
     """
     hub = ThreadExchange(params.ell)
+    exchange_for = exchange_for or hub.for_party
+    stop = abort or hub.abort
     results: dict[int, PartyResult] = {}
     errors: list[BaseException] = []
 
     def work(index: int) -> None:
         try:
-            results[index] = run_party(params, index, hub.for_party(index), max_passes=max_passes)
+            results[index] = run_party(params, index, exchange_for(index), max_passes=max_passes)
         except BaseException as exc:  # the first failure ends every holder's wait
             errors.append(exc)
-            hub.abort()
+            stop()
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(1, params.ell + 1)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
-    if real or errors:
-        raise (real or errors)[0]
+    if errors:  # the cause first: the others only saw their wait end
+        causes = [e for e in errors if getattr(e, "party", None) != "relay"] or errors
+        real = [e for e in causes if not isinstance(e, threading.BrokenBarrierError)] or causes
+        raise real[0]
     keys = {r.public_key for r in results.values()}
     if len(keys) != 1:
         raise CryptoError("the holders computed different public keys")

@@ -6,9 +6,12 @@ threshold key, seals each share to its party's X25519 key, writes ``threshold-ke
 command line (``fedlora keys deal``), the demo set-up and ``fedlora crypto-demo`` all deal through
 it.
 
-An interactive, dealer-less key generation — the parties jointly generating the modulus, so that
-nobody ever knows its factorization — will go here, beside the dealer, with the same result: a
-:class:`~fedlora.crypto.ThresholdPublicKey` and one sealed share per party.
+Key generation without a dealer — the holders jointly generating the modulus, so that nobody
+ever knows its factorization — is being built beside it, with the same result (a
+:class:`~fedlora.crypto.ThresholdPublicKey` and one share per holder): the holders' arithmetic
+is :mod:`fedlora.crypto._keygen`, and :mod:`fedlora.ceremony._exchange` carries its messages
+signed and end-to-end encrypted through an untrusted relay. The relay over the coordinator's
+gRPC service and over Flower, the audit entries and the command come next.
 """
 
 from __future__ import annotations

@@ -46,6 +46,8 @@ biprimality answers, blame) is built on it.
 from __future__ import annotations
 
 import hashlib
+import hmac
+import itertools
 import math
 import secrets
 import threading
@@ -57,6 +59,13 @@ import gmpy2
 import numpy as np
 
 from fedlora.crypto._shamir import integer_lagrange_at_zero
+from fedlora.crypto._threshold import (
+    DecryptionProof,
+    PartialDecryption,
+    combine_verified_partials,
+    partial_decrypt,
+    verify_partial_decryption,
+)
 from fedlora.crypto._threshold_keys import KeyShare, ThresholdPublicKey
 from fedlora.errors import CryptoError
 
@@ -552,6 +561,7 @@ class PartyResult:
     candidates: int  # candidate pairs whose N was opened
     biprimality_tests: int  # candidates that reached the biprimality test
     passes: int  # batches of candidates
+    transcript: bytes  # SHA-256 of the public values every holder saw (equal for all)
 
 
 def _passes(n: int, answers: Sequence[Sequence[int]]) -> bool:
@@ -561,6 +571,35 @@ def _passes(n: int, answers: Sequence[Sequence[int]]) -> bool:
 
 def _broadcast(params: KeygenParams, payload: Any) -> dict[int, Any]:
     return {j: payload for j in range(1, params.ell + 1)}
+
+
+def _commitment(nonce: bytes, value: Any) -> bytes:
+    # repr of ints, lists and int-keyed dicts (sorted) is canonical
+    body = repr(sorted(value.items()) if isinstance(value, dict) else value).encode()
+    return hashlib.sha256(b"fedlora/keygen/commit\0" + nonce + body).digest()
+
+
+def _committed(params: KeygenParams, exchange: Exchange, value: Any) -> dict[int, Any]:
+    """Broadcast ``value`` only after every holder committed to its own: no answer can be chosen
+    after seeing the others' (a holder that answers last could otherwise force the product).
+
+    Raises:
+        CryptoError: a holder revealed something other than it committed to (``party``).
+    """
+    nonce = secrets.token_bytes(32)
+    commitments = exchange(_broadcast(params, _commitment(nonce, value)))
+    opened = exchange(_broadcast(params, (value, nonce)))
+    out = {}
+    for j in sorted(opened):
+        answer, their_nonce = opened[j]
+        if not hmac.compare_digest(_commitment(bytes(their_nonce), answer), commitments[j]):
+            pid = params.parties[j - 1]
+            raise CryptoError(
+                f"holder {pid!r} revealed biprimality answers other than it committed to",
+                party=pid,
+            )
+        out[j] = answer
+    return out
 
 
 def run_party(
@@ -592,23 +631,25 @@ def run_party(
             if n.bit_length() == params.bits and gmpy2.gcd(n, trial) == 1:
                 moduli[k] = n
         tested += len(moduli)
-        # 4. biprimality: the first round for every survivor at once, the rest one by one
-        first = exchange(
-            _broadcast(
-                params, {k: party.biprimality_answers(k, n, range(1)) for k, n in moduli.items()}
-            )
+        # 4. biprimality, committed before revealed: the first round for every survivor at
+        # once, the rest for each that passes it
+        first = _committed(
+            params,
+            exchange,
+            {k: party.biprimality_answers(k, n, range(1)) for k, n in moduli.items()},
         )
         for k, n in moduli.items():
             if not _passes(n, [first[j][k] for j in sorted(first)]):
                 continue
-            rest = exchange(
-                _broadcast(
-                    params, party.biprimality_answers(k, n, range(1, params.biprimality_rounds))
-                )
+            rest = _committed(
+                params,
+                exchange,
+                party.biprimality_answers(k, n, range(1, params.biprimality_rounds)),
             )
             if _passes(n, [rest[j] for j in sorted(rest)]):
                 party.choose(k, n)
-                return _key(params, party, exchange, opened, tested, passes)
+                public = [[first[j][k], rest[j]] for j in sorted(rest)]
+                return _key(params, party, exchange, opened, tested, passes, public)
     raise CryptoError(f"no biprime modulus in {max_passes} batches of {params.batch} candidates")
 
 
@@ -619,6 +660,7 @@ def _key(
     opened: int,
     tested: int,
     passes: int,
+    answers: list[list[Any]],
 ) -> PartyResult:
     n = party.modulus
     # Every holder sends to every holder in every round (the others' reshare is empty), so a
@@ -642,7 +684,80 @@ def _key(
     share = KeyShare(
         params.parties[party.index - 1], party.index, party.key_share, public.fingerprint
     )
-    return PartyResult(public, share, opened, tested, passes)
+    _probe(params, public, share, exchange)
+    transcript = hashlib.sha256(
+        b"fedlora/keygen/transcript\0"
+        + repr(
+            (
+                params.session.hex(),
+                n,
+                answers,
+                sorted(residues.items()),
+                theta,
+                public.fingerprint.hex(),
+            )
+        ).encode()
+    ).digest()
+    seen = exchange(_broadcast(params, transcript))
+    if any(not hmac.compare_digest(bytes(d), transcript) for d in seen.values()):
+        raise CryptoError(
+            "the holders saw different public values (a holder sent different values to "
+            "different holders): no key"
+        )
+    return PartyResult(public, share, opened, tested, passes, transcript)
+
+
+def _probe(
+    params: KeygenParams, public: ThresholdPublicKey, share: KeyShare, exchange: Exchange
+) -> None:
+    """Before the key is accepted, every holder decrypts a ciphertext derived from the session
+    (a plaintext nobody chose) with a proof, and every t-subset of the answers must combine to
+    it: a share or verification key that is wrong is found here, and its holder named.
+
+    Raises:
+        CryptoError, VerificationError: naming the holder (``party``) where one can be named.
+    """
+    n, n2 = public.n, public.nsquare
+    seed = hashlib.shake_256(b"fedlora/keygen/probe\0" + params.session + public.fingerprint)
+    stream = seed.digest(2 * ((n2.bit_length() + 7) // 8) + 32)
+    half = len(stream) // 2
+    m0 = int.from_bytes(stream[:half], "big") % n
+    r0 = int.from_bytes(stream[half:], "big") % n or 1
+    c = (1 + m0 * n) * int(gmpy2.powmod(r0, n, n2)) % n2
+    mine = partial_decrypt(public, share, [c], backend=None)
+    answers = exchange(
+        _broadcast(params, (list(mine.values), mine.proof.challenge, mine.proof.response))
+    )
+    digest = mine.ciphertexts_digest
+    partials = []
+    for j in sorted(answers):
+        values, challenge, response = answers[j]
+        partial = PartialDecryption(
+            party_id=params.parties[j - 1],
+            index=j,
+            key_fingerprint=public.fingerprint,
+            ciphertexts_digest=digest,
+            values=tuple(values),
+            proof=DecryptionProof(challenge, response),
+        )
+        verify_partial_decryption(public, [c], partial, ciphertexts_digest=digest)
+        partials.append(partial)
+    failing = []
+    for subset in itertools.combinations(partials, params.threshold):
+        try:
+            ok = combine_verified_partials(public, 1, list(subset)) == [m0]
+        except CryptoError:
+            ok = False
+        if not ok:
+            failing.append({p.party_id for p in subset})
+    if failing:
+        common = set.intersection(*failing)
+        who = sorted(common)[0] if len(common) == 1 else None
+        raise CryptoError(
+            "the generated key does not decrypt with every set of holders"
+            + (f": holder {who!r}'s share or verification key is wrong" if who else ""),
+            party=who,
+        )
 
 
 @dataclass(frozen=True)

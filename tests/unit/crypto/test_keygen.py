@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import threading
 
 import gmpy2
 import pytest
@@ -206,3 +207,75 @@ def test_a_holder_that_fails_or_lies_about_its_residue_leaves_no_key(monkeypatch
     monkeypatch.setattr(KeygenParty, "modulus_shares", stalled)
     with pytest.raises(CryptoError, match=r"holder \d stopped"):
         generate_in_process(params)
+
+
+def test_a_holder_that_changes_its_committed_answer_or_holds_a_wrong_share_is_named(
+    monkeypatch,
+) -> None:
+    """Biprimality answers are committed before they are revealed: a holder that reveals
+    another answer (the way to force a product of ±1 after seeing the others') is named. And
+    before the key is accepted every 3-of-5 subset must decrypt a session-derived probe: a
+    holder whose share does not match its verification key is named there."""
+    import fedlora.crypto._keygen as kg
+
+    params = KeygenParams(parties=PARTIES, threshold=3, bits=512, batch=128, session=b"commit")
+    real_committed = kg._committed
+
+    def lying_committed(params, exchange, value):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name != "holder-2":
+            return real_committed(params, exchange, value)
+        # bank-b commits to its answers, then reveals others (as if it had seen the rest).
+        nonce = b"\x07" * 32
+        exchange(kg._broadcast(params, kg._commitment(nonce, value)))
+        if isinstance(value, dict):
+            altered = {k: [a + 1 for a in v] for k, v in value.items()}
+        else:
+            altered = [a + 1 for a in value]
+        opened = exchange(kg._broadcast(params, (altered, nonce)))
+        return {j: v for j, (v, _) in opened.items()}
+
+    monkeypatch.setattr(kg, "_committed", lying_committed)
+    with pytest.raises(CryptoError, match="'bank-b' revealed biprimality answers other") as exc:
+        _named_threads(params)
+    assert exc.value.party == "bank-b"
+    monkeypatch.setattr(kg, "_committed", real_committed)
+
+    real_finish = KeygenParty.key_finish
+
+    def wrong_share(self, received):  # type: ignore[no-untyped-def]
+        residue = real_finish(self, received)
+        if self.index == 5:  # keeps its published residue, but holds another share
+            self.key_share += self.modulus
+        return residue
+
+    monkeypatch.setattr(KeygenParty, "key_finish", wrong_share)
+    with pytest.raises(CryptoError, match="'bank-e'") as exc:
+        generate_in_process(params)
+    assert exc.value.party == "bank-e"
+
+
+def _named_threads(params: KeygenParams):  # type: ignore[no-untyped-def]
+    """generate_in_process, with each holder's thread named holder-<index>."""
+    from fedlora.crypto._keygen import ThreadExchange, run_party
+
+    hub = ThreadExchange(params.ell)
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            run_party(params, index, hub.for_party(index))
+        except BaseException as exc:
+            errors.append(exc)
+            hub.abort()
+
+    threads = [
+        threading.Thread(target=work, args=(i,), name=f"holder-{i}")
+        for i in range(1, params.ell + 1)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    named = [e for e in errors if isinstance(e, CryptoError)]
+    if named:
+        raise named[0]

@@ -196,6 +196,32 @@ class _Gf2:
         self.points = np.array(
             [[[i % r, i // r] for r in primes] for i in range(1, ell + 1)], dtype=np.int64
         )  # (ℓ, R, 2)
+        # Primes above ℓ have every point in F_r: their sharings stay in F_r (α part 0), and
+        # only the primes up to ℓ need (and send) the α part.
+        self.extension = np.array([r <= ell for r in primes], dtype=bool)
+        self._alpha_high = np.where(self.extension, self.r, 1)
+
+    def pack(self, x: np.ndarray) -> np.ndarray:
+        """(…, R, 2) → (…, R + S): the F_r parts, then the α parts of the S extension primes."""
+        return np.concatenate([x[..., 0], x[..., self.extension, 1]], axis=-1).astype(_WIRE)
+
+    def unpack(self, x: Any, shape: tuple[int, ...], sender: str) -> np.ndarray:
+        """The inverse of :meth:`pack`, for what a holder received.
+
+        Raises:
+            CryptoError: not an array of ``shape`` (packed) of residues below each prime; the
+                sender is named.
+        """
+        want = (*shape, len(self.r) + int(self.extension.sum()))
+        if not isinstance(x, np.ndarray) or x.shape != want:
+            raise CryptoError(f"holder {sender!r} sent sieve shares of another shape", party=sender)
+        x = x.astype(np.int64)
+        out = np.zeros((*shape, len(self.r), 2), dtype=np.int64)
+        out[..., 0] = x[..., : len(self.r)]
+        out[..., self.extension, 1] = x[..., len(self.r) :]
+        if (out[..., 0] >= self.r).any() or (out[..., 1] >= self._alpha_high).any():
+            raise CryptoError(f"holder {sender!r} sent sieve shares out of range", party=sender)
+        return out
 
     def mul(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         r, k = self.r, self.k
@@ -205,7 +231,7 @@ class _Gf2:
     def share(self, values: np.ndarray, degree: int) -> np.ndarray:
         """Shamir shares of ``values`` (…, R, 2): (ℓ, …, R, 2)."""
         rng = np.random.default_rng(secrets.randbits(128))
-        high = np.stack([self.r, self.r], axis=-1)
+        high = np.stack([self.r, self._alpha_high], axis=-1)
         coeffs = [values] + [
             rng.integers(0, high, size=values.shape, dtype=np.int64) for _ in range(degree)
         ]
@@ -303,7 +329,9 @@ class KeygenParty:
             raise CryptoError(f"party index {index} is outside 1..{params.ell}")
         self.params, self.index = params, index
         self._gf = _Gf2(params.sieve_primes, params.ell)
-        self._shares: np.ndarray | None = None  # (parties, 2, batch, R): shares of every a_{j,r}
+        self._shares: np.ndarray | None = None  # (parties, 2, batch, R, 2): shares of every a_{j,r}
+        self._carry = np.zeros(0)  # a sharing that waits for the next level of the product tree
+        self._pairs = 0  # products being reduced at this level
         self._candidates: _Candidates | None = None
         self._field_shares: tuple[list[int], list[int], list[int]] | None = None
         self.modulus = 0
@@ -322,12 +350,21 @@ class KeygenParty:
         mine = rng.integers(1, self._gf.r, size=shape, dtype=np.int64)
         embedded = np.stack([mine, np.zeros_like(mine)], axis=-1)
         shares = self._gf.share(embedded, prm.threshold - 1)
-        return {j: shares[j - 1].astype(_WIRE) for j in range(1, prm.ell + 1)}
+        return {j: self._gf.pack(shares[j - 1]) for j in range(1, prm.ell + 1)}
 
-    def sieve_received(self, received: Mapping[int, np.ndarray]) -> None:
-        """Keep the shares of every party's ``a_{j,r}`` (indexed by sender)."""
-        self._shares = np.stack([received[j] for j in range(1, self.params.ell + 1)]).astype(
-            np.int64
+    def sieve_received(self, received: Mapping[int, Any]) -> None:
+        """Keep the shares of every party's ``a_{j,r}`` (indexed by sender).
+
+        Raises:
+            CryptoError: a holder's shares are malformed (``party``).
+        """
+        prm = self.params
+        shape = (2, prm.batch)
+        self._shares = np.stack(
+            [
+                self._gf.unpack(received.get(j), shape, prm.parties[j - 1])
+                for j in range(1, prm.ell + 1)
+            ]
         )
 
     def sieve_multiply(self) -> dict[int, np.ndarray] | None:
@@ -340,19 +377,21 @@ class KeygenParty:
         left, right = self._shares[0 : 2 * pairs : 2], self._shares[1 : 2 * pairs : 2]
         products = self._gf.mul(left, right)
         self._carry = self._shares[2 * pairs :]  # an odd one out waits for the next level
+        self._pairs = pairs
         shares = self._gf.share(products, self.params.threshold - 1)
-        return {j: shares[j - 1].astype(_WIRE) for j in range(1, self.params.ell + 1)}
+        return {j: self._gf.pack(shares[j - 1]) for j in range(1, self.params.ell + 1)}
 
-    def sieve_reduced(self, received: Mapping[int, np.ndarray]) -> None:
+    def sieve_reduced(self, received: Mapping[int, Any]) -> None:
         """Degree reduction: this party's share of each product is the Lagrange combination
         (over the first 2t − 1 parties) of the reshared product shares."""
-        xs = list(range(1, 2 * self.params.threshold))
+        prm = self.params
+        xs = list(range(1, 2 * prm.threshold))
         lam = self._gf.lagrange_at_zero(xs)
-        acc = np.zeros(received[1].shape, dtype=np.int64)
+        shape = (self._pairs, 2, prm.batch)
+        acc = np.zeros((*shape, len(self._gf.r), 2), dtype=np.int64)
         for k, j in enumerate(xs):
-            acc = acc + self._gf.mul(
-                received[j].astype(np.int64), np.broadcast_to(lam[k], acc.shape)
-            )
+            share = self._gf.unpack(received.get(j), shape, prm.parties[j - 1])
+            acc = acc + self._gf.mul(share, np.broadcast_to(lam[k], acc.shape))
         acc %= np.stack([self._gf.r, self._gf.r], axis=-1)
         self._shares = np.concatenate([acc, self._carry]) if len(self._carry) else acc
 

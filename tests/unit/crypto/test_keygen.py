@@ -279,3 +279,25 @@ def _named_threads(params: KeygenParams):  # type: ignore[no-untyped-def]
     named = [e for e in errors if isinstance(e, CryptoError)]
     if named:
         raise named[0]
+
+
+@pytest.mark.parametrize("fault", ["range", "shape"])
+def test_a_holder_sending_malformed_sieve_shares_is_named(monkeypatch, fault) -> None:
+    params = KeygenParams(parties=PARTIES, threshold=3, bits=512, batch=64, session=b"shape")
+    real_start = KeygenParty.sieve_start
+
+    def hostile(self):  # type: ignore[no-untyped-def]
+        out = real_start(self)
+        if self.index == 3:
+            bad = out[1].copy()
+            if fault == "range":
+                bad[0, 0, 0] = 0xFFFF  # not a residue of any sieving prime
+            else:
+                bad = bad[:, :-1]
+            out = {j: bad for j in out}
+        return out
+
+    monkeypatch.setattr(KeygenParty, "sieve_start", hostile)
+    with pytest.raises(CryptoError, match="'hospital-c' sent sieve shares") as exc:
+        generate_in_process(params)
+    assert exc.value.party == "hospital-c"

@@ -131,6 +131,34 @@ def test_a_receipt_whose_message_was_lost_is_sent_again_until_the_node_answers(t
     assert receipts == ["round-00001.json", "round-00002.json"]
 
 
+def test_a_server_announcing_other_settings_than_it_logged_is_refused_by_the_node(tmp_path) -> None:
+    """The join info a message carries is not signed; the log's federation_started entry is.
+    A ServerApp that tells one node a wider clip (its updates would then be encoded for another
+    codec than the others') is refused by that node before it trains."""
+    layout, grid, strategy = _run(tmp_path)
+    node = g.FIRST_ID + 2
+
+    def tamper(n: int, message: Message) -> Message:
+        if n == node and w.step_of(message.content) == w.TRAIN:
+            info = federation_pb2.JoinResponse()
+            info.ParseFromString(w.blob(message.content, "join"))
+            info.codec.clip *= 4
+            g.replace_blob(message, "join", info.SerializeToString())
+        return message
+
+    grid.tamper = tamper
+    _start(strategy, grid, 2)
+    assert grid.trained.get(node, 0) == 0
+    assert any(
+        "announced other settings than its audit log records" in r for r in grid.refusals(node)
+    )
+    member = _member(layout, node)
+    ledger = DecryptorLedger(member.state_dir, member.federation_id)
+    assert "federation settings" in [r["what"] for r in ledger.refusals()]
+    closed = [e for e in g.events(layout) if e["event"] == "round_closed"]
+    assert closed and all(member.id not in e["participants"] for e in closed)
+
+
 def test_wrongly_typed_fields_from_the_server_are_refusals_the_round_survives(tmp_path) -> None:
     layout, grid, strategy = _run(tmp_path)
     node = g.FIRST_ID + 1

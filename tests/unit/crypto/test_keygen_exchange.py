@@ -136,3 +136,37 @@ def test_payloads_round_trip_and_hostile_bytes_are_refused() -> None:
     for unsendable in (True, 1.5, "text", np.zeros(2, dtype=np.int64), {"k": 1}):
         with pytest.raises(CryptoError):
             encode_payload(unsendable)
+
+
+def test_a_generated_key_is_accepted_only_with_a_quorum_of_holder_signatures() -> None:
+    """Members take a generated key (or a re-key) only from a statement signed by a quorum of
+    its holders: not from the coordinator's signature, not from too few holders, not for
+    another key or federation, and a forged or foreign signature does not count."""
+    from fedlora.ceremony._statement import KeyStatement, accept_key
+    from fedlora.errors import VerificationError
+
+    generated = _run()
+    key = generated.public_key
+    statement = KeyStatement("fed", os.urandom(32), key.fingerprint, key.party_ids, b"t" * 32)
+    pinned = {p: ed25519_public_bytes(k) for p, k in SIGNING.items()}
+    signatures = {p: statement.sign(SIGNING[p]) for p in PARTIES}
+    assert accept_key(statement, key, signatures, pinned, federation_id="fed") == set(PARTIES)
+    # ⌈(5 + 3)/2⌉ = 4 of them are needed
+    three = {p: signatures[p] for p in PARTIES[:3]}
+    with pytest.raises(VerificationError, match="3 valid holder signatures, 4 are required"):
+        accept_key(statement, key, three, pinned, federation_id="fed")
+    coordinator = Ed25519PrivateKey.generate()
+    forged = dict(three, **{"coordinator": statement.sign(coordinator)})
+    forged["hospital-d"] = statement.sign(coordinator)  # the coordinator signing as a holder
+    with pytest.raises(VerificationError, match="'coordinator' \\(not a holder") as exc:
+        accept_key(statement, key, forged, pinned, federation_id="fed")
+    assert "'hospital-d' (signature does not verify)" in str(exc.value)
+    other = KeyStatement("fed", statement.session, b"\0" * 32, key.party_ids, b"t" * 32)
+    with pytest.raises(VerificationError, match="names another key"):
+        accept_key(other, key, signatures, pinned, federation_id="fed")
+    with pytest.raises(VerificationError, match="for federation 'fed', not 'other'"):
+        accept_key(statement, key, signatures, pinned, federation_id="other")
+    # A signature over another transcript does not count for this one.
+    moved = KeyStatement("fed", statement.session, key.fingerprint, key.party_ids, b"u" * 32)
+    with pytest.raises(VerificationError, match="0 valid holder signatures"):
+        accept_key(moved, key, signatures, pinned, federation_id="fed")

@@ -23,7 +23,12 @@ import numpy as np
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from fedlora._files import write_new_file
 from fedlora.ceremony import run_dealer_ceremony
@@ -137,6 +142,7 @@ class _Plan:
     share_metrics: tuple[str, ...] = ()
     base_model: Path | None = None  # causal-lm: an existing base folder (else a tiny Llama)
     lora_targets: tuple[str, ...] = ()  # causal-lm: default CAUSAL_TARGETS
+    generate_key: bool = False  # the holders generate the key (no dealer)
 
     @property
     def ids(self) -> list[str]:
@@ -188,6 +194,7 @@ def prepare_federation(
     share_metrics: Sequence[str] = (),
     base_model: Path | None = None,
     lora_targets: Sequence[str] = (),
+    generate_key: bool = False,
 ) -> Layout:
     """Write a whole federation under ``root`` (see the module docstring).
 
@@ -196,7 +203,10 @@ def prepare_federation(
     ``testing: {insecure_small_keys: true}``. ``workload="fraud-cases"`` fine-tunes a causal LM
     (``base_model``, else a tiny Llama built on the data). Every client pins
     ``policy.min_participants`` to
-    ``participant_threshold`` instead of learning it from the coordinator. With ``port`` 0 the
+    ``participant_threshold`` instead of learning it from the coordinator. ``generate_key``: no
+    dealer — every party holds a share of a key the parties generate together when the
+    coordinator and clients start (``keys.generation``; needs ``2t − 1 ≤`` parties); each
+    member writes the key it accepts under its own state folder. With ``port`` 0 the
     configs name port 0 until :meth:`Layout.use_port` gives them the one the server bound.
 
     Raises:
@@ -208,7 +218,7 @@ def prepare_federation(
         save_plaintext_deltas,
         {"clinical-notes": "text", "fraud-cases": "causal-lm"}.get(workload, model_kind),
         aggregation, workload, min_clients, tuple(share_metrics), base_model,
-        tuple(lora_targets),
+        tuple(lora_targets), generate_key,
     )  # fmt: skip
     for name, value in (
         ("participant_threshold", participant_threshold),
@@ -219,12 +229,28 @@ def prepare_federation(
                 f"{name} must be between 2 and the {len(plan.ids)} parties, got {value}"
             )
     root.mkdir(parents=True, exist_ok=True)
-    coordinator_public, signing_public = _write_keys(plan)
+    if generate_key and 2 * decryption_threshold - 1 > len(plan.ids):
+        raise ValueError(
+            f"a {decryption_threshold}-of-{len(plan.ids)} key cannot be generated without a "
+            f"dealer: it needs at least {2 * decryption_threshold - 1} parties"
+        )
+    coordinator_public, signing_public, x25519_public = _write_keys(plan)
     _write_workload(plan)
     peers = [{"id": pid, "signing_public_key": signing_public[pid]} for pid in plan.ids]
     clients = {}
     for i, (pid, role) in enumerate(parties):
         doc = _client_doc(plan, i, pid, role, peers, coordinator_public)
+        if generate_key:
+            doc["keys"] = {
+                **doc["keys"],  # type: ignore[dict-item]
+                "key_share": f"clients/{pid}/share.json",
+                "threshold_public_key": f"clients/{pid}/threshold-key.json",
+                "generation": {
+                    "threshold": decryption_threshold,
+                    "bits": bits,
+                    "holders": [{"id": h, "x25519_public_key": x25519_public[h]} for h in plan.ids],
+                },
+            }
         path = root / f"{pid}.yaml"
         write_new_file(path, yaml.safe_dump(doc, sort_keys=False).encode())
         clients[pid] = path
@@ -236,9 +262,10 @@ def prepare_federation(
     return Layout(root, root / "coordinator.yaml", clients, port, coordinator_public)
 
 
-def _write_keys(plan: _Plan) -> tuple[str, dict[str, str]]:
-    """The CA and certificates (unless insecure), signing and transport keys, the dealt key;
-    returns the coordinator's and each party's Ed25519 public key (hex)."""
+def _write_keys(plan: _Plan) -> tuple[str, dict[str, str], dict[str, str]]:
+    """The CA and certificates (unless insecure), signing and transport keys, the dealt key
+    (unless the parties generate it); returns the coordinator's and each party's Ed25519 public
+    key and each party's X25519 public key (hex)."""
     root, ids = plan.root, plan.ids
     if not plan.insecure:
         create_ca(root / "ca")
@@ -258,15 +285,22 @@ def _write_keys(plan: _Plan) -> tuple[str, dict[str, str]]:
     for pid in ids:
         write_new_file(root / "keys" / f"{pid}.ed25519", _pem(signing[pid]), mode=0o600)
         write_new_file(root / "keys" / f"{pid}.x25519", _pem(transport[pid]), mode=0o600)
-    run_dealer_ceremony(
-        {pid: transport[pid].public_key() for pid in ids},
-        plan.decryption_threshold,
-        plan.bits,
-        root / "federation",
-    )
-    return ed25519_public_bytes(coordinator_key).hex(), {
-        pid: ed25519_public_bytes(k).hex() for pid, k in signing.items()
+    if not plan.generate_key:
+        run_dealer_ceremony(
+            {pid: transport[pid].public_key() for pid in ids},
+            plan.decryption_threshold,
+            plan.bits,
+            root / "federation",
+        )
+    x25519 = {
+        pid: k.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+        for pid, k in transport.items()
     }
+    return (
+        ed25519_public_bytes(coordinator_key).hex(),
+        {pid: ed25519_public_bytes(k).hex() for pid, k in signing.items()},
+        x25519,
+    )
 
 
 def _write_workload(plan: _Plan) -> None:
@@ -409,12 +443,18 @@ def _coordinator_doc(
         if plan.insecure
         else {"ca": "ca/ca.pem", "cert": "certs/coordinator.pem", "key": "certs/coordinator.key"}
     )
+    generation = (
+        {"generation": {"holders": plan.ids, "bits": plan.bits, "round_timeout_s": 120}}
+        if plan.generate_key
+        else {}
+    )
     return {
         "federation_id": "fedlora-demo",
         "state_dir": "coordinator-state",
         "keys": {
             "threshold_public_key": "federation/threshold-key.json",
             "signing_key": "keys/coordinator.ed25519",
+            **generation,
         },
         "model": model,
         "server": {

@@ -17,6 +17,7 @@ __all__ = [
     "RateLimitError",
     "RemoteError",
     "TransportError",
+    "UnavailableError",
     "VerificationError",
 ]
 
@@ -80,6 +81,10 @@ class RemoteError(FedLoraError):
     def __init__(self, message: str, reason: type[FedLoraError] = FedLoraError) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class UnavailableError(FedLoraError):
+    """Not yet: the service is up but cannot answer this call yet (its key is being generated)."""
 
 
 class TransportError(FedLoraError):

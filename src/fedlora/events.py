@@ -32,6 +32,9 @@ __all__ = [
     "FederationStarted",
     "GlobalPublished",
     "JoinRefused",
+    "KeyGenerated",
+    "KeygenAborted",
+    "KeygenStarted",
     "PartialAccepted",
     "PartialRejected",
     "PartyRevoked",
@@ -313,6 +316,45 @@ class RejectionsRepeated(Event):
     count: int
 
 
+@dataclass(frozen=True)
+class KeygenStarted(Event):
+    """The holders began generating the federation's key (no dealer): attempt, session, who."""
+
+    kind: ClassVar[str] = "keygen_started"
+    attempt: int
+    session: str
+    holders: list[str]
+    threshold: int
+    bits: int
+
+
+@dataclass(frozen=True)
+class KeygenAborted(Event):
+    """A key generation attempt stopped; nothing of it is kept. ``party``: whom it blames (a
+    holder, or ``relay``); ``reported_by``: the holder that stopped it (none: the coordinator)."""
+
+    kind: ClassVar[str] = "keygen_aborted"
+    attempt: int
+    session: str
+    reason: str
+    party: str | None = None
+    reported_by: str | None = None
+
+
+@dataclass(frozen=True)
+class KeyGenerated(Event):
+    """The generated key, the digest of the public values the holders saw, and the holders'
+    signatures of the key statement (:class:`fedlora.ceremony.KeyStatement`) — a quorum of them."""
+
+    kind: ClassVar[str] = "key_generated"
+    attempt: int
+    session: str
+    key_fingerprint: str
+    public_key: dict[str, Any]
+    transcript: str
+    signatures: dict[str, Any]  # holder id -> hex signature
+
+
 EVENTS: dict[str, type[Event]] = {
     cls.kind: cls
     for cls in (
@@ -341,6 +383,9 @@ EVENTS: dict[str, type[Event]] = {
         AccessDenied,
         SubmissionThrottled,
         RejectionsRepeated,
+        KeygenStarted,
+        KeygenAborted,
+        KeyGenerated,
     )
 }
 
@@ -445,6 +490,19 @@ def describe(kind: str, f: Mapping[str, Any]) -> str:
             return f"{who} revoked (revocation list serial {f.get('serial')})"
         case "revocations_loaded":
             return f"revocation list serial {f.get('serial')} loaded"
+        case "keygen_started":
+            return (
+                f"key generation attempt {f.get('attempt')} started: "
+                f"{f.get('threshold')}-of-{len(f.get('holders', []))}, {f.get('bits')} bits"
+            )
+        case "keygen_aborted":
+            blame = f" (blames {f['party']})" if f.get("party") else ""
+            return f"key generation attempt {f.get('attempt')} aborted{blame}: {f.get('reason')}"
+        case "key_generated":
+            return (
+                f"key {str(f.get('key_fingerprint'))[:16]}… generated, signed by "
+                f"{', '.join(sorted(f.get('signatures', {})))}"
+            )
         case "rejections_repeated":
             return (
                 f"{r}{f.get('count')} more {f.get('rejected_event')} from {who} ({f.get('reason')})"

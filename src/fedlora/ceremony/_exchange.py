@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 MAX_PAYLOAD = 64 << 20  # bytes of one message's payload: a round of 8,192 candidates fits
+MAX_MESSAGE = MAX_PAYLOAD + 1024  # a sealed message: payload, signature and the AEAD tag
 MAX_DEPTH = 4
 MAX_ITEMS = 1 << 20
 RELAY = "relay"

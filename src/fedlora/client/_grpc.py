@@ -16,10 +16,13 @@ import grpc
 from fedlora import rpc
 from fedlora._files import check_private
 from fedlora.audit import SignedCheckpoint
+from fedlora.ceremony._exchange import MAX_MESSAGE
+from fedlora.ceremony._generate import KeygenOutcome, KeygenStart
 from fedlora.certs import check_certificate
 from fedlora.client._diagnose import diagnose
 from fedlora.client._transport import Progress
 from fedlora.config import ClientConfig
+from fedlora.crypto import ThresholdPublicKey
 from fedlora.errors import ConfigError, FedLoraError, RemoteError, TransportError, VerificationError
 from fedlora.protocol import (
     ContributionHeader,
@@ -31,7 +34,14 @@ from fedlora.protocol import (
     TicketAck,
     assemble_task,
 )
-from fedlora.v1 import audit_pb2, audit_pb2_grpc, federation_pb2, federation_pb2_grpc
+from fedlora.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    federation_pb2,
+    federation_pb2_grpc,
+    keygen_pb2,
+    keygen_pb2_grpc,
+)
 
 T = TypeVar("T")
 
@@ -298,5 +308,106 @@ class GrpcTransport:
         )
         return list(proof.hashes)
 
+    def keygen(self) -> GrpcKeygen:
+        """The coordinator's Keygen relay (``keys.generation``)."""
+        return GrpcKeygen(self)
+
     def close(self) -> None:
         self.channel.close()
+
+
+class GrpcKeygen:
+    """:class:`fedlora.client._keygen.KeygenClient` over the coordinator's Keygen service. The
+    coordinator answers a long poll within ~15 s ("not yet" included); each call asks again."""
+
+    def __init__(self, transport: GrpcTransport) -> None:
+        self.t = transport
+        self.stub = keygen_pb2_grpc.KeygenStub(transport.channel)
+        self.timeout = max(transport.config.retry.call_timeout_s, 60.0)
+        self.chunk_bytes = 1 << 20  # the coordinator's, learnt from its announcement
+        self._waiting: list[str] = []
+
+    def _call(self, what: str, method: Callable[..., T], request: Any) -> T:
+        return self.t._retry(
+            what, lambda: method(request, metadata=self.t.metadata, timeout=self.timeout)
+        )
+
+    def hello(self, nonce: bytes) -> KeygenStart:
+        while True:
+            reply = self._call(
+                "key generation", self.stub.Hello, keygen_pb2.KeygenHello(nonce=nonce)
+            )
+            if reply.attempt:
+                self.chunk_bytes = reply.chunk_bytes or self.chunk_bytes
+                return KeygenStart(
+                    reply.federation_id,
+                    reply.attempt,
+                    tuple(reply.holders),
+                    tuple(reply.nonces),
+                    reply.threshold,
+                    reply.bits,
+                )
+            if list(reply.holders) != self._waiting:
+                self._waiting = list(reply.holders)
+                self.t.on_retry(f"key generation: waiting for {', '.join(self._waiting)}")
+
+    def post(self, session: bytes, number: int, recipient: str, message: bytes) -> None:
+        for offset in range(0, len(message), self.chunk_bytes):
+            piece = keygen_pb2.KeygenPiece(
+                session=session,
+                round=number,
+                peer=recipient,
+                offset=offset,
+                total=len(message),
+                data=message[offset : offset + self.chunk_bytes],
+            )
+            self._call("key generation", self.stub.Post, piece)
+
+    def collect(self, session: bytes, number: int, sender: str) -> bytes:
+        out = bytearray()
+        while True:
+            want = keygen_pb2.KeygenWant(
+                session=session, round=number, sender=sender, offset=len(out)
+            )
+            piece = self._call("key generation", self.stub.Collect, want)
+            if piece.total == 0:
+                continue  # not yet
+            if piece.total > MAX_MESSAGE or len(out) + len(piece.data) > piece.total:
+                raise VerificationError("the relay sent a key generation message out of bounds")
+            out += piece.data
+            if len(out) == piece.total:
+                return bytes(out)
+            if not piece.data:
+                raise VerificationError("the relay sent an empty chunk")
+
+    def done(
+        self, session: bytes, public_key: ThresholdPublicKey, transcript: bytes, signature: bytes
+    ) -> KeygenOutcome:
+        request = keygen_pb2.KeygenSigned(
+            session=session,
+            public_key_json=public_key.to_json().decode(),
+            transcript=transcript,
+            signature=signature,
+        )
+        while (outcome := _outcome(self._call("key generation", self.stub.Done, request))) is None:
+            pass
+        return outcome
+
+    def abort(self, session: bytes, reason: str, party: str | None) -> None:
+        request = keygen_pb2.KeygenStop(session=session, reason=reason[:500], party=party or "")
+        self._call("key generation", self.stub.Abort, request)
+
+    def result(self) -> KeygenOutcome | None:
+        return _outcome(self._call("key generation", self.stub.Result, keygen_pb2.KeygenQuery()))
+
+
+def _outcome(reply: Any) -> KeygenOutcome | None:
+    """A Keygen outcome off the wire (None: not yet); the key is parsed and checked here, its
+    signatures by the member (:func:`fedlora.ceremony._generate.accept_outcome`)."""
+    if not reply.public_key_json:
+        return None
+    try:
+        key = ThresholdPublicKey.from_json(reply.public_key_json.encode())
+    except FedLoraError as exc:
+        raise VerificationError(f"the relay sent a malformed key: {exc}") from None
+    return KeygenOutcome(reply.session, key, reply.transcript, dict(reply.signatures))

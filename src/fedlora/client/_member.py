@@ -175,9 +175,10 @@ class Member:
         """
         if self.key is not None:
             return
-        key = ThresholdPublicKey.from_json(
-            _read(self.config.keys.threshold_public_key, "keys.threshold_public_key")
-        )
+        path = self.config.keys.threshold_public_key
+        if self.config.keys.generation is not None and not path.exists():
+            self._generated_key()
+        key = ThresholdPublicKey.from_json(_read(path, "keys.threshold_public_key"))
         if self.config.id in key.party_ids:
             x25519 = _private_key(self.config.keys.x25519_key, "keys.x25519_key", X25519PrivateKey)
             path = self.config.keys.key_share
@@ -188,6 +189,20 @@ class Member:
             except CryptoError as exc:
                 raise ConfigError(f"keys.key_share: {path}: {exc}") from None
         self.key = key
+
+    def _generated_key(self) -> None:
+        """Take part in, or wait for, the holders' key generation (``keys.generation``)."""
+        from fedlora.client._keygen import generated_key
+
+        keygen = getattr(self.transport, "keygen", None)
+        if keygen is None:
+            raise ConfigError(
+                f"keys.generation: {self.config.keys.threshold_public_key} does not exist yet "
+                "and this transport cannot relay key generation; run `fedlora keys generate "
+                "--config` with this YAML first (the coordinator relays it over gRPC)"
+            )
+        x25519 = _private_key(self.config.keys.x25519_key, "keys.x25519_key", X25519PrivateKey)
+        generated_key(self.config, keygen(), self.ui, self.signing_key, x25519)
 
     def join(self, spec: dict[str, Any], num_parameters: int) -> Federation:
         """Fetch the federation's announcement and check it against this member's files, its

@@ -8,7 +8,7 @@ import signal
 import socket
 import threading
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -20,17 +20,31 @@ from fedlora.config import CoordinatorConfig
 from fedlora.coordinator._build import build_engine, read_file
 from fedlora.coordinator._driver import Driver
 from fedlora.coordinator._engine import Coordinator
+from fedlora.coordinator._keygen import KeygenService, keygen_service, write_generated_key
 from fedlora.coordinator._observe import JsonFormatter, Metrics, quiet_grpc_tracebacks
-from fedlora.coordinator._servicer import AuditServicer, FederationServicer
+from fedlora.coordinator._servicer import (
+    AuditServicer,
+    FederationServicer,
+    KeygenServicer,
+    Slot,
+)
 from fedlora.crypto import select_backend
-from fedlora.errors import ConfigError
-from fedlora.v1 import audit_pb2, audit_pb2_grpc, federation_pb2, federation_pb2_grpc
+from fedlora.errors import ConfigError, FedLoraError, UnavailableError
+from fedlora.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    federation_pb2,
+    federation_pb2_grpc,
+    keygen_pb2,
+    keygen_pb2_grpc,
+)
 
 log = logging.getLogger("fedlora.coordinator")
 
 SERVICES = (
     federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name,
+    keygen_pb2.DESCRIPTOR.services_by_name["Keygen"].full_name,
 )
 
 
@@ -38,14 +52,35 @@ SERVICES = (
 class Running:
     server: grpc.Server
     port: int
-    engine: Coordinator
-    driver: Driver
+    slot: Slot
     lock: StateLock
+    driver: Driver | None = None
     metrics: Metrics | None = None  # the Prometheus endpoint, when server.metrics is set
+    keygen: KeygenService | None = None  # while (and after) the holders generate the key
+    ready: threading.Event = field(default_factory=threading.Event)
+    failure: str | None = None  # why the engine could not start after key generation
+
+    @property
+    def engine(self) -> Coordinator:
+        engine = self.slot.engine
+        if engine is None:
+            raise UnavailableError("the federation's key is still being generated")
+        return engine
+
+    def wait_ready(self, timeout: float | None = None) -> Coordinator:
+        """The engine, once the key exists (at once for a dealt key)."""
+        if not self.ready.wait(timeout):
+            raise UnavailableError("the holders have not generated the federation's key yet")
+        if self.failure is not None:
+            raise ConfigError(self.failure)
+        return self.engine
 
     def stop(self, grace: float = 10.0) -> None:
         """Refuse new calls, let in-flight ones finish for ``grace`` seconds, then stop."""
-        self.driver.stop()
+        if self.keygen is not None:
+            self.keygen.done.set()  # a waiting start-up thread gives up
+        if self.driver is not None:
+            self.driver.stop()
         self.server.stop(grace).wait()
         if self.metrics is not None:
             self.metrics.close()
@@ -141,8 +176,14 @@ def create_server(
     if bound == 0:
         raise ConfigError(f"server.listen: cannot bind {address}")
     lock = StateLock(config.state_dir, "coordinator")
+    slot = Slot(engine)
+    keygen = None
     try:
-        engine = engine or build_engine(config, accept_config_change=accept_config_change)
+        if engine is None:
+            # No key yet and the holders generate it: serve Keygen first (docs/cryptography.md)
+            keygen = keygen_service(config)
+            if keygen is None:
+                slot.engine = build_engine(config, accept_config_change=accept_config_change)
     except BaseException:
         lock.release()
         # A gRPC server that never started keeps its bound port until it is collected; starting
@@ -151,10 +192,13 @@ def create_server(
         server.stop(None).wait()
         raise
     insecure = config.server.insecure
-    federation_pb2_grpc.add_FederationServicer_to_server(
-        FederationServicer(engine, insecure), server
-    )
-    audit_pb2_grpc.add_AuditServicer_to_server(AuditServicer(engine, insecure), server)
+    federation_pb2_grpc.add_FederationServicer_to_server(FederationServicer(slot, insecure), server)
+    audit_pb2_grpc.add_AuditServicer_to_server(AuditServicer(slot, insecure), server)
+    if keygen is not None:
+        unrevoked = {p.id for p in config.parties if not p.revoked}
+        keygen_pb2_grpc.add_KeygenServicer_to_server(
+            KeygenServicer(keygen, lambda: unrevoked, insecure), server
+        )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICES):
@@ -163,9 +207,9 @@ def create_server(
         (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     metrics = None
-    if config.server.metrics:
+    if config.server.metrics and slot.engine is not None:
         try:
-            metrics = Metrics(engine, config.server.metrics)
+            metrics = Metrics(slot.engine, config.server.metrics)
         except OSError as exc:
             lock.release()
             server.start()
@@ -173,9 +217,40 @@ def create_server(
             raise ConfigError(
                 f"server.metrics: cannot serve metrics on {config.server.metrics}: {exc.strerror}"
             ) from None
-        engine.audit.observers.append(metrics)
+        slot.engine.audit.observers.append(metrics)
     server.start()
-    return Running(server, bound, engine, Driver(engine).start(), lock, metrics)
+    running = Running(server, bound, slot, lock, metrics=metrics, keygen=keygen)
+    if slot.engine is not None:
+        running.driver = Driver(slot.engine).start()
+        running.ready.set()
+    else:
+        threading.Thread(
+            target=_after_keygen,
+            args=(running, config, accept_config_change),
+            name="fedlora-keygen",
+            daemon=True,
+        ).start()
+    return running
+
+
+def _after_keygen(running: Running, config: CoordinatorConfig, accept_config_change: bool) -> None:
+    """Once the holders' key is accepted: write it, build the engine, start the rounds."""
+    assert running.keygen is not None
+    running.keygen.done.wait()
+    outcome = running.keygen.outcome
+    if outcome is None:  # stopped before a key
+        return
+    try:
+        write_generated_key(config, outcome)
+        engine = build_engine(config, accept_config_change=accept_config_change)
+    except FedLoraError as exc:
+        running.failure = str(exc)
+        log.error(f"cannot start after key generation: {exc}")
+        running.ready.set()
+        return
+    running.slot.engine = engine
+    running.driver = Driver(engine).start()
+    running.ready.set()
 
 
 def serve(
@@ -212,8 +287,19 @@ def serve(
     )
     log.info(select_backend(config.crypto.backend)[1])
     last = None
+    if not running.ready.is_set():
+        assert config.keys.generation is not None
+        log.info(
+            "waiting for the share holders to generate the federation's key: "
+            + ", ".join(config.keys.generation.holders)
+        )
     while not done.wait(0.5):
-        engine = running.engine
+        if running.failure is not None:
+            running.stop(grace=1)
+            raise ConfigError(running.failure)
+        engine = running.slot.engine
+        if engine is None:
+            continue
         status = (engine.round.number if engine.round else 0, engine.stage)
         if status != last:
             if engine.finished:

@@ -2,9 +2,8 @@
 
 A restart whose configuration differs from the federation's is refused before anything is
 written, unless accepted (then the change is audited); so is one whose revocation list is
-missing or older than the log's, and one given other initial arrays. The slot for a key
-ceremony before round 1 (docs/architecture.md) is here, between ``federation_started`` and
-WAITING.
+missing or older than the log's, and one given other initial arrays. A key the holders
+generated (:mod:`fedlora.coordinator._keygen`) precedes ``federation_started`` in the log.
 """
 
 from __future__ import annotations
@@ -31,7 +30,8 @@ def start(e: Coordinator, accept_config_change: bool) -> None:
     """Rebuild ``e``'s state from its audit log; start the federation if the log is empty."""
     events = [json.loads(line) for line in e.audit.entries()]
     holders = (e.key.party_ids, e.quorum, e.key.threshold) if e.key else ()
-    if not events:
+    if not any(entry.get("event") == "federation_started" for entry in events):
+        # a new federation (the log may hold its key generation: keygen_*, key_generated)
         e.admission.start(None, *holders)
         e.record(
             ev.FederationStarted(

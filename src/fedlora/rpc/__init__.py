@@ -23,6 +23,7 @@ from fedlora.errors import (
     OutOfRangeError,
     ProtocolError,
     RateLimitError,
+    UnavailableError,
     VerificationError,
 )
 from fedlora.protocol import (
@@ -71,6 +72,7 @@ STATUS: list[tuple[type[FedLoraError], grpc.StatusCode]] = [
     (OutOfRangeError, grpc.StatusCode.OUT_OF_RANGE),
     (ProtocolError, grpc.StatusCode.FAILED_PRECONDITION),
     (RateLimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (VerificationError, grpc.StatusCode.INVALID_ARGUMENT),
     (CryptoError, grpc.StatusCode.INVALID_ARGUMENT),
     (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),

@@ -25,6 +25,16 @@ def test_every_kind_round_trips_through_a_log_line() -> None:
         ev.GlobalPublished(version=3, global_digest="cd"),
         ev.ConfigChanged(changes={"federated_learning.rounds": [3, 5]}),
         ev.RevocationsLoaded(serial=2, revoked=["bank-b"], issued_at="2026-12-05T12:00:00+00:00"),
+        ev.KeygenStarted(attempt=1, session="ab", holders=["a", "b", "c"], threshold=2, bits=512),
+        ev.KeygenAborted(attempt=1, session="ab", reason="stalled", party="c"),
+        ev.KeyGenerated(
+            attempt=2,
+            session="cd",
+            key_fingerprint="ef",
+            public_key={"n": "ff"},
+            transcript="01",
+            signatures={"a": "02"},
+        ),
     ]
     for event in samples:
         assert ev.parse_event(_line(event)) == event
@@ -32,7 +42,7 @@ def test_every_kind_round_trips_through_a_log_line() -> None:
     assert _line(samples[2])["kind"] == "contribution"
     # Optional fields left unset are not written at all.
     assert "party" not in _line(samples[1]) and "adapter_digest" not in _line(samples[3])
-    assert len(ev.EVENTS) == 25
+    assert len(ev.EVENTS) == 28
 
 
 def test_a_tampered_entry_is_refused_naming_its_index_kind_and_field() -> None:

@@ -1,0 +1,425 @@
+"""The coordinator's part in key generation: it relays the holders' sealed messages, and records.
+
+Before round 1 of a federation configured with ``keys.generation`` (and whose key file does
+not exist yet), the coordinator serves the Keygen calls alone (the federation calls answer
+"unavailable" meanwhile). It cannot read a message (each is sealed between two holders), and
+it cannot change, replay or withhold one unnoticed; what it decides is only *when* an attempt
+ends: a holder silent past ``round_timeout_s`` is blamed, a holder reporting a fault ends the
+attempt with its blame. Every attempt's start, end and blame go to the audit log
+(``keygen_started``, ``keygen_aborted``), and the key with a quorum of holders' signatures of
+the key statement (``key_generated``) — checked here too, so a key no quorum signed is never
+recorded.
+
+Bounds: a holder posts at most :data:`MAX_MESSAGE` bytes per message, in chunks of at most the
+server's chunk size, at most one round ahead of the slowest holder; every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from fedlora import events as ev
+from fedlora._files import write_new_file
+from fedlora.audit import AuditLog
+from fedlora.ceremony._exchange import MAX_MESSAGE, RELAY
+from fedlora.ceremony._generate import KeygenOutcome, KeygenStart, accept_outcome, session_id
+from fedlora.config import CoordinatorConfig
+from fedlora.coordinator._observe import EventLog
+from fedlora.crypto import ThresholdPublicKey, ticket_quorum
+from fedlora.errors import (
+    AuthorizationError,
+    CryptoError,
+    OutOfRangeError,
+    ProtocolError,
+    VerificationError,
+)
+
+MAX_KEY_JSON = 1 << 20  # a public key's JSON: N, v, θ and ℓ verification keys
+POLL_S = 15.0  # the longest a call waits before answering "not yet" (the caller asks again)
+
+
+@dataclass
+class _Box:
+    total: int
+    data: bytearray
+
+
+@dataclass
+class _Attempt:
+    start: KeygenStart
+    session: bytes
+    boxes: dict[tuple[int, str, str], _Box]
+    signed: dict[str, tuple[str, bytes, bytes]]  # holder -> (key json, transcript, signature)
+    last_progress: float
+    aborted: str | None = None  # the reason, once it ended without a key
+
+
+class KeygenService:
+    """One federation's key generation, as its coordinator runs it. Thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        federation_id: str,
+        holders: tuple[str, ...],
+        threshold: int,
+        bits: int,
+        signing_keys: Mapping[str, bytes],
+        chunk_bytes: int,
+        round_timeout_s: float,
+        record: Callable[[ev.Event], object],
+        first_attempt: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+        poll_s: float = POLL_S,
+    ) -> None:
+        """``signing_keys``: the holders' pinned Ed25519 keys; ``record``: appends to the audit
+        log; ``first_attempt``: one past the attempts the log already holds."""
+        self.federation_id, self.holders = federation_id, holders
+        self.threshold, self.bits = threshold, bits
+        self.signing_keys = dict(signing_keys)
+        self.chunk_bytes, self.round_timeout_s = chunk_bytes, round_timeout_s
+        self.record, self.clock, self.poll_s = record, clock, poll_s
+        self.quorum = ticket_quorum(len(holders), threshold)
+        self.next_attempt = first_attempt
+        self.pending: dict[str, bytes] = {}
+        self.current: _Attempt | None = None
+        self.outcome: KeygenOutcome | None = None
+        self.changed = threading.Condition()
+        self.done = threading.Event()  # set once a key is accepted
+
+    # -- waiting ---------------------------------------------------------------------------------
+    def _wait(self, ready: Callable[[], bool]) -> bool:
+        """Wait (lock held) until ``ready()`` or the poll interval passed; check deadlines."""
+        end = self.clock() + self.poll_s
+        while not ready():
+            self._expire()
+            left = end - self.clock()
+            if left <= 0 or ready():
+                break
+            self.changed.wait(min(left, 1.0))
+        return ready()
+
+    def _expire(self) -> None:
+        a = self.current
+        if a is None or a.aborted or self.outcome is not None:
+            return
+        if self.clock() - a.last_progress < self.round_timeout_s:
+            return
+        if len(a.signed) >= self.quorum and self._agreed(a) is not None:
+            self._accept(a)
+            return
+        slow = self._slowest(a)
+        self._end(
+            a,
+            f"no progress for {self.round_timeout_s:.0f}s"
+            + (f": {slow} stopped answering" if slow else ""),
+            party=slow,
+        )
+
+    def _slowest(self, a: _Attempt) -> str | None:
+        """The holder the others are waiting for: the one with the fewest rounds posted."""
+        posted = {h: 0 for h in self.holders}
+        for number, sender, _ in a.boxes:
+            posted[sender] = max(posted[sender], number)
+        if a.signed:
+            return next((h for h in self.holders if h not in a.signed), None)
+        low = min(posted.values())
+        behind = [h for h, n in posted.items() if n == low]
+        return behind[0] if len(behind) < len(self.holders) else None
+
+    def _end(
+        self, a: _Attempt, reason: str, *, party: str | None, reported_by: str | None = None
+    ) -> None:
+        a.aborted, a.boxes = reason, {}
+        self.current = None
+        self.record(
+            ev.KeygenAborted(
+                attempt=a.start.attempt,
+                session=a.session.hex(),
+                reason=reason,
+                party=party,
+                reported_by=reported_by,
+            )
+        )
+        self.changed.notify_all()
+
+    def _attempt(self, holder: str, session: bytes) -> _Attempt:
+        self._holder(holder)
+        if self.outcome is not None and self.outcome.session == session:
+            raise ProtocolError("the key is generated already")
+        a = self.current
+        if a is None or a.session != session:
+            raise ProtocolError(
+                "that key generation attempt has ended (see the coordinator's audit log); "
+                "start again"
+            )
+        return a
+
+    def _holder(self, holder: str) -> None:
+        if holder not in self.holders:
+            raise AuthorizationError(f"{holder!r} holds no share of the key being generated")
+
+    @staticmethod
+    def _raise_if_aborted(a: _Attempt) -> None:
+        if a.aborted is not None:
+            raise ProtocolError(f"key generation attempt {a.start.attempt} aborted: {a.aborted}")
+
+    # -- the calls -------------------------------------------------------------------------------
+    def hello(self, holder: str, nonce: bytes) -> KeygenStart | list[str]:
+        """A holder is ready; the attempt's announcement once all are, else the holders still
+        awaited (ask again)."""
+        self._holder(holder)
+        if len(nonce) != 32:
+            raise OutOfRangeError("a key generation nonce is 32 bytes")
+        with self.changed:
+            if self.outcome is not None:
+                raise ProtocolError("the key is generated already; ask for the result")
+            a = self.current
+            if a is not None and a.start.nonces[a.start.holders.index(holder)] != nonce:
+                # the holder started over (a restart): this attempt cannot finish without it
+                self._end(a, f"{holder} started over", party=holder)
+            self.pending[holder] = nonce
+            if self.current is None and len(self.pending) == len(self.holders):
+                start = KeygenStart(
+                    self.federation_id,
+                    self.next_attempt,
+                    self.holders,
+                    tuple(self.pending[h] for h in self.holders),
+                    self.threshold,
+                    self.bits,
+                )
+                self.next_attempt += 1
+                self.pending = {}
+                session = session_id(start)
+                self.current = _Attempt(start, session, {}, {}, self.clock())
+                self.record(
+                    ev.KeygenStarted(
+                        attempt=start.attempt,
+                        session=session.hex(),
+                        holders=list(self.holders),
+                        threshold=self.threshold,
+                        bits=self.bits,
+                    )
+                )
+                self.changed.notify_all()
+
+            def started() -> bool:
+                c = self.current
+                return c is not None and c.start.nonces[self.holders.index(holder)] == nonce
+
+            if not self._wait(started):
+                return [h for h in self.holders if h not in self.pending]
+            assert self.current is not None
+            return self.current.start
+
+    def post(
+        self,
+        holder: str,
+        session: bytes,
+        number: int,
+        recipient: str,
+        offset: int,
+        total: int,
+        data: bytes,
+    ) -> None:
+        """One chunk of ``holder``'s message to ``recipient`` in round ``number``."""
+        with self.changed:
+            a = self._attempt(holder, session)
+            self._raise_if_aborted(a)
+            if recipient not in self.holders or recipient == holder:
+                raise ProtocolError(f"{recipient!r} is not another holder")
+            if not 0 < total <= MAX_MESSAGE or len(data) > self.chunk_bytes:
+                raise OutOfRangeError("a key generation message or chunk is too large")
+            rounds = [n for n, _, _ in a.boxes]
+            if number < 1 or (rounds and number > min(rounds) + 1):
+                raise ProtocolError(
+                    f"round {number} is ahead of the other holders (at most one round ahead)"
+                )
+            box = a.boxes.setdefault((number, holder, recipient), _Box(total, bytearray()))
+            if box.total != total or offset != len(box.data) or offset + len(data) > total:
+                if offset + len(data) <= len(box.data) and box.data[offset:].startswith(data):
+                    return  # a retried chunk
+                raise ProtocolError("key generation chunks out of order")
+            box.data += data
+            a.last_progress = self.clock()
+            self.changed.notify_all()
+
+    def collect(
+        self, holder: str, session: bytes, number: int, sender: str, offset: int
+    ) -> tuple[int, bytes]:
+        """A chunk of ``sender``'s message to ``holder`` in round ``number``: (total, data);
+        total 0 means not yet (ask again)."""
+        with self.changed:
+            a = self._attempt(holder, session)
+            key = (number, sender, holder)
+
+            def complete() -> bool:
+                box = a.boxes.get(key)
+                return a.aborted is not None or (box is not None and len(box.data) == box.total)
+
+            if not self._wait(complete):
+                return 0, b""
+            self._raise_if_aborted(a)
+            box = a.boxes[key]
+            if not 0 <= offset < box.total:
+                raise OutOfRangeError("offset beyond the message")
+            chunk = bytes(box.data[offset : offset + self.chunk_bytes])
+            if offset + len(chunk) == box.total:
+                del a.boxes[key]  # delivered: the relay keeps nothing it no longer needs
+            a.last_progress = self.clock()
+            return box.total, chunk
+
+    def signed(
+        self,
+        holder: str,
+        session: bytes,
+        public_key_json: str,
+        transcript: bytes,
+        signature: bytes,
+    ) -> KeygenOutcome | None:
+        """``holder`` signed the key statement; the outcome once a quorum did, else None."""
+        with self.changed:
+            if self.outcome is not None and self.outcome.session == session:
+                return self.outcome
+            a = self._attempt(holder, session)
+            self._raise_if_aborted(a)
+            if len(public_key_json) > MAX_KEY_JSON or len(signature) != 64:
+                raise OutOfRangeError("a key statement is a bounded key and a 64-byte signature")
+            try:
+                key = ThresholdPublicKey.from_json(public_key_json.encode())
+                accept_outcome(
+                    KeygenOutcome(session, key, transcript, {holder: signature}),
+                    federation_id=self.federation_id,
+                    holders=self.holders,
+                    threshold=self.threshold,
+                    signing_keys=self.signing_keys,
+                    quorum=1,
+                )
+            except (CryptoError, VerificationError) as exc:
+                self._end(a, f"{holder}'s key statement is refused: {exc}", party=holder)
+                raise ProtocolError(f"the key statement is refused: {exc}") from None
+            a.signed[holder] = (public_key_json, transcript, signature)
+            a.last_progress = self.clock()
+            if len(a.signed) == len(self.holders):
+                if self._agreed(a) is None:
+                    self._end(a, "the holders signed different keys", party=None)
+                else:
+                    self._accept(a)
+            self.changed.notify_all()
+            if not self._wait(lambda: self.outcome is not None or a.aborted is not None):
+                return None
+            self._raise_if_aborted(a)
+            return self.outcome
+
+    def _agreed(self, a: _Attempt) -> tuple[str, bytes] | None:
+        values = {(k, t) for k, t, _ in a.signed.values()}
+        return next(iter(values)) if len(values) == 1 else None
+
+    def _accept(self, a: _Attempt) -> None:
+        agreed = self._agreed(a)
+        assert agreed is not None
+        key_json, transcript = agreed
+        key = ThresholdPublicKey.from_json(key_json.encode())
+        signatures = {h: s for h, (_, _, s) in a.signed.items()}
+        self.outcome = KeygenOutcome(a.session, key, transcript, signatures)
+        self.record(
+            ev.KeyGenerated(
+                attempt=a.start.attempt,
+                session=a.session.hex(),
+                key_fingerprint=key.fingerprint.hex(),
+                public_key=outcome_key_doc(key_json),
+                transcript=transcript.hex(),
+                signatures={h: s.hex() for h, s in sorted(signatures.items())},
+            )
+        )
+        self.current = None
+        self.done.set()
+        self.changed.notify_all()
+
+    def abort(self, holder: str, session: bytes, reason: str, party: str | None) -> None:
+        """``holder`` stopped the attempt, blaming ``party`` (a holder, the relay, or none)."""
+        with self.changed:
+            a = self._attempt(holder, session)
+            if a.aborted is not None:
+                return
+            blamed = party if party in (*self.holders, RELAY) else None
+            self._end(a, reason[:500], party=blamed, reported_by=holder)
+
+    def result(self) -> KeygenOutcome | None:
+        """The accepted outcome, waiting a while for it; None: not yet."""
+        with self.changed:
+            self._wait(lambda: self.outcome is not None)
+            return self.outcome
+
+
+def outcome_key_doc(key_json: str) -> dict[str, object]:
+    """The public key as the audit entry carries it (a JSON object)."""
+    doc = json.loads(key_json)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def keygen_service(config: CoordinatorConfig) -> KeygenService | None:
+    """The Keygen service a coordinator runs before round 1, or None: the key is dealt, exists
+    already, or the federation is unencrypted. A key the log accepted but whose file was not
+    written (a crash in between) is written from the log instead.
+
+    Raises:
+        ConfigError: the log holds an accepted key that does not fit this configuration.
+    """
+    from fedlora.coordinator._build import load_signing_key
+
+    gen = config.keys.generation
+    if (
+        gen is None
+        or config.federated_learning.encryption_type != "homomorphic"
+        or config.keys.threshold_public_key.exists()
+    ):
+        return None
+    audit = AuditLog(
+        config.state_dir / "audit",
+        config.federation_id,
+        load_signing_key(config.keys.signing_key),
+    )
+    audit.observers.append(EventLog())
+    attempts, open_attempt = 0, None
+    for line in audit.entries():
+        doc = json.loads(line)
+        event = ev.parse_event(doc)
+        if isinstance(event, ev.KeygenStarted):
+            attempts, open_attempt = event.attempt, event
+        elif isinstance(event, ev.KeygenAborted):
+            open_attempt = None
+        elif isinstance(event, ev.KeyGenerated):
+            key = ThresholdPublicKey.from_json(json.dumps(event.public_key).encode())
+            write_new_file(config.keys.threshold_public_key, key.to_json())
+            return None
+    if open_attempt is not None:
+        audit.record(
+            ev.KeygenAborted(
+                attempt=open_attempt.attempt,
+                session=open_attempt.session,
+                reason="the coordinator restarted during the attempt",
+            )
+        )
+    pinned = {p.id: bytes.fromhex(p.signing_public_key) for p in config.parties}
+    return KeygenService(
+        federation_id=config.federation_id,
+        holders=gen.holders,
+        threshold=config.federated_learning.decryption_threshold,
+        bits=gen.bits,
+        signing_keys={h: pinned[h] for h in gen.holders},
+        chunk_bytes=config.server.chunk_bytes,
+        round_timeout_s=gen.round_timeout_s,
+        record=audit.record,
+        first_attempt=attempts + 1,
+    )
+
+
+def write_generated_key(config: CoordinatorConfig, outcome: KeygenOutcome) -> None:
+    """Write the accepted key where ``keys.threshold_public_key`` names it (never over a file)."""
+    write_new_file(config.keys.threshold_public_key, outcome.public_key.to_json())

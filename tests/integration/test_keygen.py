@@ -1,0 +1,75 @@
+"""Key generation without a dealer over the coordinator's real gRPC service (mTLS, nothing mocked):
+three holders generate a 2-of-3 key through the coordinator, every member accepts it only with a
+quorum of holders' signatures, and the federation then runs its rounds under it."""
+
+from __future__ import annotations
+
+import json
+
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from fedlora.audit import read_log_files, verify_log
+from fedlora.config import load_client_config, load_coordinator_config
+from fedlora.crypto import ThresholdPublicKey, open_key_share
+from fedlora.events import KeyGenerated, KeygenStarted, parse_event
+from tests.integration import helpers as h
+from tests.integration.helpers import prepare_federation
+
+
+def _events(config_path):
+    config = load_coordinator_config(config_path)
+    entries, _, _ = read_log_files(config.state_dir / "audit")
+    return [json.loads(line) for line in entries.splitlines() if line]
+
+
+def test_holders_generate_the_key_through_the_coordinator_then_rounds_close(tmp_path) -> None:
+    # Arrange: no key anywhere; every party holds a share of the key they will generate.
+    layout = prepare_federation(
+        tmp_path,
+        bits=512,
+        decryption_threshold=2,
+        participant_threshold=2,
+        rounds=2,
+        min_clients=3,
+        generate_key=True,
+    )
+    config = load_coordinator_config(layout.coordinator_config)
+    assert not config.keys.threshold_public_key.exists()
+    running = h.serve(layout)
+    try:
+        assert not running.ready.is_set()  # serving Keygen only, until the key exists
+        # Act: the clients start as they would for a dealt key.
+        results = h.run_clients(layout, timeout=300)
+        assert results == {pid: 0 for pid in layout.client_configs}, results
+    finally:
+        running.stop(grace=1)
+    # Assert: one key, the same in the coordinator's file and every member's; each share opens.
+    key_bytes = config.keys.threshold_public_key.read_bytes()
+    key = ThresholdPublicKey.from_json(key_bytes)
+    assert key.theta is not None and key.party_ids == tuple(layout.client_configs)
+    for pid, path in layout.client_configs.items():
+        member = load_client_config(path)
+        assert ThresholdPublicKey.from_json(member.keys.threshold_public_key.read_bytes()) == key
+        x25519 = load_pem_private_key(
+            (layout.root / "keys" / f"{pid}.x25519").read_bytes(), password=None
+        )
+        share = open_key_share(
+            member.keys.key_share.read_bytes(), x25519, party_id=pid, public_key=key
+        )
+        assert share.index == key.party_ids.index(pid) + 1
+    # The log: the attempt, the key with its transcript digest and every holder's signature,
+    # before federation_started (which names the same key), and the rounds closed under it.
+    events = _events(layout.coordinator_config)
+    kinds = [e["event"] for e in events]
+    started = parse_event(events[kinds.index("keygen_started")])
+    generated = parse_event(events[kinds.index("key_generated")])
+    assert isinstance(started, KeygenStarted) and started.holders == list(key.party_ids)
+    assert isinstance(generated, KeyGenerated)
+    assert generated.key_fingerprint == key.fingerprint.hex()
+    assert sorted(generated.signatures) == sorted(key.party_ids)
+    assert kinds.index("key_generated") < kinds.index("federation_started")
+    fed = events[kinds.index("federation_started")]
+    assert fed["key_fingerprint"] == key.fingerprint.hex()
+    assert kinds.count("round_closed") == 2
+    entries, checkpoints, _ = read_log_files(config.state_dir / "audit")
+    verify_log(entries, checkpoints, bytes.fromhex(layout.coordinator_public_key))

@@ -44,6 +44,7 @@ from fedlora.config import (
     TestingOptions,
     TrainingConfig,
     _range,
+    check_generation,
     check_id,
     check_key_size,
     parse_config,
@@ -80,8 +81,14 @@ class ProjectParty:
 
 @dataclass(frozen=True)
 class ProjectKeys:
+    """``generation``: ``holders`` (the default) — the share holders generate the threshold key
+    together when the federation first starts, relayed by the coordinator, so nobody (the
+    organizer included) ever knows its factorization; needs ``ℓ ≥ 2t − 1`` holders.
+    ``dealer`` — the organizer deals it at build time, and must be trusted to forget it."""
+
     bits: int = field(default=2048, metadata=_range(512, 8192))
     certificate_days: int = field(default=365, metadata=_range(1, 3650))
+    generation: Literal["holders", "dealer"] = "holders"
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,15 @@ def load_project(path: Path) -> Project:
             f"federated_learning.decryption_threshold: {fl.decryption_threshold} exceeds the "
             f"{len(holders)} share holders"
         )
+    if project.keys.generation == "holders":
+        try:
+            check_generation(
+                "keys.generation", holders, fl.decryption_threshold, set(ids), "parties"
+            )
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{exc} (or set keys.generation: dealer, which trusts the organizer)"
+            ) from None
     if project.model.kind == "linear" or project.model.base_model is None:
         raise ConfigError(
             "model: provisioning is for LoRA federations (kind tabular or text, with base_model)"
@@ -307,15 +323,18 @@ def build_kits(project: Project, project_path: Path, requests: Path, ca: Path, o
     if not (ca / "ca.key").exists():
         create_ca(ca, name=f"{project.federation_id} federation CA")
     check_private(ca / "ca.key", "the CA key")
-    # Shares are dealt to the holders, sealed to their own X25519 keys (only they can open them).
+    # Shares are dealt to the holders, sealed to their own X25519 keys (only they can open them),
+    # unless the holders generate the key themselves at first start.
     holders = {
         p.id: X25519PublicKey.from_public_bytes(bytes.fromhex(found[p.id].x25519_public_key or ""))
         for p in project.parties
         if p.holds_share
     }
-    sealed = deal_sealed_key(
-        holders, project.federated_learning.decryption_threshold, project.keys.bits
-    )
+    sealed = None
+    if project.keys.generation == "dealer":
+        sealed = deal_sealed_key(
+            holders, project.federated_learning.decryption_threshold, project.keys.bits
+        )
     out.mkdir(parents=True, exist_ok=True)
     coordinator_dir = out / COORDINATOR
     template = coordinator_dir / "adapter-template"
@@ -330,9 +349,10 @@ def build_kits(project: Project, project_path: Path, requests: Path, ca: Path, o
         cert = sign_request(ca, found[site].csr, site, server_hosts=hosts, valid_days=days)
         write_new_file(kit / CERT_FILE, cert)
         write_new_file(kit / CA_FILE, ca_pem)
-        write_new_file(kit / THRESHOLD_KEY, sealed.public_key.to_json())
-        if site in sealed.sealed_shares:
-            write_new_file(kit / SHARE_FILE, sealed.sealed_shares[site], mode=0o600)
+        if sealed is not None:
+            write_new_file(kit / THRESHOLD_KEY, sealed.public_key.to_json())
+            if site in sealed.sealed_shares:
+                write_new_file(kit / SHARE_FILE, sealed.sealed_shares[site], mode=0o600)
     coordinator_key = found[COORDINATOR].signing_public_key
     write_new_file(
         coordinator_dir / "coordinator.yaml",
@@ -396,6 +416,11 @@ def _coordinator_doc(
             for p in project.parties
         ],
     }
+    if project.keys.generation == "holders":
+        doc["keys"]["generation"] = {
+            "holders": [p.id for p in project.parties if p.holds_share],
+            "bits": project.keys.bits,
+        }
     if project.testing.insecure_small_keys:
         doc["testing"] = {"insecure_small_keys": True}
     return doc
@@ -436,6 +461,16 @@ def _client_doc(
         "model": model,
         "training": _plain(project.training),
     }
+    if project.keys.generation == "holders":
+        doc["keys"]["generation"] = {
+            "threshold": project.federated_learning.decryption_threshold,
+            "bits": project.keys.bits,
+            "holders": [
+                {"id": p.id, "x25519_public_key": found[p.id].x25519_public_key}
+                for p in project.parties
+                if p.holds_share
+            ],
+        }
     if project.testing.insecure_small_keys:
         doc["testing"] = {"insecure_small_keys": True}
     return doc
@@ -454,10 +489,19 @@ def _checklist(project: Project, project_path: Path, out: Path) -> str:
         f"| `{out}/coordinator/` | organizer | coordinator's operator | any channel (public files) |",
     ]
     for pid in project.ids:
-        lines.append(
-            f"| `{out}/{pid}/` | organizer | {pid}'s operator | any channel (its `{SHARE_FILE}` "
-            "is sealed to the party's own key) |"
+        how = (
+            "any channel (public files)"
+            if project.keys.generation == "holders"
+            else f"any channel (its `{SHARE_FILE}` is sealed to the party's own key)"
         )
+        lines.append(f"| `{out}/{pid}/` | organizer | {pid}'s operator | {how} |")
+    if project.keys.generation == "holders":
+        lines += [
+            "",
+            "No threshold key was dealt: the share holders generate it together when the "
+            "coordinator and they first start (relayed by the coordinator, which cannot read "
+            "their messages); every member accepts it only with a quorum of holders' signatures.",
+        ]
     lines += [
         "",
         "Then, at every site (`SITE` is the folder where it ran `provision init`):",
@@ -605,6 +649,11 @@ def install_kit(kit: Path, site: Path) -> tuple[str, list[str]]:
                 f"{config_name}: the peers list pins another signing key for {site_id!r}"
             )
         checked.append("signing key is the one every peer pins")
+        if not (site / THRESHOLD_KEY).exists():
+            checked.append(
+                "threshold key: the holders generate it at first start (keys.generation)"
+            )
+            return site_id, checked
         public = ThresholdPublicKey.from_json(read_file(site / THRESHOLD_KEY, "threshold key"))
         if (site / SHARE_FILE).exists():
             transport = load_pem_private_key(read_file(site / TRANSPORT_KEY, "transport key"), None)

@@ -312,7 +312,9 @@ def check_coordinator(path: Path) -> _Checks:
     )
     checks.run("signing key", lambda: (load_signing_key(config.keys.signing_key), None)[1])
     key = None
-    if fl.encryption_type == "homomorphic":
+    gen = config.keys.generation
+    pending = gen is not None and not config.keys.threshold_public_key.exists()
+    if fl.encryption_type == "homomorphic" and not pending:
         try:
             key = ThresholdPublicKey.from_json(
                 read_file(config.keys.threshold_public_key, "keys.threshold_public_key")
@@ -320,8 +322,21 @@ def check_coordinator(path: Path) -> _Checks:
         except FedLoraError as exc:
             raise ConfigError(f"keys.threshold_public_key: {exc}") from None
     from fedlora.coordinator._settings import check_threshold_key
+    from fedlora.crypto import ticket_quorum
 
-    quorum = check_threshold_key(config, key)
+    if pending and gen is not None:
+        t = fl.decryption_threshold
+        quorum = ticket_quorum(len(gen.holders), t)
+        checks.run(
+            "threshold key",
+            lambda: (
+                f"not dealt: {', '.join(gen.holders)} generate a {gen.bits}-bit {t}-of-"
+                f"{len(gen.holders)} key at first start (ℓ ≥ 2t − 1 holds), written to "
+                f"{config.keys.threshold_public_key}"
+            ),
+        )
+    else:
+        quorum = check_threshold_key(config, key)
     if key is not None:
         checks.run(
             "threshold key",
@@ -433,7 +448,19 @@ def check_client(path: Path) -> _Checks:
         _tls_check(checks, "coordinator", config.coordinator.tls, config.id)
     client = Client(config, console=_Console(quiet=True))  # loads the keys, data and model
     checks.run("signing and transport keys", lambda: None)
-    if not config.policy.allow_plaintext:
+    gen = config.keys.generation
+    if gen is not None and not config.keys.threshold_public_key.exists():
+        holders = [h.id for h in gen.holders]
+        checks.run(
+            "threshold key",
+            lambda: (
+                f"not dealt: {', '.join(holders)} generate a {gen.bits}-bit {gen.threshold}-of-"
+                f"{len(holders)} key at first start"
+                + ("; this client is one of them" if config.id in holders else "")
+                + "; it is accepted only with a quorum of their signatures"
+            ),
+        )
+    elif not config.policy.allow_plaintext:
         client.member.open_keys()
         checks.run(
             "key share",

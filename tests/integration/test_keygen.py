@@ -5,6 +5,10 @@ quorum of holders' signatures, and the federation then runs its rounds under it.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
@@ -73,3 +77,46 @@ def test_holders_generate_the_key_through_the_coordinator_then_rounds_close(tmp_
     assert kinds.count("round_closed") == 2
     entries, checkpoints, _ = read_log_files(config.state_dir / "audit")
     verify_log(entries, checkpoints, bytes.fromhex(layout.coordinator_public_key))
+
+
+def test_keys_generate_runs_the_members_side_on_its_own(tmp_path) -> None:
+    # Arrange: a federation whose three holders have no key yet, and its coordinator serving.
+    layout = prepare_federation(
+        tmp_path, bits=512, decryption_threshold=2, participant_threshold=2, generate_key=True
+    )
+    running = h.serve(layout)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    try:
+        # Act: each holder runs the command, as its operator would, at the same time.
+        procs = {
+            pid: subprocess.Popen(
+                ["fedlora", "keys", "generate", "--config", str(path)],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for pid, path in layout.client_configs.items()
+        }
+        outputs = {pid: p.communicate(timeout=300)[0] for pid, p in procs.items()}
+        engine = running.wait_ready(30)
+        again = subprocess.run(
+            ["fedlora", "keys", "generate", "--config", str(layout.client_configs["bank-a"])],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        running.stop(grace=1)
+    # Assert: one line each saying what was accepted; the coordinator started under that key.
+    for pid, out in outputs.items():
+        assert procs[pid].returncode == 0, out
+        assert "accepted; " + pid + " holds a share" in out, out
+        assert "Traceback" not in out
+    assert engine.key is not None
+    fingerprint = engine.key.fingerprint.hex()[:16]
+    assert all(fingerprint in out for out in outputs.values())
+    assert again.returncode == 0 and "exists already" in again.stderr + again.stdout

@@ -33,7 +33,9 @@ console = Console(stderr=True)
 
 
 def register(sub: Any) -> None:
-    keys = sub.add_parser("keys", help="key ceremony: party keys and threshold-key dealing")
+    keys = sub.add_parser(
+        "keys", help="key ceremony: party keys, threshold-key generation or dealing"
+    )
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
     signing = keys_sub.add_parser(
         "signing", help="create an Ed25519 signing key pair (party or coordinator)"
@@ -83,6 +85,17 @@ def register(sub: Any) -> None:
         "--out", type=Path, required=True, help="folder for the key and share files"
     )
     dealer.set_defaults(handler=_deal)
+    generate = keys_sub.add_parser(
+        "generate",
+        help="take part in (a holder) or wait for the holders' key generation, without a dealer",
+        description="For a member whose YAML sets keys.generation: connects to the coordinator, "
+        "which relays the holders' signed and sealed messages; a holder computes its share with "
+        "the others and keeps it sealed in keys.key_share; every member then accepts the key into "
+        "keys.threshold_public_key only with a statement signed by a quorum of the holders. "
+        "`fedlora client` does the same on its first start; this runs it on its own.",
+    )
+    generate.add_argument("--config", type=Path, required=True, help="the member's YAML")
+    generate.set_defaults(handler=lambda args: generate_key(args.config))
     check = keys_sub.add_parser("check-share", help="open and verify a party's share file")
     check.add_argument("--id", required=True, help="party id")
     check.add_argument("--private", type=Path, required=True, help="the party's ID.x25519 file")
@@ -91,6 +104,37 @@ def register(sub: Any) -> None:
     check.set_defaults(
         handler=lambda args: check_share(args.id, args.private, args.share, args.public_key)
     )
+
+
+def generate_key(config_path: Path) -> int:
+    """``fedlora keys generate``: the member's side of the holders' key generation."""
+    from fedlora.client import GrpcTransport
+    from fedlora.client._member import Member
+    from fedlora.config import load_client_config
+    from fedlora.errors import ConfigError
+
+    config = load_client_config(config_path)
+    if config.keys.generation is None:
+        raise ConfigError(
+            f"{config_path}: keys.generation is not set: this federation's key was dealt "
+            "(its file is keys.threshold_public_key)"
+        )
+    if config.keys.threshold_public_key.exists():
+        console.print(f"{config.keys.threshold_public_key} exists already: nothing to generate")
+        return 0
+    transport = GrpcTransport(config, on_retry=lambda message: console.print(message))
+    try:
+        member = Member(config, transport, console=console)
+        member.open_keys()
+    finally:
+        transport.close()
+    assert member.key is not None
+    role = "holds a share" if member.share is not None else "holds no share"
+    console.print(
+        f"key {member.key.fingerprint.hex()[:16]}… ({member.key.threshold}-of-"
+        f"{member.key.parties}) accepted; {config.id} {role}"
+    )
+    return 0
 
 
 def _deal(args: argparse.Namespace) -> int:

@@ -1,17 +1,18 @@
 """fedlora.ceremony — how a federation's threshold key comes into being, and how each party gets its share.
 
-One ceremony exists today: the trusted dealer (:func:`run_dealer_ceremony`). It generates the
-threshold key, seals each share to its party's X25519 key, writes ``threshold-key.json`` and
-``shares/<party>.share.json``, and forgets the factorization and the plaintext shares. The
-command line (``fedlora keys deal``), the demo set-up and ``fedlora crypto-demo`` all deal through
-it.
+Two ceremonies:
 
-Key generation without a dealer — the holders jointly generating the modulus, so that nobody
-ever knows its factorization — is being built beside it, with the same result (a
-:class:`~fedlora.crypto.ThresholdPublicKey` and one share per holder): the holders' arithmetic
-is :mod:`fedlora.crypto._keygen`, and :mod:`fedlora.ceremony._exchange` carries its messages
-signed and end-to-end encrypted through an untrusted relay. The relay over the coordinator's
-gRPC service and over Flower, the audit entries and the command come next.
+* **Key generation without a dealer** (``keys.generation``, the provisioning default): the share
+  holders generate the key together — :mod:`fedlora.crypto._keygen` is the arithmetic,
+  :mod:`fedlora.ceremony._exchange` carries its messages signed and sealed end to end through an
+  untrusted relay, :mod:`fedlora.ceremony._generate` is a holder's attempt and every member's
+  check of the outcome, and :mod:`fedlora.ceremony._statement` the key statement a quorum of
+  holders signs. The coordinator relays (:mod:`fedlora.coordinator._keygen`); members take part
+  through :mod:`fedlora.client._keygen`.
+* **The trusted dealer** (:func:`run_dealer_ceremony`, ``keys.generation: dealer``): it generates
+  the key, seals each share to its party's X25519 key, writes ``threshold-key.json`` and
+  ``shares/<party>.share.json``, and forgets the factorization — which the others must trust.
+  ``fedlora keys deal``, the demo set-up and ``fedlora crypto-demo`` deal through it.
 """
 
 from __future__ import annotations

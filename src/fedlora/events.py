@@ -353,6 +353,7 @@ class KeyGenerated(Event):
     public_key: dict[str, Any]
     transcript: str
     signatures: dict[str, Any]  # holder id -> hex signature
+    replaces: str | None = None  # a re-key: the fingerprint of the key this one succeeds
 
 
 EVENTS: dict[str, type[Event]] = {
@@ -499,8 +500,9 @@ def describe(kind: str, f: Mapping[str, Any]) -> str:
             blame = f" (blames {f['party']})" if f.get("party") else ""
             return f"key generation attempt {f.get('attempt')} aborted{blame}: {f.get('reason')}"
         case "key_generated":
+            again = f" (re-key of {str(f['replaces'])[:16]}…)" if f.get("replaces") else ""
             return (
-                f"key {str(f.get('key_fingerprint'))[:16]}… generated, signed by "
+                f"key {str(f.get('key_fingerprint'))[:16]}… generated{again}, signed by "
                 f"{', '.join(sorted(f.get('signatures', {})))}"
             )
         case "rejections_repeated":

@@ -10,10 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from fedlora.audit import read_log_files, verify_log
 from fedlora.config import load_client_config, load_coordinator_config
+from fedlora.coordinator import create_server
 from fedlora.crypto import ThresholdPublicKey, open_key_share
 from fedlora.events import KeyGenerated, KeygenStarted, parse_event
 from tests.integration import helpers as h
@@ -120,3 +122,93 @@ def test_keys_generate_runs_the_members_side_on_its_own(tmp_path) -> None:
     fingerprint = engine.key.fingerprint.hex()[:16]
     assert all(fingerprint in out for out in outputs.values())
     assert again.returncode == 0 and "exists already" in again.stderr + again.stdout
+
+
+def _edit(path: Path, change) -> None:  # type: ignore[no-untyped-def]
+    doc = yaml.safe_load(path.read_text())
+    change(doc)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def test_revoking_a_holder_then_rekeying_lets_the_next_round_close(tmp_path) -> None:
+    # Arrange: four holders of a generated 2-of-4 key; round 1 closes under it.
+    parties = [("bank-a", "bank"), ("bank-b", "bank"), ("bank-c", "bank"), ("bank-d", "bank")]
+    layout = prepare_federation(
+        tmp_path,
+        bits=512,
+        parties=parties,
+        decryption_threshold=2,
+        participant_threshold=2,
+        rounds=1,
+        min_clients=4,
+        generate_key=True,
+    )
+    running = h.serve(layout)
+    try:
+        first = h.run_clients(layout, timeout=300)
+    finally:
+        running.stop(grace=1)
+    assert first == {pid: 0 for pid, _ in parties}, first
+    config = load_coordinator_config(layout.coordinator_config)
+    old_key = ThresholdPublicKey.from_json(config.keys.threshold_public_key.read_bytes())
+    before = _events(layout.coordinator_config)
+    # Act: bank-d is revoked and leaves the holders (coordinator and the three others say so);
+    # one more round. The coordinator restarts with the change accepted; the three re-key.
+    remaining = ["bank-a", "bank-b", "bank-c"]
+
+    def coordinator(doc):  # type: ignore[no-untyped-def]
+        doc["keys"]["generation"]["holders"] = remaining
+        doc["federated_learning"]["rounds"] = 2
+        next(p for p in doc["parties"] if p["id"] == "bank-d")["revoked"] = True
+
+    def member(doc):  # type: ignore[no-untyped-def]
+        gen = doc["keys"]["generation"]
+        gen["holders"] = [x for x in gen["holders"] if x["id"] in remaining]
+
+    _edit(layout.coordinator_config, coordinator)
+    for pid in remaining:
+        _edit(layout.client_configs[pid], member)
+    running = create_server(
+        load_coordinator_config(layout.coordinator_config),
+        port=layout.port,
+        accept_config_change=True,
+    )
+    try:
+        assert not running.ready.is_set()  # the new key first
+        second = h.run_clients(layout, parties=remaining, timeout=300)
+        engine = running.wait_ready(10)
+        assert engine.finished
+    finally:
+        running.stop(grace=1)
+    # Assert: round 2 closed under a new 2-of-3 key held by the three; the log records the
+    # re-key (signed by the three, naming the key it replaces) and the accepted change; round
+    # 1's entries are untouched and the whole log verifies; the old key is kept beside the new.
+    assert second == {pid: 0 for pid in remaining}, second
+    new_key = ThresholdPublicKey.from_json(config.keys.threshold_public_key.read_bytes())
+    assert new_key.party_ids == tuple(remaining) and new_key.fingerprint != old_key.fingerprint
+    kept = config.keys.threshold_public_key.with_name(
+        f"threshold-key.{old_key.fingerprint.hex()[:16]}.json"
+    )
+    assert ThresholdPublicKey.from_json(kept.read_bytes()) == old_key
+    events = _events(layout.coordinator_config)
+    assert events[: len(before)] == before
+    rekey = [e for e in events if e["event"] == "key_generated"][-1]
+    assert rekey["replaces"] == old_key.fingerprint.hex()
+    assert rekey["key_fingerprint"] == new_key.fingerprint.hex()
+    assert sorted(rekey["signatures"]) == remaining
+    change = next(e for e in events if e["event"] == "config_changed")
+    assert change["changes"]["keys.threshold_public_key"] == [
+        old_key.fingerprint.hex(),
+        new_key.fingerprint.hex(),
+    ]
+    closed = [e for e in events if e["event"] == "round_closed"]
+    assert [e["round"] for e in closed] == [1, 2]
+    assert "bank-d" not in closed[1]["participants"]
+    for pid in remaining:
+        member_config = load_client_config(layout.client_configs[pid])
+        assert (
+            ThresholdPublicKey.from_json(member_config.keys.threshold_public_key.read_bytes())
+            == new_key
+        )
+    entries, checkpoints, _ = read_log_files(config.state_dir / "audit")
+    verify_log(entries, checkpoints, bytes.fromhex(layout.coordinator_public_key))

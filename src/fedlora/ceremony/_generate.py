@@ -21,7 +21,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedlora.ceremony._exchange import RELAY, CeremonyAborted, SecureExchange
 from fedlora.ceremony._statement import KeyStatement, accept_key
-from fedlora.crypto import KeyShare, ThresholdPublicKey, canonical_digest
+from fedlora.crypto import (
+    KeyShare,
+    ThresholdPublicKey,
+    canonical_digest,
+    ticket_quorum,
+    verify_signature,
+)
 from fedlora.crypto._keygen import KeygenParams, run_party
 from fedlora.errors import ConfigError, CryptoError, FedLoraError, RemoteError, VerificationError
 
@@ -151,10 +157,12 @@ def generate_as_holder(
     signing_keys: Mapping[str, bytes],
     x25519_keys: Mapping[str, bytes],
     batch: int = 1024,
+    previous: ThresholdPublicKey | None = None,
 ) -> tuple[KeygenOutcome, KeyShare]:
     """Take part in one attempt: returns the accepted outcome and this holder's share.
 
-    ``signing_keys`` / ``x25519_keys``: every holder's pinned public keys (raw bytes).
+    ``signing_keys`` / ``x25519_keys``: every holder's pinned public keys (raw bytes);
+    ``previous``: for a re-key, the key this one replaces (see :func:`accept_outcome`).
 
     Raises:
         CeremonyAborted: the attempt stopped (``party`` names whom to blame); the relay was told.
@@ -208,6 +216,7 @@ def generate_as_holder(
         holders=holders,
         threshold=threshold,
         signing_keys=signing_keys,
+        previous=previous,
     )
     return outcome, result.share
 
@@ -220,9 +229,13 @@ def accept_outcome(
     threshold: int,
     signing_keys: Mapping[str, bytes],
     quorum: int | None = None,
+    previous: ThresholdPublicKey | None = None,
 ) -> ThresholdPublicKey:
     """A member's check of a generated key: held by the configured holders with the configured
     threshold, and signed by a quorum (``⌈(ℓ + t)/2⌉``) of them, each against its pinned key.
+    A re-key (``previous``: the key it succeeds) must also be signed by a quorum of the previous
+    key's holders (``signing_keys`` pins them too): the coordinator and a few holders cannot move
+    the federation to a key the others did not take part in.
 
     Raises:
         VerificationError: naming what does not hold.
@@ -248,4 +261,28 @@ def accept_outcome(
         )
     except CryptoError as exc:
         raise VerificationError(str(exc)) from None
+    if previous is not None:
+        need = ticket_quorum(previous.parties, previous.threshold)
+        digest = statement.digest()
+        signed = [
+            h
+            for h in previous.party_ids
+            if h in outcome.signatures
+            and h in signing_keys
+            and _verifies(signing_keys[h], digest, outcome.signatures[h])
+        ]
+        if len(signed) < need:
+            raise VerificationError(
+                f"the new key is signed by {len(signed)} holders of the key it replaces "
+                f"({', '.join(signed) or 'none'}); a re-key needs {need} of "
+                f"{', '.join(previous.party_ids)}"
+            )
     return key
+
+
+def _verifies(public: bytes, digest: bytes, signature: bytes) -> bool:
+    try:
+        verify_signature(public, digest, signature)
+    except FedLoraError:
+        return False
+    return True

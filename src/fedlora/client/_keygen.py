@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -48,9 +49,13 @@ def generated_key(
     ui: Reporter,
     signing_key: Ed25519PrivateKey,
     x25519_key: X25519PrivateKey,
+    *,
+    previous: ThresholdPublicKey | None = None,
 ) -> ThresholdPublicKey:
     """Take part in (a holder) or wait for the key generation, check the outcome, and write the
-    key (and a holder's sealed share). Returns the key.
+    key (and a holder's sealed share). Returns the key. ``previous``: a re-key's current key —
+    the new one must be signed by a quorum of its holders too; it and its share are kept beside
+    the new ones (``<name>.<fingerprint prefix>.json``).
 
     Raises:
         CeremonyAborted: a holder's last attempt stopped (naming whom to blame).
@@ -61,7 +66,7 @@ def generated_key(
     assert gen is not None
     holders = [h.id for h in gen.holders]
     pinned = {p.id: bytes.fromhex(p.signing_public_key) for p in config.peers}
-    signing_keys = {h: pinned[h] for h in holders}
+    signing_keys = dict(pinned)  # the holders', and a re-key's previous holders' too
     if ed25519_public_bytes(signing_key) != pinned[config.id]:
         raise ConfigError(
             f"keys.signing_key: it is not the key peers pin for {config.id!r}; the holders would "
@@ -72,6 +77,7 @@ def generated_key(
         "holders": holders,
         "threshold": gen.threshold,
         "signing_keys": signing_keys,
+        "previous": previous,
     }
     outcome = None
     if config.id in holders:
@@ -107,6 +113,8 @@ def generated_key(
             # The share first: a key file without its share would leave this holder unable
             # to decrypt; a share without its key is generated again.
             blob = seal_key_share(share, x25519_key.public_key())
+            if previous is not None:
+                _keep(config.keys.key_share, previous)
             replace_file(config.keys.key_share, blob, mode=0o600)
             ui.info(
                 f"{config.id}: key generated in {time.monotonic() - started:.0f}s; share kept in "
@@ -130,8 +138,13 @@ def generated_key(
     replace_file(
         config.state_dir / STATEMENT_FILE, (json.dumps(statement, indent=2) + "\n").encode()
     )
+    path = config.keys.threshold_public_key
     try:
-        write_new_file(config.keys.threshold_public_key, key.to_json())
+        if previous is not None:
+            _keep(path, previous)
+            replace_file(path, key.to_json())
+        else:
+            write_new_file(path, key.to_json())
     except FedLoraError as exc:
         raise ConfigError(f"keys.threshold_public_key: {exc}") from None
     signers = ", ".join(sorted(outcome.signatures))
@@ -140,3 +153,12 @@ def generated_key(
         f"to {config.keys.threshold_public_key}"
     )
     return key
+
+
+def _keep(path: Path, previous: ThresholdPublicKey) -> None:
+    """Keep ``path`` (a key or share of ``previous``) beside it, named by the key's fingerprint."""
+    if not path.exists():
+        return
+    kept = path.with_name(f"{path.stem}.{previous.fingerprint.hex()[:16]}{path.suffix}")
+    if not kept.exists():
+        write_new_file(kept, path.read_bytes(), mode=path.stat().st_mode & 0o777)

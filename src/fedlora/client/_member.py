@@ -176,9 +176,15 @@ class Member:
         if self.key is not None:
             return
         path = self.config.keys.threshold_public_key
-        if self.config.keys.generation is not None and not path.exists():
-            self._generated_key()
+        gen = self.config.keys.generation
+        if gen is not None and not path.exists():
+            self._generated_key(None)
         key = ThresholdPublicKey.from_json(_read(path, "keys.threshold_public_key"))
+        if gen is not None and key.party_ids != tuple(h.id for h in gen.holders):
+            # keys.generation names other holders than the key's: a re-key (a holder revoked
+            # or added), accepted only if a quorum of this key's holders signed the new one
+            self._generated_key(key)
+            key = ThresholdPublicKey.from_json(_read(path, "keys.threshold_public_key"))
         if self.config.id in key.party_ids:
             x25519 = _private_key(self.config.keys.x25519_key, "keys.x25519_key", X25519PrivateKey)
             path = self.config.keys.key_share
@@ -190,8 +196,9 @@ class Member:
                 raise ConfigError(f"keys.key_share: {path}: {exc}") from None
         self.key = key
 
-    def _generated_key(self) -> None:
-        """Take part in, or wait for, the holders' key generation (``keys.generation``)."""
+    def _generated_key(self, previous: ThresholdPublicKey | None) -> None:
+        """Take part in, or wait for, the holders' key generation (``keys.generation``); a
+        re-key when ``previous`` (the key it replaces) is given."""
         from fedlora.client._keygen import generated_key
 
         keygen = getattr(self.transport, "keygen", None)
@@ -202,7 +209,7 @@ class Member:
                 "--config` with this YAML first (the coordinator relays it over gRPC)"
             )
         x25519 = _private_key(self.config.keys.x25519_key, "keys.x25519_key", X25519PrivateKey)
-        generated_key(self.config, keygen(), self.ui, self.signing_key, x25519)
+        generated_key(self.config, keygen(), self.ui, self.signing_key, x25519, previous=previous)
 
     def join(self, spec: dict[str, Any], num_parameters: int) -> Federation:
         """Fetch the federation's announcement and check it against this member's files, its

@@ -21,9 +21,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from fedlora import events as ev
-from fedlora._files import write_new_file
+from fedlora._files import replace_file, write_new_file
 from fedlora.audit import AuditLog
 from fedlora.ceremony._exchange import MAX_MESSAGE, RELAY
 from fedlora.ceremony._generate import KeygenOutcome, KeygenStart, accept_outcome, session_id
@@ -32,7 +33,9 @@ from fedlora.coordinator._observe import EventLog
 from fedlora.crypto import ThresholdPublicKey, ticket_quorum
 from fedlora.errors import (
     AuthorizationError,
+    ConfigError,
     CryptoError,
+    FedLoraError,
     OutOfRangeError,
     ProtocolError,
     VerificationError,
@@ -73,17 +76,21 @@ class KeygenService:
         round_timeout_s: float,
         record: Callable[[ev.Event], object],
         first_attempt: int = 1,
+        previous: ThresholdPublicKey | None = None,
         clock: Callable[[], float] = time.monotonic,
         poll_s: float = POLL_S,
     ) -> None:
-        """``signing_keys``: the holders' pinned Ed25519 keys; ``record``: appends to the audit
-        log; ``first_attempt``: one past the attempts the log already holds."""
+        """``signing_keys``: the parties' pinned Ed25519 keys (the holders', and for a re-key the
+        previous key's); ``record``: appends to the audit log; ``first_attempt``: one past the
+        attempts the log already holds; ``previous``: a re-key's current key, whose holders must
+        sign the new one by a quorum too."""
         self.federation_id, self.holders = federation_id, holders
         self.threshold, self.bits = threshold, bits
         self.signing_keys = dict(signing_keys)
         self.chunk_bytes, self.round_timeout_s = chunk_bytes, round_timeout_s
         self.record, self.clock, self.poll_s = record, clock, poll_s
         self.quorum = ticket_quorum(len(holders), threshold)
+        self.previous = previous
         self.next_attempt = first_attempt
         self.pending: dict[str, bytes] = {}
         self.current: _Attempt | None = None
@@ -109,7 +116,7 @@ class KeygenService:
             return
         if self.clock() - a.last_progress < self.round_timeout_s:
             return
-        if len(a.signed) >= self.quorum and self._agreed(a) is not None:
+        if self._enough(a):
             self._accept(a)
             return
         slow = self._slowest(a)
@@ -307,6 +314,15 @@ class KeygenService:
             if len(a.signed) == len(self.holders):
                 if self._agreed(a) is None:
                     self._end(a, "the holders signed different keys", party=None)
+                elif not self._enough(a):
+                    assert self.previous is not None
+                    self._end(
+                        a,
+                        "too few holders of the current key signed the new one (a re-key needs "
+                        f"{ticket_quorum(self.previous.parties, self.previous.threshold)} of "
+                        f"{', '.join(self.previous.party_ids)})",
+                        party=None,
+                    )
                 else:
                     self._accept(a)
             self.changed.notify_all()
@@ -314,6 +330,16 @@ class KeygenService:
                 return None
             self._raise_if_aborted(a)
             return self.outcome
+
+    def _enough(self, a: _Attempt) -> bool:
+        """A quorum of the holders signed one key (and, for a re-key, a quorum of the previous
+        key's holders)."""
+        if len(a.signed) < self.quorum or self._agreed(a) is None:
+            return False
+        if self.previous is None:
+            return True
+        old = [h for h in self.previous.party_ids if h in a.signed]
+        return len(old) >= ticket_quorum(self.previous.parties, self.previous.threshold)
 
     def _agreed(self, a: _Attempt) -> tuple[str, bytes] | None:
         values = {(k, t) for k, t, _ in a.signed.values()}
@@ -334,6 +360,7 @@ class KeygenService:
                 public_key=outcome_key_doc(key_json),
                 transcript=transcript.hex(),
                 signatures={h: s.hex() for h, s in sorted(signatures.items())},
+                replaces=self.previous.fingerprint.hex() if self.previous else None,
             )
         )
         self.current = None
@@ -364,40 +391,55 @@ def outcome_key_doc(key_json: str) -> dict[str, object]:
 
 
 def keygen_service(config: CoordinatorConfig) -> KeygenService | None:
-    """The Keygen service a coordinator runs before round 1, or None: the key is dealt, exists
-    already, or the federation is unencrypted. A key the log accepted but whose file was not
-    written (a crash in between) is written from the log instead.
+    """The Keygen service a coordinator runs before it serves rounds, or None: the key is dealt,
+    exists for the configured holders, or the federation is unencrypted. With a key whose
+    holders differ from ``keys.generation.holders`` (a holder revoked or added) the service
+    re-keys: the new key needs a quorum of the current key's holders too. A key the log accepted
+    but whose file was not written (a crash in between) is written from the log instead.
 
     Raises:
-        ConfigError: the log holds an accepted key that does not fit this configuration.
+        ConfigError: a key file that cannot be read.
     """
-    from fedlora.coordinator._build import load_signing_key
+    from fedlora.coordinator._build import load_signing_key, read_file
 
     gen = config.keys.generation
-    if (
-        gen is None
-        or config.federated_learning.encryption_type != "homomorphic"
-        or config.keys.threshold_public_key.exists()
-    ):
+    if gen is None or config.federated_learning.encryption_type != "homomorphic":
         return None
+    path = config.keys.threshold_public_key
+    current = None
+    if path.exists():
+        try:
+            current = ThresholdPublicKey.from_json(read_file(path, "keys.threshold_public_key"))
+        except FedLoraError as exc:
+            raise ConfigError(f"keys.threshold_public_key: {exc}") from None
     audit = AuditLog(
         config.state_dir / "audit",
         config.federation_id,
         load_signing_key(config.keys.signing_key),
     )
     audit.observers.append(EventLog())
-    attempts, open_attempt = 0, None
+    attempts, open_attempt, accepted = 0, None, None
     for line in audit.entries():
-        doc = json.loads(line)
-        event = ev.parse_event(doc)
+        event = ev.parse_event(json.loads(line))
         if isinstance(event, ev.KeygenStarted):
             attempts, open_attempt = event.attempt, event
         elif isinstance(event, ev.KeygenAborted):
             open_attempt = None
         elif isinstance(event, ev.KeyGenerated):
-            key = ThresholdPublicKey.from_json(json.dumps(event.public_key).encode())
-            write_new_file(config.keys.threshold_public_key, key.to_json())
-            return None
+            accepted, open_attempt = event, None
+    if (
+        accepted is not None
+        and (current is None or current.fingerprint.hex() != accepted.key_fingerprint)
+        and (current is None or accepted.replaces == current.fingerprint.hex())
+    ):
+        key = ThresholdPublicKey.from_json(json.dumps(accepted.public_key).encode())
+        install_key(path, key)  # accepted, then the coordinator stopped before writing it
+        return None
+    if current is not None and (
+        current.party_ids == gen.holders
+        and current.threshold == config.federated_learning.decryption_threshold
+    ):
+        return None
     if open_attempt is not None:
         audit.record(
             ev.KeygenAborted(
@@ -406,20 +448,34 @@ def keygen_service(config: CoordinatorConfig) -> KeygenService | None:
                 reason="the coordinator restarted during the attempt",
             )
         )
-    pinned = {p.id: bytes.fromhex(p.signing_public_key) for p in config.parties}
     return KeygenService(
         federation_id=config.federation_id,
         holders=gen.holders,
         threshold=config.federated_learning.decryption_threshold,
         bits=gen.bits,
-        signing_keys={h: pinned[h] for h in gen.holders},
+        signing_keys={p.id: bytes.fromhex(p.signing_public_key) for p in config.parties},
         chunk_bytes=config.server.chunk_bytes,
         round_timeout_s=gen.round_timeout_s,
         record=audit.record,
         first_attempt=attempts + 1,
+        previous=current,
     )
 
 
+def install_key(path: Path, key: ThresholdPublicKey) -> None:
+    """Write ``key`` where ``path`` names the threshold key; a key there before it is kept
+    beside it as ``<name>.<fingerprint prefix>.json`` (rounds under it stay verifiable)."""
+    if path.exists():
+        old = path.read_bytes()
+        fingerprint = ThresholdPublicKey.from_json(old).fingerprint.hex()[:16]
+        kept = path.with_name(f"{path.stem}.{fingerprint}{path.suffix}")
+        if not kept.exists():
+            write_new_file(kept, old)
+        replace_file(path, key.to_json())
+    else:
+        write_new_file(path, key.to_json())
+
+
 def write_generated_key(config: CoordinatorConfig, outcome: KeygenOutcome) -> None:
-    """Write the accepted key where ``keys.threshold_public_key`` names it (never over a file)."""
-    write_new_file(config.keys.threshold_public_key, outcome.public_key.to_json())
+    """Write the accepted key where ``keys.threshold_public_key`` names it."""
+    install_key(config.keys.threshold_public_key, outcome.public_key)

@@ -159,8 +159,11 @@ def check_changes(
     accept: bool,
     state_dir: str,
     round_number: int,
+    rekeyed: bool = False,
 ) -> None:
     """Refuse a configuration that differs from the federation's, naming each difference.
+    ``rekeyed``: the key changed to one the holders generated and signed (``key_generated``
+    in the log), the one way the key may change within a federation.
 
     Raises:
         ConfigError: a difference without ``accept``, an immutable one, or fewer rounds than
@@ -170,7 +173,13 @@ def check_changes(
         return
     listed = "; ".join(f"{n}: {_show(a)} → {_show(b)}" for n, (a, b) in changes.items())
     # An immutable setting may not change; one the federation never recorded may be recorded now.
-    fixed = [n for n, (old, _) in changes.items() if n.startswith(IMMUTABLE) and old is not None]
+    fixed = [
+        n
+        for n, (old, _) in changes.items()
+        if n.startswith(IMMUTABLE)
+        and old is not None
+        and not (rekeyed and n == "keys.threshold_public_key")
+    ]
     if fixed:
         raise ConfigError(
             f"the configuration differs from the federation in {state_dir} ({listed}); "

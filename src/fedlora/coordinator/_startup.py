@@ -57,11 +57,15 @@ def start(e: Coordinator, accept_config_change: bool) -> None:
         return  # WAITING: round 1 opens once min_clients parties have joined
     state = replay(events)
     changes = differences(state.settings, e.settings)
+    generated = [x.get("key_fingerprint") for x in events if x.get("event") == "key_generated"]
+    key_change = changes.get("keys.threshold_public_key")
+    rekeyed = key_change is not None and bool(generated) and key_change[1] == generated[-1]
     check_changes(
         changes,
         accept=accept_config_change,
         state_dir=str(e.config.state_dir),
         round_number=state.round.number if state.round else 0,
+        rekeyed=rekeyed,
     )
     e.admission.start(state.revocations, *holders)
     initial = hashlib.sha256(e.initial.astype("<f4").tobytes()).digest()
@@ -83,7 +87,10 @@ def start(e: Coordinator, accept_config_change: bool) -> None:
         )
     )
     e.admission.announce()
-    if state.ended and e.stage is not Stage.FINISHED:
+    if rekeyed and r is not None and not state.ended and e.stage is not Stage.FINISHED:
+        # contributions under the old key cannot be added to ones under the new key
+        _rounds.fail_round(e, "the federation re-keyed; the next round opens under the new key")
+    elif state.ended and e.stage is not Stage.FINISHED:
         _rounds.end_round(e)  # it crashed between ending a round and opening the next
     elif e.stage is Stage.FINISHED and r and r.number < e.fl.rounds:
         _rounds.open_round(e, r.number + 1)  # more rounds, accepted above

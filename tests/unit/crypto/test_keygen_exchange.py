@@ -170,3 +170,31 @@ def test_a_generated_key_is_accepted_only_with_a_quorum_of_holder_signatures() -
     moved = KeyStatement("fed", statement.session, key.fingerprint, key.party_ids, b"u" * 32)
     with pytest.raises(VerificationError, match="0 valid holder signatures"):
         accept_key(moved, key, signatures, pinned, federation_id="fed")
+
+
+def test_a_rekey_needs_a_quorum_of_the_replaced_keys_holders_too() -> None:
+    """A re-key cannot be pushed by the coordinator with a few holders: besides a quorum of the
+    new key's holders, a quorum of the key it replaces must sign it."""
+    from fedlora.ceremony._generate import KeygenOutcome, accept_outcome
+    from fedlora.ceremony._statement import KeyStatement
+    from fedlora.crypto import generate_threshold_key
+    from fedlora.errors import VerificationError
+
+    previous = _run().public_key  # 3-of-5: a re-key needs ⌈(5 + 3)/2⌉ = 4 of its holders
+    pinned = {p: ed25519_public_bytes(k) for p, k in SIGNING.items()}
+
+    def outcome(holders):  # type: ignore[no-untyped-def]
+        key = generate_threshold_key(512, 2, list(holders)).public_key
+        session = os.urandom(32)
+        statement = KeyStatement("fed", session, key.fingerprint, key.party_ids, b"t" * 32)
+        signatures = {p: statement.sign(SIGNING[p]) for p in holders}
+        return KeygenOutcome(session, key, b"t" * 32, signatures), key
+
+    three, _ = outcome(PARTIES[:3])
+    check = {"federation_id": "fed", "threshold": 2, "signing_keys": pinned}
+    # Act / Assert: three new holders are a quorum of their own key, not of the one replaced.
+    assert accept_outcome(three, holders=PARTIES[:3], **check).party_ids == PARTIES[:3]
+    with pytest.raises(VerificationError, match="signed by 3 holders of the key it replaces"):
+        accept_outcome(three, holders=PARTIES[:3], previous=previous, **check)
+    four, key = outcome(PARTIES[:4])
+    assert accept_outcome(four, holders=PARTIES[:4], previous=previous, **check) == key

@@ -1,154 +1,203 @@
-"""Key generation without a dealer: ℓ holders in separate processes, 2048 bits, several runs.
+"""Key generation without a dealer, through the real ceremony: ℓ holders, each its own process.
 
-Each holder is its own process running :func:`fedlora.crypto._keygen.run_party`, the same code
-the ceremony runs; the messages of every round go through pipes to a hub in this process, which
-routes them (as the coordinator will relay them). Not yet included: the ceremony's signing and
-end-to-end encryption of each message and its network relay (issue 21's next step) — so these
-figures are the arithmetic and the message volume, on one machine's cores.
+Each run builds a fresh federation whose holders generate its key (``keys.generation``: mTLS
+certificates, signing and X25519 keys, configs; not timed), starts the coordinator's real gRPC
+service in this process, and starts every holder as its own process running
+``fedlora keys generate --config`` — the command a holder's operator runs. The messages are
+signed and sealed end to end by each holder and relayed, in chunks, by the coordinator. Two
+times per run: **ceremony** (the coordinator's log: ``keygen_started`` to ``key_generated``) and
+**wall** (the holders' processes started to all of them exited, with interpreter start-up).
 
-Every generated key is checked before it counts: encrypt, three proven partial decryptions from
-two different holder subsets, combine. Prints one line per run, then ``keygen median: <S>s``.
+Every key is checked before it counts: each holder's sealed share opens, and two different
+t-subsets decrypt with proven partials. Prints one line per run, then ``keygen median: <S>s``
+(the ceremony's median).
 
-    .venv/bin/python benchmarks/keygen_bench.py                       # 5 holders, 3-of-5, 2048 bits, 10 runs
+    .venv/bin/python benchmarks/keygen_bench.py                 # 5 holders, 3-of-5, 2048 bits, 10 runs
     .venv/bin/python benchmarks/keygen_bench.py --bits 1024 --runs 3
+    .venv/bin/python benchmarks/keygen_bench.py --tno-python /tmp/tno-venv/bin/python
+        # also TNO's distributed key generation, in the same run (benchmarks/tno_keygen.py)
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
+import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from multiprocessing.connection import Connection
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from rich.console import Console
 from rich.table import Table
 
-from fedlora.crypto import combine_partial_decryptions, encrypt_batch, partial_decrypt
-from fedlora.crypto._keygen import KeygenParams, PartyResult, run_party
+from fedlora._setup import prepare_federation
+from fedlora.config import load_client_config, load_coordinator_config
+from fedlora.coordinator import create_server
+from fedlora.crypto import (
+    ThresholdPublicKey,
+    combine_partial_decryptions,
+    encrypt_batch,
+    open_key_share,
+    partial_decrypt,
+)
+
+HERE = Path(__file__).resolve().parent
 
 
-def _holder(params: KeygenParams, index: int, conn: Connection) -> None:
-    def exchange(outgoing: Any) -> Any:
-        conn.send(("round", dict(outgoing)))
-        return conn.recv()
+@dataclass
+class Run:
+    ceremony_s: float
+    wall_s: float
+    attempts: int
+    relayed_mb: float
 
+
+def generate(root: Path, parties: int, threshold: int, bits: int) -> Run:
+    """One ceremony: a new federation, its coordinator here, each holder a process."""
+    ids = [(f"holder-{i}", "bank") for i in range(1, parties + 1)]
+    layout = prepare_federation(
+        root,
+        bits=bits,
+        parties=ids,
+        decryption_threshold=threshold,
+        participant_threshold=2,
+        rounds=1,
+        rows=40,
+        generate_key=True,
+    )
+    config = load_coordinator_config(layout.coordinator_config)
+    running = create_server(config, port=0)
+    layout.use_port(running.port)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
-        conn.send(("done", run_party(params, index, exchange)))
-    except BaseException as exc:  # reported by the hub, which stops the others
-        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
-
-
-def generate(params: KeygenParams) -> tuple[list[PartyResult], int, int]:
-    """One generation with every holder in its own process; returns the holders' results, the
-    rounds of messages and the bytes the hub routed (pickled)."""
-    ctx = mp.get_context("spawn")  # a fresh interpreter per holder, as on separate machines
-    pipes = {i: ctx.Pipe() for i in range(1, params.ell + 1)}
-    procs = [ctx.Process(target=_holder, args=(params, i, pipes[i][1]), daemon=True) for i in pipes]
-    for p in procs:
-        p.start()
-    results: dict[int, PartyResult] = {}
-    rounds = routed = 0
-    try:
-        while len(results) < params.ell:
-            outboxes: dict[int, dict[int, Any]] = {}
-            for i, (hub, _) in pipes.items():
-                if i in results:
-                    continue
-                kind, payload = hub.recv()
-                if kind == "failed":
-                    raise RuntimeError(f"holder {i}: {payload}")
-                if kind == "done":
-                    results[i] = payload
-                else:
-                    outboxes[i] = payload
-            if not outboxes:
-                continue
-            if len(outboxes) != params.ell:
-                raise RuntimeError("holders disagree on the rounds of the protocol")
-            rounds += 1
-            for j, (hub, _) in pipes.items():
-                incoming = {i: box[j] for i, box in outboxes.items() if j in box}
-                routed += sum(len(_pickled(v)) for v in incoming.values())
-                hub.send(incoming)
+        started = time.monotonic()
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "fedlora", "keys", "generate", "--config", str(path)],
+                cwd=root,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for path in layout.client_configs.values()
+        ]
+        outputs = [p.communicate(timeout=1800)[0] for p in procs]
+        wall = time.monotonic() - started
+        for p, out in zip(procs, outputs, strict=True):
+            if p.returncode != 0:
+                raise RuntimeError(f"a holder failed:\n{out[-2000:]}")
+        running.wait_ready(60)
+        assert running.keygen is not None
+        relayed = running.keygen.relayed
     finally:
-        for p in procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.terminate()
-    return [results[i] for i in sorted(results)], rounds, routed
+        running.stop(grace=1)
+    events = [
+        json.loads(line)
+        for line in (config.state_dir / "audit" / "entries.log").read_text().splitlines()
+    ]
+    starts = [e for e in events if e["event"] == "keygen_started"]
+    done = next(e for e in events if e["event"] == "key_generated")
+    check(layout.root, layout.client_configs, config.keys.threshold_public_key)
+    return Run((done["time_ms"] - starts[-1]["time_ms"]) / 1000, wall, len(starts), relayed / 1e6)
 
 
-def _pickled(value: Any) -> bytes:
-    import pickle
-
-    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def check(results: list[PartyResult]) -> None:
-    """The holders agree on one key, and two different t-subsets decrypt with it."""
-    key = results[0].public_key
-    if any(r.public_key != key for r in results):
-        raise RuntimeError("the holders computed different public keys")
+def check(root: Path, configs: dict[str, Path], key_path: Path) -> None:
+    """Every holder's share opens, and two different t-subsets decrypt."""
+    key = ThresholdPublicKey.from_json(key_path.read_bytes())
+    shares = []
+    for pid, path in configs.items():
+        member = load_client_config(path)
+        private = load_pem_private_key((root / "keys" / f"{pid}.x25519").read_bytes(), None)
+        if ThresholdPublicKey.from_json(member.keys.threshold_public_key.read_bytes()) != key:
+            raise RuntimeError(f"{pid} accepted another key than the coordinator's")
+        shares.append(
+            open_key_share(
+                member.keys.key_share.read_bytes(),
+                private,  # type: ignore[arg-type]
+                party_id=pid,
+                public_key=key,
+            )
+        )
     values = [7, 1234567, key.n - 2]
     cts = encrypt_batch(key.paillier, values)
     t = key.threshold
-    for subset in (results[:t], results[-t:]):
-        partials = [partial_decrypt(key, r.share, cts) for r in subset]
+    for subset in (shares[:t], shares[-t:]):
+        partials = [partial_decrypt(key, s, cts) for s in subset]
         if combine_partial_decryptions(key, cts, partials) != values:
             raise RuntimeError("a generated key did not decrypt")
 
 
+def tno(python: str, parties: int, bits: int, timeout: int) -> str:
+    """TNO's distributed key generation, run by benchmarks/tno_keygen.py in its own venv."""
+    try:
+        done = subprocess.run(
+            [python, str(HERE / "tno_keygen.py"), "--parties", str(parties), "--bits", str(bits),
+             "--timeout", str(timeout)],
+            capture_output=True, text=True, timeout=timeout + 60,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return f"tno keygen: did not finish in {timeout}s ({parties} parties, {bits} bits)"
+    lines = [x for x in done.stdout.splitlines() if x.startswith("tno keygen:")]
+    return lines[-1] if lines else f"tno keygen: failed: {done.stderr.strip()[-300:]}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--parties", type=int, default=5)
-    ap.add_argument("--threshold", type=int, default=3)
-    ap.add_argument("--bits", type=int, default=2048)
-    ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--batch", type=int, default=2048)
+    ap.add_argument("--parties", type=int, default=5, help="holders (each its own process)")
+    ap.add_argument("--threshold", type=int, default=3, help="t (needs 2t − 1 ≤ parties)")
+    ap.add_argument("--bits", type=int, default=2048, help="modulus bits")
+    ap.add_argument("--runs", type=int, default=10, help="ceremonies, each a new federation")
+    ap.add_argument("--tno-python", help="a Python with TNO's package: run it in the same run")
+    ap.add_argument("--tno-parties", type=int, default=3, help="TNO: parties")
+    ap.add_argument("--tno-bits", type=int, default=1024, help="TNO: modulus bits")
+    ap.add_argument("--tno-timeout", type=int, default=1800, help="TNO: give up after (s)")
     args = ap.parse_args()
     console = Console()
-    ids = tuple(f"holder-{i}" for i in range(1, args.parties + 1))
     table = Table(
         title=(
-            f"key generation without a dealer: {args.parties} holders (processes), "
-            f"{args.threshold}-of-{args.parties}, {args.bits} bits, {os.cpu_count()} cores"
+            f"key generation without a dealer through the ceremony: {args.parties} holders "
+            f"(processes), {args.threshold}-of-{args.parties}, {args.bits} bits, "
+            f"{os.cpu_count()} cores"
         )
     )
-    for column in ("run", "seconds", "candidate pairs", "biprimality tests", "rounds", "MB routed"):
+    for column in ("run", "ceremony s", "wall s", "attempts", "MB relayed"):
         table.add_column(column, justify="right")
     times = []
-    for run in range(1, args.runs + 1):
-        params = KeygenParams(
-            parties=ids,
-            threshold=args.threshold,
-            bits=args.bits,
-            batch=args.batch,
-            session=f"bench-{run}-{time.time_ns()}".encode(),
-        )
-        started = time.monotonic()
-        results, rounds, routed = generate(params)
-        elapsed = time.monotonic() - started
-        check(results)
-        times.append(elapsed)
-        r = results[0]
+    for number in range(1, args.runs + 1):
+        with tempfile.TemporaryDirectory(prefix="fedlora-keygen-") as folder:
+            run = generate(Path(folder), args.parties, args.threshold, args.bits)
+        times.append(run.ceremony_s)
         table.add_row(
-            str(run),
-            f"{elapsed:.1f}",
-            f"{r.candidates:,}",
-            f"{r.biprimality_tests:,}",
-            str(rounds),
-            f"{routed / 1e6:.1f}",
+            str(number),
+            f"{run.ceremony_s:.1f}",
+            f"{run.wall_s:.1f}",
+            str(run.attempts),
+            f"{run.relayed_mb:.1f}",
         )
-        console.print(f"run {run}: {elapsed:.1f}s ({r.candidates:,} candidate pairs)")
+        console.print(
+            f"run {number}: {run.ceremony_s:.1f}s ceremony, {run.wall_s:.1f}s wall "
+            f"({run.relayed_mb:.0f} MB relayed)"
+        )
     console.print(table)
     console.print(
-        f"keygen median: {statistics.median(times):.1f}s  (worst {max(times):.1f}s, "
-        f"best {min(times):.1f}s; without the ceremony's signing, encryption and relay)"
+        f"keygen median: {statistics.median(times):.1f}s  (worst {max(times):.1f}s, best "
+        f"{min(times):.1f}s; signed, sealed and relayed by the coordinator over mTLS)"
     )
+    if args.tno_python:
+        console.print(tno(args.tno_python, args.tno_parties, args.tno_bits, args.tno_timeout))
+        with tempfile.TemporaryDirectory(prefix="fedlora-keygen-") as folder:
+            t = max(2, (args.tno_parties + 1) // 2)
+            run = generate(Path(folder), args.tno_parties, t, args.tno_bits)
+        console.print(
+            f"fedlora keygen: {run.ceremony_s:.1f}s ({args.tno_parties} parties, "
+            f"{args.tno_bits} bits, {t}-of-{args.tno_parties}; same machine, same run)"
+        )
     return 0
 
 

@@ -27,10 +27,10 @@ def test_the_seed_scale_critical_path_runs_every_party_and_decrypts_the_mean() -
     assert out.strip().splitlines()[-1].startswith("seed-scale critical path: ")
 
 
-def test_the_keygen_benchmark_generates_checked_keys_in_separate_processes() -> None:
+def test_the_keygen_benchmark_runs_checked_ceremonies_with_holder_processes() -> None:
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "keygen_bench.py"),
-         "--bits", "512", "--runs", "2", "--batch", "256"],
+         "--bits", "512", "--runs", "2", "--parties", "3", "--threshold", "2"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]

@@ -91,6 +91,7 @@ class KeygenService:
         self.record, self.clock, self.poll_s = record, clock, poll_s
         self.quorum = ticket_quorum(len(holders), threshold)
         self.previous = previous
+        self.relayed = 0  # bytes of sealed messages relayed (every attempt)
         self.next_attempt = first_attempt
         self.pending: dict[str, bytes] = {}
         self.current: _Attempt | None = None
@@ -252,6 +253,7 @@ class KeygenService:
                     return  # a retried chunk
                 raise ProtocolError("key generation chunks out of order")
             box.data += data
+            self.relayed += len(data)
             a.last_progress = self.clock()
             self.changed.notify_all()
 

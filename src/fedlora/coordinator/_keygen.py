@@ -20,7 +20,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedlora import events as ev
@@ -59,6 +59,8 @@ class _Attempt:
     signed: dict[str, tuple[str, bytes, bytes]]  # holder -> (key json, transcript, signature)
     last_progress: float
     aborted: str | None = None  # the reason, once it ended without a key
+    posted: dict[str, int] = field(default_factory=dict)  # holder -> the round it posts in
+    delivered: set[tuple[int, str, str]] = field(default_factory=set)  # boxes collected
 
 
 class KeygenService:
@@ -92,6 +94,7 @@ class KeygenService:
         self.quorum = ticket_quorum(len(holders), threshold)
         self.previous = previous
         self.relayed = 0  # bytes of sealed messages relayed (every attempt)
+        self.ended: dict[bytes, str] = {}  # the last attempt that ended: session -> why
         self.next_attempt = first_attempt
         self.pending: dict[str, bytes] = {}
         self.current: _Attempt | None = None
@@ -129,14 +132,12 @@ class KeygenService:
         )
 
     def _slowest(self, a: _Attempt) -> str | None:
-        """The holder the others are waiting for: the one with the fewest rounds posted."""
-        posted = {h: 0 for h in self.holders}
-        for number, sender, _ in a.boxes:
-            posted[sender] = max(posted[sender], number)
+        """The holder the others are waiting for: the one furthest behind in posting its rounds
+        (every holder posts every round), or the one that did not sign the key."""
         if a.signed:
             return next((h for h in self.holders if h not in a.signed), None)
-        low = min(posted.values())
-        behind = [h for h, n in posted.items() if n == low]
+        low = min(a.posted.values())
+        behind = [h for h, n in a.posted.items() if n == low]
         return behind[0] if len(behind) < len(self.holders) else None
 
     def _end(
@@ -144,6 +145,7 @@ class KeygenService:
     ) -> None:
         a.aborted, a.boxes = reason, {}
         self.current = None
+        self.ended = {a.session: reason + (f" (blames {party})" if party else "")}
         self.record(
             ev.KeygenAborted(
                 attempt=a.start.attempt,
@@ -161,9 +163,11 @@ class KeygenService:
             raise ProtocolError("the key is generated already")
         a = self.current
         if a is None or a.session != session:
+            why = self.ended.get(session)
             raise ProtocolError(
-                "that key generation attempt has ended (see the coordinator's audit log); "
-                "start again"
+                "that key generation attempt has ended"
+                + (f": {why}" if why else " (see the coordinator's audit log)")
+                + "; start again"
             )
         return a
 
@@ -203,7 +207,9 @@ class KeygenService:
                 self.next_attempt += 1
                 self.pending = {}
                 session = session_id(start)
-                self.current = _Attempt(start, session, {}, {}, self.clock())
+                self.current = _Attempt(
+                    start, session, {}, {}, self.clock(), posted={h: 0 for h in self.holders}
+                )
                 self.record(
                     ev.KeygenStarted(
                         attempt=start.attempt,
@@ -242,12 +248,19 @@ class KeygenService:
                 raise ProtocolError(f"{recipient!r} is not another holder")
             if not 0 < total <= MAX_MESSAGE or len(data) > self.chunk_bytes:
                 raise OutOfRangeError("a key generation message or chunk is too large")
-            rounds = [n for n, _, _ in a.boxes]
-            if number < 1 or (rounds and number > min(rounds) + 1):
+            # A holder posts in its round or starts the next, never more than one round ahead
+            # of the slowest holder, never into a message already delivered: the relay holds at
+            # most two rounds of (ℓ − 1) messages per holder.
+            mine, low = a.posted[holder], min(a.posted.values())
+            key = (number, holder, recipient)
+            if number not in (mine, mine + 1) or number > low + 1 or key in a.delivered:
                 raise ProtocolError(
-                    f"round {number} is ahead of the other holders (at most one round ahead)"
+                    f"round {number} is out of turn: {holder} is in round {mine} and the "
+                    f"slowest holder in round {low} (a holder posts each round once, at most "
+                    "one round ahead)"
                 )
-            box = a.boxes.setdefault((number, holder, recipient), _Box(total, bytearray()))
+            a.posted[holder] = number
+            box = a.boxes.setdefault(key, _Box(total, bytearray()))
             if box.total != total or offset != len(box.data) or offset + len(data) > total:
                 if offset + len(data) <= len(box.data) and box.data[offset:].startswith(data):
                     return  # a retried chunk
@@ -279,6 +292,7 @@ class KeygenService:
             chunk = bytes(box.data[offset : offset + self.chunk_bytes])
             if offset + len(chunk) == box.total:
                 del a.boxes[key]  # delivered: the relay keeps nothing it no longer needs
+                a.delivered.add(key)
             a.last_progress = self.clock()
             return box.total, chunk
 

@@ -776,9 +776,9 @@ def test_revoking_share_holders_past_the_quorum_is_said_at_once(tmp_path, caplog
     finally:
         running.stop(grace=1)
     assert blocked == (
-        "decryption cannot succeed until the threshold key is re-dealt: 2 of 5 share holders "
+        "decryption cannot succeed until the federation re-keys: 2 of 5 share holders "
         "are revoked (bank-b, hospital-c), 3 remain and every round needs 4 (ticket quorum 4, "
-        "threshold 3); see docs/operations.md#re-dealing-the-key"
+        "threshold 3); see docs/operations.md#re-keying"
     )
     assert [r.getMessage() for r in caplog.records].count(blocked) == 1
     caplog.clear()
@@ -789,7 +789,7 @@ def test_revoking_share_holders_past_the_quorum_is_said_at_once(tmp_path, caplog
 def test_a_holder_revocation_that_stops_decryption_is_refused_then_shown(tmp_path) -> None:
     """`provision revoke` refuses to revoke share holders past the ticket quorum unless forced;
     then `config check` (exit 1), the coordinator's offline `status` and a member's live `status`
-    each say in one line that no round can be decrypted until the key is re-dealt."""
+    each say in one line that no round can be decrypted until the federation re-keys."""
     import subprocess
     import sys
 
@@ -820,7 +820,7 @@ def test_a_holder_revocation_that_stops_decryption_is_refused_then_shown(tmp_pat
     two = ("--party", "bank-b", "--party", "hospital-c", "--out", str(listed))
     refused = fedlora(*revoke, *two)
     assert refused.returncode != 0 and not listed.exists()
-    assert "refused: decryption cannot succeed until the threshold key is re-dealt" in (
+    assert "refused: decryption cannot succeed until the federation re-keys" in (
         refused.stderr
     )
     assert "Traceback" not in refused.stderr
@@ -833,7 +833,7 @@ def test_a_holder_revocation_that_stops_decryption_is_refused_then_shown(tmp_pat
     )
     assert load_coordinator_config(layout.coordinator_config).server.revocations == listed
     blocked = (
-        "decryption cannot succeed until the threshold key is re-dealt: 2 of 5 share holders "
+        "decryption cannot succeed until the federation re-keys: 2 of 5 share holders "
         "are revoked (bank-b, hospital-c)"
     )
     check = fedlora("config", "check", str(layout.coordinator_config))

@@ -321,7 +321,7 @@ def decryption_blocked(
 
     A round's aggregate is released to the holders only with ``quorum`` ticket signatures from
     distinct holders, and decrypted with ``threshold`` partial decryptions; a revoked holder gives
-    neither, and only a new key (dealt for the remaining holders) brings them back.
+    neither, and only a new key for the remaining holders (a re-key) brings them back.
     """
     gone = sorted(set(holders) & set(revoked))
     left = len(holders) - len(gone)
@@ -329,10 +329,10 @@ def decryption_blocked(
     if left >= need:
         return None
     return (
-        f"decryption cannot succeed until the threshold key is re-dealt: {len(gone)} of "
+        f"decryption cannot succeed until the federation re-keys: {len(gone)} of "
         f"{len(holders)} share holders are revoked ({', '.join(gone)}), {left} remain and every "
         f"round needs {need} (ticket quorum {quorum}, threshold {threshold}); see "
-        "docs/operations.md#re-dealing-the-key"
+        "docs/operations.md#re-keying"
     )
 
 

@@ -10,13 +10,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from fedlora.audit import read_log_files, verify_log
+from fedlora.ceremony._generate import check_logged_keys
 from fedlora.config import load_client_config, load_coordinator_config
 from fedlora.coordinator import create_server
 from fedlora.crypto import ThresholdPublicKey, open_key_share
+from fedlora.errors import VerificationError
 from fedlora.events import KeyGenerated, KeygenStarted, parse_event
 from tests.integration import helpers as h
 from tests.integration.helpers import prepare_federation
@@ -212,3 +215,22 @@ def test_revoking_a_holder_then_rekeying_lets_the_next_round_close(tmp_path) -> 
         )
     entries, checkpoints, _ = read_log_files(config.state_dir / "audit")
     verify_log(entries, checkpoints, bytes.fromhex(layout.coordinator_public_key))
+    # An auditor checks every key in the log: each signed by a quorum of its holders (the
+    # re-key by a quorum of the old key's too); a log that drops signatures or names another
+    # key is refused, naming the entry (the Merkle tree alone would not: the coordinator signs it).
+    lines = check_logged_keys(events, "fedlora-demo")
+    assert len(lines) == 2 and "replacing " + old_key.fingerprint.hex()[:16] in lines[1]
+    index = events.index(rekey)
+    thin = [dict(e) for e in events]
+    thin[index]["signatures"] = {"bank-a": rekey["signatures"]["bank-a"]}
+    with pytest.raises(VerificationError, match=f"audit entry {index} \\(key_generated\\)"):
+        check_logged_keys(thin, "fedlora-demo")
+    swapped = [dict(e) for e in events]
+    started = kinds_index(swapped, "federation_started")
+    swapped[started]["key_fingerprint"] = "00" * 32
+    with pytest.raises(VerificationError, match="names a key the log did not generate"):
+        check_logged_keys(swapped, "fedlora-demo")
+
+
+def kinds_index(events, kind):  # type: ignore[no-untyped-def]
+    return next(i for i, e in enumerate(events) if e["event"] == kind)

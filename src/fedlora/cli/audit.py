@@ -27,6 +27,7 @@ from fedlora.audit import (
     verify_log,
     verify_receipt,
 )
+from fedlora.ceremony._generate import check_logged_keys
 from fedlora.crypto import leaf_hash, verify_inclusion
 from fedlora.errors import FedLoraError, VerificationError
 from fedlora.events import describe
@@ -210,6 +211,7 @@ def run_verify(
     receipts = read_receipts(receipts_folder) if receipts_folder is not None else []
     try:
         summary = verify(path, public_key, trusted, [doc for _, doc in receipts])
+        keys = check_logged_keys(summary.events, summary.log_id)
     except VerificationError as exc:
         if as_json:
             print(json.dumps({"ok": False, "error": str(exc)}))
@@ -229,6 +231,7 @@ def run_verify(
             "rounds_failed": failed,
             "trusted_checkpoints": len(trusted),
             "receipts": len(receipts),
+            "generated_keys": keys,
         }
         print(json.dumps(doc, indent=2))
         return 0
@@ -243,6 +246,8 @@ def run_verify(
         f"{failed} failed{anchors}",
         soft_wrap=True,
     )
+    for line in keys:
+        console.print(f"[green]key OK[/]: {escape(line)}", soft_wrap=True)
     return 0
 
 

@@ -820,9 +820,7 @@ def test_a_holder_revocation_that_stops_decryption_is_refused_then_shown(tmp_pat
     two = ("--party", "bank-b", "--party", "hospital-c", "--out", str(listed))
     refused = fedlora(*revoke, *two)
     assert refused.returncode != 0 and not listed.exists()
-    assert "refused: decryption cannot succeed until the federation re-keys" in (
-        refused.stderr
-    )
+    assert "refused: decryption cannot succeed until the federation re-keys" in (refused.stderr)
     assert "Traceback" not in refused.stderr
     forced = fedlora(*revoke, *two, "--force")
     assert forced.returncode == 0, forced.stderr

@@ -27,6 +27,7 @@ from rich.table import Table
 
 from fedlora._setup import DEFAULT_PARTIES, Layout, free_port, prepare_federation
 from fedlora.audit import SignedCheckpoint, events_by_round, read_log_files, verify_log
+from fedlora.ceremony._generate import check_logged_keys
 from fedlora.config import MIN_KEY_BITS, load_coordinator_config
 from fedlora.errors import FedLoraError
 
@@ -102,6 +103,7 @@ def run_demo(
     timeout: float,
     workload: str = "synthetic",
     base_model: Path | None = None,
+    dealer: bool = False,
 ) -> int:
     if base_model is not None and workload != "fraud-cases":
         raise FedLoraError("--base-model is for --workload fraud-cases (a causal language model)")
@@ -123,9 +125,10 @@ def run_demo(
             soft_wrap=True,
         )
     started = time.monotonic()
+    shape = "2-of-3" if workload == "fraud-cases" else "3-of-5"
     with console.status(
-        f"generating a CA, certificates, signing keys and a {bits}-bit "
-        f"{'2-of-3' if workload == 'fraud-cases' else '3-of-5'} threshold key…"
+        "generating a CA, certificates and signing keys"
+        + (f", and dealing a {bits}-bit {shape} threshold key…" if dealer else "…")
     ):
         layout = prepare_federation(
             root,
@@ -147,6 +150,7 @@ def run_demo(
             # A real model's adapter on the attention projections only (368,640 values for
             # SmolLM2): the demo shows the protocol in minutes; benchmarks/ measure the rest.
             lora_targets=DEMO_LM_TARGETS if base_model is not None else (),
+            generate_key=not dealer,
         )
     console.print(f"federation materials in {root} ({time.monotonic() - started:.1f}s)")
     config = load_coordinator_config(layout.coordinator_config)
@@ -178,6 +182,12 @@ def run_demo(
         console.print(
             f"started {len(layout.client_configs)} clients: {', '.join(layout.client_configs)}"
         )
+        if not dealer:
+            console.print(
+                f"no dealer: the {len(layout.client_configs)} clients generate the {bits}-bit "
+                f"{shape} key among themselves first, relayed by the coordinator (typically "
+                "15–60 s for 2048 bits on 2 cores)"
+            )
         deadline = time.monotonic() + timeout
         with Live(_progress_table([], rounds), console=console, refresh_per_second=4) as live:
             while time.monotonic() < deadline:
@@ -233,6 +243,15 @@ def _report(layout: Layout, config, root: Path, started: float) -> int:  # type:
         f"\n[green]audit log verified[/]: {summary.entries} entries, each followed by a signed checkpoint; "
         f"consistent with the clients' {len(receipts)} receipts and {len(kept)} kept checkpoints"
     )
+    for line in check_logged_keys(summary.events, summary.log_id):
+        console.print(f"[green]no dealer[/]: {line}", soft_wrap=True)
+    started_at = [e["time_ms"] for e in summary.events if e["event"] == "keygen_started"]
+    generated = [e["time_ms"] for e in summary.events if e["event"] == "key_generated"]
+    if started_at and generated:
+        console.print(
+            f"key generation took {(generated[-1] - started_at[-1]) / 1000:.1f}s "
+            f"({len(started_at)} attempt(s))"
+        )
     clip, bits = config.codec.clip, config.codec.value_bits
     step = 2 * clip / ((1 << bits) - 1)
     table = Table(title="encrypted aggregate vs plaintext average of the same deltas")

@@ -1,36 +1,37 @@
 """TNO's dealer-free threshold Paillier key generation, timed, for comparison with fedlora's.
 
 Runs ``tno.mpc.protocols.distributed_keygen`` (TNO PET Lab; Apache License 2.0, per its package
-metadata) the way a deployment would: N parties, each its own Python process with its own
-``tno.mpc.communication.Pool``, talking HTTP over free ports on 127.0.0.1. This script starts
-them, waits until every party has imported the package and is listening, tells them all to
-start, and times one key generation. The key is then checked: one party encrypts a random number,
-broadcasts the ciphertext, every party joins TNO's distributed decryption, and all must get the
-number back (and agree on the public key). It needs its own virtualenv and imports nothing from
-fedlora:
+metadata) as a deployment would: N parties, each its own Python process with its own
+``tno.mpc.communication.Pool``, over HTTP on free ports of 127.0.0.1. It waits until every party
+has imported the package and listens, tells all to start, and times one key generation. Then the
+key is checked: one party encrypts a random number and broadcasts it, all parties run TNO's
+distributed decryption and must get the number back (and hold the same public key). Its own
+virtualenv, nothing from fedlora (the utils pin: 0.16 needs tno.mpc.communication 5, which
+distributed_keygen 4.3.0 excludes, and the import fails; [gmpy] is TNO's recommended speed-up):
 
     python3 -m venv /tmp/tno-venv
-    /tmp/tno-venv/bin/pip install 'tno.mpc.protocols.distributed_keygen==4.3.0'
+    /tmp/tno-venv/bin/pip install 'tno.mpc.protocols.distributed_keygen[gmpy]==4.3.0' \
+        'tno.mpc.encryption_schemes.utils[gmpy]<0.16'
     /tmp/tno-venv/bin/python benchmarks/tno_keygen.py --parties 3 --bits 1024
 
-The time is from "go" (all parties up) to the last party holding its key: no interpreter
-start-up, no decryption check, like fedlora's ceremony time in keygen_bench.py. Security
-parameters are the package's defaults (printed). The last line is ``tno keygen: <S>s (<N>
-parties, <B> bits)``, or ``... did not finish in <S>s (...)``, or ``tno keygen: failed: ...``.
+The time runs from "go" (all parties up) to the last party holding its key: no interpreter
+start-up, no check, like the ceremony time in keygen_bench.py. It is geometric in the number of
+rounds (100 candidate pairs each, printed with the time per round): one run says little.
+Security parameters are the package's defaults (printed). Last line: ``tno keygen: <S>s (<N>
+parties, <B> bits)``, ``tno keygen: did not finish in <S>s (...)`` or ``tno keygen: failed: ...``.
 
-Thresholds. TNO's ``corruption_threshold`` τ is the number of colluding parties that learn
-nothing; it needs N ≥ 2τ + 1. fedlora's t-of-N (any t decrypt, t − 1 learn nothing) needs
-N ≥ 2t − 1. The default is τ = t − 1 with fedlora's benchmark t = max(2, ⌈N/2⌉), i.e.
-τ = max(1, (N − 1) // 2): the same collusion bound and the same N ≥ 2t − 1. But TNO's secret
-key is the product of two degree-τ sharings (degree 2τ), and its decryption combines the
-partial decryptions of parties 1..2τ + 1: with N = 2τ + 1 (3 parties, τ = 1) every party must
-take part, where fedlora's 2-of-3 needs any two.
+Thresholds: TNO's ``corruption_threshold`` τ is how many colluding parties learn nothing, with
+N ≥ 2τ + 1; fedlora's t-of-N (any t decrypt, t − 1 learn nothing) needs N ≥ 2t − 1. Default
+τ = t − 1 for keygen_bench's t = max(2, ⌈N/2⌉), i.e. τ = max(1, (N − 1) // 2): the same collusion
+bound. But TNO's key is shared with degree 2τ and its decryption combines parties 1..2τ + 1, so
+with N = 2τ + 1 (3 parties, τ = 1) all parties must decrypt, where fedlora's 2-of-3 needs two.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -42,7 +43,6 @@ import secrets
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -201,25 +201,34 @@ def coordinate(args: argparse.Namespace) -> str:
         f"stat_sec_shamir {DP.default_sec_shamir}, batch_size 100 (package defaults)"
     )
     if args.parties < 2 * args.threshold + 1:
-        return f"tno keygen: failed: needs parties ≥ 2τ+1 ({args.parties} < {2 * args.threshold + 1})"
+        return (
+            f"tno keygen: failed: needs parties ≥ 2τ+1 ({args.parties} < {2 * args.threshold + 1})"
+        )
 
     value = secrets.randbelow(2**62)
     ports = free_ports(args.parties)
     lines: queue.Queue[tuple[int, Any]] = queue.Queue()
     procs: list[subprocess.Popen[str]] = []
-    logs: list[Any] = []
+    stderr: list[collections.deque[str]] = []
+    readers: list[threading.Thread] = []
     try:
         for i in range(args.parties):
-            log = tempfile.TemporaryFile("w+")
-            logs.append(log)
             cmd = [sys.executable, os.path.abspath(__file__), "--party", str(i)]
             cmd += ["--ports", ",".join(map(str, ports)), "--bits", str(args.bits)]
             cmd += ["--threshold", str(args.threshold), "--value", str(value)]
             proc = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
             procs.append(proc)
+            stderr.append(collections.deque(maxlen=3))
             threading.Thread(target=read_lines, args=(i, proc, lines), daemon=True).start()
+            readers.append(threading.Thread(target=stderr[i].extend, args=(proc.stderr,)))
+            readers[i].daemon = True
+            readers[i].start()
 
         def wait_all(kind: str, deadline: float) -> dict[int, tuple[float, dict[str, Any]]]:
             got: dict[int, tuple[float, dict[str, Any]]] = {}
@@ -229,10 +238,12 @@ def coordinate(args: argparse.Namespace) -> str:
                     i, msg = lines.get(timeout=max(left, 0.01))
                 except queue.Empty:
                     raise TimedOut from None
+                if msg is None and i in got:  # said what was asked, then left
+                    continue
                 if msg is None:
                     procs[i].wait(10)
-                    logs[i].seek(0)
-                    tail = logs[i].read().strip().splitlines()[-3:]
+                    readers[i].join(5)
+                    tail = [line.strip() for line in stderr[i]]
                     raise Failed(f"party {i} exited ({procs[i].returncode}): {' | '.join(tail)}")
                 if msg["kind"] == kind:
                     got[i] = (time.perf_counter(), msg)
@@ -256,9 +267,11 @@ def coordinate(args: argparse.Namespace) -> str:
         if len({m["n_sha256"] for m in info}) != 1:
             return "tno keygen: failed: the parties hold different public keys"
         first = info[0]
+        rounds = first.get("rounds", "?")
+        per_round = f"{seconds / rounds:.2f}s" if isinstance(rounds, int) else "?"
         print(
             f"key: N of {first['n_bits']} bits; secret-key sharing of degree "
-            f"{first['key_degree']}; {first.get('rounds', '?')} rounds of 100 candidate pairs "
+            f"{first['key_degree']}; {rounds} rounds of 100 candidate pairs, {per_round} per round "
             f"({first.get('small_prime_rejects', '?')} failed the small-prime sieve, "
             f"{first.get('biprimality_rejects', '?')} the biprimality test); "
             f"MB sent per party: {', '.join(format(m['mb_sent'], '.1f') for m in info)}"
@@ -270,7 +283,9 @@ def coordinate(args: argparse.Namespace) -> str:
         try:
             dec = wait_all("decrypted", time.perf_counter() + 300)
         except TimedOut:
-            return f"tno keygen: failed: the key generated in {seconds:.1f}s did not decrypt in 300s"
+            return (
+                f"tno keygen: failed: the key generated in {seconds:.1f}s did not decrypt in 300s"
+            )
         wrong = [m["value"] for _, m in dec.values() if m["value"] != value]
         if wrong:
             return f"tno keygen: failed: decryption check: got {wrong[0]}, encrypted {value}"
@@ -288,8 +303,6 @@ def coordinate(args: argparse.Namespace) -> str:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        for log in logs:
-            log.close()
 
 
 def main() -> int:
@@ -313,7 +326,7 @@ def main() -> int:
         return 0
     try:
         line = coordinate(args)
-    except Exception as e:  # noqa: BLE001 - the one line must come out
+    except Exception as e:  # the one line must come out
         line = f"tno keygen: failed: {type(e).__name__}: {e}"
     print(line, flush=True)
     return 0 if re.match(r"tno keygen: [\d.]+s", line) else 1

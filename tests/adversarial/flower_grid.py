@@ -44,8 +44,11 @@ NODES = 4
 FIRST_ID = 101
 
 
-def federation(root: Path, *, rounds: int = 2, min_clients: int = NODES) -> Layout:
-    """Four banks, a 2-of-4 test key (ticket quorum 3), three contributions per aggregate."""
+def federation(
+    root: Path, *, rounds: int = 2, min_clients: int = NODES, generate_key: bool = False
+) -> Layout:
+    """Four banks, a 2-of-4 test key (ticket quorum 3), three contributions per aggregate;
+    ``generate_key``: the four generate it before round 1 (no dealer)."""
     return prepare_federation(
         root,
         bits=512,
@@ -56,6 +59,7 @@ def federation(root: Path, *, rounds: int = 2, min_clients: int = NODES) -> Layo
         insecure=True,
         model_kind="linear",
         min_clients=min_clients,
+        generate_key=generate_key,
     )
 
 

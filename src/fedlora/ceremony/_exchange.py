@@ -277,9 +277,10 @@ class SecureExchange:
         x25519_key: X25519PrivateKey,
         signing_keys: Mapping[str, bytes],
         x25519_keys: Mapping[str, bytes],
-        relay: Relay,
+        relay: Relay | None,
     ) -> None:
-        """``signing_keys`` / ``x25519_keys``: every holder's pinned public keys (raw bytes)."""
+        """``signing_keys`` / ``x25519_keys``: every holder's pinned public keys (raw bytes);
+        ``relay``: None for a push transport, which calls :meth:`seal` and :meth:`open` itself."""
         if len(session) != 32:
             raise CryptoError("a key generation session id is 32 bytes")
         self.session, self.parties, self.index, self.relay = session, parties, index, relay
@@ -309,14 +310,21 @@ class SecureExchange:
 
     def __call__(self, outgoing: Mapping[int, Any]) -> dict[int, Any]:
         self.number += 1
+        sealed, own = self.seal(outgoing)
+        assert self.relay is not None, "a push transport seals and opens each round itself"
+        return self.open(self.relay.round(self.index, self.number, sealed), own)
+
+    def seal(self, outgoing: Mapping[int, Any]) -> tuple[dict[int, bytes], dict[int, Any]]:
+        """Round :attr:`number`'s messages to the others, signed and sealed, and what this
+        holder sends itself (``{its index: payload}``, as the others get theirs: encoded and
+        decoded; empty when it sends itself nothing)."""
         n, me = self.number, self.index
         sealed: dict[int, bytes] = {}
-        own: Any = None
-        sends_to_self = me in outgoing
+        own: dict[int, Any] = {}
         for j, value in outgoing.items():
             payload = encode_payload(value)
             if j == me:
-                own = decode_payload(payload)  # what the others get, as they get it
+                own[me] = decode_payload(payload)
                 continue
             digest = message_digest(
                 self.session, n, self.parties[me - 1], self.parties[j - 1], payload
@@ -325,15 +333,22 @@ class SecureExchange:
             sealed[j] = self._aead[j].encrypt(
                 _nonce(n, me, j), payload + signature, _header(self.session, n, me, j)
             )
-        delivered = self.relay.round(me, n, sealed)
+        return sealed, own
+
+    def open(self, delivered: Mapping[int, bytes], own: Mapping[int, Any]) -> dict[int, Any]:
+        """Round :attr:`number`'s messages to this holder: each must come from another holder,
+        open for this session and round, and carry its sender's signature.
+
+        Raises:
+            CeremonyAborted: naming the holder to blame, or the relay.
+        """
+        n, me = self.number, self.index
         missing = sorted(set(self._aead) - set(delivered))
         if missing:  # every holder sends to every holder in every round
             raise self._blame(
                 missing[0], "no message from it arrived (it stopped, or the relay dropped it)"
             )
-        incoming: dict[int, Any] = {}
-        if sends_to_self:
-            incoming[me] = own
+        incoming: dict[int, Any] = dict(own)
         for sender, message in delivered.items():
             if sender not in self._aead:
                 raise CeremonyAborted(

@@ -38,6 +38,7 @@ __all__ = [
     "KeygenStart",
     "accept_outcome",
     "check_logged_keys",
+    "check_start",
     "generate_as_holder",
     "session_id",
 ]
@@ -119,7 +120,7 @@ class _Rounds:
         }
 
 
-def _check_start(
+def check_start(
     start: KeygenStart,
     nonce: bytes,
     *,
@@ -129,6 +130,13 @@ def _check_start(
     threshold: int,
     bits: int,
 ) -> int:
+    """This holder's index in an announced attempt, after checking the announcement against its
+    configuration and that it carries this holder's nonce.
+
+    Raises:
+        ConfigError: other parameters than this holder's ``keys.generation``.
+        CeremonyAborted: the announcement lacks this holder's nonce (the relay is blamed).
+    """
     expected = (federation_id, tuple(holders), threshold, bits)
     announced = (start.federation_id, start.holders, start.threshold, start.bits)
     if announced != expected:
@@ -173,7 +181,7 @@ def generate_as_holder(
     """
     nonce = secrets.token_bytes(32)
     start = relay.hello(nonce)
-    index = _check_start(
+    index = check_start(
         start,
         nonce,
         federation_id=federation_id,

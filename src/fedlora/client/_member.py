@@ -204,9 +204,10 @@ class Member:
         keygen = getattr(self.transport, "keygen", None)
         if keygen is None:
             raise ConfigError(
-                f"keys.generation: {self.config.keys.threshold_public_key} does not exist yet "
-                "and this transport cannot relay key generation; run `fedlora keys generate "
-                "--config` with this YAML first (the coordinator relays it over gRPC)"
+                f"keys.generation: {self.config.keys.threshold_public_key} does not exist yet: "
+                "no key the holders generated was accepted here (on Flower the ServerApp runs "
+                "the generation before round 1: start it again; standalone, `fedlora client` "
+                "or `fedlora keys generate --config` takes part)"
             )
         x25519 = _private_key(self.config.keys.x25519_key, "keys.x25519_key", X25519PrivateKey)
         generated_key(self.config, keygen(), self.ui, self.signing_key, x25519, previous=previous)

@@ -392,6 +392,13 @@ class KeygenService:
             blamed = party if party in (*self.holders, RELAY) else None
             self._end(a, reason[:500], party=blamed, reported_by=holder)
 
+    def end(self, session: bytes, reason: str, party: str | None) -> None:
+        """The relay ends the attempt itself (a holder on a push transport did not answer)."""
+        with self.changed:
+            a = self.current
+            if a is not None and a.session == session and a.aborted is None:
+                self._end(a, reason, party=party)
+
     def result(self) -> KeygenOutcome | None:
         """The accepted outcome, waiting a while for it; None: not yet."""
         with self.changed:

@@ -618,185 +618,289 @@ def _commitment(nonce: bytes, value: Any) -> bytes:
     return hashlib.sha256(b"fedlora/keygen/commit\0" + nonce + body).digest()
 
 
-def _committed(params: KeygenParams, exchange: Exchange, value: Any) -> dict[int, Any]:
-    """Broadcast ``value`` only after every holder committed to its own: no answer can be chosen
-    after seeing the others' (a holder that answers last could otherwise force the product).
+Outgoing = dict[int, Any]
 
-    Raises:
-        CryptoError: a holder revealed something other than it committed to (``party``).
+
+class PartyRun:
+    """Holder ``index``'s whole key generation as a resumable machine: :meth:`start` gives the
+    first round's messages, :meth:`step` takes a round's incoming messages and gives the next
+    round's, until it gives None and :attr:`result` is set. Every holder takes the same
+    branches: each decision is on values all of them received. Its state is plain data
+    (picklable: arrays, integers, lists), so a holder whose transport lasts one message (a
+    Flower ClientApp) can keep it on the node between messages; :func:`run_party` drives it
+    over an :data:`Exchange`.
+
+    Raises (``step``):
+        CryptoError, VerificationError: no modulus within ``max_passes`` batches, or a holder's
+            fault (``party`` names it where one can be named).
     """
-    nonce = secrets.token_bytes(32)
-    commitments = exchange(_broadcast(params, _commitment(nonce, value)))
-    opened = exchange(_broadcast(params, (value, nonce)))
-    out = {}
-    for j in sorted(opened):
-        answer, their_nonce = opened[j]
-        if not hmac.compare_digest(_commitment(bytes(their_nonce), answer), commitments[j]):
-            pid = params.parties[j - 1]
+
+    def __init__(self, params: KeygenParams, index: int, *, max_passes: int = 64) -> None:
+        self.params, self.index, self.max_passes = params, index, max_passes
+        self.party = KeygenParty(params, index)
+        self.state = "start"
+        self.result: PartyResult | None = None
+        self.opened = self.tested = self.passes = 0
+        self.moduli: dict[int, int] = {}
+        self.first: dict[int, Any] = {}
+        self.waiting: list[int] = []  # candidates whose first biprimality round is yet to check
+        self.candidate = 0
+        self.commit: tuple[Any, bytes, str] | None = None  # value, nonce, what it answers
+        self.commitments: dict[int, Any] = {}
+        self.answers: list[list[Any]] = []
+        self.residues: dict[int, Any] = {}
+        self.theta = 0
+        self.public: ThresholdPublicKey | None = None
+        self.share: KeyShare | None = None
+        self.probe: tuple[int, int, bytes] = (0, 0, b"")  # ciphertext, plaintext, its digest
+        self.transcript = b""
+
+    # -- driving -----------------------------------------------------------------------------
+    def start(self) -> Outgoing:
+        return self._next_pass()
+
+    def step(self, incoming: Mapping[int, Any]) -> Outgoing | None:
+        handler: Callable[[Mapping[int, Any]], Outgoing | None] = getattr(
+            self, "_on_" + self.state.replace("-", "_")
+        )
+        return handler(incoming)
+
+    # -- 1. sieved candidates ------------------------------------------------------------------
+    def _next_pass(self) -> Outgoing:
+        if self.passes == self.max_passes:
+            prm = self.params
             raise CryptoError(
-                f"holder {pid!r} revealed biprimality answers other than it committed to",
-                party=pid,
+                f"no biprime modulus in {self.max_passes} batches of {prm.batch} candidates"
             )
-        out[j] = answer
-    return out
+        self.passes += 1
+        self.state = "sieve"
+        return self.party.sieve_start()
+
+    def _on_sieve(self, incoming: Mapping[int, Any]) -> Outgoing:
+        self.party.sieve_received(incoming)
+        return self._multiply()
+
+    def _on_reduce(self, incoming: Mapping[int, Any]) -> Outgoing:
+        self.party.sieve_reduced(incoming)
+        return self._multiply()
+
+    def _multiply(self) -> Outgoing:
+        sent = self.party.sieve_multiply()
+        if sent is not None:
+            self.state = "reduce"
+            return sent
+        self.party.sieve_finish()
+        self.state = "modulus-shares"  # 2. the moduli
+        return self.party.modulus_shares()
+
+    def _on_modulus_shares(self, incoming: Mapping[int, Any]) -> Outgoing:
+        self.state = "modulus-products"
+        return _broadcast(self.params, self.party.modulus_products(incoming))
+
+    def _on_modulus_products(self, products: Mapping[int, Any]) -> Outgoing:
+        prm = self.params
+        trial = math.prod(small_primes(1, prm.trial_bound))  # 3. trial division
+        self.opened += prm.batch
+        self.moduli = {}
+        for k in range(prm.batch):
+            n = interpolate_field({j: products[j][k] for j in products}, prm.field_prime)
+            if n.bit_length() == prm.bits and gmpy2.gcd(n, trial) == 1:
+                self.moduli[k] = n
+        self.tested += len(self.moduli)
+        # 4. biprimality, committed before revealed: the first round for every survivor at
+        # once, the rest for each that passes it
+        first = {k: self.party.biprimality_answers(k, n, range(1)) for k, n in self.moduli.items()}
+        return self._commit(first, "first")
+
+    # -- 4. biprimality, each answer committed before any is revealed -------------------------
+    def _commit(self, value: Any, purpose: str) -> Outgoing:
+        """Broadcast a commitment to ``value``; it is revealed once every holder committed, so
+        no answer can be chosen after seeing the others' (a holder answering last could
+        otherwise force the product)."""
+        nonce = secrets.token_bytes(32)
+        self.commit = (value, nonce, purpose)
+        self.state = "committed"
+        return _broadcast(self.params, _commitment(nonce, value))
+
+    def _opening(self) -> tuple[Any, bytes]:
+        """What this holder reveals: the value it committed to, and the nonce."""
+        assert self.commit is not None
+        return self.commit[0], self.commit[1]
+
+    def _on_committed(self, commitments: Mapping[int, Any]) -> Outgoing:
+        self.commitments = dict(commitments)
+        self.state = "revealed"
+        return _broadcast(self.params, self._opening())
+
+    def _on_revealed(self, opened: Mapping[int, Any]) -> Outgoing | None:
+        answers = {}
+        for j in sorted(opened):
+            answer, their_nonce = opened[j]
+            if not hmac.compare_digest(
+                _commitment(bytes(their_nonce), answer), self.commitments[j]
+            ):
+                pid = self.params.parties[j - 1]
+                raise CryptoError(
+                    f"holder {pid!r} revealed biprimality answers other than it committed to",
+                    party=pid,
+                )
+            answers[j] = answer
+        assert self.commit is not None
+        if self.commit[2] == "first":
+            self.first = answers
+            self.waiting = list(self.moduli)
+            return self._next_candidate()
+        k = self.candidate
+        n = self.moduli[k]
+        if _passes(n, [answers[j] for j in sorted(answers)]):
+            self.party.choose(k, n)
+            self.answers = [[self.first[j][k], answers[j]] for j in sorted(answers)]
+            return self._key_shares()
+        return self._next_candidate()
+
+    def _next_candidate(self) -> Outgoing:
+        while self.waiting:
+            k = self.waiting.pop(0)
+            n = self.moduli[k]
+            if _passes(n, [self.first[j][k] for j in sorted(self.first)]):
+                self.candidate = k
+                prm = self.params
+                rest = self.party.biprimality_answers(k, n, range(1, prm.biprimality_rounds))
+                return self._commit(rest, "rest")
+        return self._next_pass()
+
+    # -- 5. the key ----------------------------------------------------------------------------
+    def _key_shares(self) -> Outgoing:
+        self.state = "key-shares"
+        return self.party.key_shares()
+
+    def _on_key_shares(self, incoming: Mapping[int, Any]) -> Outgoing:
+        # Every holder sends to every holder in every round (the others' reshare is empty), so
+        # a missing message is always a fault the exchange can name.
+        self.state = "key-reshared"
+        return self.party.key_reshare(incoming) or _broadcast(self.params, None)
+
+    def _on_key_reshared(self, reshared: Mapping[int, Any]) -> Outgoing:
+        residue = self.party.key_finish(reshared)
+        self.state = "residues"
+        return _broadcast(self.params, residue)
+
+    def _on_residues(self, residues: Mapping[int, Any]) -> Outgoing:
+        prm, n = self.params, self.party.modulus
+        self.residues = dict(residues)
+        self.theta = theta_from_residues(residues, n, prm.threshold, prm.parties)
+        v = square_from_transcript(n, prm.session)
+        self.state = "verification-keys"
+        return _broadcast(prm, verification_key(n, v, prm.delta, self.party.key_share))
+
+    def _on_verification_keys(self, vks: Mapping[int, Any]) -> Outgoing:
+        prm, n = self.params, self.party.modulus
+        public = ThresholdPublicKey(
+            n=n,
+            threshold=prm.threshold,
+            party_ids=prm.parties,
+            v=square_from_transcript(n, prm.session),
+            verification_keys=tuple(vks[j] for j in sorted(vks)),
+            theta=self.theta,
+            share_bits=share_bound_bits(prm),
+        )
+        self.public = public
+        self.share = KeyShare(
+            prm.parties[self.index - 1], self.index, self.party.key_share, public.fingerprint
+        )
+        # Before the key is accepted, every holder decrypts a ciphertext derived from the
+        # session (a plaintext nobody chose) with a proof, and every t-subset of the answers
+        # must combine to it: a wrong share or verification key is found, its holder named.
+        n2 = public.nsquare
+        seed = hashlib.shake_256(b"fedlora/keygen/probe\0" + prm.session + public.fingerprint)
+        stream = seed.digest(2 * ((n2.bit_length() + 7) // 8) + 32)
+        half = len(stream) // 2
+        m0 = int.from_bytes(stream[:half], "big") % n
+        r0 = int.from_bytes(stream[half:], "big") % n or 1
+        c = (1 + m0 * n) * int(gmpy2.powmod(r0, n, n2)) % n2
+        mine = partial_decrypt(public, self.share, [c], backend=None)
+        self.probe = (c, m0, mine.ciphertexts_digest)
+        self.state = "probe"
+        return _broadcast(prm, (list(mine.values), mine.proof.challenge, mine.proof.response))
+
+    def _on_probe(self, answers: Mapping[int, Any]) -> Outgoing:
+        prm, public = self.params, self.public
+        assert public is not None
+        c, m0, digest = self.probe
+        partials = []
+        for j in sorted(answers):
+            values, challenge, response = answers[j]
+            partial = PartialDecryption(
+                party_id=prm.parties[j - 1],
+                index=j,
+                key_fingerprint=public.fingerprint,
+                ciphertexts_digest=digest,
+                values=tuple(values),
+                proof=DecryptionProof(challenge, response),
+            )
+            verify_partial_decryption(public, [c], partial, ciphertexts_digest=digest)
+            partials.append(partial)
+        failing = []
+        for subset in itertools.combinations(partials, prm.threshold):
+            try:
+                ok = combine_verified_partials(public, 1, list(subset)) == [m0]
+            except CryptoError:
+                ok = False
+            if not ok:
+                failing.append({p.party_id for p in subset})
+        if failing:
+            common = set.intersection(*failing)
+            who = sorted(common)[0] if len(common) == 1 else None
+            raise CryptoError(
+                "the generated key does not decrypt with every set of holders"
+                + (f": holder {who!r}'s share or verification key is wrong" if who else ""),
+                party=who,
+            )
+        self.transcript = hashlib.sha256(
+            b"fedlora/keygen/transcript\0"
+            + repr(
+                (
+                    prm.session.hex(),
+                    public.n,
+                    self.answers,
+                    sorted(self.residues.items()),
+                    self.theta,
+                    public.fingerprint.hex(),
+                )
+            ).encode()
+        ).digest()
+        self.state = "transcript"
+        return _broadcast(prm, self.transcript)
+
+    def _on_transcript(self, seen: Mapping[int, Any]) -> None:
+        if any(not hmac.compare_digest(bytes(d), self.transcript) for d in seen.values()):
+            raise CryptoError(
+                "the holders saw different public values (a holder sent different values to "
+                "different holders): no key"
+            )
+        assert self.public is not None and self.share is not None
+        self.result = PartyResult(
+            self.public, self.share, self.opened, self.tested, self.passes, self.transcript
+        )
+        self.state = "done"
+        return None
 
 
 def run_party(
     params: KeygenParams, index: int, exchange: Exchange, *, max_passes: int = 64
 ) -> PartyResult:
-    """Holder ``index``'s whole key generation, every message through ``exchange``. Every holder
-    takes the same branches: each decision is on values all of them received.
+    """Holder ``index``'s whole key generation (:class:`PartyRun`), every message through
+    ``exchange``.
 
     Raises:
-        CryptoError: no modulus within ``max_passes`` batches, or residues that disagree.
+        CryptoError: no modulus within ``max_passes`` batches, or a holder's fault.
     """
-    party = KeygenParty(params, index)
-    trial = math.prod(small_primes(1, params.trial_bound))
-    opened = tested = 0
-    for passes in range(1, max_passes + 1):
-        # 1. sieved candidates
-        party.sieve_received(exchange(party.sieve_start()))
-        while (sent := party.sieve_multiply()) is not None:
-            party.sieve_reduced(exchange(sent))
-        party.sieve_finish()
-        # 2. the moduli, 3. trial division
-        products = exchange(
-            _broadcast(params, party.modulus_products(exchange(party.modulus_shares())))
-        )
-        opened += params.batch
-        moduli = {}
-        for k in range(params.batch):
-            n = interpolate_field({j: products[j][k] for j in products}, params.field_prime)
-            if n.bit_length() == params.bits and gmpy2.gcd(n, trial) == 1:
-                moduli[k] = n
-        tested += len(moduli)
-        # 4. biprimality, committed before revealed: the first round for every survivor at
-        # once, the rest for each that passes it
-        first = _committed(
-            params,
-            exchange,
-            {k: party.biprimality_answers(k, n, range(1)) for k, n in moduli.items()},
-        )
-        for k, n in moduli.items():
-            if not _passes(n, [first[j][k] for j in sorted(first)]):
-                continue
-            rest = _committed(
-                params,
-                exchange,
-                party.biprimality_answers(k, n, range(1, params.biprimality_rounds)),
-            )
-            if _passes(n, [rest[j] for j in sorted(rest)]):
-                party.choose(k, n)
-                public = [[first[j][k], rest[j]] for j in sorted(rest)]
-                return _key(params, party, exchange, opened, tested, passes, public)
-    raise CryptoError(f"no biprime modulus in {max_passes} batches of {params.batch} candidates")
-
-
-def _key(
-    params: KeygenParams,
-    party: KeygenParty,
-    exchange: Exchange,
-    opened: int,
-    tested: int,
-    passes: int,
-    answers: list[list[Any]],
-) -> PartyResult:
-    n = party.modulus
-    # Every holder sends to every holder in every round (the others' reshare is empty), so a
-    # missing message is always a fault the exchange can name.
-    reshared = exchange(party.key_reshare(exchange(party.key_shares())) or _broadcast(params, None))
-    residue = party.key_finish(reshared)
-    residues = exchange(_broadcast(params, residue))
-    theta = theta_from_residues(residues, n, params.threshold, params.parties)
-    v = square_from_transcript(n, params.session)
-    mine = verification_key(n, v, params.delta, party.key_share)
-    vks = exchange(_broadcast(params, mine))
-    public = ThresholdPublicKey(
-        n=n,
-        threshold=params.threshold,
-        party_ids=params.parties,
-        v=v,
-        verification_keys=tuple(vks[j] for j in sorted(vks)),
-        theta=theta,
-        share_bits=share_bound_bits(params),
-    )
-    share = KeyShare(
-        params.parties[party.index - 1], party.index, party.key_share, public.fingerprint
-    )
-    _probe(params, public, share, exchange)
-    transcript = hashlib.sha256(
-        b"fedlora/keygen/transcript\0"
-        + repr(
-            (
-                params.session.hex(),
-                n,
-                answers,
-                sorted(residues.items()),
-                theta,
-                public.fingerprint.hex(),
-            )
-        ).encode()
-    ).digest()
-    seen = exchange(_broadcast(params, transcript))
-    if any(not hmac.compare_digest(bytes(d), transcript) for d in seen.values()):
-        raise CryptoError(
-            "the holders saw different public values (a holder sent different values to "
-            "different holders): no key"
-        )
-    return PartyResult(public, share, opened, tested, passes, transcript)
-
-
-def _probe(
-    params: KeygenParams, public: ThresholdPublicKey, share: KeyShare, exchange: Exchange
-) -> None:
-    """Before the key is accepted, every holder decrypts a ciphertext derived from the session
-    (a plaintext nobody chose) with a proof, and every t-subset of the answers must combine to
-    it: a share or verification key that is wrong is found here, and its holder named.
-
-    Raises:
-        CryptoError, VerificationError: naming the holder (``party``) where one can be named.
-    """
-    n, n2 = public.n, public.nsquare
-    seed = hashlib.shake_256(b"fedlora/keygen/probe\0" + params.session + public.fingerprint)
-    stream = seed.digest(2 * ((n2.bit_length() + 7) // 8) + 32)
-    half = len(stream) // 2
-    m0 = int.from_bytes(stream[:half], "big") % n
-    r0 = int.from_bytes(stream[half:], "big") % n or 1
-    c = (1 + m0 * n) * int(gmpy2.powmod(r0, n, n2)) % n2
-    mine = partial_decrypt(public, share, [c], backend=None)
-    answers = exchange(
-        _broadcast(params, (list(mine.values), mine.proof.challenge, mine.proof.response))
-    )
-    digest = mine.ciphertexts_digest
-    partials = []
-    for j in sorted(answers):
-        values, challenge, response = answers[j]
-        partial = PartialDecryption(
-            party_id=params.parties[j - 1],
-            index=j,
-            key_fingerprint=public.fingerprint,
-            ciphertexts_digest=digest,
-            values=tuple(values),
-            proof=DecryptionProof(challenge, response),
-        )
-        verify_partial_decryption(public, [c], partial, ciphertexts_digest=digest)
-        partials.append(partial)
-    failing = []
-    for subset in itertools.combinations(partials, params.threshold):
-        try:
-            ok = combine_verified_partials(public, 1, list(subset)) == [m0]
-        except CryptoError:
-            ok = False
-        if not ok:
-            failing.append({p.party_id for p in subset})
-    if failing:
-        common = set.intersection(*failing)
-        who = sorted(common)[0] if len(common) == 1 else None
-        raise CryptoError(
-            "the generated key does not decrypt with every set of holders"
-            + (f": holder {who!r}'s share or verification key is wrong" if who else ""),
-            party=who,
-        )
+    run = PartyRun(params, index, max_passes=max_passes)
+    outgoing: Outgoing | None = run.start()
+    while outgoing is not None:
+        outgoing = run.step(exchange(outgoing))
+    assert run.result is not None
+    return run.result
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ from fedlora.client._member import Federation, Member
 from fedlora.config import ClientConfig, load_client_config
 from fedlora.crypto import (
     ObfuscatorPool,
+    ThresholdPublicKey,
     sign_digest,
 )
 from fedlora.errors import (
@@ -405,7 +406,7 @@ def _refusal(msg: Message, reason: str, session: FlowerSession | None = None) ->
 
 # The fedlora steps each Flower message type may carry; any other message is refused.
 STEPS: dict[str, frozenset[str]] = {
-    MessageType.TRAIN: frozenset({w.JOIN, w.TRAIN, w.DECRYPT, w.RELEASE, w.KEEP}),
+    MessageType.TRAIN: frozenset({w.JOIN, w.TRAIN, w.DECRYPT, w.RELEASE, w.KEEP, w.KEYGEN}),
     MessageType.EVALUATE: frozenset({w.EVALUATE}),
 }
 RECORD_EVERY_S = 60.0  # one ledger entry a minute per kind of refusal; the rest are counted
@@ -454,6 +455,8 @@ def make_fedlora_mod(client_configs: str | Path | None = None) -> Any:
             lock = StateLock(config.state_dir, "fedlora node", wait_s=LOCK_WAIT_S)
             if step is None or step not in STEPS.get(msg.metadata.message_type, ()):
                 return _stray(config, msg, step)  # never the user's code
+            if step == w.KEYGEN:
+                return Message(_keygen(config, msg), reply_to=msg)
             session = FlowerSession(config)
             session.transport.load(msg.content)
             if step == w.JOIN:
@@ -519,6 +522,78 @@ def _join(session: FlowerSession, msg: Message) -> RecordDict:
         **session.marks(),
     )
     return content
+
+
+def _keygen(config: ClientConfig, msg: Message) -> RecordDict:
+    """One step of key generation without a dealer (:mod:`fedlora.flower._keygen`): say who this
+    node is (a holder adds its nonce), run a round, or accept the outcome. A fault this holder
+    finds is its answer, with whom it blames; its attempt is then forgotten."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from fedlora.ceremony._generate import KeygenOutcome, KeygenStart
+    from fedlora.client._keygen import KeygenDone, PushKeygen
+    from fedlora.client._member import _private_key
+    from fedlora.client._ui import Reporter
+    from fedlora.flower._keygen import keygen_binding
+
+    signing = _private_key(config.keys.signing_key, "keys.signing_key", Ed25519PrivateKey)
+    x25519 = _private_key(config.keys.x25519_key, "keys.x25519_key", X25519PrivateKey)
+    push = PushKeygen(config, signing, x25519)
+    phase = w.scalar(msg.content, "phase")
+    content = RecordDict()
+    if phase == "hello":
+        challenge = w.blob(msg.content, "challenge", max_bytes=64)
+        nonce = push.hello() if push.holds else b""
+        digest = join_digest(
+            config.federation_id, msg.metadata.dst_node_id, challenge, keygen_binding(nonce)
+        )
+        blobs = {"signature": sign_digest(signing, digest), "nonce": nonce}
+        return w.put(content, w.KEYGEN, blobs, party=config.id)
+    if phase == "outcome":
+        signatures = {
+            name[len("sig.") :]: w.blob(msg.content, name, max_bytes=64)
+            for name in msg.content.array_records[w.BLOBS]
+            if name.startswith("sig.")
+        }
+        key_json = w.blob(msg.content, "key", max_bytes=1 << 20)
+        outcome = KeygenOutcome(
+            w.blob(msg.content, "session", max_bytes=64),
+            ThresholdPublicKey.from_json(key_json),
+            w.blob(msg.content, "transcript", max_bytes=64),
+            signatures,
+        )
+        push.accept(outcome, Reporter(Console(stderr=True)))
+        return w.put(content, w.KEYGEN, {}, accepted=1)
+    try:
+        if phase == "start":
+            raw = w.blob(msg.content, "nonces", max_bytes=32 * 1024)
+            start = KeygenStart(
+                config.federation_id,
+                int(w.scalar(msg.content, "attempt")),
+                tuple(w.blob(msg.content, "holders", max_bytes=w.SMALL).decode().split("\n")),
+                tuple(raw[i : i + 32] for i in range(0, len(raw), 32)),
+                int(w.scalar(msg.content, "threshold")),
+                int(w.scalar(msg.content, "bits")),
+            )
+            answer: dict[str, bytes] | KeygenDone = push.first(start)
+        elif phase == "round":
+            delivered = {h: w.blob(msg.content, f"in.{h}") for h in push.holders if h != config.id}
+            answer = push.step(int(w.scalar(msg.content, "round")), delivered)
+        else:
+            raise ProtocolError(f"unknown key generation phase {phase!r}")
+    except FedLoraError as exc:
+        push.forget()
+        print(f"{config.id}: key generation stopped: {exc}", file=sys.stderr)
+        return w.put(content, w.KEYGEN, {}, reason=str(exc)[:500], blame=exc.party or "")
+    if isinstance(answer, KeygenDone):
+        blobs = {
+            "key": answer.public_key.to_json(),
+            "transcript": answer.transcript,
+            "signature": answer.signature,
+        }
+        return w.put(content, w.KEYGEN, blobs, done=1)
+    return w.put(content, w.KEYGEN, {f"out.{r}": m for r, m in answer.items()})
 
 
 def _receipt(session: FlowerSession) -> None:

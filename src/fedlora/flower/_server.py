@@ -47,12 +47,14 @@ from flwr.serverapp.strategy import Result, Strategy
 from fedlora import rpc
 from fedlora.config import CoordinatorConfig, Party, load_coordinator_config
 from fedlora.coordinator import Coordinator, build_engine, spec_source
+from fedlora.coordinator._keygen import keygen_service, write_generated_key
 from fedlora.crypto import ModexpBackend, verify_signature
 from fedlora.errors import ConfigError, FedLoraError, ProtocolError
 from fedlora.flower import _wire as w
 from fedlora.flower._client import flatten
 from fedlora.flower._decrypting import Decryption
 from fedlora.flower._identity import join_digest
+from fedlora.flower._keygen import FlowerKeygen
 from fedlora.flower._nodes import Nodes, grouped
 from fedlora.protocol import FLOWER_LAYOUT, Stage, canonical_spec
 from fedlora.v1 import federation_pb2
@@ -142,6 +144,11 @@ class FedloraStrategy(Strategy):
         # The arrays' layout goes into the log's federation_started entry: members render the
         # versions they keep with the layout the log names, not one a message brings.
         layout = [[k, list(a.shape), str(a.dtype)] for k, a in arrays.items()]
+        service = keygen_service(self.config)
+        if service is not None:  # the holders generate the key first, relayed by this server
+            assert self.grid is not None
+            outcome = FlowerKeygen(self.config, service, self.grid, self.timeout).run()
+            write_generated_key(self.config, outcome)
         try:
             self.engine = build_engine(
                 self.config,

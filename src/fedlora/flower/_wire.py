@@ -23,6 +23,7 @@ BLOBS = "fedlora.blobs"  # ArrayRecord: name -> uint8 Array
 
 JOIN, TRAIN, DECRYPT, RELEASE, KEEP = "join", "train", "decrypt", "release", "keep"
 EVALUATE = "evaluate"  # an evaluate message: the model to evaluate is the verified global
+KEYGEN = "keygen"  # key generation without a dealer, before round 1 (flower._keygen)
 PARTIAL_HEADER, PARTIAL = "partial_header:", "partial:"  # + the chunk's first record
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 import math
 import threading
+from typing import Any
 
 import gmpy2
 import pytest
@@ -219,26 +220,22 @@ def test_a_holder_that_changes_its_committed_answer_or_holds_a_wrong_share_is_na
     import fedlora.crypto._keygen as kg
 
     params = KeygenParams(parties=PARTIES, threshold=3, bits=512, batch=128, session=b"commit")
-    real_committed = kg._committed
+    real_opening = kg.PartyRun._opening
 
-    def lying_committed(params, exchange, value):  # type: ignore[no-untyped-def]
-        if threading.current_thread().name != "holder-2":
-            return real_committed(params, exchange, value)
-        # bank-b commits to its answers, then reveals others (as if it had seen the rest).
-        nonce = b"\x07" * 32
-        exchange(kg._broadcast(params, kg._commitment(nonce, value)))
+    def lying_opening(self):  # type: ignore[no-untyped-def]
+        value, nonce = real_opening(self)
+        if self.index != 2:
+            return value, nonce
+        # bank-b committed to its answers, then reveals others (as if it had seen the rest).
         if isinstance(value, dict):
-            altered = {k: [a + 1 for a in v] for k, v in value.items()}
-        else:
-            altered = [a + 1 for a in value]
-        opened = exchange(kg._broadcast(params, (altered, nonce)))
-        return {j: v for j, (v, _) in opened.items()}
+            return {k: [a + 1 for a in v] for k, v in value.items()}, nonce
+        return [a + 1 for a in value], nonce
 
-    monkeypatch.setattr(kg, "_committed", lying_committed)
+    monkeypatch.setattr(kg.PartyRun, "_opening", lying_opening)
     with pytest.raises(CryptoError, match="'bank-b' revealed biprimality answers other") as exc:
         _named_threads(params)
     assert exc.value.party == "bank-b"
-    monkeypatch.setattr(kg, "_committed", real_committed)
+    monkeypatch.setattr(kg.PartyRun, "_opening", real_opening)
 
     real_finish = KeygenParty.key_finish
 
@@ -301,3 +298,35 @@ def test_a_holder_sending_malformed_sieve_shares_is_named(monkeypatch, fault) ->
     with pytest.raises(CryptoError, match="'hospital-c' sent sieve shares") as exc:
         generate_in_process(params)
     assert exc.value.party == "hospital-c"
+
+
+def test_a_holders_run_survives_being_stored_between_every_round() -> None:
+    """A holder whose transport lasts one message (a Flower ClientApp) keeps its run between
+    messages: every holder's machine pickled and restored after every round still yields one
+    key that decrypts — the machine's state is plain data."""
+    import pickle
+
+    from fedlora.crypto._keygen import PartyRun
+
+    params = KeygenParams(parties=PARTIES, threshold=3, bits=512, batch=128, session=b"stored")
+    runs = {i: PartyRun(params, i) for i in range(1, 6)}
+    outgoing: dict[int, Any] = {i: run.start() for i, run in runs.items()}
+    rounds = 0
+    while any(out is not None for out in outgoing.values()):
+        rounds += 1
+        incoming = {
+            i: {j: out[i] for j, out in outgoing.items() if out is not None and i in out}
+            for i in runs
+        }
+        for i in runs:
+            runs[i] = pickle.loads(pickle.dumps(runs[i]))  # stored on the node, read back
+            outgoing[i] = runs[i].step(incoming[i])
+    results = [runs[i].result for i in runs]
+    assert all(r is not None for r in results)
+    key = results[0].public_key  # type: ignore[union-attr]
+    assert all(r.public_key == key for r in results)  # type: ignore[union-attr]
+    cts = encrypt_batch(key.paillier, [42])
+    shares = [r.share for r in results[:3]]  # type: ignore[union-attr]
+    partials = [partial_decrypt(key, s, cts) for s in shares]
+    assert combine_partial_decryptions(key, cts, partials) == [42]
+    assert rounds > 10

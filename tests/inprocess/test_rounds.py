@@ -475,6 +475,42 @@ def test_a_chunk_whose_early_combination_fails_is_combined_at_the_combining_step
     assert fed.engine.finished and not fed.engine.opening._combining
 
 
+def test_a_partial_that_passed_its_proof_but_does_not_combine_is_named_and_routed_around(
+    tmp_path, monkeypatch
+) -> None:
+    """Without safe primes (a generated key) a proof cannot see a deviation by an element of
+    small order; such a partial never decrypts to a wrong value, it only fails to combine. The
+    coordinator then combines the chunk from another set of holders, names the one in every
+    failing set, and the round closes with the right mean. (Played here by changing bank-a's
+    accepted partial on the coordinator's disk: past its proof, as such a deviation would be.)"""
+    from fedlora.crypto import pack_records, unpack_records
+
+    clock = Clock()
+    layout, fed, deltas = _chunked(tmp_path, monkeypatch, clock)
+    _contribute_and_sign(fed)  # hospital-d released
+    first = _starts(fed)[0]
+    assert fed.clients["bank-a"].holder.decrypt(1)
+    e = fed.engine
+    path = e.store.partial_path(1, "bank-a", first)
+    values = unpack_records(path.read_bytes(), e.width)
+    values[0] = values[0] * 4 % e.key.nsquare  # not a multiple of N away: a failed combination
+    path.write_bytes(pack_records(values, e.width))
+    # Act: two more holders release; the chunk's early combinations fail, the engine combines.
+    for pid in ("bank-b", "hospital-c"):
+        assert fed.clients[pid].holder.decrypt(1)
+    assert (1, first) not in e.opening.combined
+    e.tick()
+    # Assert: the round closed with the weighted mean; bank-a is named for that chunk.
+    assert e.finished
+    moved = fed.global_vector().astype(np.float64)
+    total = sum(WEIGHTS.values())
+    expected = sum(WEIGHTS[p] * np.clip(d.astype(np.float64), -1, 1) for p, d in deltas.items())
+    assert np.max(np.abs(moved - expected / total)) <= e.codec.step + 1e-6
+    rejected = [x for x in _events(layout) if x["event"] == "partial_rejected"]
+    assert [x["party"] for x in rejected] == ["bank-a"]
+    assert f"chunk from record {first} does not combine" in rejected[0]["reason"]
+
+
 def test_a_release_cut_short_by_the_network_sends_only_the_missing_chunks_next_time(
     tmp_path, monkeypatch
 ) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
@@ -377,6 +378,61 @@ class Opening:
         assert key is not None
         plaintexts = None
         try:
+            plaintexts = self._try_combine(number, first, holders)
+        finally:
+            with e.changed:
+                self._combining.discard((number, first))
+                r = e.round
+                if plaintexts is not None and r is not None and r.number == number:
+                    self.combined.setdefault((number, first), (plaintexts, tuple(holders)))
+                e.changed.notify_all()
+
+    def _combine_another_way(
+        self, number: int, first: int, holders: list[str]
+    ) -> tuple[list[int], tuple[str, ...]]:
+        """A chunk whose first ``t`` verified partials do not combine: try the other t-subsets of
+        the holders that answered it. Each partial passed its proof, but without safe primes a
+        proof cannot see a deviation by an element of small order (docs/cryptography.md); such a
+        partial never yields a wrong value — only a combination that fails — so the holder in
+        every failing subset and in no working one is named (``partial_rejected``), and the round
+        goes on with a subset that combines, or fails naming it.
+
+        Raises:
+            VerificationError: no t-subset combines (``party``: the holder to blame, if one).
+        """
+        e, key = self.e, self.e.key
+        assert key is not None
+        failing: list[set[str]] = []
+        for subset in itertools.combinations(holders, key.threshold):
+            plaintexts = self._try_combine(number, first, list(subset))
+            if plaintexts is None:
+                failing.append(set(subset))
+                continue
+            blamed = set.intersection(*failing) - set(subset) if failing else set()
+            for pid in sorted(blamed):
+                e.record(
+                    ev.PartialRejected(
+                        reason=f"its partial decryption of the chunk from record {first} does "
+                        "not combine with the others' (it passed its proof: a deviation the "
+                        "proof cannot see without safe primes)",
+                        round=number,
+                        party=pid,
+                    )
+                )
+            return plaintexts, subset
+        common = set.intersection(*failing) if failing else set()
+        who = sorted(common)[0] if len(common) == 1 else None
+        raise VerificationError(
+            f"the partial decryptions of the chunk from record {first} do not combine"
+            + (f" ({who}'s is in every failing set)" if who else ""),
+            party=who,
+        )
+
+    def _try_combine(self, number: int, first: int, holders: list[str]) -> list[int] | None:
+        """One chunk from ``holders``' verified partials, or None if they do not combine."""
+        e, key = self.e, self.e.key
+        assert key is not None
+        try:
             found = self._chunk(number, first)
             assert found is not None
             partials = [
@@ -394,16 +450,9 @@ class Opening:
                 )
                 for pid in holders
             ]
-            plaintexts = combine_verified_partials(key, len(found[0]), partials, backend=e.backend)
-        except Exception:  # the COMBINING job retries this chunk and names the failure
-            plaintexts = None
-        finally:
-            with e.changed:
-                self._combining.discard((number, first))
-                r = e.round
-                if plaintexts is not None and r is not None and r.number == number:
-                    self.combined.setdefault((number, first), (plaintexts, tuple(holders)))
-                e.changed.notify_all()
+            return combine_verified_partials(key, len(found[0]), partials, backend=e.backend)
+        except Exception:
+            return None
 
     def _combine(self, number: int) -> Callable[[], None]:
         """The COMBINING job: combine the chunks not combined yet (after a restart, or while one
@@ -425,9 +474,7 @@ class Opening:
                 with e.lock:
                     done = self.combined.get((number, first))
                 if done is None:
-                    raise VerificationError(
-                        f"the partial decryptions of the chunk from record {first} do not combine"
-                    )
+                    done = self._combine_another_way(number, first, holders)
             plaintexts.extend(done[0])
             decryptors.update(done[1])
         mean = decode(plaintexts, e.codec, length=e.num_parameters, total_weight=r.total_weight)

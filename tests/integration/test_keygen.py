@@ -234,3 +234,100 @@ def test_revoking_a_holder_then_rekeying_lets_the_next_round_close(tmp_path) -> 
 
 def kinds_index(events, kind):  # type: ignore[no-untyped-def]
     return next(i for i, e in enumerate(events) if e["event"] == kind)
+
+
+def test_a_member_that_holds_no_share_then_joins_the_holders_by_a_rekey(tmp_path) -> None:
+    # Arrange: four members, three of them holders of a generated 2-of-3 key; bank-d holds no
+    # share, so it only waits for the key and checks the holders' signatures.
+    parties = [("bank-a", "bank"), ("bank-b", "bank"), ("bank-c", "bank"), ("bank-d", "bank")]
+    layout = prepare_federation(
+        tmp_path,
+        bits=512,
+        parties=parties,
+        decryption_threshold=2,
+        participant_threshold=2,
+        rounds=1,
+        min_clients=4,
+        generate_key=True,
+    )
+    ids = [pid for pid, _ in parties]
+    full = {
+        pid: yaml.safe_load(layout.client_configs[pid].read_text())["keys"]["generation"]["holders"]
+        for pid in ids
+    }
+
+    def holders(keep):  # type: ignore[no-untyped-def]
+        def coordinator(doc):  # type: ignore[no-untyped-def]
+            doc["keys"]["generation"]["holders"] = keep
+
+        def member(pid):  # type: ignore[no-untyped-def]
+            def change(doc):  # type: ignore[no-untyped-def]
+                doc["keys"]["generation"]["holders"] = [h for h in full[pid] if h["id"] in keep]
+
+            return change
+
+        _edit(layout.coordinator_config, coordinator)
+        for pid in ids:
+            _edit(layout.client_configs[pid], member(pid))
+
+    holders(["bank-a", "bank-b", "bank-c"])
+    running = h.serve(layout)
+    try:
+        first = h.run_clients(layout, timeout=300)
+    finally:
+        running.stop(grace=1)
+    assert first == {pid: 0 for pid in ids}, first
+    config = load_coordinator_config(layout.coordinator_config)
+    old_key = ThresholdPublicKey.from_json(config.keys.threshold_public_key.read_bytes())
+    assert old_key.party_ids == ("bank-a", "bank-b", "bank-c")
+    d = load_client_config(layout.client_configs["bank-d"])
+    assert ThresholdPublicKey.from_json(d.keys.threshold_public_key.read_bytes()) == old_key
+    assert not d.keys.key_share.exists()  # bank-d accepted the key, and holds no share of it
+    # Act: bank-d becomes a holder (every configuration says so; one more round); the
+    # coordinator restarts with the change accepted and the four re-key.
+    holders(ids)
+
+    def one_more_round(doc):  # type: ignore[no-untyped-def]
+        doc["federated_learning"]["rounds"] = 2
+
+    _edit(layout.coordinator_config, one_more_round)
+    running = create_server(
+        load_coordinator_config(layout.coordinator_config),
+        port=layout.port,
+        accept_config_change=True,
+    )
+    try:
+        second = h.run_clients(layout, timeout=300)
+        engine = running.wait_ready(10)
+        assert engine.finished
+    finally:
+        running.stop(grace=1)
+    # Assert: round 2 closed under a 2-of-4 key whose shares bank-d holds too; the re-key is
+    # signed by the four and replaces the old key, which every member keeps; the log verifies.
+    assert second == {pid: 0 for pid in ids}, second
+    new_key = ThresholdPublicKey.from_json(config.keys.threshold_public_key.read_bytes())
+    assert new_key.party_ids == tuple(ids) and new_key.fingerprint != old_key.fingerprint
+    x25519 = load_pem_private_key((layout.root / "keys" / "bank-d.x25519").read_bytes(), None)
+    share = open_key_share(
+        d.keys.key_share.read_bytes(), x25519, party_id="bank-d", public_key=new_key
+    )
+    assert share.index == 4
+    for pid in ids:
+        member = load_client_config(layout.client_configs[pid])
+        assert (
+            ThresholdPublicKey.from_json(member.keys.threshold_public_key.read_bytes()) == new_key
+        )
+        kept = member.keys.threshold_public_key.with_name(
+            f"threshold-key.{old_key.fingerprint.hex()[:16]}.json"
+        )
+        assert ThresholdPublicKey.from_json(kept.read_bytes()) == old_key
+    events = _events(layout.coordinator_config)
+    rekey = [e for e in events if e["event"] == "key_generated"][-1]
+    assert rekey["replaces"] == old_key.fingerprint.hex()
+    assert sorted(rekey["signatures"]) == ids
+    closed = [e for e in events if e["event"] == "round_closed"]
+    assert [e["round"] for e in closed] == [1, 2]
+    assert sorted(closed[1]["participants"]) == ids
+    entries, checkpoints, _ = read_log_files(config.state_dir / "audit")
+    verify_log(entries, checkpoints, bytes.fromhex(layout.coordinator_public_key))
+    assert len(check_logged_keys(events, "fedlora-demo")) == 2

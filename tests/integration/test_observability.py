@@ -237,3 +237,47 @@ def test_audit_show_covers_every_event_with_times_failures_and_restarts(tmp_path
     )
     said = " ".join(table.stdout.split())
     assert "at collecting:" in said and "coordinator_restarted" in said and "access_denied" in said
+
+
+def test_the_metrics_endpoint_serves_while_the_holders_generate_the_key(tmp_path) -> None:
+    # Arrange: a federation whose holders generate its key; the endpoint is on from the start.
+    layout = prepare_federation(
+        tmp_path, bits=BITS, decryption_threshold=2, rounds=1, min_clients=3, generate_key=True
+    )
+    config = load_coordinator_config(layout.coordinator_config)
+    config = dataclasses.replace(
+        config, server=dataclasses.replace(config.server, metrics="127.0.0.1:0")
+    )
+    running = h.serve(layout, config)
+    assert running.metrics is not None
+    port = running.metrics.port
+    before = _scrape(port)  # nobody has come yet
+    scrapes: list[dict[str, float]] = []
+    done = threading.Event()
+
+    def scraper() -> None:
+        while not done.is_set():
+            scrapes.append(_scrape(port))
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=scraper, daemon=True)
+    try:
+        thread.start()
+        results = h.run_clients(layout, timeout=300)
+        done.set()
+        thread.join(10)
+        final = _scrape(port)
+    finally:
+        running.stop(grace=1)
+    assert results == {pid: 0 for pid in layout.client_configs}
+    # Before the key: pending, no round; during: an attempt whose messages are relayed.
+    assert before["fedlora_key_pending"] == 1 and before["fedlora_round"] == 0
+    generating = [s for s in scrapes if s["fedlora_key_pending"] == 1]
+    assert any(s["fedlora_keygen_attempt"] == 1 for s in generating)
+    assert any(s["fedlora_keygen_relayed_bytes"] > 0 for s in generating)
+    # After: the key is there, its entries counted, and the round ran on the same endpoint.
+    assert final["fedlora_key_pending"] == 0
+    assert final['fedlora_audit_events_total{kind="keygen_started"}'] == 1
+    assert final['fedlora_audit_events_total{kind="key_generated"}'] == 1
+    assert final['fedlora_rounds_ended_total{outcome="closed"}'] == 1
+    assert final["fedlora_keygen_relayed_bytes"] > 0

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fedlora import events as ev
 from fedlora._files import replace_file, write_new_file
@@ -101,6 +102,8 @@ class KeygenService:
         self.outcome: KeygenOutcome | None = None
         self.changed = threading.Condition()
         self.done = threading.Event()  # set once a key is accepted
+        # the audit log's observers (log lines, metrics) — set by keygen_service
+        self.observers: list[Callable[[str, int, dict[str, Any]], None]] = []
 
     # -- waiting ---------------------------------------------------------------------------------
     def _wait(self, ready: Callable[[], bool]) -> bool:
@@ -471,7 +474,7 @@ def keygen_service(config: CoordinatorConfig) -> KeygenService | None:
                 reason="the coordinator restarted during the attempt",
             )
         )
-    return KeygenService(
+    service = KeygenService(
         federation_id=config.federation_id,
         holders=gen.holders,
         threshold=config.federated_learning.decryption_threshold,
@@ -483,6 +486,8 @@ def keygen_service(config: CoordinatorConfig) -> KeygenService | None:
         first_attempt=attempts + 1,
         previous=current,
     )
+    service.observers = audit.observers
+    return service
 
 
 def install_key(path: Path, key: ThresholdPublicKey) -> None:

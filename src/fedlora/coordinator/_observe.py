@@ -61,14 +61,16 @@ class Metrics:
     """Prometheus metrics for one coordinator, served on ``address`` (HOST:PORT).
 
     Counters follow the audit log (so they restart from zero with the process, as Prometheus
-    expects); gauges are read from the engine when scraped.
+    expects); gauges are read from the engine when scraped. ``slot`` holds the engine, which does
+    not exist yet while the holders generate the key (``keygen``): then the endpoint already
+    serves, with ``fedlora_key_pending`` at 1 and the generation's progress.
     """
 
-    def __init__(self, engine: Any, address: str) -> None:
+    def __init__(self, slot: Any, address: str, keygen: Any = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
         from prometheus_client.exposition import start_http_server
 
-        self.engine = engine
+        self.slot, self.keygen = slot, keygen
         reg = self.registry = CollectorRegistry()
         self.events = Counter(
             "fedlora_audit_events", "Audit entries written, by kind", ["kind"], registry=reg
@@ -93,27 +95,56 @@ class Metrics:
             registry=reg,
         )
         gauge: Callable[..., Any] = Gauge
+        read = self._read
         gauge("fedlora_round", "The open round", registry=reg).set_function(
-            lambda: engine.round.number if engine.round else 0
+            read(lambda e: e.round.number if e.round else 0)
         )
         stage = gauge("fedlora_stage", "1 for the stage the round is in", ["stage"], registry=reg)
         from fedlora.protocol import Stage
 
+        def is_stage(s: Stage) -> Callable[[Any], bool]:
+            return lambda e: e.stage is s
+
         for s in Stage:
-            stage.labels(s.value).set_function(lambda s=s: float(engine.stage is s))
+            stage.labels(s.value).set_function(read(is_stage(s)))
         gauge(
             "fedlora_round_contributions", "Contributions stored for the open round", registry=reg
-        ).set_function(lambda: len(engine.round.contributions) if engine.round else 0)
+        ).set_function(read(lambda e: len(e.round.contributions) if e.round else 0))
         gauge(
             "fedlora_quorum_reachable",
             "1 while the share holders not revoked can still reach the ticket quorum",
             registry=reg,
-        ).set_function(lambda: float(engine.admission.blocked is None))
+        ).set_function(read(lambda e: e.admission.blocked is None))
         gauge(
             "fedlora_holders_reachable",
             f"Share holders (not revoked) heard from in the last {HOLDER_FRESH_S:.0f} s",
             registry=reg,
-        ).set_function(self._holders_reachable)
+        ).set_function(read(self._holders_reachable))
+        gauge(
+            "fedlora_key_pending",
+            "1 while the share holders generate the federation's key (no round runs yet)",
+            registry=reg,
+        ).set_function(lambda: float(self.slot.engine is None))
+        gauge(
+            "fedlora_keygen_attempt",
+            "The key generation attempt in progress (0: none)",
+            registry=reg,
+        ).set_function(self._keygen(lambda k: k.current.start.attempt if k.current else 0))
+        gauge(
+            "fedlora_keygen_holders_waiting",
+            "Share holders that asked to start the next key generation attempt",
+            registry=reg,
+        ).set_function(self._keygen(lambda k: len(k.pending)))
+        gauge(
+            "fedlora_keygen_slowest_round",
+            "The message round the slowest holder is in (the attempt in progress)",
+            registry=reg,
+        ).set_function(self._keygen(lambda k: min(k.current.posted.values()) if k.current else 0))
+        gauge(
+            "fedlora_keygen_relayed_bytes",
+            "Bytes of sealed key generation messages relayed (every attempt)",
+            registry=reg,
+        ).set_function(self._keygen(lambda k: k.relayed))
         self._last: tuple[int, str, float] | None = None  # (round, event, time) of the last step
         self._lock = threading.Lock()
         host, _, port = address.rpartition(":")
@@ -122,13 +153,34 @@ class Metrics:
         )
         self.port = int(self.server.server_address[1])
 
-    def _holders_reachable(self) -> float:
-        key = self.engine.key
+    def _read(self, read: Callable[[Any], Any]) -> Callable[[], float]:
+        """A gauge's reading of the engine, 0 while there is none (the key being generated)."""
+
+        def value() -> float:
+            engine = self.slot.engine
+            return 0.0 if engine is None else float(read(engine))
+
+        return value
+
+    def _keygen(self, read: Callable[[Any], Any]) -> Callable[[], float]:
+        """A gauge's reading of the key generation (read under its lock), 0 without one."""
+
+        def value() -> float:
+            keygen = self.keygen
+            if keygen is None:
+                return 0.0
+            with keygen.changed:
+                return float(read(keygen))
+
+        return value
+
+    def _holders_reachable(self, engine: Any) -> float:
+        key = engine.key
         if key is None:
             return 0.0
         now = time.monotonic()
-        seen = self.engine.admission.last_seen
-        revoked = self.engine.admission.revoked
+        seen = engine.admission.last_seen
+        revoked = engine.admission.revoked
         return float(
             sum(
                 1
@@ -147,7 +199,9 @@ class Metrics:
             self.contributions.inc()
             records = fields.get("record_count")
             if isinstance(records, int):
-                self.contribution_bytes.inc(records * self.engine.width)
+                engine = self.slot.engine
+                if engine is not None:
+                    self.contribution_bytes.inc(records * engine.width)
         elif kind in ("round_closed", "round_failed"):
             self.rounds.labels("closed" if kind == "round_closed" else "failed").inc()
         if kind in _STEPS and "round" in fields:

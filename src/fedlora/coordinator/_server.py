@@ -207,9 +207,9 @@ def create_server(
         (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     metrics = None
-    if config.server.metrics and slot.engine is not None:
+    if config.server.metrics:
         try:
-            metrics = Metrics(slot.engine, config.server.metrics)
+            metrics = Metrics(slot, config.server.metrics, keygen)
         except OSError as exc:
             lock.release()
             server.start()
@@ -217,7 +217,10 @@ def create_server(
             raise ConfigError(
                 f"server.metrics: cannot serve metrics on {config.server.metrics}: {exc.strerror}"
             ) from None
-        slot.engine.audit.observers.append(metrics)
+        if slot.engine is not None:
+            slot.engine.audit.observers.append(metrics)
+        if keygen is not None:
+            keygen.observers.append(metrics)
     server.start()
     running = Running(server, bound, slot, lock, metrics=metrics, keygen=keygen)
     if slot.engine is not None:
@@ -248,6 +251,8 @@ def _after_keygen(running: Running, config: CoordinatorConfig, accept_config_cha
         log.error(f"cannot start after key generation: {exc}")
         running.ready.set()
         return
+    if running.metrics is not None:
+        engine.audit.observers.append(running.metrics)
     running.slot.engine = engine
     running.driver = Driver(engine).start()
     running.ready.set()

@@ -3,12 +3,15 @@ Flower messages, each holder's node keeps its run sealed between messages, and e
 accepts the key only with a quorum of holders' signatures. The grid is in-process
 (tests/adversarial/flower_grid.py); the mods, the engine, the cryptography and the disk are real.
 The attacker: a ServerApp (or SuperLink) that alters a sealed message in transit, and one that
-hands the members another key than the holders generated."""
+hands the members another key than the holders generated. And a re-key over Flower: a holder
+revoked, the others generate a new key before the next round, only when the operator accepts the
+change."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
 from flwr.app import Array
 
 from fedlora.ceremony._generate import check_logged_keys
@@ -97,3 +100,54 @@ def test_members_refuse_a_key_the_holders_did_not_sign(tmp_path) -> None:
     refusals = [r for n in grid.ids for r in grid.refusals(n)]
     assert sum("carries 0 valid holder signatures, 3 are required" in r for r in refusals) == 4
     assert ("round_closed", 1) not in g.outcomes(layout)
+
+
+def test_revoking_a_holder_rekeys_over_flower_and_the_next_round_closes(tmp_path) -> None:
+    # Arrange: the four generate a 2-of-4 key over Flower; round 1 closes under it.
+    layout = g.federation(tmp_path, rounds=1, generate_key=True)
+    grid = g.Grid(layout.root)
+    g.strategy(layout).start(grid, g.initial_arrays(), num_rounds=1)
+    config = load_coordinator_config(layout.coordinator_config)
+    old = ThresholdPublicKey.from_json(config.keys.threshold_public_key.read_bytes())
+    assert g.outcomes(layout) == [("round_closed", 1)]
+    # Act: bank-03 is revoked and leaves the holders (the coordinator's YAML and the three
+    # others' say so); one more round.
+    remaining = ["bank-00", "bank-01", "bank-02"]
+    doc = yaml.safe_load(layout.coordinator_config.read_text())
+    doc["keys"]["generation"]["holders"] = remaining
+    doc["federated_learning"]["rounds"] = 2
+    next(p for p in doc["parties"] if p["id"] == "bank-03")["revoked"] = True
+    layout.coordinator_config.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    def member(doc):  # type: ignore[no-untyped-def]
+        gen = doc["keys"]["generation"]
+        gen["holders"] = [x for x in gen["holders"] if x["id"] in remaining]
+
+    for pid in remaining:
+        g.edit_client(layout, pid, member)
+    # Without the operator's acceptance nothing starts: no attempt, the key unchanged.
+    with pytest.raises(ConfigError, match="run config fedlora-accept-config-change=true"):
+        g.strategy(layout).start(grid, g.initial_arrays(), num_rounds=1)
+    assert [e for e in g.events(layout) if e["event"] == "keygen_started"][-1]["attempt"] == 1
+    accepted = {"fedlora-accept-config-change": True}
+    g.strategy(layout, run_config=accepted).start(grid, g.initial_arrays(), num_rounds=1)
+    # Assert: round 2 closed under a new 2-of-3 key the three hold, which every one of them
+    # accepted (signed by a quorum of the old key's holders too); the old key and shares are
+    # kept beside the new ones; the log records the re-key and verifies key by key.
+    assert g.outcomes(layout) == [("round_closed", 1), ("round_closed", 2)]
+    new = ThresholdPublicKey.from_json(config.keys.threshold_public_key.read_bytes())
+    assert new.party_ids == tuple(remaining) and new.fingerprint != old.fingerprint
+    keys = _keys(layout)
+    assert {keys[pid] for pid in remaining} == {new} and keys["bank-03"] == old
+    prefix = old.fingerprint.hex()[:16]
+    for pid in remaining:
+        member_keys = load_client_config(layout.client_configs[pid]).keys
+        for path in (member_keys.threshold_public_key, member_keys.key_share):
+            assert path.with_name(f"{path.stem}.{prefix}{path.suffix}").exists(), path
+    events = g.events(layout)
+    rekey = [e for e in events if e["event"] == "key_generated"][-1]
+    assert rekey["replaces"] == old.fingerprint.hex()
+    assert sorted(rekey["signatures"]) == remaining
+    assert len(check_logged_keys(events, config.federation_id)) == 2
+    closed = [e for e in events if e["event"] == "round_closed"]
+    assert "bank-03" not in closed[1]["participants"]

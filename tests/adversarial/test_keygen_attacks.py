@@ -13,7 +13,9 @@ of gRPC, the cryptography or the disk is mocked. The attacker, test by test:
   blaming it, and the other holders stop with an error naming it;
 * parties that hold no share (an enrolled non-holder, and a certificate the federation's CA
   issued to someone never enrolled) call the holders' methods: each is refused, nothing recorded;
-* a holder signs its messages with another key than the one the others pin: they name it.
+* a holder signs its messages with another key than the one the others pin: they name it;
+* a holder commits to wrong biprimality answers, throwing every candidate away: the batch is
+  opened and the first biprime it threw away names it.
 """
 
 from __future__ import annotations
@@ -435,4 +437,37 @@ def test_a_holder_signing_with_another_key_than_its_pinned_one_is_named(tmp_path
     assert all(isinstance(results[pid], RemoteError) for pid in {impostor} | honest - reporters)
     (aborted,) = _events(layout, "keygen_aborted")
     assert aborted.get("party") == impostor and aborted.get("reported_by") in reporters
+    _assert_no_key_anywhere(layout)
+
+
+def test_a_holder_throwing_biprimes_away_with_wrong_answers_is_named(monkeypatch, tmp_path) -> None:
+    # Arrange: hospital-c (index 3) commits to wrong biprimality answers: every candidate fails.
+    from fedlora.crypto._keygen import KeygenParty
+
+    real = KeygenParty.biprimality_answers
+
+    def lying(self, candidate, n, rounds):  # type: ignore[no-untyped-def]
+        answers = real(self, candidate, n, rounds)
+        return [a * 2 % n for a in answers] if self.index == 3 else answers
+
+    monkeypatch.setattr(KeygenParty, "biprimality_answers", lying)
+    layout = _federation(tmp_path)
+    running, _ = _serve(layout)
+    try:
+        # Act: one attempt of every holder.
+        results = _in_threads(
+            {pid: functools.partial(_holder_once, layout, pid) for pid in HOLDERS}, timeout=120
+        )
+    finally:
+        running.stop(grace=1)
+    # Assert: the first batch is opened, hospital-c is named, the log says so, and no key.
+    named = [r for r in results.values() if isinstance(r, CeremonyAborted)]
+    assert named, results
+    for result in named:
+        assert result.party == "hospital-c"
+        assert "gave a wrong biprimality answer" in str(result)
+    assert all(isinstance(r, (CeremonyAborted, RemoteError)) for r in results.values()), results
+    (aborted,) = _events(layout, "keygen_aborted")
+    assert aborted.get("party") == "hospital-c"
+    assert "wrong biprimality answer" in aborted["reason"]
     _assert_no_key_anywhere(layout)

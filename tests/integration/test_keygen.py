@@ -19,7 +19,7 @@ from fedlora.ceremony._generate import check_logged_keys
 from fedlora.config import load_client_config, load_coordinator_config
 from fedlora.coordinator import create_server
 from fedlora.crypto import ThresholdPublicKey, open_key_share
-from fedlora.errors import VerificationError
+from fedlora.errors import ConfigError, VerificationError
 from fedlora.events import KeyGenerated, KeygenStarted, parse_event
 from tests.integration import helpers as h
 from tests.integration.helpers import prepare_federation
@@ -171,6 +171,10 @@ def test_revoking_a_holder_then_rekeying_lets_the_next_round_close(tmp_path) -> 
     _edit(layout.coordinator_config, coordinator)
     for pid in remaining:
         _edit(layout.client_configs[pid], member)
+    # Without the operator's acceptance the coordinator does not start: no attempt is made.
+    with pytest.raises(ConfigError, match="start with --accept-config-change to re-key"):
+        create_server(load_coordinator_config(layout.coordinator_config), port=layout.port)
+    assert _events(layout.coordinator_config) == before
     running = create_server(
         load_coordinator_config(layout.coordinator_config),
         port=layout.port,

@@ -340,15 +340,33 @@ class PushKeygen:
         self._save(state)
         return {self.holders[j - 1]: m for j, m in sealed.items()}
 
+    def previous(self) -> ThresholdPublicKey | None:
+        """The key a re-key replaces: the one this node holds, when its holders are not the
+        ones ``keys.generation`` names (a holder revoked or added)."""
+        path = self.config.keys.threshold_public_key
+        if not path.exists():
+            return None
+        try:
+            key = ThresholdPublicKey.from_json(path.read_bytes())
+        except FedLoraError as exc:
+            raise ConfigError(f"keys.threshold_public_key: {path}: {exc}") from None
+        if key.party_ids == self.holders and key.threshold == self.gen.threshold:
+            return None
+        return key
+
     def accept(self, outcome: KeygenOutcome, ui: Reporter) -> ThresholdPublicKey:
-        """The relay's outcome: accepted only with a quorum of the holders' signatures; then the
-        key (and this holder's share, sealed to itself) is written, and the run forgotten."""
+        """The relay's outcome: accepted only with a quorum of the holders' signatures (for a
+        re-key, of the replaced key's holders too); then the key (and this holder's share,
+        sealed to itself) is written — a replaced key and share kept beside them — and the run
+        forgotten."""
+        previous = self.previous()
         key = accept_outcome(
             outcome,
             federation_id=self.config.federation_id,
             holders=self.holders,
             threshold=self.gen.threshold,
             signing_keys=self.pinned,
+            previous=previous,
         )
         if self.holds:
             result = self._load().get("result")
@@ -357,8 +375,10 @@ class PushKeygen:
                     "the relay's key is not the one this holder generated its share of"
                 )
             blob = seal_key_share(result.share, self.x25519_key.public_key())
+            if previous is not None:
+                _keep(self.config.keys.key_share, previous)
             replace_file(self.config.keys.key_share, blob, mode=0o600)
-        _write_key(self.config, outcome, key)
+        _write_key(self.config, outcome, key, previous=previous)
         self.forget()
         ui.info(
             f"{self.config.id}: accepted key {key.fingerprint.hex()[:16]}… signed by "

@@ -202,6 +202,13 @@ class Member:
         from fedlora.client._keygen import generated_key
 
         keygen = getattr(self.transport, "keygen", None)
+        if keygen is None and previous is not None:
+            raise ConfigError(
+                f"keys.generation names other holders than the key in "
+                f"{self.config.keys.threshold_public_key} ({', '.join(previous.party_ids)}): the "
+                "holders re-key before the next round; on Flower the ServerApp runs it when "
+                "started with the run config fedlora-accept-config-change=true"
+            )
         if keygen is None:
             raise ConfigError(
                 f"keys.generation: {self.config.keys.threshold_public_key} does not exist yet: "

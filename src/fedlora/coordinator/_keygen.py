@@ -416,15 +416,18 @@ def outcome_key_doc(key_json: str) -> dict[str, object]:
     return doc
 
 
-def keygen_service(config: CoordinatorConfig) -> KeygenService | None:
+def keygen_service(
+    config: CoordinatorConfig, *, accept_config_change: bool = False
+) -> KeygenService | None:
     """The Keygen service a coordinator runs before it serves rounds, or None: the key is dealt,
     exists for the configured holders, or the federation is unencrypted. With a key whose
     holders differ from ``keys.generation.holders`` (a holder revoked or added) the service
-    re-keys: the new key needs a quorum of the current key's holders too. A key the log accepted
-    but whose file was not written (a crash in between) is written from the log instead.
+    re-keys — only with ``accept_config_change`` (the operator's ``--accept-config-change``):
+    the new key needs a quorum of the current key's holders too. A key the log accepted but
+    whose file was not written (a crash in between) is written from the log instead.
 
     Raises:
-        ConfigError: a key file that cannot be read.
+        ConfigError: a key file that cannot be read, or a re-key not accepted.
     """
     from fedlora.coordinator._build import load_signing_key, read_file
 
@@ -466,6 +469,14 @@ def keygen_service(config: CoordinatorConfig) -> KeygenService | None:
         and current.threshold == config.federated_learning.decryption_threshold
     ):
         return None
+    if current is not None and not accept_config_change:
+        raise ConfigError(
+            f"keys.generation names a {config.federated_learning.decryption_threshold}-of-"
+            f"{len(gen.holders)} key held by {', '.join(gen.holders)}; the federation's key is "
+            f"{current.threshold}-of-{current.parties} held by {', '.join(current.party_ids)}: "
+            "re-keying changes the federation; restore the holders, or start with "
+            "--accept-config-change to re-key (it is audited)"
+        )
     if open_attempt is not None:
         audit.record(
             ev.KeygenAborted(

@@ -181,7 +181,7 @@ def create_server(
     try:
         if engine is None:
             # No key yet and the holders generate it: serve Keygen first (docs/cryptography.md)
-            keygen = keygen_service(config)
+            keygen = keygen_service(config, accept_config_change=accept_config_change)
             if keygen is None:
                 slot.engine = build_engine(config, accept_config_change=accept_config_change)
     except BaseException:

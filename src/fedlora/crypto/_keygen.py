@@ -25,7 +25,11 @@ Steps, each a pure function of a party's state and the messages it received:
 4. **Biprimality** (Boneh–Franklin): for public ``g`` of Jacobi symbol 1 derived from ``N`` and
    the session, party 1 publishes ``g^((N+1−p₁−q₁)/4)``, party i > 1 ``g^(−(pᵢ+qᵢ)/4) mod N``;
    ``N`` passes a round when the product is ±1. For ``N = p·q`` with ``p ≡ q ≡ 3 (mod 4)``
-   primes it always passes; otherwise each round fails with probability ≥ ½.
+   primes it always passes; otherwise each round fails with probability ≥ ½. Answers are
+   committed before they are revealed; a batch that yields no key is opened (each party's
+   ``pᵢ``, ``qᵢ``, committed with its field shares before any ``N`` was open) and every answer
+   for a tested ``N`` that is a product of two primes is recomputed: a party whose answer threw
+   a biprime away is named.
 5. **The key.** With ``φ = N + 1 − p − q`` additively shared (``φ₁ = N + 1 − p₁ − q₁``,
    ``φᵢ = −pᵢ − qᵢ``) and a random ``β = Σ βᵢ``, the parties share ``φ`` and ``β`` with integer
    Shamir polynomials of degree t−1, multiply locally (degree 2t−2) and reshare each product
@@ -37,7 +41,8 @@ Steps, each a pure function of a party's state and the messages it received:
    (:mod:`fedlora.crypto._threshold`; a dealt key has ``θ = 1``).
 
 What each step reveals: the opened ``N`` of every candidate, its biprimality answers (a
-rejected candidate's, harmless), and ``θ``; everything else travels as Shamir shares of degree
+rejected candidate's, harmless), the additive shares of a batch that yielded no key (all of it
+discarded), and ``θ``; everything else travels as Shamir shares of degree
 t − 1 or masked by a random sharing of zero. This module is the arithmetic only; the ceremony
 (signed, end-to-end encrypted messages relayed by the coordinator, commitments before the
 biprimality answers, blame) is built on it.
@@ -298,6 +303,23 @@ def _share_integer(value: int, degree: int, ell: int, bits: int) -> list[int]:
     return out
 
 
+def biprimality_answers(
+    params: KeygenParams, index: int, p: int, q: int, n: int, rounds: range
+) -> list[int]:
+    """Party ``index``'s answers for its shares ``p``, ``q`` of a candidate with modulus ``n``:
+    party 1 ``g^((n+1−p−q)/4)``, the others ``g^(−(p+q)/4)``, for the ``g`` of each round.
+
+    Raises:
+        CryptoError: the shares lack the residues mod 4 the test needs.
+    """
+    exponent = (n + 1 - p - q) if index == 1 else -(p + q)
+    if exponent % 4:
+        raise CryptoError("the shares of p and q do not have the residues mod 4 the test needs")
+    e = exponent // 4
+    gs = biprimality_generators(n, params.session, rounds.stop)
+    return [int(gmpy2.powmod(gs[r], e, n)) for r in rounds]
+
+
 def biprimality_generators(n: int, session: bytes, rounds: int) -> list[int]:
     """Public ``g₁ … g_k`` of Jacobi symbol 1 modulo ``n``, derived from ``n`` and the session."""
     out: list[int] = []
@@ -461,14 +483,14 @@ class KeygenParty:
         """``g^(±…/4) mod n`` for the public ``g`` of each of ``rounds`` (see the module
         docstring, step 4). Most candidates fail the first round, so it is asked alone."""
         assert self._candidates is not None
-        prm = self.params
         p, q = self._candidates.p[candidate], self._candidates.q[candidate]
-        exponent = (n + 1 - p - q) if self.index == 1 else -(p + q)
-        if exponent % 4:
-            raise CryptoError("the shares of p and q do not have the residues mod 4 the test needs")
-        e = exponent // 4
-        gs = biprimality_generators(n, prm.session, rounds.stop)
-        return [int(gmpy2.powmod(gs[r], e, n)) for r in rounds]
+        return biprimality_answers(self.params, self.index, p, q, n, rounds)
+
+    def candidate_shares(self) -> tuple[list[int], list[int]]:
+        """This party's additive shares of the batch's p's and q's (opened once the whole batch
+        is discarded: :meth:`PartyRun._on_discarded`)."""
+        assert self._candidates is not None
+        return list(self._candidates.p), list(self._candidates.q)
 
     def choose(self, candidate: int, n: int) -> None:
         """Keep candidate ``candidate`` (its modulus ``n`` passed every test); forget the rest."""
@@ -644,6 +666,9 @@ class PartyRun:
         self.moduli: dict[int, int] = {}
         self.first: dict[int, Any] = {}
         self.waiting: list[int] = []  # candidates whose first biprimality round is yet to check
+        self.rest: dict[int, dict[int, Any]] = {}  # candidate -> the holders' other answers
+        self.shares_commit: tuple[tuple[list[int], list[int]], bytes] | None = None
+        self.shares_commitments: dict[int, bytes] = {}  # the holders' commitments to their shares
         self.candidate = 0
         self.commit: tuple[Any, bytes, str] | None = None  # value, nonce, what it answers
         self.commitments: dict[int, Any] = {}
@@ -674,6 +699,7 @@ class PartyRun:
             )
         self.passes += 1
         self.state = "sieve"
+        self.moduli, self.first, self.rest = {}, {}, {}
         return self.party.sieve_start()
 
     def _on_sieve(self, incoming: Mapping[int, Any]) -> Outgoing:
@@ -691,11 +717,28 @@ class PartyRun:
             return sent
         self.party.sieve_finish()
         self.state = "modulus-shares"  # 2. the moduli
-        return self.party.modulus_shares()
+        # With the field shares goes a commitment to this party's additive shares of the whole
+        # batch, made before any modulus is open: if the batch yields no key, they are opened
+        # and checked against the biprimality answers (:meth:`_on_discarded`).
+        nonce = secrets.token_bytes(32)
+        mine = self.party.candidate_shares()
+        self.shares_commit = (mine, nonce)
+        commitment = _commitment(nonce, ("candidate-shares", *mine))
+        return {j: (*m, commitment) for j, m in self.party.modulus_shares().items()}
 
     def _on_modulus_shares(self, incoming: Mapping[int, Any]) -> Outgoing:
+        prm = self.params
+        self.shares_commitments = {}
+        shares = {}
+        for j in sorted(incoming):
+            message = incoming[j]
+            if not isinstance(message, (tuple, list)) or len(message) != 4:
+                pid = prm.parties[j - 1]
+                raise CryptoError(f"holder {pid!r} sent malformed modulus shares", party=pid)
+            *shares[j], commitment = message
+            self.shares_commitments[j] = bytes(commitment)
         self.state = "modulus-products"
-        return _broadcast(self.params, self.party.modulus_products(incoming))
+        return _broadcast(prm, self.party.modulus_products(shares))
 
     def _on_modulus_products(self, products: Mapping[int, Any]) -> Outgoing:
         prm = self.params
@@ -752,6 +795,7 @@ class PartyRun:
             return self._next_candidate()
         k = self.candidate
         n = self.moduli[k]
+        self.rest[k] = answers
         if _passes(n, [answers[j] for j in sorted(answers)]):
             self.party.choose(k, n)
             self.answers = [[self.first[j][k], answers[j]] for j in sorted(answers)]
@@ -767,6 +811,79 @@ class PartyRun:
                 prm = self.params
                 rest = self.party.biprimality_answers(k, n, range(1, prm.biprimality_rounds))
                 return self._commit(rest, "rest")
+        if not self.moduli:
+            return self._next_pass()
+        # The whole batch is discarded: open it, so that an answer that threw away a biprime
+        # is named (otherwise a holder could discard every candidate, unseen, pass after pass).
+        assert self.shares_commit is not None
+        (p, q), nonce = self.shares_commit
+        self.state = "discarded"
+        return _broadcast(self.params, (p, q, nonce))
+
+    def _on_discarded(self, opened: Mapping[int, Any]) -> Outgoing:
+        """Every holder's opened shares of the discarded batch: each must be what it committed to
+        before the moduli were open; then for each tested modulus that is ``p·q`` with both
+        prime — one the test must pass — every holder's answers are recomputed from its shares,
+        and a holder whose answer differs is named. (A candidate that is not ``p·q`` of the
+        opened shares means a holder committed to other shares than it used: the attempt stops,
+        unattributed, as for values sent differently to different holders.)
+
+        Raises:
+            CryptoError: the fault, with ``party`` where one holder can be named.
+        """
+        prm = self.params
+        shares: dict[int, tuple[list[int], list[int]]] = {}
+        for j in sorted(opened):
+            pid = prm.parties[j - 1]
+            try:
+                p, q, nonce = opened[j]
+                p = [int(x) for x in p]
+                q = [int(x) for x in q]
+                ok = len(p) == len(q) == prm.batch and hmac.compare_digest(
+                    _commitment(bytes(nonce), ("candidate-shares", p, q)),
+                    self.shares_commitments[j],
+                )
+            except (TypeError, ValueError, KeyError):
+                ok = False
+            if not ok:
+                raise CryptoError(
+                    f"holder {pid!r} opened shares of the discarded candidates other than it "
+                    "committed to",
+                    party=pid,
+                )
+            shares[j] = (p, q)
+        for k, n in sorted(self.moduli.items()):
+            p = sum(shares[j][0][k] for j in shares)
+            q = sum(shares[j][1][k] for j in shares)
+            if p * q != n:
+                raise CryptoError(
+                    f"candidate {k}'s modulus is not the product of the holders' committed "
+                    "shares (a holder committed to other shares than it shared): no key"
+                )
+            if not (gmpy2.is_prime(p, 8) and gmpy2.is_prime(q, 8)):
+                continue  # discarded rightly
+            asked = [(self.first, range(1))] + (
+                [(self.rest[k], range(1, prm.biprimality_rounds))] if k in self.rest else []
+            )
+            for j in sorted(shares):
+                pid = prm.parties[j - 1]
+                for given, rounds in asked:
+                    try:
+                        answer = [
+                            int(a) for a in (given[j][k] if given is self.first else given[j])
+                        ]
+                        right = biprimality_answers(
+                            prm, j, shares[j][0][k], shares[j][1][k], n, rounds
+                        )
+                    except (CryptoError, KeyError, TypeError, ValueError):
+                        answer, right = [], [0]
+                    if answer != right:
+                        raise CryptoError(
+                            f"holder {pid!r} gave a wrong biprimality answer for candidate {k}, "
+                            "whose modulus is a product of two primes (its shares, opened, "
+                            "give another answer)",
+                            party=pid,
+                        )
         return self._next_pass()
 
     # -- 5. the key ----------------------------------------------------------------------------

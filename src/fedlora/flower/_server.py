@@ -61,6 +61,7 @@ from fedlora.v1 import federation_pb2
 
 log = logging.getLogger("fedlora.flower")
 RUN_CONFIG_PREFIX = "fedlora."
+ACCEPT_CHANGE = "fedlora-accept-config-change"  # the run config's --accept-config-change
 MAX_JOIN_FAILURES = 3  # refused join answers from one node id before it is not asked again
 MAX_METRICS = 64  # metrics in a node's shared record
 
@@ -76,14 +77,20 @@ class FedloraStrategy(Strategy):
         run_config: Mapping[str, Any] | None = None,
         timeout: float | None = None,
         backend: ModexpBackend | None = None,
+        accept_config_change: bool = False,
     ) -> None:
         """``run_config``: the Flower run config; its ``fedlora.<dotted key>`` entries (e.g.
         ``fedlora.federated_learning.participant_threshold``) replace the YAML's values and are
-        validated exactly as the YAML is. ``timeout``: seconds fedlora waits for the nodes'
+        validated exactly as the YAML is, and ``fedlora-accept-config-change = true`` is the
+        standalone coordinator's ``--accept-config-change`` (``accept_config_change`` here): a
+        YAML changed mid-federation (a holder revoked or added, which re-keys before the next
+        round) is applied and audited instead of refused. ``timeout``: seconds fedlora waits for the nodes'
         replies to each of its own steps (join, decrypt, release, keep); by default half the
         YAML's ``decryption_timeout_s``, so that both decryption steps end before the round's
         decryption deadline."""
         self.inner = inner
+        accept = (run_config or {}).get(ACCEPT_CHANGE, False)
+        self.accept_config_change = accept_config_change or accept in (True, "true", "1", 1)
         overrides = {
             k[len(RUN_CONFIG_PREFIX) :]: v
             for k, v in (run_config or {}).items()
@@ -144,19 +151,28 @@ class FedloraStrategy(Strategy):
         # The arrays' layout goes into the log's federation_started entry: members render the
         # versions they keep with the layout the log names, not one a message brings.
         layout = [[k, list(a.shape), str(a.dtype)] for k, a in arrays.items()]
-        service = keygen_service(self.config)
-        if service is not None:  # the holders generate the key first, relayed by this server
-            assert self.grid is not None
-            outcome = FlowerKeygen(self.config, service, self.grid, self.timeout).run()
-            write_generated_key(self.config, outcome)
         try:
+            # the holders generate the key first (or re-key), relayed by this server
+            service = keygen_service(self.config, accept_config_change=self.accept_config_change)
+            if service is not None:
+                assert self.grid is not None
+                outcome = FlowerKeygen(self.config, service, self.grid, self.timeout).run()
+                write_generated_key(self.config, outcome)
             self.engine = build_engine(
                 self.config,
                 backend=self.backend,
                 initial=self.base,
                 extra_settings={FLOWER_LAYOUT: layout},
+                accept_config_change=self.accept_config_change,
             )
         except ConfigError as exc:
+            if "--accept-config-change" in str(exc):  # the fix, as Flower spells it
+                raise ConfigError(
+                    str(exc).replace(
+                        "start with --accept-config-change",
+                        f"run again with the run config {ACCEPT_CHANGE}=true",
+                    )
+                ) from None
             if "describes a model of" in str(exc):
                 raise ConfigError(
                     f"{exc}: on Flower, model.num_parameters is the size of the ServerApp's "

@@ -330,3 +330,70 @@ def test_a_holders_run_survives_being_stored_between_every_round() -> None:
     partials = [partial_decrypt(key, s, cts) for s in shares]
     assert combine_partial_decryptions(key, cts, partials) == [42]
     assert rounds > 10
+
+
+@pytest.mark.parametrize("lie_in", ["first", "rest"])
+def test_a_holder_whose_biprimality_answers_throw_away_a_biprime_is_named(
+    monkeypatch, lie_in
+) -> None:
+    """The answers are committed before they are revealed, but a holder can still commit to a
+    wrong answer and so throw away every candidate, pass after pass. A batch that yields no key
+    is opened (each holder's shares, committed before any modulus was open): the first biprime
+    it threw away names it — in the first round of the test, or in the rest."""
+    params = KeygenParams(parties=PARTIES, threshold=3, bits=512, batch=128, session=b"liar")
+    real = KeygenParty.biprimality_answers
+
+    def lying(self, candidate, n, rounds):  # type: ignore[no-untyped-def]
+        answers = real(self, candidate, n, rounds)
+        if self.index == 3 and (rounds.start == 0) == (lie_in == "first"):
+            return [a * 2 % n for a in answers]  # the product is no longer ±1
+        return answers
+
+    monkeypatch.setattr(KeygenParty, "biprimality_answers", lying)
+    with pytest.raises(CryptoError, match="'hospital-c' gave a wrong biprimality answer") as exc:
+        generate_in_process(params)
+    assert exc.value.party == "hospital-c"
+
+
+def test_a_holder_that_opens_other_shares_than_it_committed_to_is_named(monkeypatch) -> None:
+    import fedlora.crypto._keygen as kg
+
+    params = KeygenParams(parties=PARTIES, threshold=3, bits=512, batch=64, session=b"open")
+    real_discard = kg.PartyRun._next_candidate
+
+    def fail_every_batch(self):  # type: ignore[no-untyped-def]
+        self.waiting = []  # as if every candidate failed the test: the batch is opened
+        out = real_discard(self)
+        if self.index == 2 and self.state == "discarded":
+            p, q, nonce = out[1]
+            out = kg._broadcast(self.params, ([p[0] + 4, *p[1:]], q, nonce))
+        return out
+
+    monkeypatch.setattr(kg.PartyRun, "_next_candidate", fail_every_batch)
+    with pytest.raises(CryptoError, match="'bank-b' opened shares of the discarded") as exc:
+        generate_in_process(params)
+    assert exc.value.party == "bank-b"
+
+
+def test_shares_committed_other_than_shared_stop_the_attempt(monkeypatch) -> None:
+    """A holder that commits to other shares than it used (so that its opened shares could not
+    pin its answers) is caught: the opened shares do not multiply to the moduli. Nobody can be
+    named from public values alone; the attempt stops with no key."""
+    import fedlora.crypto._keygen as kg
+
+    params = KeygenParams(parties=PARTIES, threshold=3, bits=512, batch=64, session=b"other")
+    real_shares = KeygenParty.candidate_shares
+    real_discard = kg.PartyRun._next_candidate
+
+    def committed(self):  # type: ignore[no-untyped-def]
+        p, q = real_shares(self)
+        return ([x + 4 for x in p], q) if self.index == 4 else (p, q)
+
+    def fail_every_batch(self):  # type: ignore[no-untyped-def]
+        self.waiting = []
+        return real_discard(self)
+
+    monkeypatch.setattr(KeygenParty, "candidate_shares", committed)
+    monkeypatch.setattr(kg.PartyRun, "_next_candidate", fail_every_batch)
+    with pytest.raises(CryptoError, match="not the product of the holders' committed shares"):
+        generate_in_process(params)

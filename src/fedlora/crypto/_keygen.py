@@ -685,10 +685,24 @@ class PartyRun:
         return self._next_pass()
 
     def step(self, incoming: Mapping[int, Any]) -> Outgoing | None:
+        """The next round's messages (see the class docstring).
+
+        Raises:
+            CryptoError: a holder's fault (``party`` where it can be named); a message of a
+                shape no step expects, which the step did not pin on its sender, stops the
+                attempt unattributed (never a traceback, never a key).
+        """
+        state = self.state
         handler: Callable[[Mapping[int, Any]], Outgoing | None] = getattr(
-            self, "_on_" + self.state.replace("-", "_")
+            self, "_on_" + state.replace("-", "_")
         )
-        return handler(incoming)
+        try:
+            return handler(incoming)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise CryptoError(
+                f"a holder sent a malformed message in the {state!r} step "
+                f"({type(exc).__name__}): no key"
+            ) from None
 
     # -- 1. sieved candidates ------------------------------------------------------------------
     def _next_pass(self) -> Outgoing:
@@ -776,20 +790,29 @@ class PartyRun:
         return _broadcast(self.params, self._opening())
 
     def _on_revealed(self, opened: Mapping[int, Any]) -> Outgoing | None:
+        assert self.commit is not None
+        first = self.commit[2] == "first"
         answers = {}
         for j in sorted(opened):
-            answer, their_nonce = opened[j]
-            if not hmac.compare_digest(
-                _commitment(bytes(their_nonce), answer), self.commitments[j]
-            ):
-                pid = self.params.parties[j - 1]
+            pid = self.params.parties[j - 1]
+            try:
+                answer, their_nonce = opened[j]
+                ok = hmac.compare_digest(
+                    _commitment(bytes(their_nonce), answer), self.commitments[j]
+                )
+            except (TypeError, ValueError, KeyError):
+                ok = False
+            if not ok:
                 raise CryptoError(
                     f"holder {pid!r} revealed biprimality answers other than it committed to",
                     party=pid,
                 )
+            if not self._well_formed(answer, first):
+                raise CryptoError(
+                    f"holder {pid!r} revealed malformed biprimality answers", party=pid
+                )
             answers[j] = answer
-        assert self.commit is not None
-        if self.commit[2] == "first":
+        if first:
             self.first = answers
             self.waiting = list(self.moduli)
             return self._next_candidate()
@@ -801,6 +824,26 @@ class PartyRun:
             self.answers = [[self.first[j][k], answers[j]] for j in sorted(answers)]
             return self._key_shares()
         return self._next_candidate()
+
+    def _well_formed(self, answer: Any, first: bool) -> bool:
+        """An answer of the shape asked: the first round for every tested modulus, or the
+        other rounds for the candidate at hand; residues modulo its ``N``."""
+
+        def residues(values: Any, count: int, n: int) -> bool:
+            return (
+                isinstance(values, list)
+                and len(values) == count
+                and all(isinstance(a, int) and 0 <= a < n for a in values)
+            )
+
+        if first:
+            return (
+                isinstance(answer, dict)
+                and set(answer) == set(self.moduli)
+                and all(residues(answer[k], 1, n) for k, n in self.moduli.items())
+            )
+        rounds = self.params.biprimality_rounds - 1
+        return residues(answer, rounds, self.moduli[self.candidate])
 
     def _next_candidate(self) -> Outgoing:
         while self.waiting:

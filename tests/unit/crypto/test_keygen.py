@@ -397,3 +397,31 @@ def test_shares_committed_other_than_shared_stop_the_attempt(monkeypatch) -> Non
     monkeypatch.setattr(kg.PartyRun, "_next_candidate", fail_every_batch)
     with pytest.raises(CryptoError, match="not the product of the holders' committed shares"):
         generate_in_process(params)
+
+
+def test_malformed_answers_name_their_holder_and_other_malformed_values_stop_the_attempt(
+    monkeypatch,
+) -> None:
+    import fedlora.crypto._keygen as kg
+
+    params = KeygenParams(parties=PARTIES, threshold=3, bits=512, batch=64, session=b"shape")
+    real_commit = kg.PartyRun._commit
+
+    def short(self, value, purpose):  # type: ignore[no-untyped-def]
+        if self.index == 2 and purpose == "first" and value:
+            value = dict(list(value.items())[1:])  # commits to answers for fewer moduli
+        return real_commit(self, value, purpose)
+
+    monkeypatch.setattr(kg.PartyRun, "_commit", short)
+    with pytest.raises(CryptoError, match="'bank-b' revealed malformed biprimality") as exc:
+        generate_in_process(params)
+    assert exc.value.party == "bank-b"
+    monkeypatch.setattr(kg.PartyRun, "_commit", real_commit)
+
+    def wrong_type(self, received):  # type: ignore[no-untyped-def]
+        return "not a residue" if self.index == 3 else real_finish(self, received)
+
+    real_finish = KeygenParty.key_finish
+    monkeypatch.setattr(KeygenParty, "key_finish", wrong_type)
+    with pytest.raises(CryptoError, match="malformed message in the 'residues' step"):
+        generate_in_process(params)

@@ -92,8 +92,8 @@ def _serve(layout: Layout, liar: type[KeygenService] = KeygenService) -> tuple[R
     """The real coordinator, its Keygen service turned into ``liar`` (same state, other code)."""
     made = []
 
-    def lying_keygen_service(config):  # type: ignore[no-untyped-def]
-        service = keygen_service(config)
+    def lying_keygen_service(config, **kw):  # type: ignore[no-untyped-def]
+        service = keygen_service(config, **kw)
         assert service is not None
         service.__class__ = liar
         made.append(service)

@@ -546,7 +546,9 @@ def theta_from_residues(
 
     Raises:
         CryptoError: they do not; when leaving out one holder makes the others agree (ℓ ≥ t + 2
-            holders), that holder is named (``party``).
+            holders), the message says where the fault shows — but names nobody (``party`` is
+            None): that holder's share is wrong because it computed it wrongly *or* because
+            another holder sent it a wrong reshare, which the published values cannot tell apart.
     """
     ell = len(parties)
     delta = math.factorial(ell)
@@ -569,8 +571,8 @@ def theta_from_residues(
             if len(thetas([y for y in xs if y != x])) == 1:
                 raise CryptoError(
                     f"holder {parties[x - 1]!r} published a key residue off the others' "
-                    "polynomial: its share is wrong",
-                    party=parties[x - 1],
+                    "polynomial: its share is wrong (it computed it wrongly, or a holder sent "
+                    "it a wrong reshare); no key"
                 )
     raise CryptoError("the published key residues do not agree: a holder's share is wrong")
 
@@ -634,6 +636,19 @@ def _broadcast(params: KeygenParams, payload: Any) -> dict[int, Any]:
     return {j: payload for j in range(1, params.ell + 1)}
 
 
+def _is_bytes(x: Any) -> bool:
+    return isinstance(x, bytes) and len(x) <= 256
+
+
+def _is_digest(x: Any) -> bool:
+    """32 bytes: a commitment, a nonce, a view digest (anything else is refused unread)."""
+    return isinstance(x, bytes) and len(x) == 32
+
+
+def _int_list(x: Any, count: int) -> bool:
+    return isinstance(x, list) and len(x) == count and all(type(v) is int for v in x)
+
+
 def _commitment(nonce: bytes, value: Any) -> bytes:
     # repr of ints, lists and int-keyed dicts (sorted) is canonical
     body = repr(sorted(value.items()) if isinstance(value, dict) else value).encode()
@@ -667,6 +682,7 @@ class PartyRun:
         self.first: dict[int, Any] = {}
         self.waiting: list[int] = []  # candidates whose first biprimality round is yet to check
         self.rest: dict[int, dict[int, Any]] = {}  # candidate -> the holders' other answers
+        self.batch_moduli: list[int] = []  # every candidate's opened N, in batch order
         self.shares_commit: tuple[tuple[list[int], list[int]], bytes] | None = None
         self.shares_commitments: dict[int, bytes] = {}  # the holders' commitments to their shares
         self.candidate = 0
@@ -682,7 +698,9 @@ class PartyRun:
 
     # -- driving -----------------------------------------------------------------------------
     def start(self) -> Outgoing:
-        return self._next_pass()
+        out = self._tagged(self._next_pass())
+        assert out is not None
+        return out
 
     def step(self, incoming: Mapping[int, Any]) -> Outgoing | None:
         """The next round's messages (see the class docstring).
@@ -692,17 +710,50 @@ class PartyRun:
                 shape no step expects, which the step did not pin on its sender, stops the
                 attempt unattributed (never a traceback, never a key).
         """
-        state = self.state
+        state, tag = self.state, self._tag()
         handler: Callable[[Mapping[int, Any]], Outgoing | None] = getattr(
             self, "_on_" + state.replace("-", "_")
         )
+        payloads = {}
+        for j, message in incoming.items():
+            if not (isinstance(message, tuple) and len(message) == 2 and _is_bytes(message[0])):
+                pid = self.params.parties[j - 1]
+                raise CryptoError(f"holder {pid!r} sent a message without its step", party=pid)
+            if message[0] != tag:
+                raise CryptoError(
+                    f"the holders are at different steps ({message[0]!r} from holder "
+                    f"{self.params.parties[j - 1]!r}, {tag!r} here): a holder sent different "
+                    "values to different holders; no key"
+                )
+            payloads[j] = message[1]
         try:
-            return handler(incoming)
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            return self._tagged(handler(payloads))
+        except (
+            KeyError,
+            IndexError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            OverflowError,
+            MemoryError,
+        ) as exc:
             raise CryptoError(
                 f"a holder sent a malformed message in the {state!r} step "
                 f"({type(exc).__name__}): no key"
             ) from None
+
+    def _tag(self) -> bytes:
+        """The step a message belongs to: every holder takes the same branches on the same
+        views, so a message from another step means the views differ (a holder equivocated) —
+        the attempt stops before any value of it is read, and before anyone is named."""
+        purpose = self.commit[2] if self.commit else ""
+        return f"{self.state}/{self.passes}/{self.candidate}/{purpose}".encode()
+
+    def _tagged(self, outgoing: Outgoing | None) -> Outgoing | None:
+        if outgoing is None:
+            return None
+        tag = self._tag()
+        return {j: (tag, m) for j, m in outgoing.items()}
 
     # -- 1. sieved candidates ------------------------------------------------------------------
     def _next_pass(self) -> Outgoing:
@@ -713,7 +764,7 @@ class PartyRun:
             )
         self.passes += 1
         self.state = "sieve"
-        self.moduli, self.first, self.rest = {}, {}, {}
+        self.moduli, self.first, self.rest, self.batch_moduli = {}, {}, {}, []
         return self.party.sieve_start()
 
     def _on_sieve(self, incoming: Mapping[int, Any]) -> Outgoing:
@@ -743,14 +794,18 @@ class PartyRun:
     def _on_modulus_shares(self, incoming: Mapping[int, Any]) -> Outgoing:
         prm = self.params
         self.shares_commitments = {}
-        shares = {}
+        shares: dict[int, tuple[list[int], list[int], list[int]]] = {}
         for j in sorted(incoming):
             message = incoming[j]
             if not isinstance(message, (tuple, list)) or len(message) != 4:
                 pid = prm.parties[j - 1]
                 raise CryptoError(f"holder {pid!r} sent malformed modulus shares", party=pid)
-            *shares[j], commitment = message
-            self.shares_commitments[j] = bytes(commitment)
+            p, q, z, commitment = message
+            if not _is_digest(commitment):
+                pid = prm.parties[j - 1]
+                raise CryptoError(f"holder {pid!r} sent a malformed commitment", party=pid)
+            shares[j] = (p, q, z)
+            self.shares_commitments[j] = commitment
         self.state = "modulus-products"
         return _broadcast(prm, self.party.modulus_products(shares))
 
@@ -759,8 +814,10 @@ class PartyRun:
         trial = math.prod(small_primes(1, prm.trial_bound))  # 3. trial division
         self.opened += prm.batch
         self.moduli = {}
+        self.batch_moduli = []
         for k in range(prm.batch):
             n = interpolate_field({j: products[j][k] for j in products}, prm.field_prime)
+            self.batch_moduli.append(n)
             if n.bit_length() == prm.bits and gmpy2.gcd(n, trial) == 1:
                 self.moduli[k] = n
         self.tested += len(self.moduli)
@@ -785,6 +842,10 @@ class PartyRun:
         return self.commit[0], self.commit[1]
 
     def _on_committed(self, commitments: Mapping[int, Any]) -> Outgoing:
+        for j, commitment in commitments.items():
+            if not _is_digest(commitment):
+                pid = self.params.parties[j - 1]
+                raise CryptoError(f"holder {pid!r} sent a malformed commitment", party=pid)
         self.commitments = dict(commitments)
         self.state = "revealed"
         return _broadcast(self.params, self._opening())
@@ -797,8 +858,8 @@ class PartyRun:
             pid = self.params.parties[j - 1]
             try:
                 answer, their_nonce = opened[j]
-                ok = hmac.compare_digest(
-                    _commitment(bytes(their_nonce), answer), self.commitments[j]
+                ok = _is_digest(their_nonce) and hmac.compare_digest(
+                    _commitment(their_nonce, answer), self.commitments[j]
                 )
             except (TypeError, ValueError, KeyError):
                 ok = False
@@ -808,8 +869,11 @@ class PartyRun:
                     party=pid,
                 )
             if not self._well_formed(answer, first):
+                # not pinned on the sender: its N may differ here (another holder equivocated)
                 raise CryptoError(
-                    f"holder {pid!r} revealed malformed biprimality answers", party=pid
+                    f"the biprimality answers from holder {pid!r} do not fit the moduli seen "
+                    "here (malformed, or a holder sent different values to different holders): "
+                    "no key"
                 )
             answers[j] = answer
         if first:
@@ -854,48 +918,92 @@ class PartyRun:
                 prm = self.params
                 rest = self.party.biprimality_answers(k, n, range(1, prm.biprimality_rounds))
                 return self._commit(rest, "rest")
-        if not self.moduli:
-            return self._next_pass()
-        # The whole batch is discarded: open it, so that an answer that threw away a biprime
-        # is named (otherwise a holder could discard every candidate, unseen, pass after pass).
+        # The whole batch is discarded: open it, so that a holder that made it fail is named
+        # or the attempt stops — a batch is never thrown away unseen, pass after pass.
         assert self.shares_commit is not None
         (p, q), nonce = self.shares_commit
         self.state = "discarded"
-        return _broadcast(self.params, (p, q, nonce))
+        return _broadcast(self.params, (p, q, nonce, self._view()))
+
+    def _view(self) -> bytes:
+        """A digest of the batch's public values as this holder saw them: every modulus, the
+        commitments to the shares, every biprimality answer. Equal for every honest holder
+        unless a holder sent different values to different holders."""
+        rest = sorted((k, sorted(a.items())) for k, a in self.rest.items())
+        first = sorted((j, sorted(a.items())) for j, a in self.first.items())
+        body = (self.batch_moduli, sorted(self.shares_commitments.items()), first, rest)
+        return hashlib.sha256(b"fedlora/keygen/batch-view\0" + repr(body).encode()).digest()
 
     def _on_discarded(self, opened: Mapping[int, Any]) -> Outgoing:
-        """Every holder's opened shares of the discarded batch: each must be what it committed to
-        before the moduli were open; then for each tested modulus that is ``p·q`` with both
-        prime — one the test must pass — every holder's answers are recomputed from its shares,
-        and a holder whose answer differs is named. (A candidate that is not ``p·q`` of the
-        opened shares means a holder committed to other shares than it used: the attempt stops,
-        unattributed, as for values sent differently to different holders.)
+        """Every holder's opened shares of the discarded batch, checked in this order (each
+        check names only a holder that certainly deviated; what might be another's doing
+        stops the attempt unattributed):
+
+        1. the shape of each opening (the batch size is public): else its holder is named;
+        2. every holder saw the same batch (the view digests agree): else stop — nothing below
+           could tell an equivocating holder from the one it lied to;
+        3. each opening opens its commitment, made before any modulus was open, and each share
+           has its residue mod 4 and its range (party 1 ≡ 3, the others ≡ 0; below the bound
+           the construction gives): else its holder is named;
+        4. each candidate's ``p·q`` is its opened modulus, and ``p``, ``q`` have no factor the
+           sieve excludes: else stop (a holder committed to other shares than it shared, or
+           fed the sieve a zero);
+        5. for each tested modulus that is a product of two primes — one the test must pass —
+           every holder's answers are recomputed from its opened shares: a holder whose
+           answer differs is named.
 
         Raises:
             CryptoError: the fault, with ``party`` where one holder can be named.
         """
         prm = self.params
         shares: dict[int, tuple[list[int], list[int]]] = {}
+        nonces: dict[int, bytes] = {}
+        views: dict[int, bytes] = {}
         for j in sorted(opened):
             pid = prm.parties[j - 1]
             try:
-                p, q, nonce = opened[j]
-                p = [int(x) for x in p]
-                q = [int(x) for x in q]
-                ok = len(p) == len(q) == prm.batch and hmac.compare_digest(
-                    _commitment(bytes(nonce), ("candidate-shares", p, q)),
-                    self.shares_commitments[j],
+                p, q, nonce, view = opened[j]
+                ok = (
+                    _is_digest(nonce)
+                    and _is_digest(view)
+                    and _int_list(p, prm.batch)
+                    and _int_list(q, prm.batch)
                 )
-            except (TypeError, ValueError, KeyError):
+            except (TypeError, ValueError):
                 ok = False
             if not ok:
+                raise CryptoError(f"holder {pid!r} sent a malformed opening", party=pid)
+            shares[j], nonces[j], views[j] = (list(p), list(q)), nonce, view
+        mine = self._view()
+        for j, view in views.items():
+            if not hmac.compare_digest(view, mine):
+                raise CryptoError(
+                    f"holder {prm.parties[j - 1]!r} saw other values in this batch than this "
+                    "holder: a holder sent different values to different holders; no key"
+                )
+        for j, (ps, qs) in shares.items():
+            committed = _commitment(nonces[j], ("candidate-shares", ps, qs))
+            if not hmac.compare_digest(committed, self.shares_commitments[j]):
+                pid = prm.parties[j - 1]
                 raise CryptoError(
                     f"holder {pid!r} opened shares of the discarded candidates other than it "
                     "committed to",
                     party=pid,
                 )
-            shares[j] = (p, q)
-        for k, n in sorted(self.moduli.items()):
+        m = prm.sieve_modulus
+        spread = max(1, ((1 << (prm.bits // 2 - 2)) // prm.ell - m) // m)
+        for j, (ps, qs) in shares.items():
+            low = ((3 << (prm.bits // 2 - 2)) // m + 1) * m if j == 1 else 0
+            residue = 3 if j == 1 else 0
+            if not all(low <= x < low + m * (spread + 1) and x % 4 == residue for x in ps + qs):
+                pid = prm.parties[j - 1]
+                raise CryptoError(
+                    f"holder {pid!r}'s shares of the discarded candidates are outside the "
+                    "range or residue mod 4 the construction gives",
+                    party=pid,
+                )
+        sieved = m // 4
+        for k, n in enumerate(self.batch_moduli):
             p = sum(shares[j][0][k] for j in shares)
             q = sum(shares[j][1][k] for j in shares)
             if p * q != n:
@@ -903,6 +1011,13 @@ class PartyRun:
                     f"candidate {k}'s modulus is not the product of the holders' committed "
                     "shares (a holder committed to other shares than it shared): no key"
                 )
+            if gmpy2.gcd(p, sieved) != 1 or gmpy2.gcd(q, sieved) != 1:
+                raise CryptoError(
+                    f"candidate {k} has a factor the sieve excludes (a holder fed the sieve a "
+                    "zero): no key"
+                )
+            if k not in self.moduli:
+                continue  # N of the wrong size or with a small factor: p·q is no biprime
             if not (gmpy2.is_prime(p, 8) and gmpy2.is_prime(q, 8)):
                 continue  # discarded rightly
             asked = [(self.first, range(1))] + (
@@ -911,15 +1026,8 @@ class PartyRun:
             for j in sorted(shares):
                 pid = prm.parties[j - 1]
                 for given, rounds in asked:
-                    try:
-                        answer = [
-                            int(a) for a in (given[j][k] if given is self.first else given[j])
-                        ]
-                        right = biprimality_answers(
-                            prm, j, shares[j][0][k], shares[j][1][k], n, rounds
-                        )
-                    except (CryptoError, KeyError, TypeError, ValueError):
-                        answer, right = [], [0]
+                    answer = [int(a) for a in (given[j][k] if given is self.first else given[j])]
+                    right = biprimality_answers(prm, j, shares[j][0][k], shares[j][1][k], n, rounds)
                     if answer != right:
                         raise CryptoError(
                             f"holder {pid!r} gave a wrong biprimality answer for candidate {k}, "
@@ -1013,8 +1121,12 @@ class PartyRun:
             who = sorted(common)[0] if len(common) == 1 else None
             raise CryptoError(
                 "the generated key does not decrypt with every set of holders"
-                + (f": holder {who!r}'s share or verification key is wrong" if who else ""),
-                party=who,
+                + (
+                    f": holder {who!r}'s share or verification key is wrong (it computed it "
+                    "wrongly, or a holder sent it a wrong reshare)"
+                    if who
+                    else ""
+                ),
             )
         self.transcript = hashlib.sha256(
             b"fedlora/keygen/transcript\0"

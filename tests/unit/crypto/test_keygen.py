@@ -14,6 +14,7 @@ import threading
 from typing import Any
 
 import gmpy2
+import numpy as np
 import pytest
 
 from fedlora.crypto import (
@@ -199,7 +200,8 @@ def test_a_holder_that_fails_or_lies_about_its_residue_leaves_no_key(monkeypatch
     monkeypatch.setattr(KeygenParty, "key_finish", lying_finish)
     with pytest.raises(CryptoError, match="'hospital-d' published a key residue off") as exc:
         generate_in_process(params)
-    assert exc.value.party == "hospital-d"
+    # where it shows, not whom to blame: a holder fed a wrong reshare would look the same
+    assert exc.value.party is None
     monkeypatch.setattr(KeygenParty, "key_finish", real_finish)
 
     def stalled(self):  # type: ignore[no-untyped-def]
@@ -210,13 +212,14 @@ def test_a_holder_that_fails_or_lies_about_its_residue_leaves_no_key(monkeypatch
         generate_in_process(params)
 
 
-def test_a_holder_that_changes_its_committed_answer_or_holds_a_wrong_share_is_named(
+def test_a_holder_that_changes_its_committed_answer_is_named_and_a_wrong_share_is_found(
     monkeypatch,
 ) -> None:
     """Biprimality answers are committed before they are revealed: a holder that reveals
     another answer (the way to force a product of ±1 after seeing the others') is named. And
     before the key is accepted every 3-of-5 subset must decrypt a session-derived probe: a
-    holder whose share does not match its verification key is named there."""
+    holder whose share does not match its verification key is found there (and not blamed:
+    a holder sent a wrong reshare would look the same)."""
     import fedlora.crypto._keygen as kg
 
     params = KeygenParams(parties=PARTIES, threshold=3, bits=512, batch=128, session=b"commit")
@@ -246,9 +249,9 @@ def test_a_holder_that_changes_its_committed_answer_or_holds_a_wrong_share_is_na
         return residue
 
     monkeypatch.setattr(KeygenParty, "key_finish", wrong_share)
-    with pytest.raises(CryptoError, match="'bank-e'") as exc:
+    with pytest.raises(CryptoError, match="holder 'bank-e''s share or verification key") as exc:
         generate_in_process(params)
-    assert exc.value.party == "bank-e"
+    assert exc.value.party is None
 
 
 def _named_threads(params: KeygenParams):  # type: ignore[no-untyped-def]
@@ -365,8 +368,8 @@ def test_a_holder_that_opens_other_shares_than_it_committed_to_is_named(monkeypa
         self.waiting = []  # as if every candidate failed the test: the batch is opened
         out = real_discard(self)
         if self.index == 2 and self.state == "discarded":
-            p, q, nonce = out[1]
-            out = kg._broadcast(self.params, ([p[0] + 4, *p[1:]], q, nonce))
+            p, q, nonce, view = out[1]
+            out = kg._broadcast(self.params, ([p[0] + 4, *p[1:]], q, nonce, view))
         return out
 
     monkeypatch.setattr(kg.PartyRun, "_next_candidate", fail_every_batch)
@@ -399,7 +402,7 @@ def test_shares_committed_other_than_shared_stop_the_attempt(monkeypatch) -> Non
         generate_in_process(params)
 
 
-def test_malformed_answers_name_their_holder_and_other_malformed_values_stop_the_attempt(
+def test_malformed_answers_and_other_malformed_values_stop_the_attempt(
     monkeypatch,
 ) -> None:
     import fedlora.crypto._keygen as kg
@@ -413,9 +416,9 @@ def test_malformed_answers_name_their_holder_and_other_malformed_values_stop_the
         return real_commit(self, value, purpose)
 
     monkeypatch.setattr(kg.PartyRun, "_commit", short)
-    with pytest.raises(CryptoError, match="'bank-b' revealed malformed biprimality") as exc:
+    with pytest.raises(CryptoError, match="answers from holder 'bank-b' do not fit") as exc:
         generate_in_process(params)
-    assert exc.value.party == "bank-b"
+    assert exc.value.party is None  # its N may differ from ours: another holder's doing
     monkeypatch.setattr(kg.PartyRun, "_commit", real_commit)
 
     def wrong_type(self, received):  # type: ignore[no-untyped-def]
@@ -425,3 +428,164 @@ def test_malformed_answers_name_their_holder_and_other_malformed_values_stop_the
     monkeypatch.setattr(KeygenParty, "key_finish", wrong_type)
     with pytest.raises(CryptoError, match="malformed message in the 'residues' step"):
         generate_in_process(params)
+
+
+# -- a holder that sends different values to different holders ---------------------------------
+THREE = ("bank-a", "bank-b", "hospital-c")
+
+
+def _every_verdict(params: KeygenParams, max_passes: int) -> dict[int, Any]:
+    """Each holder in its own thread, none stopped by another's failure (a wait times out
+    instead), so that every honest holder reaches its own verdict: its key, or its error."""
+    from fedlora.crypto._keygen import ThreadExchange, run_party
+
+    hub = ThreadExchange(params.ell)
+    hub._barrier = threading.Barrier(params.ell, timeout=8)
+    out: dict[int, Any] = {}
+
+    def work(index: int) -> None:
+        try:
+            out[index] = run_party(params, index, hub.for_party(index), max_passes=max_passes)
+        except BaseException as exc:
+            out[index] = exc
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(1, params.ell + 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return out
+
+
+def _equivocate(monkeypatch, how: str) -> None:  # type: ignore[no-untyped-def]
+    """hospital-c (index 3) deviates toward bank-b (index 2) only, or toward everyone."""
+    import fedlora.crypto._keygen as kg
+
+    if how in ("product", "rushing"):
+        parties: dict[int, KeygenParty] = {}
+        real_init = KeygenParty.__init__
+
+        def init(self, params, index):  # type: ignore[no-untyped-def]
+            real_init(self, params, index)
+            parties[index] = self
+
+        monkeypatch.setattr(KeygenParty, "__init__", init)
+        real = kg.PartyRun._on_modulus_shares
+
+        def shifted(self, incoming):  # type: ignore[no-untyped-def]
+            out = real(self, incoming)
+            if self.index != 3:
+                return out
+            prm, big = self.params, self.params.field_prime
+            inv = pow(kg.field_lagrange_at_zero([1, 2, 3], big)[2], -1, big)
+            if how == "product":  # bank-b opens N + 2: every modulus it sees is even
+                return {**out, 2: [(v + 2 * inv) % big for v in out[2]]}
+            # Rushing (it sees N first, as with a colluding relay): bank-b opens N − c, of the
+            # same size and the same fate in trial division, in a batch that holds a biprime.
+            ps = [sum(x._candidates.p[k] for x in parties.values()) for k in range(prm.batch)]
+            qs = [sum(x._candidates.q[k] for x in parties.values()) for k in range(prm.batch)]
+            if not any(gmpy2.is_prime(a) and gmpy2.is_prime(b) for a, b in zip(ps, qs)):
+                return out
+            trial = math.prod(small_primes(1, prm.trial_bound))
+            new = []
+            for k, v in enumerate(out[2]):
+                n = ps[k] * qs[k]
+                kept = n.bit_length() == prm.bits and gmpy2.gcd(n, trial) == 1
+                c = 2
+                while not (
+                    (n - c).bit_length() == prm.bits and (gmpy2.gcd(n - c, trial) == 1) == kept
+                ):
+                    c += 2
+                new.append((v - c * inv) % big)
+            return {**out, 2: new}
+
+        monkeypatch.setattr(kg.PartyRun, "_on_modulus_shares", shifted)
+    elif how == "answers":  # honest first answers to bank-a, wrong ones to bank-b
+        real_commit, real_committed = kg.PartyRun._commit, kg.PartyRun._on_committed
+
+        def commit(self, value, purpose):  # type: ignore[no-untyped-def]
+            out = real_commit(self, value, purpose)
+            self._bad = None
+            if self.index == 3 and purpose == "first":
+                bad = {k: [a * 2 % self.moduli[k] for a in v] for k, v in value.items()}
+                nonce = bytes(32)
+                self._bad = (bad, nonce)
+                out = {**out, 2: kg._commitment(nonce, bad)}
+            return out
+
+        def committed(self, commitments):  # type: ignore[no-untyped-def]
+            out = real_committed(self, commitments)
+            if self.index == 3 and getattr(self, "_bad", None):
+                out = {**out, 2: self._bad}
+            return out
+
+        monkeypatch.setattr(kg.PartyRun, "_commit", commit)
+        monkeypatch.setattr(kg.PartyRun, "_on_committed", committed)
+    elif how == "zero":  # it feeds the sieve a zero for 3: every p and q is a multiple of 3
+
+        def sieve_start(self):  # type: ignore[no-untyped-def]
+            prm = self.params
+            mine = np.random.default_rng().integers(
+                1, self._gf.r, size=(2, prm.batch, len(self._gf.r)), dtype=np.int64
+            )
+            if self.index == 3:
+                mine[..., 0] = 0
+            shares = self._gf.share(
+                np.stack([mine, np.zeros_like(mine)], axis=-1), prm.threshold - 1
+            )
+            return {j: self._gf.pack(shares[j - 1]) for j in range(1, prm.ell + 1)}
+
+        monkeypatch.setattr(KeygenParty, "sieve_start", sieve_start)
+    else:  # "even": its shares of p, committed and shared alike, are all odd: every N even
+        real_finish = KeygenParty.sieve_finish
+
+        def finish(self):  # type: ignore[no-untyped-def]
+            real_finish(self)
+            if self.index == 3:
+                assert self._candidates is not None
+                self._candidates.p = [x + 1 for x in self._candidates.p]
+
+        monkeypatch.setattr(KeygenParty, "sieve_finish", finish)
+
+
+@pytest.mark.parametrize("how", ["product", "answers", "rushing", "even", "zero"])
+def test_a_holder_lying_to_some_holders_never_gets_an_honest_one_named(monkeypatch, how) -> None:
+    """hospital-c deviates toward bank-b alone (the modulus bank-b opens, directly or after
+    seeing N; its answers to bank-b) or makes every modulus even. No key comes out, no honest
+    holder is ever named by an honest one, and a batch is never thrown away unseen: where the
+    views differ the attempt stops unattributed; where they agree the liar is named."""
+    params = KeygenParams(parties=THREE, threshold=2, bits=512, batch=128, session=how.encode())
+    _equivocate(monkeypatch, how)
+    verdicts = _every_verdict(params, max_passes=64)  # the rushing one waits for a biprime
+    honest = [verdicts[1], verdicts[2]]
+    assert all(isinstance(v, BaseException) for v in honest), verdicts
+    named = {getattr(v, "party", None) for v in honest}
+    assert named <= {None, "hospital-c"}, verdicts
+    crypto = [v for v in honest if isinstance(v, CryptoError)]
+    assert crypto, verdicts  # an honest holder's own verdict, not only a wait that timed out
+    assert not any("no biprime modulus" in str(v) for v in honest), verdicts
+    if how == "even":
+        assert named == {"hospital-c"}, verdicts
+    if how == "zero":  # nobody can be named from the opened shares; the attempt stops
+        assert all("a factor the sieve excludes" in str(v) for v in crypto), verdicts
+
+
+def test_a_holder_sending_one_holder_a_wrong_reshare_gets_no_honest_holder_blamed(
+    monkeypatch,
+) -> None:
+    """BGW without verifiable sharing: bank-a sends hospital-d a wrong reshare of its product,
+    so hospital-d's key share (and residue) is off. The attempt stops with no key, and nobody
+    is blamed — hospital-d's fault and bank-a's look the same from the published values."""
+    params = KeygenParams(parties=PARTIES, threshold=3, bits=512, batch=128, session=b"frame")
+    real = KeygenParty.key_reshare
+
+    def framing(self, received):  # type: ignore[no-untyped-def]
+        out = real(self, received)
+        if self.index == 1 and out is not None:
+            out = {**out, 4: out[4] + 1}
+        return out
+
+    monkeypatch.setattr(KeygenParty, "key_reshare", framing)
+    with pytest.raises(CryptoError, match="'hospital-d' published a key residue off") as exc:
+        generate_in_process(params)
+    assert exc.value.party is None

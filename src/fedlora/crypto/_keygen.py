@@ -72,7 +72,7 @@ from fedlora.crypto._threshold import (
     verify_partial_decryption,
 )
 from fedlora.crypto._threshold_keys import KeyShare, ThresholdPublicKey
-from fedlora.errors import CryptoError
+from fedlora.errors import CryptoError, VerificationError
 
 __all__ = [
     "GeneratedKey",
@@ -940,11 +940,12 @@ class PartyRun:
         stops the attempt unattributed):
 
         1. the shape of each opening (the batch size is public): else its holder is named;
-        2. every holder saw the same batch (the view digests agree): else stop — nothing below
-           could tell an equivocating holder from the one it lied to;
-        3. each opening opens its commitment, made before any modulus was open, and each share
+        2. each opening opens its commitment, made before any modulus was open, and each share
            has its residue mod 4 and its range (party 1 ≡ 3, the others ≡ 0; below the bound
-           the construction gives): else its holder is named;
+           the construction gives): else its holder is named (these involve nothing but the
+           holder's own signed values, so they come before the views);
+        3. every holder saw the same batch (the view digests agree): else stop — nothing below
+           could tell an equivocating holder from the one it lied to;
         4. each candidate's ``p·q`` is its opened modulus, and ``p``, ``q`` have no factor the
            sieve excludes: else stop (a holder committed to other shares than it shared, or
            fed the sieve a zero);
@@ -974,13 +975,6 @@ class PartyRun:
             if not ok:
                 raise CryptoError(f"holder {pid!r} sent a malformed opening", party=pid)
             shares[j], nonces[j], views[j] = (list(p), list(q)), nonce, view
-        mine = self._view()
-        for j, view in views.items():
-            if not hmac.compare_digest(view, mine):
-                raise CryptoError(
-                    f"holder {prm.parties[j - 1]!r} saw other values in this batch than this "
-                    "holder: a holder sent different values to different holders; no key"
-                )
         for j, (ps, qs) in shares.items():
             committed = _commitment(nonces[j], ("candidate-shares", ps, qs))
             if not hmac.compare_digest(committed, self.shares_commitments[j]):
@@ -1001,6 +995,13 @@ class PartyRun:
                     f"holder {pid!r}'s shares of the discarded candidates are outside the "
                     "range or residue mod 4 the construction gives",
                     party=pid,
+                )
+        mine = self._view()
+        for j, view in views.items():
+            if not hmac.compare_digest(view, mine):
+                raise CryptoError(
+                    f"holder {prm.parties[j - 1]!r} saw other values in this batch than this "
+                    "holder: a holder sent different values to different holders; no key"
                 )
         sieved = m // 4
         for k, n in enumerate(self.batch_moduli):
@@ -1057,6 +1058,12 @@ class PartyRun:
         prm, n = self.params, self.party.modulus
         self.residues = dict(residues)
         self.theta = theta_from_residues(residues, n, prm.threshold, prm.parties)
+        if abs(self.party.key_share).bit_length() > share_bound_bits(prm):
+            # an honest computation stays below the bound: a reshare sent here was wrong
+            raise CryptoError(
+                "this holder's key share is above the bound the construction gives (a holder "
+                "sent it a wrong reshare): no key"
+            )
         v = square_from_transcript(n, prm.session)
         self.state = "verification-keys"
         return _broadcast(prm, verification_key(n, v, prm.delta, self.party.key_share))
@@ -1078,7 +1085,9 @@ class PartyRun:
         )
         # Before the key is accepted, every holder decrypts a ciphertext derived from the
         # session (a plaintext nobody chose) with a proof, and every t-subset of the answers
-        # must combine to it: a wrong share or verification key is found, its holder named.
+        # must combine to it: a wrong share or verification key is found (where it shows; not
+        # blamed — a holder sent a wrong reshare looks the same). Each answer names the key it
+        # was made for: holders that hold different keys stop before any proof is read.
         n2 = public.nsquare
         seed = hashlib.shake_256(b"fedlora/keygen/probe\0" + prm.session + public.fingerprint)
         stream = seed.digest(2 * ((n2.bit_length() + 7) // 8) + 32)
@@ -1089,15 +1098,22 @@ class PartyRun:
         mine = partial_decrypt(public, self.share, [c], backend=None)
         self.probe = (c, m0, mine.ciphertexts_digest)
         self.state = "probe"
-        return _broadcast(prm, (list(mine.values), mine.proof.challenge, mine.proof.response))
+        proof = (list(mine.values), mine.proof.challenge, mine.proof.response)
+        return _broadcast(prm, (public.fingerprint, *proof))
 
     def _on_probe(self, answers: Mapping[int, Any]) -> Outgoing:
         prm, public = self.params, self.public
         assert public is not None
         c, m0, digest = self.probe
+        for j in sorted(answers):
+            if not hmac.compare_digest(answers[j][0], public.fingerprint):
+                raise CryptoError(
+                    f"holder {prm.parties[j - 1]!r} holds another key than this holder (a holder "
+                    "sent different verification keys to different holders): no key"
+                )
         partials = []
         for j in sorted(answers):
-            values, challenge, response = answers[j]
+            _, values, challenge, response = answers[j]
             partial = PartialDecryption(
                 party_id=prm.parties[j - 1],
                 index=j,
@@ -1106,7 +1122,14 @@ class PartyRun:
                 values=tuple(values),
                 proof=DecryptionProof(challenge, response),
             )
-            verify_partial_decryption(public, [c], partial, ciphertexts_digest=digest)
+            try:
+                verify_partial_decryption(public, [c], partial, ciphertexts_digest=digest)
+            except VerificationError as exc:
+                # not pinned on the holder: a wrong reshare sent to it gives the same failure
+                raise CryptoError(
+                    f"{exc} (its share is wrong: it computed it wrongly, or a holder sent it a "
+                    "wrong reshare); no key"
+                ) from None
             partials.append(partial)
         failing = []
         for subset in itertools.combinations(partials, prm.threshold):

@@ -536,6 +536,37 @@ def _equivocate(monkeypatch, how: str) -> None:  # type: ignore[no-untyped-def]
             return {j: self._gf.pack(shares[j - 1]) for j in range(1, prm.ell + 1)}
 
         monkeypatch.setattr(KeygenParty, "sieve_start", sieve_start)
+    elif how == "huge reshare":  # bank-b's share off by a huge multiple of N: θ unchanged
+
+        def reshare(self, received):  # type: ignore[no-untyped-def]
+            out = real_reshare(self, received)
+            if self.index == 3 and out is not None:
+                bound = kg.share_bound_bits(self.params)
+                out = {**out, 2: out[2] + (self.modulus << (bound + 600))}
+            return out
+
+        real_reshare = KeygenParty.key_reshare
+        monkeypatch.setattr(KeygenParty, "key_reshare", reshare)
+    elif how == "verification key":  # bank-b is told another verification key for it
+
+        def residues(self, incoming):  # type: ignore[no-untyped-def]
+            out = real_residues(self, incoming)
+            if self.index == 3:
+                n = self.party.modulus
+                out = {**out, 2: out[2] * kg.square_from_transcript(n, self.params.session)}
+                out[2] %= n * n
+            return out
+
+        real_residues = kg.PartyRun._on_residues
+        monkeypatch.setattr(kg.PartyRun, "_on_residues", residues)
+    elif how == "even, view lied about":  # "even", and a random view to escape being named
+        _equivocate(monkeypatch, "even")
+        real_view = kg.PartyRun._view
+
+        def view(self):  # type: ignore[no-untyped-def]
+            return bytes(32) if self.index == 3 else real_view(self)
+
+        monkeypatch.setattr(kg.PartyRun, "_view", view)
     else:  # "even": its shares of p, committed and shared alike, are all odd: every N even
         real_finish = KeygenParty.sieve_finish
 
@@ -548,12 +579,25 @@ def _equivocate(monkeypatch, how: str) -> None:  # type: ignore[no-untyped-def]
         monkeypatch.setattr(KeygenParty, "sieve_finish", finish)
 
 
-@pytest.mark.parametrize("how", ["product", "answers", "rushing", "even", "zero"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "product",
+        "answers",
+        "rushing",
+        "even",
+        "even, view lied about",
+        "zero",
+        "huge reshare",
+        "verification key",
+    ],
+)
 def test_a_holder_lying_to_some_holders_never_gets_an_honest_one_named(monkeypatch, how) -> None:
     """hospital-c deviates toward bank-b alone (the modulus bank-b opens, directly or after
-    seeing N; its answers to bank-b) or makes every modulus even. No key comes out, no honest
-    holder is ever named by an honest one, and a batch is never thrown away unseen: where the
-    views differ the attempt stops unattributed; where they agree the liar is named."""
+    seeing N; its answers to bank-b; a reshare; the verification key it tells bank-b) or makes
+    every modulus even (and lies about its view). No key comes out, no honest holder is ever
+    named by an honest one, and a batch is never thrown away unseen: what might be another's
+    doing stops the attempt unattributed; what its own signed values prove names it."""
     params = KeygenParams(parties=THREE, threshold=2, bits=512, batch=128, session=how.encode())
     _equivocate(monkeypatch, how)
     verdicts = _every_verdict(params, max_passes=64)  # the rushing one waits for a biprime
@@ -564,7 +608,7 @@ def test_a_holder_lying_to_some_holders_never_gets_an_honest_one_named(monkeypat
     crypto = [v for v in honest if isinstance(v, CryptoError)]
     assert crypto, verdicts  # an honest holder's own verdict, not only a wait that timed out
     assert not any("no biprime modulus" in str(v) for v in honest), verdicts
-    if how == "even":
+    if how.startswith("even"):  # its own signed values convict it, whatever view it claims
         assert named == {"hospital-c"}, verdicts
     if how == "zero":  # nobody can be named from the opened shares; the attempt stops
         assert all("a factor the sieve excludes" in str(v) for v in crypto), verdicts

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -38,3 +40,19 @@ def test_the_keygen_benchmark_runs_checked_ceremonies_with_holder_processes() ->
     assert sum(line.startswith("run ") for line in lines) == 2  # each key decrypted (checked)
     median = next(line for line in lines if line.startswith("keygen median: "))
     assert float(median.split()[2].rstrip("s")) > 0
+
+
+@pytest.mark.slow  # a Flower simulation (Ray) for SecAgg+'s round
+def test_the_flower_benchmark_prints_what_bounds_fedloras_round() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "flower_secagg.py"), "--budget",
+         "--clients", "3", "--params", "4096", "--rounds", "1"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    for step in ("client: encrypt with rⁿ + prove", "holder: partial decryption", "combine t"):
+        assert step in out
+    bound = out.strip().splitlines()[-1]
+    assert bound.startswith("fedlora/secagg+ round time lower bound on this machine: ")
+    assert float(bound.split(": ")[1].rstrip("x")) > 0

@@ -227,8 +227,9 @@ def run_setting(setting: str, clients: int, size: int, rounds: int, work: Path) 
 def work_budget(clients: int, size: int, threshold: int = 3, bits: int = 2048) -> list:  # type: ignore[type-arg]
     """What one fedlora round costs in exponentiations when every party shares this machine, as
     the simulation has them: each step timed once here on the default modexp backend (which
-    uses every core), times how often a round runs it. Their sum bounds the round from below
-    (Flower, Ray and the audit log come on top); SecAgg+'s round is measured in the same run."""
+    uses every core), times how often a round runs it. Their sum bounds the mean round from
+    below — work moved between rounds (the next round's obfuscators) still takes these cores —
+    and Flower, Ray and the audit log come on top. SecAgg+'s round is measured in the same run."""
     from fedlora.crypto import (
         DjnObfuscator,
         add_ciphertext_vectors,
@@ -382,11 +383,11 @@ def print_budget(clients: int, size: int, secagg: float) -> int:
     obfuscators = rows[0][1] * rows[0][2]
     djn = rows[0][1] * rows[0][3]
     rest = work - obfuscators
-    print(f"| **sum: a round cannot be shorter here** | | | **{work:.1f}** |")
+    print(f"| **sum: rounds cannot average less here** | | | **{work:.1f}** |")
     print(
         f"\nSecAgg+'s round, measured in this run: {secagg:.2f} s; 40x of it: {40 * secagg:.1f} s"
     )
-    print("| bound on fedlora's round on this machine | s | × SecAgg+ |")
+    print("| bound on fedlora's mean round on this machine | s | × SecAgg+ |")
     print("|---|---:|---:|")
     for label, seconds in (
         ("every step as the product runs it (rⁿ obfuscators)", work),

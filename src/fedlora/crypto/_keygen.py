@@ -735,7 +735,6 @@ class PartyRun:
             ValueError,
             AttributeError,
             OverflowError,
-            MemoryError,
         ) as exc:
             raise CryptoError(
                 f"a holder sent a malformed message in the {state!r} step "

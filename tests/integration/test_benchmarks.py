@@ -12,14 +12,23 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def test_the_seed_scale_critical_path_runs_every_party_and_decrypts_the_mean() -> None:
+def _run(script: str, *args: str, timeout: float = 300) -> str:
+    """The script's output, as a user running it would get it (it must exit 0)."""
     done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "crypto_bench.py"), "--seed-scale",
-         "--values", "3000", "--contributions", "5", "--bits", "1024"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    out = done.stdout
+    return done.stdout
+
+
+def test_the_seed_scale_critical_path_runs_every_party_and_decrypts_the_mean() -> None:
+    out = _run(
+        "crypto_bench.py", "--seed-scale", "--values", "3000", "--contributions", "5",
+        "--bits", "1024",
+    )  # fmt: skip
     for step in ("client: seal", "coordinator: intake of 5", "holder: check 5", "combine 2"):
         assert step in out
     # The combiner asserts the decoded mean within one quantization step; the line says so.
@@ -30,13 +39,10 @@ def test_the_seed_scale_critical_path_runs_every_party_and_decrypts_the_mean() -
 
 
 def test_the_keygen_benchmark_runs_checked_ceremonies_with_holder_processes() -> None:
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "keygen_bench.py"),
-         "--bits", "512", "--runs", "2", "--parties", "3", "--threshold", "2"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    lines = done.stdout.strip().splitlines()
+    out = _run(
+        "keygen_bench.py", "--bits", "512", "--runs", "2", "--parties", "3", "--threshold", "2"
+    )
+    lines = out.strip().splitlines()
     assert sum(line.startswith("run ") for line in lines) == 2  # each key decrypted (checked)
     median = next(line for line in lines if line.startswith("keygen median: "))
     assert float(median.split()[2].rstrip("s")) > 0
@@ -44,13 +50,10 @@ def test_the_keygen_benchmark_runs_checked_ceremonies_with_holder_processes() ->
 
 @pytest.mark.slow  # a Flower simulation (Ray) for SecAgg+'s round
 def test_the_flower_benchmark_prints_what_bounds_fedloras_round() -> None:
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "flower_secagg.py"), "--budget",
-         "--clients", "3", "--params", "4096", "--rounds", "1"],
-        capture_output=True, text=True, timeout=600,
+    out = _run(
+        "flower_secagg.py", "--budget", "--clients", "3", "--params", "4096", "--rounds", "1",
+        timeout=600,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = done.stdout
     for step in ("client: encrypt with rⁿ + prove", "holder: partial decryption", "combine t"):
         assert step in out
     bound = out.strip().splitlines()[-1]

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from fedlora._setup import Layout
 from fedlora.audit import read_log_files, verify_log
 from fedlora.ceremony._generate import check_logged_keys
 from fedlora.config import load_client_config, load_coordinator_config
@@ -127,17 +128,12 @@ def test_keys_generate_runs_the_members_side_on_its_own(tmp_path) -> None:
     assert again.returncode == 0 and "exists already" in again.stderr + again.stdout
 
 
-def _edit(path: Path, change) -> None:  # type: ignore[no-untyped-def]
-    doc = yaml.safe_load(path.read_text())
-    change(doc)
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-
-
-def test_revoking_a_holder_then_rekeying_lets_the_next_round_close(tmp_path) -> None:
-    # Arrange: four holders of a generated 2-of-4 key; round 1 closes under it.
+def _four_banks(root: Path) -> tuple[list[tuple[str, str]], Layout]:
+    """Four banks whose holders generate a 2-of-n key (all four unless a test edits the
+    holders), one round, every bank needed to open it."""
     parties = [("bank-a", "bank"), ("bank-b", "bank"), ("bank-c", "bank"), ("bank-d", "bank")]
     layout = prepare_federation(
-        tmp_path,
+        root,
         bits=512,
         parties=parties,
         decryption_threshold=2,
@@ -146,6 +142,30 @@ def test_revoking_a_holder_then_rekeying_lets_the_next_round_close(tmp_path) -> 
         min_clients=4,
         generate_key=True,
     )
+    return parties, layout
+
+
+def _last_round(running, layout: Layout, **kw) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """The members (all, or ``parties``) run against ``running`` until the federation finishes;
+    their exit codes. The coordinator is stopped whatever happens."""
+    try:
+        codes = h.run_clients(layout, timeout=300, **kw)
+        engine = running.wait_ready(10)
+        assert engine.finished
+    finally:
+        running.stop(grace=1)
+    return codes
+
+
+def _edit(path: Path, change) -> None:  # type: ignore[no-untyped-def]
+    doc = yaml.safe_load(path.read_text())
+    change(doc)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def test_revoking_a_holder_then_rekeying_lets_the_next_round_close(tmp_path) -> None:
+    # Arrange: four holders of a generated 2-of-4 key; round 1 closes under it.
+    parties, layout = _four_banks(tmp_path)
     running = h.serve(layout)
     try:
         first = h.run_clients(layout, timeout=300)
@@ -180,13 +200,8 @@ def test_revoking_a_holder_then_rekeying_lets_the_next_round_close(tmp_path) -> 
         port=layout.port,
         accept_config_change=True,
     )
-    try:
-        assert not running.ready.is_set()  # the new key first
-        second = h.run_clients(layout, parties=remaining, timeout=300)
-        engine = running.wait_ready(10)
-        assert engine.finished
-    finally:
-        running.stop(grace=1)
+    assert not running.ready.is_set()  # the new key first
+    second = _last_round(running, layout, parties=remaining)
     # Assert: round 2 closed under a new 2-of-3 key held by the three; the log records the
     # re-key (signed by the three, naming the key it replaces) and the accepted change; round
     # 1's entries are untouched and the whole log verifies; the old key is kept beside the new.
@@ -243,17 +258,7 @@ def kinds_index(events, kind):  # type: ignore[no-untyped-def]
 def test_a_member_that_holds_no_share_then_joins_the_holders_by_a_rekey(tmp_path) -> None:
     # Arrange: four members, three of them holders of a generated 2-of-3 key; bank-d holds no
     # share, so it only waits for the key and checks the holders' signatures.
-    parties = [("bank-a", "bank"), ("bank-b", "bank"), ("bank-c", "bank"), ("bank-d", "bank")]
-    layout = prepare_federation(
-        tmp_path,
-        bits=512,
-        parties=parties,
-        decryption_threshold=2,
-        participant_threshold=2,
-        rounds=1,
-        min_clients=4,
-        generate_key=True,
-    )
+    parties, layout = _four_banks(tmp_path)
     ids = [pid for pid, _ in parties]
     full = {
         pid: yaml.safe_load(layout.client_configs[pid].read_text())["keys"]["generation"]["holders"]
@@ -300,12 +305,7 @@ def test_a_member_that_holds_no_share_then_joins_the_holders_by_a_rekey(tmp_path
         port=layout.port,
         accept_config_change=True,
     )
-    try:
-        second = h.run_clients(layout, timeout=300)
-        engine = running.wait_ready(10)
-        assert engine.finished
-    finally:
-        running.stop(grace=1)
+    second = _last_round(running, layout)
     # Assert: round 2 closed under a 2-of-4 key whose shares bank-d holds too; the re-key is
     # signed by the four and replaces the old key, which every member keeps; the log verifies.
     assert second == {pid: 0 for pid in ids}, second

@@ -15,6 +15,8 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
+from typing import TypeVar
 
 from fedlora._setup import free_port
 from fedlora.config import load_coordinator_config
@@ -22,6 +24,9 @@ from tests.integration import helpers as h
 from tests.integration.helpers import prepare_federation
 
 BITS = 512
+
+
+T = TypeVar("T")
 
 
 def _scrape(port: int) -> dict[str, float]:
@@ -34,15 +39,9 @@ def _scrape(port: int) -> dict[str, float]:
     return out
 
 
-def test_the_metrics_endpoint_follows_a_real_round(tmp_path) -> None:
-    layout = prepare_federation(tmp_path, bits=BITS, rounds=2, aggregation_frequency=5)
-    config = load_coordinator_config(layout.coordinator_config)
-    config = dataclasses.replace(
-        config, server=dataclasses.replace(config.server, metrics="127.0.0.1:0")
-    )
-    running = h.serve(layout, config)
-    assert running.metrics is not None
-    port = running.metrics.port
+def _scraped(port: int, run: Callable[[], T]) -> tuple[T, list[dict[str, float]], dict[str, float]]:
+    """``run()`` while the endpoint on ``port`` is scraped every 0.1 s: what it returned, every
+    scrape taken meanwhile, and one last scrape after it."""
     scrapes: list[dict[str, float]] = []
     done = threading.Event()
 
@@ -52,12 +51,31 @@ def test_the_metrics_endpoint_follows_a_real_round(tmp_path) -> None:
             time.sleep(0.1)
 
     thread = threading.Thread(target=scraper, daemon=True)
+    thread.start()
     try:
-        thread.start()
-        results = h.run_clients(layout)
+        result = run()
+    finally:
         done.set()
         thread.join(10)
-        final = _scrape(port)
+    return result, scrapes, _scrape(port)
+
+
+def _serve_with_metrics(layout):  # type: ignore[no-untyped-def]
+    """The real coordinator of ``layout`` with its metrics endpoint on a free port."""
+    config = load_coordinator_config(layout.coordinator_config)
+    config = dataclasses.replace(
+        config, server=dataclasses.replace(config.server, metrics="127.0.0.1:0")
+    )
+    running = h.serve(layout, config)
+    assert running.metrics is not None
+    return running, running.metrics.port
+
+
+def test_the_metrics_endpoint_follows_a_real_round(tmp_path) -> None:
+    layout = prepare_federation(tmp_path, bits=BITS, rounds=2, aggregation_frequency=5)
+    running, port = _serve_with_metrics(layout)
+    try:
+        results, scrapes, final = _scraped(port, lambda: h.run_clients(layout))
     finally:
         running.stop(grace=1)
     assert results == {pid: 0 for pid in layout.client_configs}
@@ -244,29 +262,10 @@ def test_the_metrics_endpoint_serves_while_the_holders_generate_the_key(tmp_path
     layout = prepare_federation(
         tmp_path, bits=BITS, decryption_threshold=2, rounds=1, min_clients=3, generate_key=True
     )
-    config = load_coordinator_config(layout.coordinator_config)
-    config = dataclasses.replace(
-        config, server=dataclasses.replace(config.server, metrics="127.0.0.1:0")
-    )
-    running = h.serve(layout, config)
-    assert running.metrics is not None
-    port = running.metrics.port
+    running, port = _serve_with_metrics(layout)
     before = _scrape(port)  # nobody has come yet
-    scrapes: list[dict[str, float]] = []
-    done = threading.Event()
-
-    def scraper() -> None:
-        while not done.is_set():
-            scrapes.append(_scrape(port))
-            time.sleep(0.1)
-
-    thread = threading.Thread(target=scraper, daemon=True)
     try:
-        thread.start()
-        results = h.run_clients(layout, timeout=300)
-        done.set()
-        thread.join(10)
-        final = _scrape(port)
+        results, scrapes, final = _scraped(port, lambda: h.run_clients(layout, timeout=300))
     finally:
         running.stop(grace=1)
     assert results == {pid: 0 for pid in layout.client_configs}

@@ -102,17 +102,20 @@ def test_members_refuse_a_key_the_holders_did_not_sign(tmp_path) -> None:
     assert ("round_closed", 1) not in g.outcomes(layout)
 
 
-def test_revoking_a_holder_rekeys_over_flower_and_the_next_round_closes(tmp_path) -> None:
-    # Arrange: the four generate a 2-of-4 key over Flower; round 1 closes under it.
+REMAINING = ["bank-00", "bank-01", "bank-02"]
+
+
+def _revoked(tmp_path):  # type: ignore[no-untyped-def]
+    """The four generate a 2-of-4 key over Flower and close round 1 under it; then bank-03 is
+    revoked and leaves the holders (the coordinator's YAML and the three others' say so), with
+    one more round. Returns the layout, the grid and the old key."""
     layout = g.federation(tmp_path, rounds=1, generate_key=True)
     grid = g.Grid(layout.root)
     g.strategy(layout).start(grid, g.initial_arrays(), num_rounds=1)
     config = load_coordinator_config(layout.coordinator_config)
     old = ThresholdPublicKey.from_json(config.keys.threshold_public_key.read_bytes())
     assert g.outcomes(layout) == [("round_closed", 1)]
-    # Act: bank-03 is revoked and leaves the holders (the coordinator's YAML and the three
-    # others' say so); one more round.
-    remaining = ["bank-00", "bank-01", "bank-02"]
+    remaining = REMAINING
     doc = yaml.safe_load(layout.coordinator_config.read_text())
     doc["keys"]["generation"]["holders"] = remaining
     doc["federated_learning"]["rounds"] = 2
@@ -125,6 +128,14 @@ def test_revoking_a_holder_rekeys_over_flower_and_the_next_round_closes(tmp_path
 
     for pid in remaining:
         g.edit_client(layout, pid, member)
+    return layout, grid, old
+
+
+def test_revoking_a_holder_rekeys_over_flower_and_the_next_round_closes(tmp_path) -> None:
+    # Arrange: a 2-of-4 key over Flower, round 1 closed; bank-03 revoked and out of the holders.
+    layout, grid, old = _revoked(tmp_path)
+    config = load_coordinator_config(layout.coordinator_config)
+    remaining = REMAINING
     # Without the operator's acceptance nothing starts: no attempt, the key unchanged.
     with pytest.raises(ConfigError, match="run config fedlora-accept-config-change=true"):
         g.strategy(layout).start(grid, g.initial_arrays(), num_rounds=1)
@@ -151,3 +162,25 @@ def test_revoking_a_holder_rekeys_over_flower_and_the_next_round_closes(tmp_path
     assert len(check_logged_keys(events, config.federation_id)) == 2
     closed = [e for e in events if e["event"] == "round_closed"]
     assert "bank-03" not in closed[1]["participants"]
+
+
+def test_members_refuse_a_rekey_without_a_quorum_of_the_old_keys_holders(tmp_path) -> None:
+    # Arrange: as above; the server drops one holder's signature from the re-key's outcome, so
+    # it lacks the 3 of the old key's 4 holders a re-key needs (and the new key's quorum).
+    layout, grid, old = _revoked(tmp_path)
+
+    def tamper(node, message):  # type: ignore[no-untyped-def]
+        if w.scalar(message.content, "phase") == "outcome":
+            del message.content.array_records[w.BLOBS]["sig.bank-02"]
+        return message
+
+    grid.tamper = tamper
+    accepted = {"fedlora-accept-config-change": True}
+    # Act: the ServerApp re-keys and hands the members the thinned outcome.
+    g.strategy(layout, run_config=accepted).start(grid, g.initial_arrays(), num_rounds=1)
+    # Assert: no member took the new key (each keeps the old one, and no round closes under a
+    # key its members refused); each refusal names the missing signatures.
+    assert set(_keys(layout).values()) == {old}
+    refusals = [r for n in grid.ids for r in grid.refusals(n)]
+    assert sum("valid holder signatures" in r for r in refusals) == len(REMAINING), refusals
+    assert ("round_closed", 2) not in g.outcomes(layout)
